@@ -1,0 +1,136 @@
+//! Compiles every `kernels/*.cu` with NVRTC to PTX (compute_80) and CUBIN (sm_90), keeps the
+//! ptxas log, and embeds sources and images in `$OUT_DIR/kernels.rs`. Without NVRTC the build
+//! warns and embeds the sources only; the runtime then compiles them on first use. A real
+//! compile error fails the build.
+
+#[allow(dead_code)]
+#[path = "src/nvrtc/compile.rs"]
+mod compile;
+#[allow(dead_code)]
+#[path = "src/nvrtc/locate.rs"]
+mod locate;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const PTX_ARCH: &str = "compute_80";
+const CUBIN_ARCH: &str = "sm_90";
+
+fn main() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    println!("cargo:rerun-if-changed=kernels");
+    for var in ["FUSED_RNN_NVRTC_DIR", "CUDA_HOME", "CUDA_PATH"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    println!("cargo:rerun-if-changed=.cuda/nvidia/cu13/lib");
+
+    let kernels = kernel_files(&root.join("kernels"));
+    let nvrtc_dir = locate::preload(&locate::candidate_dirs(Some(&root)));
+    // SAFETY: only probes whether the library can be opened.
+    let nvrtc = nvrtc_dir.is_some() || unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    if let Some(dir) = &nvrtc_dir {
+        println!(
+            "cargo:rustc-env=FUSED_RNN_BUILD_NVRTC_DIR={}",
+            dir.display()
+        );
+    }
+    if !nvrtc {
+        println!(
+            "cargo:warning=NVRTC not found: kernels are embedded as source and compiled at run \
+             time (install it with the pip line in README.md to precompile them)"
+        );
+    }
+
+    let mut table = String::from("pub static KERNELS: &[KernelImage] = &[\n");
+    for path in &kernels {
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let source = flatten(path);
+        let src_path = out.join(format!("{name}.cu"));
+        fs::write(&src_path, &source).unwrap();
+        let (ptx, cubin, stats) = if nvrtc {
+            let ptx = compile::compile(&source, &format!("{name}.cu"), PTX_ARCH)
+                .unwrap_or_else(|log| panic!("NVRTC failed on kernels/{name}.cu:\n{log}"));
+            let cubin = compile::compile(&source, &format!("{name}.cu"), CUBIN_ARCH)
+                .unwrap_or_else(|log| panic!("NVRTC failed on kernels/{name}.cu:\n{log}"));
+            fs::write(out.join(format!("{name}.ptx")), &ptx.image).unwrap();
+            fs::write(out.join(format!("{name}.cubin")), &cubin.image).unwrap();
+            fs::write(out.join(format!("{name}.ptxas.log")), &cubin.log).unwrap();
+            let stats = compile::parse_ptxas_log(&cubin.log);
+            for s in stats
+                .iter()
+                .filter(|s| s.spill_store_bytes + s.spill_load_bytes > 0)
+            {
+                println!(
+                    "cargo:warning={}: {} bytes spill stores, {} bytes spill loads",
+                    s.name, s.spill_store_bytes, s.spill_load_bytes
+                );
+            }
+            (
+                format!("Some(include_str!({:?}))", out.join(format!("{name}.ptx"))),
+                format!(
+                    "Some(include_bytes!({:?}))",
+                    out.join(format!("{name}.cubin"))
+                ),
+                stats,
+            )
+        } else {
+            ("None".into(), "None".into(), Vec::new())
+        };
+        let mut stats_src = String::new();
+        for s in &stats {
+            write!(
+                stats_src,
+                "PrecompiledFunction {{ name: {:?}, registers: {}, stack_bytes: {}, \
+                 spill_store_bytes: {}, spill_load_bytes: {} }}, ",
+                s.name, s.registers, s.stack_bytes, s.spill_store_bytes, s.spill_load_bytes
+            )
+            .unwrap();
+        }
+        writeln!(
+            table,
+            "    KernelImage {{ name: {name:?}, source: include_str!({src_path:?}), \
+             ptx: {ptx}, cubin: {cubin}, cubin_arch: {CUBIN_ARCH:?}, functions: &[{stats_src}] }},"
+        )
+        .unwrap();
+    }
+    table.push_str("];\n");
+    fs::write(out.join("kernels.rs"), table).unwrap();
+}
+
+fn kernel_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .expect("kernels/ folder")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Inlines `#include "x.cuh"` from kernels/ so that each kernel is one self-contained source:
+/// runtime NVRTC then needs no include paths.
+fn flatten(path: &Path) -> String {
+    let dir = path.parent().unwrap();
+    let text = fs::read_to_string(path).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        let quoted = line
+            .trim()
+            .strip_prefix("#include \"")
+            .and_then(|r| r.strip_suffix('"'));
+        match quoted {
+            Some(header) => {
+                out.push_str(&format!("// ---- begin {header}\n"));
+                out.push_str(&flatten(&dir.join(header)));
+                out.push_str(&format!("// ---- end {header}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,219 @@
+"""Acceptance check of the fused-rnn binary against PyTorch on fresh random cases.
+
+For each case it builds a randomly initialised torch module, writes
+weights.safetensors and input.safetensors into a temporary folder, runs
+
+    <bin> run --weights W --input X --output Y --device <device> [--dtype D]
+
+and compares Y's `output` and `h_n` with the module evaluated in float64.
+Error per tensor = max|got - ref| / max|ref|; a case passes if every error <= --tol.
+
+Usage (needs torch, safetensors and numpy):
+    python3 scripts/check_against_torch.py --bin target/release/fused-rnn \
+        [--device cpu] [--kinds rnn] [--seed N] [--count N] [--dtype f32] [--tol 1e-5]
+
+Prints one line per case and a last line "N passed, M failed"; exits 1 if any failed.
+"""
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+HIDDEN_SIZES = [1, 7, 16, 33, 64, 100, 128, 255, 256]
+INPUT_SIZES = [1, 3, 5, 17, 64, 128, 256]
+SEQ_LENS = [1, 2, 7, 16, 33, 50]
+BATCHES = [1, 2, 3, 5, 8, 16]
+
+
+@dataclass
+class Case:
+    name: str
+    module: torch.nn.Module
+    batch_first: bool
+    metadata: dict
+    inputs: dict = field(default_factory=dict)
+    desc: str = ""
+
+
+def random_lengths(rng: random.Random, batch: int, seq_len: int) -> list:
+    """Unsorted lengths in 1..=T with a full-length row and (if B > 1) a length-1 row."""
+    lengths = [rng.randint(1, seq_len) for _ in range(batch)]
+    lengths[0] = seq_len
+    if batch > 1:
+        lengths[1] = 1
+    rng.shuffle(lengths)
+    return lengths
+
+
+def make_inputs(rng: random.Random, gen: torch.Generator, *, seq_len, batch, input_size,
+                hidden_size, num_states, batch_first, with_h0, with_lengths) -> dict:
+    shape = (batch, seq_len, input_size) if batch_first else (seq_len, batch, input_size)
+    inputs = {"input": torch.randn(shape, generator=gen)}
+    if with_h0:
+        inputs["h0"] = torch.randn(num_states, batch, hidden_size, generator=gen) * 0.5
+    if with_lengths:
+        inputs["lengths"] = torch.tensor(random_lengths(rng, batch, seq_len), dtype=torch.int64)
+    return inputs
+
+
+def make_rnn_case(index: int, seed: int) -> Case:
+    """A random nn.RNN case; the index cycles through the feature combinations."""
+    rng = random.Random(seed)
+    nonlinearity = ("tanh", "relu")[index % 2]
+    bidirectional = (index // 2) % 2 == 1
+    batch_first = (index // 4) % 2 == 1
+    num_layers = 1 + index % 3
+    with_h0 = rng.random() < 0.5
+    with_lengths = rng.random() < 0.5
+    bias = rng.random() < 0.85
+    big = index % 5 == 4
+    hidden = 256 if big else rng.choice(HIDDEN_SIZES)
+    input_size = rng.choice(INPUT_SIZES)
+    seq_len = 50 if big else rng.choice(SEQ_LENS)
+    batch = rng.choice(BATCHES)
+
+    torch.manual_seed(2 * seed)
+    module = torch.nn.RNN(input_size, hidden, num_layers, nonlinearity=nonlinearity, bias=bias,
+                          batch_first=batch_first, bidirectional=bidirectional)
+    dirs = 2 if bidirectional else 1
+    gen = torch.Generator().manual_seed(2 * seed + 1)
+    inputs = make_inputs(rng, gen, seq_len=seq_len, batch=batch, input_size=input_size,
+                         hidden_size=hidden, num_states=num_layers * dirs,
+                         batch_first=batch_first, with_h0=with_h0, with_lengths=with_lengths)
+    flags = [nonlinearity, f"L={num_layers}", "bi" if bidirectional else "uni"]
+    flags += [f for f, on in (("bf", batch_first), ("h0", with_h0), ("lens", with_lengths),
+                              ("nobias", not bias)) if on]
+    desc = f"{' '.join(flags)} I={input_size} H={hidden} B={batch} T={seq_len}"
+    metadata = {"batch_first": str(batch_first).lower(), "nonlinearity": nonlinearity}
+    return Case(f"rnn_{index:03d}", module, batch_first, metadata, inputs, desc)
+
+
+CASE_MAKERS = {"rnn": make_rnn_case}
+
+
+def reference(case: Case) -> dict:
+    """Evaluate the module in float64 on the float32-rounded weights and inputs."""
+    module = case.module.double()
+    x = case.inputs["input"].double()
+    hx = case.inputs["h0"].double() if "h0" in case.inputs else None
+    if "c0" in case.inputs:
+        hx = (hx, case.inputs["c0"].double())
+    with torch.no_grad():
+        if "lengths" in case.inputs:
+            total = x.shape[1] if case.batch_first else x.shape[0]
+            packed = pack_padded_sequence(x, case.inputs["lengths"], batch_first=case.batch_first,
+                                          enforce_sorted=False)
+            out, state = module(packed, hx)
+            out, _ = pad_packed_sequence(out, batch_first=case.batch_first, total_length=total)
+        else:
+            out, state = module(x, hx)
+    if isinstance(state, tuple):
+        return {"output": out, "h_n": state[0], "c_n": state[1]}
+    return {"output": out, "h_n": state}
+
+
+def write_case(case: Case, folder: str) -> tuple:
+    os.makedirs(folder, exist_ok=True)
+    weights = os.path.join(folder, "weights.safetensors")
+    inputs = os.path.join(folder, "input.safetensors")
+    state = {k: v.contiguous() for k, v in case.module.state_dict().items()}
+    save_file(state, weights, metadata=case.metadata)
+    save_file(case.inputs, inputs)
+    return weights, inputs
+
+
+def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    if got.shape != ref.shape:
+        raise ValueError(f"shape {tuple(got.shape)} != expected {tuple(ref.shape)}")
+    scale = ref.abs().max().item() if ref.numel() else 0.0
+    diff = (got.double() - ref).abs().max().item() if ref.numel() else 0.0
+    if diff != diff:  # NaN
+        return float("inf")
+    return diff / scale if scale > 0 else diff
+
+
+def run_binary(args, weights: str, inputs: str, output: str) -> subprocess.CompletedProcess:
+    cmd = [args.bin, "run", "--weights", weights, "--input", inputs, "--output", output,
+           "--device", args.device]
+    if args.dtype:
+        cmd += ["--dtype", args.dtype]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def last_line(text: str) -> str:
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    return lines[-1] if lines else "(no stderr)"
+
+
+def check_case(args, case: Case, workdir: str) -> bool:
+    folder = os.path.join(workdir, case.name)
+    weights, inputs = write_case(case, folder)
+    expected = reference(case)
+    output = os.path.join(folder, "output.safetensors")
+    proc = run_binary(args, weights, inputs, output)
+    head = f"{case.name:8s} {case.desc:52s}"
+    if proc.returncode != 0:
+        print(f"{head} FAIL exit {proc.returncode}: {last_line(proc.stderr)}")
+        return False
+    try:
+        got = load_file(output)
+        errors = {k: relative_error(got[k], ref) for k, ref in expected.items()}
+    except Exception as exc:  # missing file/tensor, wrong shape
+        print(f"{head} FAIL {type(exc).__name__}: {exc}")
+        return False
+    ok = all(e <= args.tol for e in errors.values())
+    report = "  ".join(f"{k} {e:.2e}" for k, e in errors.items())
+    print(f"{head} {report}  {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bin", required=True, help="path to the fused-rnn binary")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--kinds", default="rnn", help=f"comma list of {','.join(CASE_MAKERS)}")
+    p.add_argument("--seed", type=int, default=20250, help="base seed for the random cases")
+    p.add_argument("--count", type=int, default=20, help="cases per kind")
+    p.add_argument("--dtype", default=None, help="passed to the binary as --dtype when given")
+    p.add_argument("--tol", type=float, default=1e-5)
+    p.add_argument("--keep", action="store_true", help="keep and print the temp folder")
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in CASE_MAKERS]
+    if unknown:
+        sys.exit(f"unknown kind(s): {', '.join(unknown)}; known: {', '.join(CASE_MAKERS)}")
+    if not (os.path.isfile(args.bin) and os.access(args.bin, os.X_OK)):
+        sys.exit(f"binary not found or not executable: {args.bin}")
+    torch.set_grad_enabled(False)
+    workdir = tempfile.mkdtemp(prefix="fused-rnn-check-")
+    passed = failed = 0
+    for kind in kinds:
+        for i in range(args.count):
+            case = CASE_MAKERS[kind](i, args.seed * 1000 + i)
+            if check_case(args, case, workdir):
+                passed += 1
+            else:
+                failed += 1
+    if args.keep:
+        print(f"cases kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Time torch.nn.RNN (cuDNN) inference on a CUDA GPU as a baseline for fused-rnn.
+
+Op: nn.RNN, tanh, 1 layer, unidirectional, I = H, T = 128, under torch.no_grad(),
+for H in {256, 1024}, B in {1, 64}, dtypes float32/float16/bfloat16.
+Each configuration: 10 warm-up forwards, then 50 timed with CUDA events.
+Prints a Markdown table and writes the same rows as JSON to --json.
+
+Usage (needs torch with CUDA):
+    python3 scripts/torch_gpu_bench.py --json torch_rnn_bench.json
+"""
+
+import argparse
+import json
+
+import torch
+
+HIDDEN = [256, 1024]
+BATCH = [1, 64]
+SEQ_LEN = 128
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+WARMUP, ITERS = 10, 50
+
+
+def time_forward(hidden: int, batch: int, dtype: torch.dtype) -> float:
+    """Mean microseconds per forward of a 1-layer tanh nn.RNN."""
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(hidden, hidden, 1, nonlinearity="tanh").cuda().to(dtype).eval()
+    x = torch.randn(SEQ_LEN, batch, hidden, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        for _ in range(WARMUP):
+            rnn(x)
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(ITERS):
+            rnn(x)
+        end.record()
+        torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000.0 / ITERS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", required=True, help="path of the JSON rows to write")
+    args = parser.parse_args()
+    assert torch.cuda.is_available(), "needs a CUDA GPU"
+    torch.backends.cudnn.enabled = True
+    card = torch.cuda.get_device_name()
+    rows = []
+    for dtype_name, dtype in DTYPES.items():
+        for hidden in HIDDEN:
+            for batch in BATCH:
+                us = time_forward(hidden, batch, dtype)
+                rows.append({"op": "torch.nn.RNN tanh (cuDNN)", "dtype": dtype_name, "H": hidden,
+                             "B": batch, "T": SEQ_LEN, "us_per_forward": round(us, 2),
+                             "us_per_step": round(us / SEQ_LEN, 3), "card": card})
+    print("| op | dtype | H | B | T | µs/forward | µs/step | card |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['op']} | {r['dtype']} | {r['H']} | {r['B']} | {r['T']} "
+              f"| {r['us_per_forward']:.2f} | {r['us_per_step']:.3f} | {r['card']} |")
+    with open(args.json, "w") as f:
+        json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

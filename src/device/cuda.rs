@@ -1,0 +1,208 @@
+//! One CUDA device: context, stream, cuBLAS handle, and the kernel modules loaded on it.
+
+use super::kernels;
+use crate::dtype::{CudaData, DType, Element};
+use crate::error::{Error, Result};
+use crate::nvrtc;
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    result as dr, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// How a kernel module was loaded on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadedVia {
+    /// The CUBIN build.rs made for this exact architecture.
+    Cubin,
+    /// The embedded compute_80 PTX, JIT-compiled by the driver.
+    Ptx,
+    /// The embedded source, compiled now by NVRTC for this device.
+    Nvrtc,
+}
+
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    compute_capability: (i32, i32),
+    card: String,
+    modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, LoadedVia)>>,
+    poison: AtomicBool,
+}
+
+/// Fails unless the driver library can be opened (cudarc panics on a missing library).
+fn require_libcuda() -> Result<()> {
+    // SAFETY: only probes whether the library can be opened.
+    if unsafe { sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(Error::NoCuda(
+            "libcuda (the NVIDIA driver library) was not found".into(),
+        ))
+    }
+}
+
+/// The CUDA driver version as (major, minor), or an error when there is no driver.
+pub fn driver_version() -> Result<(i32, i32)> {
+    require_libcuda()?;
+    let mut v = 0;
+    // SAFETY: `v` is valid for one c_int write.
+    unsafe { sys::cuDriverGetVersion(&mut v) }.result()?;
+    Ok((v / 1000, (v % 1000) / 10))
+}
+
+impl CudaDevice {
+    /// Opens device `ordinal` with a new stream of its own.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        require_libcuda()?;
+        dr::init().map_err(|e| Error::NoCuda(format!("cuInit failed: {e}")))?;
+        let count = CudaContext::device_count()?;
+        if ordinal >= count as usize {
+            return Err(Error::NoCuda(format!(
+                "no CUDA device {ordinal} ({count} device(s) present)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let stream = ctx.new_stream()?;
+        Self::with_stream(stream)
+    }
+
+    /// Runs everything on `stream`, so that a crate that owns the stream orders our work with
+    /// its own without extra synchronisation.
+    pub fn with_stream(stream: Arc<CudaStream>) -> Result<Self> {
+        // SAFETY: only probes whether the library can be opened.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::NoCuda("libcublas was not found".into()));
+        }
+        let ctx = stream.context().clone();
+        let blas = CudaBlas::new(stream.clone())?;
+        Ok(CudaDevice {
+            compute_capability: ctx.compute_capability()?,
+            card: ctx.name()?,
+            ctx,
+            stream,
+            blas,
+            modules: Mutex::new(HashMap::new()),
+            poison: AtomicBool::new(false),
+        })
+    }
+
+    pub fn name(&self) -> String {
+        let (major, minor) = self.compute_capability;
+        format!(
+            "cuda:{} ({}, sm_{major}{minor})",
+            self.ctx.ordinal(),
+            self.card
+        )
+    }
+
+    pub fn card(&self) -> &str {
+        &self.card
+    }
+
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub(crate) fn blas(&self) -> &CudaBlas {
+        &self.blas
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.stream.synchronize()?)
+    }
+
+    /// When on, every output buffer the library allocates is filled with NaN bytes first, so a
+    /// kernel that leaves an element unwritten is caught by any comparison. For tests.
+    pub fn set_poison_outputs(&self, on: bool) {
+        self.poison.store(on, Ordering::Relaxed);
+    }
+
+    /// An uninitialised buffer of `len` elements that a kernel will write whole (NaN-filled
+    /// when poisoning is on).
+    pub(crate) fn alloc_output<T: Element>(&self, len: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: the caller writes every element before reading; poisoning fills it first.
+        let buf = unsafe { self.stream.alloc::<T>(len.max(1))? };
+        if self.poison.load(Ordering::Relaxed) {
+            let (ptr, _guard) = buf.device_ptr(&self.stream);
+            // SAFETY: `ptr` addresses `buf`, which holds len.max(1) elements of T.
+            unsafe {
+                dr::memset_d8_async(
+                    ptr,
+                    0xff,
+                    len.max(1) * std::mem::size_of::<T>(),
+                    self.stream.cu_stream(),
+                )?
+            };
+        }
+        Ok(buf)
+    }
+
+    pub(crate) fn alloc_output_data(&self, dtype: DType, len: usize) -> Result<CudaData> {
+        crate::with_dtype!(dtype, T => Ok(T::wrap_cuda(self.alloc_output::<T>(len)?)))
+    }
+
+    /// The kernel module `file` (a `kernels/*.cu` stem), loaded once per device: the CUBIN when
+    /// it was built for this architecture, else the compute_80 PTX, else the source through
+    /// NVRTC.
+    pub fn module(&self, file: &'static str) -> Result<(Arc<CudaModule>, LoadedVia)> {
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = modules.get(file) {
+            return Ok(found.clone());
+        }
+        let image = kernels::image(file)
+            .ok_or_else(|| Error::Nvrtc(format!("no kernel file named `{file}`")))?;
+        let (major, minor) = self.compute_capability;
+        let arch = format!("sm_{major}{minor}");
+        let cubin = image
+            .cubin
+            .filter(|_| image.cubin_arch == arch)
+            .and_then(|bin| self.ctx.load_module(Ptx::from_binary(bin.to_vec())).ok())
+            .map(|m| (m, LoadedVia::Cubin));
+        let ptx = || {
+            image
+                .ptx
+                .filter(|_| major >= 8)
+                .and_then(|src| self.ctx.load_module(Ptx::from_src(src)).ok())
+                .map(|m| (m, LoadedVia::Ptx))
+        };
+        let loaded = match cubin.or_else(ptx) {
+            Some(found) => found,
+            None => {
+                let compiled = nvrtc::compile(image.source, &format!("{file}.cu"), &arch)?;
+                let module = self.ctx.load_module(Ptx::from_binary(compiled.image))?;
+                (module, LoadedVia::Nvrtc)
+            }
+        };
+        modules.insert(file, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// The entry point `{op_variant}_{dtype}` of kernel file `file`.
+    pub(crate) fn function(
+        &self,
+        file: &'static str,
+        op_variant: &str,
+        dtype: DType,
+    ) -> Result<CudaFunction> {
+        let (module, _) = self.module(file)?;
+        Ok(module.load_function(&kernels::entry_point(op_variant, dtype))?)
+    }
+
+    /// Copies a host slice to a new device buffer.
+    pub(crate) fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        Ok(self.stream.clone_htod(host)?)
+    }
+}

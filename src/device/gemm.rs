@@ -1,0 +1,60 @@
+//! cuBLAS GEMM in row-major terms, storage dtype in, f32 out, f32 accumulation.
+
+use super::{CudaDevice, MatRef};
+use crate::dtype::DType;
+use crate::error::Result;
+use cudarc::cublas::{result, sys};
+
+fn cuda_type(dtype: DType) -> sys::cudaDataType {
+    match dtype {
+        DType::F32 => sys::cudaDataType::CUDA_R_32F,
+        DType::F16 => sys::cudaDataType::CUDA_R_16F,
+        DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
+    }
+}
+
+impl CudaDevice {
+    /// C[m, n] = A[m, k] · B[n, k]ᵀ + beta · C, with C row-major f32 (leading dimension `ldc`).
+    ///
+    /// Row-major C is column-major Cᵀ = B · Aᵀ, so cuBLAS gets (B, transposed) × (A, as is).
+    ///
+    /// # Safety
+    /// `a`, `b` and `c` must address live device buffers on this device holding at least
+    /// (m-1)·ld + k, (n-1)·ld + k and (m-1)·ldc + n elements of their dtypes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gemm_abt(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: MatRef,
+        b: MatRef,
+        c: u64,
+        ldc: usize,
+        beta: f32,
+    ) -> Result<()> {
+        let alpha = 1.0f32;
+        result::gemm_ex(
+            *self.blas().handle(),
+            sys::cublasOperation_t::CUBLAS_OP_T,
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            m as i32,
+            k as i32,
+            &alpha as *const f32 as *const _,
+            b.ptr as *const _,
+            cuda_type(b.dtype),
+            b.ld as i32,
+            a.ptr as *const _,
+            cuda_type(a.dtype),
+            a.ld as i32,
+            &beta as *const f32 as *const _,
+            c as *mut _,
+            sys::cudaDataType::CUDA_R_32F,
+            ldc as i32,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )?;
+        Ok(())
+    }
+}

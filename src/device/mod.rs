@@ -1,0 +1,68 @@
+//! Where computation runs: the CPU, or one CUDA device with its stream, cuBLAS handle and
+//! loaded kernel modules.
+
+mod cuda;
+mod gemm;
+pub mod kernels;
+mod ptr;
+
+pub use cuda::{driver_version, CudaDevice, LoadedVia};
+pub(crate) use ptr::{data_ptr, dev_ptr, MatRef};
+
+use crate::error::Result;
+use std::sync::Arc;
+
+/// A compute device. Cloning is cheap (CUDA state is shared).
+#[derive(Clone)]
+pub enum Device {
+    Cpu,
+    Cuda(Arc<CudaDevice>),
+}
+
+impl Device {
+    pub fn cpu() -> Self {
+        Device::Cpu
+    }
+
+    /// CUDA device `ordinal`. Fails with a clear error, never a panic, when libcuda, a device or
+    /// libcublas is missing.
+    pub fn cuda(ordinal: usize) -> Result<Self> {
+        Ok(Device::Cuda(Arc::new(CudaDevice::new(ordinal)?)))
+    }
+
+    /// CUDA device 0 when a driver and a device exist, else the CPU; the string says why.
+    pub fn auto() -> (Self, String) {
+        match Device::cuda(0) {
+            Ok(dev) => {
+                let why = format!("using {}: a CUDA driver and device were found", dev.name());
+                (dev, why)
+            }
+            Err(e) => (Device::Cpu, format!("using the CPU: {e}")),
+        }
+    }
+
+    /// "cpu" or "cuda:N (card, sm_XY)".
+    pub fn name(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".into(),
+            Device::Cuda(d) => d.name(),
+        }
+    }
+
+    pub fn as_cuda(&self) -> Option<&Arc<CudaDevice>> {
+        match self {
+            Device::Cpu => None,
+            Device::Cuda(d) => Some(d),
+        }
+    }
+
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}

@@ -1,0 +1,38 @@
+//! Fused CUDA kernels for recurrent networks, with PyTorch's semantics.
+//!
+//! | module        | CPU (f32) | CUDA fused (f32/f16/bf16) | CUDA naive |
+//! |---------------|-----------|---------------------------|------------|
+//! | `nn::Rnn` tanh/relu, layers, bidirectional, batch_first, h0, lengths | yes | yes | yes |
+//!
+//! Weights load from PyTorch state_dicts saved as safetensors. On CUDA, each layer-direction
+//! runs one GEMM for the input projection of every step, then per step one recurrent GEMM and
+//! one fused kernel (biases, activation, length mask, output and next state).
+//!
+//! # Quick start
+//! ```no_run
+//! use fused_rnn::{nn::{Rnn, RnnConfig}, DType, Device, Tensor};
+//! # fn main() -> fused_rnn::Result<()> {
+//! let (device, why) = Device::auto();
+//! println!("{why}");
+//! let rnn = Rnn::random(RnnConfig::new(16, 32), &device, DType::F32, 0)?;
+//! let x = Tensor::from_vec(vec![0.1f32; 5 * 2 * 16], &[5, 2, 16])?.to(&device, DType::F32)?;
+//! let out = rnn.forward(&x, None, Some(&[5, 3]))?;
+//! assert_eq!(out.output.shape(), &[5, 2, 32]);
+//! # Ok(()) }
+//! ```
+
+pub mod device;
+mod dtype;
+mod error;
+pub mod io;
+pub mod nn;
+pub mod nvrtc;
+pub mod ops;
+pub mod run;
+mod tensor;
+
+pub use device::Device;
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use ops::rnn::{Algo, Nonlinearity};
+pub use tensor::Tensor;

@@ -1,0 +1,54 @@
+//! Runtime NVRTC: finding the library, its version, and compiling embedded kernel sources.
+
+pub mod compile;
+pub mod locate;
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Folders searched at run time: those of `locate::candidate_dirs`, then the folder NVRTC was
+/// found in when the crate was built.
+fn search_dirs() -> Vec<PathBuf> {
+    let mut dirs = locate::candidate_dirs(Some(Path::new(env!("CARGO_MANIFEST_DIR"))));
+    if let Some(dir) = option_env!("FUSED_RNN_BUILD_NVRTC_DIR") {
+        dirs.push(PathBuf::from(dir));
+    }
+    dirs
+}
+
+/// Makes libnvrtc loadable once per process; the error says where it looked.
+pub fn ensure_loaded() -> Result<()> {
+    static STATE: OnceLock<Result<(), String>> = OnceLock::new();
+    STATE
+        .get_or_init(|| {
+            let dirs = search_dirs();
+            let found = locate::preload(&dirs).is_some();
+            // SAFETY: only probes whether the library can be opened.
+            if found || unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+                Ok(())
+            } else {
+                let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+                Err(format!(
+                    "{} not found (looked in {} and the system library path; set \
+                     FUSED_RNN_NVRTC_DIR to the folder holding it)",
+                    locate::NVRTC_LIB,
+                    looked.join(", ")
+                ))
+            }
+        })
+        .clone()
+        .map_err(Error::Nvrtc)
+}
+
+/// The NVRTC version, when the library can be loaded.
+pub fn version() -> Result<(i32, i32)> {
+    ensure_loaded()?;
+    compile::version().map_err(Error::Nvrtc)
+}
+
+/// Compiles one kernel source for `arch` (`sm_XY` gives CUBIN, `compute_XY` PTX).
+pub fn compile(source: &str, name: &str, arch: &str) -> Result<compile::Compiled> {
+    ensure_loaded()?;
+    compile::compile(source, name, arch).map_err(Error::Nvrtc)
+}

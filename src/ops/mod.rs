@@ -1,0 +1,5 @@
+//! Operations: argument checks and dispatch in `mod.rs`, the CPU reference in `cpu.rs`, CUDA
+//! launchers (fused and naive) in `cuda.rs`.
+
+pub(crate) mod gemm_cpu;
+pub mod rnn;
