@@ -118,7 +118,7 @@ impl Rnn {
                 });
             }
         }
-        Self::from_host(config, host, device, dtype)
+        Self::copied(config, &host, device, dtype)
     }
 
     /// Parameters from a PyTorch state_dict (`weight_ih_l{k}[_reverse]`, `weight_hh_l{k}`,
@@ -164,12 +164,13 @@ impl Rnn {
                 });
             }
         }
-        Self::from_host(config, host, device, dtype)
+        Self::copied(config, &host, device, dtype)
     }
 
-    fn from_host(
+    /// Copies `weights` (on any device) to `device` in `dtype`.
+    fn copied(
         config: RnnConfig,
-        host: Vec<DirectionWeights>,
+        weights: &[DirectionWeights],
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
@@ -179,7 +180,7 @@ impl Rnn {
             )));
         }
         let to = |t: &Tensor| t.to(device, dtype);
-        let weights = host
+        let weights = weights
             .iter()
             .map(|w| {
                 Ok(DirectionWeights {
@@ -197,6 +198,11 @@ impl Rnn {
             algo: Algo::Auto,
             weights,
         })
+    }
+
+    /// A copy of this layer on `device` with parameters stored in `dtype`.
+    pub fn to(&self, device: &Device, dtype: DType) -> Result<Self> {
+        Ok(Self::copied(self.config, &self.weights, device, dtype)?.with_algo(self.algo))
     }
 
     /// Chooses the CUDA implementation (ignored on the CPU).
@@ -246,16 +252,15 @@ impl Rnn {
             }
         }
         let lengths = check_lengths(lengths, dims.batch, dims.seq_len)?;
-        let (output, h_n) = rnn::forward(
-            &self.device,
-            self.algo,
-            self.config.nonlinearity,
-            &dims,
-            &self.weights,
+        let call = rnn::Call {
+            act: self.config.nonlinearity,
+            dims,
+            weights: &self.weights,
             input,
             h0,
-            &lengths,
-        )?;
+            lengths: &lengths,
+        };
+        let (output, h_n) = rnn::forward(&self.device, self.algo, &call)?;
         Ok(RnnOutput { output, h_n })
     }
 

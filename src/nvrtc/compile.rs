@@ -40,9 +40,10 @@ pub fn compile(source: &str, name: &str, arch: &str) -> Result<Compiled, String>
     // SAFETY: `prog` is a live program from create_program; it is destroyed once below.
     unsafe {
         let compiled = result::compile_program(prog, &options(arch));
-        let log = result::get_program_log(prog)
-            .map(|raw| c_chars_to_string(&raw))
-            .unwrap_or_default();
+        let log = match result::get_program_log(prog) {
+            Ok(raw) => c_chars_to_string(&raw),
+            Err(e) => format!("(nvrtcGetProgramLog failed: {e:?})"),
+        };
         let image = match compiled {
             Err(e) => Err(format!("{name} ({arch}): {e:?}\n{log}")),
             Ok(()) if arch.starts_with("sm_") => cubin(prog),
@@ -126,4 +127,43 @@ fn numbers(text: &str) -> Vec<u32> {
     text.split(|c: char| !c.is_ascii_digit())
         .filter_map(|s| s.parse().ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptxas_log_gives_registers_and_spills_per_function() {
+        let log = "ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'a_f32' for 'sm_90'
+ptxas info    : Function properties for a_f32
+ptxas         .     8 bytes stack frame, 12 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 40 registers, used 0 barriers, 380 bytes cmem[0]
+ptxas info    : Compiling entry function 'b_f16' for 'sm_90'
+ptxas info    : Function properties for b_f16
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 17 registers, used 1 barriers
+";
+        let stats = parse_ptxas_log(log);
+        assert_eq!(
+            stats,
+            vec![
+                FunctionStats {
+                    name: "a_f32".into(),
+                    registers: 40,
+                    stack_bytes: 8,
+                    spill_store_bytes: 12,
+                    spill_load_bytes: 4
+                },
+                FunctionStats {
+                    name: "b_f16".into(),
+                    registers: 17,
+                    stack_bytes: 0,
+                    spill_store_bytes: 0,
+                    spill_load_bytes: 0
+                },
+            ]
+        );
+    }
 }

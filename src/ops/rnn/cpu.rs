@@ -1,7 +1,7 @@
 //! CPU reference forward, f32. The same loop as the CUDA path: one GEMM for the input projection
 //! of a layer-direction, then per step one GEMM for W_hh·h and the elementwise update.
 
-use super::{step_time, Dims, DirectionWeights, Nonlinearity};
+use super::{step_time, Call, Dims};
 use crate::error::{Error, Result};
 use crate::ops::gemm_cpu::gemm_abt;
 use crate::tensor::Tensor;
@@ -14,14 +14,15 @@ fn f32_values<'a>(t: &'a Tensor, name: &str) -> Result<&'a [f32]> {
     })
 }
 
-pub(super) fn forward(
-    act: Nonlinearity,
-    dims: &Dims,
-    weights: &[DirectionWeights],
-    input: &Tensor,
-    h0: Option<&Tensor>,
-    lengths: &[usize],
-) -> Result<(Tensor, Tensor)> {
+pub(super) fn forward(call: &Call<'_>) -> Result<(Tensor, Tensor)> {
+    let Call {
+        act,
+        ref dims,
+        weights,
+        input,
+        h0,
+        lengths,
+    } = *call;
     let x = f32_values(input, "input")?;
     let h0 = h0.map(|t| f32_values(t, "h0")).transpose()?;
     let Dims {

@@ -3,7 +3,7 @@
 //! one fused kernel, or the naive chain of six. Buffers are allocated before the time loop;
 //! nothing in it allocates or waits for the host.
 
-use super::{Algo, Dims, DirectionWeights, Nonlinearity};
+use super::{Algo, Call, Dims};
 use crate::device::{data_ptr, dev_ptr, CudaDevice, MatRef};
 use crate::dtype::{CudaData, DType, Element};
 use crate::error::{Error, Result};
@@ -173,17 +173,15 @@ fn i32_size(value: usize, what: &str) -> Result<i32> {
     i32::try_from(value).map_err(|_| Error::Config(format!("{what} = {value} exceeds i32")))
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn forward(
-    dev: &CudaDevice,
-    algo: Algo,
-    act: Nonlinearity,
-    dims: &Dims,
-    weights: &[DirectionWeights],
-    input: &Tensor,
-    h0: Option<&Tensor>,
-    lengths: &[usize],
-) -> Result<(Tensor, Tensor)> {
+pub(super) fn forward(dev: &CudaDevice, algo: Algo, call: &Call<'_>) -> Result<(Tensor, Tensor)> {
+    let Call {
+        act,
+        ref dims,
+        weights,
+        input,
+        h0,
+        lengths,
+    } = *call;
     let dtype = input.dtype();
     let Dims {
         seq_len,

@@ -187,24 +187,55 @@ pub fn check_lengths(
     Ok(lengths.to_vec())
 }
 
-/// Runs the forward pass on `device`. `weights` holds L·D layer-directions in PyTorch order
-/// (layer-major, forward before reverse), already checked against `dims`.
-pub(crate) fn forward(
-    device: &Device,
-    algo: Algo,
-    act: Nonlinearity,
-    dims: &Dims,
-    weights: &[DirectionWeights],
-    input: &Tensor,
-    h0: Option<&Tensor>,
-    lengths: &[usize],
-) -> Result<(Tensor, Tensor)> {
-    input.check_on(device, "input")?;
-    if let Some(h0) = h0 {
+/// One checked forward call: everything both paths need.
+pub(crate) struct Call<'a> {
+    pub act: Nonlinearity,
+    pub dims: Dims,
+    /// L·D layer-directions in PyTorch order (layer-major, forward before reverse), already
+    /// checked against `dims`.
+    pub weights: &'a [DirectionWeights],
+    pub input: &'a Tensor,
+    pub h0: Option<&'a Tensor>,
+    pub lengths: &'a [usize],
+}
+
+/// Runs the forward pass on `device`; returns (output, h_n).
+pub(crate) fn forward(device: &Device, algo: Algo, call: &Call<'_>) -> Result<(Tensor, Tensor)> {
+    call.input.check_on(device, "input")?;
+    if let Some(h0) = call.h0 {
         h0.check_on(device, "h0")?;
     }
     match device {
-        Device::Cpu => cpu::forward(act, dims, weights, input, h0, lengths),
-        Device::Cuda(dev) => cuda::forward(dev, algo, act, dims, weights, input, h0, lengths),
+        Device::Cpu => cpu::forward(call),
+        Device::Cuda(dev) => cuda::forward(dev, algo, call),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_direction_starts_at_each_rows_last_valid_step() {
+        let forward: Vec<_> = (0..5).map(|s| step_time(s, 3, false)).collect();
+        assert_eq!(forward, [Some(0), Some(1), Some(2), None, None]);
+        let reverse: Vec<_> = (0..5).map(|s| step_time(s, 3, true)).collect();
+        assert_eq!(reverse, [Some(2), Some(1), Some(0), None, None]);
+    }
+
+    #[test]
+    fn lengths_must_be_one_per_row_within_one_to_t() {
+        assert_eq!(check_lengths(None, 2, 4).unwrap(), [4, 4]);
+        assert_eq!(check_lengths(Some(&[1, 4]), 2, 4).unwrap(), [1, 4]);
+        assert!(check_lengths(Some(&[0, 4]), 2, 4).is_err());
+        assert!(check_lengths(Some(&[5, 4]), 2, 4).is_err());
+        assert!(check_lengths(Some(&[4]), 2, 4).is_err());
+    }
+
+    #[test]
+    fn relu_keeps_nan_like_torch() {
+        assert!(Nonlinearity::Relu.apply(f32::NAN).is_nan());
+        assert_eq!(Nonlinearity::Relu.apply(-2.0), 0.0);
+        assert_eq!(Nonlinearity::Relu.apply(3.0), 3.0);
     }
 }

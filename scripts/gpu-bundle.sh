@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds (here, no GPU needed) the release test binaries, the bench binary and the CLI, strips
+# them and copies them into target/gpu-bundle/bin for scripts/gpu-run.sh on a GPU machine.
+# NVRTC is installed first so that every kernel is precompiled (CUBIN sm_90 + PTX).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-nvrtc.sh
+bundle=target/gpu-bundle
+rm -rf "$bundle"
+mkdir -p "$bundle/bin"
+cargo build --release --bin fused-rnn
+cp target/release/fused-rnn "$bundle/bin/fused-rnn"
+# Test and bench executables, named test-<target> and bench-<target>.
+{
+    cargo test --release --no-run --message-format=json
+    cargo bench --no-run --message-format=json
+} 2>/dev/null | python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") != "compiler-artifact" or not msg.get("executable"):
+        continue
+    kinds = msg["target"]["kind"]
+    if not msg["profile"]["test"] and "bench" not in kinds:
+        continue
+    kind = "bench" if "bench" in kinds else "test"
+    shutil.copy(msg["executable"], sys.argv[1] + "/bin/" + kind + "-" + msg["target"]["name"])
+' "$bundle"
+strip "$bundle"/bin/*
+ls -la "$bundle/bin"
+du -sh "$bundle"

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs on a GPU machine from the repository root, after scripts/gpu-bundle.sh ran here and
+# target/gpu-bundle was carried there. Logs go to $OUT (default /tmp/fused-rnn-gpu); a summary
+# table is printed last.
+#   tests     every test binary with FUSED_RNN_REQUIRE_GPU=1 (a skip fails)
+#   memcheck  compute-sanitizer memcheck on the CUDA tests
+#   bench     criterion fused vs naive, then PyTorch (cuDNN) at the same sizes
+#   torch     fresh PyTorch cases through `fused-rnn run --device cuda`
+set -uo pipefail
+bundle=target/gpu-bundle/bin
+out=${OUT:-/tmp/fused-rnn-gpu}
+mkdir -p "$out"
+export FUSED_RNN_REQUIRE_GPU=1 FUSED_RNN_REQUIRE_NVRTC=1
+# Prefer the pip wheels of the machine's PyTorch (under /opt): the same NVRTC 13.0 build as
+# scripts/install-nvrtc.sh installs here.
+lib_dirs=""
+for lib in libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13; do
+    found=$(find /opt /usr/local/cuda/ /usr/lib -name "$lib" 2>/dev/null | head -1)
+    [ -n "$found" ] && lib_dirs="$lib_dirs:$(dirname "$found")"
+done
+export LD_LIBRARY_PATH="${lib_dirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PATH="$PATH:/usr/local/cuda/bin"
+summary=()
+record() { summary+=("$(printf '%-34s %s' "$1" "$2")"); }
+step() { # name, log, command...
+    local name=$1 log=$2; shift 2
+    local start=$SECONDS
+    echo "=== $name: $*" >>"$log"
+    if "$@" >>"$log" 2>&1; then record "$name" "PASS ($((SECONDS - start)) s)"
+    else record "$name" "FAIL rc=$? ($((SECONDS - start)) s, see $(basename "$log"))"; fi
+}
+
+{ nvidia-smi; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } >"$out/machine.log" 2>&1
+step "info" "$out/machine.log" "$bundle/fused-rnn" info
+for t in "$bundle"/test-*; do
+    step "$(basename "$t")" "$out/tests.log" "$t" --test-threads=1
+done
+for t in "$bundle"/test-rnn_cuda; do
+    step "memcheck $(basename "$t")" "$out/sanitizer.log" \
+        compute-sanitizer --tool memcheck --error-exitcode 1 "$t" --test-threads=1
+done
+step "fresh torch cases, cuda f32" "$out/torch.log" \
+    python3 scripts/check_against_torch.py --bin "$bundle/fused-rnn" --device cuda --count 12 --tol 1e-4
+step "bench fused vs naive" "$out/bench.log" "$bundle/bench-rnn" --bench --noplot
+step "bench torch cuDNN" "$out/bench.log" python3 scripts/torch_gpu_bench.py --json "$out/torch_bench.json"
+grep -E "^(rnn_forward|[a-z]+_rnn_)|time:|thrpt:" "$out/bench.log" | head -150
+printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"

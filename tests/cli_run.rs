@@ -1,0 +1,281 @@
+//! `fused-rnn` as a user runs it: `info` and `run --device auto` work without a GPU, a good run
+//! writes the output, and every bad input is one line on stderr, exit code 2 and no output file.
+
+mod common;
+
+use safetensors::tensor::{Dtype, TensorView};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fused-rnn"))
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fused-rnn-cli-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+enum Data {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+fn write(path: &Path, tensors: &[(&str, Vec<usize>, Data)]) {
+    let bytes: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let (dtype, bytes) = match data {
+                Data::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                Data::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            };
+            (name.to_string(), shape.clone(), dtype, bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, d, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// The fixture case used as the valid base: tanh, 1 layer, I = 5, H = 7, B = 5, T = 8.
+fn weights() -> PathBuf {
+    common::fixtures("rnn").join("tanh_l1_lens/weights.safetensors")
+}
+
+fn run(weights: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    bin()
+        .args(["run", "--device", "cpu", "--weights"])
+        .arg(weights)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// Exit code 2, one line naming each of `mentions`, and no output file.
+fn assert_fails(out: &Output, output: &Path, mentions: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line expected: {stderr}"
+    );
+    for m in mentions {
+        assert!(stderr.contains(m), "`{m}` not in: {stderr}");
+    }
+    assert!(!output.exists(), "a failed run left {}", output.display());
+}
+
+fn input_tensor(t: usize, b: usize, i: usize) -> (&'static str, Vec<usize>, Data) {
+    (
+        "input",
+        vec![t, b, i],
+        Data::F32(common::random(t * b * i, 1.0, 5)),
+    )
+}
+
+#[test]
+fn info_and_auto_device_work_anywhere() {
+    let out = bin().arg("info").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("device:") && stdout.contains("rnn.cu"),
+        "{stdout}"
+    );
+
+    let dir = scratch("auto");
+    let output = dir.join("y.safetensors");
+    let case = common::fixtures("rnn").join("tanh_l1_lens");
+    let out = bin()
+        .args(["run", "--device", "auto", "--weights"])
+        .arg(case.join("weights.safetensors"))
+        .arg("--input")
+        .arg(case.join("input.safetensors"))
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let y = fused_rnn::io::TensorFile::load(&output).unwrap();
+    assert_eq!(y.shape("output"), Some(&[8usize, 5, 7][..]));
+    assert_eq!(y.shape("h_n"), Some(&[1usize, 5, 7][..]));
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = scratch("missing");
+    let (input, output) = (dir.join("x.safetensors"), dir.join("y.safetensors"));
+    write(
+        &input,
+        &[("h0", vec![1, 5, 7], Data::F32(common::random(35, 1.0, 1)))],
+    );
+    assert_fails(
+        &run(&weights(), &input, &output, &[]),
+        &output,
+        &["`input`"],
+    );
+}
+
+#[test]
+fn wrong_shapes_name_the_tensor_and_both_shapes() {
+    let dir = scratch("shape");
+    let (input, output) = (dir.join("x.safetensors"), dir.join("y.safetensors"));
+    write(&input, &[input_tensor(8, 5, 4)]);
+    assert_fails(
+        &run(&weights(), &input, &output, &[]),
+        &output,
+        &["input", "[T, B, 5]", "[8, 5, 4]"],
+    );
+
+    write(
+        &input,
+        &[
+            input_tensor(8, 5, 5),
+            ("h0", vec![2, 5, 7], Data::F32(common::random(70, 1.0, 2))),
+        ],
+    );
+    assert_fails(
+        &run(&weights(), &input, &output, &[]),
+        &output,
+        &["h0", "[1, 5, 7]", "[2, 5, 7]"],
+    );
+}
+
+#[test]
+fn lengths_outside_one_to_t_are_rejected() {
+    let dir = scratch("lengths");
+    let (input, output) = (dir.join("x.safetensors"), dir.join("y.safetensors"));
+    for bad in [
+        vec![3, 0, 8, 1, 2],
+        vec![3, 9, 8, 1, 2],
+        vec![3, -1, 8, 1, 2],
+    ] {
+        write(
+            &input,
+            &[
+                input_tensor(8, 5, 5),
+                ("lengths", vec![5], Data::I64(bad.clone())),
+            ],
+        );
+        assert_fails(
+            &run(&weights(), &input, &output, &[]),
+            &output,
+            &["lengths"],
+        );
+    }
+    write(
+        &input,
+        &[
+            input_tensor(8, 5, 5),
+            ("lengths", vec![4], Data::I64(vec![1, 2, 3, 4])),
+        ],
+    );
+    assert_fails(
+        &run(&weights(), &input, &output, &[]),
+        &output,
+        &["lengths", "[5]", "[4]"],
+    );
+}
+
+#[test]
+fn truncated_and_missing_files_are_errors() {
+    let dir = scratch("truncated");
+    let (input, output) = (dir.join("x.safetensors"), dir.join("y.safetensors"));
+    write(&input, &[input_tensor(8, 5, 5)]);
+    let bytes = std::fs::read(weights()).unwrap();
+    let cut = dir.join("w.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() - 17]).unwrap();
+    assert_fails(
+        &run(&cut, &input, &output, &[]),
+        &output,
+        &["w.safetensors", "not a valid safetensors"],
+    );
+    assert_fails(
+        &run(&dir.join("absent.safetensors"), &input, &output, &[]),
+        &output,
+        &["absent.safetensors"],
+    );
+}
+
+#[test]
+fn non_finite_weights_and_cpu_half_precision_are_errors() {
+    let dir = scratch("nan");
+    let (input, output) = (dir.join("x.safetensors"), dir.join("y.safetensors"));
+    write(&input, &[input_tensor(3, 2, 4)]);
+    let w = dir.join("w.safetensors");
+    let mut w_hh = common::random(9, 0.5, 3);
+    w_hh[4] = f32::NAN;
+    write(
+        &w,
+        &[
+            (
+                "weight_ih_l0",
+                vec![3, 4],
+                Data::F32(common::random(12, 0.5, 4)),
+            ),
+            ("weight_hh_l0", vec![3, 3], Data::F32(w_hh)),
+        ],
+    );
+    assert_fails(
+        &run(&w, &input, &output, &[]),
+        &output,
+        &["weight_hh_l0", "NaN"],
+    );
+    assert_fails(
+        &run(&weights(), &input, &output, &["--dtype", "f16"]),
+        &output,
+        &["f16"],
+    );
+}
+
+#[test]
+fn flags_override_metadata() {
+    let dir = scratch("flags");
+    let case = common::fixtures("rnn").join("tanh_l1_lens");
+    let (default, relu) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    let input = case.join("input.safetensors");
+    assert!(run(&weights(), &input, &default, &[]).status.success());
+    assert!(run(&weights(), &input, &relu, &["--nonlinearity", "relu"])
+        .status
+        .success());
+    let a = fused_rnn::io::TensorFile::load(&default)
+        .unwrap()
+        .float("output")
+        .unwrap();
+    let b = fused_rnn::io::TensorFile::load(&relu)
+        .unwrap()
+        .float("output")
+        .unwrap();
+    let (a, b) = (a.to_vec_f32().unwrap(), b.to_vec_f32().unwrap());
+    assert!(a.iter().any(|v| *v < 0.0), "tanh output has negatives");
+    assert!(b.iter().all(|v| *v >= 0.0), "relu output is non-negative");
+    // batch_first flips the meaning of the first two input dims: [8, 5, 5] is then B=8, T=5,
+    // and the case's h0 [1, 5, 7] no longer matches B.
+    let out = run(
+        &weights(),
+        &input,
+        &dir.join("c.safetensors"),
+        &["--batch-first"],
+    );
+    assert_fails(
+        &out,
+        &dir.join("c.safetensors"),
+        &["h0", "[1, 8, 7]", "[1, 5, 7]"],
+    );
+}

@@ -1,0 +1,86 @@
+//! Helpers shared by the integration tests: one tolerance check, one device-or-skip, one
+//! NVRTC-or-skip, and random data that is never all zeros.
+#![allow(dead_code)]
+
+use fused_rnn::{DType, Device};
+use rand::{Rng, SeedableRng};
+
+/// True when the environment variable is set to 1: a skip then becomes a failure.
+fn required(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// CUDA device 0, or None after printing why (a failure under FUSED_RNN_REQUIRE_GPU=1).
+/// Outputs the library allocates on it are NaN-poisoned before kernels write them.
+pub fn cuda_or_skip(test: &str) -> Option<Device> {
+    match Device::cuda(0) {
+        Ok(dev) => {
+            dev.as_cuda().unwrap().set_poison_outputs(true);
+            Some(dev)
+        }
+        Err(e) if required("FUSED_RNN_REQUIRE_GPU") => {
+            panic!("{test}: FUSED_RNN_REQUIRE_GPU=1 but no GPU: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping {test}: {e}");
+            None
+        }
+    }
+}
+
+/// Whether NVRTC can be loaded; prints why not (a failure under FUSED_RNN_REQUIRE_NVRTC=1).
+pub fn nvrtc_or_skip(test: &str) -> bool {
+    match fused_rnn::nvrtc::version() {
+        Ok(_) => true,
+        Err(e) if required("FUSED_RNN_REQUIRE_NVRTC") => {
+            panic!("{test}: FUSED_RNN_REQUIRE_NVRTC=1 but {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping {test}: {e}");
+            false
+        }
+    }
+}
+
+/// Tolerance relative to the reference's largest magnitude, per storage dtype.
+pub fn tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => 2e-5,
+        DType::F16 => 1e-2,
+        DType::BF16 => 2e-2,
+    }
+}
+
+/// Checks |got − ref| ≤ tol·max|ref| + tol·|ref| element-wise; NaN anywhere fails.
+pub fn assert_close(what: &str, got: &[f32], reference: &[f32], tol: f32) {
+    assert_eq!(got.len(), reference.len(), "{what}: length differs");
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (k, (g, r)) in got.iter().zip(reference).enumerate() {
+        let err = (g - r).abs();
+        // Written so that NaN in `got` fails too.
+        assert!(
+            err <= tol * scale + tol * r.abs(),
+            "{what}: element {k}: got {g}, expected {r} (|diff| {err:e}, scale {scale:e}, tol {tol:e})"
+        );
+    }
+}
+
+/// Values uniform in [-scale, scale), seeded; never all zeros.
+pub fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..scale)).collect();
+    assert!(n == 0 || v.iter().any(|&x| x != 0.0));
+    v
+}
+
+/// The fixture folder: relative to the working directory (cargo runs tests from the package
+/// root; a bundled test binary runs from a copy of it), else the package root at build time.
+pub fn fixtures(kind: &str) -> std::path::PathBuf {
+    let relative = std::path::Path::new("tests/fixtures").join(kind);
+    if relative.is_dir() {
+        return relative;
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(kind)
+}

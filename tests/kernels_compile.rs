@@ -1,0 +1,58 @@
+//! Every embedded kernel compiles with runtime NVRTC, to CUBIN sm_90 and PTX compute_80, with
+//! no register spills. Skips with a printed reason without NVRTC (fails instead under
+//! FUSED_RNN_REQUIRE_NVRTC=1).
+
+mod common;
+
+use fused_rnn::device::kernels::KERNELS;
+use fused_rnn::nvrtc::{self, compile::parse_ptxas_log};
+
+#[test]
+fn every_kernel_compiles_without_spills() {
+    if !common::nvrtc_or_skip("every_kernel_compiles_without_spills") {
+        return;
+    }
+    assert!(!KERNELS.is_empty());
+    for image in KERNELS {
+        let file = format!("{}.cu", image.name);
+        nvrtc::compile(image.source, &file, "compute_80").unwrap_or_else(|e| panic!("{e}"));
+        let cubin = nvrtc::compile(image.source, &file, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+        let stats = parse_ptxas_log(&cubin.log);
+        assert!(
+            !stats.is_empty(),
+            "{file}: no ptxas statistics in the log:\n{}",
+            cubin.log
+        );
+        for s in &stats {
+            println!(
+                "{file}: {:<28} {:>3} registers, {} B spill stores, {} B spill loads",
+                s.name, s.registers, s.spill_store_bytes, s.spill_load_bytes
+            );
+            assert_eq!(
+                s.spill_store_bytes + s.spill_load_bytes,
+                0,
+                "{file}: {} spills",
+                s.name
+            );
+        }
+    }
+}
+
+#[test]
+fn every_entry_point_is_stamped_for_every_dtype() {
+    if !common::nvrtc_or_skip("every_entry_point_is_stamped_for_every_dtype") {
+        return;
+    }
+    let rnn = KERNELS.iter().find(|k| k.name == "rnn").expect("rnn.cu");
+    let cubin = nvrtc::compile(rnn.source, "rnn.cu", "sm_90").unwrap();
+    let names: Vec<String> = parse_ptxas_log(&cubin.log)
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    for op in ["rnn_step_fused", "rnn_naive_add_bias", "rnn_naive_store"] {
+        for dtype in fused_rnn::DType::ALL {
+            let entry = fused_rnn::device::kernels::entry_point(op, dtype);
+            assert!(names.contains(&entry), "missing entry point {entry}");
+        }
+    }
+}
