@@ -130,60 +130,81 @@ impl Case {
     }
 }
 
-/// The CPU result on the same (dtype-rounded) parameters and inputs as the CUDA run.
-fn check_case(device: &Device, case: &Case, seed: u64) {
-    let cpu = Device::Cpu;
+/// One call's inputs: (x, h0, lengths), on the host in f32.
+type Inputs = (Tensor, Option<Tensor>, Option<Vec<usize>>);
+
+fn inputs(case: &Case, seed: u64, with_h0: bool, lengths: Option<Vec<usize>>) -> Inputs {
     let dirs = if case.bidirectional { 2 } else { 1 };
-    let base = Rnn::random(case.config(), &cpu, DType::F32, seed).unwrap();
     let x_shape = if case.batch_first {
         [case.b, case.t, case.i]
     } else {
         [case.t, case.b, case.i]
     };
     let x = Tensor::from_vec(
-        common::random(case.t * case.b * case.i, 1.0, seed + 1),
+        common::random(case.t * case.b * case.i, 1.0, seed),
         &x_shape,
     )
     .unwrap();
     let h0_shape = [case.layers * dirs, case.b, case.h];
-    let h0 = case.h0.then(|| {
+    let h0 = with_h0.then(|| {
         Tensor::from_vec(
-            common::random(h0_shape.iter().product(), 0.5, seed + 2),
+            common::random(h0_shape.iter().product(), 0.5, seed + 1),
             &h0_shape,
         )
         .unwrap()
     });
-    let lengths = case.lengths();
+    (x, h0, lengths)
+}
+
+/// Runs `gpu` on `inputs` (rounded to its dtype) and compares with the CPU on the same
+/// rounded parameters and inputs.
+fn compare(what: &str, gpu: &Rnn, inputs: &Inputs) {
+    let (cpu, device, dtype) = (Device::Cpu, gpu.device().clone(), gpu.dtype());
+    let (x, h0, lengths) = inputs;
+    let x_dev = x.to(&device, dtype).unwrap();
+    let h0_dev = h0.as_ref().map(|h| h.to(&device, dtype).unwrap());
+    let x_ref = x_dev.to(&cpu, DType::F32).unwrap();
+    let h0_ref = h0_dev.as_ref().map(|h| h.to(&cpu, DType::F32).unwrap());
+    let reference = gpu.to(&cpu, DType::F32).unwrap();
+    let want = reference
+        .forward(&x_ref, h0_ref.as_ref(), lengths.as_deref())
+        .unwrap();
+    let got = gpu
+        .forward(&x_dev, h0_dev.as_ref(), lengths.as_deref())
+        .unwrap();
+    assert_eq!(got.output.shape(), want.output.shape(), "{what}");
+    assert_eq!(got.h_n.shape(), want.h_n.shape(), "{what}");
+    let tol = common::tolerance(dtype);
+    for (name, g, w) in [
+        ("output", &got.output, &want.output),
+        ("h_n", &got.h_n, &want.h_n),
+    ] {
+        common::assert_close(
+            &format!("{what}: {name}"),
+            &g.to_vec_f32().unwrap(),
+            &w.to_vec_f32().unwrap(),
+            tol,
+        );
+    }
+}
+
+/// Every dtype and algo on one case. Each layer runs twice on the same shape: the second call
+/// replays the first call's graph with other inputs, h0 and lengths, so nothing may leak
+/// between calls.
+fn check_case(device: &Device, case: &Case, seed: u64) {
+    let base = Rnn::random(case.config(), &Device::Cpu, DType::F32, seed).unwrap();
+    let first = inputs(case, seed + 10, !case.h0, None);
+    let second = inputs(case, seed + 20, case.h0, case.lengths());
     for dtype in DType::ALL {
-        let x_dev = x.to(device, dtype).unwrap();
-        let h0_dev = h0.as_ref().map(|h| h.to(device, dtype).unwrap());
-        let x_ref = x_dev.to(&cpu, DType::F32).unwrap();
-        let h0_ref = h0_dev.as_ref().map(|h| h.to(&cpu, DType::F32).unwrap());
-        let gpu = base.to(device, dtype).unwrap();
-        let reference = gpu.to(&cpu, DType::F32).unwrap();
-        let want = reference
-            .forward(&x_ref, h0_ref.as_ref(), lengths.as_deref())
-            .unwrap();
         for algo in [Algo::Fused, Algo::Naive] {
-            let gpu = gpu.to(device, dtype).unwrap().with_algo(algo);
-            let got = gpu
-                .forward(&x_dev, h0_dev.as_ref(), lengths.as_deref())
-                .unwrap();
+            let gpu = base.to(device, dtype).unwrap().with_algo(algo);
             let what = format!("{case:?} {dtype} {}", algo.name());
-            assert_eq!(got.output.shape(), want.output.shape(), "{what}");
-            assert_eq!(got.h_n.shape(), want.h_n.shape(), "{what}");
-            let tol = common::tolerance(dtype);
-            common::assert_close(
-                &format!("{what}: output"),
-                &got.output.to_vec_f32().unwrap(),
-                &want.output.to_vec_f32().unwrap(),
-                tol,
-            );
-            common::assert_close(
-                &format!("{what}: h_n"),
-                &got.h_n.to_vec_f32().unwrap(),
-                &want.h_n.to_vec_f32().unwrap(),
-                tol,
+            compare(&format!("{what} (first call)"), &gpu, &first);
+            compare(&format!("{what} (replay)"), &gpu, &second);
+            assert_eq!(
+                gpu.captured_graphs(),
+                1,
+                "{what}: the forward pass was not captured"
             );
         }
     }

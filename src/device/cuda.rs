@@ -32,7 +32,15 @@ pub struct CudaDevice {
     card: String,
     modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, LoadedVia)>>,
     poison: AtomicBool,
+    /// cuBLAS's workspace, owned here so that graph capture never makes cuBLAS allocate.
+    _blas_workspace: CudaSlice<u8>,
 }
+
+/// 0xFF bytes are NaN in f32, f16 and bf16.
+pub(crate) const POISON_BYTE: u8 = 0xff;
+
+/// Size of the cuBLAS workspace (NVIDIA recommends 32 MiB on Hopper).
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// Fails unless the driver library can be opened (cudarc panics on a missing library).
 fn require_libcuda() -> Result<()> {
@@ -80,6 +88,18 @@ impl CudaDevice {
         }
         let ctx = stream.context().clone();
         let blas = CudaBlas::new(stream.clone())?;
+        let workspace = stream.alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES)?;
+        let ptr = super::dev_ptr(&workspace, &stream);
+        // SAFETY: the handle is live and `workspace` outlives it (both are fields of the device,
+        // and the handle is dropped first).
+        unsafe {
+            cudarc::cublas::sys::cublasSetWorkspace_v2(
+                *blas.handle(),
+                ptr as *mut _,
+                BLAS_WORKSPACE_BYTES,
+            )
+        }
+        .result()?;
         Ok(CudaDevice {
             compute_capability: ctx.compute_capability()?,
             card: ctx.name()?,
@@ -88,6 +108,7 @@ impl CudaDevice {
             blas,
             modules: Mutex::new(HashMap::new()),
             poison: AtomicBool::new(false),
+            _blas_workspace: workspace,
         })
     }
 
@@ -135,19 +156,42 @@ impl CudaDevice {
     pub(crate) fn alloc_output<T: Element>(&self, len: usize) -> Result<CudaSlice<T>> {
         // SAFETY: the caller writes every element before reading; poisoning fills it first.
         let buf = unsafe { self.stream.alloc::<T>(len.max(1))? };
-        if self.poison.load(Ordering::Relaxed) {
+        if self.poisoning() {
             let (ptr, _guard) = buf.device_ptr(&self.stream);
             // SAFETY: `ptr` addresses `buf`, which holds len.max(1) elements of T.
-            unsafe {
-                dr::memset_d8_async(
-                    ptr,
-                    0xff,
-                    len.max(1) * std::mem::size_of::<T>(),
-                    self.stream.cu_stream(),
-                )?
-            };
+            unsafe { self.fill_async(ptr, POISON_BYTE, len.max(1) * std::mem::size_of::<T>())? };
         }
         Ok(buf)
+    }
+
+    pub(crate) fn poisoning(&self) -> bool {
+        self.poison.load(Ordering::Relaxed)
+    }
+
+    /// Enqueues a copy of `bytes` bytes between device addresses on this device's stream.
+    ///
+    /// # Safety
+    /// Both ranges must lie in live allocations of this context.
+    pub(crate) unsafe fn copy_async(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        Ok(dr::memcpy_dtod_async(
+            dst,
+            src,
+            bytes,
+            self.stream.cu_stream(),
+        )?)
+    }
+
+    /// Enqueues filling `bytes` bytes at `dst` with `byte`.
+    ///
+    /// # Safety
+    /// The range must lie in a live allocation of this context.
+    pub(crate) unsafe fn fill_async(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
+        Ok(dr::memset_d8_async(
+            dst,
+            byte,
+            bytes,
+            self.stream.cu_stream(),
+        )?)
     }
 
     pub(crate) fn alloc_output_data(&self, dtype: DType, len: usize) -> Result<CudaData> {

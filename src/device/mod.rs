@@ -6,6 +6,7 @@ mod gemm;
 pub mod kernels;
 mod ptr;
 
+pub(crate) use cuda::POISON_BYTE;
 pub use cuda::{driver_version, CudaDevice, LoadedVia};
 pub(crate) use ptr::{data_ptr, dev_ptr, MatRef};
 

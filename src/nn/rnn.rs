@@ -4,7 +4,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::io::TensorFile;
-use crate::ops::rnn::{self, check_lengths, Algo, Dims, DirectionWeights, Nonlinearity};
+use crate::ops::rnn::{self, check_lengths, Algo, Dims, DirectionWeights, Nonlinearity, PlanCache};
 use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 
@@ -86,6 +86,8 @@ pub struct Rnn {
     dtype: DType,
     algo: Algo,
     weights: Vec<DirectionWeights>,
+    /// CUDA graphs of recent forward shapes, replayed instead of relaunching every step.
+    plans: PlanCache,
 }
 
 impl Rnn {
@@ -197,6 +199,7 @@ impl Rnn {
             dtype,
             algo: Algo::Auto,
             weights,
+            plans: PlanCache::default(),
         })
     }
 
@@ -221,6 +224,11 @@ impl Rnn {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// How many recent forward shapes replay a captured CUDA graph (0 on the CPU).
+    pub fn captured_graphs(&self) -> usize {
+        self.plans.captured_graphs()
     }
 
     /// Runs the sequence. `input` is [T, B, I] ([B, T, I] when batch_first) on this layer's
@@ -260,7 +268,7 @@ impl Rnn {
             h0,
             lengths: &lengths,
         };
-        let (output, h_n) = rnn::forward(&self.device, self.algo, &call)?;
+        let (output, h_n) = rnn::forward(&self.device, self.algo, &call, &self.plans)?;
         Ok(RnnOutput { output, h_n })
     }
 

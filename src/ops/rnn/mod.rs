@@ -7,6 +7,8 @@
 mod cpu;
 mod cuda;
 
+pub(crate) use cuda::PlanCache;
+
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -199,15 +201,21 @@ pub(crate) struct Call<'a> {
     pub lengths: &'a [usize],
 }
 
-/// Runs the forward pass on `device`; returns (output, h_n).
-pub(crate) fn forward(device: &Device, algo: Algo, call: &Call<'_>) -> Result<(Tensor, Tensor)> {
+/// Runs the forward pass on `device`; returns (output, h_n). `plans` caches the CUDA graphs
+/// of the layer the weights belong to.
+pub(crate) fn forward(
+    device: &Device,
+    algo: Algo,
+    call: &Call<'_>,
+    plans: &PlanCache,
+) -> Result<(Tensor, Tensor)> {
     call.input.check_on(device, "input")?;
     if let Some(h0) = call.h0 {
         h0.check_on(device, "h0")?;
     }
     match device {
         Device::Cpu => cpu::forward(call),
-        Device::Cuda(dev) => cuda::forward(dev, algo, call),
+        Device::Cuda(dev) => cuda::forward(dev, algo, call, plans),
     }
 }
 
