@@ -20,6 +20,9 @@ for lib in libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13; do
 done
 export LD_LIBRARY_PATH="${lib_dirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PATH="$PATH:/usr/local/cuda/bin"
+export FUSED_RNN_BIN="$bundle/fused-rnn"
+nvrtc_lib=$(find /opt -name libnvrtc.so.13 2>/dev/null | head -1)
+[ -n "$nvrtc_lib" ] && export FUSED_RNN_NVRTC_DIR="$(dirname "$nvrtc_lib")"
 summary=()
 record() { summary+=("$(printf '%-34s %s' "$1" "$2")"); }
 step() { # name, log, command...

@@ -7,8 +7,10 @@ use safetensors::tensor::{Dtype, TensorView};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The binary cargo built for this test, or FUSED_RNN_BIN (a bundled copy on another machine).
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fused-rnn"))
+    let path = std::env::var_os("FUSED_RNN_BIN").unwrap_or(env!("CARGO_BIN_EXE_fused-rnn").into());
+    Command::new(path)
 }
 
 fn scratch(test: &str) -> PathBuf {

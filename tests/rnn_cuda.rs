@@ -271,3 +271,23 @@ fn bad_inputs_are_errors_on_cuda() {
     assert!(rnn.forward(&x, None, Some(&[0, 3])).is_err(), "length 0");
     assert!(rnn.forward(&x, None, Some(&[4, 3])).is_err(), "length > T");
 }
+
+#[test]
+fn loaded_kernels_use_no_local_memory() {
+    let Some(device) = common::cuda_or_skip("loaded_kernels_use_no_local_memory") else {
+        return;
+    };
+    let cuda = device.as_cuda().unwrap();
+    for (op, dtypes) in common::RNN_ENTRY_POINTS {
+        for &dtype in *dtypes {
+            let entry = fused_rnn::device::kernels::entry_point(op, dtype);
+            let (regs, local) = cuda.function_resources("rnn", &entry).unwrap();
+            println!("{entry}: {regs} registers, {local} B local");
+            assert!(regs > 0, "{entry}: no register count");
+            assert_eq!(
+                local, 0,
+                "{entry}: {local} B of local memory (stack or spills)"
+            );
+        }
+    }
+}

@@ -97,12 +97,18 @@ fn info() -> Result<()> {
         Err(e) => println!("driver: none ({e})"),
     }
     match fused_rnn::nvrtc::version() {
-        Ok((major, minor)) => println!("nvrtc: {major}.{minor}"),
+        Ok(((major, minor), dir)) => {
+            let from = dir.map_or("the system library path".into(), |d| {
+                d.display().to_string()
+            });
+            println!("nvrtc: {major}.{minor} (from {from})")
+        }
         Err(e) => println!("nvrtc: none ({e})"),
     }
     println!("kernels:");
     for image in kernels::KERNELS {
-        let loaded = match device.as_cuda().map(|d| d.module(image.name)) {
+        let cuda = device.as_cuda();
+        let loaded = match cuda.map(|d| d.module(image.name)) {
             Some(Ok((_, via))) => format!(", loaded via {via:?}"),
             Some(Err(e)) => format!(", failed to load: {e}"),
             None => String::new(),
@@ -115,8 +121,14 @@ fn info() -> Result<()> {
         };
         println!("  {}.cu: {built}{loaded}", image.name);
         for f in image.functions {
+            // What the driver reports for the loaded image, where there is a device.
+            let loaded = match cuda.map(|d| d.function_resources(image.name, f.name)) {
+                Some(Ok((regs, local))) => format!("; loaded: {regs} registers, {local} B local"),
+                Some(Err(e)) => format!("; {e}"),
+                None => String::new(),
+            };
             println!(
-                "    {:<32} {:>3} registers, {} B stack, {} B spill stores, {} B spill loads",
+                "    {:<28} {:>3} registers, {} B stack, {} B spill stores, {} B spill loads{loaded}",
                 f.name, f.registers, f.stack_bytes, f.spill_store_bytes, f.spill_load_bytes
             );
         }

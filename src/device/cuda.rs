@@ -245,6 +245,26 @@ impl CudaDevice {
         Ok(module.load_function(&kernels::entry_point(op_variant, dtype))?)
     }
 
+    /// Registers per thread and local memory per thread (stack and spills) of entry point
+    /// `entry` of kernel file `file`, as the driver reports them for the loaded image.
+    pub fn function_resources(&self, file: &'static str, entry: &str) -> Result<(i32, i32)> {
+        use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+        let (module, _) = self.module(file)?;
+        let f = module.load_function(entry)?;
+        // SAFETY: `f` is a function of a module loaded on this context.
+        unsafe {
+            let regs = dr::function::get_function_attribute(
+                f.cu_function(),
+                Attr::CU_FUNC_ATTRIBUTE_NUM_REGS,
+            )?;
+            let local = dr::function::get_function_attribute(
+                f.cu_function(),
+                Attr::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES,
+            )?;
+            Ok((regs, local))
+        }
+    }
+
     /// Copies a host slice to a new device buffer.
     pub(crate) fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
         Ok(self.stream.clone_htod(host)?)

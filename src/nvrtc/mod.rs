@@ -17,16 +17,17 @@ fn search_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// Makes libnvrtc loadable once per process; the error says where it looked.
-pub fn ensure_loaded() -> Result<()> {
-    static STATE: OnceLock<Result<(), String>> = OnceLock::new();
+/// Makes libnvrtc loadable once per process. Returns the folder it was loaded from (None: the
+/// system library path); the error says where it looked.
+pub fn ensure_loaded() -> Result<Option<PathBuf>> {
+    static STATE: OnceLock<Result<Option<PathBuf>, String>> = OnceLock::new();
     STATE
         .get_or_init(|| {
             let dirs = search_dirs();
-            let found = locate::preload(&dirs).is_some();
+            let found = locate::preload(&dirs);
             // SAFETY: only probes whether the library can be opened.
-            if found || unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-                Ok(())
+            if found.is_some() || unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+                Ok(found)
             } else {
                 let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
                 Err(format!(
@@ -41,10 +42,10 @@ pub fn ensure_loaded() -> Result<()> {
         .map_err(Error::Nvrtc)
 }
 
-/// The NVRTC version, when the library can be loaded.
-pub fn version() -> Result<(i32, i32)> {
-    ensure_loaded()?;
-    compile::version().map_err(Error::Nvrtc)
+/// The NVRTC version and the folder it was loaded from, when the library can be loaded.
+pub fn version() -> Result<((i32, i32), Option<PathBuf>)> {
+    let dir = ensure_loaded()?;
+    Ok((compile::version().map_err(Error::Nvrtc)?, dir))
 }
 
 /// Compiles one kernel source for `arch` (`sm_XY` gives CUBIN, `compute_XY` PTX).

@@ -42,6 +42,16 @@ pub fn nvrtc_or_skip(test: &str) -> bool {
     }
 }
 
+/// Every entry point of kernels/rnn.cu the Rust side launches, as (op_variant, dtypes).
+pub const RNN_ENTRY_POINTS: &[(&str, &[DType])] = &[
+    ("rnn_step_fused", &DType::ALL),
+    ("rnn_naive_gather", &[DType::F32]),
+    ("rnn_naive_add", &[DType::F32]),
+    ("rnn_naive_add_bias", &DType::ALL),
+    ("rnn_naive_activation", &[DType::F32]),
+    ("rnn_naive_store", &DType::ALL),
+];
+
 /// Tolerance relative to the reference's largest magnitude, per storage dtype.
 pub fn tolerance(dtype: DType) -> f32 {
     match dtype {
