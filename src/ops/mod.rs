@@ -2,4 +2,5 @@
 //! launchers (fused and naive) in `cuda.rs`.
 
 pub(crate) mod gemm_cpu;
+pub(crate) mod math_cpu;
 pub mod rnn;

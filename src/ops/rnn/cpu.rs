@@ -81,12 +81,13 @@ pub(super) fn forward(call: &Call<'_>) -> Result<(Tensor, Tensor)> {
                         continue;
                     };
                     let row = t * st + b * sb;
+                    let pre = &xw[row * hidden..(row + 1) * hidden];
+                    let h_row = &mut h[b * hidden..(b + 1) * hidden];
+                    let hh_row = &hh[b * hidden..(b + 1) * hidden];
                     for j in 0..hidden {
-                        let v = xw[row * hidden + j] + hh[b * hidden + j] + bias[j];
-                        let y = act.apply(v);
-                        h[b * hidden + j] = y;
-                        out[row * width + dir * hidden + j] = y;
+                        h_row[j] = act.apply(pre[j] + hh_row[j] + bias[j]);
                     }
+                    out[row * width + dir * hidden..][..hidden].copy_from_slice(h_row);
                 }
             }
             h_n[slot * state..(slot + 1) * state].copy_from_slice(&h);

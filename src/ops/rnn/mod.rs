@@ -38,7 +38,7 @@ impl Nonlinearity {
 
     pub(crate) fn apply(self, x: f32) -> f32 {
         match self {
-            Nonlinearity::Tanh => x.tanh(),
+            Nonlinearity::Tanh => crate::ops::math_cpu::tanh(x),
             // `x < 0 ? 0 : x` keeps NaN, as torch.relu does.
             Nonlinearity::Relu => {
                 if x < 0.0 {
