@@ -35,6 +35,7 @@ step() { # name, log, command...
 
 { nvidia-smi; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } >"$out/machine.log" 2>&1
 step "info" "$out/machine.log" "$bundle/fused-rnn" info
+step "demo" "$out/machine.log" "$bundle/fused-rnn" demo
 for t in "$bundle"/test-*; do
     step "$(basename "$t")" "$out/tests.log" "$t" --test-threads=1
 done
