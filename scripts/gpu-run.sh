@@ -37,7 +37,13 @@ step() { # name, log, command...
 step "info" "$out/machine.log" "$bundle/fused-rnn" info
 step "demo" "$out/machine.log" "$bundle/fused-rnn" demo
 for t in "$bundle"/test-*; do
-    step "$(basename "$t")" "$out/tests.log" "$t" --test-threads=1
+    skip=()
+    # The NVRTC wheel of the machine's PyTorch returns no ptxas statistics (seen on H100,
+    # 2026-11-27), so the spill check of the build log runs in CI, with the NVRTC that
+    # scripts/install-nvrtc.sh pins; here rnn_cuda's loaded_kernels_use_no_local_memory asks the
+    # driver instead.
+    [ "$(basename "$t")" = test-kernels_compile ] && skip=(--skip every_kernel_compiles_without_spills)
+    step "$(basename "$t")" "$out/tests.log" "$t" --test-threads=1 "${skip[@]}"
 done
 for t in "$bundle"/test-rnn_cuda; do
     step "memcheck $(basename "$t")" "$out/sanitizer.log" \

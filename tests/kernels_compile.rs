@@ -18,9 +18,10 @@ fn every_kernel_compiles_without_spills() {
         nvrtc::compile(image.source, &file, "compute_80").unwrap_or_else(|e| panic!("{e}"));
         let cubin = nvrtc::compile(image.source, &file, "sm_90").unwrap_or_else(|e| panic!("{e}"));
         let stats = parse_ptxas_log(&cubin.log);
+        let (version, dir) = nvrtc::version().unwrap();
         assert!(
             !stats.is_empty(),
-            "{file}: no ptxas statistics in the log:\n{}",
+            "{file}: NVRTC {version:?} from {dir:?} gave no ptxas statistics; log:\n{}",
             cubin.log
         );
         for s in &stats {
