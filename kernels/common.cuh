@@ -34,13 +34,23 @@ template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) {
 }
 
 // ---
-// Activations. Codes match `Nonlinearity` on the Rust side.
+// Activations. Codes match `Activation` on the Rust side.
 #define ACT_TANH 0
 #define ACT_RELU 1
+#define ACT_SIGMOID 2
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
 __device__ __forceinline__ float activate(float x, int act) {
     // `x < 0 ? 0 : x` keeps NaN, as torch.relu does.
-    return act == ACT_RELU ? (x < 0.f ? 0.f : x) : tanhf(x);
+    if (act == ACT_RELU) return x < 0.f ? 0.f : x;
+    if (act == ACT_SIGMOID) return sigmoid(x);
+    return tanhf(x);
+}
+
+// A bias element, or 0 when the layer has no bias (null pointer).
+template <typename T> __device__ __forceinline__ float bias_at(const T* bias, int k) {
+    return bias ? to_float(bias[k]) : 0.f;
 }
 
 // ---
@@ -48,6 +58,24 @@ __device__ __forceinline__ float activate(float x, int act) {
 // time `s` (forward) or `len - 1 - s` (reverse); -1 once the row has ended.
 __device__ __forceinline__ int step_time(int s, int len, int reverse) {
     return s < len ? (reverse ? len - 1 - s : s) : -1;
+}
+
+// One step's masked state update for element (b, j) of a [B, cols] state: a row still running
+// (t >= 0) takes `value` into the next state and into its output row at time t; an ended row
+// carries its state and gets a 0 output at padded time `step`. `out` may be null (no output,
+// e.g. the LSTM cell state).
+template <typename T>
+__device__ __forceinline__ void store_step(float value, const T* h_prev, T* h_next, T* out,
+                                           int idx, int b, int j, int t, int step, int st,
+                                           int sb, int out_ld) {
+    if (t >= 0) {
+        T h = from_float<T>(value);
+        h_next[idx] = h;
+        if (out) out[((long)t * st + (long)b * sb) * out_ld + j] = h;
+    } else {
+        h_next[idx] = h_prev[idx];
+        if (out) out[((long)step * st + (long)b * sb) * out_ld + j] = from_float<T>(0.f);
+    }
 }
 
 // Stamps `MACRO(suffix, type)` once per storage dtype; entry points are `{op}_{variant}_{suffix}`.

@@ -5,12 +5,17 @@ weights.safetensors and input.safetensors into a temporary folder, runs
 
     <bin> run --weights W --input X --output Y --device <device> [--dtype D]
 
-and compares Y's `output` and `h_n` with the module evaluated in float64.
+and compares Y's `output`, `h_n` and (for LSTM) `c_n` with the module evaluated in float64.
 Error per tensor = max|got - ref| / max|ref|; a case passes if every error <= --tol.
+
+Kinds: rnn (nn.RNN tanh/relu), lstm (nn.LSTM, projection in some cases), gru (nn.GRU).
+The weights' metadata holds `batch_first` (and `nonlinearity` for rnn). The input file holds
+`input`, optional `h0` [L*D,B,H_out] (H_out = proj_size if > 0 else H), for LSTM `c0` [L*D,B,H]
+whenever `h0` is present, and optional int64 `lengths` [B] (unsorted, with 1 and T).
 
 Usage (needs torch, safetensors and numpy):
     python3 scripts/check_against_torch.py --bin target/release/fused-rnn \
-        [--device cpu] [--kinds rnn] [--seed N] [--count N] [--dtype f32] [--tol 1e-5]
+        [--device cpu] [--kinds rnn,lstm,gru] [--seed N] [--count N] [--dtype f32] [--tol 1e-5]
 
 Prints one line per case and a last line "N passed, M failed"; exits 1 if any failed.
 """
@@ -55,11 +60,16 @@ def random_lengths(rng: random.Random, batch: int, seq_len: int) -> list:
 
 
 def make_inputs(rng: random.Random, gen: torch.Generator, *, seq_len, batch, input_size,
-                hidden_size, num_states, batch_first, with_h0, with_lengths) -> dict:
+                hidden_size, num_states, batch_first, with_h0, with_lengths,
+                cell_size=None) -> dict:
+    """input, optional h0 [num_states,B,hidden_size] (plus c0 [num_states,B,cell_size] when
+    cell_size is given, i.e. for an LSTM) and optional lengths."""
     shape = (batch, seq_len, input_size) if batch_first else (seq_len, batch, input_size)
     inputs = {"input": torch.randn(shape, generator=gen)}
     if with_h0:
         inputs["h0"] = torch.randn(num_states, batch, hidden_size, generator=gen) * 0.5
+        if cell_size is not None:
+            inputs["c0"] = torch.randn(num_states, batch, cell_size, generator=gen) * 0.5
     if with_lengths:
         inputs["lengths"] = torch.tensor(random_lengths(rng, batch, seq_len), dtype=torch.int64)
     return inputs
@@ -97,7 +107,60 @@ def make_rnn_case(index: int, seed: int) -> Case:
     return Case(f"rnn_{index:03d}", module, batch_first, metadata, inputs, desc)
 
 
-CASE_MAKERS = {"rnn": make_rnn_case}
+def make_gated_case(kind: str, index: int, seed: int) -> Case:
+    """A random nn.LSTM or nn.GRU case; the index cycles through the feature combinations.
+
+    Every fifth case is big (H = 256, T = 50), every tenth of those H = 512 instead;
+    LSTM cases with (index // 3) odd use a projection (proj_size in 1..H-1).
+    """
+    rng = random.Random(seed)
+    bidirectional = index % 2 == 1
+    batch_first = (index // 2) % 2 == 1
+    num_layers = 1 + index % 3
+    with_h0 = rng.random() < 0.5
+    with_lengths = rng.random() < 0.5
+    bias = rng.random() < 0.85
+    big = index % 5 == 4
+    proj = kind == "lstm" and (index // 3) % 2 == 1
+    if big:
+        hidden = 512 if index % 10 == 9 else 256
+    else:
+        hidden = rng.choice([h for h in HIDDEN_SIZES if h > 1] if proj else HIDDEN_SIZES)
+    proj_size = rng.randint(1, min(hidden - 1, 128)) if proj else 0
+    input_size = rng.choice(INPUT_SIZES)
+    seq_len = 50 if big else rng.choice(SEQ_LENS)
+    batch = rng.choice(BATCHES)
+
+    torch.manual_seed(2 * seed)
+    common = dict(bias=bias, batch_first=batch_first, bidirectional=bidirectional)
+    if kind == "lstm":
+        module = torch.nn.LSTM(input_size, hidden, num_layers, proj_size=proj_size, **common)
+    else:
+        module = torch.nn.GRU(input_size, hidden, num_layers, **common)
+    dirs = 2 if bidirectional else 1
+    gen = torch.Generator().manual_seed(2 * seed + 1)
+    inputs = make_inputs(rng, gen, seq_len=seq_len, batch=batch, input_size=input_size,
+                         hidden_size=proj_size or hidden, num_states=num_layers * dirs,
+                         batch_first=batch_first, with_h0=with_h0, with_lengths=with_lengths,
+                         cell_size=hidden if kind == "lstm" else None)
+    flags = [f"L={num_layers}", "bi" if bidirectional else "uni"]
+    flags += [f for f, on in (("bf", batch_first), ("h0", with_h0), ("lens", with_lengths),
+                              ("nobias", not bias)) if on]
+    sizes = f"I={input_size} H={hidden}" + (f" P={proj_size}" if proj_size else "")
+    desc = f"{' '.join(flags)} {sizes} B={batch} T={seq_len}"
+    metadata = {"batch_first": str(batch_first).lower()}
+    return Case(f"{kind}_{index:03d}", module, batch_first, metadata, inputs, desc)
+
+
+def make_lstm_case(index: int, seed: int) -> Case:
+    return make_gated_case("lstm", index, seed)
+
+
+def make_gru_case(index: int, seed: int) -> Case:
+    return make_gated_case("gru", index, seed)
+
+
+CASE_MAKERS = {"rnn": make_rnn_case, "lstm": make_lstm_case, "gru": make_gru_case}
 
 
 def reference(case: Case) -> dict:
@@ -166,6 +229,9 @@ def check_case(args, case: Case, workdir: str) -> bool:
         return False
     try:
         got = load_file(output)
+        missing = [k for k in expected if k not in got]
+        if missing:
+            raise KeyError(f"output file lacks {', '.join(missing)}")
         errors = {k: relative_error(got[k], ref) for k, ref in expected.items()}
     except Exception as exc:  # missing file/tensor, wrong shape
         print(f"{head} FAIL {type(exc).__name__}: {exc}")

@@ -1,5 +1,6 @@
 """Times torch.nn.RNN (tanh, 1 layer, I = H) forward on the CPU at the sizes of
-benches/rnn.rs's CPU group, with a given thread count, for comparison with `cargo bench`.
+benches/rnn.rs's CPU group, and torch.nn.LSTM / torch.nn.GRU (1 layer, I = H = 256)
+at T = 100, B = 32, with a given thread count, for comparison with `cargo bench`.
 
 Usage: python3 scripts/torch_cpu_bench.py [--threads 2]
 """
@@ -9,6 +10,14 @@ import time
 
 import torch
 
+# (label, module class, hidden, batch, steps)
+CASES = [
+    ("torch.nn.RNN", torch.nn.RNN, 256, 1, 128),
+    ("torch.nn.RNN", torch.nn.RNN, 256, 64, 128),
+    ("torch.nn.LSTM", torch.nn.LSTM, 256, 32, 100),
+    ("torch.nn.GRU", torch.nn.GRU, 256, 32, 100),
+]
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
@@ -16,8 +25,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads")
-    for hidden, batch, steps in [(256, 1, 128), (256, 64, 128)]:
-        module = torch.nn.RNN(hidden, hidden)
+    for label, cls, hidden, batch, steps in CASES:
+        module = cls(hidden, hidden)
         x = torch.randn(steps, batch, hidden)
         with torch.no_grad():
             for _ in range(5):
@@ -27,7 +36,7 @@ def main():
             for _ in range(runs):
                 module(x)
             ms = (time.perf_counter() - start) / runs * 1e3
-        print(f"torch.nn.RNN cpu H{hidden}_B{batch}_T{steps}: {ms:.2f} ms")
+        print(f"{label} cpu H{hidden}_B{batch}_T{steps}: {ms:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""Time torch.nn.RNN (cuDNN) inference on a CUDA GPU as a baseline for fused-rnn.
+"""Time torch.nn.RNN / nn.LSTM / nn.GRU (cuDNN) inference on a CUDA GPU as a baseline for fused-rnn.
 
-Op: nn.RNN, tanh, 1 layer, unidirectional, I = H, T = 128, under torch.no_grad(),
-for H in {256, 1024}, B in {1, 64}, dtypes float32/float16/bfloat16.
+Ops (--ops, default all), each 1 layer, unidirectional, I = H, T = 128, under torch.no_grad():
+  rnn   nn.RNN tanh, H in {256, 1024}, B in {1, 64}
+  lstm  nn.LSTM,     H in {256, 1024}, B in {1, 16, 256}
+  gru   nn.GRU,      H in {256, 1024}, B in {1, 16, 256}
+for dtypes float32/float16/bfloat16.
 Each configuration: 10 warm-up forwards, then 50 timed with CUDA events.
 Prints a Markdown table and writes the same rows as JSON to --json.
 
 Usage (needs torch with CUDA):
-    python3 scripts/torch_gpu_bench.py --json torch_rnn_bench.json
+    python3 scripts/torch_gpu_bench.py --json torch_rnn_bench.json [--ops rnn,lstm,gru]
 """
 
 import argparse
@@ -15,25 +18,32 @@ import json
 import torch
 
 HIDDEN = [256, 1024]
-BATCH = [1, 64]
 SEQ_LEN = 128
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 WARMUP, ITERS = 10, 50
 
+# op key -> (row label, module constructor for (I, H), batch sizes)
+OPS = {
+    "rnn": ("torch.nn.RNN tanh (cuDNN)",
+            lambda i, h: torch.nn.RNN(i, h, 1, nonlinearity="tanh"), [1, 64]),
+    "lstm": ("torch.nn.LSTM (cuDNN)", lambda i, h: torch.nn.LSTM(i, h, 1), [1, 16, 256]),
+    "gru": ("torch.nn.GRU (cuDNN)", lambda i, h: torch.nn.GRU(i, h, 1), [1, 16, 256]),
+}
 
-def time_forward(hidden: int, batch: int, dtype: torch.dtype) -> float:
-    """Mean microseconds per forward of a 1-layer tanh nn.RNN."""
+
+def time_forward(op: str, hidden: int, batch: int, dtype: torch.dtype) -> float:
+    """Mean microseconds per forward of a 1-layer module of the given op."""
     torch.manual_seed(0)
-    rnn = torch.nn.RNN(hidden, hidden, 1, nonlinearity="tanh").cuda().to(dtype).eval()
+    module = OPS[op][1](hidden, hidden).cuda().to(dtype).eval()
     x = torch.randn(SEQ_LEN, batch, hidden, device="cuda", dtype=dtype)
     with torch.no_grad():
         for _ in range(WARMUP):
-            rnn(x)
+            module(x)
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(ITERS):
-            rnn(x)
+            module(x)
         end.record()
         torch.cuda.synchronize()
     return start.elapsed_time(end) * 1000.0 / ITERS
@@ -42,18 +52,25 @@ def time_forward(hidden: int, batch: int, dtype: torch.dtype) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True, help="path of the JSON rows to write")
+    parser.add_argument("--ops", default=",".join(OPS), help=f"comma list of {','.join(OPS)}")
     args = parser.parse_args()
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    unknown = [o for o in ops if o not in OPS]
+    if unknown:
+        parser.error(f"unknown op(s): {', '.join(unknown)}; known: {', '.join(OPS)}")
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     torch.backends.cudnn.enabled = True
     card = torch.cuda.get_device_name()
     rows = []
-    for dtype_name, dtype in DTYPES.items():
-        for hidden in HIDDEN:
-            for batch in BATCH:
-                us = time_forward(hidden, batch, dtype)
-                rows.append({"op": "torch.nn.RNN tanh (cuDNN)", "dtype": dtype_name, "H": hidden,
-                             "B": batch, "T": SEQ_LEN, "us_per_forward": round(us, 2),
-                             "us_per_step": round(us / SEQ_LEN, 3), "card": card})
+    for op in ops:
+        label, _, batches = OPS[op]
+        for dtype_name, dtype in DTYPES.items():
+            for hidden in HIDDEN:
+                for batch in batches:
+                    us = time_forward(op, hidden, batch, dtype)
+                    rows.append({"op": label, "dtype": dtype_name, "H": hidden,
+                                 "B": batch, "T": SEQ_LEN, "us_per_forward": round(us, 2),
+                                 "us_per_step": round(us / SEQ_LEN, 3), "card": card})
     print("| op | dtype | H | B | T | µs/forward | µs/step | card |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

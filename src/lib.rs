@@ -34,5 +34,5 @@ mod tensor;
 pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
-pub use ops::rnn::{Algo, Nonlinearity};
+pub use ops::recurrent::{Algo, Cell, Nonlinearity};
 pub use tensor::Tensor;

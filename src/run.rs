@@ -1,16 +1,18 @@
 //! The `run` command: a PyTorch state_dict and an input file in, an output file out.
 //!
 //! The module is inferred from the weight names and shapes: layers from `weight_ih_l{k}`,
-//! directions from `_reverse`, the hidden size from the columns of `weight_hh_l0`, and the kind
-//! from rows(weight_hh_l0) / H: 1 → RNN, 3 → GRU, 4 → LSTM. The file's metadata may carry
-//! `batch_first` and `nonlinearity`; options override it.
+//! directions from `_reverse`, the hidden size from the columns of `weight_hr_l0` when it exists
+//! (an LSTM projection), else of `weight_hh_l0`, and the kind from rows(weight_hh_l0) / H:
+//! 1 → RNN, 3 → GRU, 4 → LSTM. The file's metadata may carry `batch_first` and `nonlinearity`;
+//! options override it.
 
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::io::{save_f32, TensorFile};
-use crate::nn::{Rnn, RnnConfig};
-use crate::ops::rnn::{Algo, Nonlinearity};
+use crate::nn::recurrent::{Recurrent, Spec};
+use crate::ops::recurrent::{Algo, Cell, Nonlinearity};
+use crate::tensor::Tensor;
 use std::path::PathBuf;
 
 /// Which device `run` uses.
@@ -72,89 +74,6 @@ pub struct RunReport {
     pub module: String,
 }
 
-/// Infers an RNN's configuration from a state_dict and its metadata.
-pub fn infer_rnn_config(file: &TensorFile) -> Result<RnnConfig> {
-    let w_hh = file
-        .shape("weight_hh_l0")
-        .ok_or_else(|| Error::MissingTensor {
-            file: file.path().display().to_string(),
-            tensor: "weight_hh_l0".into(),
-        })?;
-    let w_ih = file
-        .shape("weight_ih_l0")
-        .ok_or_else(|| Error::MissingTensor {
-            file: file.path().display().to_string(),
-            tensor: "weight_ih_l0".into(),
-        })?;
-    let (&[rows, hh_cols], &[_, input_size]) = (w_hh, w_ih) else {
-        return Err(Error::Config(format!(
-            "weight_hh_l0 and weight_ih_l0 must be matrices (shapes {w_hh:?}, {w_ih:?})"
-        )));
-    };
-    // With an LSTM projection the hidden size is the columns of weight_hr_l0.
-    let hidden = match file.shape("weight_hr_l0") {
-        Some(&[_, h]) => h,
-        _ => hh_cols,
-    };
-    match (hidden > 0 && rows % hidden == 0).then(|| rows / hidden) {
-        Some(1) => {}
-        Some(4) => return Err(Error::Config("LSTM modules are not supported yet".into())),
-        Some(3) => return Err(Error::Config("GRU modules are not supported yet".into())),
-        _ => {
-            return Err(Error::shape(
-                "weight_hh_l0",
-                format!("[G·{hidden}, {hh_cols}] with G = 1 (RNN), 3 (GRU) or 4 (LSTM)"),
-                w_hh,
-            ))
-        }
-    }
-    let num_layers = (0..)
-        .take_while(|k| file.contains(&format!("weight_ih_l{k}")))
-        .count();
-    let bidirectional = file.contains("weight_ih_l0_reverse");
-    let mut config = RnnConfig {
-        input_size,
-        hidden_size: hidden,
-        num_layers,
-        nonlinearity: Nonlinearity::Tanh,
-        bias: file.contains("bias_ih_l0"),
-        batch_first: false,
-        bidirectional,
-    };
-    if let Some(v) = file.metadata("batch_first") {
-        config.batch_first = parse_bool("batch_first", v)?;
-    }
-    if let Some(v) = file.metadata("nonlinearity") {
-        config.nonlinearity = v.parse()?;
-    }
-    // Every tensor must be one the configuration expects: a stray name means a wrong file.
-    let expected = expected_names(&config);
-    if let Some(stray) = file.names().find(|n| !expected.iter().any(|e| e == n)) {
-        return Err(Error::Config(format!(
-            "{}: unexpected tensor `{stray}` for an RNN with {num_layers} layer(s){}",
-            file.path().display(),
-            if bidirectional { ", bidirectional" } else { "" }
-        )));
-    }
-    Ok(config)
-}
-
-fn expected_names(config: &RnnConfig) -> Vec<String> {
-    let mut names = Vec::new();
-    for layer in 0..config.num_layers {
-        for dir in 0..config.directions() {
-            let sfx = RnnConfig::suffix(layer, dir);
-            names.push(format!("weight_ih_{sfx}"));
-            names.push(format!("weight_hh_{sfx}"));
-            if config.bias {
-                names.push(format!("bias_ih_{sfx}"));
-                names.push(format!("bias_hh_{sfx}"));
-            }
-        }
-    }
-    names
-}
-
 fn parse_bool(key: &str, v: &str) -> Result<bool> {
     match v {
         "true" | "True" | "1" => Ok(true),
@@ -185,26 +104,120 @@ fn read_lengths(file: &TensorFile) -> Result<Option<Vec<usize>>> {
         .map(Some)
 }
 
-/// Runs the module in `opts.weights` on `opts.input` and writes `output` and `h_n` (f32) to
-/// `opts.output`. Every check happens before the output file is created.
+/// The shape of tensor `name`, or a missing-tensor error.
+fn require_shape<'a>(file: &'a TensorFile, name: &str) -> Result<&'a [usize]> {
+    file.shape(name).ok_or_else(|| Error::MissingTensor {
+        file: file.path().display().to_string(),
+        tensor: name.into(),
+    })
+}
+
+/// Infers a module's kind and options from a state_dict and its metadata.
+pub(crate) fn infer_spec(file: &TensorFile) -> Result<Spec> {
+    let w_hh = require_shape(file, "weight_hh_l0")?;
+    let w_ih = require_shape(file, "weight_ih_l0")?;
+    let (&[rows, hh_cols], &[_, input_size]) = (w_hh, w_ih) else {
+        return Err(Error::Config(format!(
+            "weight_hh_l0 and weight_ih_l0 must be matrices (shapes {w_hh:?}, {w_ih:?})"
+        )));
+    };
+    // With an LSTM projection the hidden size is the columns of weight_hr_l0.
+    let (hidden, proj_size) = match file.shape("weight_hr_l0") {
+        Some(&[p, h]) => (h, p),
+        Some(other) => return Err(Error::shape("weight_hr_l0", "[P, H]", other)),
+        None => (hh_cols, 0),
+    };
+    let nonlinearity = match file.metadata("nonlinearity") {
+        Some(v) => v.parse()?,
+        None => Nonlinearity::Tanh,
+    };
+    let cell = match (hidden > 0 && rows % hidden == 0).then(|| rows / hidden) {
+        Some(1) => Cell::Rnn(nonlinearity),
+        Some(4) => Cell::Lstm,
+        Some(3) => Cell::Gru,
+        _ => {
+            return Err(Error::shape(
+                "weight_hh_l0",
+                format!("[G·{hidden}, {hh_cols}] with G = 1 (RNN), 3 (GRU) or 4 (LSTM)"),
+                w_hh,
+            ))
+        }
+    };
+    let num_layers = (0..)
+        .take_while(|k| file.contains(&format!("weight_ih_l{k}")))
+        .count();
+    let mut spec = Spec {
+        cell,
+        input_size,
+        hidden_size: hidden,
+        proj_size,
+        num_layers,
+        bias: file.contains("bias_ih_l0"),
+        batch_first: false,
+        bidirectional: file.contains("weight_ih_l0_reverse"),
+    };
+    if let Some(v) = file.metadata("batch_first") {
+        spec.batch_first = parse_bool("batch_first", v)?;
+    }
+    // Every tensor must be one the module expects: a stray name means a wrong file.
+    let expected = spec.parameters();
+    if let Some(stray) = file.names().find(|n| !expected.iter().any(|(e, _)| e == n)) {
+        return Err(Error::Config(format!(
+            "{}: unexpected tensor `{stray}` for {}",
+            file.path().display(),
+            describe(&spec)
+        )));
+    }
+    Ok(spec)
+}
+
+/// Runs the module in `opts.weights` on `opts.input` and writes `output`, `h_n` and (LSTM)
+/// `c_n` as f32 to `opts.output`. Every check happens before the output file is created.
 pub fn run(opts: &RunOptions) -> Result<RunReport> {
     let weights = TensorFile::load(&opts.weights)?;
-    let mut config = infer_rnn_config(&weights)?;
+    let mut spec = infer_spec(&weights)?;
     if let Some(bf) = opts.batch_first {
-        config.batch_first = bf;
+        spec.batch_first = bf;
     }
     if let Some(nl) = opts.nonlinearity {
-        config.nonlinearity = nl;
+        match spec.cell {
+            Cell::Rnn(_) => spec.cell = Cell::Rnn(nl),
+            other => {
+                return Err(Error::Config(format!(
+                    "--nonlinearity applies to RNN modules, not to {}",
+                    other.name()
+                )))
+            }
+        }
     }
+    let lstm = spec.cell == Cell::Lstm;
     let inputs = TensorFile::load(&opts.input)?;
-    if let Some(stray) = inputs
-        .names()
-        .find(|n| !["input", "h0", "lengths"].contains(n))
-    {
+    let allowed: &[&str] = if lstm {
+        &["input", "h0", "c0", "lengths"]
+    } else {
+        &["input", "h0", "lengths"]
+    };
+    if let Some(stray) = inputs.names().find(|n| !allowed.contains(n)) {
         return Err(Error::Config(format!(
-            "{}: unexpected tensor `{stray}` (an RNN takes input, h0 and lengths)",
-            inputs.path().display()
+            "{}: unexpected tensor `{stray}` ({} takes {})",
+            inputs.path().display(),
+            spec.cell.name(),
+            allowed.join(", ")
         )));
+    }
+    if lstm && inputs.contains("h0") != inputs.contains("c0") {
+        let (has, lacks) = if inputs.contains("h0") {
+            ("h0", "c0")
+        } else {
+            ("c0", "h0")
+        };
+        return Err(Error::MissingTensor {
+            file: format!(
+                "{} (an LSTM takes h0 and c0 together; it has {has})",
+                inputs.path().display()
+            ),
+            tensor: lacks.into(),
+        });
     }
     let (device, device_reason) = opts.device.open()?;
     let dtype = match (&device, opts.dtype) {
@@ -215,31 +228,38 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
         }
         (_, d) => d.unwrap_or(DType::F32),
     };
-    let rnn = Rnn::from_state_dict(config, &weights, &device, dtype)?.with_algo(opts.algo);
-    let input = inputs.float("input")?.to(&device, dtype)?;
-    let h0 = match inputs.contains("h0") {
-        true => Some(inputs.float("h0")?.to(&device, dtype)?),
-        false => None,
+    let mut module = Recurrent::from_state_dict(spec, &weights, &device, dtype)?;
+    module.set_algo(opts.algo);
+    let load = |name: &str| -> Result<Option<Tensor>> {
+        match inputs.contains(name) {
+            true => Ok(Some(inputs.float(name)?.to(&device, dtype)?)),
+            false => Ok(None),
+        }
     };
+    let input = inputs.float("input")?.to(&device, dtype)?;
+    let (h0, c0) = (load("h0")?, load("c0")?);
     let lengths = read_lengths(&inputs)?;
-    let out = rnn.forward(&input, h0.as_ref(), lengths.as_deref())?;
-    save_f32(&opts.output, &[("output", &out.output), ("h_n", &out.h_n)])?;
+    let out = module.forward(&input, h0.as_ref(), c0.as_ref(), lengths.as_deref())?;
+    let mut tensors = vec![("output", &out.output), ("h_n", &out.h_n)];
+    if let Some(c_n) = &out.c_n {
+        tensors.push(("c_n", c_n));
+    }
+    save_f32(&opts.output, &tensors)?;
     Ok(RunReport {
         device: device.name(),
         device_reason,
-        module: describe(&config),
+        module: describe(&spec),
     })
 }
 
-fn describe(c: &RnnConfig) -> String {
+fn describe(s: &Spec) -> String {
+    let kind = match s.cell {
+        Cell::Rnn(nl) => format!("RNN(nonlinearity={}, ", nl.name()),
+        Cell::Lstm if s.proj_size > 0 => format!("LSTM(proj_size={}, ", s.proj_size),
+        other => format!("{}(", other.name()),
+    };
     format!(
-        "RNN({}, {}, num_layers={}, nonlinearity={}, bias={}, batch_first={}, bidirectional={})",
-        c.input_size,
-        c.hidden_size,
-        c.num_layers,
-        c.nonlinearity.name(),
-        c.bias,
-        c.batch_first,
-        c.bidirectional
+        "{kind}input_size={}, hidden_size={}, num_layers={}, bias={}, batch_first={}, bidirectional={})",
+        s.input_size, s.hidden_size, s.num_layers, s.bias, s.batch_first, s.bidirectional
     )
 }

@@ -44,16 +44,22 @@ fn every_entry_point_is_stamped_for_every_dtype() {
     if !common::nvrtc_or_skip("every_entry_point_is_stamped_for_every_dtype") {
         return;
     }
-    let rnn = KERNELS.iter().find(|k| k.name == "rnn").expect("rnn.cu");
-    let cubin = nvrtc::compile(rnn.source, "rnn.cu", "sm_90").unwrap();
-    let names: Vec<String> = parse_ptxas_log(&cubin.log)
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    for op in ["rnn_step_fused", "rnn_naive_add_bias", "rnn_naive_store"] {
-        for dtype in fused_rnn::DType::ALL {
+    for (file, op, dtypes) in common::ENTRY_POINTS {
+        let image = KERNELS
+            .iter()
+            .find(|k| k.name == *file)
+            .expect("kernel file");
+        let cubin = nvrtc::compile(image.source, file, "sm_90").unwrap();
+        let names: Vec<String> = parse_ptxas_log(&cubin.log)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        for &dtype in *dtypes {
             let entry = fused_rnn::device::kernels::entry_point(op, dtype);
-            assert!(names.contains(&entry), "missing entry point {entry}");
+            assert!(
+                names.contains(&entry),
+                "{file}.cu: missing entry point {entry}"
+            );
         }
     }
 }

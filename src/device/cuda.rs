@@ -1,4 +1,9 @@
-//! One CUDA device: context, stream, cuBLAS handle, and the kernel modules loaded on it.
+//! One CUDA device: context, lanes (stream + cuBLAS handle) and the kernel modules loaded on it.
+//!
+//! Lane 0 is the device's stream, where every call starts and ends; lane 1 runs work that is
+//! independent of lane 0's (the reverse direction of a bidirectional layer) concurrently. Two
+//! more lanes on private streams are used only while capturing CUDA graphs, so that nothing
+//! anyone else enqueues on the device's stream can be recorded into a graph.
 
 use super::kernels;
 use crate::dtype::{CudaData, DType, Element};
@@ -24,16 +29,48 @@ pub enum LoadedVia {
     Nvrtc,
 }
 
+/// A stream with a cuBLAS handle bound to it.
+pub(crate) struct Lane {
+    pub stream: Arc<CudaStream>,
+    pub blas: CudaBlas,
+    /// cuBLAS's workspace, owned here so that graph capture never makes cuBLAS allocate, and
+    /// one per lane so that concurrent GEMMs never share it. Dropped after `blas`.
+    _workspace: CudaSlice<u8>,
+}
+
+impl Lane {
+    fn new(stream: Arc<CudaStream>) -> Result<Self> {
+        let blas = CudaBlas::new(stream.clone())?;
+        let workspace = stream.alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES)?;
+        let ptr = super::dev_ptr(&workspace, &stream);
+        // SAFETY: the handle is live and `workspace` outlives it (fields drop in order).
+        unsafe {
+            cudarc::cublas::sys::cublasSetWorkspace_v2(
+                *blas.handle(),
+                ptr as *mut _,
+                BLAS_WORKSPACE_BYTES,
+            )
+        }
+        .result()?;
+        Ok(Lane {
+            stream,
+            blas,
+            _workspace: workspace,
+        })
+    }
+}
+
 pub struct CudaDevice {
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    blas: CudaBlas,
+    lanes: [Lane; 2],
+    capture_lanes: [Lane; 2],
+    /// Serialises the library's enqueue sequences on this device: the lanes' cuBLAS handles
+    /// must not be used from two threads at once.
+    queue: Mutex<()>,
     compute_capability: (i32, i32),
     card: String,
     modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, LoadedVia)>>,
     poison: AtomicBool,
-    /// cuBLAS's workspace, owned here so that graph capture never makes cuBLAS allocate.
-    _blas_workspace: CudaSlice<u8>,
 }
 
 /// 0xFF bytes are NaN in f32, f16 and bf16.
@@ -87,28 +124,16 @@ impl CudaDevice {
             return Err(Error::NoCuda("libcublas was not found".into()));
         }
         let ctx = stream.context().clone();
-        let blas = CudaBlas::new(stream.clone())?;
-        let workspace = stream.alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES)?;
-        let ptr = super::dev_ptr(&workspace, &stream);
-        // SAFETY: the handle is live and `workspace` outlives it (both are fields of the device,
-        // and the handle is dropped first).
-        unsafe {
-            cudarc::cublas::sys::cublasSetWorkspace_v2(
-                *blas.handle(),
-                ptr as *mut _,
-                BLAS_WORKSPACE_BYTES,
-            )
-        }
-        .result()?;
+        let second = ctx.new_stream()?;
         Ok(CudaDevice {
             compute_capability: ctx.compute_capability()?,
             card: ctx.name()?,
+            lanes: [Lane::new(stream)?, Lane::new(second)?],
+            capture_lanes: [Lane::new(ctx.new_stream()?)?, Lane::new(ctx.new_stream()?)?],
+            queue: Mutex::new(()),
             ctx,
-            stream,
-            blas,
             modules: Mutex::new(HashMap::new()),
             poison: AtomicBool::new(false),
-            _blas_workspace: workspace,
         })
     }
 
@@ -133,16 +158,28 @@ impl CudaDevice {
         &self.ctx
     }
 
+    /// The stream every call is ordered on.
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+        &self.lanes[0].stream
     }
 
-    pub(crate) fn blas(&self) -> &CudaBlas {
-        &self.blas
+    /// The lanes that run work now.
+    pub(crate) fn lanes(&self) -> &[Lane; 2] {
+        &self.lanes
+    }
+
+    /// The lanes that only ever record into a CUDA graph.
+    pub(crate) fn capture_lanes(&self) -> &[Lane; 2] {
+        &self.capture_lanes
+    }
+
+    /// Holds this device's enqueue lock (see `queue`).
+    pub(crate) fn lock_queue(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn synchronize(&self) -> Result<()> {
-        Ok(self.stream.synchronize()?)
+        Ok(self.stream().synchronize()?)
     }
 
     /// When on, every output buffer the library allocates is filled with NaN bytes first, so a
@@ -155,9 +192,9 @@ impl CudaDevice {
     /// when poisoning is on).
     pub(crate) fn alloc_output<T: Element>(&self, len: usize) -> Result<CudaSlice<T>> {
         // SAFETY: the caller writes every element before reading; poisoning fills it first.
-        let buf = unsafe { self.stream.alloc::<T>(len.max(1))? };
+        let buf = unsafe { self.stream().alloc::<T>(len.max(1))? };
         if self.poisoning() {
-            let (ptr, _guard) = buf.device_ptr(&self.stream);
+            let (ptr, _guard) = buf.device_ptr(self.stream());
             // SAFETY: `ptr` addresses `buf`, which holds len.max(1) elements of T.
             unsafe { self.fill_async(ptr, POISON_BYTE, len.max(1) * std::mem::size_of::<T>())? };
         }
@@ -177,7 +214,7 @@ impl CudaDevice {
             dst,
             src,
             bytes,
-            self.stream.cu_stream(),
+            self.stream().cu_stream(),
         )?)
     }
 
@@ -190,7 +227,7 @@ impl CudaDevice {
             dst,
             byte,
             bytes,
-            self.stream.cu_stream(),
+            self.stream().cu_stream(),
         )?)
     }
 
@@ -267,6 +304,6 @@ impl CudaDevice {
 
     /// Copies a host slice to a new device buffer.
     pub(crate) fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
-        Ok(self.stream.clone_htod(host)?)
+        Ok(self.stream().clone_htod(host)?)
     }
 }

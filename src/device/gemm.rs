@@ -1,6 +1,6 @@
 //! cuBLAS GEMM in row-major terms, storage dtype in, f32 out, f32 accumulation.
 
-use super::{CudaDevice, MatRef};
+use super::{Lane, MatRef};
 use crate::dtype::DType;
 use crate::error::Result;
 use cudarc::cublas::{result, sys};
@@ -13,13 +13,14 @@ fn cuda_type(dtype: DType) -> sys::cudaDataType {
     }
 }
 
-impl CudaDevice {
-    /// C[m, n] = A[m, k] · B[n, k]ᵀ + beta · C, with C row-major f32 (leading dimension `ldc`).
+impl Lane {
+    /// C[m, n] = A[m, k] · B[n, k]ᵀ + beta · C, with C row-major f32 (leading dimension `ldc`),
+    /// enqueued on `lane`.
     ///
     /// Row-major C is column-major Cᵀ = B · Aᵀ, so cuBLAS gets (B, transposed) × (A, as is).
     ///
     /// # Safety
-    /// `a`, `b` and `c` must address live device buffers on this device holding at least
+    /// `a`, `b` and `c` must address live device buffers on this lane's device holding at least
     /// (m-1)·ld + k, (n-1)·ld + k and (m-1)·ldc + n elements of their dtypes.
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn gemm_abt(
@@ -35,7 +36,7 @@ impl CudaDevice {
     ) -> Result<()> {
         let alpha = 1.0f32;
         result::gemm_ex(
-            *self.blas().handle(),
+            *self.blas.handle(),
             sys::cublasOperation_t::CUBLAS_OP_T,
             sys::cublasOperation_t::CUBLAS_OP_N,
             n as i32,

@@ -6,9 +6,10 @@ mod gemm;
 pub mod kernels;
 mod ptr;
 
+pub(crate) use cuda::Lane;
 pub(crate) use cuda::POISON_BYTE;
 pub use cuda::{driver_version, CudaDevice, LoadedVia};
-pub(crate) use ptr::{data_ptr, dev_ptr, MatRef};
+pub(crate) use ptr::{data_ptr, dev_ptr, reading, writing, MatRef};
 
 use crate::error::Result;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! every launch site states in a `SAFETY:` line why its addresses and sizes are valid.
 
 use crate::dtype::{CudaData, DType};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
 /// The device address of `slice`.
 pub(crate) fn dev_ptr<T>(slice: &CudaSlice<T>, stream: &CudaStream) -> u64 {
@@ -33,6 +33,44 @@ impl MatRef {
             ptr: data_ptr(data, stream),
             ld,
             dtype: data.dtype(),
+        }
+    }
+}
+
+/// Runs `f` with the address of `data` for reading on `stream`, and records the read for
+/// cudarc's cross-stream tracking after `f` has enqueued its work (a buffer from another
+/// stream is then not freed before that work ran).
+pub(crate) fn reading<R>(data: &CudaData, stream: &CudaStream, f: impl FnOnce(u64) -> R) -> R {
+    match data {
+        CudaData::F32(s) => {
+            let (ptr, _record) = s.device_ptr(stream);
+            f(ptr)
+        }
+        CudaData::F16(s) => {
+            let (ptr, _record) = s.device_ptr(stream);
+            f(ptr)
+        }
+        CudaData::BF16(s) => {
+            let (ptr, _record) = s.device_ptr(stream);
+            f(ptr)
+        }
+    }
+}
+
+/// As `reading`, for a buffer `f` writes: later readers on other streams wait for the write.
+pub(crate) fn writing<R>(data: &mut CudaData, stream: &CudaStream, f: impl FnOnce(u64) -> R) -> R {
+    match data {
+        CudaData::F32(s) => {
+            let (ptr, _record) = s.device_ptr_mut(stream);
+            f(ptr)
+        }
+        CudaData::F16(s) => {
+            let (ptr, _record) = s.device_ptr_mut(stream);
+            f(ptr)
+        }
+        CudaData::BF16(s) => {
+            let (ptr, _record) = s.device_ptr_mut(stream);
+            f(ptr)
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Layer objects that own their parameters.
 
-mod rnn;
+mod layers;
+pub(crate) mod recurrent;
 
-pub use rnn::{Rnn, RnnConfig, RnnOutput};
+pub use layers::{Gru, GruConfig, Lstm, LstmConfig, LstmOutput, Rnn, RnnConfig, RnnOutput};

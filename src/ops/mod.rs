@@ -3,4 +3,4 @@
 
 pub(crate) mod gemm_cpu;
 pub(crate) mod math_cpu;
-pub mod rnn;
+pub mod recurrent;

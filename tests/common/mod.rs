@@ -42,14 +42,18 @@ pub fn nvrtc_or_skip(test: &str) -> bool {
     }
 }
 
-/// Every entry point of kernels/rnn.cu the Rust side launches, as (op_variant, dtypes).
-pub const RNN_ENTRY_POINTS: &[(&str, &[DType])] = &[
-    ("rnn_step_fused", &DType::ALL),
-    ("rnn_naive_gather", &[DType::F32]),
-    ("rnn_naive_add", &[DType::F32]),
-    ("rnn_naive_add_bias", &DType::ALL),
-    ("rnn_naive_activation", &[DType::F32]),
-    ("rnn_naive_store", &DType::ALL),
+/// Every kernel entry point the Rust side launches, as (kernel file, op_variant, dtypes).
+pub const ENTRY_POINTS: &[(&str, &str, &[DType])] = &[
+    ("rnn", "rnn_step_fused", &DType::ALL),
+    ("lstm", "lstm_step_fused", &DType::ALL),
+    ("gru", "gru_step_fused", &DType::ALL),
+    ("elementwise", "gather_naive", &[DType::F32]),
+    ("elementwise", "unary_naive", &[DType::F32]),
+    ("elementwise", "binary_naive", &[DType::F32]),
+    ("elementwise", "add_bias_naive", &DType::ALL),
+    ("elementwise", "load_naive", &DType::ALL),
+    ("elementwise", "convert_naive", &DType::ALL),
+    ("elementwise", "store_masked", &DType::ALL),
 ];
 
 /// Tolerance relative to the reference's largest magnitude, per storage dtype.

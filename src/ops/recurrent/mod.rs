@@ -1,8 +1,10 @@
-//! Elman RNN forward (nn.RNN semantics): checks, then the CPU or CUDA path.
+//! Recurrent forward (nn.RNN, nn.LSTM, nn.GRU semantics): checks, then the CPU or CUDA path.
 //!
 //! Layout: `input` is [T, B, I] (or [B, T, I] when batch_first); row (t, b) of any [rows, ·]
 //! buffer is `t * st + b * sb` with (st, sb) = (B, 1) or (1, T), so batch-first data is never
-//! transposed. `output` is [T, B, D·H] (or [B, T, D·H]); `h_n` is [L·D, B, H].
+//! transposed. With G gates per unit (1 RNN, 4 LSTM, 3 GRU), hidden size H and output size O
+//! (the LSTM projection size, else H): `output` is [T, B, D·O] (or [B, T, D·O]), `h_n` is
+//! [L·D, B, O] and the LSTM's `c_n` is [L·D, B, H].
 
 mod cpu;
 mod cuda;
@@ -13,7 +15,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-/// The RNN's nonlinearity. Codes match `ACT_*` in kernels/common.cuh.
+/// The Elman RNN's nonlinearity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Nonlinearity {
     #[default]
@@ -29,24 +31,10 @@ impl Nonlinearity {
         }
     }
 
-    pub(crate) fn code(self) -> i32 {
+    pub(crate) fn activation(self) -> Activation {
         match self {
-            Nonlinearity::Tanh => 0,
-            Nonlinearity::Relu => 1,
-        }
-    }
-
-    pub(crate) fn apply(self, x: f32) -> f32 {
-        match self {
-            Nonlinearity::Tanh => crate::ops::math_cpu::tanh(x),
-            // `x < 0 ? 0 : x` keeps NaN, as torch.relu does.
-            Nonlinearity::Relu => {
-                if x < 0.0 {
-                    0.0
-                } else {
-                    x
-                }
-            }
+            Nonlinearity::Tanh => Activation::Tanh,
+            Nonlinearity::Relu => Activation::Relu,
         }
     }
 }
@@ -60,6 +48,67 @@ impl std::str::FromStr for Nonlinearity {
             _ => Err(Error::Config(format!(
                 "unknown nonlinearity `{s}` (expected tanh or relu)"
             ))),
+        }
+    }
+}
+
+/// Elementwise activations. Codes match `ACT_*` in kernels/common.cuh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    Tanh,
+    Relu,
+    Sigmoid,
+}
+
+impl Activation {
+    pub fn code(self) -> i32 {
+        match self {
+            Activation::Tanh => 0,
+            Activation::Relu => 1,
+            Activation::Sigmoid => 2,
+        }
+    }
+
+    pub fn apply(self, x: f32) -> f32 {
+        use crate::ops::math_cpu::tanh;
+        match self {
+            Activation::Tanh => tanh(x),
+            // `x < 0 ? 0 : x` keeps NaN, as torch.relu does.
+            Activation::Relu => {
+                if x < 0.0 {
+                    0.0
+                } else {
+                    x
+                }
+            }
+            Activation::Sigmoid => 0.5 + 0.5 * tanh(0.5 * x),
+        }
+    }
+}
+
+/// The recurrent cell of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cell {
+    Rnn(Nonlinearity),
+    Lstm,
+    Gru,
+}
+
+impl Cell {
+    /// Gate rows per hidden unit in the weight matrices.
+    pub fn gates(self) -> usize {
+        match self {
+            Cell::Rnn(_) => 1,
+            Cell::Lstm => 4,
+            Cell::Gru => 3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cell::Rnn(_) => "RNN",
+            Cell::Lstm => "LSTM",
+            Cell::Gru => "GRU",
         }
     }
 }
@@ -100,12 +149,14 @@ impl std::str::FromStr for Algo {
     }
 }
 
-/// Weights of one layer-direction, in PyTorch's shapes: w_ih [H, in], w_hh [H, H], biases [H].
+/// Weights of one layer-direction, in PyTorch's shapes: w_ih [G·H, in], w_hh [G·H, O],
+/// biases [G·H], and the LSTM projection w_hr [O, H].
 pub struct DirectionWeights {
     pub w_ih: Tensor,
     pub w_hh: Tensor,
     pub b_ih: Option<Tensor>,
     pub b_hh: Option<Tensor>,
+    pub w_hr: Option<Tensor>,
 }
 
 /// Sizes of one forward pass.
@@ -115,6 +166,9 @@ pub(crate) struct Dims {
     pub batch: usize,
     pub input_size: usize,
     pub hidden: usize,
+    /// The size of h and of each direction's output: the projection size, else `hidden`.
+    pub out_size: usize,
+    pub gates: usize,
     pub layers: usize,
     pub dirs: usize,
     pub batch_first: bool,
@@ -134,16 +188,25 @@ impl Dims {
         }
     }
 
+    /// Columns of the gate pre-activations: G·H.
+    pub fn gate_width(&self) -> usize {
+        self.gates * self.hidden
+    }
+
+    pub fn projected(&self) -> bool {
+        self.out_size != self.hidden
+    }
+
     pub fn layer_input(&self, layer: usize) -> usize {
         if layer == 0 {
             self.input_size
         } else {
-            self.dirs * self.hidden
+            self.dirs * self.out_size
         }
     }
 
     pub fn output_shape(&self) -> Vec<usize> {
-        let width = self.dirs * self.hidden;
+        let width = self.dirs * self.out_size;
         if self.batch_first {
             vec![self.batch, self.seq_len, width]
         } else {
@@ -151,7 +214,13 @@ impl Dims {
         }
     }
 
+    /// Shape of h0 / h_n.
     pub fn state_shape(&self) -> Vec<usize> {
+        vec![self.layers * self.dirs, self.batch, self.out_size]
+    }
+
+    /// Shape of the LSTM's c0 / c_n.
+    pub fn cell_shape(&self) -> Vec<usize> {
         vec![self.layers * self.dirs, self.batch, self.hidden]
     }
 }
@@ -191,27 +260,39 @@ pub fn check_lengths(
 
 /// One checked forward call: everything both paths need.
 pub(crate) struct Call<'a> {
-    pub act: Nonlinearity,
+    pub cell: Cell,
     pub dims: Dims,
     /// L·D layer-directions in PyTorch order (layer-major, forward before reverse), already
     /// checked against `dims`.
     pub weights: &'a [DirectionWeights],
     pub input: &'a Tensor,
     pub h0: Option<&'a Tensor>,
+    /// The LSTM's initial cell state.
+    pub c0: Option<&'a Tensor>,
     pub lengths: &'a [usize],
 }
 
-/// Runs the forward pass on `device`; returns (output, h_n). `plans` caches the CUDA graphs
-/// of the layer the weights belong to.
+/// What a forward pass returns.
+pub(crate) struct Outputs {
+    pub output: Tensor,
+    pub h_n: Tensor,
+    /// The LSTM's final cell state.
+    pub c_n: Option<Tensor>,
+}
+
+/// Runs the forward pass on `device`. `plans` caches the CUDA graphs of the layer the weights
+/// belong to.
 pub(crate) fn forward(
     device: &Device,
     algo: Algo,
     call: &Call<'_>,
     plans: &PlanCache,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<Outputs> {
     call.input.check_on(device, "input")?;
-    if let Some(h0) = call.h0 {
-        h0.check_on(device, "h0")?;
+    for (name, t) in [("h0", call.h0), ("c0", call.c0)] {
+        if let Some(t) = t {
+            t.check_on(device, name)?;
+        }
     }
     match device {
         Device::Cpu => cpu::forward(call),
@@ -241,9 +322,16 @@ mod tests {
     }
 
     #[test]
-    fn relu_keeps_nan_like_torch() {
-        assert!(Nonlinearity::Relu.apply(f32::NAN).is_nan());
-        assert_eq!(Nonlinearity::Relu.apply(-2.0), 0.0);
-        assert_eq!(Nonlinearity::Relu.apply(3.0), 3.0);
+    fn activations_match_their_definitions() {
+        assert!(Activation::Relu.apply(f32::NAN).is_nan());
+        assert_eq!(Activation::Relu.apply(-2.0), 0.0);
+        assert_eq!(Activation::Relu.apply(3.0), 3.0);
+        for x in [-20.0f32, -3.0, -0.5, 0.0, 0.7, 4.0, 20.0] {
+            let sigmoid = 1.0 / (1.0 + (-x as f64).exp());
+            assert!(
+                (Activation::Sigmoid.apply(x) as f64 - sigmoid).abs() < 5e-7,
+                "{x}"
+            );
+        }
     }
 }

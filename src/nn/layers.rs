@@ -1,0 +1,284 @@
+//! The public recurrent layers, `Rnn`, `Lstm` and `Gru`: nn.RNN's, nn.LSTM's and nn.GRU's
+//! options, parameters and semantics over the shared `Recurrent` core.
+
+use super::recurrent::{Recurrent, Spec};
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::io::TensorFile;
+use crate::ops::recurrent::{Algo, Cell, Nonlinearity};
+use crate::tensor::Tensor;
+
+/// nn.RNN's constructor arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RnnConfig {
+    pub input_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub nonlinearity: Nonlinearity,
+    pub bias: bool,
+    pub batch_first: bool,
+    pub bidirectional: bool,
+}
+
+/// nn.LSTM's constructor arguments; `proj_size` 0 means no projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LstmConfig {
+    pub input_size: usize,
+    pub hidden_size: usize,
+    pub proj_size: usize,
+    pub num_layers: usize,
+    pub bias: bool,
+    pub batch_first: bool,
+    pub bidirectional: bool,
+}
+
+/// nn.GRU's constructor arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GruConfig {
+    pub input_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub bias: bool,
+    pub batch_first: bool,
+    pub bidirectional: bool,
+}
+
+impl RnnConfig {
+    /// One layer, tanh, with bias, sequence-first, unidirectional (nn.RNN's defaults).
+    pub fn new(input_size: usize, hidden_size: usize) -> Self {
+        RnnConfig {
+            input_size,
+            hidden_size,
+            num_layers: 1,
+            nonlinearity: Nonlinearity::Tanh,
+            bias: true,
+            batch_first: false,
+            bidirectional: false,
+        }
+    }
+
+    fn spec(&self) -> Spec {
+        Spec {
+            cell: Cell::Rnn(self.nonlinearity),
+            input_size: self.input_size,
+            hidden_size: self.hidden_size,
+            proj_size: 0,
+            num_layers: self.num_layers,
+            bias: self.bias,
+            batch_first: self.batch_first,
+            bidirectional: self.bidirectional,
+        }
+    }
+}
+
+impl LstmConfig {
+    /// One layer, with bias, no projection, sequence-first, unidirectional (nn.LSTM's defaults).
+    pub fn new(input_size: usize, hidden_size: usize) -> Self {
+        LstmConfig {
+            input_size,
+            hidden_size,
+            proj_size: 0,
+            num_layers: 1,
+            bias: true,
+            batch_first: false,
+            bidirectional: false,
+        }
+    }
+
+    fn spec(&self) -> Spec {
+        Spec {
+            cell: Cell::Lstm,
+            input_size: self.input_size,
+            hidden_size: self.hidden_size,
+            proj_size: self.proj_size,
+            num_layers: self.num_layers,
+            bias: self.bias,
+            batch_first: self.batch_first,
+            bidirectional: self.bidirectional,
+        }
+    }
+}
+
+impl GruConfig {
+    /// One layer, with bias, sequence-first, unidirectional (nn.GRU's defaults).
+    pub fn new(input_size: usize, hidden_size: usize) -> Self {
+        GruConfig {
+            input_size,
+            hidden_size,
+            num_layers: 1,
+            bias: true,
+            batch_first: false,
+            bidirectional: false,
+        }
+    }
+
+    fn spec(&self) -> Spec {
+        Spec {
+            cell: Cell::Gru,
+            input_size: self.input_size,
+            hidden_size: self.hidden_size,
+            proj_size: 0,
+            num_layers: self.num_layers,
+            bias: self.bias,
+            batch_first: self.batch_first,
+            bidirectional: self.bidirectional,
+        }
+    }
+}
+
+/// What `Rnn` and `Gru` return.
+pub struct RnnOutput {
+    /// [T, B, D·H], or [B, T, D·H] when batch_first; zero past each row's length (the
+    /// sequence keeps its full length T, as pad_packed_sequence with total_length = T).
+    pub output: Tensor,
+    /// [L·D, B, H]: each row's state at its last valid step.
+    pub h_n: Tensor,
+}
+
+/// What `Lstm` returns. With a projection of size P, output and h_n have P columns.
+pub struct LstmOutput {
+    pub output: Tensor,
+    pub h_n: Tensor,
+    /// [L·D, B, H]: each row's cell state at its last valid step.
+    pub c_n: Tensor,
+}
+
+/// An Elman RNN (nn.RNN).
+pub struct Rnn {
+    config: RnnConfig,
+    inner: Recurrent,
+}
+
+/// A long short-term memory network (nn.LSTM), with optional projection.
+pub struct Lstm {
+    config: LstmConfig,
+    inner: Recurrent,
+}
+
+/// A gated recurrent unit network (nn.GRU).
+pub struct Gru {
+    config: GruConfig,
+    inner: Recurrent,
+}
+
+/// Construction, copying and accessors, the same for every layer.
+macro_rules! layer_common {
+    ($layer:ident, $config:ident) => {
+        impl $layer {
+            /// Parameters drawn like PyTorch's default init, U(-1/√H, 1/√H), from `seed`.
+            pub fn random(
+                config: $config,
+                device: &Device,
+                dtype: DType,
+                seed: u64,
+            ) -> Result<Self> {
+                let inner = Recurrent::random(config.spec(), device, dtype, seed)?;
+                Ok($layer { config, inner })
+            }
+
+            /// Parameters from a PyTorch state_dict (`weight_ih_l{k}[_reverse]`, `weight_hh_l{k}`,
+            /// `bias_ih_l{k}`, `bias_hh_l{k}`, LSTM `weight_hr_l{k}`), checked against `config`;
+            /// non-finite weights are an error.
+            pub fn from_state_dict(
+                config: $config,
+                file: &TensorFile,
+                device: &Device,
+                dtype: DType,
+            ) -> Result<Self> {
+                let inner = Recurrent::from_state_dict(config.spec(), file, device, dtype)?;
+                Ok($layer { config, inner })
+            }
+
+            /// A copy of this layer on `device` with parameters stored in `dtype`.
+            pub fn to(&self, device: &Device, dtype: DType) -> Result<Self> {
+                let inner = self.inner.to(device, dtype)?;
+                Ok($layer {
+                    config: self.config,
+                    inner,
+                })
+            }
+
+            /// Chooses the CUDA implementation (ignored on the CPU).
+            pub fn with_algo(mut self, algo: Algo) -> Self {
+                self.inner.set_algo(algo);
+                self
+            }
+
+            pub fn config(&self) -> &$config {
+                &self.config
+            }
+
+            pub fn device(&self) -> &Device {
+                self.inner.device()
+            }
+
+            pub fn dtype(&self) -> DType {
+                self.inner.dtype()
+            }
+
+            /// How many recent CUDA forward shapes replay a captured graph, and why any others
+            /// do not (empty on the CPU).
+            pub fn graph_capture_status(&self) -> (usize, Vec<String>) {
+                self.inner.capture_status()
+            }
+        }
+    };
+}
+
+layer_common!(Rnn, RnnConfig);
+layer_common!(Lstm, LstmConfig);
+layer_common!(Gru, GruConfig);
+
+impl Rnn {
+    /// Runs the sequence. `input` is [T, B, I] ([B, T, I] when batch_first) on this layer's
+    /// device in its dtype; `h0` is [L·D, B, H] (zeros when absent); `lengths` gives each
+    /// row's valid length in 1..=T (as pack_padded_sequence with enforce_sorted=False).
+    pub fn forward(
+        &self,
+        input: &Tensor,
+        h0: Option<&Tensor>,
+        lengths: Option<&[usize]>,
+    ) -> Result<RnnOutput> {
+        let out = self.inner.forward(input, h0, None, lengths)?;
+        Ok(RnnOutput {
+            output: out.output,
+            h_n: out.h_n,
+        })
+    }
+}
+
+impl Gru {
+    /// As `Rnn::forward`.
+    pub fn forward(
+        &self,
+        input: &Tensor,
+        h0: Option<&Tensor>,
+        lengths: Option<&[usize]>,
+    ) -> Result<RnnOutput> {
+        let out = self.inner.forward(input, h0, None, lengths)?;
+        Ok(RnnOutput {
+            output: out.output,
+            h_n: out.h_n,
+        })
+    }
+}
+
+impl Lstm {
+    /// Runs the sequence. `state` is (h0 [L·D, B, P or H], c0 [L·D, B, H]), zeros when absent;
+    /// otherwise as `Rnn::forward`.
+    pub fn forward(
+        &self,
+        input: &Tensor,
+        state: Option<(&Tensor, &Tensor)>,
+        lengths: Option<&[usize]>,
+    ) -> Result<LstmOutput> {
+        let (h0, c0) = state.unzip();
+        let out = self.inner.forward(input, h0, c0, lengths)?;
+        Ok(LstmOutput {
+            output: out.output,
+            h_n: out.h_n,
+            c_n: out.c_n.expect("an LSTM forward returns c_n"),
+        })
+    }
+}

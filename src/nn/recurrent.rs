@@ -1,0 +1,320 @@
+//! What nn.RNN, nn.LSTM and nn.GRU share: a stack of layer-directions with parameters in
+//! PyTorch's naming and shapes, the input checks, and dispatch to the CPU or CUDA path.
+
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::io::TensorFile;
+use crate::ops::recurrent::{
+    self, check_lengths, Algo, Call, Cell, Dims, DirectionWeights, Outputs, PlanCache,
+};
+use crate::tensor::Tensor;
+use rand::{Rng, SeedableRng};
+
+/// Sizes and options of a recurrent module (the union of nn.RNN's, nn.LSTM's and nn.GRU's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Spec {
+    pub cell: Cell,
+    pub input_size: usize,
+    pub hidden_size: usize,
+    /// LSTM projection size; 0 for none.
+    pub proj_size: usize,
+    pub num_layers: usize,
+    pub bias: bool,
+    pub batch_first: bool,
+    pub bidirectional: bool,
+}
+
+impl Spec {
+    pub fn directions(&self) -> usize {
+        if self.bidirectional {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The size of h: the projection size, else the hidden size.
+    pub fn out_size(&self) -> usize {
+        if self.proj_size > 0 {
+            self.proj_size
+        } else {
+            self.hidden_size
+        }
+    }
+
+    pub fn layer_input(&self, layer: usize) -> usize {
+        if layer == 0 {
+            self.input_size
+        } else {
+            self.directions() * self.out_size()
+        }
+    }
+
+    /// PyTorch's parameter name suffix of layer `layer`, direction `dir`: "l0", "l0_reverse".
+    pub fn suffix(layer: usize, dir: usize) -> String {
+        if dir == 0 {
+            format!("l{layer}")
+        } else {
+            format!("l{layer}_reverse")
+        }
+    }
+
+    /// Every parameter name and shape of the module, in state_dict order.
+    pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
+        let (gh, h, o) = (
+            self.cell.gates() * self.hidden_size,
+            self.hidden_size,
+            self.out_size(),
+        );
+        let mut params = Vec::new();
+        for layer in 0..self.num_layers {
+            for dir in 0..self.directions() {
+                let sfx = Spec::suffix(layer, dir);
+                params.push((
+                    format!("weight_ih_{sfx}"),
+                    vec![gh, self.layer_input(layer)],
+                ));
+                params.push((format!("weight_hh_{sfx}"), vec![gh, o]));
+                if self.bias {
+                    params.push((format!("bias_ih_{sfx}"), vec![gh]));
+                    params.push((format!("bias_hh_{sfx}"), vec![gh]));
+                }
+                if self.proj_size > 0 {
+                    params.push((format!("weight_hr_{sfx}"), vec![o, h]));
+                }
+            }
+        }
+        params
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.input_size == 0 || self.hidden_size == 0 || self.num_layers == 0 {
+            return Err(Error::Config(format!(
+                "input_size, hidden_size and num_layers must be positive (got {}, {}, {})",
+                self.input_size, self.hidden_size, self.num_layers
+            )));
+        }
+        if self.proj_size > 0 && (self.cell != Cell::Lstm || self.proj_size >= self.hidden_size) {
+            return Err(Error::Config(format!(
+                "proj_size {} needs an LSTM with hidden_size > proj_size (hidden_size {})",
+                self.proj_size, self.hidden_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A recurrent module on one device, parameters in one storage dtype.
+pub(crate) struct Recurrent {
+    pub spec: Spec,
+    device: Device,
+    dtype: DType,
+    algo: Algo,
+    weights: Vec<DirectionWeights>,
+    /// CUDA graphs of recent forward shapes, replayed instead of relaunching every step.
+    plans: PlanCache,
+}
+
+impl Recurrent {
+    /// Parameters drawn like PyTorch's default init, U(-1/√H, 1/√H), from `seed`.
+    pub fn random(spec: Spec, device: &Device, dtype: DType, seed: u64) -> Result<Self> {
+        spec.validate()?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let bound = 1.0 / (spec.hidden_size as f32).sqrt();
+        let tensors = spec
+            .parameters()
+            .into_iter()
+            .map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                let v: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..=bound)).collect();
+                Ok((name, Tensor::from_vec(v, &shape)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::assemble(spec, tensors, device, dtype)
+    }
+
+    /// Parameters from a PyTorch state_dict, checked against `spec`; non-finite weights are an
+    /// error.
+    pub fn from_state_dict(
+        spec: Spec,
+        file: &TensorFile,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        spec.validate()?;
+        let tensors = spec
+            .parameters()
+            .into_iter()
+            .map(|(name, shape)| {
+                let t = file.float(&name)?;
+                if t.shape() != shape.as_slice() {
+                    return Err(Error::shape(name, format!("{shape:?}"), t.shape()));
+                }
+                if t.host_slice::<f32>()?.iter().any(|v| !v.is_finite()) {
+                    return Err(Error::Config(format!("{name}: contains NaN or infinity")));
+                }
+                Ok((name, t))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::assemble(spec, tensors, device, dtype)
+    }
+
+    /// Groups named host tensors (in `Spec::parameters` order) by layer-direction and copies them
+    /// to `device` in `dtype`.
+    fn assemble(
+        spec: Spec,
+        tensors: Vec<(String, Tensor)>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let mut tensors = tensors.into_iter().map(|(_, t)| t);
+        let mut weights = Vec::new();
+        for _ in 0..spec.num_layers * spec.directions() {
+            let mut next = || tensors.next().expect("Spec::parameters lists every tensor");
+            let (w_ih, w_hh) = (next(), next());
+            let (b_ih, b_hh) = match spec.bias {
+                true => (Some(next()), Some(next())),
+                false => (None, None),
+            };
+            let w_hr = (spec.proj_size > 0).then(next);
+            weights.push(DirectionWeights {
+                w_ih,
+                w_hh,
+                b_ih,
+                b_hh,
+                w_hr,
+            });
+        }
+        Self::copied(spec, &weights, device, dtype)
+    }
+
+    /// Copies `weights` (on any device) to `device` in `dtype`.
+    fn copied(
+        spec: Spec,
+        weights: &[DirectionWeights],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        if !device.is_cuda() && dtype != DType::F32 {
+            return Err(Error::Config(format!(
+                "the CPU path computes in f32 only (asked for {dtype})"
+            )));
+        }
+        let to = |t: &Tensor| t.to(device, dtype);
+        let weights = weights
+            .iter()
+            .map(|w| {
+                Ok(DirectionWeights {
+                    w_ih: to(&w.w_ih)?,
+                    w_hh: to(&w.w_hh)?,
+                    b_ih: w.b_ih.as_ref().map(to).transpose()?,
+                    b_hh: w.b_hh.as_ref().map(to).transpose()?,
+                    w_hr: w.w_hr.as_ref().map(to).transpose()?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Recurrent {
+            spec,
+            device: device.clone(),
+            dtype,
+            algo: Algo::Auto,
+            weights,
+            plans: PlanCache::default(),
+        })
+    }
+
+    pub fn to(&self, device: &Device, dtype: DType) -> Result<Self> {
+        let mut copy = Self::copied(self.spec, &self.weights, device, dtype)?;
+        copy.algo = self.algo;
+        Ok(copy)
+    }
+
+    pub fn set_algo(&mut self, algo: Algo) {
+        self.algo = algo;
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn capture_status(&self) -> (usize, Vec<String>) {
+        self.plans.capture_status()
+    }
+
+    /// Checks the call's tensors against the module and runs it.
+    pub fn forward(
+        &self,
+        input: &Tensor,
+        h0: Option<&Tensor>,
+        c0: Option<&Tensor>,
+        lengths: Option<&[usize]>,
+    ) -> Result<Outputs> {
+        let dims = self.dims(input)?;
+        self.check_tensor(input, "input", None)?;
+        self.check_tensor_opt(h0, "h0", &dims.state_shape())?;
+        self.check_tensor_opt(c0, "c0", &dims.cell_shape())?;
+        let lengths = check_lengths(lengths, dims.batch, dims.seq_len)?;
+        let call = Call {
+            cell: self.spec.cell,
+            dims,
+            weights: &self.weights,
+            input,
+            h0,
+            c0,
+            lengths: &lengths,
+        };
+        recurrent::forward(&self.device, self.algo, &call, &self.plans)
+    }
+
+    fn check_tensor_opt(&self, t: Option<&Tensor>, name: &str, shape: &[usize]) -> Result<()> {
+        t.map_or(Ok(()), |t| self.check_tensor(t, name, Some(shape)))
+    }
+
+    fn check_tensor(&self, t: &Tensor, name: &str, shape: Option<&[usize]>) -> Result<()> {
+        if t.dtype() != self.dtype {
+            return Err(Error::DType {
+                tensor: name.into(),
+                expected: self.dtype.name().into(),
+                got: t.dtype().name().into(),
+            });
+        }
+        match shape {
+            Some(shape) if t.shape() != shape => {
+                Err(Error::shape(name, format!("{shape:?}"), t.shape()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn dims(&self, input: &Tensor) -> Result<Dims> {
+        let s = &self.spec;
+        let expected = if s.batch_first {
+            format!("[B, T, {}] (batch_first)", s.input_size)
+        } else {
+            format!("[T, B, {}]", s.input_size)
+        };
+        let &[d0, d1, i] = input.shape() else {
+            return Err(Error::shape("input", expected, input.shape()));
+        };
+        let (seq_len, batch) = if s.batch_first { (d1, d0) } else { (d0, d1) };
+        if i != s.input_size || seq_len == 0 || batch == 0 {
+            return Err(Error::shape("input", expected, input.shape()));
+        }
+        Ok(Dims {
+            seq_len,
+            batch,
+            input_size: s.input_size,
+            hidden: s.hidden_size,
+            out_size: s.out_size(),
+            gates: s.cell.gates(),
+            layers: s.num_layers,
+            dirs: s.directions(),
+            batch_first: s.batch_first,
+        })
+    }
+}

@@ -1,0 +1,198 @@
+//! CPU reference forward, f32. The same loop as the CUDA path: one GEMM for the input projection
+//! of a layer-direction, then per step one GEMM for W_hh·h, the cell's elementwise update, and
+//! (LSTM with projection) one GEMM for W_hr·h.
+
+use super::{step_time, Activation, Call, Cell, Dims, Outputs};
+use crate::error::{Error, Result};
+use crate::ops::gemm_cpu::gemm_abt;
+use crate::tensor::Tensor;
+
+fn f32_values<'a>(t: &'a Tensor, name: &str) -> Result<&'a [f32]> {
+    t.host_slice::<f32>().map_err(|_| Error::DType {
+        tensor: name.into(),
+        expected: "f32 (the CPU path computes in f32)".into(),
+        got: t.dtype().name().into(),
+    })
+}
+
+/// A bias as f32 values, zeros when the layer has none.
+fn bias(t: &Option<Tensor>, len: usize, name: &str) -> Result<Vec<f32>> {
+    match t {
+        Some(t) => Ok(f32_values(t, name)?.to_vec()),
+        None => Ok(vec![0.0; len]),
+    }
+}
+
+/// The elementwise update of one row: `pre` (x projection, G·H), `rec` (W_hh h, G·H), biases;
+/// updates `h` (H wide; the pre-projection h for an LSTM with projection) and `c` in place.
+#[allow(clippy::too_many_arguments)]
+fn update_row(
+    cell: Cell,
+    pre: &[f32],
+    rec: &[f32],
+    b_ih: &[f32],
+    b_hh: &[f32],
+    h: &mut [f32],
+    c: &mut [f32],
+) {
+    use Activation::{Sigmoid, Tanh};
+    let hidden = h.len();
+    let gate = |k: usize, j: usize| {
+        let g = k * hidden + j;
+        pre[g] + b_ih[g] + rec[g] + b_hh[g]
+    };
+    match cell {
+        Cell::Rnn(nl) => {
+            let act = nl.activation();
+            for (j, h) in h.iter_mut().enumerate() {
+                *h = act.apply(gate(0, j));
+            }
+        }
+        Cell::Lstm => {
+            for j in 0..hidden {
+                let (i, f) = (Sigmoid.apply(gate(0, j)), Sigmoid.apply(gate(1, j)));
+                let (g, o) = (Tanh.apply(gate(2, j)), Sigmoid.apply(gate(3, j)));
+                c[j] = f * c[j] + i * g;
+                h[j] = o * Tanh.apply(c[j]);
+            }
+        }
+        Cell::Gru => {
+            for j in 0..hidden {
+                let (jz, jn) = (hidden + j, 2 * hidden + j);
+                let r = Sigmoid.apply(pre[j] + b_ih[j] + rec[j] + b_hh[j]);
+                let z = Sigmoid.apply(pre[jz] + b_ih[jz] + rec[jz] + b_hh[jz]);
+                let n = Tanh.apply(pre[jn] + b_ih[jn] + r * (rec[jn] + b_hh[jn]));
+                h[j] = n + z * (h[j] - n);
+            }
+        }
+    }
+}
+
+pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
+    let Call {
+        cell,
+        ref dims,
+        weights,
+        input,
+        h0,
+        c0,
+        lengths,
+    } = *call;
+    let x = f32_values(input, "input")?;
+    let h0 = h0.map(|t| f32_values(t, "h0")).transpose()?;
+    let c0 = c0.map(|t| f32_values(t, "c0")).transpose()?;
+    let Dims {
+        seq_len,
+        batch,
+        hidden,
+        out_size: out,
+        dirs,
+        layers,
+        ..
+    } = *dims;
+    let (st, sb) = dims.strides();
+    let (rows, gw, width) = (dims.rows(), dims.gate_width(), dirs * out);
+    let lstm = cell == Cell::Lstm;
+
+    let mut h_n = vec![0f32; layers * dirs * batch * out];
+    let mut c_n = vec![
+        0f32;
+        if lstm {
+            layers * dirs * batch * hidden
+        } else {
+            0
+        }
+    ];
+    let mut layer_in = x.to_vec();
+    let mut xw = vec![0f32; rows * gw];
+    let mut hh = vec![0f32; batch * gw];
+    let mut h = vec![0f32; batch * out];
+    let mut c = vec![0f32; batch * hidden];
+    // The LSTM's h before projection, [B, H]; without projection h itself is updated.
+    let mut pre_proj = vec![0f32; if dims.projected() { batch * hidden } else { 0 }];
+    for layer in 0..layers {
+        let in_w = dims.layer_input(layer);
+        let mut out_buf = vec![0f32; rows * width];
+        for dir in 0..dirs {
+            let slot = layer * dirs + dir;
+            let w = &weights[slot];
+            let w_ih = f32_values(&w.w_ih, "weight_ih")?;
+            let w_hh = f32_values(&w.w_hh, "weight_hh")?;
+            let w_hr = w
+                .w_hr
+                .as_ref()
+                .map(|t| f32_values(t, "weight_hr"))
+                .transpose()?;
+            let b_ih = bias(&w.b_ih, gw, "bias_ih")?;
+            let b_hh = bias(&w.b_hh, gw, "bias_hh")?;
+
+            gemm_abt(
+                rows, gw, in_w, &layer_in, in_w, w_ih, in_w, &mut xw, gw, 0.0,
+            );
+            let state = |init: Option<&[f32]>, size: usize, buf: &mut Vec<f32>| match init {
+                Some(v) => buf.copy_from_slice(&v[slot * batch * size..(slot + 1) * batch * size]),
+                None => buf.fill(0.0),
+            };
+            state(h0, out, &mut h);
+            if lstm {
+                state(c0, hidden, &mut c);
+            }
+            for s in 0..seq_len {
+                gemm_abt(batch, gw, out, &h, out, w_hh, out, &mut hh, gw, 0.0);
+                // Rows that have ended keep their state; their outputs stay 0.
+                let times: Vec<Option<usize>> = (0..batch)
+                    .map(|b| step_time(s, lengths[b], dir == 1))
+                    .collect();
+                for (b, t) in times.iter().enumerate() {
+                    let Some(t) = *t else { continue };
+                    let row = t * st + b * sb;
+                    let target = match w_hr {
+                        Some(_) => &mut pre_proj[b * hidden..(b + 1) * hidden],
+                        None => &mut h[b * out..(b + 1) * out],
+                    };
+                    update_row(
+                        cell,
+                        &xw[row * gw..(row + 1) * gw],
+                        &hh[b * gw..(b + 1) * gw],
+                        &b_ih,
+                        &b_hh,
+                        target,
+                        &mut c[b * hidden..(b + 1) * hidden],
+                    );
+                }
+                if let Some(w_hr) = w_hr {
+                    // h = W_hr·h for every row, then restore the rows that have ended.
+                    let prev = h.clone();
+                    gemm_abt(
+                        batch, out, hidden, &pre_proj, hidden, w_hr, hidden, &mut h, out, 0.0,
+                    );
+                    for (b, t) in times.iter().enumerate() {
+                        if t.is_none() {
+                            h[b * out..(b + 1) * out]
+                                .copy_from_slice(&prev[b * out..(b + 1) * out]);
+                        }
+                    }
+                }
+                for (b, t) in times.iter().enumerate() {
+                    if let Some(t) = *t {
+                        let row = t * st + b * sb;
+                        out_buf[row * width + dir * out..][..out]
+                            .copy_from_slice(&h[b * out..(b + 1) * out]);
+                    }
+                }
+            }
+            h_n[slot * batch * out..(slot + 1) * batch * out].copy_from_slice(&h);
+            if lstm {
+                c_n[slot * batch * hidden..(slot + 1) * batch * hidden].copy_from_slice(&c);
+            }
+        }
+        layer_in = out_buf;
+    }
+    Ok(Outputs {
+        output: Tensor::from_vec(layer_in, &dims.output_shape())?,
+        h_n: Tensor::from_vec(h_n, &dims.state_shape())?,
+        c_n: lstm
+            .then(|| Tensor::from_vec(c_n, &dims.cell_shape()))
+            .transpose()?,
+    })
+}

@@ -1,0 +1,764 @@
+//! CUDA forward. Per layer-direction: one cuBLAS GEMM for the input projection of all steps
+//! (f32 out), then per step one GEMM for W_hh·h_{t-1} (f32 out) and the cell's elementwise
+//! update: one fused kernel (plus, for an LSTM with projection, the W_hr GEMM and a masked
+//! store), or the naive chain of one kernel per elementwise op. The two directions of a
+//! bidirectional layer run on two lanes (streams) concurrently.
+//!
+//! At small batch a stepwise RNN is bound by the host's launch overhead, not by arithmetic, so
+//! the whole sequence is issued once per shape into a CUDA graph and replayed. A `Plan` owns the
+//! graph and every buffer its addresses point to; a call copies its input (and h0, c0, lengths)
+//! in, replays, and copies the results out. Nothing in the time loop allocates or waits for the
+//! host. If capture is refused, the plan issues the same work directly.
+
+use super::{Activation, Algo, Call, Cell, Dims, Outputs};
+use crate::device::{data_ptr, dev_ptr, reading, writing, CudaDevice, Lane, MatRef, POISON_BYTE};
+use crate::dtype::{CudaData, DType, Element};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use cudarc::driver::{
+    result as dr, sys, CudaFunction, CudaGraph, CudaSlice, LaunchConfig, PushKernelArg,
+};
+use std::sync::Mutex;
+
+const BLOCK: u32 = 256;
+
+fn grid(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(BLOCK), 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Launches kernel `$f` on `$lane`'s stream over `$n` threads. Arguments must be places (the
+/// builder borrows them until the launch). Callers are `unsafe fn`s whose contracts make the
+/// addresses valid.
+macro_rules! launch {
+    ($lane:expr, $f:expr, $n:expr; $($arg:expr),+ $(,)?) => {{
+        let mut builder = $lane.stream.launch_builder($f);
+        $( builder.arg(&$arg); )+
+        builder.launch(grid($n))?;
+    }};
+}
+
+/// Binary op codes of `binary_naive_f32` (kernels/elementwise.cu).
+const OP_ADD: i32 = 0;
+const OP_MUL: i32 = 1;
+const OP_SUB: i32 = 2;
+
+/// The address `elems` f32 elements past `base`.
+fn f32_at(base: u64, elems: usize) -> u64 {
+    base + 4 * elems as u64
+}
+
+/// The product of `parts`, or an error naming `what` when it overflows `limit`.
+fn checked_size(parts: &[usize], limit: usize, what: &str) -> Result<usize> {
+    parts
+        .iter()
+        .try_fold(1usize, |acc, &p| acc.checked_mul(p))
+        .filter(|&n| n <= limit)
+        .ok_or_else(|| Error::Config(format!("{what} {parts:?} is too large for the kernels")))
+}
+
+/// The kernels a plan launches, resolved once.
+struct Kernels {
+    /// `{cell}_step_fused_T`, when the plan is fused.
+    fused: Option<CudaFunction>,
+    /// `store_masked_T`: the LSTM projection's store, and the naive chain's last op.
+    store: CudaFunction,
+    naive: Option<NaiveKernels>,
+}
+
+struct NaiveKernels {
+    gather: CudaFunction,
+    unary: CudaFunction,
+    binary: CudaFunction,
+    add_bias: CudaFunction,
+    load: CudaFunction,
+    convert: CudaFunction,
+}
+
+impl Kernels {
+    fn new(dev: &CudaDevice, cell: Cell, fused: bool, dtype: DType) -> Result<Self> {
+        let ew = |name: &str, dt: DType| dev.function("elementwise", name, dt);
+        let fused = match (fused, cell) {
+            (false, _) => None,
+            (true, Cell::Rnn(_)) => Some(dev.function("rnn", "rnn_step_fused", dtype)?),
+            (true, Cell::Lstm) => Some(dev.function("lstm", "lstm_step_fused", dtype)?),
+            (true, Cell::Gru) => Some(dev.function("gru", "gru_step_fused", dtype)?),
+        };
+        let naive = match fused {
+            Some(_) => None,
+            None => Some(NaiveKernels {
+                gather: ew("gather_naive", DType::F32)?,
+                unary: ew("unary_naive", DType::F32)?,
+                binary: ew("binary_naive", DType::F32)?,
+                add_bias: ew("add_bias_naive", dtype)?,
+                load: ew("load_naive", dtype)?,
+                convert: ew("convert_naive", dtype)?,
+            }),
+        };
+        Ok(Kernels {
+            fused,
+            store: ew("store_masked", dtype)?,
+            naive,
+        })
+    }
+}
+
+/// What a plan was captured for. The weights are not part of the key: a cache belongs to one
+/// layer, whose weights do not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PlanKey {
+    dims: Dims,
+    cell: Cell,
+    fused: bool,
+    dtype: DType,
+}
+
+/// A captured graph. CUgraphExec handles may be launched from any thread; the cache's mutex
+/// serialises every use.
+struct Graph(CudaGraph);
+// SAFETY: see above; the graph is only touched while its plan cache is locked.
+unsafe impl Send for Graph {}
+
+/// Device addresses of one layer-direction's parameters (0 for an absent bias).
+struct SlotAddresses {
+    w_ih: MatRef,
+    w_hh: MatRef,
+    w_hr: Option<MatRef>,
+    b_ih: u64,
+    b_hh: u64,
+}
+
+/// One lane's scratch: xw [rows, G·H] f32, hh [B, G·H] f32 (also the projection's f32 output),
+/// ping-pong states h [B, O] and c [B, H], the LSTM's pre-projection h [B, H], and the naive
+/// chain's f32 temporaries tmp [B, G·H], tmp2 and tmp3 [B, H]. 0 where unused.
+struct LaneAddresses {
+    xw: u64,
+    hh: u64,
+    ping_h: [u64; 2],
+    ping_c: [u64; 2],
+    proj: u64,
+    tmp: u64,
+    tmp2: u64,
+    tmp3: u64,
+}
+
+/// Every address `Plan::issue` uses, taken before capture: reading a slice's address through
+/// cudarc may wait on or record events, which must not happen inside a capture.
+struct Addresses {
+    x: u64,
+    h0: u64,
+    c0: u64,
+    lengths: u64,
+    outs: Vec<u64>,
+    h_n: u64,
+    c_n: u64,
+    lanes: [LaneAddresses; 2],
+    slots: Vec<SlotAddresses>,
+}
+
+/// Owns device buffers that are reached only through `Addresses`.
+struct Arena<'a> {
+    dev: &'a CudaDevice,
+    f32s: Vec<CudaSlice<f32>>,
+    data: Vec<CudaData>,
+}
+
+impl Arena<'_> {
+    fn f32(&mut self, len: usize) -> Result<u64> {
+        let buf = self.dev.alloc_output::<f32>(len)?;
+        let ptr = dev_ptr(&buf, self.dev.stream());
+        self.f32s.push(buf);
+        Ok(ptr)
+    }
+
+    fn data(&mut self, dtype: DType, len: usize) -> Result<u64> {
+        let buf = self.dev.alloc_output_data(dtype, len)?;
+        let ptr = data_ptr(&buf, self.dev.stream());
+        self.data.push(buf);
+        Ok(ptr)
+    }
+}
+
+/// The buffers and (when capture succeeded) the graph of one forward shape.
+struct Plan {
+    key: PlanKey,
+    x: CudaData,
+    /// Initial states: zeros, or copies of the caller's h0 / c0.
+    h0: CudaData,
+    c0: Option<CudaData>,
+    h0_is_zero: bool,
+    c0_is_zero: bool,
+    lengths: CudaSlice<i32>,
+    lengths_host: Vec<i32>,
+    /// Layer outputs [rows, D·O], alternating between layers.
+    outs: Vec<CudaData>,
+    h_n: CudaData,
+    c_n: Option<CudaData>,
+    _scratch: (Vec<CudaSlice<f32>>, Vec<CudaData>),
+    kernels: Kernels,
+    addr: Addresses,
+    graph: Option<Graph>,
+    /// Why the forward pass is not captured, when it is not.
+    capture_error: Option<String>,
+}
+
+/// The plans of one layer, most recently used first.
+#[derive(Default)]
+pub struct PlanCache {
+    plans: Mutex<Vec<Plan>>,
+}
+
+/// Plans kept per layer; the least recently used is dropped beyond this.
+const MAX_PLANS: usize = 4;
+
+impl PlanCache {
+    /// How many cached plans replay a captured CUDA graph, and why the others do not.
+    pub fn capture_status(&self) -> (usize, Vec<String>) {
+        let plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        let captured = plans.iter().filter(|p| p.graph.is_some()).count();
+        (
+            captured,
+            plans
+                .iter()
+                .filter_map(|p| p.capture_error.clone())
+                .collect(),
+        )
+    }
+}
+
+/// One step's arguments, shared by the fused and naive launchers.
+struct Step {
+    xw: u64,
+    hh: u64,
+    b_ih: u64,
+    b_hh: u64,
+    h_prev: u64,
+    h_next: u64,
+    c_prev: u64,
+    c_next: u64,
+    out: u64,
+    lengths: u64,
+    batch: i32,
+    hidden: i32,
+    out_size: i32,
+    gate_width: i32,
+    st: i32,
+    sb: i32,
+    out_ld: i32,
+    step: i32,
+    reverse: i32,
+}
+
+impl Plan {
+    fn new(dev: &CudaDevice, key: PlanKey, call: &Call<'_>) -> Result<Self> {
+        let dims = key.dims;
+        let Dims {
+            batch,
+            hidden,
+            out_size: out,
+            dirs,
+            layers,
+            seq_len,
+            ..
+        } = dims;
+        let (dtype, gw, lstm) = (key.dtype, dims.gate_width(), key.cell == Cell::Lstm);
+        let i32_max = i32::MAX as usize;
+        let rows = checked_size(&[seq_len, batch], i32_max, "T × B")?;
+        checked_size(&[batch, gw], i32_max, "B × G·H")?;
+        let widest = gw.max(dirs * out).max(dims.input_size);
+        checked_size(&[rows, widest], usize::MAX / 4, "T × B × width")?;
+        let stream = dev.stream();
+        let zeros = |len: usize| -> Result<CudaData> {
+            crate::with_dtype!(dtype, T => Ok(T::wrap_cuda(stream.alloc_zeros::<T>(len)?)))
+        };
+        let states = layers * dirs * batch;
+        let x = dev.alloc_output_data(dtype, rows * dims.input_size)?;
+        let h0 = zeros(states * out)?;
+        let c0 = lstm.then(|| zeros(states * hidden)).transpose()?;
+        let lengths = stream.alloc_zeros::<i32>(batch)?;
+        let outs = (0..layers.min(2))
+            .map(|_| dev.alloc_output_data(dtype, rows * dirs * out))
+            .collect::<Result<Vec<_>>>()?;
+        let h_n = dev.alloc_output_data(dtype, states * out)?;
+        let c_n = lstm
+            .then(|| dev.alloc_output_data(dtype, states * hidden))
+            .transpose()?;
+
+        let naive = !key.fused;
+        let mut arena = Arena {
+            dev,
+            f32s: Vec::new(),
+            data: Vec::new(),
+        };
+        let lane = |a: &mut Arena<'_>| -> Result<LaneAddresses> {
+            let state = batch * hidden;
+            Ok(LaneAddresses {
+                xw: a.f32(rows * gw)?,
+                hh: a.f32(batch * gw)?,
+                ping_h: [a.data(dtype, batch * out)?, a.data(dtype, batch * out)?],
+                ping_c: match lstm {
+                    true => [a.data(dtype, state)?, a.data(dtype, state)?],
+                    false => [0, 0],
+                },
+                proj: if dims.projected() {
+                    a.data(dtype, state)?
+                } else {
+                    0
+                },
+                tmp: if naive { a.f32(batch * gw)? } else { 0 },
+                tmp2: if naive { a.f32(state)? } else { 0 },
+                tmp3: if naive { a.f32(state)? } else { 0 },
+            })
+        };
+        let lanes = [lane(&mut arena)?, lane(&mut arena)?];
+        let bias = |b: &Option<Tensor>| -> Result<u64> {
+            b.as_ref()
+                .map_or(Ok(0), |t| Ok(data_ptr(t.cuda_data()?, stream)))
+        };
+        let slots = call
+            .weights
+            .iter()
+            .enumerate()
+            .map(|(slot, w)| {
+                Ok(SlotAddresses {
+                    w_ih: MatRef::of(w.w_ih.cuda_data()?, dims.layer_input(slot / dirs), stream),
+                    w_hh: MatRef::of(w.w_hh.cuda_data()?, out, stream),
+                    w_hr: match &w.w_hr {
+                        Some(t) => Some(MatRef::of(t.cuda_data()?, hidden, stream)),
+                        None => None,
+                    },
+                    b_ih: bias(&w.b_ih)?,
+                    b_hh: bias(&w.b_hh)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let opt_ptr = |d: &Option<CudaData>| d.as_ref().map_or(0, |d| data_ptr(d, stream));
+        let addr = Addresses {
+            x: data_ptr(&x, stream),
+            h0: data_ptr(&h0, stream),
+            c0: opt_ptr(&c0),
+            lengths: dev_ptr(&lengths, stream),
+            outs: outs.iter().map(|o| data_ptr(o, stream)).collect(),
+            h_n: data_ptr(&h_n, stream),
+            c_n: opt_ptr(&c_n),
+            lanes,
+            slots,
+        };
+        let mut plan = Plan {
+            key,
+            x,
+            h0,
+            c0,
+            h0_is_zero: true,
+            c0_is_zero: true,
+            lengths,
+            lengths_host: vec![0; batch],
+            outs,
+            h_n,
+            c_n,
+            _scratch: (arena.f32s, arena.data),
+            kernels: Kernels::new(dev, key.cell, key.fused, dtype)?,
+            addr,
+            graph: None,
+            capture_error: None,
+        };
+        plan.capture(dev);
+        Ok(plan)
+    }
+
+    /// Records the forward pass into a graph on the device's private capture lanes.
+    fn capture(&mut self, dev: &CudaDevice) {
+        let lanes = dev.capture_lanes();
+        let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        if let Err(e) = lanes[0].stream.begin_capture(mode) {
+            self.capture_error = Some(format!("stream capture refused: {e}"));
+            return;
+        }
+        // SAFETY: `addr` holds the addresses Plan::new took of live buffers sized for the key.
+        let issued = unsafe { self.issue(lanes) };
+        let captured = lanes[0]
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0));
+        match (issued, captured) {
+            (Ok(()), Ok(Some(graph))) => self.graph = Some(Graph(graph)),
+            (Err(e), _) => self.capture_error = Some(format!("capture failed: {e}")),
+            (_, Err(e)) => self.capture_error = Some(format!("capture failed: {e}")),
+            (_, Ok(None)) => self.capture_error = Some("capture produced no graph".into()),
+        }
+    }
+
+    /// The output of the last layer.
+    fn last_out(&self) -> &CudaData {
+        &self.outs[(self.key.dims.layers - 1) % self.outs.len()]
+    }
+
+    /// Enqueues the whole forward pass on `lanes`: each layer's reverse direction on lane 1,
+    /// forked from and joined back into lane 0.
+    ///
+    /// # Safety
+    /// `self.addr` must hold the addresses `Plan::new` took, of buffers sized for
+    /// `self.key.dims` and of weights of PyTorch's shapes for those dims, all still alive.
+    unsafe fn issue(&self, lanes: &[Lane; 2]) -> Result<()> {
+        let dims = self.key.dims;
+        for layer in 0..dims.layers {
+            if dims.dirs == 2 {
+                lanes[1].stream.join(&lanes[0].stream)?;
+            }
+            for (dir, lane) in lanes.iter().enumerate().take(dims.dirs) {
+                self.issue_direction(lane, layer, dir)?;
+            }
+            if dims.dirs == 2 {
+                lanes[0].stream.join(&lanes[1].stream)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// # Safety
+    /// As `issue`.
+    unsafe fn issue_direction(&self, lane: &Lane, layer: usize, dir: usize) -> Result<()> {
+        let PlanKey { dims, dtype, .. } = self.key;
+        let Dims {
+            seq_len,
+            batch,
+            hidden,
+            out_size: out,
+            dirs,
+            ..
+        } = dims;
+        let (st, sb) = dims.strides();
+        let (rows, gw, esize) = (dims.rows(), dims.gate_width(), dtype.size_in_bytes() as u64);
+        let (a, la) = (&self.addr, &self.addr.lanes[dir]);
+        let slot = layer * dirs + dir;
+        let w = &a.slots[slot];
+        let in_w = dims.layer_input(layer);
+        let outs = a.outs.len();
+        let x = MatRef {
+            ptr: if layer == 0 {
+                a.x
+            } else {
+                a.outs[(layer - 1) % outs]
+            },
+            ld: in_w,
+            dtype,
+        };
+        let (h_slot, c_slot) = (
+            (slot * batch * out) as u64 * esize,
+            (slot * batch * hidden) as u64 * esize,
+        );
+        let mut step = Step {
+            xw: la.xw,
+            hh: la.hh,
+            b_ih: w.b_ih,
+            b_hh: w.b_hh,
+            h_prev: a.h0 + h_slot,
+            h_next: 0,
+            c_prev: if a.c0 == 0 { 0 } else { a.c0 + c_slot },
+            c_next: 0,
+            out: a.outs[layer % outs] + (dir * out) as u64 * esize,
+            lengths: a.lengths,
+            batch: batch as i32,
+            hidden: hidden as i32,
+            out_size: out as i32,
+            gate_width: gw as i32,
+            st: st as i32,
+            sb: sb as i32,
+            out_ld: (dirs * out) as i32,
+            step: 0,
+            reverse: dir as i32,
+        };
+        // x is [rows, in_w], w_ih [G·H, in_w], xw [rows, G·H] f32.
+        lane.gemm_abt(rows, gw, in_w, x, w.w_ih, la.xw, gw, 0.0)?;
+        for s in 0..seq_len {
+            let last = s + 1 == seq_len;
+            step.step = s as i32;
+            // Ping-pong between two buffers; the last step writes this slot of h_n (c_n).
+            step.h_next = if last {
+                a.h_n + h_slot
+            } else {
+                la.ping_h[s % 2]
+            };
+            if a.c_n != 0 {
+                step.c_next = if last {
+                    a.c_n + c_slot
+                } else {
+                    la.ping_c[s % 2]
+                };
+            }
+            let h_prev = MatRef {
+                ptr: step.h_prev,
+                ld: out,
+                dtype,
+            };
+            // h_prev [B, O], w_hh [G·H, O], hh [B, G·H] f32.
+            lane.gemm_abt(batch, gw, out, h_prev, w.w_hh, la.hh, gw, 0.0)?;
+            match self.key.fused {
+                true => self.fused_step(lane, la, w, &step)?,
+                false => self.naive_step(lane, la, w, &step)?,
+            }
+            step.h_prev = step.h_next;
+            step.c_prev = step.c_next;
+        }
+        Ok(())
+    }
+
+    /// # Safety
+    /// As `issue`; `s` addresses this step's buffers.
+    unsafe fn fused_step(
+        &self,
+        lane: &Lane,
+        la: &LaneAddresses,
+        w: &SlotAddresses,
+        s: &Step,
+    ) -> Result<()> {
+        let f = self
+            .kernels
+            .fused
+            .as_ref()
+            .expect("fused plans resolve a fused kernel");
+        let n = (s.batch * s.hidden) as usize;
+        match self.key.cell {
+            Cell::Rnn(nl) => {
+                let act = nl.activation().code();
+                launch!(lane, f, n; s.xw, s.hh, s.b_ih, s.b_hh, s.h_prev, s.h_next, s.out,
+                    s.lengths, s.batch, s.hidden, s.st, s.sb, s.out_ld, s.step, s.reverse, act);
+            }
+            Cell::Gru => {
+                launch!(lane, f, n; s.xw, s.hh, s.b_ih, s.b_hh, s.h_prev, s.h_next, s.out,
+                    s.lengths, s.batch, s.hidden, s.st, s.sb, s.out_ld, s.step, s.reverse);
+            }
+            Cell::Lstm => {
+                launch!(lane, f, n; s.xw, s.hh, s.b_ih, s.b_hh, s.c_prev, s.c_next, s.h_prev,
+                    s.h_next, s.out, la.proj, s.lengths, s.batch, s.hidden, s.st, s.sb,
+                    s.out_ld, s.step, s.reverse);
+                self.project(lane, la, w, s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// LSTM with projection: h = W_hr · (pre-projection h in `la.proj`), then the masked store.
+    ///
+    /// # Safety
+    /// As `fused_step`.
+    unsafe fn project(
+        &self,
+        lane: &Lane,
+        la: &LaneAddresses,
+        w: &SlotAddresses,
+        s: &Step,
+    ) -> Result<()> {
+        let Some(w_hr) = w.w_hr else {
+            return Ok(());
+        };
+        let (batch, hidden, out) = (s.batch as usize, s.hidden as usize, s.out_size as usize);
+        let proj = MatRef {
+            ptr: la.proj,
+            ld: hidden,
+            dtype: self.key.dtype,
+        };
+        // proj [B, H], w_hr [O, H], result [B, O] f32 in hh (which holds B·4H ≥ B·O).
+        lane.gemm_abt(batch, out, hidden, proj, w_hr, la.hh, out, 0.0)?;
+        launch!(lane, &self.kernels.store, batch * out; la.hh, s.out_size, s.h_prev,
+            s.h_next, s.out, s.lengths, s.batch, s.out_size, s.st, s.sb, s.out_ld, s.step,
+            s.reverse);
+        Ok(())
+    }
+
+    /// The same step as one kernel per elementwise op over f32 scratch.
+    ///
+    /// # Safety
+    /// As `fused_step`; the plan was made with naive scratch.
+    unsafe fn naive_step(
+        &self,
+        lane: &Lane,
+        la: &LaneAddresses,
+        w: &SlotAddresses,
+        s: &Step,
+    ) -> Result<()> {
+        let k = self
+            .kernels
+            .naive
+            .as_ref()
+            .expect("naive plans resolve naive kernels");
+        let (batch, hidden, gw) = (s.batch as usize, s.hidden as usize, s.gate_width as usize);
+        let (tmp, tmp2, tmp3, hh) = (la.tmp, la.tmp2, la.tmp3, la.hh);
+        let state32 = s.batch * s.hidden;
+        let state = state32 as usize;
+        let null = 0u64;
+        // y[:, cols] = act(x[:, cols]) on a [B, ld] view.
+        let unary =
+            |x: u64, ldx: i32, y: u64, ldy: i32, cols: i32, act: Activation| -> Result<()> {
+                let code = act.code();
+                launch!(lane, &k.unary, batch * cols as usize; x, ldx, y, ldy, s.batch, cols, code);
+                Ok(())
+            };
+        // y = a op b on [B, cols] views.
+        let binary = |a: u64, lda: i32, b: u64, ldb: i32, y: u64, ldy: i32, cols: i32, op: i32| {
+            launch!(lane, &k.binary, batch * cols as usize; a, lda, b, ldb, y, ldy, s.batch,
+                cols, op);
+            Ok::<(), Error>(())
+        };
+        let add_bias = |y: u64, bias: u64| -> Result<()> {
+            if bias != 0 {
+                launch!(lane, &k.add_bias, batch * gw; y, s.gate_width, bias, s.batch,
+                    s.gate_width);
+            }
+            Ok(())
+        };
+        // Masked store of a [B, cols] f32 value (leading dimension ld) into a state and output.
+        let store = |value: u64, ld: i32, prev: u64, next: u64, out: u64, cols: i32| {
+            launch!(lane, &self.kernels.store, batch * cols as usize; value, ld, prev, next,
+                out, s.lengths, s.batch, cols, s.st, s.sb, s.out_ld, s.step, s.reverse);
+            Ok::<(), Error>(())
+        };
+        launch!(lane, &k.gather, batch * gw; s.xw, s.gate_width, tmp, s.gate_width, s.lengths,
+            s.batch, s.gate_width, s.st, s.sb, s.step, s.reverse);
+        let (gw32, h32) = (s.gate_width, s.hidden);
+        match self.key.cell {
+            Cell::Rnn(nl) => {
+                binary(tmp, gw32, hh, gw32, tmp, gw32, gw32, OP_ADD)?;
+                add_bias(tmp, w.b_ih)?;
+                add_bias(tmp, w.b_hh)?;
+                unary(tmp, gw32, tmp, gw32, gw32, nl.activation())?;
+                store(tmp, gw32, s.h_prev, s.h_next, s.out, h32)?;
+            }
+            Cell::Lstm => {
+                let gate = |g: usize| f32_at(tmp, g * hidden);
+                binary(tmp, gw32, hh, gw32, tmp, gw32, gw32, OP_ADD)?;
+                add_bias(tmp, w.b_ih)?;
+                add_bias(tmp, w.b_hh)?;
+                unary(gate(0), gw32, gate(0), gw32, 2 * h32, Activation::Sigmoid)?;
+                unary(gate(2), gw32, gate(2), gw32, h32, Activation::Tanh)?;
+                unary(gate(3), gw32, gate(3), gw32, h32, Activation::Sigmoid)?;
+                launch!(lane, &k.load, state; s.c_prev, tmp2, state32);
+                binary(gate(1), gw32, tmp2, h32, tmp2, h32, h32, OP_MUL)?; // f ⊙ c
+                binary(gate(0), gw32, gate(2), gw32, gate(0), gw32, h32, OP_MUL)?; // i ⊙ g
+                binary(tmp2, h32, gate(0), gw32, tmp2, h32, h32, OP_ADD)?; // c'
+                store(tmp2, h32, s.c_prev, s.c_next, null, h32)?;
+                unary(tmp2, h32, tmp3, h32, h32, Activation::Tanh)?;
+                binary(gate(3), gw32, tmp3, h32, tmp3, h32, h32, OP_MUL)?; // o ⊙ tanh(c')
+                match w.w_hr {
+                    Some(_) => {
+                        launch!(lane, &k.convert, state; tmp3, la.proj, state32);
+                        self.project(lane, la, w, s)?;
+                    }
+                    None => store(tmp3, h32, s.h_prev, s.h_next, s.out, h32)?,
+                }
+            }
+            Cell::Gru => {
+                let (x_n, h_n) = (f32_at(tmp, 2 * hidden), f32_at(hh, 2 * hidden));
+                add_bias(tmp, w.b_ih)?;
+                add_bias(hh, w.b_hh)?;
+                binary(tmp, gw32, hh, gw32, tmp, gw32, 2 * h32, OP_ADD)?; // r, z pre-activations
+                unary(tmp, gw32, tmp, gw32, 2 * h32, Activation::Sigmoid)?;
+                binary(tmp, gw32, h_n, gw32, h_n, gw32, h32, OP_MUL)?; // r ⊙ (W_hn h + b_hn)
+                binary(x_n, gw32, h_n, gw32, x_n, gw32, h32, OP_ADD)?;
+                unary(x_n, gw32, x_n, gw32, h32, Activation::Tanh)?; // n
+                launch!(lane, &k.load, state; s.h_prev, tmp2, state32);
+                binary(tmp2, h32, x_n, gw32, tmp2, h32, h32, OP_SUB)?; // h − n
+                binary(f32_at(tmp, hidden), gw32, tmp2, h32, tmp2, h32, h32, OP_MUL)?; // z ⊙ (h − n)
+                binary(x_n, gw32, tmp2, h32, tmp2, h32, h32, OP_ADD)?; // h'
+                store(tmp2, h32, s.h_prev, s.h_next, s.out, h32)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the call's tensors in, replays, and copies the results out.
+    fn run(&mut self, dev: &CudaDevice, call: &Call<'_>) -> Result<Outputs> {
+        let stream = dev.stream();
+        let dims = self.key.dims;
+        let esize = self.key.dtype.size_in_bytes();
+        // SAFETY (copies and fills): the call was checked to match the plan's dims and dtype,
+        // so each source has exactly as many elements as its plan buffer.
+        let copy_in = |dst: &CudaData, src: &Tensor| -> Result<()> {
+            reading(src.cuda_data()?, stream, |ptr| unsafe {
+                dev.copy_async(data_ptr(dst, stream), ptr, dst.len() * esize)
+            })
+        };
+        copy_in(&self.x, call.input)?;
+        let init = |dst: &CudaData, src: Option<&Tensor>, is_zero: &mut bool| -> Result<()> {
+            match src {
+                Some(src) => {
+                    copy_in(dst, src)?;
+                    *is_zero = false;
+                }
+                None if !*is_zero => {
+                    // SAFETY: fills exactly the plan buffer `dst`.
+                    unsafe { dev.fill_async(data_ptr(dst, stream), 0, dst.len() * esize)? };
+                    *is_zero = true;
+                }
+                None => {}
+            }
+            Ok(())
+        };
+        init(&self.h0, call.h0, &mut self.h0_is_zero)?;
+        if let Some(c0) = &self.c0 {
+            init(c0, call.c0, &mut self.c0_is_zero)?;
+        }
+        let lengths: Vec<i32> = call.lengths.iter().map(|&l| l as i32).collect();
+        if lengths != self.lengths_host {
+            stream.memcpy_htod(&lengths, &mut self.lengths)?;
+            self.lengths_host = lengths;
+        }
+        if dev.poisoning() {
+            // A replay must rewrite every element, not inherit the last call's values.
+            for buf in self.outs.iter().chain([&self.h_n]).chain(&self.c_n) {
+                // SAFETY: fills exactly the plan buffer `buf`.
+                unsafe { dev.fill_async(data_ptr(buf, stream), POISON_BYTE, buf.len() * esize)? };
+            }
+        }
+        match &self.graph {
+            // SAFETY: the graph's buffers and weights are alive (owned by the plan and layer).
+            Some(graph) => unsafe {
+                dr::graph::launch(graph.0.cu_graph_exec(), stream.cu_stream())?
+            },
+            // SAFETY: as in `Plan::capture`.
+            None => unsafe { self.issue(dev.lanes())? },
+        }
+        let copy_out = |src: &CudaData, shape: &[usize]| -> Result<Tensor> {
+            let mut dst = dev.alloc_output_data(self.key.dtype, src.len())?;
+            // SAFETY: `dst` was just allocated with as many elements as `src`, same dtype.
+            writing(&mut dst, stream, |ptr| unsafe {
+                dev.copy_async(ptr, data_ptr(src, stream), src.len() * esize)
+            })?;
+            Tensor::from_cuda_data(dst, shape)
+        };
+        Ok(Outputs {
+            output: copy_out(self.last_out(), &dims.output_shape())?,
+            h_n: copy_out(&self.h_n, &dims.state_shape())?,
+            c_n: self
+                .c_n
+                .as_ref()
+                .map(|c| copy_out(c, &dims.cell_shape()))
+                .transpose()?,
+        })
+    }
+}
+
+pub(super) fn forward(
+    dev: &CudaDevice,
+    algo: Algo,
+    call: &Call<'_>,
+    cache: &PlanCache,
+) -> Result<Outputs> {
+    let key = PlanKey {
+        dims: call.dims,
+        cell: call.cell,
+        fused: algo != Algo::Naive,
+        dtype: call.input.dtype(),
+    };
+    let _queue = dev.lock_queue();
+    let mut plans = cache.plans.lock().unwrap_or_else(|p| p.into_inner());
+    let plan = match plans.iter().position(|p| p.key == key) {
+        Some(k) => plans.remove(k),
+        None => Plan::new(dev, key, call)?,
+    };
+    plans.insert(0, plan);
+    plans.truncate(MAX_PLANS);
+    plans[0].run(dev, call)
+}

@@ -1,0 +1,436 @@
+//! CUDA fused and naive RNN, LSTM and GRU forward against the CPU reference, for every dtype, on
+//! odd shapes, with NaN-poisoned outputs. Skips with a printed reason without a GPU (fails
+//! instead under FUSED_RNN_REQUIRE_GPU=1).
+
+mod common;
+
+use fused_rnn::nn::{Gru, GruConfig, Lstm, LstmConfig, Rnn, RnnConfig};
+use fused_rnn::{Algo, DType, Device, Error, Nonlinearity, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Rnn(Nonlinearity),
+    Lstm { proj: usize },
+    Gru,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    kind: Kind,
+    i: usize,
+    h: usize,
+    layers: usize,
+    bidirectional: bool,
+    batch_first: bool,
+    t: usize,
+    b: usize,
+    lengths: bool,
+    h0: bool,
+    bias: bool,
+}
+
+/// (kind, I, H, layers, bidirectional, batch_first, T, B, lengths, h0, bias)
+type Row = (
+    Kind,
+    usize,
+    usize,
+    usize,
+    bool,
+    bool,
+    usize,
+    usize,
+    bool,
+    bool,
+    bool,
+);
+
+const TANH: Kind = Kind::Rnn(Nonlinearity::Tanh);
+const RELU: Kind = Kind::Rnn(Nonlinearity::Relu);
+const LSTM: Kind = Kind::Lstm { proj: 0 };
+const GRU: Kind = Kind::Gru;
+
+const ROWS: &[Row] = &[
+    (TANH, 5, 1, 1, false, false, 7, 1, false, false, true),
+    (TANH, 3, 7, 2, true, true, 5, 3, true, true, true),
+    (RELU, 33, 33, 1, true, false, 17, 7, true, false, true),
+    (TANH, 16, 129, 3, false, false, 9, 5, true, true, false),
+    (TANH, 7, 1000, 1, true, true, 4, 2, true, true, true),
+    (RELU, 4, 33, 2, true, false, 1, 4, false, true, true),
+    (LSTM, 5, 1, 1, false, false, 7, 1, false, false, true),
+    (LSTM, 3, 7, 2, true, true, 5, 3, true, true, true),
+    (LSTM, 33, 33, 1, true, false, 17, 7, true, false, true),
+    (LSTM, 16, 129, 3, false, false, 9, 5, true, true, false),
+    (LSTM, 7, 1000, 1, true, true, 4, 2, true, true, true),
+    (
+        Kind::Lstm { proj: 4 },
+        5,
+        9,
+        2,
+        true,
+        false,
+        6,
+        4,
+        true,
+        true,
+        true,
+    ),
+    (
+        Kind::Lstm { proj: 7 },
+        6,
+        33,
+        1,
+        false,
+        true,
+        5,
+        3,
+        true,
+        false,
+        true,
+    ),
+    (
+        Kind::Lstm { proj: 1 },
+        4,
+        2,
+        3,
+        true,
+        false,
+        1,
+        2,
+        false,
+        true,
+        true,
+    ),
+    (GRU, 5, 1, 1, false, false, 7, 1, false, false, true),
+    (GRU, 3, 7, 2, true, true, 5, 3, true, true, true),
+    (GRU, 33, 33, 1, true, false, 17, 7, true, false, true),
+    (GRU, 16, 129, 3, false, false, 9, 5, true, true, false),
+    (GRU, 7, 1000, 1, true, true, 4, 2, true, true, true),
+    (GRU, 4, 33, 2, true, false, 1, 4, false, true, true),
+];
+
+fn case(row: &Row) -> Case {
+    let &(kind, i, h, layers, bidirectional, batch_first, t, b, lengths, h0, bias) = row;
+    Case {
+        kind,
+        i,
+        h,
+        layers,
+        bidirectional,
+        batch_first,
+        t,
+        b,
+        lengths,
+        h0,
+        bias,
+    }
+}
+
+/// One layer of any kind, so that every case runs through the same checks.
+enum Layer {
+    Rnn(Rnn),
+    Lstm(Lstm),
+    Gru(Gru),
+}
+
+impl Layer {
+    fn random(c: &Case, seed: u64) -> Self {
+        let cpu = Device::Cpu;
+        match c.kind {
+            Kind::Rnn(nonlinearity) => {
+                let config = RnnConfig {
+                    input_size: c.i,
+                    hidden_size: c.h,
+                    num_layers: c.layers,
+                    nonlinearity,
+                    bias: c.bias,
+                    batch_first: c.batch_first,
+                    bidirectional: c.bidirectional,
+                };
+                Layer::Rnn(Rnn::random(config, &cpu, DType::F32, seed).unwrap())
+            }
+            Kind::Lstm { proj } => {
+                let config = LstmConfig {
+                    input_size: c.i,
+                    hidden_size: c.h,
+                    proj_size: proj,
+                    num_layers: c.layers,
+                    bias: c.bias,
+                    batch_first: c.batch_first,
+                    bidirectional: c.bidirectional,
+                };
+                Layer::Lstm(Lstm::random(config, &cpu, DType::F32, seed).unwrap())
+            }
+            Kind::Gru => {
+                let config = GruConfig {
+                    input_size: c.i,
+                    hidden_size: c.h,
+                    num_layers: c.layers,
+                    bias: c.bias,
+                    batch_first: c.batch_first,
+                    bidirectional: c.bidirectional,
+                };
+                Layer::Gru(Gru::random(config, &cpu, DType::F32, seed).unwrap())
+            }
+        }
+    }
+
+    fn to(&self, device: &Device, dtype: DType, algo: Algo) -> Self {
+        match self {
+            Layer::Rnn(l) => Layer::Rnn(l.to(device, dtype).unwrap().with_algo(algo)),
+            Layer::Lstm(l) => Layer::Lstm(l.to(device, dtype).unwrap().with_algo(algo)),
+            Layer::Gru(l) => Layer::Gru(l.to(device, dtype).unwrap().with_algo(algo)),
+        }
+    }
+
+    /// (output, h_n, c_n) as named tensors.
+    fn forward(
+        &self,
+        x: &Tensor,
+        h0: Option<&Tensor>,
+        c0: Option<&Tensor>,
+        lengths: Option<&[usize]>,
+    ) -> Vec<(&'static str, Tensor)> {
+        match self {
+            Layer::Rnn(l) => {
+                let o = l.forward(x, h0, lengths).unwrap();
+                vec![("output", o.output), ("h_n", o.h_n)]
+            }
+            Layer::Gru(l) => {
+                let o = l.forward(x, h0, lengths).unwrap();
+                vec![("output", o.output), ("h_n", o.h_n)]
+            }
+            Layer::Lstm(l) => {
+                let state = h0.zip(c0);
+                let o = l.forward(x, state, lengths).unwrap();
+                vec![("output", o.output), ("h_n", o.h_n), ("c_n", o.c_n)]
+            }
+        }
+    }
+
+    fn capture_status(&self) -> (usize, Vec<String>) {
+        match self {
+            Layer::Rnn(l) => l.graph_capture_status(),
+            Layer::Lstm(l) => l.graph_capture_status(),
+            Layer::Gru(l) => l.graph_capture_status(),
+        }
+    }
+}
+
+impl Case {
+    fn out_size(&self) -> usize {
+        match self.kind {
+            Kind::Lstm { proj } if proj > 0 => proj,
+            _ => self.h,
+        }
+    }
+
+    /// Unsorted lengths with a 1 and a full-length row.
+    fn lengths(&self) -> Option<Vec<usize>> {
+        self.lengths.then(|| {
+            (0..self.b)
+                .map(|r| [1, self.t, self.t.div_ceil(2)][r % 3])
+                .collect()
+        })
+    }
+}
+
+/// One call's inputs: (x, h0, c0, lengths), on the host in f32.
+type Inputs = (Tensor, Option<Tensor>, Option<Tensor>, Option<Vec<usize>>);
+
+fn inputs(c: &Case, seed: u64, with_state: bool, lengths: Option<Vec<usize>>) -> Inputs {
+    let dirs = if c.bidirectional { 2 } else { 1 };
+    let x_shape = if c.batch_first {
+        [c.b, c.t, c.i]
+    } else {
+        [c.t, c.b, c.i]
+    };
+    let x = Tensor::from_vec(common::random(c.t * c.b * c.i, 1.0, seed), &x_shape).unwrap();
+    let state = |size: usize, seed: u64| {
+        let shape = [c.layers * dirs, c.b, size];
+        Tensor::from_vec(common::random(shape.iter().product(), 0.5, seed), &shape).unwrap()
+    };
+    let h0 = with_state.then(|| state(c.out_size(), seed + 1));
+    let c0 = (with_state && matches!(c.kind, Kind::Lstm { .. })).then(|| state(c.h, seed + 2));
+    (x, h0, c0, lengths)
+}
+
+/// Runs `gpu` on `inputs` (rounded to its dtype) and compares every result with the CPU's on
+/// the same rounded parameters and inputs.
+fn compare(what: &str, gpu: &Layer, device: &Device, dtype: DType, inputs: &Inputs) {
+    let cpu = Device::Cpu;
+    let (x, h0, c0, lengths) = inputs;
+    let on_gpu = |t: &Option<Tensor>| t.as_ref().map(|t| t.to(device, dtype).unwrap());
+    let (x_dev, h0_dev, c0_dev) = (x.to(device, dtype).unwrap(), on_gpu(h0), on_gpu(c0));
+    let on_cpu = |t: &Option<Tensor>| t.as_ref().map(|t| t.to(&cpu, DType::F32).unwrap());
+    let (x_ref, h0_ref, c0_ref) = (
+        x_dev.to(&cpu, DType::F32).unwrap(),
+        on_cpu(&h0_dev),
+        on_cpu(&c0_dev),
+    );
+    let reference = gpu.to(&cpu, DType::F32, Algo::Auto);
+    let want = reference.forward(&x_ref, h0_ref.as_ref(), c0_ref.as_ref(), lengths.as_deref());
+    let got = gpu.forward(&x_dev, h0_dev.as_ref(), c0_dev.as_ref(), lengths.as_deref());
+    assert_eq!(got.len(), want.len(), "{what}");
+    for ((name, g), (_, w)) in got.iter().zip(&want) {
+        assert_eq!(g.shape(), w.shape(), "{what}: {name}");
+        common::assert_close(
+            &format!("{what}: {name}"),
+            &g.to_vec_f32().unwrap(),
+            &w.to_vec_f32().unwrap(),
+            common::tolerance(dtype),
+        );
+    }
+}
+
+/// Every dtype and algo on one case. Each layer runs three times on the same shape: the later
+/// calls replay the first call's graph with other inputs, states and lengths (partial → full →
+/// partial), so nothing may leak between calls.
+fn check_case(device: &Device, c: &Case, seed: u64) {
+    let base = Layer::random(c, seed);
+    let calls = [
+        inputs(c, seed + 10, c.h0, c.lengths()),
+        inputs(c, seed + 20, !c.h0, None),
+        inputs(c, seed + 30, c.h0, c.lengths()),
+    ];
+    for dtype in DType::ALL {
+        for algo in [Algo::Fused, Algo::Naive] {
+            let gpu = base.to(device, dtype, algo);
+            let what = format!("{c:?} {dtype} {}", algo.name());
+            for (k, call) in calls.iter().enumerate() {
+                compare(&format!("{what} (call {k})"), &gpu, device, dtype, call);
+            }
+            let (captured, errors) = gpu.capture_status();
+            assert_eq!(
+                captured, 1,
+                "{what}: the forward pass was not captured: {errors:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_and_naive_match_cpu_for_every_cell_and_dtype() {
+    let Some(device) = common::cuda_or_skip("fused_and_naive_match_cpu_for_every_cell_and_dtype")
+    else {
+        return;
+    };
+    for (k, row) in ROWS.iter().enumerate() {
+        check_case(&device, &case(row), 100 + k as u64);
+    }
+}
+
+#[test]
+fn caller_buffers_from_another_stream_are_read_before_they_are_freed() {
+    let Some(device) = common::cuda_or_skip("caller_buffers_from_another_stream") else {
+        return;
+    };
+    let cuda = device.as_cuda().unwrap();
+    // A second device object on the same GPU owns another stream, as another crate would.
+    let other = Device::cuda(0).unwrap();
+    let other_stream = other.as_cuda().unwrap().stream().clone();
+    let (t, b, i, h) = (6, 3, 5, 9);
+    let values = common::random(t * b * i, 1.0, 7);
+    let rnn = Rnn::random(RnnConfig::new(i, h), &device, DType::F32, 3).unwrap();
+    let out = {
+        let x =
+            Tensor::from_cuda_slice(other_stream.clone_htod(&values).unwrap(), &[t, b, i]).unwrap();
+        rnn.forward(&x, None, Some(&[6, 2, 4])).unwrap()
+        // `x` is dropped here, possibly before the copy out of it ran.
+    };
+    let out_slice = out.output.into_cuda_slice::<f32>().unwrap();
+    let got = other_stream.clone_dtoh(&out_slice).unwrap();
+
+    let reference = rnn.to(&Device::Cpu, DType::F32).unwrap();
+    let x_host = Tensor::from_vec(values, &[t, b, i]).unwrap();
+    let want = reference.forward(&x_host, None, Some(&[6, 2, 4])).unwrap();
+    common::assert_close(
+        "output",
+        &got,
+        &want.output.to_vec_f32().unwrap(),
+        common::tolerance(DType::F32),
+    );
+    cuda.synchronize().unwrap();
+}
+
+#[test]
+fn bad_inputs_are_typed_errors_on_every_device() {
+    let devices: Vec<Device> = [
+        Some(Device::Cpu),
+        common::cuda_or_skip("bad_inputs (CUDA part)"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for device in devices {
+        let dtype = if device.is_cuda() {
+            DType::F16
+        } else {
+            DType::F32
+        };
+        let lstm = Lstm::random(LstmConfig::new(4, 8), &device, dtype, 1).unwrap();
+        let x32 = Tensor::from_vec(common::random(3 * 2 * 4, 1.0, 1), &[3, 2, 4]).unwrap();
+        let x = x32.to(&device, dtype).unwrap();
+        let other_dtype = if device.is_cuda() {
+            DType::F32
+        } else {
+            DType::F16
+        };
+        let err = |r: fused_rnn::Result<fused_rnn::nn::LstmOutput>| r.err().expect("an error");
+        if device.is_cuda() {
+            let wrong = x32.to(&device, other_dtype).unwrap();
+            assert!(matches!(
+                err(lstm.forward(&wrong, None, None)),
+                Error::DType { .. }
+            ));
+            let host = x32.to(&Device::Cpu, dtype).unwrap();
+            assert!(matches!(
+                err(lstm.forward(&host, None, None)),
+                Error::DeviceMismatch { .. }
+            ));
+        }
+        assert!(matches!(
+            err(lstm.forward(&x, None, Some(&[0, 3]))),
+            Error::Lengths(_)
+        ));
+        assert!(matches!(
+            err(lstm.forward(&x, None, Some(&[4, 3]))),
+            Error::Lengths(_)
+        ));
+        assert!(matches!(
+            err(lstm.forward(&x, None, Some(&[3]))),
+            Error::Shape { .. }
+        ));
+        let h0 = Tensor::from_vec(vec![0.5; 2 * 8], &[1, 2, 8])
+            .unwrap()
+            .to(&device, dtype)
+            .unwrap();
+        let bad_c0 = Tensor::from_vec(vec![0.5; 8], &[1, 1, 8])
+            .unwrap()
+            .to(&device, dtype)
+            .unwrap();
+        assert!(matches!(
+            err(lstm.forward(&x, Some((&h0, &bad_c0)), None)),
+            Error::Shape { .. }
+        ));
+    }
+}
+
+#[test]
+fn loaded_kernels_use_no_local_memory() {
+    let Some(device) = common::cuda_or_skip("loaded_kernels_use_no_local_memory") else {
+        return;
+    };
+    let cuda = device.as_cuda().unwrap();
+    for (file, op, dtypes) in common::ENTRY_POINTS {
+        for &dtype in *dtypes {
+            let entry = fused_rnn::device::kernels::entry_point(op, dtype);
+            let (regs, local) = cuda.function_resources(file, &entry).unwrap();
+            println!("{file}.cu {entry}: {regs} registers, {local} B local");
+            assert!(regs > 0, "{entry}: no register count");
+            assert_eq!(
+                local, 0,
+                "{entry}: {local} B of local memory (stack or spills)"
+            );
+        }
+    }
+}
