@@ -24,7 +24,10 @@ fn main() {
     for var in ["FUSED_RNN_NVRTC_DIR", "CUDA_HOME", "CUDA_PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
-    println!("cargo:rerun-if-changed=.cuda/nvidia/cu13/lib");
+    // A path that does not exist would make cargo rerun this script on every build.
+    if root.join(".cuda/nvidia/cu13/lib").is_dir() {
+        println!("cargo:rerun-if-changed=.cuda/nvidia/cu13/lib");
+    }
 
     let kernels = kernel_files(&root.join("kernels"));
     let nvrtc_dir = locate::preload(&locate::candidate_dirs(Some(&root)));

@@ -5,7 +5,7 @@
 #   tests     every test binary with FUSED_RNN_REQUIRE_GPU=1 (a skip fails)
 #   memcheck  compute-sanitizer memcheck on the CUDA tests
 #   bench     criterion fused vs naive, then PyTorch (cuDNN) at the same sizes
-#   torch     fresh PyTorch cases through `fused-rnn run --device cuda`
+#   torch     fresh PyTorch RNN, LSTM and GRU cases through `fused-rnn run --device cuda`
 set -uo pipefail
 bundle=target/gpu-bundle/bin
 out=${OUT:-/tmp/fused-rnn-gpu}
@@ -25,17 +25,17 @@ nvrtc_lib=$(find /opt -name libnvrtc.so.13 2>/dev/null | head -1)
 [ -n "$nvrtc_lib" ] && export FUSED_RNN_NVRTC_DIR="$(dirname "$nvrtc_lib")"
 summary=()
 record() { summary+=("$(printf '%-34s %s' "$1" "$2")"); }
-step() { # name, log, command...
-    local name=$1 log=$2; shift 2
+step() { # name, log, limit (s), command...
+    local name=$1 log=$2 limit=$3; shift 3
     local start=$SECONDS
     echo "=== $name: $*" >>"$log"
-    if "$@" >>"$log" 2>&1; then record "$name" "PASS ($((SECONDS - start)) s)"
+    if timeout "$limit" "$@" >>"$log" 2>&1; then record "$name" "PASS ($((SECONDS - start)) s)"
     else record "$name" "FAIL rc=$? ($((SECONDS - start)) s, see $(basename "$log"))"; fi
 }
 
 { nvidia-smi; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } >"$out/machine.log" 2>&1
-step "info" "$out/machine.log" "$bundle/fused-rnn" info
-step "demo" "$out/machine.log" "$bundle/fused-rnn" demo
+step "info" "$out/machine.log" 60 "$bundle/fused-rnn" info
+step "demo" "$out/machine.log" 60 "$bundle/fused-rnn" demo
 for t in "$bundle"/test-*; do
     skip=()
     # The NVRTC wheel of the machine's PyTorch returns no ptxas statistics (seen on H100,
@@ -43,15 +43,15 @@ for t in "$bundle"/test-*; do
     # scripts/install-nvrtc.sh pins; here rnn_cuda's loaded_kernels_use_no_local_memory asks the
     # driver instead.
     [ "$(basename "$t")" = test-kernels_compile ] && skip=(--skip every_kernel_compiles_without_spills)
-    step "$(basename "$t")" "$out/tests.log" "$t" --test-threads=1 "${skip[@]}"
+    step "$(basename "$t")" "$out/tests.log" 150 "$t" --test-threads=1 "${skip[@]}"
 done
-for t in "$bundle"/test-rnn_cuda; do
-    step "memcheck $(basename "$t")" "$out/sanitizer.log" \
-        compute-sanitizer --tool memcheck --error-exitcode 1 "$t" --test-threads=1
-done
-step "fresh torch cases, cuda f32" "$out/torch.log" \
-    python3 scripts/check_against_torch.py --bin "$bundle/fused-rnn" --device cuda --count 12 --tol 1e-4
-step "bench fused vs naive" "$out/bench.log" "$bundle/bench-rnn" --bench --noplot
-step "bench torch cuDNN" "$out/bench.log" python3 scripts/torch_gpu_bench.py --json "$out/torch_bench.json"
-grep -E "^(rnn_forward|[a-z]+_rnn_)|time:|thrpt:" "$out/bench.log" | head -150
+step "memcheck test-recurrent_cuda" "$out/sanitizer.log" 200 \
+    compute-sanitizer --tool memcheck --error-exitcode 1 "$bundle/test-recurrent_cuda" --test-threads=1
+step "fresh torch cases, cuda f32" "$out/torch.log" 120 \
+    python3 scripts/check_against_torch.py --bin "$bundle/fused-rnn" --device cuda \
+    --kinds rnn,lstm,gru --count 8 --tol 1e-4
+step "bench fused vs naive" "$out/bench.log" 200 "$bundle/bench-recurrent" --bench --noplot
+step "bench torch cuDNN" "$out/bench.log" 120 \
+    python3 scripts/torch_gpu_bench.py --json "$out/torch_bench.json"
+grep -E "_forward_|time:" "$out/bench.log" | grep -v -E "Benchmarking|change" | head -300
 printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"

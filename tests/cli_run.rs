@@ -281,3 +281,62 @@ fn flags_override_metadata() {
         &["h0", "[1, 8, 7]", "[1, 5, 7]"],
     );
 }
+
+#[test]
+fn lstm_and_gru_modules_run_and_reject_bad_states() {
+    let dir = scratch("lstm");
+    let lstm = common::fixtures("lstm").join("proj_h9p4_l2_bi_lens_h0");
+    let output = dir.join("y.safetensors");
+    let out = run(
+        &lstm.join("weights.safetensors"),
+        &lstm.join("input.safetensors"),
+        &output,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let y = fused_rnn::io::TensorFile::load(&output).unwrap();
+    let names: Vec<&str> = y.names().collect();
+    assert_eq!(names, ["c_n", "h_n", "output"]);
+
+    // An LSTM needs h0 and c0 together, and takes no nonlinearity.
+    let input = dir.join("x.safetensors");
+    write(
+        &input,
+        &[
+            (
+                "input",
+                vec![6, 4, 4],
+                Data::F32(common::random(96, 1.0, 1)),
+            ),
+            ("h0", vec![4, 4, 4], Data::F32(common::random(64, 1.0, 2))),
+        ],
+    );
+    let bad = dir.join("bad.safetensors");
+    let w = lstm.join("weights.safetensors");
+    assert_fails(&run(&w, &input, &bad, &[]), &bad, &["`c0`"]);
+    let good_input = lstm.join("input.safetensors");
+    assert_fails(
+        &run(&w, &good_input, &bad, &["--nonlinearity", "relu"]),
+        &bad,
+        &["nonlinearity", "LSTM"],
+    );
+
+    let gru = common::fixtures("gru").join("l2_bi_lens");
+    let out = run(
+        &gru.join("weights.safetensors"),
+        &gru.join("input.safetensors"),
+        &output,
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let y = fused_rnn::io::TensorFile::load(&output).unwrap();
+    assert_eq!(y.names().collect::<Vec<_>>(), ["h_n", "output"]);
+}

@@ -41,7 +41,13 @@ fn every_kernel_compiles_without_spills() {
 
 #[test]
 fn every_entry_point_is_stamped_for_every_dtype() {
-    if !common::nvrtc_or_skip("every_entry_point_is_stamped_for_every_dtype") {
+    // Uses the ptxas statistics build.rs recorded, so it needs NVRTC at build time only.
+    if KERNELS.iter().any(|k| k.functions.is_empty()) {
+        let why = "the crate was built without NVRTC, so there are no precompiled entry points";
+        if std::env::var("FUSED_RNN_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+            panic!("{why}");
+        }
+        eprintln!("skipping every_entry_point_is_stamped_for_every_dtype: {why}");
         return;
     }
     for (file, op, dtypes) in common::ENTRY_POINTS {
@@ -49,15 +55,10 @@ fn every_entry_point_is_stamped_for_every_dtype() {
             .iter()
             .find(|k| k.name == *file)
             .expect("kernel file");
-        let cubin = nvrtc::compile(image.source, file, "sm_90").unwrap();
-        let names: Vec<String> = parse_ptxas_log(&cubin.log)
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
         for &dtype in *dtypes {
             let entry = fused_rnn::device::kernels::entry_point(op, dtype);
             assert!(
-                names.contains(&entry),
+                image.functions.iter().any(|f| f.name == entry),
                 "{file}.cu: missing entry point {entry}"
             );
         }

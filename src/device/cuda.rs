@@ -247,22 +247,42 @@ impl CudaDevice {
             .ok_or_else(|| Error::Nvrtc(format!("no kernel file named `{file}`")))?;
         let (major, minor) = self.compute_capability;
         let arch = format!("sm_{major}{minor}");
-        let cubin = image
-            .cubin
-            .filter(|_| image.cubin_arch == arch)
-            .and_then(|bin| self.ctx.load_module(Ptx::from_binary(bin.to_vec())).ok())
-            .map(|m| (m, LoadedVia::Cubin));
-        let ptx = || {
-            image
-                .ptx
-                .filter(|_| major >= 8)
-                .and_then(|src| self.ctx.load_module(Ptx::from_src(src)).ok())
-                .map(|m| (m, LoadedVia::Ptx))
+        // Each way in, in order; the reasons the earlier ones failed go into the final error.
+        let mut failures = Vec::new();
+        let mut attempt = |via: LoadedVia, image: Option<Ptx>, why_not: &str| {
+            let Some(image) = image else {
+                failures.push(format!("{via:?}: {why_not}"));
+                return None;
+            };
+            match self.ctx.load_module(image) {
+                Ok(module) => Some((module, via)),
+                Err(e) => {
+                    failures.push(format!("{via:?}: {e}"));
+                    None
+                }
+            }
         };
-        let loaded = match cubin.or_else(ptx) {
+        let cubin = image.cubin.filter(|_| image.cubin_arch == arch);
+        let ptx = image.ptx.filter(|_| major >= 8);
+        let found = attempt(
+            LoadedVia::Cubin,
+            cubin.map(|bin| Ptx::from_binary(bin.to_vec())),
+            &format!("no CUBIN for {arch}"),
+        )
+        .or_else(|| {
+            attempt(
+                LoadedVia::Ptx,
+                ptx.map(Ptx::from_src),
+                "no PTX for this device",
+            )
+        });
+        let loaded = match found {
             Some(found) => found,
             None => {
-                let compiled = nvrtc::compile(image.source, &format!("{file}.cu"), &arch)?;
+                let compiled =
+                    nvrtc::compile(image.source, &format!("{file}.cu"), &arch).map_err(|e| {
+                        Error::Nvrtc(format!("{file}.cu: {e} ({})", failures.join("; ")))
+                    })?;
                 let module = self.ctx.load_module(Ptx::from_binary(compiled.image))?;
                 (module, LoadedVia::Nvrtc)
             }

@@ -32,9 +32,17 @@ impl Device {
         Ok(Device::Cuda(Arc::new(CudaDevice::new(ordinal)?)))
     }
 
-    /// CUDA device 0 when a driver and a device exist, else the CPU; the string says why.
+    /// CUDA device 0 when a driver and a device exist and the kernels load on it, else the
+    /// CPU; the string says why.
     pub fn auto() -> (Self, String) {
-        match Device::cuda(0) {
+        let cuda = Device::cuda(0).and_then(|dev| {
+            let cuda = dev.as_cuda().expect("a CUDA device");
+            for image in kernels::KERNELS {
+                cuda.module(image.name)?;
+            }
+            Ok(dev)
+        });
+        match cuda {
             Ok(dev) => {
                 let why = format!("using {}: a CUDA driver and device were found", dev.name());
                 (dev, why)

@@ -23,47 +23,71 @@ fn bias(t: &Option<Tensor>, len: usize, name: &str) -> Result<Vec<f32>> {
     }
 }
 
-/// The elementwise update of one row: `pre` (x projection, G·H), `rec` (W_hh h, G·H), biases;
-/// updates `h` (H wide; the pre-projection h for an LSTM with projection) and `c` in place.
-#[allow(clippy::too_many_arguments)]
-fn update_row(
+/// The elementwise update of one row. `gates` holds W_ih x + b_ih + W_hh h + b_hh (G·H; for the
+/// GRU's n gate only the input half, `rec_n` then holds W_hn h + b_hn). Updates `h` (H wide; the
+/// pre-projection h for an LSTM with projection) and `c` in place. Written over zipped slices so
+/// that the loops vectorise.
+fn update_row(cell: Cell, gates: &[f32], rec_n: &[f32], h: &mut [f32], c: &mut [f32]) {
+    use Activation::{Sigmoid, Tanh};
+    let hidden = h.len();
+    let gate = |k: usize| &gates[k * hidden..(k + 1) * hidden];
+    match cell {
+        Cell::Rnn(nl) => {
+            let act = nl.activation();
+            for (h, &x) in h.iter_mut().zip(gate(0)) {
+                *h = act.apply(x);
+            }
+        }
+        Cell::Lstm => {
+            let ifgo = gate(0).iter().zip(gate(1)).zip(gate(2).iter().zip(gate(3)));
+            for ((h, c), ((&i, &f), (&g, &o))) in h.iter_mut().zip(c.iter_mut()).zip(ifgo) {
+                *c = Sigmoid.apply(f) * *c + Sigmoid.apply(i) * Tanh.apply(g);
+                *h = Sigmoid.apply(o) * Tanh.apply(*c);
+            }
+        }
+        Cell::Gru => {
+            let rzn = gate(0).iter().zip(gate(1)).zip(gate(2).iter().zip(rec_n));
+            for (h, ((&r, &z), (&x_n, &h_n))) in h.iter_mut().zip(rzn) {
+                let n = Tanh.apply(x_n + Sigmoid.apply(r) * h_n);
+                *h = n + Sigmoid.apply(z) * (*h - n);
+            }
+        }
+    }
+}
+
+/// gates = pre + b_ih + rec + b_hh over the gate columns that combine both halves (all but the
+/// GRU's n gate, whose input half gets b_in here and whose recurrent half is returned in
+/// `rec_n` with b_hn added).
+fn sum_gates(
     cell: Cell,
     pre: &[f32],
     rec: &[f32],
     b_ih: &[f32],
     b_hh: &[f32],
-    h: &mut [f32],
-    c: &mut [f32],
+    gates: &mut [f32],
+    rec_n: &mut [f32],
 ) {
-    use Activation::{Sigmoid, Tanh};
-    let hidden = h.len();
-    let gate = |k: usize, j: usize| {
-        let g = k * hidden + j;
-        pre[g] + b_ih[g] + rec[g] + b_hh[g]
+    let split = match cell {
+        Cell::Gru => 2 * rec_n.len(),
+        _ => gates.len(),
     };
-    match cell {
-        Cell::Rnn(nl) => {
-            let act = nl.activation();
-            for (j, h) in h.iter_mut().enumerate() {
-                *h = act.apply(gate(0, j));
-            }
+    let both = gates[..split]
+        .iter_mut()
+        .zip(&pre[..split])
+        .zip(&rec[..split]);
+    for (((g, &x), &r), (&bi, &bh)) in both.zip(b_ih.iter().zip(b_hh)) {
+        *g = x + bi + r + bh;
+    }
+    if cell == Cell::Gru {
+        let input = gates[split..]
+            .iter_mut()
+            .zip(&pre[split..])
+            .zip(&b_ih[split..]);
+        for ((g, &x), &bi) in input {
+            *g = x + bi;
         }
-        Cell::Lstm => {
-            for j in 0..hidden {
-                let (i, f) = (Sigmoid.apply(gate(0, j)), Sigmoid.apply(gate(1, j)));
-                let (g, o) = (Tanh.apply(gate(2, j)), Sigmoid.apply(gate(3, j)));
-                c[j] = f * c[j] + i * g;
-                h[j] = o * Tanh.apply(c[j]);
-            }
-        }
-        Cell::Gru => {
-            for j in 0..hidden {
-                let (jz, jn) = (hidden + j, 2 * hidden + j);
-                let r = Sigmoid.apply(pre[j] + b_ih[j] + rec[j] + b_hh[j]);
-                let z = Sigmoid.apply(pre[jz] + b_ih[jz] + rec[jz] + b_hh[jz]);
-                let n = Tanh.apply(pre[jn] + b_ih[jn] + r * (rec[jn] + b_hh[jn]));
-                h[j] = n + z * (h[j] - n);
-            }
+        for ((n, &r), &bh) in rec_n.iter_mut().zip(&rec[split..]).zip(&b_hh[split..]) {
+            *n = r + bh;
         }
     }
 }
@@ -108,6 +132,7 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
     let mut hh = vec![0f32; batch * gw];
     let mut h = vec![0f32; batch * out];
     let mut c = vec![0f32; batch * hidden];
+    let (mut gates, mut rec_n) = (vec![0f32; gw], vec![0f32; hidden]);
     // The LSTM's h before projection, [B, H]; without projection h itself is updated.
     let mut pre_proj = vec![0f32; if dims.projected() { batch * hidden } else { 0 }];
     for layer in 0..layers {
@@ -150,12 +175,19 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
                         Some(_) => &mut pre_proj[b * hidden..(b + 1) * hidden],
                         None => &mut h[b * out..(b + 1) * out],
                     };
-                    update_row(
+                    sum_gates(
                         cell,
                         &xw[row * gw..(row + 1) * gw],
                         &hh[b * gw..(b + 1) * gw],
                         &b_ih,
                         &b_hh,
+                        &mut gates,
+                        &mut rec_n,
+                    );
+                    update_row(
+                        cell,
+                        &gates,
+                        &rec_n,
                         target,
                         &mut c[b * hidden..(b + 1) * hidden],
                     );

@@ -1,0 +1,148 @@
+//! Recurrent forward, fused vs naive on CUDA and the CPU path.
+//!   CUDA: RNN (H 256, 1024; B 1, 64; T 128) in every dtype; LSTM and GRU (H 256, 1024;
+//!         B 1, 16, 256; T 128) in f32 and bf16.
+//!   CPU:  RNN H 256, B 1 and 64, T 128; LSTM and GRU H 256, B 32, T 100.
+//! Names: {fused|naive|cpu}_{op}_{dtype}/H{h}_B{b}_T{t}; throughput is in timesteps. Without a
+//! GPU the CUDA groups print why and are skipped.
+
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
+use fused_rnn::nn::{Gru, GruConfig, Lstm, LstmConfig, Rnn, RnnConfig};
+use fused_rnn::{Algo, DType, Device, Tensor};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy)]
+enum Op {
+    Rnn,
+    Lstm,
+    Gru,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Rnn => "rnn",
+            Op::Lstm => "lstm",
+            Op::Gru => "gru",
+        }
+    }
+
+    /// A one-layer module with I = H, and a closure running its forward pass.
+    fn forward(self, device: &Device, dtype: DType, h: usize, algo: Algo) -> Box<dyn Fn(&Tensor)> {
+        match self {
+            Op::Rnn => {
+                let m = Rnn::random(RnnConfig::new(h, h), device, dtype, 1).unwrap();
+                let m = m.with_algo(algo);
+                Box::new(move |x| drop(m.forward(x, None, None).unwrap()))
+            }
+            Op::Lstm => {
+                let m = Lstm::random(LstmConfig::new(h, h), device, dtype, 1).unwrap();
+                let m = m.with_algo(algo);
+                Box::new(move |x| drop(m.forward(x, None, None).unwrap()))
+            }
+            Op::Gru => {
+                let m = Gru::random(GruConfig::new(h, h), device, dtype, 1).unwrap();
+                let m = m.with_algo(algo);
+                Box::new(move |x| drop(m.forward(x, None, None).unwrap()))
+            }
+        }
+    }
+}
+
+fn input(device: &Device, dtype: DType, t: usize, b: usize, i: usize) -> Tensor {
+    let x: Vec<f32> = (0..t * b * i)
+        .map(|k| ((k * 7919 % 2003) as f32 / 1001.5) - 1.0)
+        .collect();
+    Tensor::from_vec(x, &[t, b, i])
+        .unwrap()
+        .to(device, dtype)
+        .unwrap()
+}
+
+fn cuda_group(
+    c: &mut Criterion,
+    device: &Device,
+    op: Op,
+    dtypes: &[DType],
+    sizes: &[(usize, usize)],
+    t: usize,
+) {
+    let cuda = device.as_cuda().unwrap().clone();
+    let mut group = c.benchmark_group(format!("{}_forward_cuda ({})", op.name(), cuda.card()));
+    group.warm_up_time(Duration::from_millis(100));
+    group.measurement_time(Duration::from_millis(500));
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(t as u64));
+    for &dtype in dtypes {
+        for &(h, b) in sizes {
+            let x = input(device, dtype, t, b, h);
+            for algo in [Algo::Fused, Algo::Naive] {
+                let forward = op.forward(device, dtype, h, algo);
+                let id = BenchmarkId::new(
+                    format!("{}_{}_{dtype}", algo.name(), op.name()),
+                    format!("H{h}_B{b}_T{t}"),
+                );
+                group.bench_function(id, |bench| {
+                    bench.iter_custom(|iters| {
+                        cuda.synchronize().unwrap();
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            forward(&x);
+                        }
+                        cuda.synchronize().unwrap();
+                        start.elapsed()
+                    })
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
+fn cuda(c: &mut Criterion) {
+    let device = match Device::cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("skipping the CUDA benchmarks: {e}");
+            return;
+        }
+    };
+    let gated = [
+        (256, 1),
+        (256, 16),
+        (256, 256),
+        (1024, 1),
+        (1024, 16),
+        (1024, 256),
+    ];
+    let rnn = [(256, 1), (256, 64), (1024, 1), (1024, 64)];
+    cuda_group(c, &device, Op::Rnn, &DType::ALL, &rnn, 128);
+    let dtypes = [DType::F32, DType::BF16];
+    cuda_group(c, &device, Op::Lstm, &dtypes, &gated, 128);
+    cuda_group(c, &device, Op::Gru, &dtypes, &gated, 128);
+}
+
+fn cpu_case(group: &mut BenchmarkGroup<'_, WallTime>, op: Op, h: usize, b: usize, t: usize) {
+    let device = Device::Cpu;
+    let x = input(&device, DType::F32, t, b, h);
+    let forward = op.forward(&device, DType::F32, h, Algo::Auto);
+    group.throughput(Throughput::Elements(t as u64));
+    let id = BenchmarkId::new(format!("cpu_{}_f32", op.name()), format!("H{h}_B{b}_T{t}"));
+    group.bench_function(id, |bench| bench.iter(|| forward(&x)));
+}
+
+fn cpu(c: &mut Criterion) {
+    let mut group = c.benchmark_group("recurrent_forward_cpu");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
+    cpu_case(&mut group, Op::Rnn, 256, 1, 128);
+    cpu_case(&mut group, Op::Rnn, 256, 64, 128);
+    cpu_case(&mut group, Op::Lstm, 256, 32, 100);
+    cpu_case(&mut group, Op::Gru, 256, 32, 100);
+    group.finish();
+}
+
+criterion_group!(benches, cuda, cpu);
+criterion_main!(benches);
