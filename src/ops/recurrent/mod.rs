@@ -81,7 +81,8 @@ impl Activation {
                     x
                 }
             }
-            Activation::Sigmoid => 0.5 + 0.5 * tanh(0.5 * x),
+            // Not 0.5 + 0.5·tanh(x/2): that loses the relative accuracy of small values.
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
         }
     }
 }
