@@ -78,7 +78,6 @@ pub trait Element:
     fn wrap_cuda(s: CudaSlice<Self>) -> CudaData;
     fn host(d: &HostData) -> Option<&Vec<Self>>;
     fn cuda(d: &CudaData) -> Option<&CudaSlice<Self>>;
-    fn cuda_mut(d: &mut CudaData) -> Option<&mut CudaSlice<Self>>;
     fn into_cuda(d: CudaData) -> Option<CudaSlice<Self>>;
 }
 
@@ -105,12 +104,6 @@ macro_rules! element {
                 }
             }
             fn cuda(d: &CudaData) -> Option<&CudaSlice<Self>> {
-                match d {
-                    CudaData::$variant(s) => Some(s),
-                    _ => None,
-                }
-            }
-            fn cuda_mut(d: &mut CudaData) -> Option<&mut CudaSlice<Self>> {
                 match d {
                     CudaData::$variant(s) => Some(s),
                     _ => None,

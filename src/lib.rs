@@ -1,12 +1,17 @@
 //! Fused CUDA kernels for recurrent networks, with PyTorch's semantics.
 //!
-//! | module        | CPU (f32) | CUDA fused (f32/f16/bf16) | CUDA naive |
-//! |---------------|-----------|---------------------------|------------|
-//! | `nn::Rnn` tanh/relu, layers, bidirectional, batch_first, h0, lengths | yes | yes | yes |
+//! | module | CPU (f32) | CUDA fused (f32/f16/bf16) | CUDA naive |
+//! |---|---|---|---|
+//! | `nn::Rnn` (tanh, relu) | yes | yes | yes |
+//! | `nn::Lstm` (with or without projection) | yes | yes | yes |
+//! | `nn::Gru` | yes | yes | yes |
 //!
-//! Weights load from PyTorch state_dicts saved as safetensors. On CUDA, each layer-direction
-//! runs one GEMM for the input projection of every step, then per step one recurrent GEMM and
-//! one fused kernel (biases, activation, length mask, output and next state).
+//! Every module takes layers, bidirectional, batch_first, bias, initial states and variable
+//! lengths, with nn.RNN's / nn.LSTM's / nn.GRU's semantics. Weights load from PyTorch
+//! state_dicts saved as safetensors. On CUDA, each layer-direction runs one GEMM for the input
+//! projection of every step, then per step one recurrent GEMM and one fused kernel (biases,
+//! gates, cell update, length mask, output and next state); the sequence is captured into a
+//! CUDA graph once per shape and replayed.
 //!
 //! # Quick start
 //! ```no_run
