@@ -53,16 +53,30 @@ impl DeviceChoice {
     }
 }
 
-#[derive(Debug, Clone)]
+/// The options of `run`, which are also the CLI's flags.
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunOptions {
+    /// A PyTorch state_dict saved with safetensors.torch.save_file.
+    #[arg(long)]
     pub weights: PathBuf,
+    /// `input`, optional `h0` (and `c0` for an LSTM), optional int64 `lengths`.
+    #[arg(long)]
     pub input: PathBuf,
+    /// Receives `output`, `h_n` and (LSTM) `c_n` as f32.
+    #[arg(long)]
     pub output: PathBuf,
+    #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
-    /// Storage dtype on CUDA; f32 when absent. The CPU computes in f32 only.
+    /// Storage dtype on CUDA (default f32); the CPU computes in f32 only.
+    #[arg(long)]
     pub dtype: Option<DType>,
+    /// Overrides the weights file's `batch_first` metadata (`--batch-first` alone means true).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub batch_first: Option<bool>,
+    /// Overrides the weights file's `nonlinearity` metadata (RNN modules only).
+    #[arg(long)]
     pub nonlinearity: Option<Nonlinearity>,
+    #[arg(long, default_value = "auto")]
     pub algo: Algo,
 }
 

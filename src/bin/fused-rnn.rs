@@ -5,9 +5,8 @@
 use clap::{Parser, Subcommand};
 use fused_rnn::device::{driver_version, kernels, Device};
 use fused_rnn::nn::{Rnn, RnnConfig};
-use fused_rnn::run::{run, DeviceChoice, RunOptions};
-use fused_rnn::{Algo, DType, Nonlinearity, Result, Tensor};
-use std::path::PathBuf;
+use fused_rnn::run::{run, RunOptions};
+use fused_rnn::{Algo, DType, Result, Tensor};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -25,28 +24,8 @@ struct Cli {
 enum Command {
     /// The device, driver, NVRTC and every kernel (precompiled or not, registers, spills).
     Info,
-    /// Run a PyTorch RNN module (state_dict in safetensors) on an input file.
-    Run {
-        #[arg(long)]
-        weights: PathBuf,
-        #[arg(long)]
-        input: PathBuf,
-        #[arg(long)]
-        output: PathBuf,
-        #[arg(long, default_value = "auto")]
-        device: DeviceChoice,
-        /// Storage dtype on CUDA (default f32); the CPU computes in f32.
-        #[arg(long)]
-        dtype: Option<DType>,
-        /// Overrides the weights file's `batch_first` metadata (`--batch-first` alone means true).
-        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-        batch_first: Option<bool>,
-        /// Overrides the weights file's `nonlinearity` metadata.
-        #[arg(long)]
-        nonlinearity: Option<Nonlinearity>,
-        #[arg(long, default_value = "auto")]
-        algo: Algo,
-    },
+    /// Run a PyTorch RNN, LSTM or GRU module (state_dict in safetensors) on an input file.
+    Run(RunOptions),
     /// A small forward pass on the GPU when there is one, else the CPU; prints what it used.
     Demo,
 }
@@ -55,26 +34,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => info(),
-        Command::Run {
-            weights,
-            input,
-            output,
-            device,
-            dtype,
-            batch_first,
-            nonlinearity,
-            algo,
-        } => run(&RunOptions {
-            weights,
-            input,
-            output,
-            device,
-            dtype,
-            batch_first,
-            nonlinearity,
-            algo,
-        })
-        .map(|report| {
+        Command::Run(options) => run(&options).map(|report| {
             eprintln!("{}; {}", report.device_reason, report.module);
         }),
         Command::Demo => demo(),

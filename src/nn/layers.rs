@@ -6,7 +6,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::io::TensorFile;
-use crate::ops::recurrent::{Algo, Cell, Nonlinearity};
+use crate::ops::recurrent::{Algo, Cell, Nonlinearity, Outputs};
 use crate::tensor::Tensor;
 
 /// nn.RNN's constructor arguments.
@@ -136,6 +136,15 @@ pub struct RnnOutput {
     pub h_n: Tensor,
 }
 
+impl From<Outputs> for RnnOutput {
+    fn from(out: Outputs) -> Self {
+        RnnOutput {
+            output: out.output,
+            h_n: out.h_n,
+        }
+    }
+}
+
 /// What `Lstm` returns. With a projection of size P, output and h_n have P columns.
 pub struct LstmOutput {
     pub output: Tensor,
@@ -240,11 +249,9 @@ impl Rnn {
         h0: Option<&Tensor>,
         lengths: Option<&[usize]>,
     ) -> Result<RnnOutput> {
-        let out = self.inner.forward(input, h0, None, lengths)?;
-        Ok(RnnOutput {
-            output: out.output,
-            h_n: out.h_n,
-        })
+        self.inner
+            .forward(input, h0, None, lengths)
+            .map(RnnOutput::from)
     }
 }
 
@@ -256,11 +263,9 @@ impl Gru {
         h0: Option<&Tensor>,
         lengths: Option<&[usize]>,
     ) -> Result<RnnOutput> {
-        let out = self.inner.forward(input, h0, None, lengths)?;
-        Ok(RnnOutput {
-            output: out.output,
-            h_n: out.h_n,
-        })
+        self.inner
+            .forward(input, h0, None, lengths)
+            .map(RnnOutput::from)
     }
 }
 
