@@ -1,14 +1,18 @@
-//! CPU GEMM (the `gemm` crate) in the same row-major terms as the cuBLAS wrapper.
+//! CPU GEMM (the `gemm` crate, with its AVX-512 kernels where the CPU has them).
+//!
+//! Weights are passed transposed (`[k, n]`, row-major), so that the product is computed as the
+//! column-major Cᵀ = Bᵀ·Aᵀ with unit stride along its long side: the form the crate runs fastest
+//! (about twice the row-major A·Bᵀ for the recurrent step's small batch).
 
-/// c[m, n] = a[m, k] · b[n, k]ᵀ + beta · c, all row-major with leading dimensions lda, ldb, ldc.
+/// c[m, n] = a[m, k] · bt[k, n] + beta · c, all row-major with leading dimensions lda, ldb, ldc.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_abt(
+pub(crate) fn gemm_ab(
     m: usize,
     n: usize,
     k: usize,
     a: &[f32],
     lda: usize,
-    b: &[f32],
+    bt: &[f32],
     ldb: usize,
     c: &mut [f32],
     ldc: usize,
@@ -17,30 +21,35 @@ pub(crate) fn gemm_abt(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(k == 0 || (a.len() >= (m - 1) * lda + k && b.len() >= (n - 1) * ldb + k));
+    assert!(k == 0 || (a.len() >= (m - 1) * lda + k && bt.len() >= (k - 1) * ldb + n));
     assert!(c.len() >= (m - 1) * ldc + n);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let parallelism = if threads > 1 && m * n * k >= 1 << 18 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
+    // One thread per 2^18 multiply-adds, up to the machine's: small products lose to the
+    // threads' overhead.
+    let work = m.saturating_mul(n).saturating_mul(k) >> 18;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(work);
+    let parallelism = match threads {
+        0 | 1 => gemm::Parallelism::None,
+        t => gemm::Parallelism::Rayon(t),
     };
-    // SAFETY: the asserts above bound every element the strides reach in a, b and c.
+    // SAFETY: the asserts above bound every element the strides reach in a, bt and c.
+    // Cᵀ [n, m] column-major is c; Bᵀ [n, k] column-major is bt; Aᵀ [k, m] column-major is a.
     // gemm computes dst = alpha·dst + beta·lhs·rhs: alpha is our beta, its beta is 1.
     unsafe {
         gemm::gemm(
-            m,
             n,
+            m,
             k,
             c.as_mut_ptr(),
-            1,
             ldc as isize,
-            beta != 0.0,
-            a.as_ptr(),
             1,
-            lda as isize,
-            b.as_ptr(),
+            beta != 0.0,
+            bt.as_ptr(),
             ldb as isize,
+            1,
+            a.as_ptr(),
+            lda as isize,
             1,
             beta,
             1.0,
@@ -48,6 +57,49 @@ pub(crate) fn gemm_abt(
             false,
             false,
             parallelism,
+        );
+    }
+}
+
+/// The transpose of a row-major [rows, cols] matrix.
+pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; rows * cols];
+    for (r, row) in w.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_ab_matches_the_definition_with_strides_and_beta() {
+        let (m, n, k) = (3, 5, 4);
+        let (lda, ldb, ldc) = (6, 7, 9);
+        let a: Vec<f32> = (0..m * lda).map(|i| (i % 7) as f32 - 3.0).collect();
+        let bt: Vec<f32> = (0..k * ldb).map(|i| (i % 5) as f32 * 0.5 - 1.0).collect();
+        let mut c: Vec<f32> = (0..m * ldc).map(|i| i as f32).collect();
+        let before = c.clone();
+        gemm_ab(m, n, k, &a, lda, &bt, ldb, &mut c, ldc, 2.0);
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f32 = (0..k).map(|p| a[i * lda + p] * bt[p * ldb + j]).sum();
+                let want = 2.0 * before[i * ldc + j] + dot;
+                assert!((c[i * ldc + j] - want).abs() < 1e-5, "({i}, {j})");
+            }
+            // Columns past n are untouched.
+            assert_eq!(
+                c[i * ldc + n..(i + 1) * ldc],
+                before[i * ldc + n..(i + 1) * ldc]
+            );
+        }
+        assert_eq!(
+            transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3),
+            [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
         );
     }
 }

@@ -1,6 +1,8 @@
-//! Vectorisable f32 activations for the CPU path. libm's tanhf is a scalar call per element and
-//! dominated the CPU RNN step; this rational approximation (Eigen's, clamped at ±7.905, where
-//! it reaches 1 in f32) is within 5e-7 of tanh everywhere and compiles to SIMD in loops.
+//! Vectorisable f32 activations for the CPU path. libm's tanhf and expf are scalar calls per
+//! element and dominated the CPU step's elementwise part; these are branch-free, so loops over
+//! them compile to SIMD. tanh is Eigen's rational approximation (clamped at ±7.905, where it
+//! reaches 1 in f32); exp is Cephes' range reduction and polynomial, with the rounding done by
+//! adding 1.5·2²³ so that no libm call is left.
 
 /// tanh(x) to within 5e-7 absolute and relative; NaN stays NaN.
 #[inline(always)]
@@ -30,8 +32,64 @@ pub(crate) fn tanh(x: f32) -> f32 {
     x * p / q
 }
 
+/// e^x to within 3e-7 relative for x in [-87, 88] (clamped outside); NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5·2²³ rounds to an integer and leaves it in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    const P: [f32; 6] = [
+        1.987_569_2e-4,
+        1.398_2e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ];
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = P[0];
+    for &c in &P[1..] {
+        p = p * r + c;
+    }
+    let y = p * r * r + r + 1.0;
+    // 2^n from the integer in `shifted`'s mantissa: n + 127 into the exponent field.
+    let n = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    y * f32::from_bits(((n + 127) as u32) << 23)
+}
+
+/// The logistic function 1 / (1 + e^-x), with exp's relative accuracy.
+#[inline(always)]
+pub(crate) fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn exp_and_sigmoid_are_within_3e7_relative() {
+        let mut worst = (0f64, 0f64);
+        for k in -870_000..=880_000 {
+            let x = k as f32 * 1e-4;
+            let want = (x as f64).exp();
+            let err = (super::exp(x) as f64 - want).abs() / want;
+            let s_want = 1.0 / (1.0 + (-x as f64).exp());
+            let s_err = (super::sigmoid(x) as f64 - s_want).abs() / s_want;
+            worst = (worst.0.max(err), worst.1.max(s_err));
+        }
+        assert!(
+            worst.0 < 3e-7 && worst.1 < 3e-7,
+            "max relative errors {worst:?}"
+        );
+        assert!(super::exp(f32::NAN).is_nan() && super::sigmoid(f32::NAN).is_nan());
+        assert_eq!(super::sigmoid(-200.0).min(1e-30), super::sigmoid(-200.0));
+        assert_eq!(super::sigmoid(200.0), 1.0);
+    }
+
     #[test]
     fn tanh_is_within_5e7_of_libm() {
         let mut worst = 0f64;

@@ -4,7 +4,7 @@
 
 use super::{step_time, Activation, Call, Cell, Dims, Outputs};
 use crate::error::{Error, Result};
-use crate::ops::gemm_cpu::gemm_abt;
+use crate::ops::gemm_cpu::{gemm_ab, transpose};
 use crate::tensor::Tensor;
 
 fn f32_values<'a>(t: &'a Tensor, name: &str) -> Result<&'a [f32]> {
@@ -141,19 +141,17 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
         for dir in 0..dirs {
             let slot = layer * dirs + dir;
             let w = &weights[slot];
-            let w_ih = f32_values(&w.w_ih, "weight_ih")?;
-            let w_hh = f32_values(&w.w_hh, "weight_hh")?;
-            let w_hr = w
-                .w_hr
-                .as_ref()
-                .map(|t| f32_values(t, "weight_hr"))
-                .transpose()?;
+            // Transposed once per call: the GEMMs take weights as [k, n] (see gemm_cpu).
+            let w_ih = transpose(f32_values(&w.w_ih, "weight_ih")?, gw, in_w);
+            let w_hh = transpose(f32_values(&w.w_hh, "weight_hh")?, gw, out);
+            let w_hr = match &w.w_hr {
+                Some(t) => Some(transpose(f32_values(t, "weight_hr")?, out, hidden)),
+                None => None,
+            };
             let b_ih = bias(&w.b_ih, gw, "bias_ih")?;
             let b_hh = bias(&w.b_hh, gw, "bias_hh")?;
 
-            gemm_abt(
-                rows, gw, in_w, &layer_in, in_w, w_ih, in_w, &mut xw, gw, 0.0,
-            );
+            gemm_ab(rows, gw, in_w, &layer_in, in_w, &w_ih, gw, &mut xw, gw, 0.0);
             let state = |init: Option<&[f32]>, size: usize, buf: &mut Vec<f32>| match init {
                 Some(v) => buf.copy_from_slice(&v[slot * batch * size..(slot + 1) * batch * size]),
                 None => buf.fill(0.0),
@@ -163,7 +161,7 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
                 state(c0, hidden, &mut c);
             }
             for s in 0..seq_len {
-                gemm_abt(batch, gw, out, &h, out, w_hh, out, &mut hh, gw, 0.0);
+                gemm_ab(batch, gw, out, &h, out, &w_hh, gw, &mut hh, gw, 0.0);
                 // Rows that have ended keep their state; their outputs stay 0.
                 let times: Vec<Option<usize>> = (0..batch)
                     .map(|b| step_time(s, lengths[b], dir == 1))
@@ -171,7 +169,7 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
                 for (b, t) in times.iter().enumerate() {
                     let Some(t) = *t else { continue };
                     let row = t * st + b * sb;
-                    let target = match w_hr {
+                    let target = match &w_hr {
                         Some(_) => &mut pre_proj[b * hidden..(b + 1) * hidden],
                         None => &mut h[b * out..(b + 1) * out],
                     };
@@ -192,11 +190,11 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
                         &mut c[b * hidden..(b + 1) * hidden],
                     );
                 }
-                if let Some(w_hr) = w_hr {
+                if let Some(w_hr) = &w_hr {
                     // h = W_hr·h for every row, then restore the rows that have ended.
                     let prev = h.clone();
-                    gemm_abt(
-                        batch, out, hidden, &pre_proj, hidden, w_hr, hidden, &mut h, out, 0.0,
+                    gemm_ab(
+                        batch, out, hidden, &pre_proj, hidden, w_hr, out, &mut h, out, 0.0,
                     );
                     for (b, t) in times.iter().enumerate() {
                         if t.is_none() {

@@ -70,7 +70,7 @@ impl Activation {
     }
 
     pub fn apply(self, x: f32) -> f32 {
-        use crate::ops::math_cpu::tanh;
+        use crate::ops::math_cpu::{sigmoid, tanh};
         match self {
             Activation::Tanh => tanh(x),
             // `x < 0 ? 0 : x` keeps NaN, as torch.relu does.
@@ -82,7 +82,7 @@ impl Activation {
                 }
             }
             // Not 0.5 + 0.5·tanh(x/2): that loses the relative accuracy of small values.
-            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Activation::Sigmoid => sigmoid(x),
         }
     }
 }
