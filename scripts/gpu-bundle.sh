@@ -14,7 +14,7 @@ cp target/release/fused-rnn "$bundle/bin/fused-rnn"
 {
     cargo test --release --no-run --message-format=json
     cargo bench --no-run --message-format=json
-} 2>/dev/null | python3 -c '
+} | python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
     msg = json.loads(line)

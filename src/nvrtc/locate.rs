@@ -1,9 +1,11 @@
 //! Finding libnvrtc on machines without a CUDA toolkit.
 //!
-//! cudarc looks NVRTC up by soname only. We load `libnvrtc-builtins` and then `libnvrtc` by
-//! absolute path with `RTLD_GLOBAL` first, so that cudarc's later `dlopen("libnvrtc.so.13")`
-//! (and NVRTC's own `dlopen` of its builtins) find the copies we chose. This file is shared
-//! with build.rs, so it depends on std and libloading alone.
+//! cudarc looks NVRTC up by library name, never by path. We load `libnvrtc-builtins` and then
+//! `libnvrtc` by absolute path with `RTLD_GLOBAL` first, so that cudarc's `dlopen("libnvrtc.so.13")`
+//! (and NVRTC's own `dlopen` of its builtins) find the copies we chose. cudarc tries the
+//! unversioned `libnvrtc.so` before that name, though: where one is on the library path (a CUDA
+//! toolkit), it wins. This file is shared with build.rs, so it depends on std and libloading
+//! alone.
 
 use std::path::{Path, PathBuf};
 
