@@ -4,7 +4,8 @@
 //! column-major Cᵀ = Bᵀ·Aᵀ with unit stride along its long side: the form the crate runs fastest
 //! (about twice the row-major A·Bᵀ for the recurrent step's small batch).
 
-/// c[m, n] = a[m, k] · bt[k, n] + beta · c, all row-major with leading dimensions lda, ldb, ldc.
+/// c[m, n] = a[m, k] · bt[k, n] + beta · c, all row-major with leading dimensions lda, ldb, ldc,
+/// on at most `max_threads` threads.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_ab(
     m: usize,
@@ -17,6 +18,7 @@ pub(crate) fn gemm_ab(
     c: &mut [f32],
     ldc: usize,
     beta: f32,
+    max_threads: usize,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -28,7 +30,8 @@ pub(crate) fn gemm_ab(
     let work = m.saturating_mul(n).saturating_mul(k) >> 18;
     let threads = std::thread::available_parallelism()
         .map_or(1, |t| t.get())
-        .min(work);
+        .min(work)
+        .min(max_threads);
     let parallelism = match threads {
         0 | 1 => gemm::Parallelism::None,
         t => gemm::Parallelism::Rayon(t),
@@ -84,7 +87,7 @@ mod tests {
         let bt: Vec<f32> = (0..k * ldb).map(|i| (i % 5) as f32 * 0.5 - 1.0).collect();
         let mut c: Vec<f32> = (0..m * ldc).map(|i| i as f32).collect();
         let before = c.clone();
-        gemm_ab(m, n, k, &a, lda, &bt, ldb, &mut c, ldc, 2.0);
+        gemm_ab(m, n, k, &a, lda, &bt, ldb, &mut c, ldc, 2.0, 2);
         for i in 0..m {
             for j in 0..n {
                 let dot: f32 = (0..k).map(|p| a[i * lda + p] * bt[p * ldb + j]).sum();

@@ -6,6 +6,7 @@ use super::{step_time, Activation, Call, Cell, Dims, Outputs};
 use crate::error::{Error, Result};
 use crate::ops::gemm_cpu::{gemm_ab, transpose};
 use crate::tensor::Tensor;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn f32_values<'a>(t: &'a Tensor, name: &str) -> Result<&'a [f32]> {
     t.host_slice::<f32>().map_err(|_| Error::DType {
@@ -165,6 +166,41 @@ fn step_row_best(cell: Cell, r: Row<'_>) {
     step_row(cell, r)
 }
 
+/// Steps per chunk of the pipelined input projection.
+const CHUNK_STEPS: usize = 8;
+
+/// The order in which the input projection's chunks of `CHUNK_STEPS` steps are produced: the
+/// order the steps consume them.
+#[derive(Clone, Copy)]
+struct ChunkOrder {
+    count: usize,
+    reverse: bool,
+}
+
+impl ChunkOrder {
+    /// The times [t0, t1) of the k-th chunk produced.
+    fn times(self, k: usize, seq_len: usize) -> (usize, usize) {
+        let c = if self.reverse { self.count - 1 - k } else { k };
+        (c * CHUNK_STEPS, ((c + 1) * CHUNK_STEPS).min(seq_len))
+    }
+
+    /// How many chunks must be produced before time `t` can be read.
+    fn produced_with(self, t: usize) -> usize {
+        let c = t / CHUNK_STEPS;
+        if self.reverse {
+            self.count - c
+        } else {
+            c + 1
+        }
+    }
+}
+
+/// The input projection's buffer, shared with the thread that fills it (see `forward`).
+struct SharedRows(*mut f32);
+// SAFETY: the producer writes only rows no reader has been told of; readers read only rows
+// published to them with Release/Acquire ordering.
+unsafe impl Sync for SharedRows {}
+
 pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
     let Call {
         cell,
@@ -224,7 +260,6 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
             let b_ih = bias(&w.b_ih, gw, "bias_ih")?;
             let b_hh = bias(&w.b_hh, gw, "bias_hh")?;
 
-            gemm_ab(rows, gw, in_w, &layer_in, in_w, &w_ih, gw, &mut xw, gw, 0.0);
             let state = |init: Option<&[f32]>, size: usize, buf: &mut Vec<f32>| match init {
                 Some(v) => buf.copy_from_slice(&v[slot * batch * size..(slot + 1) * batch * size]),
                 None => buf.fill(0.0),
@@ -233,54 +268,142 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
             if lstm {
                 state(c0, hidden, &mut c);
             }
-            for s in 0..seq_len {
-                gemm_ab(batch, gw, out, &h, out, &w_hh, gw, &mut hh, gw, 0.0);
-                // Rows that have ended keep their state; their outputs stay 0.
-                let times: Vec<Option<usize>> = (0..batch)
-                    .map(|b| step_time(s, lengths[b], dir == 1))
-                    .collect();
-                for (b, t) in times.iter().enumerate() {
-                    let Some(t) = *t else { continue };
-                    let row = t * st + b * sb;
-                    let target = match &w_hr {
-                        Some(_) => &mut pre_proj[b * hidden..(b + 1) * hidden],
-                        None => &mut h[b * out..(b + 1) * out],
-                    };
-                    step_row_best(
-                        cell,
-                        Row {
-                            pre: &xw[row * gw..(row + 1) * gw],
-                            rec: &hh[b * gw..(b + 1) * gw],
-                            b_ih: &b_ih,
-                            b_hh: &b_hh,
-                            gates: &mut gates,
-                            rec_n: &mut rec_n,
-                            h: target,
-                            c: &mut c[b * hidden..(b + 1) * hidden],
-                        },
+            let reverse = dir == 1;
+            // Every step reads one time for all its rows: the forward direction, or the reverse
+            // one when all rows have the full length.
+            let one_time_per_step = !reverse || lengths.iter().all(|&l| l == seq_len);
+            let chunks = ChunkOrder {
+                count: seq_len.div_ceil(CHUNK_STEPS),
+                reverse,
+            };
+            let pipelined = !dims.batch_first
+                && one_time_per_step
+                && chunks.count > 1
+                && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+            let progress = AtomicUsize::new(0);
+            let xw_ptr = SharedRows(xw.as_mut_ptr());
+            std::thread::scope(|scope| {
+                let (xw_ptr, progress, layer_in, w_ih) = (&xw_ptr, &progress, &layer_in, &w_ih);
+                if pipelined {
+                    scope.spawn(move || {
+                        for k in 0..chunks.count {
+                            let (t0, t1) = chunks.times(k, seq_len);
+                            let (r0, r1) = (t0 * batch, t1 * batch);
+                            // SAFETY: rows [r0, r1) of xw are written by this thread alone and
+                            // read by the steps only after `progress` publishes them.
+                            let dst = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    xw_ptr.0.add(r0 * gw),
+                                    (r1 - r0) * gw,
+                                )
+                            };
+                            let x = &layer_in[r0 * in_w..r1 * in_w];
+                            gemm_ab(r1 - r0, gw, in_w, x, in_w, w_ih, gw, dst, gw, 0.0, 1);
+                            progress.store(k + 1, Ordering::Release);
+                        }
+                    });
+                } else {
+                    // SAFETY: no other thread touches xw.
+                    let all = unsafe { std::slice::from_raw_parts_mut(xw_ptr.0, rows * gw) };
+                    gemm_ab(
+                        rows,
+                        gw,
+                        in_w,
+                        layer_in,
+                        in_w,
+                        w_ih,
+                        gw,
+                        all,
+                        gw,
+                        0.0,
+                        usize::MAX,
                     );
                 }
-                if let Some(w_hr) = &w_hr {
-                    // h = W_hr·h for every row, then restore the rows that have ended.
-                    let prev = h.clone();
+                for s in 0..seq_len {
+                    // While the second thread projects the input, the steps' GEMMs keep to one
+                    // thread; after that they may use every core.
+                    let producing = pipelined && progress.load(Ordering::Acquire) < chunks.count;
+                    let step_threads = if producing { 1 } else { usize::MAX };
+                    if pipelined {
+                        let needed =
+                            chunks.produced_with(step_time(s, seq_len, reverse).unwrap_or(0));
+                        while progress.load(Ordering::Acquire) < needed {
+                            std::thread::yield_now();
+                        }
+                    }
                     gemm_ab(
-                        batch, out, hidden, &pre_proj, hidden, w_hr, out, &mut h, out, 0.0,
+                        batch,
+                        gw,
+                        out,
+                        &h,
+                        out,
+                        &w_hh,
+                        gw,
+                        &mut hh,
+                        gw,
+                        0.0,
+                        step_threads,
                     );
+                    // Rows that have ended keep their state; their outputs stay 0.
+                    let times: Vec<Option<usize>> = (0..batch)
+                        .map(|b| step_time(s, lengths[b], reverse))
+                        .collect();
                     for (b, t) in times.iter().enumerate() {
-                        if t.is_none() {
-                            h[b * out..(b + 1) * out]
-                                .copy_from_slice(&prev[b * out..(b + 1) * out]);
+                        let Some(t) = *t else { continue };
+                        let row = t * st + b * sb;
+                        let target = match &w_hr {
+                            Some(_) => &mut pre_proj[b * hidden..(b + 1) * hidden],
+                            None => &mut h[b * out..(b + 1) * out],
+                        };
+                        // SAFETY: row `row` was written before this step (published through
+                        // `progress` when pipelined) and nothing writes it any more.
+                        let pre = unsafe { std::slice::from_raw_parts(xw_ptr.0.add(row * gw), gw) };
+                        step_row_best(
+                            cell,
+                            Row {
+                                pre,
+                                rec: &hh[b * gw..(b + 1) * gw],
+                                b_ih: &b_ih,
+                                b_hh: &b_hh,
+                                gates: &mut gates,
+                                rec_n: &mut rec_n,
+                                h: target,
+                                c: &mut c[b * hidden..(b + 1) * hidden],
+                            },
+                        );
+                    }
+                    if let Some(w_hr) = &w_hr {
+                        // h = W_hr·h for every row, then restore the rows that have ended.
+                        let prev = h.clone();
+                        gemm_ab(
+                            batch,
+                            out,
+                            hidden,
+                            &pre_proj,
+                            hidden,
+                            w_hr,
+                            out,
+                            &mut h,
+                            out,
+                            0.0,
+                            step_threads,
+                        );
+                        for (b, t) in times.iter().enumerate() {
+                            if t.is_none() {
+                                h[b * out..(b + 1) * out]
+                                    .copy_from_slice(&prev[b * out..(b + 1) * out]);
+                            }
+                        }
+                    }
+                    for (b, t) in times.iter().enumerate() {
+                        if let Some(t) = *t {
+                            let row = t * st + b * sb;
+                            out_buf[row * width + dir * out..][..out]
+                                .copy_from_slice(&h[b * out..(b + 1) * out]);
                         }
                     }
                 }
-                for (b, t) in times.iter().enumerate() {
-                    if let Some(t) = *t {
-                        let row = t * st + b * sb;
-                        out_buf[row * width + dir * out..][..out]
-                            .copy_from_slice(&h[b * out..(b + 1) * out]);
-                    }
-                }
-            }
+            });
             h_n[slot * batch * out..(slot + 1) * batch * out].copy_from_slice(&h);
             if lstm {
                 c_n[slot * batch * hidden..(slot + 1) * batch * hidden].copy_from_slice(&c);
