@@ -419,3 +419,27 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
             .transpose()?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{ChunkOrder, CHUNK_STEPS};
+
+    #[test]
+    fn chunks_are_produced_in_the_order_the_steps_read_them() {
+        let seq_len = 2 * CHUNK_STEPS + 3;
+        for reverse in [false, true] {
+            let order = ChunkOrder { count: 3, reverse };
+            let produced: Vec<_> = (0..3).map(|k| order.times(k, seq_len)).collect();
+            for s in 0..seq_len {
+                let t = if reverse { seq_len - 1 - s } else { s };
+                let needed = order.produced_with(t);
+                // The chunk holding t is among the first `needed`, and not among the first
+                // `needed - 1`.
+                assert!(produced[..needed].iter().any(|&(a, b)| (a..b).contains(&t)));
+                assert!(!produced[..needed - 1]
+                    .iter()
+                    .any(|&(a, b)| (a..b).contains(&t)));
+            }
+        }
+    }
+}
