@@ -284,7 +284,7 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
             let xw_ptr = SharedRows(xw.as_mut_ptr());
             std::thread::scope(|scope| {
                 let (xw_ptr, progress, layer_in, w_ih) = (&xw_ptr, &progress, &layer_in, &w_ih);
-                if pipelined {
+                let producer = pipelined.then(|| {
                     scope.spawn(move || {
                         for k in 0..chunks.count {
                             let (t0, t1) = chunks.times(k, seq_len);
@@ -301,8 +301,9 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
                             gemm_ab(r1 - r0, gw, in_w, x, in_w, w_ih, gw, dst, gw, 0.0, 1);
                             progress.store(k + 1, Ordering::Release);
                         }
-                    });
-                } else {
+                    })
+                });
+                if !pipelined {
                     // SAFETY: no other thread touches xw.
                     let all = unsafe { std::slice::from_raw_parts_mut(xw_ptr.0, rows * gw) };
                     gemm_ab(
@@ -324,10 +325,16 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
                     // thread; after that they may use every core.
                     let producing = pipelined && progress.load(Ordering::Acquire) < chunks.count;
                     let step_threads = if producing { 1 } else { usize::MAX };
-                    if pipelined {
+                    if let Some(producer) = &producer {
                         let needed =
                             chunks.produced_with(step_time(s, seq_len, reverse).unwrap_or(0));
                         while progress.load(Ordering::Acquire) < needed {
+                            // A producer that stopped early panicked: fail, never spin forever.
+                            assert!(
+                                !producer.is_finished()
+                                    || progress.load(Ordering::Acquire) >= needed,
+                                "the input projection thread stopped early"
+                            );
                             std::thread::yield_now();
                         }
                     }
