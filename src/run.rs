@@ -11,6 +11,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::io::{save_f32, TensorFile};
 use crate::nn::recurrent::{Recurrent, Spec};
+use crate::nn::Attention;
 use crate::ops::recurrent::{Algo, Cell, Nonlinearity};
 use crate::tensor::Tensor;
 use std::path::PathBuf;
@@ -185,10 +186,15 @@ pub(crate) fn infer_spec(file: &TensorFile) -> Result<Spec> {
     Ok(spec)
 }
 
-/// Runs the module in `opts.weights` on `opts.input` and writes `output`, `h_n` and (LSTM)
-/// `c_n` as f32 to `opts.output`. Every check happens before the output file is created.
+/// Runs the module in `opts.weights` on `opts.input` and writes its results as f32 to
+/// `opts.output`: `output`, `h_n` and (LSTM) `c_n` for recurrent modules, `context` and
+/// `weights` for attention. Every check happens before the output file is created.
 pub fn run(opts: &RunOptions) -> Result<RunReport> {
     let weights = TensorFile::load(&opts.weights)?;
+    // Recurrent state_dicts name their tensors weight_ih_l{k}, ...; anything else is attention.
+    if !weights.contains("weight_ih_l0") && !weights.contains("weight_hh_l0") {
+        return run_attention(opts, &weights);
+    }
     let mut spec = infer_spec(&weights)?;
     if let Some(bf) = opts.batch_first {
         spec.batch_first = bf;
@@ -263,6 +269,59 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
         device: device.name(),
         device_reason,
         module: describe(&spec),
+    })
+}
+
+/// `run` for an attention module: `query`, `keys`, optional `values` and `lengths` in;
+/// `context` and `weights` out.
+fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
+    let refuse = |flag: &str| Error::Config(format!("{flag} does not apply to attention modules"));
+    if opts.batch_first.is_some() {
+        return Err(refuse("--batch-first"));
+    }
+    if opts.nonlinearity.is_some() {
+        return Err(refuse("--nonlinearity"));
+    }
+    let device_reason = match opts.device {
+        DeviceChoice::Cuda => {
+            return Err(Error::Config(
+                "attention runs on the CPU so far; use --device cpu or auto".into(),
+            ))
+        }
+        DeviceChoice::Auto => "using the CPU: attention runs on the CPU so far".to_string(),
+        DeviceChoice::Cpu => "using the CPU (asked for)".to_string(),
+    };
+    if opts.dtype.is_some_and(|d| d != DType::F32) {
+        return Err(Error::Config("attention computes in f32 on the CPU".into()));
+    }
+    let module = Attention::from_state_dict(weights, &Device::Cpu)?;
+    let inputs = TensorFile::load(&opts.input)?;
+    let allowed = ["query", "keys", "values", "lengths"];
+    if let Some(stray) = inputs.names().find(|n| !allowed.contains(n)) {
+        return Err(Error::Config(format!(
+            "{}: unexpected tensor `{stray}` (attention takes {})",
+            inputs.path().display(),
+            allowed.join(", ")
+        )));
+    }
+    let keys = inputs.float("keys")?;
+    let values = match inputs.contains("values") {
+        true => Some(inputs.float("values")?),
+        false => None,
+    };
+    let lengths = read_lengths(&inputs)?;
+    let query = inputs.float("query")?;
+    let keys = module.keys(&keys, values.as_ref(), lengths.as_deref())?;
+    let out = module.attend(&keys, &query, true)?;
+    let weights_out = out.weights.expect("asked for the weights");
+    save_f32(
+        &opts.output,
+        &[("context", &out.context), ("weights", &weights_out)],
+    )?;
+    Ok(RunReport {
+        device: Device::Cpu.name(),
+        device_reason,
+        module: format!("Attention({})", module.score().name()),
     })
 }
 

@@ -1,6 +1,6 @@
-//! Against PyTorch: every case in tests/fixtures/{rnn,lstm,gru} (made by the scripts in
-//! scripts/fixtures/) through `run`, the same code path as the CLI; on the CPU, and on CUDA in
-//! f32 where there is a GPU.
+//! Against PyTorch: every case in tests/fixtures/{rnn,lstm,gru,attention} (made by the scripts
+//! in scripts/fixtures/) through `run`, the same code path as the CLI; on the CPU, and (the
+//! recurrent modules) on CUDA in f32 where there is a GPU.
 
 mod common;
 
@@ -44,11 +44,13 @@ fn check_fixtures(kind: &str, device: DeviceChoice, algo: Algo, tol: f32) {
         let got = TensorFile::load(&output).unwrap();
         let expected = TensorFile::load(case.join("expected.safetensors")).unwrap();
         let tensors: Vec<&str> = expected.names().collect();
-        assert!(
-            tensors.contains(&"output") && tensors.contains(&"h_n"),
-            "{name}"
-        );
-        assert_eq!(tensors.contains(&"c_n"), kind == "lstm", "{name}: c_n");
+        let want: &[&str] = match kind {
+            "lstm" => &["c_n", "h_n", "output"],
+            "attention" => &["context", "weights"],
+            _ => &["h_n", "output"],
+        };
+        assert_eq!(tensors, want, "{name}");
+        assert_eq!(got.names().collect::<Vec<_>>(), want, "{name}");
         for tensor in tensors {
             let g = got.float(tensor).unwrap_or_else(|e| panic!("{name}: {e}"));
             let e = expected.float(tensor).unwrap();
@@ -66,7 +68,7 @@ fn check_fixtures(kind: &str, device: DeviceChoice, algo: Algo, tol: f32) {
 
 #[test]
 fn cpu_matches_pytorch_on_every_fixture() {
-    for kind in ["rnn", "lstm", "gru"] {
+    for kind in ["rnn", "lstm", "gru", "attention"] {
         check_fixtures(kind, DeviceChoice::Cpu, Algo::Auto, 1e-5);
     }
 }

@@ -1,6 +1,7 @@
 //! Operations: argument checks and dispatch in `mod.rs`, the CPU reference in `cpu.rs`, CUDA
 //! launchers (fused and naive) in `cuda.rs`.
 
+pub mod attention;
 pub(crate) mod gemm_cpu;
 pub(crate) mod math_cpu;
 pub mod recurrent;

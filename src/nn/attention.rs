@@ -1,0 +1,210 @@
+//! `nn::Attention`: soft attention with additive, general or dot scores, parameters in PyTorch's
+//! naming (`query_proj`, `key_proj`, `score`), key-length masks, one or many queries per row.
+//! The CPU computes it today; the fused CUDA kernels are the next step.
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::io::TensorFile;
+use crate::ops::attention::{self, check_key_lengths, Attended, Keys, Params, Score};
+use crate::tensor::Tensor;
+
+pub struct Attention {
+    score: Score,
+    params: Params,
+    /// Dq when the parameters fix it (additive, general).
+    query_size: Option<usize>,
+    /// Dk when the parameters fix it (additive, general).
+    key_size: Option<usize>,
+}
+
+/// The float tensor `name` with shape `shape` (None: any), non-finite values refused.
+fn param(file: &TensorFile, name: &str, rows: Option<usize>, rank: usize) -> Result<Tensor> {
+    let t = file.float(name)?;
+    let ok = t.shape().len() == rank && rows.is_none_or(|r| t.shape()[0] == r);
+    if !ok {
+        let want = match (rank, rows) {
+            (1, Some(r)) => format!("[{r}]"),
+            (2, Some(r)) => format!("[{r}, ·]"),
+            _ => format!("a rank-{rank} tensor"),
+        };
+        return Err(Error::shape(name, want, t.shape()));
+    }
+    if t.host_slice::<f32>()?.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Config(format!("{name}: contains NaN or infinity")));
+    }
+    Ok(t)
+}
+
+impl Attention {
+    /// The kind comes from the file's `kind` metadata, else from its tensors: `score.weight` →
+    /// additive, `key_proj.weight` alone → general, none → dot (with metadata `scale`, default 1).
+    pub fn from_state_dict(file: &TensorFile, device: &Device) -> Result<Self> {
+        if device.is_cuda() {
+            return Err(Error::Config(
+                "attention runs on the CPU so far; use --device cpu".into(),
+            ));
+        }
+        let kind = match file.metadata("kind") {
+            Some(k) => k.to_string(),
+            None if file.contains("score.weight") => "additive".into(),
+            None if file.contains("key_proj.weight") => "general".into(),
+            None => "dot".into(),
+        };
+        let allowed: &[&str] = match kind.as_str() {
+            "additive" => &[
+                "query_proj.weight",
+                "query_proj.bias",
+                "key_proj.weight",
+                "key_proj.bias",
+                "score.weight",
+            ],
+            "general" => &["key_proj.weight"],
+            "dot" => &[],
+            other => {
+                return Err(Error::Config(format!(
+                    "metadata kind = `{other}` (expected additive, general or dot)"
+                )))
+            }
+        };
+        if let Some(stray) = file.names().find(|n| !allowed.contains(n)) {
+            return Err(Error::Config(format!(
+                "{}: unexpected tensor `{stray}` for {kind} attention",
+                file.path().display()
+            )));
+        }
+        let opt = |name: &str, rows: usize| -> Result<Option<Tensor>> {
+            file.contains(name)
+                .then(|| param(file, name, Some(rows), 1))
+                .transpose()
+        };
+        match kind.as_str() {
+            "additive" => {
+                let v = param(file, "score.weight", Some(1), 2)?;
+                let a = v.shape()[1];
+                let w_q = param(file, "query_proj.weight", Some(a), 2)?;
+                let w_k = param(file, "key_proj.weight", Some(a), 2)?;
+                Ok(Attention {
+                    score: Score::Additive,
+                    query_size: Some(w_q.shape()[1]),
+                    key_size: Some(w_k.shape()[1]),
+                    params: Params {
+                        b_q: opt("query_proj.bias", a)?,
+                        b_k: opt("key_proj.bias", a)?,
+                        w_q: Some(w_q),
+                        w_k: Some(w_k),
+                        v: Some(v),
+                    },
+                })
+            }
+            "general" => {
+                let w_k = param(file, "key_proj.weight", None, 2)?;
+                Ok(Attention {
+                    score: Score::General,
+                    query_size: Some(w_k.shape()[0]),
+                    key_size: Some(w_k.shape()[1]),
+                    params: Params {
+                        w_q: None,
+                        b_q: None,
+                        w_k: Some(w_k),
+                        b_k: None,
+                        v: None,
+                    },
+                })
+            }
+            _ => {
+                let scale = match file.metadata("scale") {
+                    Some(s) => {
+                        s.parse::<f32>()
+                            .ok()
+                            .filter(|s| s.is_finite())
+                            .ok_or_else(|| {
+                                Error::Config(format!(
+                                    "metadata scale = `{s}` is not a finite number"
+                                ))
+                            })?
+                    }
+                    None => 1.0,
+                };
+                Ok(Attention {
+                    score: Score::Dot { scale },
+                    query_size: None,
+                    key_size: None,
+                    params: Params {
+                        w_q: None,
+                        b_q: None,
+                        w_k: None,
+                        b_k: None,
+                        v: None,
+                    },
+                })
+            }
+        }
+    }
+
+    pub fn score(&self) -> Score {
+        self.score
+    }
+
+    /// The key side, once per source: keys [B, L, Dk], values [B, L, Dv] (the keys when
+    /// absent), key lengths in 1..=L (all L when absent).
+    pub fn keys(
+        &self,
+        keys: &Tensor,
+        values: Option<&Tensor>,
+        lengths: Option<&[usize]>,
+    ) -> Result<Keys> {
+        let &[b, l, dk] = keys.shape() else {
+            return Err(Error::shape("keys", "[B, L, Dk]", keys.shape()));
+        };
+        if b == 0 || l == 0 || self.key_size.is_some_and(|k| k != dk) {
+            let want = self
+                .key_size
+                .map_or("[B, L, Dk]".into(), |k| format!("[B, L, {k}]"));
+            return Err(Error::shape("keys", want, keys.shape()));
+        }
+        let values = match values {
+            Some(v) => {
+                let &[vb, vl, _] = v.shape() else {
+                    return Err(Error::shape("values", format!("[{b}, {l}, Dv]"), v.shape()));
+                };
+                if (vb, vl) != (b, l) {
+                    return Err(Error::shape("values", format!("[{b}, {l}, Dv]"), v.shape()));
+                }
+                v.to(&Device::Cpu, crate::DType::F32)?
+            }
+            None => keys.to(&Device::Cpu, crate::DType::F32)?,
+        };
+        Ok(Keys {
+            projected: attention::project_keys(self.score, &self.params, keys)?,
+            values,
+            lengths: check_key_lengths(lengths, b, l)?,
+        })
+    }
+
+    /// Attends `query` ([B, Dq], or [B, Tq, Dq] for many queries per row) over `keys`; the
+    /// context (and the weights, when asked for) come back with the query's rank.
+    pub fn attend(&self, keys: &Keys, query: &Tensor, want_weights: bool) -> Result<Attended> {
+        let (b, dq) = (keys.batch(), keys.projected.shape()[2]);
+        let dq = self.query_size.unwrap_or(dq);
+        let (tq, single) = match *query.shape() {
+            [qb, qd] if qb == b && qd == dq => (1, true),
+            [qb, t, qd] if qb == b && qd == dq && t > 0 => (t, false),
+            _ => {
+                let want = format!("[{b}, {dq}] or [{b}, Tq, {dq}]");
+                return Err(Error::shape("query", want, query.shape()));
+            }
+        };
+        let query3 = Tensor::from_vec(query.host_slice::<f32>()?.to_vec(), &[b, tq, dq])?;
+        let out = attention::attend(self.score, &self.params, keys, &query3, want_weights)?;
+        if !single {
+            return Ok(out);
+        }
+        Ok(Attended {
+            context: out.context.reshape(&[b, keys.value_size()])?,
+            weights: out
+                .weights
+                .map(|w| w.reshape(&[b, keys.len()]))
+                .transpose()?,
+        })
+    }
+}
