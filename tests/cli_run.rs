@@ -340,3 +340,61 @@ fn lstm_and_gru_modules_run_and_reject_bad_states() {
     let y = fused_rnn::io::TensorFile::load(&output).unwrap();
     assert_eq!(y.names().collect::<Vec<_>>(), ["h_n", "output"]);
 }
+
+#[test]
+fn attention_modules_run_and_reject_bad_inputs() {
+    let dir = scratch("attention");
+    let case = common::fixtures("attention").join("additive_tq4_nobias_lens");
+    let w = case.join("weights.safetensors");
+    let output = dir.join("y.safetensors");
+    let out = run(&w, &case.join("input.safetensors"), &output, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let y = fused_rnn::io::TensorFile::load(&output).unwrap();
+    assert_eq!(y.shape("context"), Some(&[4usize, 4, 4][..]));
+    assert_eq!(y.shape("weights"), Some(&[4usize, 4, 7][..]));
+
+    // B = 4, L = 7, Dq = 6, Dk = 4 for this module and case.
+    let input = dir.join("x.safetensors");
+    let bad = dir.join("bad.safetensors");
+    let query = || ("query", vec![4, 6], Data::F32(common::random(24, 1.0, 1)));
+    let keys = |dk: usize| {
+        (
+            "keys",
+            vec![4, 7, dk],
+            Data::F32(common::random(28 * dk, 1.0, 2)),
+        )
+    };
+    for lengths in [vec![3, 0, 7, 1], vec![3, 8, 7, 1]] {
+        write(
+            &input,
+            &[query(), keys(4), ("lengths", vec![4], Data::I64(lengths))],
+        );
+        assert_fails(&run(&w, &input, &bad, &[]), &bad, &["lengths"]);
+    }
+    write(&input, &[query(), keys(5)]);
+    assert_fails(
+        &run(&w, &input, &bad, &[]),
+        &bad,
+        &["keys", "[B, L, 4]", "[4, 7, 5]"],
+    );
+    write(
+        &input,
+        &[
+            ("query", vec![4, 5], Data::F32(common::random(20, 1.0, 1))),
+            keys(4),
+        ],
+    );
+    assert_fails(&run(&w, &input, &bad, &[]), &bad, &["query", "[4, 5]"]);
+    write(&input, &[query()]);
+    assert_fails(&run(&w, &input, &bad, &[]), &bad, &["`keys`"]);
+    let good = case.join("input.safetensors");
+    assert_fails(
+        &run(&w, &good, &bad, &["--batch-first"]),
+        &bad,
+        &["--batch-first"],
+    );
+}
