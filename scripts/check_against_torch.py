@@ -8,14 +8,30 @@ weights.safetensors and input.safetensors into a temporary folder, runs
 and compares Y's `output`, `h_n` and (for LSTM) `c_n` with the module evaluated in float64.
 Error per tensor = max|got - ref| / max|ref|; a case passes if every error <= --tol.
 
-Kinds: rnn (nn.RNN tanh/relu), lstm (nn.LSTM, projection in some cases), gru (nn.GRU).
+Kinds: rnn (nn.RNN tanh/relu), lstm (nn.LSTM, projection in some cases), gru (nn.GRU),
+attention (additive, general and dot scores; see below).
 The weights' metadata holds `batch_first` (and `nonlinearity` for rnn). The input file holds
 `input`, optional `h0` [L*D,B,H_out] (H_out = proj_size if > 0 else H), for LSTM `c0` [L*D,B,H]
 whenever `h0` is present, and optional int64 `lengths` [B] (unsorted, with 1 and T).
 
+attention: the semantics and file formats are those of scripts/fixtures/make_attention_fixtures.py,
+whose Case, Attention module, check_case, build_inputs and scores this script imports. The
+weights hold `query_proj.weight`/`.bias`, `key_proj.weight`/`.bias`, `score.weight` as the kind
+needs (metadata `kind`, and for dot sometimes `scale`); the input holds `query` [B,Dq] or
+[B,Tq,Dq], `keys` [B,L,Dk], optional `values` [B,L,Dv] and optional int64 `lengths` [B]
+(unsorted, with 1 and L). Y's `context` [B,(Tq,)Dv] and `weights` [B,(Tq,)L] are compared with
+the float64 reference. The binary's attention runs on the CPU only, so attention cases always
+get `--device cpu` whatever --device says (--dtype is passed on as for the other kinds).
+Every fifth attention case scales the keys (general, dot) or score.weight (additive) so that
+the largest |score| is 100..150: past 88.7, where f32 exp overflows unless the max is
+subtracted. Larger scores are not drawn: f32 rounding of a score is ~|score|*6e-8 and moves
+the weights of near-tied keys by about that much, so at |score| >~ 250 even torch's own float32
+evaluation exceeds the default --tol 1e-5 on some rows.
+
 Usage (needs torch, safetensors and numpy):
     python3 scripts/check_against_torch.py --bin target/release/fused-rnn \
-        [--device cpu] [--kinds rnn,lstm,gru] [--seed N] [--count N] [--dtype f32] [--tol 1e-5]
+        [--device cpu] [--kinds rnn,lstm,gru,attention] [--seed N] [--count N] [--dtype f32] \
+        [--tol 1e-5]
 
 Prints one line per case and a last line "N passed, M failed"; exits 1 if any failed.
 """
@@ -33,10 +49,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+# The attention semantics live in the fixture generator; it imports fixture_io from its folder.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures"))
+import make_attention_fixtures as attn_fx  # noqa: E402
+
 HIDDEN_SIZES = [1, 7, 16, 33, 64, 100, 128, 255, 256]
 INPUT_SIZES = [1, 3, 5, 17, 64, 128, 256]
 SEQ_LENS = [1, 2, 7, 16, 33, 50]
 BATCHES = [1, 2, 3, 5, 8, 16]
+ATTN_SIZES = [1, 2, 3, 5, 8, 16, 17, 33, 64, 100, 128]  # Dq, Dk, Dv, A
+ATTN_SEQ_LENS = [1, 7, 33, 196]  # L
+ATTN_QUERIES = [1, 2, 3, 5, 8]  # Tq when the query is [B,Tq,Dq]
+ATTN_SCALES = ["0.5", "0.25", "0.125", "0.375", "0.0625"]  # exact in f32
 
 
 @dataclass
@@ -47,6 +71,7 @@ class Case:
     metadata: dict
     inputs: dict = field(default_factory=dict)
     desc: str = ""
+    attention: object = None  # attention only: the make_attention_fixtures.Case
 
 
 def random_lengths(rng: random.Random, batch: int, seq_len: int) -> list:
@@ -160,11 +185,102 @@ def make_gru_case(index: int, seed: int) -> Case:
     return make_gated_case("gru", index, seed)
 
 
-CASE_MAKERS = {"rnn": make_rnn_case, "lstm": make_lstm_case, "gru": make_gru_case}
+def max_score(c, module: torch.nn.Module, inputs: dict) -> float:
+    """max |score| over the unmasked keys, in float64."""
+    q = inputs["query"].double()
+    if q.dim() == 2:
+        q = q[:, None, :]
+    e = attn_fx.scores(c, module, q, inputs["keys"].double())  # [B,Tq,L]
+    lengths = inputs.get("lengths", torch.full((c.batch,), c.seq_len, dtype=torch.int64))
+    valid = torch.arange(c.seq_len)[None, :] < lengths[:, None]  # [B,L]
+    return e.abs().masked_fill(~valid[:, None, :], 0.0).max().item()
+
+
+def make_attention_case(index: int, seed: int) -> Case:
+    """A random attention case; the index cycles through kind (index % 3), L (index % 4) and
+    the query's rank ((index // 4) % 2); every fifth case has large scores."""
+    rng = random.Random(seed)
+    kind = ("additive", "general", "dot")[index % 3]
+    seq_len = ATTN_SEQ_LENS[index % 4]
+    tq = rng.choice(ATTN_QUERIES) if (index // 4) % 2 == 1 else None
+    with_values = rng.random() < 0.5
+    with_lengths = rng.random() < 0.5
+    big = index % 5 == 4
+    # Lengths hold both 1 and L, so they need two rows.
+    batch = rng.choice([b for b in BATCHES if b > 1] if with_lengths else BATCHES)
+    d_q = rng.choice(ATTN_SIZES)
+    d_k = d_q if kind == "dot" else rng.choice(ATTN_SIZES)
+    extra = {}
+    if kind == "additive":
+        extra = dict(attn=rng.choice(ATTN_SIZES), query_bias=rng.random() < 0.5,
+                     key_bias=rng.random() < 0.5, score_gain=rng.choice([1.0, 4.0]))
+    elif kind == "dot" and rng.random() < 0.6:
+        extra = dict(scale=rng.choice(ATTN_SCALES))
+    c = attn_fx.Case(
+        kind, f"attn_{index:03d}", seed, d_q, d_k,
+        d_v=rng.choice(ATTN_SIZES) if with_values else None, batch=batch, tq=tq,
+        seq_len=seq_len,
+        lengths=tuple(random_lengths(rng, batch, seq_len)) if with_lengths else None, **extra)
+
+    torch.manual_seed(2 * seed)
+    module = attn_fx.Attention(c)
+    inputs = attn_fx.build_inputs(c)  # its generator is seeded from c.seed
+    if big:
+        # Scores are linear in score.weight (additive) and in the keys (general, dot): rescale
+        # so that the largest |score| lands at the target.
+        gain = rng.uniform(100.0, 150.0) / max(max_score(c, module, inputs), 1e-3)
+        if kind == "additive":
+            c.score_gain *= gain
+            with torch.no_grad():
+                module.score.weight.mul_(gain)  # as Attention(c) does with score_gain
+        else:
+            c.key_gain = gain
+            inputs = attn_fx.build_inputs(c)  # the same draws, keys times key_gain
+    attn_fx.check_case(c)
+    top = max_score(c, module, inputs)
+
+    metadata = {"kind": kind}
+    if c.scale is not None:
+        metadata["scale"] = c.scale
+    flags = [kind, "q1" if tq is None else f"Tq={tq}"]
+    if kind == "additive":
+        flags += [f for f, on in (("nobq", not c.query_bias), ("nobk", not c.key_bias)) if on]
+    if kind == "dot":
+        flags.append(f"s={c.scale or 1}")
+    flags += [f for f, on in (("vals", with_values), ("lens", with_lengths)) if on]
+    sizes = f"Dq={d_q} Dk={d_k}" + (f" Dv={c.d_v}" if with_values else "")
+    sizes += f" A={c.attn}" if kind == "additive" else ""
+    desc = f"{' '.join(flags)} {sizes} B={batch} L={seq_len} |e|<={top:.0f}"
+    return Case(c.name, module, False, metadata, inputs, desc, attention=c)
+
+
+CASE_MAKERS = {"rnn": make_rnn_case, "lstm": make_lstm_case, "gru": make_gru_case,
+               "attention": make_attention_case}
+
+
+def attention_reference(case: Case) -> dict:
+    """make_attention_fixtures.reference without its final rounding to float32: the masked
+    softmax of the float64 scores and the weighted sum of the values."""
+    c, inputs = case.attention, case.inputs
+    q = inputs["query"].double()
+    if c.tq is None:
+        q = q[:, None, :]
+    k = inputs["keys"].double()
+    v = inputs["values"].double() if "values" in inputs else k
+    e = attn_fx.scores(c, case.module, q, k)  # [B,Tq,L]
+    lengths = inputs.get("lengths", torch.full((c.batch,), c.seq_len, dtype=torch.int64))
+    valid = torch.arange(c.seq_len)[None, :] < lengths[:, None]  # [B,L]
+    w = torch.softmax(e.masked_fill(~valid[:, None, :], float("-inf")), dim=-1)
+    ctx = w @ v  # [B,Tq,Dv]
+    if c.tq is None:
+        w, ctx = w[:, 0], ctx[:, 0]
+    return {"context": ctx, "weights": w}
 
 
 def reference(case: Case) -> dict:
     """Evaluate the module in float64 on the float32-rounded weights and inputs."""
+    if case.attention is not None:
+        return attention_reference(case)
     module = case.module.double()
     x = case.inputs["input"].double()
     hx = case.inputs["h0"].double() if "h0" in case.inputs else None
@@ -204,9 +320,10 @@ def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def run_binary(args, weights: str, inputs: str, output: str) -> subprocess.CompletedProcess:
+def run_binary(args, weights: str, inputs: str, output: str,
+               device: str = None) -> subprocess.CompletedProcess:
     cmd = [args.bin, "run", "--weights", weights, "--input", inputs, "--output", output,
-           "--device", args.device]
+           "--device", device or args.device]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
     return subprocess.run(cmd, capture_output=True, text=True)
@@ -222,7 +339,9 @@ def check_case(args, case: Case, workdir: str) -> bool:
     weights, inputs = write_case(case, folder)
     expected = reference(case)
     output = os.path.join(folder, "output.safetensors")
-    proc = run_binary(args, weights, inputs, output)
+    # The binary's attention runs on the CPU only (it refuses --device cuda).
+    proc = run_binary(args, weights, inputs, output,
+                      device="cpu" if case.attention is not None else None)
     head = f"{case.name:8s} {case.desc:52s}"
     if proc.returncode != 0:
         print(f"{head} FAIL exit {proc.returncode}: {last_line(proc.stderr)}")

@@ -1,10 +1,11 @@
-//! CPU reference, f32: the key projection as one GEMM per source, then per (row, query) the
-//! scores, a max-subtracted masked softmax, and the weighted sum of values.
+//! CPU reference: the key projection as one GEMM per source (f32), then per (row, query) the
+//! scores, a max-subtracted masked softmax and the weighted sum of values, accumulated in f64:
+//! scores reach magnitudes in the hundreds, where f32 sums and a fast tanh lose the 1e-5 the
+//! reference must hold.
 
 use super::{Attended, Keys, Params, Score};
 use crate::error::Result;
 use crate::ops::gemm_cpu::{gemm_ab, transpose};
-use crate::ops::math_cpu::{exp, tanh};
 use crate::tensor::Tensor;
 
 fn values(t: &Tensor) -> Result<&[f32]> {
@@ -73,38 +74,42 @@ pub(crate) fn attend(
     };
     let mut context = vec![0f32; batch * tq * dv];
     let mut weights = vec![0f32; batch * tq * len];
-    let mut sum = vec![0f32; kdim];
+    let (mut scores, mut ctx) = (vec![0f64; len], vec![0f64; dv]);
     for b in 0..batch {
         let n = keys.lengths[b];
         for t in 0..tq {
             let qrow = &qp[(b * tq + t) * kdim..(b * tq + t + 1) * kdim];
-            let w = &mut weights[(b * tq + t) * len..(b * tq + t + 1) * len];
-            for (j, e) in w[..n].iter_mut().enumerate() {
+            for (j, e) in scores[..n].iter_mut().enumerate() {
                 let krow = &kp[(b * len + j) * kdim..(b * len + j + 1) * kdim];
+                let pairs = qrow.iter().zip(krow).map(|(&a, &c)| (a as f64, c as f64));
                 *e = match v {
-                    Some(v) => {
-                        for ((s, &a), &c) in sum.iter_mut().zip(qrow).zip(krow) {
-                            *s = tanh(a + c);
-                        }
-                        sum.iter().zip(v).map(|(s, v)| s * v).sum()
-                    }
-                    None => scale * qrow.iter().zip(krow).map(|(a, c)| a * c).sum::<f32>(),
+                    Some(v) => pairs
+                        .zip(v)
+                        .map(|((a, c), &v)| (a + c).tanh() * v as f64)
+                        .sum(),
+                    None => scale as f64 * pairs.map(|(a, c)| a * c).sum::<f64>(),
                 };
             }
             // Subtracting the maximum keeps exp finite for any score magnitude.
-            let max = w[..n].iter().fold(f32::NEG_INFINITY, |m, &e| m.max(e));
-            let mut total = 0f32;
-            for e in &mut w[..n] {
-                *e = exp(*e - max);
+            let max = scores[..n].iter().fold(f64::NEG_INFINITY, |m, &e| m.max(e));
+            let mut total = 0f64;
+            for e in &mut scores[..n] {
+                *e = (*e - max).exp();
                 total += *e;
             }
-            let ctx = &mut context[(b * tq + t) * dv..(b * tq + t + 1) * dv];
-            for (j, e) in w[..n].iter_mut().enumerate() {
-                *e /= total;
+            ctx.fill(0.0);
+            let w = &mut weights[(b * tq + t) * len..(b * tq + t + 1) * len];
+            for (j, (e, w)) in scores[..n].iter().zip(w.iter_mut()).enumerate() {
+                let p = e / total;
+                *w = p as f32;
                 let vrow = &vals[(b * len + j) * dv..(b * len + j + 1) * dv];
                 for (c, &x) in ctx.iter_mut().zip(vrow) {
-                    *c += *e * x;
+                    *c += p * x as f64;
                 }
+            }
+            let out = &mut context[(b * tq + t) * dv..(b * tq + t + 1) * dv];
+            for (o, &c) in out.iter_mut().zip(ctx.iter()) {
+                *o = c as f32;
             }
         }
     }
