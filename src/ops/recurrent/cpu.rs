@@ -242,8 +242,12 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
     let mut h = vec![0f32; batch * out];
     let mut c = vec![0f32; batch * hidden];
     let (mut gates, mut rec_n) = (vec![0f32; gw], vec![0f32; hidden]);
-    // The LSTM's h before projection, [B, H]; without projection h itself is updated.
+    // The LSTM's h before projection, [B, H], and after it, [B, O]; without projection h itself
+    // is updated.
     let mut pre_proj = vec![0f32; if dims.projected() { batch * hidden } else { 0 }];
+    let mut projected = vec![0f32; if dims.projected() { batch * out } else { 0 }];
+    // Each row's time at the current step, None once it has ended.
+    let mut times = vec![None; batch];
     for layer in 0..layers {
         let in_w = dims.layer_input(layer);
         let mut out_buf = vec![0f32; rows * width];
@@ -352,9 +356,9 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
                         step_threads,
                     );
                     // Rows that have ended keep their state; their outputs stay 0.
-                    let times: Vec<Option<usize>> = (0..batch)
-                        .map(|b| step_time(s, lengths[b], reverse))
-                        .collect();
+                    for (b, t) in times.iter_mut().enumerate() {
+                        *t = step_time(s, lengths[b], reverse);
+                    }
                     for (b, t) in times.iter().enumerate() {
                         let Some(t) = *t else { continue };
                         let row = t * st + b * sb;
@@ -380,8 +384,7 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
                         );
                     }
                     if let Some(w_hr) = &w_hr {
-                        // h = W_hr·h for every row, then restore the rows that have ended.
-                        let prev = h.clone();
+                        // h = W_hr·h, kept for the rows still running.
                         gemm_ab(
                             batch,
                             out,
@@ -390,15 +393,15 @@ pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
                             hidden,
                             w_hr,
                             out,
-                            &mut h,
+                            &mut projected,
                             out,
                             0.0,
                             step_threads,
                         );
                         for (b, t) in times.iter().enumerate() {
-                            if t.is_none() {
+                            if t.is_some() {
                                 h[b * out..(b + 1) * out]
-                                    .copy_from_slice(&prev[b * out..(b + 1) * out]);
+                                    .copy_from_slice(&projected[b * out..(b + 1) * out]);
                             }
                         }
                     }
