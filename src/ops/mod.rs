@@ -4,4 +4,5 @@
 pub mod attention;
 pub(crate) mod gemm_cpu;
 pub(crate) mod math_cpu;
+pub(crate) mod packed_gemm;
 pub mod recurrent;
