@@ -20,8 +20,7 @@ weights hold `query_proj.weight`/`.bias`, `key_proj.weight`/`.bias`, `score.weig
 needs (metadata `kind`, and for dot sometimes `scale`); the input holds `query` [B,Dq] or
 [B,Tq,Dq], `keys` [B,L,Dk], optional `values` [B,L,Dv] and optional int64 `lengths` [B]
 (unsorted, with 1 and L). Y's `context` [B,(Tq,)Dv] and `weights` [B,(Tq,)L] are compared with
-the float64 reference. The binary's attention runs on the CPU only, so attention cases always
-get `--device cpu` whatever --device says (--dtype is passed on as for the other kinds).
+the float64 reference. --device and --dtype apply to every kind.
 Every fifth attention case scales the keys (general, dot) or score.weight (additive) so that
 the largest |score| is 100..150: past 88.7, where f32 exp overflows unless the max is
 subtracted. Larger scores are not drawn: f32 rounding of a score is ~|score|*6e-8 and moves
@@ -320,10 +319,9 @@ def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def run_binary(args, weights: str, inputs: str, output: str,
-               device: str = None) -> subprocess.CompletedProcess:
+def run_binary(args, weights: str, inputs: str, output: str) -> subprocess.CompletedProcess:
     cmd = [args.bin, "run", "--weights", weights, "--input", inputs, "--output", output,
-           "--device", device or args.device]
+           "--device", args.device]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
     return subprocess.run(cmd, capture_output=True, text=True)
@@ -339,9 +337,7 @@ def check_case(args, case: Case, workdir: str) -> bool:
     weights, inputs = write_case(case, folder)
     expected = reference(case)
     output = os.path.join(folder, "output.safetensors")
-    # The binary's attention runs on the CPU only (it refuses --device cuda).
-    proc = run_binary(args, weights, inputs, output,
-                      device="cpu" if case.attention is not None else None)
+    proc = run_binary(args, weights, inputs, output)
     head = f"{case.name:8s} {case.desc:52s}"
     if proc.returncode != 0:
         print(f"{head} FAIL exit {proc.returncode}: {last_line(proc.stderr)}")

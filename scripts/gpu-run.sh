@@ -5,8 +5,11 @@
 #   tests     every test binary with FUSED_RNN_REQUIRE_GPU=1 (a skip fails)
 #   memcheck  compute-sanitizer memcheck on the CUDA tests
 #   bench     criterion fused vs naive, then PyTorch (cuDNN) at the same sizes
-#   torch     fresh PyTorch RNN, LSTM and GRU cases through `fused-rnn run --device cuda`
+#   torch     fresh PyTorch RNN, LSTM, GRU and attention cases through `fused-rnn run --device cuda`
+# PARTS (default "tests memcheck torch bench-recurrent bench-attention") picks what runs.
 set -uo pipefail
+parts=" ${PARTS:-tests memcheck torch bench-recurrent bench-attention} "
+want() { [[ $parts == *" $1 "* ]]; }
 bundle=target/gpu-bundle/bin
 out=${OUT:-/tmp/fused-rnn-gpu}
 mkdir -p "$out"
@@ -36,22 +39,38 @@ step() { # name, log, limit (s), command...
 { nvidia-smi; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } >"$out/machine.log" 2>&1
 step "info" "$out/machine.log" 60 "$bundle/fused-rnn" info
 step "demo" "$out/machine.log" 60 "$bundle/fused-rnn" demo
-for t in "$bundle"/test-*; do
-    skip=()
-    # The NVRTC wheel of the machine's PyTorch returns no ptxas statistics (seen on H100,
-    # 2026-11-27), so the spill check of the build log runs in CI, with the NVRTC that
-    # scripts/install-nvrtc.sh pins; here rnn_cuda's loaded_kernels_use_no_local_memory asks the
-    # driver instead.
-    [ "$(basename "$t")" = test-kernels_compile ] && skip=(--skip every_kernel_compiles_without_spills)
-    step "$(basename "$t")" "$out/tests.log" 150 "$t" --test-threads=1 "${skip[@]}"
-done
-step "memcheck test-recurrent_cuda" "$out/sanitizer.log" 200 \
-    compute-sanitizer --tool memcheck --error-exitcode 1 "$bundle/test-recurrent_cuda" --test-threads=1
-step "fresh torch cases, cuda f32" "$out/torch.log" 120 \
-    python3 scripts/check_against_torch.py --bin "$bundle/fused-rnn" --device cuda \
-    --kinds rnn,lstm,gru --count 8 --tol 1e-4
-step "bench fused vs naive" "$out/bench.log" 200 "$bundle/bench-recurrent" --bench --noplot
-step "bench torch cuDNN" "$out/bench.log" 120 \
-    python3 scripts/torch_gpu_bench.py --json "$out/torch_bench.json"
-grep -E "_forward_|time:" "$out/bench.log" | grep -v -E "Benchmarking|change" | head -300
+if want tests; then
+    for t in "$bundle"/test-*; do
+        skip=()
+        # The NVRTC wheel of the machine's PyTorch returns no ptxas statistics (seen on H100,
+        # 2026-11-27), so the spill check of the build log runs in CI, with the NVRTC that
+        # scripts/install-nvrtc.sh pins; here rnn_cuda's loaded_kernels_use_no_local_memory asks
+        # the driver instead.
+        [ "$(basename "$t")" = test-kernels_compile ] && skip=(--skip every_kernel_compiles_without_spills)
+        step "$(basename "$t")" "$out/tests.log" 150 "$t" --test-threads=1 "${skip[@]}"
+    done
+fi
+if want memcheck; then
+    for t in recurrent_cuda attention_cuda; do
+        step "memcheck test-$t" "$out/sanitizer.log" 200 \
+            compute-sanitizer --tool memcheck --error-exitcode 1 "$bundle/test-$t" --test-threads=1
+    done
+fi
+if want torch; then
+    step "fresh torch cases, cuda f32" "$out/torch.log" 150 \
+        python3 scripts/check_against_torch.py --bin "$bundle/fused-rnn" --device cuda \
+        --kinds rnn,lstm,gru,attention --count 8 --tol 1e-4
+fi
+if want bench-recurrent; then
+    step "bench recurrent fused vs naive" "$out/bench.log" 200 "$bundle/bench-recurrent" --bench --noplot
+    step "bench recurrent torch cuDNN" "$out/bench.log" 120 \
+        python3 scripts/torch_gpu_bench.py --json "$out/torch_bench.json"
+fi
+if want bench-attention; then
+    step "bench attention fused vs naive" "$out/bench.log" 150 \
+        "$bundle/bench-attention" --bench --noplot attention_step_cuda
+    step "bench attention torch" "$out/bench.log" 120 \
+        python3 scripts/torch_attention_bench.py --json "$out/torch_attention.json"
+fi
+grep -E "_forward_|attention_|time:|^torch" "$out/bench.log" | grep -v -E "Benchmarking|change" | head -400
 printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"

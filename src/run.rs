@@ -239,15 +239,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
             tensor: lacks.into(),
         });
     }
-    let (device, device_reason) = opts.device.open()?;
-    let dtype = match (&device, opts.dtype) {
-        (Device::Cpu, Some(d)) if d != DType::F32 => {
-            return Err(Error::Config(format!(
-                "--dtype {d} needs CUDA; the CPU computes in f32 ({device_reason})"
-            )))
-        }
-        (_, d) => d.unwrap_or(DType::F32),
-    };
+    let (device, device_reason, dtype) = open_device(opts)?;
     let mut module = Recurrent::from_state_dict(spec, &weights, &device, dtype)?;
     module.set_algo(opts.algo);
     let load = |name: &str| -> Result<Option<Tensor>> {
@@ -282,19 +274,9 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
     if opts.nonlinearity.is_some() {
         return Err(refuse("--nonlinearity"));
     }
-    let device_reason = match opts.device {
-        DeviceChoice::Cuda => {
-            return Err(Error::Config(
-                "attention runs on the CPU so far; use --device cpu or auto".into(),
-            ))
-        }
-        DeviceChoice::Auto => "using the CPU: attention runs on the CPU so far".to_string(),
-        DeviceChoice::Cpu => "using the CPU (asked for)".to_string(),
-    };
-    if opts.dtype.is_some_and(|d| d != DType::F32) {
-        return Err(Error::Config("attention computes in f32 on the CPU".into()));
-    }
-    let module = Attention::from_state_dict(weights, &Device::Cpu)?;
+    let (device, device_reason, dtype) = open_device(opts)?;
+    let mut module = Attention::from_state_dict(weights, &device, dtype)?;
+    module.set_algo(opts.algo);
     let inputs = TensorFile::load(&opts.input)?;
     let allowed = ["query", "keys", "values", "lengths"];
     if let Some(stray) = inputs.names().find(|n| !allowed.contains(n)) {
@@ -319,10 +301,24 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
         &[("context", &out.context), ("weights", &weights_out)],
     )?;
     Ok(RunReport {
-        device: Device::Cpu.name(),
+        device: device.name(),
         device_reason,
         module: format!("Attention({})", module.score().name()),
     })
+}
+
+/// The device `--device` picks, why, and the storage dtype (`--dtype`; f32 on the CPU).
+fn open_device(opts: &RunOptions) -> Result<(Device, String, DType)> {
+    let (device, device_reason) = opts.device.open()?;
+    let dtype = match (&device, opts.dtype) {
+        (Device::Cpu, Some(d)) if d != DType::F32 => {
+            return Err(Error::Config(format!(
+                "--dtype {d} needs CUDA; the CPU computes in f32 ({device_reason})"
+            )))
+        }
+        (_, d) => d.unwrap_or(DType::F32),
+    };
+    Ok((device, device_reason, dtype))
 }
 
 fn describe(s: &Spec) -> String {

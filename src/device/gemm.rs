@@ -59,3 +59,74 @@ impl Lane {
         Ok(())
     }
 }
+
+/// How a batched GEMM reads its right operand B.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RightOperand {
+    /// B is [n, k] row-major: C = A·Bᵀ.
+    Transposed,
+    /// B is [k, n] row-major: C = A·B.
+    Plain,
+}
+
+/// One matrix of a strided batch: its first element, and the distance (elements) to the next.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Strided {
+    pub mat: MatRef,
+    pub stride: usize,
+}
+
+impl Lane {
+    /// For i in 0..count: C_i[m, n] = A_i[m, k] · op(B_i), C row-major f32 (leading dimension
+    /// `ldc`, stride `stride_c`), in one cuBLAS call.
+    ///
+    /// # Safety
+    /// Every matrix of the batch must lie in a live device buffer on this lane's device.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gemm_batched(
+        &self,
+        count: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: Strided,
+        b: Strided,
+        b_op: RightOperand,
+        c: u64,
+        ldc: usize,
+        stride_c: usize,
+    ) -> Result<()> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Row-major C is column-major Cᵀ = op(B)ᵀ · Aᵀ.
+        let op_b = match b_op {
+            RightOperand::Transposed => sys::cublasOperation_t::CUBLAS_OP_T,
+            RightOperand::Plain => sys::cublasOperation_t::CUBLAS_OP_N,
+        };
+        result::gemm_strided_batched_ex(
+            *self.blas.handle(),
+            op_b,
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            m as i32,
+            k as i32,
+            &alpha as *const f32 as *const _,
+            b.mat.ptr as *const _,
+            cuda_type(b.mat.dtype),
+            b.mat.ld as i32,
+            b.stride as i64,
+            a.mat.ptr as *const _,
+            cuda_type(a.mat.dtype),
+            a.mat.ld as i32,
+            a.stride as i64,
+            &beta as *const f32 as *const _,
+            c as *mut _,
+            sys::cudaDataType::CUDA_R_32F,
+            ldc as i32,
+            stride_c as i64,
+            count as i32,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )?;
+        Ok(())
+    }
+}

@@ -3,6 +3,7 @@
 
 mod cuda;
 mod gemm;
+pub(crate) use gemm::{RightOperand, Strided};
 pub mod kernels;
 mod ptr;
 

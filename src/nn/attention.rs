@@ -1,16 +1,23 @@
 //! `nn::Attention`: soft attention with additive, general or dot scores, parameters in PyTorch's
 //! naming (`query_proj`, `key_proj`, `score`), key-length masks, one or many queries per row.
-//! The CPU computes it today; the fused CUDA kernels are the next step.
+//! On CUDA the parameters, keys and values live on the device in the storage dtype (f32, f16 or
+//! bf16) and the fused kernel (or the naive chain, `Algo::Naive`) attends; the CPU computes in
+//! f32.
 
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::io::TensorFile;
 use crate::ops::attention::{self, check_key_lengths, Attended, Keys, Params, Score};
+use crate::ops::recurrent::Algo;
 use crate::tensor::Tensor;
+use crate::DType;
 
 pub struct Attention {
     score: Score,
     params: Params,
+    device: Device,
+    dtype: DType,
+    algo: Algo,
     /// Dq when the parameters fix it (additive, general).
     query_size: Option<usize>,
     /// Dk when the parameters fix it (additive, general).
@@ -38,12 +45,45 @@ fn param(file: &TensorFile, name: &str, rows: Option<usize>, rank: usize) -> Res
 impl Attention {
     /// The kind comes from the file's `kind` metadata, else from its tensors: `score.weight` →
     /// additive, `key_proj.weight` alone → general, none → dot (with metadata `scale`, default 1).
-    pub fn from_state_dict(file: &TensorFile, device: &Device) -> Result<Self> {
-        if device.is_cuda() {
-            return Err(Error::Config(
-                "attention runs on the CPU so far; use --device cpu".into(),
-            ));
+    /// Parameters are stored on `device` in `dtype` (f32 on the CPU).
+    pub fn from_state_dict(file: &TensorFile, device: &Device, dtype: DType) -> Result<Self> {
+        if !device.is_cuda() && dtype != DType::F32 {
+            return Err(Error::Config(format!(
+                "the CPU computes attention in f32, not {}",
+                dtype.name()
+            )));
         }
+        let mut layer = Self::from_file(file)?;
+        let to = |t: &mut Option<Tensor>| -> Result<()> {
+            if let Some(x) = t {
+                *x = x.to(device, dtype)?;
+            }
+            Ok(())
+        };
+        let p = &mut layer.params;
+        for t in [&mut p.w_q, &mut p.b_q, &mut p.w_k, &mut p.b_k, &mut p.v] {
+            to(t)?;
+        }
+        layer.device = device.clone();
+        layer.dtype = dtype;
+        Ok(layer)
+    }
+
+    /// Which CUDA path `attend` takes (`Auto` is the fused kernel); the CPU has one.
+    pub fn set_algo(&mut self, algo: Algo) {
+        self.algo = algo;
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The layer with host f32 parameters, checked.
+    fn from_file(file: &TensorFile) -> Result<Self> {
         let kind = match file.metadata("kind") {
             Some(k) => k.to_string(),
             None if file.contains("score.weight") => "additive".into(),
@@ -84,6 +124,9 @@ impl Attention {
                 let w_q = param(file, "query_proj.weight", Some(a), 2)?;
                 let w_k = param(file, "key_proj.weight", Some(a), 2)?;
                 Ok(Attention {
+                    device: Device::Cpu,
+                    dtype: DType::F32,
+                    algo: Algo::Auto,
                     score: Score::Additive,
                     query_size: Some(w_q.shape()[1]),
                     key_size: Some(w_k.shape()[1]),
@@ -99,6 +142,9 @@ impl Attention {
             "general" => {
                 let w_k = param(file, "key_proj.weight", None, 2)?;
                 Ok(Attention {
+                    device: Device::Cpu,
+                    dtype: DType::F32,
+                    algo: Algo::Auto,
                     score: Score::General,
                     query_size: Some(w_k.shape()[0]),
                     key_size: Some(w_k.shape()[1]),
@@ -126,6 +172,9 @@ impl Attention {
                     None => 1.0,
                 };
                 Ok(Attention {
+                    device: Device::Cpu,
+                    dtype: DType::F32,
+                    algo: Algo::Auto,
                     score: Score::Dot { scale },
                     query_size: None,
                     key_size: None,
@@ -146,7 +195,8 @@ impl Attention {
     }
 
     /// The key side, once per source: keys [B, L, Dk], values [B, L, Dv] (the keys when
-    /// absent), key lengths in 1..=L (all L when absent).
+    /// absent), key lengths in 1..=L (all L when absent). Tensors on another device or in
+    /// another dtype are copied to the layer's.
     pub fn keys(
         &self,
         keys: &Tensor,
@@ -170,14 +220,24 @@ impl Attention {
                 if (vb, vl) != (b, l) {
                     return Err(Error::shape("values", format!("[{b}, {l}, Dv]"), v.shape()));
                 }
-                v.to(&Device::Cpu, crate::DType::F32)?
+                v
             }
-            None => keys.to(&Device::Cpu, crate::DType::F32)?,
+            None => keys,
         };
+        let lengths = check_key_lengths(lengths, b, l)?;
+        let device_lengths = match &self.device {
+            Device::Cpu => None,
+            Device::Cuda(dev) => {
+                let ints: Vec<i32> = lengths.iter().map(|&n| n as i32).collect();
+                Some(dev.upload(&ints)?)
+            }
+        };
+        let keys = attention::copy_to(&self.device, keys, self.dtype)?;
         Ok(Keys {
-            projected: attention::project_keys(self.score, &self.params, keys)?,
-            values,
-            lengths: check_key_lengths(lengths, b, l)?,
+            projected: attention::project_keys(&self.device, self.score, &self.params, &keys)?,
+            values: attention::copy_to(&self.device, values, self.dtype)?,
+            lengths,
+            device_lengths,
         })
     }
 
@@ -194,8 +254,16 @@ impl Attention {
                 return Err(Error::shape("query", want, query.shape()));
             }
         };
-        let query3 = Tensor::from_vec(query.host_slice::<f32>()?.to_vec(), &[b, tq, dq])?;
-        let out = attention::attend(self.score, &self.params, keys, &query3, want_weights)?;
+        let query3 = attention::copy_to(&self.device, query, self.dtype)?.reshape(&[b, tq, dq])?;
+        let out = attention::attend(
+            &self.device,
+            self.algo,
+            self.score,
+            &self.params,
+            keys,
+            &query3,
+            want_weights,
+        )?;
         if !single {
             return Ok(out);
         }

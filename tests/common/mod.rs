@@ -54,6 +54,9 @@ pub const ENTRY_POINTS: &[(&str, &str, &[DType])] = &[
     ("elementwise", "load_naive", &DType::ALL),
     ("elementwise", "convert_naive", &DType::ALL),
     ("elementwise", "store_masked", &DType::ALL),
+    ("attention", "attend_fused", &DType::ALL),
+    ("attention", "broadcast_add_naive", &DType::ALL),
+    ("attention", "masked_softmax_naive", &[DType::F32]),
 ];
 
 /// Tolerance relative to the reference's largest magnitude, per storage dtype.

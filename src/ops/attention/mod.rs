@@ -6,9 +6,13 @@
 //! or W K) is computed once per source (`Keys`) and reused by every decoding step.
 
 mod cpu;
+mod cuda;
 
+use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::ops::recurrent::Algo;
 use crate::tensor::Tensor;
+use cudarc::driver::CudaSlice;
 
 /// How a query scores a key.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,6 +51,8 @@ pub struct Keys {
     /// [B, L, Dv]
     pub(crate) values: Tensor,
     pub(crate) lengths: Vec<usize>,
+    /// The lengths as the CUDA kernels read them, when the keys are on a GPU.
+    pub(crate) device_lengths: Option<CudaSlice<i32>>,
 }
 
 impl Keys {
@@ -101,4 +107,40 @@ pub(crate) fn check_key_lengths(
     Ok(lengths.to_vec())
 }
 
-pub(crate) use cpu::{attend, project_keys};
+/// The key side of `score` for keys [B, L, Dk] on `device` (in the storage dtype on CUDA, f32 on
+/// the CPU): [B, L, K].
+pub(crate) fn project_keys(
+    device: &Device,
+    score: Score,
+    params: &Params,
+    keys: &Tensor,
+) -> Result<Tensor> {
+    match device {
+        Device::Cpu => cpu::project_keys(score, params, keys),
+        Device::Cuda(dev) => cuda::project_keys(dev, score, params, keys),
+    }
+}
+
+/// A copy of `t` on `device` in `dtype`.
+pub(crate) fn copy_to(device: &Device, t: &Tensor, dtype: crate::DType) -> Result<Tensor> {
+    match device {
+        Device::Cpu => t.to(device, dtype),
+        Device::Cuda(dev) => cuda::copy_to(dev, t, dtype),
+    }
+}
+
+/// Attends every query of `query` [B, Tq, Dq] (on `device`, in the keys' dtype) over `keys`.
+pub(crate) fn attend(
+    device: &Device,
+    algo: Algo,
+    score: Score,
+    params: &Params,
+    keys: &Keys,
+    query: &Tensor,
+    want_weights: bool,
+) -> Result<Attended> {
+    match device {
+        Device::Cpu => cpu::attend(score, params, keys, query, want_weights),
+        Device::Cuda(dev) => cuda::attend(dev, algo, score, params, keys, query, want_weights),
+    }
+}

@@ -1,0 +1,207 @@
+//! CUDA attention, fused and naive, against the CPU reference for every score kind and dtype, on
+//! odd shapes with key masks (length 1 included), one and many queries per row, NaN-poisoned
+//! outputs. Skips with a printed reason without a GPU (fails instead under
+//! FUSED_RNN_REQUIRE_GPU=1).
+
+mod common;
+
+use fused_rnn::io::TensorFile;
+use fused_rnn::nn::Attention;
+use fused_rnn::{Algo, DType, Device, Error, Tensor};
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Additive,
+    General,
+    Dot,
+}
+
+/// (B, L, Tq (0: one query per row, rank 2), Dq, Dk, Dv (0: values are the keys), A)
+type Shape = (usize, usize, usize, usize, usize, usize, usize);
+
+const SHAPES: &[Shape] = &[
+    (1, 1, 0, 7, 7, 0, 5),
+    (3, 7, 2, 33, 33, 9, 17),
+    (2, 196, 0, 129, 129, 0, 64),
+    (2, 1000, 3, 64, 64, 48, 33),
+    (5, 33, 1, 1, 1, 1, 1),
+];
+
+/// Values rounded to `dtype`, so that the CPU reference sees what the GPU stores.
+fn rounded(values: Vec<f32>, dtype: DType) -> Vec<f32> {
+    let shape = [values.len()];
+    Tensor::from_f32(&values, &shape, dtype)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap()
+}
+
+/// Writes an attention state_dict with `kind` (and `scale` for dot) in its metadata.
+fn write_weights(path: &std::path::Path, kind: Kind, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| {
+            (
+                n.to_string(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let mut meta = HashMap::new();
+    let name = match kind {
+        Kind::Additive => "additive",
+        Kind::General => "general",
+        Kind::Dot => {
+            meta.insert("scale".to_string(), "0.37".to_string());
+            "dot"
+        }
+    };
+    meta.insert("kind".to_string(), name.to_string());
+    safetensors::serialize_to_file(views, Some(meta), path).unwrap();
+}
+
+struct Case {
+    weights: TensorFile,
+    query: Tensor,
+    keys: Tensor,
+    values: Option<Tensor>,
+    lengths: Vec<usize>,
+}
+
+fn case(kind: Kind, shape: Shape, dtype: DType, seed: u64, dir: &std::path::Path) -> Case {
+    let (b, l, tq, dq, dk, dv, a) = shape;
+    let dk = if kind == Kind::Dot { dq } else { dk };
+    let r = |n: usize, scale: f32, s: u64| rounded(common::random(n, scale, seed + s), dtype);
+    let tensors: Vec<(&str, Vec<usize>, Vec<f32>)> = match kind {
+        Kind::Additive => vec![
+            ("query_proj.weight", vec![a, dq], r(a * dq, 0.3, 1)),
+            ("query_proj.bias", vec![a], r(a, 0.3, 2)),
+            ("key_proj.weight", vec![a, dk], r(a * dk, 0.3, 3)),
+            ("key_proj.bias", vec![a], r(a, 0.3, 4)),
+            ("score.weight", vec![1, a], r(a, 1.0, 5)),
+        ],
+        Kind::General => vec![("key_proj.weight", vec![dq, dk], r(dq * dk, 0.3, 3))],
+        Kind::Dot => vec![],
+    };
+    let path = dir.join(format!("{kind:?}-{seed}.safetensors"));
+    write_weights(&path, kind, &tensors);
+    let query_shape = if tq == 0 {
+        vec![b, dq]
+    } else {
+        vec![b, tq, dq]
+    };
+    let nq = b * tq.max(1) * dq;
+    let lengths = (0..b)
+        .map(|i| [l, 1, l.div_ceil(2), l.saturating_sub(3).max(1)][i % 4])
+        .collect();
+    Case {
+        weights: TensorFile::load(&path).unwrap(),
+        query: Tensor::from_vec(r(nq, 1.0, 6), &query_shape).unwrap(),
+        keys: Tensor::from_vec(r(b * l * dk, 1.0, 7), &[b, l, dk]).unwrap(),
+        values: (dv > 0).then(|| Tensor::from_vec(r(b * l * dv, 1.0, 8), &[b, l, dv]).unwrap()),
+        lengths,
+    }
+}
+
+#[test]
+fn fused_and_naive_match_the_cpu_for_every_kind_and_dtype() {
+    let Some(device) =
+        common::cuda_or_skip("fused_and_naive_match_the_cpu_for_every_kind_and_dtype")
+    else {
+        return;
+    };
+    let dir = tempfile_dir("attention_cuda");
+    for (s, &shape) in SHAPES.iter().enumerate() {
+        for kind in [Kind::Additive, Kind::General, Kind::Dot] {
+            for dtype in DType::ALL {
+                let seed = 1000 * s as u64 + 10 * kind as u64;
+                let c = case(kind, shape, dtype, seed, &dir);
+                let cpu = Attention::from_state_dict(&c.weights, &Device::Cpu, DType::F32).unwrap();
+                let keys = cpu
+                    .keys(&c.keys, c.values.as_ref(), Some(&c.lengths))
+                    .unwrap();
+                let want = cpu.attend(&keys, &c.query, true).unwrap();
+                let want_context = want.context.to_vec_f32().unwrap();
+                let want_weights = want.weights.unwrap().to_vec_f32().unwrap();
+                for algo in [Algo::Fused, Algo::Naive] {
+                    let what = format!("{kind:?} {shape:?} {} {}", dtype.name(), algo.name());
+                    let mut gpu = Attention::from_state_dict(&c.weights, &device, dtype).unwrap();
+                    gpu.set_algo(algo);
+                    let keys = gpu
+                        .keys(&c.keys, c.values.as_ref(), Some(&c.lengths))
+                        .unwrap();
+                    let tol = common::tolerance(dtype);
+                    // Twice over the same keys: once with the weights, once without.
+                    for want_w in [true, false] {
+                        let got = gpu.attend(&keys, &c.query, want_w).unwrap();
+                        assert_eq!(got.context.shape(), want.context.shape(), "{what}");
+                        assert!(got.context.is_cuda(), "{what}: context left the device");
+                        common::assert_close(
+                            &format!("{what} context"),
+                            &got.context.to_vec_f32().unwrap(),
+                            &want_context,
+                            tol,
+                        );
+                        match got.weights {
+                            Some(w) => common::assert_close(
+                                &format!("{what} weights"),
+                                &w.to_vec_f32().unwrap(),
+                                &want_weights,
+                                tol,
+                            ),
+                            None => assert!(!want_w, "{what}: weights missing"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_refuses_more_keys_than_shared_memory_holds_and_naive_runs() {
+    let Some(device) =
+        common::cuda_or_skip("fused_refuses_more_keys_than_shared_memory_holds_and_naive_runs")
+    else {
+        return;
+    };
+    let dir = tempfile_dir("attention_cuda_long");
+    // 70 000 scores need 280 KB of shared memory: more than any GPU lets a block have.
+    let c = case(Kind::Dot, (1, 70_000, 0, 4, 4, 0, 1), DType::F32, 5, &dir);
+    let mut gpu = Attention::from_state_dict(&c.weights, &device, DType::F32).unwrap();
+    let keys = gpu.keys(&c.keys, None, Some(&c.lengths)).unwrap();
+    match gpu.attend(&keys, &c.query, false) {
+        Err(Error::Config(msg)) => assert!(msg.contains("naive"), "{msg}"),
+        other => panic!("expected a Config error, got {:?}", other.map(|_| ())),
+    }
+    gpu.set_algo(Algo::Naive);
+    let got = gpu.attend(&keys, &c.query, false).unwrap();
+    let cpu = Attention::from_state_dict(&c.weights, &Device::Cpu, DType::F32).unwrap();
+    let cpu_keys = cpu.keys(&c.keys, None, Some(&c.lengths)).unwrap();
+    let want = cpu.attend(&cpu_keys, &c.query, false).unwrap();
+    common::assert_close(
+        "long naive context",
+        &got.context.to_vec_f32().unwrap(),
+        &want.context.to_vec_f32().unwrap(),
+        common::tolerance(DType::F32),
+    );
+}
+
+/// A folder in the system temp directory for this test run's files.
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fused-rnn-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
