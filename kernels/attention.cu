@@ -1,8 +1,8 @@
 // attention.cu — soft attention over a source's keys: scores, a masked softmax, and the
 // weighted sum of values, per (batch row, query).
 //
-// Shapes: q [B·Tq, K] f32 (the query side: W_q q + b_q for additive scores, the query itself
-// otherwise), kp [B, L, K] (the key side, computed once per source), values [B, L, Dv],
+// Shapes: q [B·Tq, K] (the query side: W_q q + b_q in f32 for additive scores, the query
+// itself in the storage dtype otherwise), kp [B, L, K] (the key side, computed once per source), values [B, L, Dv],
 // score_v [K] (additive only), lengths [B] int in 1..=L; context [B·Tq, Dv] and weights
 // [B·Tq, L] (0 past the row's length) in the storage dtype.
 //
@@ -10,9 +10,10 @@
 // (general scores are products with kp = W k, dot scores with kp = k).
 //
 // Variants (entry points):
-//   attend_fused_T              one block per (row, query): scores into shared memory, a
-//                               max-subtracted softmax, the context; weights written only when
-//                               asked for (non-null)
+//   attend_fused_T              one block per (row, query, chunk of keys): scores into shared
+//                               memory, a max-subtracted softmax, the context; weights written
+//                               only when asked for (non-null)
+//   attend_combine_T            the chunks of a row rescaled to one maximum and added
 //   broadcast_add_naive_T       y[r, j, a] = q[r, a] + kp[b(r), j, a] (additive scores, naive)
 //   masked_softmax_naive_f32    p = softmax(scale · e) over each row's first `length` scores
 // The naive chain around them is cuBLAS: tanh (unary_naive_f32) and a GEMV with v for additive
@@ -51,67 +52,111 @@ __device__ __forceinline__ float block_reduce(float x, float* slots, bool is_max
 }
 
 // ---
-// Fused. Shared memory (dynamic, f32): q [K], v [K] (additive), p [L], the context partial sums
-// [ATT_WARPS, CTX_PASS] and ATT_WARPS reduction slots. Launch: grid B·Tq, block ATT_THREADS.
+// Fused, flash-decoding style: the keys of a row are cut into `splits` chunks of `chunk`, one
+// block (ATT_THREADS) per (row, chunk), so that a single decoding step still spreads over the
+// GPU. A block computes its chunk's scores into shared memory, their maximum m, p_j = e^(e_j-m),
+// l = Σ p_j and c = Σ p_j v_j. With one chunk it normalises and writes the context (and the
+// weights) itself; otherwise it leaves (m, l, c) in `partial` [rows, splits, 2 + Dv] (and p in
+// `probs` [rows, L] when the weights are wanted) and attend_combine rescales the chunks by
+// e^(m - max m) and adds them. Scores never reach global memory unless the weights are asked
+// for. Shared memory (dynamic, f32): q [K], v [K] (additive), p [chunk], the context partial
+// sums [ATT_WARPS, CTX_PASS] and ATT_WARPS reduction slots.
+
+// e_j for one key: lanes across K, four independent sums so that four loads are in flight.
 template <typename T>
-__device__ void attend_fused(const float* q, const T* kp, const T* values, const T* score_v,
-                             float scale, const int* lengths, int tq, int len, int k, int dv,
-                             int mode, T* context, T* weights) {
+__device__ __forceinline__ float score(const float* sq, const float* sv, const T* key, int k,
+                                       int lane, int mode) {
+    float e0 = 0.f, e1 = 0.f, e2 = 0.f, e3 = 0.f;
+    int a = lane;
+    if (mode == ATT_ADDITIVE) {
+        for (; a + 96 < k; a += 128) {
+            float k0 = to_float(key[a]), k1 = to_float(key[a + 32]);
+            float k2 = to_float(key[a + 64]), k3 = to_float(key[a + 96]);
+            e0 += sv[a] * tanhf(sq[a] + k0);
+            e1 += sv[a + 32] * tanhf(sq[a + 32] + k1);
+            e2 += sv[a + 64] * tanhf(sq[a + 64] + k2);
+            e3 += sv[a + 96] * tanhf(sq[a + 96] + k3);
+        }
+        for (; a < k; a += 32) e0 += sv[a] * tanhf(sq[a] + to_float(key[a]));
+    } else {
+        for (; a + 96 < k; a += 128) {
+            float k0 = to_float(key[a]), k1 = to_float(key[a + 32]);
+            float k2 = to_float(key[a + 64]), k3 = to_float(key[a + 96]);
+            e0 += sq[a] * k0;
+            e1 += sq[a + 32] * k1;
+            e2 += sq[a + 64] * k2;
+            e3 += sq[a + 96] * k3;
+        }
+        for (; a < k; a += 32) e0 += sq[a] * to_float(key[a]);
+    }
+    return warp_sum((e0 + e1) + (e2 + e3));
+}
+
+template <typename T>
+__device__ void attend_fused(const float* qf, const T* qt, const T* kp, const T* values,
+                             const T* score_v, float scale, const int* lengths, int tq, int len,
+                             int k, int dv, int mode, int chunk, int splits, float* partial,
+                             float* probs, T* context, T* weights) {
     extern __shared__ float smem[];
-    int row = blockIdx.x, b = row / tq;
+    int row = blockIdx.x, split = blockIdx.y, b = row / tq;
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     int n = lengths[b];
+    int j0 = split * chunk, j1 = min(j0 + chunk, n);
+    // Chunks past the row's length hold no keys; attend_combine does not read them.
+    if (j0 >= n) return;
     float* sq = smem;
     float* sv = sq + k;
     float* sp = sv + (mode == ATT_ADDITIVE ? k : 0);
-    float* part = sp + len;
+    float* part = sp + chunk;
     float* slots = part + ATT_WARPS * CTX_PASS;
     for (int a = tid; a < k; a += ATT_THREADS) {
-        sq[a] = q[(long)row * k + a];
+        sq[a] = qf ? qf[(long)row * k + a] : to_float(qt[(long)row * k + a]);
         if (mode == ATT_ADDITIVE) sv[a] = to_float(score_v[a]);
     }
     __syncthreads();
 
-    // Scores: one warp per key, lanes across K.
+    // Scores: one warp per key.
     const T* keys = kp + (long)b * len * k;
-    for (int j = warp; j < n; j += ATT_WARPS) {
-        const T* key = keys + (long)j * k;
-        float e = 0.f;
-        if (mode == ATT_ADDITIVE) {
-            for (int a = lane; a < k; a += 32) e += sv[a] * tanhf(sq[a] + to_float(key[a]));
-        } else {
-            for (int a = lane; a < k; a += 32) e += sq[a] * to_float(key[a]);
-        }
-        e = warp_sum(e);
-        if (lane == 0) sp[j] = mode == ATT_ADDITIVE ? e : scale * e;
+    for (int j = j0 + warp; j < j1; j += ATT_WARPS) {
+        float e = score(sq, sv, keys + (long)j * k, k, lane, mode);
+        if (lane == 0) sp[j - j0] = mode == ATT_ADDITIVE ? e : scale * e;
     }
     __syncthreads();
 
-    // Softmax over the first n scores; subtracting the maximum keeps expf finite.
+    // The chunk's softmax terms; subtracting its maximum keeps expf finite.
     float m = -3.402823466e38f;
-    for (int j = tid; j < n; j += ATT_THREADS) m = fmaxf(m, sp[j]);
+    for (int j = tid; j < j1 - j0; j += ATT_THREADS) m = fmaxf(m, sp[j]);
     m = block_reduce(m, slots, true);
     float s = 0.f;
-    for (int j = tid; j < n; j += ATT_THREADS) {
+    for (int j = tid; j < j1 - j0; j += ATT_THREADS) {
         float e = expf(sp[j] - m);
         sp[j] = e;
         s += e;
     }
     // The reduction's barriers also publish every sp[j] written above.
-    float inv = 1.f / block_reduce(s, slots, false);
-    if (weights) {
+    float l = block_reduce(s, slots, false);
+    float norm = splits == 1 ? 1.f / l : 1.f;
+    if (splits == 1 && weights) {
         for (int j = tid; j < len; j += ATT_THREADS)
-            weights[(long)row * len + j] = from_float<T>(j < n ? sp[j] * inv : 0.f);
+            weights[(long)row * len + j] = from_float<T>(j < n ? sp[j] * norm : 0.f);
+    }
+    if (splits > 1 && probs) {
+        for (int j = tid; j < j1 - j0; j += ATT_THREADS) probs[(long)row * len + j0 + j] = sp[j];
+    }
+    float* out = partial + ((long)row * splits + split) * (2 + dv);
+    if (splits > 1 && tid == 0) {
+        out[0] = m;
+        out[1] = l;
     }
 
-    // Context: warps split the keys, lanes the columns; then the warps' partial sums are added.
+    // Context: warps split the keys, lanes the columns; then the warps' sums are added.
     const T* vals = values + (long)b * len * dv;
     for (int d0 = 0; d0 < dv; d0 += CTX_PASS) {
         float acc[CTX_PER_LANE];
 #pragma unroll
         for (int i = 0; i < CTX_PER_LANE; ++i) acc[i] = 0.f;
-        for (int j = warp; j < n; j += ATT_WARPS) {
-            float p = sp[j];
+        for (int j = j0 + warp; j < j1; j += ATT_WARPS) {
+            float p = sp[j - j0];
             const T* v = vals + (long)j * dv + d0;
 #pragma unroll
             for (int i = 0; i < CTX_PER_LANE; ++i) {
@@ -125,21 +170,65 @@ __device__ void attend_fused(const float* q, const T* kp, const T* values, const
         for (int d = tid; d < CTX_PASS && d0 + d < dv; d += ATT_THREADS) {
             float c = 0.f;
             for (int w = 0; w < ATT_WARPS; ++w) c += part[w * CTX_PASS + d];
-            context[(long)row * dv + d0 + d] = from_float<T>(c * inv);
+            if (splits == 1) context[(long)row * dv + d0 + d] = from_float<T>(c * norm);
+            else out[2 + d0 + d] = c;
         }
         __syncthreads();
     }
 }
 
 #define ATTEND_FUSED(S, T)                                                                       \
-    extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                    \
-        attend_fused_##S(const float* q, const T* kp, const T* values, const T* score_v,        \
-                         float scale, const int* lengths, int tq, int len, int k, int dv,        \
-                         int mode, T* context, T* weights) {                                     \
-        attend_fused<T>(q, kp, values, score_v, scale, lengths, tq, len, k, dv, mode, context,   \
-                        weights);                                                                \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS) attend_fused_##S(                  \
+        const float* qf, const T* qt, const T* kp, const T* values, const T* score_v,            \
+        float scale, const int* lengths, int tq, int len, int k, int dv, int mode, int chunk,    \
+        int splits, float* partial, float* probs, T* context, T* weights) {                      \
+        attend_fused<T>(qf, qt, kp, values, score_v, scale, lengths, tq, len, k, dv, mode,       \
+                        chunk, splits, partial, probs, context, weights);                        \
     }
 FOR_EACH_DTYPE(ATTEND_FUSED)
+
+// The chunks of a row combined: with M the largest chunk maximum and f_s = e^(m_s - M), the
+// context is Σ f_s c_s / Σ f_s l_s, and weight j of chunk s is f_s p_j / Σ f_s l_s. One block
+// (ATT_THREADS) per row; dynamic shared memory: `splits` floats.
+template <typename T>
+__device__ void attend_combine(const float* partial, const float* probs, const int* lengths,
+                               int tq, int len, int dv, int chunk, int splits, T* context,
+                               T* weights) {
+    extern __shared__ float factor[];
+    __shared__ float slots[ATT_WARPS];
+    int row = blockIdx.x, n = lengths[row / tq];
+    int used = (n + chunk - 1) / chunk;
+    const float* in = partial + (long)row * splits * (2 + dv);
+    float m = -3.402823466e38f;
+    for (int s = threadIdx.x; s < used; s += ATT_THREADS) m = fmaxf(m, in[(long)s * (2 + dv)]);
+    m = block_reduce(m, slots, true);
+    float total = 0.f;
+    for (int s = threadIdx.x; s < used; s += ATT_THREADS) {
+        float f = expf(in[(long)s * (2 + dv)] - m);
+        factor[s] = f;
+        total += f * in[(long)s * (2 + dv) + 1];
+    }
+    float inv = 1.f / block_reduce(total, slots, false);
+    for (int d = threadIdx.x; d < dv; d += ATT_THREADS) {
+        float c = 0.f;
+        for (int s = 0; s < used; ++s) c += factor[s] * in[(long)s * (2 + dv) + 2 + d];
+        context[(long)row * dv + d] = from_float<T>(c * inv);
+    }
+    if (weights) {
+        for (int j = threadIdx.x; j < len; j += ATT_THREADS) {
+            float w = j < n ? probs[(long)row * len + j] * factor[j / chunk] * inv : 0.f;
+            weights[(long)row * len + j] = from_float<T>(w);
+        }
+    }
+}
+
+#define ATTEND_COMBINE(S, T)                                                                     \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS) attend_combine_##S(                \
+        const float* partial, const float* probs, const int* lengths, int tq, int len, int dv,  \
+        int chunk, int splits, T* context, T* weights) {                                         \
+        attend_combine<T>(partial, probs, lengths, tq, len, dv, chunk, splits, context, weights); \
+    }
+FOR_EACH_DTYPE(ATTEND_COMBINE)
 
 // ---
 // Naive.

@@ -170,33 +170,116 @@ fn fused_and_naive_match_the_cpu_for_every_kind_and_dtype() {
     }
 }
 
+/// The context (and weights) of `gpu` with `algo` against the CPU's, on `c`.
+fn check_against_cpu(what: &str, c: &Case, device: &Device, dtype: DType, algo: Algo) {
+    let cpu = Attention::from_state_dict(&c.weights, &Device::Cpu, DType::F32).unwrap();
+    let cpu_keys = cpu
+        .keys(&c.keys, c.values.as_ref(), Some(&c.lengths))
+        .unwrap();
+    let want = cpu.attend(&cpu_keys, &c.query, true).unwrap();
+    let mut gpu = Attention::from_state_dict(&c.weights, device, dtype).unwrap();
+    gpu.set_algo(algo);
+    let keys = gpu
+        .keys(&c.keys, c.values.as_ref(), Some(&c.lengths))
+        .unwrap();
+    let got = gpu.attend(&keys, &c.query, true).unwrap();
+    let tol = common::tolerance(dtype);
+    let pairs = [
+        (&got.context, &want.context),
+        (
+            got.weights.as_ref().unwrap(),
+            want.weights.as_ref().unwrap(),
+        ),
+    ];
+    for (g, w) in pairs {
+        common::assert_close(
+            what,
+            &g.to_vec_f32().unwrap(),
+            &w.to_vec_f32().unwrap(),
+            tol,
+        );
+    }
+}
+
 #[test]
-fn fused_refuses_more_keys_than_shared_memory_holds_and_naive_runs() {
-    let Some(device) =
-        common::cuda_or_skip("fused_refuses_more_keys_than_shared_memory_holds_and_naive_runs")
-    else {
+fn long_sources_split_into_many_chunks_and_wide_queries_are_refused_clearly() {
+    let Some(device) = common::cuda_or_skip(
+        "long_sources_split_into_many_chunks_and_wide_queries_are_refused_clearly",
+    ) else {
         return;
     };
     let dir = tempfile_dir("attention_cuda_long");
-    // 70 000 scores need 280 KB of shared memory: more than any GPU lets a block have.
-    let c = case(Kind::Dot, (1, 70_000, 0, 4, 4, 0, 1), DType::F32, 5, &dir);
-    let mut gpu = Attention::from_state_dict(&c.weights, &device, DType::F32).unwrap();
+    // 70 000 keys: more chunks than the combine step has threads.
+    let c = case(Kind::Dot, (2, 70_000, 0, 4, 4, 0, 1), DType::F32, 5, &dir);
+    for algo in [Algo::Fused, Algo::Naive] {
+        check_against_cpu(
+            &format!("70 000 keys, {}", algo.name()),
+            &c,
+            &device,
+            DType::F32,
+            algo,
+        );
+    }
+    // A 60 000-wide query needs more shared memory than a block may have.
+    let c = case(
+        Kind::Dot,
+        (1, 3, 0, 60_000, 60_000, 0, 1),
+        DType::F32,
+        6,
+        &dir,
+    );
+    let gpu = Attention::from_state_dict(&c.weights, &device, DType::F32).unwrap();
     let keys = gpu.keys(&c.keys, None, Some(&c.lengths)).unwrap();
     match gpu.attend(&keys, &c.query, false) {
         Err(Error::Config(msg)) => assert!(msg.contains("naive"), "{msg}"),
         other => panic!("expected a Config error, got {:?}", other.map(|_| ())),
     }
-    gpu.set_algo(Algo::Naive);
-    let got = gpu.attend(&keys, &c.query, false).unwrap();
+    check_against_cpu(
+        "60 000-wide query, naive",
+        &c,
+        &device,
+        DType::F32,
+        Algo::Naive,
+    );
+}
+
+#[test]
+fn a_query_already_on_the_device_is_read_in_place_and_keys_are_reused() {
+    let Some(device) =
+        common::cuda_or_skip("a_query_already_on_the_device_is_read_in_place_and_keys_are_reused")
+    else {
+        return;
+    };
+    let dir = tempfile_dir("attention_cuda_steps");
+    let c = case(
+        Kind::Additive,
+        (4, 50, 0, 24, 40, 0, 16),
+        DType::BF16,
+        9,
+        &dir,
+    );
     let cpu = Attention::from_state_dict(&c.weights, &Device::Cpu, DType::F32).unwrap();
     let cpu_keys = cpu.keys(&c.keys, None, Some(&c.lengths)).unwrap();
-    let want = cpu.attend(&cpu_keys, &c.query, false).unwrap();
-    common::assert_close(
-        "long naive context",
-        &got.context.to_vec_f32().unwrap(),
-        &want.context.to_vec_f32().unwrap(),
-        common::tolerance(DType::F32),
-    );
+    let gpu = Attention::from_state_dict(&c.weights, &device, DType::BF16).unwrap();
+    let keys = gpu.keys(&c.keys, None, Some(&c.lengths)).unwrap();
+    // Decoding steps: a fresh query each, the same keys.
+    for step in 0..4u64 {
+        let q = Tensor::from_vec(
+            rounded(common::random(4 * 24, 1.0, 77 + step), DType::BF16),
+            &[4, 24],
+        )
+        .unwrap();
+        let want = cpu.attend(&cpu_keys, &q, false).unwrap();
+        let on_device = q.to(&device, DType::BF16).unwrap();
+        let got = gpu.attend(&keys, &on_device, false).unwrap();
+        assert!(got.weights.is_none());
+        common::assert_close(
+            &format!("step {step}"),
+            &got.context.to_vec_f32().unwrap(),
+            &want.context.to_vec_f32().unwrap(),
+            common::tolerance(DType::BF16),
+        );
+    }
 }
 
 /// A folder in the system temp directory for this test run's files.

@@ -18,6 +18,8 @@ pub struct Attention {
     device: Device,
     dtype: DType,
     algo: Algo,
+    /// Kernels, parameter addresses and scratch on CUDA; None on the CPU.
+    cuda: Option<attention::OnDevice>,
     /// Dq when the parameters fix it (additive, general).
     query_size: Option<usize>,
     /// Dk when the parameters fix it (additive, general).
@@ -66,6 +68,9 @@ impl Attention {
         }
         layer.device = device.clone();
         layer.dtype = dtype;
+        if let Device::Cuda(dev) = device {
+            layer.cuda = Some(attention::OnDevice::new(dev, dtype, &layer.params)?);
+        }
         Ok(layer)
     }
 
@@ -127,6 +132,7 @@ impl Attention {
                     device: Device::Cpu,
                     dtype: DType::F32,
                     algo: Algo::Auto,
+                    cuda: None,
                     score: Score::Additive,
                     query_size: Some(w_q.shape()[1]),
                     key_size: Some(w_k.shape()[1]),
@@ -145,6 +151,7 @@ impl Attention {
                     device: Device::Cpu,
                     dtype: DType::F32,
                     algo: Algo::Auto,
+                    cuda: None,
                     score: Score::General,
                     query_size: Some(w_k.shape()[0]),
                     key_size: Some(w_k.shape()[1]),
@@ -175,6 +182,7 @@ impl Attention {
                     device: Device::Cpu,
                     dtype: DType::F32,
                     algo: Algo::Auto,
+                    cuda: None,
                     score: Score::Dot { scale },
                     query_size: None,
                     key_size: None,
@@ -225,20 +233,26 @@ impl Attention {
             None => keys,
         };
         let lengths = check_key_lengths(lengths, b, l)?;
-        let device_lengths = match &self.device {
-            Device::Cpu => None,
-            Device::Cuda(dev) => {
-                let ints: Vec<i32> = lengths.iter().map(|&n| n as i32).collect();
-                Some(dev.upload(&ints)?)
-            }
-        };
         let keys = attention::copy_to(&self.device, keys, self.dtype)?;
-        Ok(Keys {
-            projected: attention::project_keys(&self.device, self.score, &self.params, &keys)?,
-            values: attention::copy_to(&self.device, values, self.dtype)?,
-            lengths,
-            device_lengths,
-        })
+        let values = attention::copy_to(&self.device, values, self.dtype)?;
+        match &self.cuda {
+            None => Ok(Keys {
+                projected: attention::project_keys_cpu(self.score, &self.params, &keys)?,
+                values,
+                lengths,
+                device: None,
+            }),
+            Some(cuda) => {
+                let projected = cuda.project_keys(self.score, &keys)?;
+                let device = cuda.keys_on_device(&projected, &values, &lengths)?;
+                Ok(Keys {
+                    projected,
+                    values,
+                    lengths,
+                    device: Some(device),
+                })
+            }
+        }
     }
 
     /// Attends `query` ([B, Dq], or [B, Tq, Dq] for many queries per row) over `keys`; the
@@ -254,16 +268,22 @@ impl Attention {
                 return Err(Error::shape("query", want, query.shape()));
             }
         };
-        let query3 = attention::copy_to(&self.device, query, self.dtype)?.reshape(&[b, tq, dq])?;
-        let out = attention::attend(
-            &self.device,
-            self.algo,
-            self.score,
-            &self.params,
-            keys,
-            &query3,
-            want_weights,
-        )?;
+        let out = match &self.cuda {
+            None => {
+                let query3 = query.to(&Device::Cpu, DType::F32)?.reshape(&[b, tq, dq])?;
+                attention::attend_cpu(self.score, &self.params, keys, &query3, want_weights)?
+            }
+            Some(cuda) => {
+                // A query already on the device in the layer's dtype is read in place.
+                let in_place =
+                    query.dtype() == self.dtype && query.check_on(&self.device, "query").is_ok();
+                let moved = (!in_place)
+                    .then(|| query.to(&self.device, self.dtype))
+                    .transpose()?;
+                let query = moved.as_ref().unwrap_or(query);
+                cuda.attend(self.algo, self.score, keys, query, tq, want_weights)?
+            }
+        };
         if !single {
             return Ok(out);
         }

@@ -1,27 +1,37 @@
 //! CUDA attention. The key side is one cuBLAS GEMM per source (f32 out) plus the bias, stored
-//! in the storage dtype. Per call, the query side is a GEMM (additive) or a conversion to f32,
-//! then either one fused kernel per (row, query) — scores, masked softmax and context without
-//! the scores leaving shared memory — or the naive chain: broadcast add, tanh and a GEMV
-//! (additive) or a batched GEMM (products) for the scores, a softmax kernel, and a batched GEMM
-//! for the context.
+//! in the storage dtype. Per call, the query side is a GEMM (additive scores) or read as it is,
+//! then either the fused kernels — per (row, query, chunk of keys) the scores, a masked softmax
+//! and the context without the scores leaving shared memory, then one kernel combining a row's
+//! chunks — or the naive chain: broadcast add, tanh and a GEMV (additive) or a batched GEMM
+//! (products) for the scores, a softmax kernel, and a batched GEMM for the context.
+//!
+//! A decoder calls this once per token, so the host side is kept short: kernels and parameter
+//! addresses are resolved once per layer (`OnDevice`), key addresses once per source
+//! (`KeysOnDevice`), and scratch lives in a workspace reused across calls.
 
 use super::{Attended, Keys, Params, Score};
 use crate::device::{data_ptr, reading, CudaDevice, Device, MatRef, RightOperand, Strided};
 use crate::dtype::{CudaData, DType};
 use crate::error::{Error, Result};
-use crate::ops::recurrent::Algo;
+use crate::ops::recurrent::{Activation, Algo};
 use crate::tensor::Tensor;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
-use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
-use std::sync::Arc;
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use std::sync::{Arc, Mutex};
 
 /// Threads per block of the attention kernels (ATT_THREADS in kernels/attention.cu).
 const THREADS: u32 = 256;
-/// Floats of shared memory the fused kernel needs besides q, v and the scores: the context's
-/// partial sums (ATT_WARPS · CTX_PASS) and the reduction slots (ATT_WARPS).
+/// Floats of shared memory the fused kernel needs besides q, v and the chunk's scores: the
+/// context's partial sums (ATT_WARPS · CTX_PASS) and the reduction slots (ATT_WARPS).
 const FUSED_FIXED_FLOATS: usize = 8 * 256 + 8;
 /// Dynamic shared memory a kernel may use without opting in.
 const DEFAULT_SHARED_BYTES: usize = 48 * 1024;
+/// Fused blocks to aim for per multiprocessor, so that loads from several blocks overlap.
+const BLOCKS_PER_SM: usize = 4;
+/// Keys per chunk: at least this many (a block's fixed cost is amortised) and at most
+/// `MAX_CHUNK` (its scores fit in shared memory).
+const MIN_CHUNK: usize = 32;
+const MAX_CHUNK: usize = 4096;
 
 /// Mode codes of `attend_fused` (kernels/attention.cu).
 const ATT_ADDITIVE: i32 = 0;
@@ -35,17 +45,17 @@ fn blocks(n: usize) -> LaunchConfig {
     }
 }
 
-/// One block per row.
-fn per_row(rows: usize, shared_bytes: usize) -> LaunchConfig {
+/// `splits` blocks per row.
+fn per_row(rows: usize, splits: usize, shared_bytes: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
+        grid_dim: (rows as u32, splits as u32, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: shared_bytes as u32,
     }
 }
 
-/// Launches `$f` with `$cfg` on the device stream. Arguments must be places. Callers are
-/// `unsafe` blocks whose `SAFETY:` lines say why the addresses and sizes are valid.
+/// Launches `$f` with `$cfg` on `$dev`'s stream. Arguments must be places. Callers are `unsafe`
+/// blocks whose `SAFETY:` lines say why the addresses and sizes are valid.
 macro_rules! launch {
     ($dev:expr, $f:expr, $cfg:expr; $($arg:expr),+ $(,)?) => {{
         let mut builder = $dev.stream().launch_builder($f);
@@ -54,8 +64,12 @@ macro_rules! launch {
     }};
 }
 
-fn data(t: &Tensor) -> Result<&CudaData> {
-    t.cuda_data()
+fn address(t: &Tensor, dev: &CudaDevice) -> Result<u64> {
+    Ok(data_ptr(t.cuda_data()?, dev.stream()))
+}
+
+fn address_of(t: &Option<Tensor>, dev: &CudaDevice) -> Result<u64> {
+    t.as_ref().map_or(Ok(0), |t| address(t, dev))
 }
 
 /// A copy of `t` on `dev` in `dtype`: device to device when it is there already in `dtype`,
@@ -75,349 +89,455 @@ pub(crate) fn copy_to(dev: &Arc<CudaDevice>, t: &Tensor, dtype: DType) -> Result
     Tensor::from_cuda_data(out, t.shape())
 }
 
-/// An f32 scratch buffer of `len` elements and its address.
-fn scratch(dev: &CudaDevice, len: usize) -> Result<(CudaData, u64)> {
-    let buf = dev.alloc_output_data(DType::F32, len)?;
-    let ptr = data_ptr(&buf, dev.stream());
-    Ok((buf, ptr))
+/// The kernels one layer launches.
+struct Kernels {
+    fused: CudaFunction,
+    combine: CudaFunction,
+    broadcast_add: CudaFunction,
+    softmax: CudaFunction,
+    unary: CudaFunction,
+    add_bias: CudaFunction,
+    load: CudaFunction,
+    convert: CudaFunction,
 }
 
-/// y[rows, n] (f32) = x[rows, k] · Wᵀ (+ b) for a weight W [n, k] in the storage dtype.
-///
-/// # Safety
-/// `x` addresses rows·k elements of `dtype` on this device.
-unsafe fn linear(
-    dev: &CudaDevice,
-    x: u64,
+/// A layer's CUDA side: kernels and parameter addresses resolved once, and a workspace of f32
+/// scratch reused by every call (all on one stream, so reuse is ordered).
+pub(crate) struct OnDevice {
+    dev: Arc<CudaDevice>,
     dtype: DType,
-    rows: usize,
-    w: &Tensor,
-    b: Option<&Tensor>,
-) -> Result<(CudaData, u64)> {
-    let (n, k) = (w.shape()[0], w.shape()[1]);
-    let (y, y_ptr) = scratch(dev, rows * n)?;
-    let lane = &dev.lanes()[0];
-    let a = MatRef {
-        ptr: x,
-        ld: k,
-        dtype,
-    };
-    lane.gemm_abt(
-        rows,
-        n,
-        k,
-        a,
-        MatRef::of(data(w)?, k, dev.stream()),
-        y_ptr,
-        n,
-        0.0,
-    )?;
-    if let Some(b) = b {
-        let f = dev.function("elementwise", "add_bias_naive", dtype)?;
-        let (ldy, bias, rows_i, cols) = (
-            n as i32,
-            data_ptr(data(b)?, dev.stream()),
-            rows as i32,
-            n as i32,
-        );
-        // SAFETY: y holds rows·n f32; the bias n elements of `dtype`.
-        launch!(dev, &f, blocks(rows * n); y_ptr, ldy, bias, rows_i, cols);
+    multiprocessors: usize,
+    /// The most dynamic shared memory a block may opt into.
+    shared_limit: usize,
+    kernels: Kernels,
+    /// Addresses into the layer's parameters, which live as long as the layer.
+    w_q: Option<MatRef>,
+    w_k: Option<MatRef>,
+    /// The rows of W_k: the width of projected keys.
+    key_width: usize,
+    b_q: u64,
+    b_k: u64,
+    score_v: u64,
+    workspace: Mutex<Option<CudaSlice<f32>>>,
+}
+
+/// A source's CUDA side: the lengths as the kernels read them and the keys' addresses.
+pub(crate) struct KeysOnDevice {
+    _lengths: CudaSlice<i32>,
+    lengths: u64,
+    projected: u64,
+    values: u64,
+}
+
+impl OnDevice {
+    /// `params` must be on `dev` in `dtype` and outlive the result.
+    pub fn new(dev: &Arc<CudaDevice>, dtype: DType, params: &Params) -> Result<Self> {
+        let f = |file, name, dt| dev.function(file, name, dt);
+        let kernels = Kernels {
+            fused: f("attention", "attend_fused", dtype)?,
+            combine: f("attention", "attend_combine", dtype)?,
+            broadcast_add: f("attention", "broadcast_add_naive", dtype)?,
+            softmax: f("attention", "masked_softmax_naive", DType::F32)?,
+            unary: f("elementwise", "unary_naive", DType::F32)?,
+            add_bias: f("elementwise", "add_bias_naive", dtype)?,
+            load: f("elementwise", "load_naive", dtype)?,
+            convert: f("elementwise", "convert_naive", dtype)?,
+        };
+        let ctx = dev.context();
+        let mat = |t: &Option<Tensor>| -> Result<Option<MatRef>> {
+            t.as_ref()
+                .map(|t| Ok(MatRef::of(t.cuda_data()?, t.shape()[1], dev.stream())))
+                .transpose()
+        };
+        Ok(Self {
+            multiprocessors: ctx
+                .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
+                as usize,
+            shared_limit: ctx.attribute(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )? as usize,
+            kernels,
+            w_q: mat(&params.w_q)?,
+            w_k: mat(&params.w_k)?,
+            key_width: params.w_k.as_ref().map_or(0, |w| w.shape()[0]),
+            b_q: address_of(&params.b_q, dev)?,
+            b_k: address_of(&params.b_k, dev)?,
+            score_v: address_of(&params.v, dev)?,
+            workspace: Mutex::new(None),
+            dev: dev.clone(),
+            dtype,
+        })
     }
-    Ok((y, y_ptr))
-}
 
-/// f32 `src` (len elements) into a new buffer of `dtype`.
-///
-/// # Safety
-/// `src` addresses len f32 on this device.
-unsafe fn convert(dev: &CudaDevice, src: u64, len: usize, dtype: DType) -> Result<CudaData> {
-    let out = dev.alloc_output_data(dtype, len)?;
-    let (dst, n) = (data_ptr(&out, dev.stream()), len as i32);
-    let f = dev.function("elementwise", "convert_naive", dtype)?;
-    launch!(dev, &f, blocks(len); src, dst, n);
-    Ok(out)
-}
-
-/// The key side on the device: keys [B, L, Dk] in the storage dtype → [B, L, K].
-pub(crate) fn project_keys(
-    dev: &Arc<CudaDevice>,
-    score: Score,
-    params: &Params,
-    keys: &Tensor,
-) -> Result<Tensor> {
-    let &[b, l, _] = keys.shape() else {
-        unreachable!("checked by the layer")
-    };
-    let dtype = keys.dtype();
-    let (Some(w), false) = (&params.w_k, matches!(score, Score::Dot { .. })) else {
-        return copy_to(dev, keys, dtype);
-    };
-    let _queue = dev.lock_queue();
-    let n = w.shape()[0];
-    let out = reading(data(keys)?, dev.stream(), |k| {
-        // SAFETY: keys holds B·L·Dk elements of `dtype`; the results are sized by `linear`.
-        unsafe {
-            let (y, y_ptr) = linear(dev, k, dtype, b * l, w, params.b_k.as_ref())?;
-            let out = convert(dev, y_ptr, b * l * n, dtype)?;
-            drop(y);
-            Ok::<_, Error>(out)
+    /// y[rows, n] (f32, at `y`) = x[rows, k] · Wᵀ (+ b) for a weight W [n, k] at `w`.
+    ///
+    /// # Safety
+    /// `x` addresses rows·k elements of the layer's dtype, `y` rows·n f32, `b` n elements or 0.
+    unsafe fn linear(
+        &self,
+        x: u64,
+        rows: usize,
+        w: MatRef,
+        n: usize,
+        b: u64,
+        y: u64,
+    ) -> Result<()> {
+        let k = w.ld;
+        let a = MatRef {
+            ptr: x,
+            ld: k,
+            dtype: self.dtype,
+        };
+        self.dev.lanes()[0].gemm_abt(rows, n, k, a, w, y, n, 0.0)?;
+        if b != 0 {
+            let (ldy, rows_i, cols) = (n as i32, rows as i32, n as i32);
+            launch!(self.dev, &self.kernels.add_bias, blocks(rows * n); y, ldy, b, rows_i, cols);
         }
-    })?;
-    Tensor::from_cuda_data(out, &[b, l, n])
-}
-
-/// The fused kernel's dynamic shared memory for K-wide scores over L keys.
-fn fused_shared_bytes(score: Score, k: usize, len: usize) -> usize {
-    let v = if score == Score::Additive { k } else { 0 };
-    4 * (k + v + len + FUSED_FIXED_FLOATS)
-}
-
-/// Lets `f` use `bytes` of dynamic shared memory, or says why it cannot.
-fn allow_shared(dev: &CudaDevice, f: &CudaFunction, bytes: usize, len: usize) -> Result<()> {
-    if bytes <= DEFAULT_SHARED_BYTES {
-        return Ok(());
+        Ok(())
     }
-    let limit = dev
-        .context()
-        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
-        as usize;
-    if bytes > limit {
-        return Err(Error::Config(format!(
-            "{len} keys need {bytes} B of shared memory in the fused attention kernel, more than \
-             this device's {limit} B; use the naive algorithm"
-        )));
-    }
-    f.set_attribute(
-        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        bytes as i32,
-    )?;
-    Ok(())
-}
 
-/// Attends every query of `query` [B, Tq, Dq] (on the device, in the keys' dtype) over `keys`.
-pub(crate) fn attend(
-    dev: &CudaDevice,
-    algo: Algo,
-    score: Score,
-    params: &Params,
-    keys: &Keys,
-    query: &Tensor,
-    want_weights: bool,
-) -> Result<Attended> {
-    let &[batch, tq, _] = query.shape() else {
-        unreachable!("checked by the layer")
-    };
-    let dtype = keys.projected.dtype();
-    let (len, dv, k) = (keys.len(), keys.value_size(), keys.projected.shape()[2]);
-    let rows = batch * tq;
-    let lengths = keys
-        .device_lengths
-        .as_ref()
-        .ok_or_else(|| Error::Config("keys were prepared for the CPU".into()))?;
-    let s = dev.stream();
-    let (kp, vals) = (
-        data_ptr(data(&keys.projected)?, s),
-        data_ptr(data(&keys.values)?, s),
-    );
-    let lengths = crate::device::dev_ptr(lengths, s);
-    let scale = match score {
-        Score::Dot { scale } => scale,
-        _ => 1.0,
-    };
-    let _queue = dev.lock_queue();
-    let (context, weights) = reading(data(query)?, s, |q| -> Result<_> {
-        // SAFETY (every launch and GEMM below): the query holds rows·Dq elements of `dtype`;
-        // the keys' buffers B·L·K and B·L·Dv, lengths B ints in 1..=L (checked by the layer);
-        // every scratch and output buffer is allocated here with the size its writer covers.
-        unsafe {
-            // The query side, f32 [rows, K].
-            let (_qf, qf) = match (score, &params.w_q) {
-                (Score::Additive, Some(w)) => linear(dev, q, dtype, rows, w, params.b_q.as_ref())?,
-                _ => {
-                    let (buf, ptr) = scratch(dev, rows * k)?;
-                    let f = dev.function("elementwise", "load_naive", dtype)?;
-                    let n = (rows * k) as i32;
-                    launch!(dev, &f, blocks(rows * k); q, ptr, n);
-                    (buf, ptr)
-                }
+    /// f32 `src` (len elements) into a new buffer of the layer's dtype.
+    ///
+    /// # Safety
+    /// `src` addresses len f32 on this device.
+    unsafe fn convert(&self, src: u64, len: usize) -> Result<CudaData> {
+        let out = self.dev.alloc_output_data(self.dtype, len)?;
+        let (dst, n) = (data_ptr(&out, self.dev.stream()), len as i32);
+        launch!(self.dev, &self.kernels.convert, blocks(len); src, dst, n);
+        Ok(out)
+    }
+
+    /// At least `floats` f32 of scratch (grown as needed) and its address, with the lock that
+    /// keeps it this call's until the work is enqueued.
+    fn workspace(
+        &self,
+        floats: usize,
+    ) -> Result<(std::sync::MutexGuard<'_, Option<CudaSlice<f32>>>, u64)> {
+        let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
+        if ws.as_ref().is_none_or(|w| w.len() < floats) {
+            *ws = Some(self.dev.alloc_output::<f32>(floats)?);
+        }
+        let ptr = crate::device::dev_ptr(ws.as_ref().expect("allocated above"), self.dev.stream());
+        Ok((ws, ptr))
+    }
+
+    /// The key side of a source: keys [B, L, Dk] on the device in the layer's dtype →
+    /// [B, L, K], and the source's device-side addresses once `values` are known.
+    pub fn project_keys(&self, score: Score, keys: &Tensor) -> Result<Tensor> {
+        let &[b, l, _] = keys.shape() else {
+            unreachable!("checked by the layer")
+        };
+        let (Some(w), false) = (self.w_k, matches!(score, Score::Dot { .. })) else {
+            return copy_to(&self.dev, keys, self.dtype);
+        };
+        let n = self.key_width;
+        let _queue = self.dev.lock_queue();
+        let (_ws, y) = self.workspace(b * l * n)?;
+        let out = reading(keys.cuda_data()?, self.dev.stream(), |k| {
+            // SAFETY: keys hold B·L·Dk elements; the workspace B·L·n f32.
+            unsafe {
+                self.linear(k, b * l, w, n, self.b_k, y)?;
+                self.convert(y, b * l * n)
+            }
+        })?;
+        Tensor::from_cuda_data(out, &[b, l, n])
+    }
+
+    /// The device side of a source whose tensors are final.
+    pub fn keys_on_device(
+        &self,
+        projected: &Tensor,
+        values: &Tensor,
+        lengths: &[usize],
+    ) -> Result<KeysOnDevice> {
+        let ints: Vec<i32> = lengths.iter().map(|&n| n as i32).collect();
+        let buf = self.dev.upload(&ints)?;
+        Ok(KeysOnDevice {
+            lengths: crate::device::dev_ptr(&buf, self.dev.stream()),
+            _lengths: buf,
+            projected: address(projected, &self.dev)?,
+            values: address(values, &self.dev)?,
+        })
+    }
+
+    /// Attends the `tq` queries per row of `query` ([B·Tq, Dq] elements on the device in the
+    /// layer's dtype) over `keys`.
+    pub fn attend(
+        &self,
+        algo: Algo,
+        score: Score,
+        keys: &Keys,
+        query: &Tensor,
+        tq: usize,
+        want_weights: bool,
+    ) -> Result<Attended> {
+        let on = keys
+            .device
+            .as_ref()
+            .ok_or_else(|| Error::Config("these keys were prepared for the CPU".into()))?;
+        let (batch, len, dv, k) = (
+            keys.batch(),
+            keys.len(),
+            keys.value_size(),
+            keys.projected.shape()[2],
+        );
+        let rows = batch * tq;
+        let scale = match score {
+            Score::Dot { scale } => scale,
+            _ => 1.0,
+        };
+        let _queue = self.dev.lock_queue();
+        let (context, weights) = reading(query.cuda_data()?, self.dev.stream(), |q| {
+            let job = Job {
+                score,
+                q,
+                rows,
+                tq,
+                len,
+                k,
+                dv,
+                scale,
+                keys: on,
+                batch,
             };
-            let score_v = match (score, &params.v) {
-                (Score::Additive, Some(v)) => data_ptr(data(v)?, s),
-                _ => 0,
-            };
-            match algo {
-                Algo::Naive => naive(
-                    dev,
-                    score,
-                    q,
-                    qf,
-                    kp,
-                    vals,
-                    score_v,
-                    scale,
-                    lengths,
-                    keys,
-                    rows,
-                    tq,
-                    dtype,
-                    want_weights,
-                ),
-                Algo::Auto | Algo::Fused => {
-                    let context = dev.alloc_output_data(dtype, rows * dv)?;
-                    let weights = want_weights
-                        .then(|| dev.alloc_output_data(dtype, rows * len))
-                        .transpose()?;
-                    let (ctx_ptr, w_ptr) = (
-                        data_ptr(&context, s),
-                        weights.as_ref().map_or(0, |w| data_ptr(w, s)),
-                    );
-                    let f = dev.function("attention", "attend_fused", dtype)?;
-                    let bytes = fused_shared_bytes(score, k, len);
-                    allow_shared(dev, &f, bytes, len)?;
-                    let mode = if score == Score::Additive {
-                        ATT_ADDITIVE
-                    } else {
-                        ATT_PRODUCT
-                    };
-                    let (tq_i, len_i, k_i, dv_i) = (tq as i32, len as i32, k as i32, dv as i32);
-                    launch!(dev, &f, per_row(rows, bytes);
-                        qf, kp, vals, score_v, scale, lengths, tq_i, len_i, k_i, dv_i, mode, ctx_ptr, w_ptr);
-                    Ok((context, weights))
+            // SAFETY: the query holds rows·Dq elements of the layer's dtype; the source's
+            // buffers B·L·K and B·L·Dv, its lengths B ints in 1..=L (checked by the layer).
+            unsafe {
+                match algo {
+                    Algo::Naive => self.naive(&job, want_weights),
+                    Algo::Auto | Algo::Fused => self.fused(&job, want_weights),
                 }
             }
-        }
-    })?;
-    Ok(Attended {
-        context: Tensor::from_cuda_data(context, &[batch, tq, dv])?,
-        weights: weights
-            .map(|w| Tensor::from_cuda_data(w, &[batch, tq, len]))
-            .transpose()?,
-    })
-}
+        })?;
+        Ok(Attended {
+            context: Tensor::from_cuda_data(context, &[batch, tq, dv])?,
+            weights: weights
+                .map(|w| Tensor::from_cuda_data(w, &[batch, tq, len]))
+                .transpose()?,
+        })
+    }
 
-/// The naive chain; returns (context, weights) in the storage dtype.
-///
-/// # Safety
-/// As `attend`'s launches: every address covers what its kernel reads.
-#[allow(clippy::too_many_arguments)]
-unsafe fn naive(
-    dev: &CudaDevice,
-    score: Score,
-    q: u64,
-    qf: u64,
-    kp: u64,
-    vals: u64,
-    score_v: u64,
-    scale: f32,
-    lengths: u64,
-    keys: &Keys,
-    rows: usize,
-    tq: usize,
-    dtype: DType,
-    want_weights: bool,
-) -> Result<(CudaData, Option<CudaData>)> {
-    let (batch, len, dv, k) = (
-        keys.batch(),
-        keys.len(),
-        keys.value_size(),
-        keys.projected.shape()[2],
-    );
-    let lane = &dev.lanes()[0];
-    let (_scores, e) = scratch(dev, rows * len)?;
-    if score == Score::Additive {
-        // tanh(q + kp) for every (row, key) [rows·L, A], then a GEMV with v.
-        if rows * len * k > i32::MAX as usize {
+    /// How many chunks each row's keys are cut into, and the chunk length.
+    fn chunks(&self, rows: usize, len: usize) -> (usize, usize) {
+        let wanted = (BLOCKS_PER_SM * self.multiprocessors).div_ceil(rows);
+        let splits = wanted
+            .min(len.div_ceil(MIN_CHUNK))
+            .max(len.div_ceil(MAX_CHUNK))
+            .max(1);
+        let chunk = len.div_ceil(splits);
+        (len.div_ceil(chunk), chunk)
+    }
+
+    /// # Safety
+    /// As `attend`'s.
+    unsafe fn fused(
+        &self,
+        j: &Job<'_>,
+        want_weights: bool,
+    ) -> Result<(CudaData, Option<CudaData>)> {
+        let (splits, chunk) = self.chunks(j.rows, j.len);
+        let additive = j.score == Score::Additive;
+        let qf_len = if additive { j.rows * j.k } else { 0 };
+        let partial_len = if splits > 1 {
+            j.rows * splits * (2 + j.dv)
+        } else {
+            0
+        };
+        let probs_len = if splits > 1 && want_weights {
+            j.rows * j.len
+        } else {
+            0
+        };
+        let (_ws, ws) = self.workspace(qf_len + partial_len + probs_len)?;
+        let at = |floats: usize| ws + 4 * floats as u64;
+        let (qf, partial, probs) = (at(0), at(qf_len), at(qf_len + partial_len));
+        // The query side: W_q q + b_q in f32 for additive scores; products read q as it is.
+        let (qf, qt) = match (additive, self.w_q) {
+            (true, Some(w)) => {
+                self.linear(j.q, j.rows, w, j.k, self.b_q, qf)?;
+                (qf, 0u64)
+            }
+            _ => (0u64, j.q),
+        };
+        let s = self.dev.stream();
+        let context = self.dev.alloc_output_data(self.dtype, j.rows * j.dv)?;
+        let weights = want_weights
+            .then(|| self.dev.alloc_output_data(self.dtype, j.rows * j.len))
+            .transpose()?;
+        let (ctx, w) = (
+            data_ptr(&context, s),
+            weights.as_ref().map_or(0, |w| data_ptr(w, s)),
+        );
+        let bytes = 4 * (j.k * if additive { 2 } else { 1 } + chunk + FUSED_FIXED_FLOATS);
+        self.allow_shared(&self.kernels.fused, bytes, j.k)?;
+        let mode = if additive { ATT_ADDITIVE } else { ATT_PRODUCT };
+        let (partial, probs) = (
+            if splits > 1 { partial } else { 0 },
+            if probs_len > 0 { probs } else { 0 },
+        );
+        let [tq, len, k, dv, chunk_i, splits_i] =
+            [j.tq, j.len, j.k, j.dv, chunk, splits].map(|v| v as i32);
+        let (kp, vals, lengths, v, scale) = (
+            j.keys.projected,
+            j.keys.values,
+            j.keys.lengths,
+            self.score_v,
+            j.scale,
+        );
+        launch!(self.dev, &self.kernels.fused, per_row(j.rows, splits, bytes);
+            qf, qt, kp, vals, v, scale, lengths, tq, len, k, dv, mode, chunk_i, splits_i,
+            partial, probs, ctx, w);
+        if splits > 1 {
+            launch!(self.dev, &self.kernels.combine, per_row(j.rows, 1, 4 * splits);
+                partial, probs, lengths, tq, len, dv, chunk_i, splits_i, ctx, w);
+        }
+        Ok((context, weights))
+    }
+
+    /// Lets `f` use `bytes` of dynamic shared memory, or says why it cannot.
+    fn allow_shared(&self, f: &CudaFunction, bytes: usize, k: usize) -> Result<()> {
+        if bytes <= DEFAULT_SHARED_BYTES {
+            return Ok(());
+        }
+        if bytes > self.shared_limit {
             return Err(Error::Config(format!(
-                "naive additive attention would materialise {rows}·{len}·{k} scores' terms, more \
-                 than its kernels index; use the fused algorithm"
+                "a query side of {k} features needs {bytes} B of shared memory in the fused \
+                 attention kernel, more than this device's {} B; use the naive algorithm",
+                self.shared_limit
             )));
         }
-        let (_sum, sum) = scratch(dev, rows * len * k)?;
-        let f = dev.function("attention", "broadcast_add_naive", dtype)?;
-        let (rows_i, tq_i, len_i, k_i) = (rows as i32, tq as i32, len as i32, k as i32);
-        launch!(dev, &f, blocks(rows * len * k); qf, kp, sum, rows_i, tq_i, len_i, k_i);
-        let f = dev.function("elementwise", "unary_naive", DType::F32)?;
-        let (n_rows, act) = (
-            (rows * len) as i32,
-            crate::ops::recurrent::Activation::Tanh.code(),
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )?;
+        Ok(())
+    }
+
+    /// # Safety
+    /// As `attend`'s.
+    unsafe fn naive(
+        &self,
+        j: &Job<'_>,
+        want_weights: bool,
+    ) -> Result<(CudaData, Option<CudaData>)> {
+        let (rows, len, k, dv) = (j.rows, j.len, j.k, j.dv);
+        let additive = j.score == Score::Additive;
+        let terms = if additive { rows * len * k } else { 0 };
+        if terms > i32::MAX as usize {
+            return Err(Error::Config(format!(
+                "naive additive attention would hold {rows}·{len}·{k} terms, more than its \
+                 kernels index; use the fused algorithm"
+            )));
+        }
+        let qf_len = if additive { rows * k + k } else { 0 };
+        let (_ws, ws) = self.workspace(qf_len + terms + 2 * rows * len + rows * dv)?;
+        let at = |floats: usize| ws + 4 * floats as u64;
+        let (qf, v, sum) = (at(0), at(rows * k), at(qf_len));
+        let (e, p, ctx) = (
+            at(qf_len + terms),
+            at(qf_len + terms + rows * len),
+            at(qf_len + terms + 2 * rows * len),
         );
-        launch!(dev, &f, blocks(rows * len * k); sum, k_i, sum, k_i, n_rows, k_i, act);
-        let (_v, v) = scratch(dev, k)?;
-        let f = dev.function("elementwise", "load_naive", dtype)?;
-        launch!(dev, &f, blocks(k); score_v, v, k_i);
-        let f32_mat = |ptr| MatRef {
-            ptr,
-            ld: k,
-            dtype: DType::F32,
-        };
-        lane.gemm_abt(rows * len, 1, k, f32_mat(sum), f32_mat(v), e, 1, 0.0)?;
-    } else {
-        // Products: e[b] = Q[b] · KP[b]ᵀ, one batched GEMM over the rows' sources.
+        let lane = &self.dev.lanes()[0];
+        let [tq_i, len_i, k_i] = [j.tq, len, k].map(|x| x as i32);
+        if additive {
+            // tanh(W_q q + b_q + kp) for every (row, key) [rows·L, A], then a GEMV with v.
+            let w_q = self.w_q.expect("additive layers have query_proj");
+            self.linear(j.q, rows, w_q, k, self.b_q, qf)?;
+            let rows_i = rows as i32;
+            let kp = j.keys.projected;
+            launch!(self.dev, &self.kernels.broadcast_add, blocks(terms); qf, kp, sum, rows_i, tq_i, len_i, k_i);
+            let (n_rows, act) = ((rows * len) as i32, Activation::Tanh.code());
+            launch!(self.dev, &self.kernels.unary, blocks(terms); sum, k_i, sum, k_i, n_rows, k_i, act);
+            let score_v = self.score_v;
+            launch!(self.dev, &self.kernels.load, blocks(k); score_v, v, k_i);
+            let f32_mat = |ptr| MatRef {
+                ptr,
+                ld: k,
+                dtype: DType::F32,
+            };
+            lane.gemm_abt(rows * len, 1, k, f32_mat(sum), f32_mat(v), e, 1, 0.0)?;
+        } else {
+            // Products: e[b] = Q[b] · KP[b]ᵀ, one batched GEMM over the rows' sources.
+            let a = Strided {
+                mat: MatRef {
+                    ptr: j.q,
+                    ld: k,
+                    dtype: self.dtype,
+                },
+                stride: j.tq * k,
+            };
+            let b = Strided {
+                mat: MatRef {
+                    ptr: j.keys.projected,
+                    ld: k,
+                    dtype: self.dtype,
+                },
+                stride: len * k,
+            };
+            lane.gemm_batched(
+                j.batch,
+                j.tq,
+                len,
+                k,
+                a,
+                b,
+                RightOperand::Transposed,
+                e,
+                len,
+                j.tq * len,
+            )?;
+        }
+        let (lengths, scale) = (j.keys.lengths, j.scale);
+        launch!(self.dev, &self.kernels.softmax, per_row(rows, 1, 0); e, p, lengths, tq_i, len_i, scale);
+        // The weights in the storage dtype are also the context GEMM's left operand.
+        let weights = self.convert(p, rows * len)?;
+        let w = data_ptr(&weights, self.dev.stream());
         let a = Strided {
             mat: MatRef {
-                ptr: q,
-                ld: k,
-                dtype,
+                ptr: w,
+                ld: len,
+                dtype: self.dtype,
             },
-            stride: tq * k,
+            stride: j.tq * len,
         };
         let b = Strided {
             mat: MatRef {
-                ptr: kp,
-                ld: k,
-                dtype,
+                ptr: j.keys.values,
+                ld: dv,
+                dtype: self.dtype,
             },
-            stride: len * k,
+            stride: len * dv,
         };
         lane.gemm_batched(
-            batch,
-            tq,
+            j.batch,
+            j.tq,
+            dv,
             len,
-            k,
             a,
             b,
-            RightOperand::Transposed,
-            e,
-            len,
-            tq * len,
+            RightOperand::Plain,
+            ctx,
+            dv,
+            j.tq * dv,
         )?;
+        let context = self.convert(ctx, rows * dv)?;
+        Ok((context, want_weights.then_some(weights)))
     }
-    let (_probs, p) = scratch(dev, rows * len)?;
-    let f = dev.function("attention", "masked_softmax_naive", DType::F32)?;
-    let (tq_i, len_i) = (tq as i32, len as i32);
-    launch!(dev, &f, per_row(rows, 0); e, p, lengths, tq_i, len_i, scale);
-    // The weights in the storage dtype are also the context GEMM's left operand.
-    let weights = convert(dev, p, rows * len, dtype)?;
-    let w = data_ptr(&weights, dev.stream());
-    let (_ctx, ctx) = scratch(dev, rows * dv)?;
-    let a = Strided {
-        mat: MatRef {
-            ptr: w,
-            ld: len,
-            dtype,
-        },
-        stride: tq * len,
-    };
-    let b = Strided {
-        mat: MatRef {
-            ptr: vals,
-            ld: dv,
-            dtype,
-        },
-        stride: len * dv,
-    };
-    lane.gemm_batched(
-        batch,
-        tq,
-        dv,
-        len,
-        a,
-        b,
-        RightOperand::Plain,
-        ctx,
-        dv,
-        tq * dv,
-    )?;
-    let context = convert(dev, ctx, rows * dv, dtype)?;
-    Ok((context, want_weights.then_some(weights)))
+}
+
+/// One call's sizes and addresses.
+struct Job<'a> {
+    score: Score,
+    /// The query, [rows, Dq] in the layer's dtype.
+    q: u64,
+    batch: usize,
+    rows: usize,
+    tq: usize,
+    len: usize,
+    /// The width of the scores' operands: A (additive) or Dq.
+    k: usize,
+    dv: usize,
+    scale: f32,
+    keys: &'a KeysOnDevice,
 }

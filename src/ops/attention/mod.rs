@@ -10,9 +10,7 @@ mod cuda;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::recurrent::Algo;
 use crate::tensor::Tensor;
-use cudarc::driver::CudaSlice;
 
 /// How a query scores a key.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,8 +49,8 @@ pub struct Keys {
     /// [B, L, Dv]
     pub(crate) values: Tensor,
     pub(crate) lengths: Vec<usize>,
-    /// The lengths as the CUDA kernels read them, when the keys are on a GPU.
-    pub(crate) device_lengths: Option<CudaSlice<i32>>,
+    /// The lengths and addresses the CUDA kernels read, when the keys are on a GPU.
+    pub(crate) device: Option<cuda::KeysOnDevice>,
 }
 
 impl Keys {
@@ -107,20 +105,6 @@ pub(crate) fn check_key_lengths(
     Ok(lengths.to_vec())
 }
 
-/// The key side of `score` for keys [B, L, Dk] on `device` (in the storage dtype on CUDA, f32 on
-/// the CPU): [B, L, K].
-pub(crate) fn project_keys(
-    device: &Device,
-    score: Score,
-    params: &Params,
-    keys: &Tensor,
-) -> Result<Tensor> {
-    match device {
-        Device::Cpu => cpu::project_keys(score, params, keys),
-        Device::Cuda(dev) => cuda::project_keys(dev, score, params, keys),
-    }
-}
-
 /// A copy of `t` on `device` in `dtype`.
 pub(crate) fn copy_to(device: &Device, t: &Tensor, dtype: crate::DType) -> Result<Tensor> {
     match device {
@@ -129,18 +113,5 @@ pub(crate) fn copy_to(device: &Device, t: &Tensor, dtype: crate::DType) -> Resul
     }
 }
 
-/// Attends every query of `query` [B, Tq, Dq] (on `device`, in the keys' dtype) over `keys`.
-pub(crate) fn attend(
-    device: &Device,
-    algo: Algo,
-    score: Score,
-    params: &Params,
-    keys: &Keys,
-    query: &Tensor,
-    want_weights: bool,
-) -> Result<Attended> {
-    match device {
-        Device::Cpu => cpu::attend(score, params, keys, query, want_weights),
-        Device::Cuda(dev) => cuda::attend(dev, algo, score, params, keys, query, want_weights),
-    }
-}
+pub(crate) use cpu::{attend as attend_cpu, project_keys as project_keys_cpu};
+pub(crate) use cuda::OnDevice;
