@@ -189,7 +189,8 @@ FOR_EACH_DTYPE(ATTEND_FUSED)
 
 // The chunks of a row combined: with M the largest chunk maximum and f_s = e^(m_s - M), the
 // context is Σ f_s c_s / Σ f_s l_s, and weight j of chunk s is f_s p_j / Σ f_s l_s. One block
-// (ATT_THREADS) per row; dynamic shared memory: `splits` floats.
+// (ATT_THREADS) per row; dynamic shared memory: `splits` floats, padded (the loop over them is
+// unrolled into wide loads that may read a few past the last).
 template <typename T>
 __device__ void attend_combine(const float* partial, const float* probs, const int* lengths,
                                int tq, int len, int dv, int chunk, int splits, T* context,

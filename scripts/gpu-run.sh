@@ -72,5 +72,5 @@ if want bench-attention; then
     step "bench attention torch" "$out/bench.log" 120 \
         python3 scripts/torch_attention_bench.py --json "$out/torch_attention.json"
 fi
-grep -E "_forward_|attention_|time:|^torch" "$out/bench.log" | grep -v -E "Benchmarking|change" | head -400
+[ -f "$out/bench.log" ] && grep -E "_forward_|attention_|time:|^torch" "$out/bench.log" | grep -v -E "Benchmarking|change" | head -400
 printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"

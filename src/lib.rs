@@ -5,14 +5,16 @@
 //! | `nn::Rnn` (tanh, relu) | yes | yes | yes |
 //! | `nn::Lstm` (with or without projection) | yes | yes | yes |
 //! | `nn::Gru` | yes | yes | yes |
-//! | `nn::Attention` (additive, general, dot) | yes | not yet | not yet |
+//! | `nn::Attention` (additive, general, dot) | yes | yes | yes |
 //!
 //! Every module takes layers, bidirectional, batch_first, bias, initial states and variable
 //! lengths, with nn.RNN's / nn.LSTM's / nn.GRU's semantics. Weights load from PyTorch
 //! state_dicts saved as safetensors. On CUDA, each layer-direction runs one GEMM for the input
 //! projection of every step, then per step one recurrent GEMM and one fused kernel (biases,
 //! gates, cell update, length mask, output and next state); the sequence is captured into a
-//! CUDA graph once per shape and replayed.
+//! CUDA graph once per shape and replayed. Attention computes a source's key side once
+//! (`Attention::keys`); each decoding step is then one fused pass over the keys (scores, masked
+//! softmax, context), split across blocks and combined.
 //!
 //! # Quick start
 //! ```no_run

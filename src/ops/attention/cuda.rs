@@ -388,7 +388,9 @@ impl OnDevice {
             qf, qt, kp, vals, v, scale, lengths, tq, len, k, dv, mode, chunk_i, splits_i,
             partial, probs, ctx, w);
         if splits > 1 {
-            launch!(self.dev, &self.kernels.combine, per_row(j.rows, 1, 4 * splits);
+            // Padded: the compiler may load a few factors past the last in one wide read.
+            let factors = 4 * (splits.next_multiple_of(4) + 4);
+            launch!(self.dev, &self.kernels.combine, per_row(j.rows, 1, factors);
                 partial, probs, lengths, tq, len, dv, chunk_i, splits_i, ctx, w);
         }
         Ok((context, weights))
