@@ -1,6 +1,8 @@
-//! Recurrent forward, fused vs naive on CUDA and the CPU path.
+//! Recurrent forward, fused vs naive (and persistent) on CUDA and the CPU path.
 //!   CUDA: RNN (H 256, 1024; B 1, 64; T 128) in every dtype; LSTM and GRU (H 256, 1024;
 //!         B 1, 16, 256; T 128) in f32 and bf16.
+//!   CUDA persistent vs fused vs naive, f32 and bf16: LSTM H 768 B 16 T 1024, LSTM H 1024 B 1
+//!         T 256, GRU H 512 B 8 T 512, tanh RNN H 1024 B 4 T 1000.
 //!   CPU:  RNN H 256, B 1 and 64, T 128; LSTM and GRU H 256, B 32, T 100.
 //! Names: {fused|naive|cpu}_{op}_{dtype}/H{h}_B{b}_T{t}; throughput is in timesteps. Without a
 //! GPU the CUDA groups print why and are skipped.
@@ -124,6 +126,49 @@ fn cuda(c: &mut Criterion) {
     cuda_group(c, &device, Op::Gru, &dtypes, &gated, 128);
 }
 
+/// The persistent kernel's shapes, persistent vs fused vs naive, in f32 and bf16.
+fn persistent(c: &mut Criterion) {
+    let Ok(device) = Device::cuda(0) else {
+        return;
+    };
+    let cuda = device.as_cuda().unwrap().clone();
+    let mut group = c.benchmark_group(format!("persistent_forward_cuda ({})", cuda.card()));
+    group.warm_up_time(Duration::from_millis(100));
+    group.measurement_time(Duration::from_millis(500));
+    group.sample_size(10);
+    let shapes = [
+        (Op::Lstm, 768, 16, 1024),
+        (Op::Lstm, 1024, 1, 256),
+        (Op::Gru, 512, 8, 512),
+        (Op::Rnn, 1024, 4, 1000),
+    ];
+    for (op, h, b, t) in shapes {
+        group.throughput(Throughput::Elements(t as u64));
+        for dtype in [DType::F32, DType::BF16] {
+            let x = input(&device, dtype, t, b, h);
+            for algo in [Algo::Persistent, Algo::Fused, Algo::Naive] {
+                let forward = op.forward(&device, dtype, h, algo);
+                let id = BenchmarkId::new(
+                    format!("{}_{}_{dtype}", algo.name(), op.name()),
+                    format!("H{h}_B{b}_T{t}"),
+                );
+                group.bench_function(id, |bench| {
+                    bench.iter_custom(|iters| {
+                        cuda.synchronize().unwrap();
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            forward(&x);
+                        }
+                        cuda.synchronize().unwrap();
+                        start.elapsed()
+                    })
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
 fn cpu_case(group: &mut BenchmarkGroup<'_, WallTime>, op: Op, h: usize, b: usize, t: usize) {
     let device = Device::Cpu;
     let x = input(&device, DType::F32, t, b, h);
@@ -144,5 +189,5 @@ fn cpu(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, cuda, cpu);
+criterion_group!(benches, cuda, persistent, cpu);
 criterion_main!(benches);

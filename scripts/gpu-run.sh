@@ -6,9 +6,10 @@
 #   memcheck  compute-sanitizer memcheck on the CUDA tests
 #   bench     criterion fused vs naive, then PyTorch (cuDNN) at the same sizes
 #   torch     fresh PyTorch RNN, LSTM, GRU and attention cases through `fused-rnn run --device cuda`
-# PARTS (default "tests memcheck torch bench-recurrent bench-attention") picks what runs.
+# PARTS (default "tests memcheck torch bench-recurrent bench-persistent bench-attention") picks
+# what runs.
 set -uo pipefail
-parts=" ${PARTS:-tests memcheck torch bench-recurrent bench-attention} "
+parts=" ${PARTS:-tests memcheck torch bench-recurrent bench-persistent bench-attention} "
 want() { [[ $parts == *" $1 "* ]]; }
 bundle=target/gpu-bundle/bin
 out=${OUT:-/tmp/fused-rnn-gpu}
@@ -52,9 +53,13 @@ if want tests; then
 fi
 if want memcheck; then
     for t in recurrent_cuda attention_cuda; do
-        step "memcheck test-$t" "$out/sanitizer.log" 200 \
+        step "memcheck test-$t" "$out/sanitizer.log" 300 \
             compute-sanitizer --tool memcheck --error-exitcode 1 "$bundle/test-$t" --test-threads=1
     done
+    # Shared-memory races in the persistent kernel (a small GRU, picked by Auto).
+    step "racecheck persistent" "$out/sanitizer.log" 200 \
+        compute-sanitizer --tool racecheck --error-exitcode 1 "$bundle/test-recurrent_cuda" \
+        --test-threads=1 auto_picks_persistent
 fi
 if want torch; then
     step "fresh torch cases, cuda f32" "$out/torch.log" 150 \
@@ -66,11 +71,17 @@ if want bench-recurrent; then
     step "bench recurrent torch cuDNN" "$out/bench.log" 120 \
         python3 scripts/torch_gpu_bench.py --json "$out/torch_bench.json"
 fi
+if want bench-persistent; then
+    step "bench persistent vs stepwise" "$out/bench.log" 200 \
+        "$bundle/bench-recurrent" --bench --noplot persistent_forward
+    step "bench persistent torch cuDNN" "$out/bench.log" 120 \
+        python3 scripts/torch_gpu_bench.py --persistent --json "$out/torch_persistent.json"
+fi
 if want bench-attention; then
     step "bench attention fused vs naive" "$out/bench.log" 150 \
         "$bundle/bench-attention" --bench --noplot attention_step_cuda
     step "bench attention torch" "$out/bench.log" 120 \
         python3 scripts/torch_attention_bench.py --json "$out/torch_attention.json"
 fi
-[ -f "$out/bench.log" ] && grep -E "_forward_|attention_|time:|^torch" "$out/bench.log" | grep -v -E "Benchmarking|change" | head -400
+[ -f "$out/bench.log" ] && grep -E "_forward_|attention_|time:|^torch|^\| torch" "$out/bench.log" | grep -v -E "Benchmarking|change" | head -400
 printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"

@@ -4,12 +4,14 @@ Ops (--ops, default all), each 1 layer, unidirectional, I = H, T = 128, under to
   rnn   nn.RNN tanh, H in {256, 1024}, B in {1, 64}
   lstm  nn.LSTM,     H in {256, 1024}, B in {1, 16, 256}
   gru   nn.GRU,      H in {256, 1024}, B in {1, 16, 256}
-for dtypes float32/float16/bfloat16.
+for dtypes float32/float16/bfloat16. With --persistent, instead the persistent-kernel shapes
+(float32 and bfloat16): LSTM H=768 B=16 T=1024, LSTM H=1024 B=1 T=256, GRU H=512 B=8 T=512 and
+tanh RNN H=1024 B=4 T=1000.
 Each configuration: 10 warm-up forwards, then 50 timed with CUDA events.
 Prints a Markdown table and writes the same rows as JSON to --json.
 
 Usage (needs torch with CUDA):
-    python3 scripts/torch_gpu_bench.py --json torch_rnn_bench.json [--ops rnn,lstm,gru]
+    python3 scripts/torch_gpu_bench.py --json torch_rnn_bench.json [--ops rnn,lstm,gru] [--persistent]
 """
 
 import argparse
@@ -31,11 +33,17 @@ OPS = {
 }
 
 
-def time_forward(op: str, hidden: int, batch: int, dtype: torch.dtype) -> float:
+# (op, H, B, T): the shapes the persistent kernels are measured on.
+PERSISTENT = [("lstm", 768, 16, 1024), ("lstm", 1024, 1, 256), ("gru", 512, 8, 512),
+              ("rnn", 1024, 4, 1000)]
+
+
+def time_forward(op: str, hidden: int, batch: int, dtype: torch.dtype,
+                 seq_len: int = SEQ_LEN) -> float:
     """Mean microseconds per forward of a 1-layer module of the given op."""
     torch.manual_seed(0)
     module = OPS[op][1](hidden, hidden).cuda().to(dtype).eval()
-    x = torch.randn(SEQ_LEN, batch, hidden, device="cuda", dtype=dtype)
+    x = torch.randn(seq_len, batch, hidden, device="cuda", dtype=dtype)
     with torch.no_grad():
         for _ in range(WARMUP):
             module(x)
@@ -53,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True, help="path of the JSON rows to write")
     parser.add_argument("--ops", default=",".join(OPS), help=f"comma list of {','.join(OPS)}")
+    parser.add_argument("--persistent", action="store_true",
+                        help="time the persistent-kernel shapes instead")
     args = parser.parse_args()
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     unknown = [o for o in ops if o not in OPS]
@@ -61,16 +71,17 @@ def main() -> None:
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     torch.backends.cudnn.enabled = True
     card = torch.cuda.get_device_name()
+    if args.persistent:
+        cases = [(op, h, b, t, d) for op, h, b, t in PERSISTENT for d in ("float32", "bfloat16")]
+    else:
+        cases = [(op, h, b, SEQ_LEN, d) for op in ops for d in DTYPES for h in HIDDEN
+                 for b in OPS[op][2]]
     rows = []
-    for op in ops:
-        label, _, batches = OPS[op]
-        for dtype_name, dtype in DTYPES.items():
-            for hidden in HIDDEN:
-                for batch in batches:
-                    us = time_forward(op, hidden, batch, dtype)
-                    rows.append({"op": label, "dtype": dtype_name, "H": hidden,
-                                 "B": batch, "T": SEQ_LEN, "us_per_forward": round(us, 2),
-                                 "us_per_step": round(us / SEQ_LEN, 3), "card": card})
+    for op, hidden, batch, seq_len, dtype_name in cases:
+        us = time_forward(op, hidden, batch, DTYPES[dtype_name], seq_len)
+        rows.append({"op": OPS[op][0], "dtype": dtype_name, "H": hidden, "B": batch,
+                     "T": seq_len, "us_per_forward": round(us, 2),
+                     "us_per_step": round(us / seq_len, 3), "card": card})
     print("| op | dtype | H | B | T | µs/forward | µs/step | card |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

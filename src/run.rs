@@ -87,6 +87,8 @@ pub struct RunReport {
     pub device: String,
     pub device_reason: String,
     pub module: String,
+    /// The algorithm `--algo auto` picked on CUDA, and why.
+    pub dispatch: Option<String>,
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool> {
@@ -261,6 +263,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
         device: device.name(),
         device_reason,
         module: describe(&spec),
+        dispatch: module.dispatch_notes().pop(),
     })
 }
 
@@ -304,6 +307,7 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
         device: device.name(),
         device_reason,
         module: format!("Attention({})", module.score().name()),
+        dispatch: None,
     })
 }
 

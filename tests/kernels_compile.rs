@@ -64,3 +64,37 @@ fn every_entry_point_is_stamped_for_every_dtype() {
         }
     }
 }
+
+#[test]
+fn every_persistent_specialisation_the_tests_use_compiles_without_spills() {
+    use fused_rnn::ops::recurrent::persistent::Spec;
+    if !common::nvrtc_or_skip(
+        "every_persistent_specialisation_the_tests_use_compiles_without_spills",
+    ) {
+        return;
+    }
+    for &(cell, hidden, batch) in common::PERSISTENT_SHAPES {
+        for dtype in fused_rnn::DType::ALL {
+            let spec = Spec::new(cell, hidden, batch, dtype, common::H100_SMS);
+            let name = spec.name();
+            let cubin = nvrtc::compile(&spec.source(), &format!("{name}.cu"), "sm_90")
+                .unwrap_or_else(|e| panic!("{e}"));
+            let stats = parse_ptxas_log(&cubin.log);
+            assert_eq!(stats.len(), 1, "{name}: log:\n{}", cubin.log);
+            let s = &stats[0];
+            println!(
+                "{name}: {} registers, {} B spill stores, {} B spill loads, {} B shared",
+                s.registers,
+                s.spill_store_bytes,
+                s.spill_load_bytes,
+                spec.shared_bytes()
+            );
+            assert_eq!(s.spill_store_bytes + s.spill_load_bytes, 0, "{name} spills");
+            // An H100 lets a block opt into 227 KiB of shared memory.
+            assert!(
+                spec.shared_bytes() <= 227 * 1024,
+                "{name} does not fit an H100"
+            );
+        }
+    }
+}

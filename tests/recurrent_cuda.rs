@@ -1,11 +1,11 @@
-//! CUDA fused and naive RNN, LSTM and GRU forward against the CPU reference, for every dtype, on
-//! odd shapes, with NaN-poisoned outputs. Skips with a printed reason without a GPU (fails
+//! CUDA fused, naive and persistent RNN, LSTM and GRU forward against the CPU reference, for
+//! every dtype, on odd shapes, with NaN-poisoned outputs. Skips with a printed reason without a GPU (fails
 //! instead under FUSED_RNN_REQUIRE_GPU=1).
 
 mod common;
 
 use fused_rnn::nn::{Gru, GruConfig, Lstm, LstmConfig, Rnn, RnnConfig};
-use fused_rnn::{Algo, DType, Device, Error, Nonlinearity, Tensor};
+use fused_rnn::{Algo, Cell, DType, Device, Error, Nonlinearity, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
@@ -106,6 +106,11 @@ const ROWS: &[Row] = &[
     (GRU, 16, 129, 3, false, false, 9, 5, true, true, false),
     (GRU, 7, 1000, 1, true, true, 4, 2, true, true, true),
     (GRU, 4, 33, 2, true, false, 1, 4, false, true, true),
+    // Larger single layers for the persistent kernel: B up to 64, H up to 1024.
+    (TANH, 8, 512, 1, false, true, 9, 33, true, true, true),
+    (LSTM, 8, 512, 1, false, false, 9, 64, true, true, true),
+    (LSTM, 8, 1024, 1, false, false, 9, 16, true, true, true),
+    (GRU, 8, 512, 1, false, false, 9, 8, true, false, true),
 ];
 
 fn case(row: &Row) -> Case {
@@ -292,25 +297,49 @@ fn check_case(device: &Device, c: &Case, seed: u64) {
         inputs(c, seed + 20, !c.h0, None),
         inputs(c, seed + 30, c.h0, c.lengths()),
     ];
+    // An LSTM with a projection has no persistent kernel (forcing it is tested below).
+    let persistent = !matches!(c.kind, Kind::Lstm { proj } if proj > 0);
+    if persistent {
+        let cell = match c.kind {
+            Kind::Rnn(nl) => Cell::Rnn(nl),
+            Kind::Lstm { .. } => Cell::Lstm,
+            Kind::Gru => Cell::Gru,
+        };
+        assert!(
+            common::PERSISTENT_SHAPES.contains(&(cell, c.h, c.b)),
+            "{c:?}: add ({cell:?}, {}, {}) to common::PERSISTENT_SHAPES so that CI compiles it",
+            c.h,
+            c.b
+        );
+    }
     for dtype in DType::ALL {
-        for algo in [Algo::Fused, Algo::Naive] {
+        for algo in [Algo::Fused, Algo::Naive, Algo::Persistent] {
+            if algo == Algo::Persistent && !persistent {
+                continue;
+            }
             let gpu = base.to(device, dtype, algo);
             let what = format!("{c:?} {dtype} {}", algo.name());
             for (k, call) in calls.iter().enumerate() {
                 compare(&format!("{what} (call {k})"), &gpu, device, dtype, call);
             }
             let (captured, errors) = gpu.capture_status();
-            assert_eq!(
-                captured, 1,
-                "{what}: the forward pass was not captured: {errors:?}"
-            );
+            if algo == Algo::Persistent {
+                // A cooperative launch may not be capturable; the plan then issues directly.
+                println!("{what}: {captured} captured {errors:?}");
+            } else {
+                assert_eq!(
+                    captured, 1,
+                    "{what}: the forward pass was not captured: {errors:?}"
+                );
+            }
         }
     }
 }
 
 #[test]
-fn fused_and_naive_match_cpu_for_every_cell_and_dtype() {
-    let Some(device) = common::cuda_or_skip("fused_and_naive_match_cpu_for_every_cell_and_dtype")
+fn fused_naive_and_persistent_match_cpu_for_every_cell_and_dtype() {
+    let Some(device) =
+        common::cuda_or_skip("fused_naive_and_persistent_match_cpu_for_every_cell_and_dtype")
     else {
         return;
     };
@@ -432,5 +461,53 @@ fn loaded_kernels_use_no_local_memory() {
                 "{entry}: {local} B of local memory (stack or spills)"
             );
         }
+    }
+}
+
+#[test]
+fn auto_picks_persistent_where_it_fits_and_forcing_it_elsewhere_is_a_clear_error() {
+    let Some(device) = common::cuda_or_skip("auto_picks_persistent_where_it_fits") else {
+        return;
+    };
+    let x = |i: usize, b: usize| {
+        Tensor::from_vec(common::random(4 * b * i, 1.0, 3), &[4, b, i])
+            .unwrap()
+            .to(&device, DType::BF16)
+            .unwrap()
+    };
+    // Auto: persistent for a small GRU, and the reason it is not for a projected LSTM.
+    let gru = Gru::random(GruConfig::new(7, 33), &device, DType::BF16, 1).unwrap();
+    gru.forward(&x(7, 4), None, None).unwrap();
+    let notes = gru.dispatch_notes();
+    assert!(
+        notes.len() == 1 && notes[0].contains("persistent:"),
+        "{notes:?}"
+    );
+    let mut config = LstmConfig::new(7, 33);
+    config.proj_size = 5;
+    let projected = Lstm::random(config, &device, DType::BF16, 1).unwrap();
+    projected.forward(&x(7, 4), None, None).unwrap();
+    let notes = projected.dispatch_notes();
+    assert!(
+        notes.len() == 1 && notes[0].contains("proj_size"),
+        "{notes:?}"
+    );
+    // Forced where it cannot run: an error naming the reason, before anything is launched.
+    let forced = projected.with_algo(Algo::Persistent);
+    match forced.forward(&x(7, 4), None, None) {
+        Err(Error::Config(msg)) => assert!(msg.contains("proj_size"), "{msg}"),
+        other => panic!("expected a Config error, got {:?}", other.map(|_| ())),
+    }
+    // 2048 f32 units at batch 16 need more shared memory per block than any GPU has.
+    let big = Lstm::random(LstmConfig::new(8, 2048), &device, DType::F32, 1)
+        .unwrap()
+        .with_algo(Algo::Persistent);
+    let x32 = Tensor::from_vec(common::random(4 * 16 * 8, 1.0, 4), &[4, 16, 8])
+        .unwrap()
+        .to(&device, DType::F32)
+        .unwrap();
+    match big.forward(&x32, None, None) {
+        Err(Error::Config(msg)) => assert!(msg.contains("shared memory"), "{msg}"),
+        other => panic!("expected a Config error, got {:?}", other.map(|_| ())),
     }
 }

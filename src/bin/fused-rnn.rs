@@ -36,6 +36,9 @@ fn main() -> ExitCode {
         Command::Info => info(),
         Command::Run(options) => run(&options).map(|report| {
             eprintln!("{}; {}", report.device_reason, report.module);
+            if let Some(dispatch) = &report.dispatch {
+                eprintln!("algo: {dispatch}");
+            }
         }),
         Command::Demo => demo(),
     };

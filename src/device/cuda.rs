@@ -70,6 +70,8 @@ pub struct CudaDevice {
     compute_capability: (i32, i32),
     card: String,
     modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, LoadedVia)>>,
+    /// Run-time specialisations by key (see `jit`).
+    pub(super) jit: Mutex<HashMap<u64, Arc<CudaModule>>>,
     poison: AtomicBool,
 }
 
@@ -133,6 +135,7 @@ impl CudaDevice {
             queue: Mutex::new(()),
             ctx,
             modules: Mutex::new(HashMap::new()),
+            jit: Mutex::new(HashMap::new()),
             poison: AtomicBool::new(false),
         })
     }

@@ -3,7 +3,9 @@
 
 mod cuda;
 mod gemm;
+mod jit;
 pub(crate) use gemm::{RightOperand, Strided};
+pub use jit::{JitModule, JitOrigin};
 pub mod kernels;
 mod ptr;
 

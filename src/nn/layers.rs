@@ -231,6 +231,12 @@ macro_rules! layer_common {
             pub fn graph_capture_status(&self) -> (usize, Vec<String>) {
                 self.inner.capture_status()
             }
+
+            /// For each CUDA shape run with `Algo::Auto`: the algorithm picked and why (for
+            /// example why a shape does not run persistently). Empty on the CPU.
+            pub fn dispatch_notes(&self) -> Vec<String> {
+                self.inner.dispatch_notes()
+            }
         }
     };
 }

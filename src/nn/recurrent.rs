@@ -246,6 +246,10 @@ impl Recurrent {
         self.plans.capture_status()
     }
 
+    pub fn dispatch_notes(&self) -> Vec<String> {
+        self.plans.dispatch_notes()
+    }
+
     /// Checks the call's tensors against the module and runs it.
     pub fn forward(
         &self,

@@ -101,3 +101,40 @@ pub fn fixtures(kind: &str) -> std::path::PathBuf {
         .join("tests/fixtures")
         .join(kind)
 }
+
+/// The persistent-kernel shapes `recurrent_cuda` runs, as (cell, hidden, batch): every cell,
+/// H = 1, 7, 33, 129, 512, 1000 and 1024 (about the largest LSTM that fits in f32 at B = 16 on
+/// an H100), B from 1 to 64. `kernels_compile` compiles each for every dtype with the H100's
+/// SM count: the specialisations the GPU tests then use.
+pub const PERSISTENT_SHAPES: &[(fused_rnn::Cell, usize, usize)] = {
+    use fused_rnn::{Cell, Nonlinearity};
+    const TANH: Cell = Cell::Rnn(Nonlinearity::Tanh);
+    const RELU: Cell = Cell::Rnn(Nonlinearity::Relu);
+    &[
+        (TANH, 1, 1),
+        (TANH, 7, 3),
+        (RELU, 33, 7),
+        (TANH, 129, 5),
+        (TANH, 1000, 2),
+        (RELU, 33, 4),
+        (TANH, 512, 33),
+        (Cell::Lstm, 1, 1),
+        (Cell::Lstm, 7, 3),
+        (Cell::Lstm, 33, 7),
+        (Cell::Lstm, 129, 5),
+        (Cell::Lstm, 1000, 2),
+        (Cell::Lstm, 512, 64),
+        (Cell::Lstm, 1024, 16),
+        (Cell::Gru, 1, 1),
+        (Cell::Gru, 7, 3),
+        (Cell::Gru, 33, 7),
+        (Cell::Gru, 129, 5),
+        (Cell::Gru, 1000, 2),
+        (Cell::Gru, 33, 4),
+        (Cell::Gru, 512, 8),
+    ]
+};
+
+/// Streaming multiprocessors of an H100 (SXM), the GPU the persistent specialisations are
+/// compiled for in CI.
+pub const H100_SMS: usize = 132;

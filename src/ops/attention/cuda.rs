@@ -306,6 +306,9 @@ impl OnDevice {
                 match algo {
                     Algo::Naive => self.naive(&job, want_weights),
                     Algo::Auto | Algo::Fused => self.fused(&job, want_weights),
+                    Algo::Persistent => Err(Error::Config(
+                        "attention has no persistent algorithm (use auto, fused or naive)".into(),
+                    )),
                 }
             }
         })?;

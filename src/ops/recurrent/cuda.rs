@@ -10,6 +10,7 @@
 //! in, replays, and copies the results out. Nothing in the time loop allocates or waits for the
 //! host. If capture is refused, the plan issues the same work directly.
 
+use super::persistent::{self, Persistent};
 use super::{Activation, Algo, Call, Cell, Dims, Outputs};
 use crate::device::{data_ptr, dev_ptr, reading, writing, CudaDevice, Lane, MatRef, POISON_BYTE};
 use crate::dtype::{CudaData, DType, Element};
@@ -79,17 +80,17 @@ struct NaiveKernels {
 }
 
 impl Kernels {
-    fn new(dev: &CudaDevice, cell: Cell, fused: bool, dtype: DType) -> Result<Self> {
+    fn new(dev: &CudaDevice, cell: Cell, kind: StepKind, dtype: DType) -> Result<Self> {
         let ew = |name: &str, dt: DType| dev.function("elementwise", name, dt);
-        let fused = match (fused, cell) {
+        let fused = match (kind == StepKind::Fused, cell) {
             (false, _) => None,
             (true, Cell::Rnn(_)) => Some(dev.function("rnn", "rnn_step_fused", dtype)?),
             (true, Cell::Lstm) => Some(dev.function("lstm", "lstm_step_fused", dtype)?),
             (true, Cell::Gru) => Some(dev.function("gru", "gru_step_fused", dtype)?),
         };
-        let naive = match fused {
-            Some(_) => None,
-            None => Some(NaiveKernels {
+        let naive = match kind {
+            StepKind::Fused | StepKind::Persistent => None,
+            StepKind::Naive => Some(NaiveKernels {
                 gather: ew("gather_naive", DType::F32)?,
                 unary: ew("unary_naive", DType::F32)?,
                 binary: ew("binary_naive", DType::F32)?,
@@ -106,13 +107,21 @@ impl Kernels {
     }
 }
 
+/// How a plan runs the sequence loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepKind {
+    Fused,
+    Naive,
+    Persistent,
+}
+
 /// What a plan was captured for. The weights are not part of the key: a cache belongs to one
 /// layer, whose weights do not change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PlanKey {
     dims: Dims,
     cell: Cell,
-    fused: bool,
+    kind: StepKind,
     dtype: DType,
 }
 
@@ -132,9 +141,12 @@ struct SlotAddresses {
 }
 
 /// One lane's scratch: xw [rows, G·H] f32, hh [B, G·H] f32 (also the projection's f32 output),
-/// ping-pong states h [B, O] and c [B, H], the LSTM's pre-projection h [B, H], and the naive
-/// chain's f32 temporaries tmp [B, G·H], tmp2 and tmp3 [B, H]. 0 where unused.
+/// ping-pong states h [B, O] and c [B, H], the LSTM's pre-projection h [B, H], the naive
+/// chain's f32 temporaries tmp [B, G·H], tmp2 and tmp3 [B, H], and the persistent kernel's
+/// h exchange hbuf [2, B, H] f32 and barrier words sync [counter, failed]. 0 where unused.
 struct LaneAddresses {
+    hbuf: u64,
+    sync: u64,
     xw: u64,
     hh: u64,
     ping_h: [u64; 2],
@@ -203,18 +215,28 @@ struct Plan {
     graph: Option<Graph>,
     /// Why the forward pass is not captured, when it is not.
     capture_error: Option<String>,
+    /// The persistent kernel of a persistent plan, and its barrier words [lane][counter, failed].
+    persistent: Option<Persistent>,
+    sync: Option<CudaSlice<u32>>,
 }
 
-/// The plans of one layer, most recently used first.
+/// The plans of one layer, most recently used first, and what `Algo::Auto` chose per shape.
 #[derive(Default)]
 pub struct PlanCache {
     plans: Mutex<Vec<Plan>>,
+    choices: Mutex<Vec<(PlanKey, String)>>,
 }
 
 /// Plans kept per layer; the least recently used is dropped beyond this.
 const MAX_PLANS: usize = 4;
 
 impl PlanCache {
+    /// For each shape `Auto` has run: the algorithm it picked and why.
+    pub fn dispatch_notes(&self) -> Vec<String> {
+        let choices = self.choices.lock().unwrap_or_else(|p| p.into_inner());
+        choices.iter().map(|(_, note)| note.clone()).collect()
+    }
+
     /// How many cached plans replay a captured CUDA graph, and why the others do not.
     pub fn capture_status(&self) -> (usize, Vec<String>) {
         let plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
@@ -287,7 +309,8 @@ impl Plan {
             .then(|| dev.alloc_output_data(dtype, states * hidden))
             .transpose()?;
 
-        let naive = !key.fused;
+        let naive = key.kind == StepKind::Naive;
+        let persistent = key.kind == StepKind::Persistent;
         let mut arena = Arena {
             dev,
             f32s: Vec::new(),
@@ -296,6 +319,12 @@ impl Plan {
         let lane = |a: &mut Arena<'_>| -> Result<LaneAddresses> {
             let state = batch * hidden;
             Ok(LaneAddresses {
+                hbuf: if persistent {
+                    a.f32(2 * batch * hidden)?
+                } else {
+                    0
+                },
+                sync: 0,
                 xw: a.f32(rows * gw)?,
                 hh: a.f32(batch * gw)?,
                 ping_h: [a.data(dtype, batch * out)?, a.data(dtype, batch * out)?],
@@ -313,7 +342,26 @@ impl Plan {
                 tmp3: if naive { a.f32(state)? } else { 0 },
             })
         };
-        let lanes = [lane(&mut arena)?, lane(&mut arena)?];
+        let mut lanes = [lane(&mut arena)?, lane(&mut arena)?];
+        let sync = persistent
+            .then(|| stream.alloc_zeros::<u32>(4))
+            .transpose()?;
+        if let Some(sync) = &sync {
+            let base = dev_ptr(sync, stream);
+            lanes[0].sync = base;
+            lanes[1].sync = base + 8;
+        }
+        let persistent = match key.kind {
+            StepKind::Persistent => match persistent::prepare(dev, key.cell, &dims, dtype)? {
+                Ok(p) => Some(p),
+                Err(reason) => {
+                    return Err(Error::Config(format!(
+                        "the persistent algorithm cannot run this shape: {reason}"
+                    )))
+                }
+            },
+            _ => None,
+        };
         let bias = |b: &Option<Tensor>| -> Result<u64> {
             b.as_ref()
                 .map_or(Ok(0), |t| Ok(data_ptr(t.cuda_data()?, stream)))
@@ -360,10 +408,12 @@ impl Plan {
             h_n,
             c_n,
             _scratch: (arena.f32s, arena.data),
-            kernels: Kernels::new(dev, key.cell, key.fused, dtype)?,
+            kernels: Kernels::new(dev, key.cell, key.kind, dtype)?,
             addr,
             graph: None,
             capture_error: None,
+            persistent,
+            sync,
         };
         plan.capture(dev);
         Ok(plan)
@@ -403,14 +453,21 @@ impl Plan {
     /// `self.key.dims` and of weights of PyTorch's shapes for those dims, all still alive.
     unsafe fn issue(&self, lanes: &[Lane; 2]) -> Result<()> {
         let dims = self.key.dims;
+        // Persistent directions run side by side only when both grids fit on the GPU at once.
+        let forked = dims.dirs == 2
+            && self
+                .persistent
+                .as_ref()
+                .is_none_or(|p| p.concurrent_directions);
         for layer in 0..dims.layers {
-            if dims.dirs == 2 {
+            if forked {
                 lanes[1].stream.join(&lanes[0].stream)?;
             }
-            for (dir, lane) in lanes.iter().enumerate().take(dims.dirs) {
+            for dir in 0..dims.dirs {
+                let lane = if forked { &lanes[dir] } else { &lanes[0] };
                 self.issue_direction(lane, layer, dir)?;
             }
-            if dims.dirs == 2 {
+            if forked {
                 lanes[0].stream.join(&lanes[1].stream)?;
             }
         }
@@ -472,6 +529,11 @@ impl Plan {
         };
         // x is [rows, in_w], w_ih [G·H, in_w], xw [rows, G·H] f32.
         lane.gemm_abt(rows, gw, in_w, x, w.w_ih, la.xw, gw, 0.0)?;
+        if let Some(p) = &self.persistent {
+            step.h_next = a.h_n + h_slot;
+            step.c_next = if a.c_n == 0 { 0 } else { a.c_n + c_slot };
+            return self.persistent_direction(lane, la, w, &step, p, seq_len);
+        }
         for s in 0..seq_len {
             let last = s + 1 == seq_len;
             step.step = s as i32;
@@ -495,13 +557,60 @@ impl Plan {
             };
             // h_prev [B, O], w_hh [G·H, O], hh [B, G·H] f32.
             lane.gemm_abt(batch, gw, out, h_prev, w.w_hh, la.hh, gw, 0.0)?;
-            match self.key.fused {
-                true => self.fused_step(lane, la, w, &step)?,
-                false => self.naive_step(lane, la, w, &step)?,
+            match self.key.kind {
+                StepKind::Naive => self.naive_step(lane, la, w, &step)?,
+                _ => self.fused_step(lane, la, w, &step)?,
             }
             step.h_prev = step.h_next;
             step.c_prev = step.c_next;
         }
+        Ok(())
+    }
+
+    /// The whole loop of one layer-direction in one cooperative launch: `s` carries h0/c0 in
+    /// h_prev/c_prev and the h_n/c_n slots in h_next/c_next.
+    ///
+    /// # Safety
+    /// As `issue`; the plan was made with persistent scratch.
+    unsafe fn persistent_direction(
+        &self,
+        lane: &Lane,
+        la: &LaneAddresses,
+        w: &SlotAddresses,
+        s: &Step,
+        p: &Persistent,
+        seq_len: usize,
+    ) -> Result<()> {
+        // The barrier counter and the failure flag start at 0 for every launch.
+        dr::memset_d8_async(la.sync, 0, 8, lane.stream.cu_stream())?;
+        let (counter, failed) = (la.sync, la.sync + 4);
+        let seq_len = seq_len as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (p.spec.blocks() as u32, 1, 1),
+            block_dim: (persistent::THREADS, 1, 1),
+            shared_mem_bytes: p.spec.shared_bytes() as u32,
+        };
+        let mut builder = lane.stream.launch_builder(&p.function);
+        for arg in [
+            &s.xw,
+            &w.w_hh.ptr,
+            &s.b_ih,
+            &s.b_hh,
+            &s.h_prev,
+            &s.c_prev,
+            &s.out,
+        ] {
+            builder.arg(arg);
+        }
+        for arg in [
+            &s.h_next, &s.c_next, &la.hbuf, &counter, &failed, &s.lengths,
+        ] {
+            builder.arg(arg);
+        }
+        for arg in [&seq_len, &s.st, &s.sb, &s.out_ld, &s.reverse] {
+            builder.arg(arg);
+        }
+        builder.launch_cooperative(cfg)?;
         Ok(())
     }
 
@@ -720,6 +829,18 @@ impl Plan {
             // SAFETY: as in `Plan::capture`.
             None => unsafe { self.issue(dev.lanes())? },
         }
+        if let Some(sync) = &self.sync {
+            // A barrier that gave up means the blocks were not all resident: the results are
+            // incomplete, so this is an error (it waits for the launch to finish).
+            let words = stream.clone_dtoh(sync)?;
+            if words[1] != 0 || words[3] != 0 {
+                return Err(Error::Config(
+                    "the persistent kernel's blocks did not all run at once (another kernel held \
+                     the GPU?); use --algo fused"
+                        .into(),
+                ));
+            }
+        }
         let copy_out = |src: &CudaData, shape: &[usize]| -> Result<Tensor> {
             let mut dst = dev.alloc_output_data(self.key.dtype, src.len())?;
             // SAFETY: `dst` was just allocated with as many elements as `src`, same dtype.
@@ -746,13 +867,9 @@ pub(super) fn forward(
     call: &Call<'_>,
     cache: &PlanCache,
 ) -> Result<Outputs> {
-    let key = PlanKey {
-        dims: call.dims,
-        cell: call.cell,
-        fused: algo != Algo::Naive,
-        dtype: call.input.dtype(),
-    };
+    let dtype = call.input.dtype();
     let _queue = dev.lock_queue();
+    let key = choose(dev, algo, call, dtype, cache)?;
     let mut plans = cache.plans.lock().unwrap_or_else(|p| p.into_inner());
     let plan = match plans.iter().position(|p| p.key == key) {
         Some(k) => plans.remove(k),
@@ -761,4 +878,49 @@ pub(super) fn forward(
     plans.insert(0, plan);
     plans.truncate(MAX_PLANS);
     plans[0].run(dev, call)
+}
+
+/// The plan key for `algo` on this call's shape; `Auto` takes `Persistent` where the shape can
+/// run it on this device, else `Fused`, and keeps its choice and the reason per shape.
+fn choose(
+    dev: &CudaDevice,
+    algo: Algo,
+    call: &Call<'_>,
+    dtype: DType,
+    cache: &PlanCache,
+) -> Result<PlanKey> {
+    let key = |kind| PlanKey {
+        dims: call.dims,
+        cell: call.cell,
+        kind,
+        dtype,
+    };
+    let kind = match algo {
+        Algo::Fused => StepKind::Fused,
+        Algo::Naive => StepKind::Naive,
+        Algo::Persistent => StepKind::Persistent,
+        Algo::Auto => {
+            let mut choices = cache.choices.lock().unwrap_or_else(|p| p.into_inner());
+            let same = |k: &PlanKey| k.dims == call.dims && k.cell == call.cell && k.dtype == dtype;
+            if let Some((k, _)) = choices.iter().find(|(k, _)| same(k)) {
+                return Ok(*k);
+            }
+            let (kind, why) = match persistent::prepare(dev, call.cell, &call.dims, dtype)? {
+                Ok(p) => (StepKind::Persistent, p.note),
+                Err(why) => (StepKind::Fused, format!("fused, not persistent: {why}")),
+            };
+            let d = call.dims;
+            let shape = format!(
+                "{} H={} B={} T={} {}",
+                call.cell.name(),
+                d.hidden,
+                d.batch,
+                d.seq_len,
+                dtype.name()
+            );
+            choices.push((key(kind), format!("{shape}: {why}")));
+            kind
+        }
+    };
+    Ok(key(kind))
 }

@@ -8,6 +8,7 @@
 
 mod cpu;
 mod cuda;
+pub mod persistent;
 
 pub(crate) use cuda::PlanCache;
 
@@ -16,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// The Elman RNN's nonlinearity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Nonlinearity {
     #[default]
     Tanh,
@@ -88,7 +89,7 @@ impl Activation {
 }
 
 /// The recurrent cell of a layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cell {
     Rnn(Nonlinearity),
     Lstm,
@@ -117,13 +118,17 @@ impl Cell {
 /// Which CUDA implementation runs the sequence loop. The CPU has one implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Algo {
-    /// The fastest implementation for the shape: currently `Fused`.
+    /// `Persistent` where the shape can run it on this device, else `Fused`; the layer says
+    /// which it picked and why (`dispatch_notes`).
     #[default]
     Auto,
     /// Per step one recurrent GEMM and one fused elementwise kernel.
     Fused,
     /// Per step one recurrent GEMM and one kernel per elementwise op: the baseline.
     Naive,
+    /// One launch per layer-direction for the whole sequence, W_hh kept on-chip; an error
+    /// where the shape cannot run it.
+    Persistent,
 }
 
 impl Algo {
@@ -132,6 +137,7 @@ impl Algo {
             Algo::Auto => "auto",
             Algo::Fused => "fused",
             Algo::Naive => "naive",
+            Algo::Persistent => "persistent",
         }
     }
 }
@@ -139,12 +145,12 @@ impl Algo {
 impl std::str::FromStr for Algo {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        [Algo::Auto, Algo::Fused, Algo::Naive]
+        [Algo::Auto, Algo::Fused, Algo::Naive, Algo::Persistent]
             .into_iter()
             .find(|a| a.name() == s)
             .ok_or_else(|| {
                 Error::Config(format!(
-                    "unknown algo `{s}` (expected auto, fused or naive)"
+                    "unknown algo `{s}` (expected auto, fused, naive or persistent)"
                 ))
             })
     }
