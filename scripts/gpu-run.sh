@@ -48,7 +48,7 @@ if want tests; then
         # scripts/install-nvrtc.sh pins; here rnn_cuda's loaded_kernels_use_no_local_memory asks
         # the driver instead.
         [ "$(basename "$t")" = test-kernels_compile ] && skip=(--skip every_kernel_compiles_without_spills)
-        step "$(basename "$t")" "$out/tests.log" 150 "$t" --test-threads=1 "${skip[@]}"
+        step "$(basename "$t")" "$out/tests.log" 150 "$t" --test-threads=1 --nocapture "${skip[@]}"
     done
 fi
 if want memcheck; then

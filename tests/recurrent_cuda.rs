@@ -492,6 +492,14 @@ fn auto_picks_persistent_where_it_fits_and_forcing_it_elsewhere_is_a_clear_error
         notes.len() == 1 && notes[0].contains("proj_size"),
         "{notes:?}"
     );
+    // Past Auto's batch limit the stepwise kernels run, and the note says why.
+    let wide = Gru::random(GruConfig::new(7, 33), &device, DType::BF16, 1).unwrap();
+    wide.forward(&x(7, 8), None, None).unwrap();
+    let notes = wide.dispatch_notes();
+    assert!(
+        notes.len() == 1 && notes[0].contains("stepwise"),
+        "{notes:?}"
+    );
     // Forced where it cannot run: an error naming the reason, before anything is launched.
     let forced = projected.with_algo(Algo::Persistent);
     match forced.forward(&x(7, 4), None, None) {

@@ -47,6 +47,10 @@ static_assert(ROW_BLOCK * BATCH_CHUNK <= 32, "too many accumulators per lane");
 
 typedef STORAGE T;
 
+__device__ __forceinline__ void add_release(unsigned* p, unsigned v) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" : : "l"(p), "r"(v) : "memory");
+}
+
 __device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
     unsigned v;
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -64,13 +68,14 @@ __device__ __forceinline__ float warp_sum(float x) {
     return x;
 }
 
-// Every block's writes before the call are visible to every block after it. Returns false
-// when the wait gave up (the blocks were not all running).
+// Every block's writes before the call are visible to every block after it: the block's
+// threads meet, one thread publishes with a release add and waits with acquire loads, and the
+// block meets again. Returns false when the wait gave up (the blocks were not all running).
 __device__ bool grid_barrier(unsigned* counter, unsigned target, int* failed, int* gave_up) {
     __syncthreads();
     if (threadIdx.x == 0) {
         __threadfence();
-        atomicAdd(counter, 1u);
+        add_release(counter, 1u);
         unsigned spins = 0;
         while (load_acquire(counter) < target) {
             if (++spins > SPIN_LIMIT) {
@@ -78,12 +83,37 @@ __device__ bool grid_barrier(unsigned* counter, unsigned target, int* failed, in
                 *gave_up = 1;
                 break;
             }
-            asm volatile("nanosleep.u32 32;");
+            // Poll at L2 speed first (a step is microseconds); back off only if it drags on.
+            if (spins > 4096) asm volatile("nanosleep.u32 64;");
         }
         __threadfence();
     }
     __syncthreads();
     return !*gave_up;
+}
+
+// sh = h_{t-1} as f32. Loads go out in groups of STAGE_GROUP before any is used, so that their
+// L2 round trips overlap (each load is a volatile asm: the compiler keeps their order).
+#define STAGE_GROUP 8
+__device__ __forceinline__ void stage_h(float* sh, const float* prev, const T* h0, int s) {
+    const int tid = threadIdx.x;
+    if (s == 0) {
+        for (int i = tid; i < BATCH * HIDDEN; i += THREADS) sh[i] = h0 ? to_float(h0[i]) : 0.f;
+        return;
+    }
+    for (int base = tid; base < BATCH * HIDDEN; base += THREADS * STAGE_GROUP) {
+        float v[STAGE_GROUP];
+#pragma unroll
+        for (int g = 0; g < STAGE_GROUP; ++g) {
+            int i = base + g * THREADS;
+            v[g] = i < BATCH * HIDDEN ? load_l2(prev + i) : 0.f;
+        }
+#pragma unroll
+        for (int g = 0; g < STAGE_GROUP; ++g) {
+            int i = base + g * THREADS;
+            if (i < BATCH * HIDDEN) sh[i] = v[g];
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
@@ -96,7 +126,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     T* sw = (T*)smem;                                        // [ROWS, HIDDEN]
     float* sh = smem + (ROWS * HIDDEN * sizeof(T) + 15) / 16 * 4;  // [BATCH, HIDDEN]
     float* sg = sh + BATCH * HIDDEN;                        // [BATCH, ROWS]
-    float* sc = sg + BATCH * ROWS;                          // [BATCH, UNITS]
+    float* sx = sg + BATCH * ROWS;                          // [BATCH, ROWS]
+    float* sc = sx + BATCH * ROWS;                          // [BATCH, UNITS]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int u0 = blockIdx.x * UNITS;
     const int units = min(UNITS, HIDDEN - u0);
@@ -113,11 +144,20 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     }
 
     for (int s = 0; s < seq_len; ++s) {
+        // This step's input side, x·W_ih + b_ih (+ b_hh but for the GRU's n gate), fetched first
+        // so that its latency hides behind the staging and the matvec.
+        for (int i = tid; i < BATCH * ROWS; i += THREADS) {
+            int b = i / ROWS, r = i - b * ROWS, g = r / UNITS, u = r - g * UNITS;
+            int t = step_time(s, lengths[b], reverse);
+            if (t < 0 || u >= units) continue;
+            int col = g * HIDDEN + u0 + u;
+            float x = xw[((long)t * st + (long)b * sb) * (GATES * HIDDEN) + col] + bias_at(b_ih, col);
+            if (!(CELL == CELL_GRU && g == 2)) x += bias_at(b_hh, col);
+            sx[i] = x;
+        }
         // h_{t-1}: h0 at the first step, else the previous step's hbuf half (read from L2: other
         // blocks wrote it).
-        const float* prev = hbuf + (long)((s + 1) & 1) * BATCH * HIDDEN;
-        for (int i = tid; i < BATCH * HIDDEN; i += THREADS)
-            sh[i] = s == 0 ? (h0 ? to_float(h0[i]) : 0.f) : load_l2(prev + i);
+        stage_h(sh, hbuf + (long)((s + 1) & 1) * BATCH * HIDDEN, h0, s);
         __syncthreads();
 
         // sg[b, r] = W_hh[r] · h[b]: ROW_BLOCK rows per warp, BATCH_CHUNK batch rows at a time.
@@ -161,25 +201,23 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             int t = step_time(s, lengths[b], reverse);
             float h_prev = sh[b * HIDDEN + j], h = h_prev;
             if (t >= 0) {
-                const float* x = xw + ((long)t * st + (long)b * sb) * (GATES * HIDDEN);
-                const float* rec = sg + b * ROWS;
-#define PRE(g) (x[(g) * HIDDEN + j] + bias_at(b_ih, (g) * HIDDEN + j))
-#define REC(g) (rec[(g) * UNITS + u] + bias_at(b_hh, (g) * HIDDEN + j))
+                // Gate g's sum: the input side (biases in) plus W_hh·h.
+#define GATE(g) (sx[b * ROWS + (g) * UNITS + u] + sg[b * ROWS + (g) * UNITS + u])
 #if CELL == CELL_RNN
-                h = activate(PRE(0) + REC(0), ACT);
+                h = activate(GATE(0), ACT);
 #elif CELL == CELL_LSTM
-                float ig = sigmoid(PRE(0) + REC(0)), fg = sigmoid(PRE(1) + REC(1));
-                float gg = tanhf(PRE(2) + REC(2)), og = sigmoid(PRE(3) + REC(3));
+                float ig = sigmoid(GATE(0)), fg = sigmoid(GATE(1));
+                float gg = tanhf(GATE(2)), og = sigmoid(GATE(3));
                 float c = fg * sc[i] + ig * gg;
                 sc[i] = c;
                 h = og * tanhf(c);
 #else
-                float r = sigmoid(PRE(0) + REC(0)), z = sigmoid(PRE(1) + REC(1));
-                float n = tanhf(PRE(2) + r * REC(2));
+                float r = sigmoid(GATE(0)), z = sigmoid(GATE(1));
+                float n = tanhf(sx[b * ROWS + 2 * UNITS + u] +
+                                r * (sg[b * ROWS + 2 * UNITS + u] + bias_at(b_hh, 2 * HIDDEN + j)));
                 h = n + z * (h_prev - n);
 #endif
-#undef PRE
-#undef REC
+#undef GATE
                 out[((long)t * st + (long)b * sb) * out_ld + j] = from_float<T>(h);
             } else {
                 // pad_packed_sequence: an ended row's outputs are 0 and its state carries.

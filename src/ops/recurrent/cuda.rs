@@ -905,7 +905,14 @@ fn choose(
             if let Some((k, _)) = choices.iter().find(|(k, _)| same(k)) {
                 return Ok(*k);
             }
-            let (kind, why) = match persistent::prepare(dev, call.cell, &call.dims, dtype)? {
+            let prepared = match call.dims.batch {
+                b if b > persistent::AUTO_MAX_BATCH => Err(format!(
+                    "at batch {b} (over {}) the stepwise kernels are faster",
+                    persistent::AUTO_MAX_BATCH
+                )),
+                _ => persistent::prepare(dev, call.cell, &call.dims, dtype)?,
+            };
+            let (kind, why) = match prepared {
                 Ok(p) => (StepKind::Persistent, p.note),
                 Err(why) => (StepKind::Fused, format!("fused, not persistent: {why}")),
             };

@@ -15,6 +15,10 @@ const COMMON: &str = include_str!("../../../kernels/common.cuh");
 pub(crate) const THREADS: u32 = 256;
 /// The kernel's largest batch (its accumulators are per batch row).
 pub(crate) const MAX_BATCH: usize = 64;
+/// The largest batch `Algo::Auto` runs persistently. Its W_hh·h runs on CUDA cores from shared
+/// memory; past this batch the stepwise path (a cuBLAS GEMM per step) was faster on an H100
+/// (BENCHMARKS.md), so Auto keeps persistent for the latency-bound small batches.
+pub(crate) const AUTO_MAX_BATCH: usize = 4;
 
 /// One specialisation: everything the kernel takes as a compile-time constant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,11 +55,11 @@ impl Spec {
     }
 
     /// Dynamic shared memory per block: the W_hh slice (storage dtype, padded to 16 bytes),
-    /// then h [B, H], the gate sums [B, G·U] and c [B, U] in f32.
+    /// then h [B, H], the recurrent and input gate sums [B, G·U] each and c [B, U] in f32.
     pub fn shared_bytes(&self) -> usize {
         let rows = self.cell.gates() * self.units;
         let weights = (rows * self.hidden * self.dtype.size_in_bytes()).div_ceil(16) * 16;
-        weights + 4 * self.batch * (self.hidden + rows + self.units)
+        weights + 4 * self.batch * (self.hidden + 2 * rows + self.units)
     }
 
     /// A name for logs and the disk cache.
