@@ -475,9 +475,9 @@ fn auto_picks_persistent_where_it_fits_and_forcing_it_elsewhere_is_a_clear_error
             .to(&device, DType::BF16)
             .unwrap()
     };
-    // Auto: persistent for a small GRU, and the reason it is not for a projected LSTM.
+    // Auto: persistent for a GRU at batch 1, and the reason it is not for a projected LSTM.
     let gru = Gru::random(GruConfig::new(7, 33), &device, DType::BF16, 1).unwrap();
-    gru.forward(&x(7, 4), None, None).unwrap();
+    gru.forward(&x(7, 1), None, None).unwrap();
     let notes = gru.dispatch_notes();
     assert!(
         notes.len() == 1 && notes[0].contains("persistent:"),
@@ -486,7 +486,7 @@ fn auto_picks_persistent_where_it_fits_and_forcing_it_elsewhere_is_a_clear_error
     let mut config = LstmConfig::new(7, 33);
     config.proj_size = 5;
     let projected = Lstm::random(config, &device, DType::BF16, 1).unwrap();
-    projected.forward(&x(7, 4), None, None).unwrap();
+    projected.forward(&x(7, 1), None, None).unwrap();
     let notes = projected.dispatch_notes();
     assert!(
         notes.len() == 1 && notes[0].contains("proj_size"),

@@ -905,10 +905,11 @@ fn choose(
             if let Some((k, _)) = choices.iter().find(|(k, _)| same(k)) {
                 return Ok(*k);
             }
+            let limit = persistent::auto_max_batch(dtype);
             let prepared = match call.dims.batch {
-                b if b > persistent::AUTO_MAX_BATCH => Err(format!(
-                    "at batch {b} (over {}) the stepwise kernels are faster",
-                    persistent::AUTO_MAX_BATCH
+                b if b > limit => Err(format!(
+                    "at batch {b} (over {limit} in {}) the stepwise kernels are faster",
+                    dtype.name()
                 )),
                 _ => persistent::prepare(dev, call.cell, &call.dims, dtype)?,
             };

@@ -15,10 +15,16 @@ const COMMON: &str = include_str!("../../../kernels/common.cuh");
 pub(crate) const THREADS: u32 = 256;
 /// The kernel's largest batch (its accumulators are per batch row).
 pub(crate) const MAX_BATCH: usize = 64;
-/// The largest batch `Algo::Auto` runs persistently. Its W_hh·h runs on CUDA cores from shared
-/// memory; past this batch the stepwise path (a cuBLAS GEMM per step) was faster on an H100
-/// (BENCHMARKS.md), so Auto keeps persistent for the latency-bound small batches.
-pub(crate) const AUTO_MAX_BATCH: usize = 4;
+/// The largest batch `Algo::Auto` runs persistently in `dtype`. The kernel's W_hh·h runs on
+/// CUDA cores from shared memory; on an H100 (BENCHMARKS.md) it beat the stepwise path (a
+/// cuBLAS GEMM per step, on tensor cores for 16-bit storage) at batch 1 in every dtype and up
+/// to batch 4 in f32, and lost beyond, so Auto keeps it for those latency-bound shapes.
+pub(crate) fn auto_max_batch(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 => 4,
+        DType::F16 | DType::BF16 => 1,
+    }
+}
 
 /// One specialisation: everything the kernel takes as a compile-time constant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
