@@ -12,7 +12,9 @@
 //! state_dicts saved as safetensors. On CUDA, each layer-direction runs one GEMM for the input
 //! projection of every step, then per step one recurrent GEMM and one fused kernel (biases,
 //! gates, cell update, length mask, output and next state); the sequence is captured into a
-//! CUDA graph once per shape and replayed. Attention computes a source's key side once
+//! CUDA graph once per shape and replayed. `Algo::Persistent` instead runs each layer-direction
+//! in one cooperative launch with W_hh kept in shared memory, specialised to the shape with
+//! NVRTC at run time; `Algo::Auto` takes it where it was measured faster. Attention computes a source's key side once
 //! (`Attention::keys`); each decoding step is then one fused pass over the keys (scores, masked
 //! softmax, context), split across blocks and combined.
 //!

@@ -77,6 +77,8 @@ pub struct RunOptions {
     /// Overrides the weights file's `nonlinearity` metadata (RNN modules only).
     #[arg(long)]
     pub nonlinearity: Option<Nonlinearity>,
+    /// CUDA algorithm: auto, fused, naive or persistent (recurrent modules); auto, fused or
+    /// naive (attention).
     #[arg(long, default_value = "auto")]
     pub algo: Algo,
 }
