@@ -8,7 +8,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use fused_rnn::io::{save_f32, TensorFile};
 use fused_rnn::nn::Attention;
 use fused_rnn::{Algo, DType, Device, Tensor};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
 
 const D: usize = 512;
 const KINDS: [&str; 3] = ["additive", "general", "dot"];
@@ -87,14 +89,8 @@ fn cuda(c: &mut Criterion) {
                         format!("B{b}_L{l}_D{D}"),
                     );
                     group.bench_function(id, |bench| {
-                        bench.iter_custom(|iters| {
-                            cuda.synchronize().unwrap();
-                            let start = Instant::now();
-                            for _ in 0..iters {
-                                drop(layer.attend(&prepared, &query, false).unwrap());
-                            }
-                            cuda.synchronize().unwrap();
-                            start.elapsed()
+                        common::on_gpu(bench, &cuda, || {
+                            drop(layer.attend(&prepared, &query, false).unwrap())
                         })
                     });
                 }

@@ -13,7 +13,9 @@ use criterion::{
 };
 use fused_rnn::nn::{Gru, GruConfig, Lstm, LstmConfig, Rnn, RnnConfig};
 use fused_rnn::{Algo, DType, Device, Tensor};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
 
 #[derive(Clone, Copy)]
 enum Op {
@@ -86,17 +88,7 @@ fn cuda_group(
                     format!("{}_{}_{dtype}", algo.name(), op.name()),
                     format!("H{h}_B{b}_T{t}"),
                 );
-                group.bench_function(id, |bench| {
-                    bench.iter_custom(|iters| {
-                        cuda.synchronize().unwrap();
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            forward(&x);
-                        }
-                        cuda.synchronize().unwrap();
-                        start.elapsed()
-                    })
-                });
+                group.bench_function(id, |bench| common::on_gpu(bench, &cuda, || forward(&x)));
             }
         }
     }
@@ -152,17 +144,7 @@ fn persistent(c: &mut Criterion) {
                     format!("{}_{}_{dtype}", algo.name(), op.name()),
                     format!("H{h}_B{b}_T{t}"),
                 );
-                group.bench_function(id, |bench| {
-                    bench.iter_custom(|iters| {
-                        cuda.synchronize().unwrap();
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            forward(&x);
-                        }
-                        cuda.synchronize().unwrap();
-                        start.elapsed()
-                    })
-                });
+                group.bench_function(id, |bench| common::on_gpu(bench, &cuda, || forward(&x)));
             }
         }
     }

@@ -76,6 +76,16 @@ pub(crate) struct Strided {
     pub stride: usize,
 }
 
+impl Strided {
+    /// Row-major matrices at `ptr`, `ld` elements per row, `stride` elements apart.
+    pub fn new(ptr: u64, ld: usize, dtype: crate::DType, stride: usize) -> Self {
+        Strided {
+            mat: MatRef { ptr, ld, dtype },
+            stride,
+        }
+    }
+}
+
 impl Lane {
     /// For i in 0..count: C_i[m, n] = A_i[m, k] · op(B_i), C row-major f32 (leading dimension
     /// `ldc`, stride `stride_c`), in one cuBLAS call.

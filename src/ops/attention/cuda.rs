@@ -464,22 +464,8 @@ impl OnDevice {
             lane.gemm_abt(rows * len, 1, k, f32_mat(sum), f32_mat(v), e, 1, 0.0)?;
         } else {
             // Products: e[b] = Q[b] · KP[b]ᵀ, one batched GEMM over the rows' sources.
-            let a = Strided {
-                mat: MatRef {
-                    ptr: j.q,
-                    ld: k,
-                    dtype: self.dtype,
-                },
-                stride: j.tq * k,
-            };
-            let b = Strided {
-                mat: MatRef {
-                    ptr: j.keys.projected,
-                    ld: k,
-                    dtype: self.dtype,
-                },
-                stride: len * k,
-            };
+            let a = Strided::new(j.q, k, self.dtype, j.tq * k);
+            let b = Strided::new(j.keys.projected, k, self.dtype, len * k);
             lane.gemm_batched(
                 j.batch,
                 j.tq,
@@ -498,22 +484,8 @@ impl OnDevice {
         // The weights in the storage dtype are also the context GEMM's left operand.
         let weights = self.convert(p, rows * len)?;
         let w = data_ptr(&weights, self.dev.stream());
-        let a = Strided {
-            mat: MatRef {
-                ptr: w,
-                ld: len,
-                dtype: self.dtype,
-            },
-            stride: j.tq * len,
-        };
-        let b = Strided {
-            mat: MatRef {
-                ptr: j.keys.values,
-                ld: dv,
-                dtype: self.dtype,
-            },
-            stride: len * dv,
-        };
+        let a = Strided::new(w, len, self.dtype, j.tq * len);
+        let b = Strided::new(j.keys.values, dv, self.dtype, len * dv);
         lane.gemm_batched(
             j.batch,
             j.tq,
