@@ -27,10 +27,14 @@ subtracted. Larger scores are not drawn: f32 rounding of a score is ~|score|*6e-
 the weights of near-tied keys by about that much, so at |score| >~ 250 even torch's own float32
 evaluation exceeds the default --tol 1e-5 on some rows.
 
+With --grad (rnn, lstm, gru), each case also gets random grad_output, grad_h_n (and grad_c_n)
+in a gradient file; the binary's `input.grad`, `h0.grad`, `c0.grad` and `<parameter>.grad` are
+compared with float64 autograd of sum(output*grad_output) + sum(h_n*grad_h_n) (+ c_n).
+
 Usage (needs torch, safetensors and numpy):
     python3 scripts/check_against_torch.py --bin target/release/fused-rnn \
         [--device cpu] [--kinds rnn,lstm,gru,attention] [--seed N] [--count N] [--dtype f32] \
-        [--tol 1e-5]
+        [--tol 1e-5] [--grad]
 
 Prints one line per case and a last line "N passed, M failed"; exits 1 if any failed.
 """
@@ -42,6 +46,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -286,17 +291,59 @@ def reference(case: Case) -> dict:
     if "c0" in case.inputs:
         hx = (hx, case.inputs["c0"].double())
     with torch.no_grad():
-        if "lengths" in case.inputs:
-            total = x.shape[1] if case.batch_first else x.shape[0]
-            packed = pack_padded_sequence(x, case.inputs["lengths"], batch_first=case.batch_first,
-                                          enforce_sorted=False)
-            out, state = module(packed, hx)
-            out, _ = pad_packed_sequence(out, batch_first=case.batch_first, total_length=total)
-        else:
-            out, state = module(x, hx)
+        out, h_n, c_n = run_module(case, module, x, hx)
+    if c_n is not None:
+        return {"output": out, "h_n": h_n, "c_n": c_n}
+    return {"output": out, "h_n": h_n}
+
+
+def run_module(case: Case, module, x, hx):
+    """The module on x (packed when the case has lengths); (output, h_n, c_n or None)."""
+    if "lengths" in case.inputs:
+        total = x.shape[1] if case.batch_first else x.shape[0]
+        packed = pack_padded_sequence(x, case.inputs["lengths"], batch_first=case.batch_first,
+                                      enforce_sorted=False)
+        out, state = module(packed, hx)
+        out, _ = pad_packed_sequence(out, batch_first=case.batch_first, total_length=total)
+    else:
+        out, state = module(x, hx)
     if isinstance(state, tuple):
-        return {"output": out, "h_n": state[0], "c_n": state[1]}
-    return {"output": out, "h_n": state}
+        return out, state[0], state[1]
+    return out, state, None
+
+
+def make_grads(case: Case, expected: dict, seed: int) -> dict:
+    """Random upstream gradients shaped like the forward results."""
+    gen = torch.Generator().manual_seed(seed)
+    names = {"output": "grad_output", "h_n": "grad_h_n", "c_n": "grad_c_n"}
+    return {names[k]: torch.randn(v.shape, generator=gen, dtype=torch.float32)
+            for k, v in expected.items()}
+
+
+def grad_reference(case: Case, grads: dict) -> dict:
+    """float64 autograd of sum(output*grad_output) + sum(h_n*grad_h_n) (+ c_n): the input's,
+    h0's, c0's and every parameter's gradient, named as the binary writes them."""
+    module = case.module.double()
+    with torch.enable_grad():
+        x = case.inputs["input"].double().requires_grad_()
+        leaves = {"input": x}
+        hx = None
+        if "h0" in case.inputs:
+            leaves["h0"] = case.inputs["h0"].double().requires_grad_()
+            hx = leaves["h0"]
+            if "c0" in case.inputs:
+                leaves["c0"] = case.inputs["c0"].double().requires_grad_()
+                hx = (hx, leaves["c0"])
+        out, h_n, c_n = run_module(case, module, x, hx)
+        loss = (out * grads["grad_output"].double()).sum()
+        loss = loss + (h_n * grads["grad_h_n"].double()).sum()
+        if c_n is not None:
+            loss = loss + (c_n * grads["grad_c_n"].double()).sum()
+        params = dict(module.named_parameters())
+        wrt = list(leaves.values()) + list(params.values())
+        got = torch.autograd.grad(loss, wrt)
+    names = [f"{k}.grad" for k in leaves] + [f"{k}.grad" for k in params]
+    return dict(zip(names, got))
 
 
 def write_case(case: Case, folder: str) -> tuple:
@@ -319,9 +366,12 @@ def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def run_binary(args, weights: str, inputs: str, output: str) -> subprocess.CompletedProcess:
+def run_binary(args, weights: str, inputs: str, output: str,
+               grads: str = None) -> subprocess.CompletedProcess:
     cmd = [args.bin, "run", "--weights", weights, "--input", inputs, "--output", output,
            "--device", args.device]
+    if grads:
+        cmd += ["--grad", grads]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
     return subprocess.run(cmd, capture_output=True, text=True)
@@ -337,7 +387,13 @@ def check_case(args, case: Case, workdir: str) -> bool:
     weights, inputs = write_case(case, folder)
     expected = reference(case)
     output = os.path.join(folder, "output.safetensors")
-    proc = run_binary(args, weights, inputs, output)
+    grads = None
+    if args.grad and case.attention is None:
+        upstream = make_grads(case, expected, zlib.crc32(case.name.encode()))
+        grads = os.path.join(folder, "grad.safetensors")
+        save_file({k: v.contiguous() for k, v in upstream.items()}, grads)
+        expected.update(grad_reference(case, upstream))
+    proc = run_binary(args, weights, inputs, output, grads)
     head = f"{case.name:8s} {case.desc:52s}"
     if proc.returncode != 0:
         print(f"{head} FAIL exit {proc.returncode}: {last_line(proc.stderr)}")
@@ -352,7 +408,11 @@ def check_case(args, case: Case, workdir: str) -> bool:
         print(f"{head} FAIL {type(exc).__name__}: {exc}")
         return False
     ok = all(e <= args.tol for e in errors.values())
-    report = "  ".join(f"{k} {e:.2e}" for k, e in errors.items())
+    if len(errors) > 4:  # with gradients: the worst, not every tensor
+        worst = max(errors, key=errors.get)
+        report = f"{len(errors)} tensors, worst {worst} {errors[worst]:.2e}"
+    else:
+        report = "  ".join(f"{k} {e:.2e}" for k, e in errors.items())
     print(f"{head} {report}  {'PASS' if ok else 'FAIL'}")
     return ok
 
@@ -367,6 +427,8 @@ def parse_args():
     p.add_argument("--dtype", default=None, help="passed to the binary as --dtype when given")
     p.add_argument("--tol", type=float, default=1e-5)
     p.add_argument("--keep", action="store_true", help="keep and print the temp folder")
+    p.add_argument("--grad", action="store_true",
+                   help="also check the backward's gradients (rnn, lstm, gru)")
     return p.parse_args()
 
 

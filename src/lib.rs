@@ -44,5 +44,5 @@ mod tensor;
 pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
-pub use ops::recurrent::{Algo, Cell, Nonlinearity};
+pub use ops::recurrent::{Algo, Cell, Gradients, Nonlinearity, Reserve};
 pub use tensor::Tensor;

@@ -81,6 +81,11 @@ pub struct RunOptions {
     /// naive (attention).
     #[arg(long, default_value = "auto")]
     pub algo: Algo,
+    /// Also runs the backward of Σ output ⊙ grad_output + Σ h_n ⊙ grad_h_n (+ Σ c_n ⊙ grad_c_n)
+    /// with the gradients in this file (`grad_output`, optional `grad_h_n`, `grad_c_n`), and
+    /// writes `input.grad`, `h0.grad`, `c0.grad` (when given) and `<parameter>.grad` (CPU).
+    #[arg(long)]
+    pub grad: Option<PathBuf>,
 }
 
 /// What a successful run did.
@@ -243,7 +248,38 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
             tensor: lacks.into(),
         });
     }
-    let (device, device_reason, dtype) = open_device(opts)?;
+    let grads = opts.grad.as_ref().map(TensorFile::load).transpose()?;
+    if let Some(g) = &grads {
+        let allowed: &[&str] = if lstm {
+            &["grad_output", "grad_h_n", "grad_c_n"]
+        } else {
+            &["grad_output", "grad_h_n"]
+        };
+        if let Some(stray) = g.names().find(|n| !allowed.contains(n)) {
+            return Err(Error::Config(format!(
+                "{}: unexpected tensor `{stray}` ({} takes {})",
+                g.path().display(),
+                spec.cell.name(),
+                allowed.join(", ")
+            )));
+        }
+    }
+    let (device, device_reason, dtype) = match (&grads, opts.device) {
+        (Some(_), DeviceChoice::Cuda) => {
+            return Err(Error::Config(
+                "--grad runs on the CPU so far; use --device cpu or auto".into(),
+            ))
+        }
+        (Some(_), _) => (
+            Device::Cpu,
+            "using the CPU: --grad runs on the CPU so far".to_string(),
+            DType::F32,
+        ),
+        (None, _) => open_device(opts)?,
+    };
+    if grads.is_some() && opts.dtype.is_some_and(|d| d != DType::F32) {
+        return Err(Error::Config("--grad computes in f32 on the CPU".into()));
+    }
     let mut module = Recurrent::from_state_dict(spec, &weights, &device, dtype)?;
     module.set_algo(opts.algo);
     let load = |name: &str| -> Result<Option<Tensor>> {
@@ -255,12 +291,38 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     let input = inputs.float("input")?.to(&device, dtype)?;
     let (h0, c0) = (load("h0")?, load("c0")?);
     let lengths = read_lengths(&inputs)?;
-    let out = module.forward(&input, h0.as_ref(), c0.as_ref(), lengths.as_deref())?;
-    let mut tensors = vec![("output", &out.output), ("h_n", &out.h_n)];
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let out = match &grads {
+        None => module.forward(&input, h0.as_ref(), c0.as_ref(), lengths.as_deref())?,
+        Some(g) => {
+            let (out, reserve) =
+                module.forward_train(&input, h0.as_ref(), c0.as_ref(), lengths.as_deref())?;
+            let optional = |name: &str| g.contains(name).then(|| g.float(name)).transpose();
+            let grad = module.backward(
+                &reserve,
+                &g.float("grad_output")?,
+                optional("grad_h_n")?.as_ref(),
+                optional("grad_c_n")?.as_ref(),
+            )?;
+            tensors.push(("input.grad".into(), grad.input.to(&device, DType::F32)?));
+            if h0.is_some() {
+                tensors.push(("h0.grad".into(), grad.h0.to(&device, DType::F32)?));
+            }
+            if let (Some(_), Some(c0_grad)) = (&c0, &grad.c0) {
+                tensors.push(("c0.grad".into(), c0_grad.to(&device, DType::F32)?));
+            }
+            for (name, t) in module.named_gradients(&grad) {
+                tensors.push((format!("{name}.grad"), t.to(&device, DType::F32)?));
+            }
+            out
+        }
+    };
+    let mut named = vec![("output", &out.output), ("h_n", &out.h_n)];
     if let Some(c_n) = &out.c_n {
-        tensors.push(("c_n", c_n));
+        named.push(("c_n", c_n));
     }
-    save_f32(&opts.output, &tensors)?;
+    named.extend(tensors.iter().map(|(n, t)| (n.as_str(), t)));
+    save_f32(&opts.output, &named)?;
     Ok(RunReport {
         device: device.name(),
         device_reason,
@@ -278,6 +340,11 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
     }
     if opts.nonlinearity.is_some() {
         return Err(refuse("--nonlinearity"));
+    }
+    if opts.grad.is_some() {
+        return Err(Error::Config(
+            "--grad is not implemented for attention modules yet".into(),
+        ));
     }
     let (device, device_reason, dtype) = open_device(opts)?;
     let mut module = Attention::from_state_dict(weights, &device, dtype)?;

@@ -398,3 +398,86 @@ fn attention_modules_run_and_reject_bad_inputs() {
         &["--batch-first"],
     );
 }
+
+#[test]
+fn grad_writes_every_gradient_and_rejects_bad_gradient_files() {
+    let dir = scratch("grad");
+    let case = common::fixtures("grad").join("lstm_bi_h0");
+    let (w, x) = (
+        case.join("weights.safetensors"),
+        case.join("input.safetensors"),
+    );
+    let output = dir.join("y.safetensors");
+    let grad = case.join("grad.safetensors");
+    let grad_arg = grad.to_str().unwrap();
+    let out = run(&w, &x, &output, &["--grad", grad_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let y = fused_rnn::io::TensorFile::load(&output).unwrap();
+    for name in [
+        "output",
+        "h_n",
+        "c_n",
+        "input.grad",
+        "h0.grad",
+        "c0.grad",
+        "weight_ih_l0.grad",
+        "weight_hh_l0_reverse.grad",
+        "bias_hh_l0_reverse.grad",
+    ] {
+        assert!(y.contains(name), "{name} missing");
+    }
+
+    // This LSTM: 1 layer, bidirectional, T = 5, B = 3, H = 4.
+    let bad = dir.join("bad.safetensors");
+    let g = dir.join("g.safetensors");
+    let grad_output = |shape: Vec<usize>| {
+        let n = shape.iter().product();
+        ("grad_output", shape, Data::F32(common::random(n, 1.0, 9)))
+    };
+    let g_arg = g.to_str().unwrap();
+    write(&g, &[grad_output(vec![5, 3, 7])]);
+    assert_fails(
+        &run(&w, &x, &bad, &["--grad", g_arg]),
+        &bad,
+        &["grad_output", "[5, 3, 8]", "[5, 3, 7]"],
+    );
+    write(
+        &g,
+        &[
+            grad_output(vec![5, 3, 8]),
+            ("grad_x", vec![1], Data::F32(vec![1.0])),
+        ],
+    );
+    assert_fails(&run(&w, &x, &bad, &["--grad", g_arg]), &bad, &["grad_x"]);
+    write(&g, &[("grad_h_n", vec![2, 3, 4], Data::F32(vec![0.5; 24]))]);
+    assert_fails(
+        &run(&w, &x, &bad, &["--grad", g_arg]),
+        &bad,
+        &["grad_output"],
+    );
+    let cuda = bin()
+        .args(["run", "--device", "cuda", "--grad", grad_arg, "--weights"])
+        .arg(&w)
+        .arg("--input")
+        .arg(&x)
+        .arg("--output")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_fails(&cuda, &bad, &["--grad", "CPU"]);
+    let attention = common::fixtures("attention").join("additive_tq4_nobias_lens");
+    assert_fails(
+        &run(
+            &attention.join("weights.safetensors"),
+            &attention.join("input.safetensors"),
+            &bad,
+            &["--grad", grad_arg],
+        ),
+        &bad,
+        &["--grad", "attention"],
+    );
+}

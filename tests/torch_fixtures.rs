@@ -1,6 +1,7 @@
-//! Against PyTorch: every case in tests/fixtures/{rnn,lstm,gru,attention} (made by the scripts
-//! in scripts/fixtures/) through `run`, the same code path as the CLI; on the CPU, and (the
-//! recurrent modules) on CUDA in f32 where there is a GPU.
+//! Against PyTorch: every case in tests/fixtures/{rnn,lstm,gru,attention,grad} (made by the
+//! scripts in scripts/fixtures/) through `run`, the same code path as the CLI; on the CPU, and
+//! (the recurrent modules) on CUDA in f32 where there is a GPU. The `grad` cases also run the
+//! backward (`run --grad`) and compare every gradient with float64 autograd.
 
 mod common;
 
@@ -30,6 +31,7 @@ fn check_fixtures(kind: &str, device: DeviceChoice, algo: Algo, tol: f32) {
     for case in &cases {
         let name = format!("{kind}/{}", case.file_name().unwrap().to_str().unwrap());
         let output = out_dir.join("out.safetensors");
+        let grad = case.join("grad.safetensors");
         run(&RunOptions {
             weights: case.join("weights.safetensors"),
             input: case.join("input.safetensors"),
@@ -39,18 +41,25 @@ fn check_fixtures(kind: &str, device: DeviceChoice, algo: Algo, tol: f32) {
             batch_first: None,
             nonlinearity: None,
             algo,
+            grad: grad.is_file().then_some(grad),
         })
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         let got = TensorFile::load(&output).unwrap();
         let expected = TensorFile::load(case.join("expected.safetensors")).unwrap();
-        let tensors: Vec<&str> = expected.names().collect();
-        let want: &[&str] = match kind {
+        let mut tensors: Vec<&str> = expected.names().collect();
+        tensors.sort();
+        let fixed: &[&str] = match kind {
             "lstm" => &["c_n", "h_n", "output"],
             "attention" => &["context", "weights"],
+            "grad" => &[],
             _ => &["h_n", "output"],
         };
-        assert_eq!(tensors, want, "{name}");
-        assert_eq!(got.names().collect::<Vec<_>>(), want, "{name}");
+        if kind != "grad" {
+            assert_eq!(tensors, fixed, "{name}");
+        }
+        let mut produced: Vec<&str> = got.names().collect();
+        produced.sort();
+        assert_eq!(produced, tensors, "{name}");
         for tensor in tensors {
             let g = got.float(tensor).unwrap_or_else(|e| panic!("{name}: {e}"));
             let e = expected.float(tensor).unwrap();
@@ -68,7 +77,7 @@ fn check_fixtures(kind: &str, device: DeviceChoice, algo: Algo, tol: f32) {
 
 #[test]
 fn cpu_matches_pytorch_on_every_fixture() {
-    for kind in ["rnn", "lstm", "gru", "attention"] {
+    for kind in ["rnn", "lstm", "gru", "attention", "grad"] {
         check_fixtures(kind, DeviceChoice::Cpu, Algo::Auto, 1e-5);
     }
 }

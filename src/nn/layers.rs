@@ -6,7 +6,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::io::TensorFile;
-use crate::ops::recurrent::{Algo, Cell, Nonlinearity, Outputs};
+use crate::ops::recurrent::{Algo, Cell, Gradients, Nonlinearity, Outputs, Reserve};
 use crate::tensor::Tensor;
 
 /// nn.RNN's constructor arguments.
@@ -237,6 +237,12 @@ macro_rules! layer_common {
             pub fn dispatch_notes(&self) -> Vec<String> {
                 self.inner.dispatch_notes()
             }
+
+            /// Every gradient of `grads` with its parameter's PyTorch name
+            /// (`weight_ih_l0`, ...), in state_dict order.
+            pub fn named_gradients<'a>(&self, grads: &'a Gradients) -> Vec<(String, &'a Tensor)> {
+                self.inner.named_gradients(grads)
+            }
         }
     };
 }
@@ -275,6 +281,40 @@ impl Gru {
     }
 }
 
+/// Training for the layers without a cell state: the same for `Rnn` and `Gru`.
+macro_rules! train_without_cell {
+    ($layer:ident) => {
+        impl $layer {
+            /// As `forward`, keeping what `backward` needs (CPU, f32).
+            pub fn forward_train(
+                &self,
+                input: &Tensor,
+                h0: Option<&Tensor>,
+                lengths: Option<&[usize]>,
+            ) -> Result<(RnnOutput, Reserve)> {
+                let (out, reserve) = self.inner.forward_train(input, h0, None, lengths)?;
+                Ok((RnnOutput::from(out), reserve))
+            }
+
+            /// The gradients of Σ output ⊙ grad_output + Σ h_n ⊙ grad_h_n for the
+            /// training-mode forward that made `reserve`: the input's, h0's and every
+            /// parameter's (`named_gradients` names them). Outputs past a row's length get no
+            /// gradient.
+            pub fn backward(
+                &self,
+                reserve: &Reserve,
+                grad_output: &Tensor,
+                grad_h_n: Option<&Tensor>,
+            ) -> Result<Gradients> {
+                self.inner.backward(reserve, grad_output, grad_h_n, None)
+            }
+        }
+    };
+}
+
+train_without_cell!(Rnn);
+train_without_cell!(Gru);
+
 impl Lstm {
     /// Runs the sequence. `state` is (h0 [L·D, B, P or H], c0 [L·D, B, H]), zeros when absent;
     /// otherwise as `Rnn::forward`.
@@ -285,11 +325,45 @@ impl Lstm {
         lengths: Option<&[usize]>,
     ) -> Result<LstmOutput> {
         let (h0, c0) = state.unzip();
-        let out = self.inner.forward(input, h0, c0, lengths)?;
-        Ok(LstmOutput {
+        Ok(LstmOutput::from(
+            self.inner.forward(input, h0, c0, lengths)?,
+        ))
+    }
+
+    /// As `forward`, keeping what `backward` needs (CPU, f32).
+    pub fn forward_train(
+        &self,
+        input: &Tensor,
+        state: Option<(&Tensor, &Tensor)>,
+        lengths: Option<&[usize]>,
+    ) -> Result<(LstmOutput, Reserve)> {
+        let (h0, c0) = state.unzip();
+        let (out, reserve) = self.inner.forward_train(input, h0, c0, lengths)?;
+        Ok((LstmOutput::from(out), reserve))
+    }
+
+    /// The gradients of Σ output ⊙ grad_output + Σ h_n ⊙ grad_h_n + Σ c_n ⊙ grad_c_n for the
+    /// training-mode forward that made `reserve`: the input's, h0's, c0's and every
+    /// parameter's (`named_gradients` names them). Outputs past a row's length get no
+    /// gradient.
+    pub fn backward(
+        &self,
+        reserve: &Reserve,
+        grad_output: &Tensor,
+        grad_h_n: Option<&Tensor>,
+        grad_c_n: Option<&Tensor>,
+    ) -> Result<Gradients> {
+        self.inner
+            .backward(reserve, grad_output, grad_h_n, grad_c_n)
+    }
+}
+
+impl From<Outputs> for LstmOutput {
+    fn from(out: Outputs) -> Self {
+        LstmOutput {
             output: out.output,
             h_n: out.h_n,
             c_n: out.c_n.expect("an LSTM forward returns c_n"),
-        })
+        }
     }
 }

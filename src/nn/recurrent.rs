@@ -6,7 +6,8 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::io::TensorFile;
 use crate::ops::recurrent::{
-    self, check_lengths, Algo, Call, Cell, Dims, DirectionWeights, Outputs, PlanCache,
+    self, check_lengths, Algo, Call, Cell, Dims, DirectionWeights, Gradients, Outputs, PlanCache,
+    Reserve,
 };
 use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
@@ -258,12 +259,66 @@ impl Recurrent {
         c0: Option<&Tensor>,
         lengths: Option<&[usize]>,
     ) -> Result<Outputs> {
+        self.checked(input, h0, c0, lengths, |call| {
+            recurrent::forward(&self.device, self.algo, call, &self.plans)
+        })
+    }
+
+    /// As `forward`, keeping what `backward` needs (CPU).
+    pub fn forward_train(
+        &self,
+        input: &Tensor,
+        h0: Option<&Tensor>,
+        c0: Option<&Tensor>,
+        lengths: Option<&[usize]>,
+    ) -> Result<(Outputs, Reserve)> {
+        self.checked(input, h0, c0, lengths, |call| {
+            recurrent::forward_train(&self.device, call)
+        })
+    }
+
+    /// The gradients for the training-mode forward that made `reserve` (see
+    /// `ops::recurrent::backward`).
+    pub fn backward(
+        &self,
+        reserve: &Reserve,
+        grad_output: &Tensor,
+        grad_h_n: Option<&Tensor>,
+        grad_c_n: Option<&Tensor>,
+    ) -> Result<Gradients> {
+        recurrent::backward(
+            &self.device,
+            &self.weights,
+            reserve,
+            grad_output,
+            grad_h_n,
+            grad_c_n,
+        )
+    }
+
+    /// Every gradient of `grads` with its parameter's PyTorch name.
+    pub fn named_gradients<'a>(&self, grads: &'a Gradients) -> Vec<(String, &'a Tensor)> {
+        let names = self.spec.parameters().into_iter().map(|(name, _)| name);
+        names
+            .zip(grads.params.iter().flat_map(|g| g.tensors()))
+            .collect()
+    }
+
+    /// Checks the call's tensors against the module and hands `run` the checked call.
+    fn checked<T>(
+        &self,
+        input: &Tensor,
+        h0: Option<&Tensor>,
+        c0: Option<&Tensor>,
+        lengths: Option<&[usize]>,
+        run: impl FnOnce(&Call<'_>) -> Result<T>,
+    ) -> Result<T> {
         let dims = self.dims(input)?;
         self.check_tensor(input, "input", None)?;
         self.check_tensor_opt(h0, "h0", &dims.state_shape())?;
         self.check_tensor_opt(c0, "c0", &dims.cell_shape())?;
         let lengths = check_lengths(lengths, dims.batch, dims.seq_len)?;
-        let call = Call {
+        run(&Call {
             cell: self.spec.cell,
             dims,
             weights: &self.weights,
@@ -271,8 +326,7 @@ impl Recurrent {
             h0,
             c0,
             lengths: &lengths,
-        };
-        recurrent::forward(&self.device, self.algo, &call, &self.plans)
+        })
     }
 
     fn check_tensor_opt(&self, t: Option<&Tensor>, name: &str, shape: &[usize]) -> Result<()> {

@@ -6,6 +6,7 @@
 //! (the LSTM projection size, else H): `output` is [T, B, D·O] (or [B, T, D·O]), `h_n` is
 //! [L·D, B, O] and the LSTM's `c_n` is [L·D, B, H].
 
+mod bptt_cpu;
 mod cpu;
 mod cuda;
 pub mod persistent;
@@ -286,6 +287,240 @@ pub(crate) struct Outputs {
     pub h_n: Tensor,
     /// The LSTM's final cell state.
     pub c_n: Option<Tensor>,
+}
+
+/// What a training-mode forward keeps for `backward` (like cuDNN's reserve space): each
+/// layer's input and, per layer-direction, step and row, the gate activations and the states.
+/// The CPU keeps them in f64: it computes training in f64 from f32 storage, so that gradients
+/// summed over many steps keep f32 accuracy even where their terms cancel.
+pub struct Reserve {
+    cell: Cell,
+    dims: Dims,
+    lengths: Vec<usize>,
+    saved: bptt_cpu::Saved,
+}
+
+impl Reserve {
+    /// Elements kept (f64), known before the call from the shape alone.
+    pub fn len(&self) -> usize {
+        bptt_cpu::Saved::len_for(self.cell, &self.dims)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The gradients of one layer-direction's parameters, in PyTorch's shapes.
+pub struct DirectionGradients {
+    pub w_ih: Tensor,
+    pub w_hh: Tensor,
+    pub b_ih: Option<Tensor>,
+    pub b_hh: Option<Tensor>,
+    pub w_hr: Option<Tensor>,
+}
+
+impl DirectionGradients {
+    /// The tensors in state_dict order (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr).
+    pub fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+        [Some(&self.w_ih), Some(&self.w_hh)]
+            .into_iter()
+            .chain([self.b_ih.as_ref(), self.b_hh.as_ref(), self.w_hr.as_ref()])
+            .flatten()
+    }
+}
+
+/// What `backward` returns: the gradients of the input, the initial states and every
+/// parameter (L·D layer-directions in PyTorch order).
+pub struct Gradients {
+    pub input: Tensor,
+    pub h0: Tensor,
+    /// The LSTM's.
+    pub c0: Option<Tensor>,
+    pub params: Vec<DirectionGradients>,
+}
+
+fn require_cpu(device: &Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(_) => Err(Error::Config(
+            "training (forward_train and backward) runs on the CPU so far".into(),
+        )),
+    }
+}
+
+/// A host f32 tensor's values widened to f64.
+fn host_f64(t: &Tensor, name: &str) -> Result<Vec<f64>> {
+    let values = t.host_slice::<f32>().map_err(|_| Error::DType {
+        tensor: name.into(),
+        expected: "f32 on the CPU".into(),
+        got: t.dtype().name().into(),
+    })?;
+    Ok(values.iter().map(|&v| v as f64).collect())
+}
+
+fn narrow(values: Vec<f64>, shape: &[usize]) -> Result<Tensor> {
+    Tensor::from_vec(
+        values.into_iter().map(|v| v as f32).collect::<Vec<f32>>(),
+        shape,
+    )
+}
+
+/// One layer-direction's weights widened to f64 (biases and projection when present).
+type Widened = [Option<Vec<f64>>; 5];
+
+fn widen(weights: &[DirectionWeights]) -> Result<Vec<Widened>> {
+    let opt = |t: &Option<Tensor>, name: &str| t.as_ref().map(|t| host_f64(t, name)).transpose();
+    weights
+        .iter()
+        .map(|w| {
+            Ok([
+                Some(host_f64(&w.w_ih, "weight_ih")?),
+                Some(host_f64(&w.w_hh, "weight_hh")?),
+                opt(&w.b_ih, "bias_ih")?,
+                opt(&w.b_hh, "bias_hh")?,
+                opt(&w.w_hr, "weight_hr")?,
+            ])
+        })
+        .collect()
+}
+
+/// The BPTT network over widened weights.
+fn net<'a>(
+    cell: Cell,
+    dims: Dims,
+    weights: &'a [Widened],
+    lengths: &'a [usize],
+) -> bptt_cpu::Net<'a> {
+    let params = weights
+        .iter()
+        .map(|[w_ih, w_hh, b_ih, b_hh, w_hr]| bptt_cpu::Params {
+            w_ih: w_ih.as_deref().expect("always widened"),
+            w_hh: w_hh.as_deref().expect("always widened"),
+            b_ih: b_ih.as_deref(),
+            b_hh: b_hh.as_deref(),
+            w_hr: w_hr.as_deref(),
+        })
+        .collect();
+    bptt_cpu::Net {
+        cell,
+        dims,
+        lengths,
+        params,
+    }
+}
+
+/// The forward pass in training mode: the same results as `forward`, and the `Reserve` that
+/// `backward` needs.
+pub(crate) fn forward_train(device: &Device, call: &Call<'_>) -> Result<(Outputs, Reserve)> {
+    require_cpu(device)?;
+    let weights = widen(call.weights)?;
+    let net = net(call.cell, call.dims, &weights, call.lengths);
+    let x = host_f64(call.input, "input")?;
+    let h0 = call.h0.map(|t| host_f64(t, "h0")).transpose()?;
+    let c0 = call.c0.map(|t| host_f64(t, "c0")).transpose()?;
+    let (f, saved) = net.forward_train(&x, h0.as_deref(), c0.as_deref());
+    let dims = call.dims;
+    let outputs = Outputs {
+        output: narrow(f.output, &dims.output_shape())?,
+        h_n: narrow(f.h_n, &dims.state_shape())?,
+        c_n: (call.cell == Cell::Lstm)
+            .then(|| narrow(f.c_n, &dims.cell_shape()))
+            .transpose()?,
+    };
+    let reserve = Reserve {
+        cell: call.cell,
+        dims,
+        lengths: call.lengths.to_vec(),
+        saved,
+    };
+    Ok((outputs, reserve))
+}
+
+/// The gradients of Σ output ⊙ grad_output + Σ h_n ⊙ grad_h_n (+ Σ c_n ⊙ grad_c_n) for the
+/// training-mode forward that made `reserve`, with the same weights.
+pub(crate) fn backward(
+    device: &Device,
+    weights: &[DirectionWeights],
+    reserve: &Reserve,
+    grad_output: &Tensor,
+    grad_h_n: Option<&Tensor>,
+    grad_c_n: Option<&Tensor>,
+) -> Result<Gradients> {
+    require_cpu(device)?;
+    let dims = reserve.dims;
+    let lstm = reserve.cell == Cell::Lstm;
+    let check = |t: &Tensor, name: &str, shape: Vec<usize>| -> Result<()> {
+        match t.shape() == shape.as_slice() {
+            true => Ok(()),
+            false => Err(Error::shape(name, format!("{shape:?}"), t.shape())),
+        }
+    };
+    check(grad_output, "grad_output", dims.output_shape())?;
+    if let Some(g) = grad_h_n {
+        check(g, "grad_h_n", dims.state_shape())?;
+    }
+    match (grad_c_n, lstm) {
+        (Some(g), true) => check(g, "grad_c_n", dims.cell_shape())?,
+        (Some(_), false) => {
+            return Err(Error::Config(format!(
+                "grad_c_n applies to LSTM modules, not to {}",
+                reserve.cell.name()
+            )))
+        }
+        (None, _) => {}
+    }
+    let widened = widen(weights)?;
+    let net = net(reserve.cell, dims, &widened, &reserve.lengths);
+    let g = net.backward(
+        &reserve.saved,
+        &host_f64(grad_output, "grad_output")?,
+        grad_h_n
+            .map(|t| host_f64(t, "grad_h_n"))
+            .transpose()?
+            .as_deref(),
+        grad_c_n
+            .map(|t| host_f64(t, "grad_c_n"))
+            .transpose()?
+            .as_deref(),
+    );
+    let input_shape = match dims.batch_first {
+        true => vec![dims.batch, dims.seq_len, dims.input_size],
+        false => vec![dims.seq_len, dims.batch, dims.input_size],
+    };
+    let params = g
+        .params
+        .into_iter()
+        .zip(weights)
+        .map(|(p, w)| {
+            let like = |v: Vec<f64>, t: &Tensor| narrow(v, t.shape());
+            Ok(DirectionGradients {
+                w_ih: like(p.w_ih, &w.w_ih)?,
+                w_hh: like(p.w_hh, &w.w_hh)?,
+                b_ih: w
+                    .b_ih
+                    .as_ref()
+                    .map(|t| like(p.b_ih.clone(), t))
+                    .transpose()?,
+                b_hh: w
+                    .b_hh
+                    .as_ref()
+                    .map(|t| like(p.b_hh.clone(), t))
+                    .transpose()?,
+                w_hr: w
+                    .w_hr
+                    .as_ref()
+                    .map(|t| like(p.w_hr.clone(), t))
+                    .transpose()?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(Gradients {
+        input: narrow(g.input, &input_shape)?,
+        h0: narrow(g.h0, &dims.state_shape())?,
+        c0: lstm.then(|| narrow(g.c0, &dims.cell_shape())).transpose()?,
+        params,
+    })
 }
 
 /// Runs the forward pass on `device`. `plans` caches the CUDA graphs of the layer the weights
