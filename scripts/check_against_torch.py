@@ -27,9 +27,11 @@ subtracted. Larger scores are not drawn: f32 rounding of a score is ~|score|*6e-
 the weights of near-tied keys by about that much, so at |score| >~ 250 even torch's own float32
 evaluation exceeds the default --tol 1e-5 on some rows.
 
-With --grad (rnn, lstm, gru), each case also gets random grad_output, grad_h_n (and grad_c_n)
-in a gradient file; the binary's `input.grad`, `h0.grad`, `c0.grad` and `<parameter>.grad` are
-compared with float64 autograd of sum(output*grad_output) + sum(h_n*grad_h_n) (+ c_n).
+With --grad, each case also gets random upstream gradients in a gradient file (grad_output,
+grad_h_n and grad_c_n; for attention grad_context); the binary's `input.grad`, `h0.grad`,
+`c0.grad` (attention: `query.grad`, `keys.grad`, `values.grad`) and `<parameter>.grad` are
+compared with float64 autograd of sum(output*grad_output) + sum(h_n*grad_h_n) (+ c_n), or of
+sum(context*grad_context).
 
 Usage (needs torch, safetensors and numpy):
     python3 scripts/check_against_torch.py --bin target/release/fused-rnn \
@@ -315,9 +317,48 @@ def run_module(case: Case, module, x, hx):
 def make_grads(case: Case, expected: dict, seed: int) -> dict:
     """Random upstream gradients shaped like the forward results."""
     gen = torch.Generator().manual_seed(seed)
-    names = {"output": "grad_output", "h_n": "grad_h_n", "c_n": "grad_c_n"}
+    names = {"output": "grad_output", "h_n": "grad_h_n", "c_n": "grad_c_n",
+             "context": "grad_context"}
     return {names[k]: torch.randn(v.shape, generator=gen, dtype=torch.float32)
-            for k, v in expected.items()}
+            for k, v in expected.items() if k in names}
+
+
+def attention_grad_reference(case: Case, grads: dict) -> dict:
+    """float64 autograd of sum(context*grad_context): the query's, keys', values' (when given)
+    and every parameter's gradient, named as the binary writes them."""
+    c, inputs = case.attention, case.inputs
+    module = case.module.double()
+    with torch.enable_grad():
+        leaves = {"query": inputs["query"].double().requires_grad_(),
+                  "keys": inputs["keys"].double().requires_grad_()}
+        if "values" in inputs:
+            leaves["values"] = inputs["values"].double().requires_grad_()
+        q = leaves["query"] if c.tq is not None else leaves["query"][:, None, :]
+        k = leaves["keys"]
+        v = leaves.get("values", k)
+        params = dict(module.named_parameters())
+        if c.kind == "additive":
+            # attn_fx.scores reads state_dict(), whose tensors are detached: the same formula
+            # on the live parameters.
+            qp = q @ params["query_proj.weight"].T
+            if "query_proj.bias" in params:
+                qp = qp + params["query_proj.bias"]
+            kp = k @ params["key_proj.weight"].T
+            if "key_proj.bias" in params:
+                kp = kp + params["key_proj.bias"]
+            e = torch.tanh(qp[:, :, None, :] + kp[:, None, :, :]) @ params["score.weight"][0]
+        else:
+            e = attn_fx.scores(c, module, q, k)
+        lengths = inputs.get("lengths", torch.full((c.batch,), c.seq_len, dtype=torch.int64))
+        valid = torch.arange(c.seq_len)[None, :] < lengths[:, None]
+        w = torch.softmax(e.masked_fill(~valid[:, None, :], float("-inf")), dim=-1)
+        ctx = w @ v
+        if c.tq is None:
+            ctx = ctx[:, 0]
+        loss = (ctx * grads["grad_context"].double()).sum()
+        got = torch.autograd.grad(loss, list(leaves.values()) + list(params.values()))
+    names = [f"{k}.grad" for k in leaves] + [f"{k}.grad" for k in params]
+    return dict(zip(names, got))
 
 
 def grad_reference(case: Case, grads: dict) -> dict:
@@ -388,11 +429,12 @@ def check_case(args, case: Case, workdir: str) -> bool:
     expected = reference(case)
     output = os.path.join(folder, "output.safetensors")
     grads = None
-    if args.grad and case.attention is None:
+    if args.grad:
         upstream = make_grads(case, expected, zlib.crc32(case.name.encode()))
         grads = os.path.join(folder, "grad.safetensors")
         save_file({k: v.contiguous() for k, v in upstream.items()}, grads)
-        expected.update(grad_reference(case, upstream))
+        reference_of = attention_grad_reference if case.attention is not None else grad_reference
+        expected.update(reference_of(case, upstream))
     proc = run_binary(args, weights, inputs, output, grads)
     head = f"{case.name:8s} {case.desc:52s}"
     if proc.returncode != 0:
@@ -428,7 +470,7 @@ def parse_args():
     p.add_argument("--tol", type=float, default=1e-5)
     p.add_argument("--keep", action="store_true", help="keep and print the temp folder")
     p.add_argument("--grad", action="store_true",
-                   help="also check the backward's gradients (rnn, lstm, gru)")
+                   help="also check the backward's gradients")
     return p.parse_args()
 
 

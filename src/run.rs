@@ -248,38 +248,13 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
             tensor: lacks.into(),
         });
     }
-    let grads = opts.grad.as_ref().map(TensorFile::load).transpose()?;
-    if let Some(g) = &grads {
-        let allowed: &[&str] = if lstm {
-            &["grad_output", "grad_h_n", "grad_c_n"]
-        } else {
-            &["grad_output", "grad_h_n"]
-        };
-        if let Some(stray) = g.names().find(|n| !allowed.contains(n)) {
-            return Err(Error::Config(format!(
-                "{}: unexpected tensor `{stray}` ({} takes {})",
-                g.path().display(),
-                spec.cell.name(),
-                allowed.join(", ")
-            )));
-        }
-    }
-    let (device, device_reason, dtype) = match (&grads, opts.device) {
-        (Some(_), DeviceChoice::Cuda) => {
-            return Err(Error::Config(
-                "--grad runs on the CPU so far; use --device cpu or auto".into(),
-            ))
-        }
-        (Some(_), _) => (
-            Device::Cpu,
-            "using the CPU: --grad runs on the CPU so far".to_string(),
-            DType::F32,
-        ),
-        (None, _) => open_device(opts)?,
+    let allowed: &[&str] = if lstm {
+        &["grad_output", "grad_h_n", "grad_c_n"]
+    } else {
+        &["grad_output", "grad_h_n"]
     };
-    if grads.is_some() && opts.dtype.is_some_and(|d| d != DType::F32) {
-        return Err(Error::Config("--grad computes in f32 on the CPU".into()));
-    }
+    let grads = load_grads(opts, allowed, spec.cell.name())?;
+    let (device, device_reason, dtype) = training_device(opts, grads.is_some())?;
     let mut module = Recurrent::from_state_dict(spec, &weights, &device, dtype)?;
     module.set_algo(opts.algo);
     let load = |name: &str| -> Result<Option<Tensor>> {
@@ -341,12 +316,8 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
     if opts.nonlinearity.is_some() {
         return Err(refuse("--nonlinearity"));
     }
-    if opts.grad.is_some() {
-        return Err(Error::Config(
-            "--grad is not implemented for attention modules yet".into(),
-        ));
-    }
-    let (device, device_reason, dtype) = open_device(opts)?;
+    let grads = load_grads(opts, &["grad_context"], "attention")?;
+    let (device, device_reason, dtype) = training_device(opts, grads.is_some())?;
     let mut module = Attention::from_state_dict(weights, &device, dtype)?;
     module.set_algo(opts.algo);
     let inputs = TensorFile::load(&opts.input)?;
@@ -358,26 +329,79 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
             allowed.join(", ")
         )));
     }
-    let keys = inputs.float("keys")?;
+    let keys_in = inputs.float("keys")?;
     let values = match inputs.contains("values") {
         true => Some(inputs.float("values")?),
         false => None,
     };
     let lengths = read_lengths(&inputs)?;
     let query = inputs.float("query")?;
-    let keys = module.keys(&keys, values.as_ref(), lengths.as_deref())?;
+    let keys = module.keys(&keys_in, values.as_ref(), lengths.as_deref())?;
     let out = module.attend(&keys, &query, true)?;
     let weights_out = out.weights.expect("asked for the weights");
-    save_f32(
-        &opts.output,
-        &[("context", &out.context), ("weights", &weights_out)],
-    )?;
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    if let Some(g) = &grads {
+        let grad = module.backward(
+            &keys_in,
+            values.as_ref(),
+            lengths.as_deref(),
+            &query,
+            &g.float("grad_context")?,
+        )?;
+        tensors.push(("query.grad".into(), grad.query));
+        tensors.push(("keys.grad".into(), grad.keys));
+        if let Some(v) = grad.values {
+            tensors.push(("values.grad".into(), v));
+        }
+        for (name, t) in grad.params {
+            tensors.push((format!("{name}.grad"), t));
+        }
+    }
+    let mut named = vec![("context", &out.context), ("weights", &weights_out)];
+    named.extend(tensors.iter().map(|(n, t)| (n.as_str(), t)));
+    save_f32(&opts.output, &named)?;
     Ok(RunReport {
         device: device.name(),
         device_reason,
         module: format!("Attention({})", module.score().name()),
         dispatch: None,
     })
+}
+
+/// The `--grad` file, checked to hold only the tensors in `allowed`.
+fn load_grads(opts: &RunOptions, allowed: &[&str], module: &str) -> Result<Option<TensorFile>> {
+    let Some(path) = &opts.grad else {
+        return Ok(None);
+    };
+    let g = TensorFile::load(path)?;
+    if let Some(stray) = g.names().find(|n| !allowed.contains(n)) {
+        return Err(Error::Config(format!(
+            "{}: unexpected tensor `{stray}` ({module} takes {})",
+            g.path().display(),
+            allowed.join(", ")
+        )));
+    }
+    Ok(Some(g))
+}
+
+/// `open_device`, except that a run with `--grad` (training) uses the CPU.
+fn training_device(opts: &RunOptions, training: bool) -> Result<(Device, String, DType)> {
+    if !training {
+        return open_device(opts);
+    }
+    if opts.device == DeviceChoice::Cuda {
+        return Err(Error::Config(
+            "--grad runs on the CPU so far; use --device cpu or auto".into(),
+        ));
+    }
+    if opts.dtype.is_some_and(|d| d != DType::F32) {
+        return Err(Error::Config("--grad computes in f32 on the CPU".into()));
+    }
+    Ok((
+        Device::Cpu,
+        "using the CPU: --grad runs on the CPU so far".into(),
+        DType::F32,
+    ))
 }
 
 /// The device `--device` picks, why, and the storage dtype (`--dtype`; f32 on the CPU).

@@ -478,6 +478,6 @@ fn grad_writes_every_gradient_and_rejects_bad_gradient_files() {
             &["--grad", grad_arg],
         ),
         &bad,
-        &["--grad", "attention"],
+        &["unexpected tensor", "attention takes grad_context"],
     );
 }

@@ -255,6 +255,96 @@ impl Attention {
         }
     }
 
+    /// The gradients of Σ context ⊙ grad_context for attending `query` over `keys` (with
+    /// `values` and `lengths` as `keys()` takes them): the query's, the keys', the values' and
+    /// every parameter's. Scores and weights are recomputed, so no forward state is kept. CPU.
+    pub fn backward(
+        &self,
+        keys: &Tensor,
+        values: Option<&Tensor>,
+        lengths: Option<&[usize]>,
+        query: &Tensor,
+        grad_context: &Tensor,
+    ) -> Result<attention::AttentionGradients> {
+        if self.device.is_cuda() {
+            return Err(Error::Config(
+                "attention's backward runs on the CPU so far".into(),
+            ));
+        }
+        // The forward's checks: shapes, lengths, the query's rank.
+        let prepared = self.keys(keys, values, lengths)?;
+        let out = self.attend(&prepared, query, false)?;
+        if grad_context.shape() != out.context.shape() {
+            let want = format!("{:?}", out.context.shape());
+            return Err(Error::shape("grad_context", want, grad_context.shape()));
+        }
+        let wide = |t: &Tensor| -> Result<Vec<f64>> {
+            Ok(t.to(&Device::Cpu, DType::F32)?
+                .host_slice::<f32>()?
+                .iter()
+                .map(|&v| v as f64)
+                .collect())
+        };
+        let param = |t: &Option<Tensor>| t.as_ref().map_or(Ok(Vec::new()), wide);
+        let p = attention::Params64 {
+            w_q: param(&self.params.w_q)?,
+            b_q: param(&self.params.b_q)?,
+            w_k: param(&self.params.w_k)?,
+            b_k: param(&self.params.b_k)?,
+            v: param(&self.params.v)?,
+        };
+        let &[batch, len, dk] = keys.shape() else {
+            unreachable!("checked by keys()")
+        };
+        let dq = *query.shape().last().expect("checked by attend()");
+        let queries = query.numel() / (batch * dq);
+        let dv = prepared.value_size();
+        let sizes = attention::Sizes {
+            batch,
+            queries,
+            keys: len,
+            dq,
+            dk,
+            dv,
+        };
+        let values64 = values.map(wide).transpose()?;
+        let g = attention::backward_cpu(
+            self.score,
+            &p,
+            &sizes,
+            &wide(query)?,
+            &wide(keys)?,
+            values64.as_deref(),
+            &prepared.lengths,
+            &wide(grad_context)?,
+        );
+        let narrow = |v: Vec<f64>, shape: &[usize]| -> Result<Tensor> {
+            Tensor::from_vec(v.into_iter().map(|x| x as f32).collect::<Vec<f32>>(), shape)
+        };
+        let mut params = Vec::new();
+        let named = [
+            ("query_proj.weight", &self.params.w_q, g.params.w_q),
+            ("query_proj.bias", &self.params.b_q, g.params.b_q),
+            ("key_proj.weight", &self.params.w_k, g.params.w_k),
+            ("key_proj.bias", &self.params.b_k, g.params.b_k),
+            ("score.weight", &self.params.v, g.params.v),
+        ];
+        for (name, t, grad) in named {
+            if let Some(t) = t {
+                params.push((name.to_string(), narrow(grad, t.shape())?));
+            }
+        }
+        Ok(attention::AttentionGradients {
+            query: narrow(g.query, query.shape())?,
+            keys: narrow(g.keys, keys.shape())?,
+            values: match (g.values, values) {
+                (Some(v), Some(t)) => Some(narrow(v, t.shape())?),
+                _ => None,
+            },
+            params,
+        })
+    }
+
     /// Attends `query` ([B, Dq], or [B, Tq, Dq] for many queries per row) over `keys`; the
     /// context (and the weights, when asked for) come back with the query's rank.
     pub fn attend(&self, keys: &Keys, query: &Tensor, want_weights: bool) -> Result<Attended> {

@@ -5,6 +5,7 @@
 //! query per row is Tq = 1), context [B, Tq, Dv], weights [B, Tq, L]. The key side (W_k K + b_k,
 //! or W K) is computed once per source (`Keys`) and reused by every decoding step.
 
+mod backward_cpu;
 mod cpu;
 mod cuda;
 
@@ -113,5 +114,18 @@ pub(crate) fn copy_to(device: &Device, t: &Tensor, dtype: crate::DType) -> Resul
     }
 }
 
+pub(crate) use backward_cpu::{backward as backward_cpu, Params64, Sizes};
 pub(crate) use cpu::{attend as attend_cpu, project_keys as project_keys_cpu};
+
+/// What `Attention::backward` returns: the gradients of Σ context ⊙ grad_context.
+pub struct AttentionGradients {
+    /// The query's shape.
+    pub query: Tensor,
+    /// [B, L, Dk]; with no separate values it includes their gradient.
+    pub keys: Tensor,
+    /// [B, L, Dv] when the values were given.
+    pub values: Option<Tensor>,
+    /// Every parameter's gradient with its PyTorch name, in state_dict order.
+    pub params: Vec<(String, Tensor)>,
+}
 pub(crate) use cuda::OnDevice;
