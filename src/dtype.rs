@@ -77,6 +77,7 @@ pub trait Element:
     fn wrap_host(v: Vec<Self>) -> HostData;
     fn wrap_cuda(s: CudaSlice<Self>) -> CudaData;
     fn host(d: &HostData) -> Option<&Vec<Self>>;
+    fn host_mut(d: &mut HostData) -> Option<&mut Vec<Self>>;
     fn cuda(d: &CudaData) -> Option<&CudaSlice<Self>>;
     fn into_cuda(d: CudaData) -> Option<CudaSlice<Self>>;
 }
@@ -98,6 +99,12 @@ macro_rules! element {
                 CudaData::$variant(s)
             }
             fn host(d: &HostData) -> Option<&Vec<Self>> {
+                match d {
+                    HostData::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn host_mut(d: &mut HostData) -> Option<&mut Vec<Self>> {
                 match d {
                     HostData::$variant(v) => Some(v),
                     _ => None,

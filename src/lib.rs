@@ -40,6 +40,7 @@ pub mod nvrtc;
 pub mod ops;
 pub mod run;
 mod tensor;
+pub mod train;
 
 pub use device::Device;
 pub use dtype::{DType, Element};

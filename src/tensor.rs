@@ -110,6 +110,19 @@ impl Tensor {
         }
     }
 
+    /// The host values for writing in place (an optimizer's step), when this is a host tensor
+    /// of element type `T`.
+    pub fn host_slice_mut<T: Element>(&mut self) -> Result<&mut [T]> {
+        let err = self.dtype_err::<T>();
+        match &mut self.storage {
+            Storage::Host(h) => T::host_mut(h).map(|v| v.as_mut_slice()).ok_or(err),
+            Storage::Cuda(_) => Err(Error::DeviceMismatch {
+                expected: "cpu".into(),
+                got: "cuda".into(),
+            }),
+        }
+    }
+
     /// The device buffer, when this is a CUDA tensor of element type `T`.
     pub fn cuda_slice<T: Element>(&self) -> Result<&CudaSlice<T>> {
         T::cuda(self.cuda_data()?).ok_or_else(|| self.dtype_err::<T>())

@@ -74,6 +74,22 @@ impl Attention {
         Ok(layer)
     }
 
+    /// Every parameter with its PyTorch name, in state_dict order (that of the gradients'
+    /// `params`), for an optimizer to update in place.
+    pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let p = &mut self.params;
+        [
+            ("query_proj.weight", p.w_q.as_mut()),
+            ("query_proj.bias", p.b_q.as_mut()),
+            ("key_proj.weight", p.w_k.as_mut()),
+            ("key_proj.bias", p.b_k.as_mut()),
+            ("score.weight", p.v.as_mut()),
+        ]
+        .into_iter()
+        .filter_map(|(name, t)| t.map(|t| (name.to_string(), t)))
+        .collect()
+    }
+
     /// Which CUDA path `attend` takes (`Auto` is the fused kernel); the CPU has one.
     pub fn set_algo(&mut self, algo: Algo) {
         self.algo = algo;

@@ -238,6 +238,12 @@ macro_rules! layer_common {
                 self.inner.dispatch_notes()
             }
 
+            /// Every parameter with its PyTorch name, in state_dict order (that of
+            /// `named_gradients`), for an optimizer to update in place.
+            pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+                self.inner.parameters_mut()
+            }
+
             /// Every gradient of `grads` with its parameter's PyTorch name
             /// (`weight_ih_l0`, ...), in state_dict order.
             pub fn named_gradients<'a>(&self, grads: &'a Gradients) -> Vec<(String, &'a Tensor)> {

@@ -2,7 +2,9 @@
 
 mod attention;
 mod layers;
+mod linear;
 pub(crate) mod recurrent;
 
 pub use attention::Attention;
 pub use layers::{Gru, GruConfig, Lstm, LstmConfig, LstmOutput, Rnn, RnnConfig, RnnOutput};
+pub use linear::{Embedding, Linear, LinearGradients};

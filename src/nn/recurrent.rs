@@ -296,6 +296,19 @@ impl Recurrent {
         )
     }
 
+    /// Every parameter with its PyTorch name, in state_dict order (the order of
+    /// `named_gradients`), for an optimizer to update in place.
+    pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let names = self.spec.parameters().into_iter().map(|(name, _)| name);
+        let tensors = self.weights.iter_mut().flat_map(|w| {
+            [Some(&mut w.w_ih), Some(&mut w.w_hh)]
+                .into_iter()
+                .chain([w.b_ih.as_mut(), w.b_hh.as_mut(), w.w_hr.as_mut()])
+                .flatten()
+        });
+        names.zip(tensors).collect()
+    }
+
     /// Every gradient of `grads` with its parameter's PyTorch name.
     pub fn named_gradients<'a>(&self, grads: &'a Gradients) -> Vec<(String, &'a Tensor)> {
         let names = self.spec.parameters().into_iter().map(|(name, _)| name);

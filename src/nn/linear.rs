@@ -1,0 +1,210 @@
+//! `nn::Linear` (y = x Wᵀ + b, PyTorch's nn.Linear) and `nn::Embedding` (rows of a table by
+//! token, with an optional padding index), with their backward passes. CPU, f32 storage; the
+//! sums accumulate in f64.
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use rand::{Rng, SeedableRng};
+
+/// Values uniform in [-bound, bound] from `seed`, as PyTorch's default initialisations draw.
+fn uniform(n: usize, bound: f32, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
+}
+
+fn values<'a>(t: &'a Tensor, name: &str) -> Result<&'a [f32]> {
+    t.host_slice::<f32>().map_err(|_| Error::DType {
+        tensor: name.into(),
+        expected: "f32 on the CPU".into(),
+        got: t.dtype().name().into(),
+    })
+}
+
+/// A fully connected layer.
+pub struct Linear {
+    /// [out, in]
+    pub weight: Tensor,
+    /// [out]
+    pub bias: Option<Tensor>,
+}
+
+/// What `Linear::backward` returns.
+pub struct LinearGradients {
+    pub input: Tensor,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Parameters drawn like PyTorch's default, U(-1/√in, 1/√in).
+    pub fn random(input: usize, output: usize, bias: bool, seed: u64) -> Result<Self> {
+        let bound = 1.0 / (input.max(1) as f32).sqrt();
+        Ok(Linear {
+            weight: Tensor::from_vec(uniform(output * input, bound, seed), &[output, input])?,
+            bias: bias
+                .then(|| Tensor::from_vec(uniform(output, bound, seed ^ 0x5eed), &[output]))
+                .transpose()?,
+        })
+    }
+
+    fn sizes(&self) -> (usize, usize) {
+        (self.weight.shape()[0], self.weight.shape()[1])
+    }
+
+    /// The leading dimensions of `x` [..., in] and their row count.
+    fn rows(&self, x: &Tensor, name: &str) -> Result<(Vec<usize>, usize)> {
+        let input = self.sizes().1;
+        match x.shape().split_last() {
+            Some((&last, lead)) if last == input => Ok((lead.to_vec(), lead.iter().product())),
+            _ => Err(Error::shape(name, format!("[..., {input}]"), x.shape())),
+        }
+    }
+
+    /// y [..., out] for x [..., in].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (out, input) = self.sizes();
+        let (lead, rows) = self.rows(x, "input")?;
+        let (xv, w) = (values(x, "input")?, values(&self.weight, "weight")?);
+        let b = self.bias.as_ref().map(|b| values(b, "bias")).transpose()?;
+        let mut y = Vec::with_capacity(rows * out);
+        for xr in xv.chunks_exact(input) {
+            for (j, wr) in w.chunks_exact(input).enumerate() {
+                let dot: f64 = xr.iter().zip(wr).map(|(&a, &c)| a as f64 * c as f64).sum();
+                y.push((dot + b.map_or(0.0, |b| b[j] as f64)) as f32);
+            }
+        }
+        Tensor::from_vec(y, &[lead, vec![out]].concat())
+    }
+
+    /// The gradients for `forward(x)` given grad_y [..., out].
+    pub fn backward(&self, x: &Tensor, grad_y: &Tensor) -> Result<LinearGradients> {
+        let (out, input) = self.sizes();
+        let (lead, _) = self.rows(x, "input")?;
+        if grad_y.shape() != [lead.clone(), vec![out]].concat().as_slice() {
+            let want = format!("{:?}", [lead, vec![out]].concat());
+            return Err(Error::shape("grad_y", want, grad_y.shape()));
+        }
+        let (xv, w, g) = (
+            values(x, "input")?,
+            values(&self.weight, "weight")?,
+            values(grad_y, "grad_y")?,
+        );
+        let mut dx = vec![0f64; xv.len()];
+        let mut dw = vec![0f64; w.len()];
+        let mut db = vec![0f64; out];
+        for ((xr, gr), dxr) in xv
+            .chunks_exact(input)
+            .zip(g.chunks_exact(out))
+            .zip(dx.chunks_exact_mut(input))
+        {
+            for ((&gj, wr), (dwr, dbj)) in gr
+                .iter()
+                .zip(w.chunks_exact(input))
+                .zip(dw.chunks_exact_mut(input).zip(db.iter_mut()))
+            {
+                let gj = gj as f64;
+                *dbj += gj;
+                for ((d, &wv), (dwv, &xv)) in dxr.iter_mut().zip(wr).zip(dwr.iter_mut().zip(xr)) {
+                    *d += gj * wv as f64;
+                    *dwv += gj * xv as f64;
+                }
+            }
+        }
+        let narrow = |v: Vec<f64>, shape: &[usize]| {
+            Tensor::from_vec(v.into_iter().map(|x| x as f32).collect::<Vec<f32>>(), shape)
+        };
+        Ok(LinearGradients {
+            input: narrow(dx, x.shape())?,
+            weight: narrow(dw, self.weight.shape())?,
+            bias: self
+                .bias
+                .is_some()
+                .then(|| narrow(db, &[out]))
+                .transpose()?,
+        })
+    }
+
+    /// The parameters with their PyTorch names, for an optimizer.
+    pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut p = vec![("weight".to_string(), &mut self.weight)];
+        if let Some(b) = &mut self.bias {
+            p.push(("bias".to_string(), b));
+        }
+        p
+    }
+}
+
+/// A lookup table: token k → row k of `weight` [V, E]. The padding index's row gets no gradient.
+pub struct Embedding {
+    pub weight: Tensor,
+    pub padding_idx: Option<usize>,
+}
+
+impl Embedding {
+    /// N(0, 1) rows like PyTorch's default (uniform here, same variance), the padding row zero.
+    pub fn random(vocab: usize, dim: usize, padding_idx: Option<usize>, seed: u64) -> Result<Self> {
+        let mut w = uniform(vocab * dim, 3f32.sqrt(), seed);
+        if let Some(p) = padding_idx {
+            if p >= vocab {
+                return Err(Error::Config(format!(
+                    "padding_idx {p} is outside the vocabulary of {vocab}"
+                )));
+            }
+            w[p * dim..(p + 1) * dim].fill(0.0);
+        }
+        Ok(Embedding {
+            weight: Tensor::from_vec(w, &[vocab, dim])?,
+            padding_idx,
+        })
+    }
+
+    fn check(&self, tokens: &[usize]) -> Result<(usize, usize)> {
+        let (vocab, dim) = (self.weight.shape()[0], self.weight.shape()[1]);
+        if let Some(&bad) = tokens.iter().find(|&&t| t >= vocab) {
+            return Err(Error::Config(format!(
+                "token {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        Ok((vocab, dim))
+    }
+
+    /// [..., E] for tokens of shape `shape` (its product is tokens.len()).
+    pub fn forward(&self, tokens: &[usize], shape: &[usize]) -> Result<Tensor> {
+        let (_, dim) = self.check(tokens)?;
+        let w = values(&self.weight, "weight")?;
+        let mut y = Vec::with_capacity(tokens.len() * dim);
+        for &t in tokens {
+            y.extend_from_slice(&w[t * dim..(t + 1) * dim]);
+        }
+        Tensor::from_vec(y, &[shape, &[dim]].concat())
+    }
+
+    /// The table's gradient for `forward(tokens)` given grad_y [..., E]: rows summed per token,
+    /// the padding index's row zero.
+    pub fn backward(&self, tokens: &[usize], grad_y: &Tensor) -> Result<Tensor> {
+        let (vocab, dim) = self.check(tokens)?;
+        let g = values(grad_y, "grad_y")?;
+        if g.len() != tokens.len() * dim {
+            return Err(Error::shape(
+                "grad_y",
+                format!("[{} tokens, {dim}]", tokens.len()),
+                grad_y.shape(),
+            ));
+        }
+        let mut dw = vec![0f32; vocab * dim];
+        for (&t, gr) in tokens.iter().zip(g.chunks_exact(dim)) {
+            if Some(t) == self.padding_idx {
+                continue;
+            }
+            dw[t * dim..(t + 1) * dim]
+                .iter_mut()
+                .zip(gr)
+                .for_each(|(d, &x)| *d += x);
+        }
+        Tensor::from_vec(dw, &[vocab, dim])
+    }
+
+    pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        vec![("weight".to_string(), &mut self.weight)]
+    }
+}
