@@ -4,20 +4,33 @@
 //! column-major Cᵀ = Bᵀ·Aᵀ with unit stride along its long side: the form the crate runs fastest
 //! (about twice the row-major A·Bᵀ for the recurrent step's small batch).
 
+/// The element types `gemm_ab` runs in (the crate dispatches on the type).
+pub(crate) trait Scalar: Copy + Default + PartialEq + 'static {
+    const ONE: Self;
+}
+
+impl Scalar for f32 {
+    const ONE: Self = 1.0;
+}
+
+impl Scalar for f64 {
+    const ONE: Self = 1.0;
+}
+
 /// c[m, n] = a[m, k] · bt[k, n] + beta · c, all row-major with leading dimensions lda, ldb, ldc,
 /// on at most `max_threads` threads.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_ab(
+pub(crate) fn gemm_ab<T: Scalar>(
     m: usize,
     n: usize,
     k: usize,
-    a: &[f32],
+    a: &[T],
     lda: usize,
-    bt: &[f32],
+    bt: &[T],
     ldb: usize,
-    c: &mut [f32],
+    c: &mut [T],
     ldc: usize,
-    beta: f32,
+    beta: T,
     max_threads: usize,
 ) {
     if m == 0 || n == 0 {
@@ -47,7 +60,7 @@ pub(crate) fn gemm_ab(
             c.as_mut_ptr(),
             ldc as isize,
             1,
-            beta != 0.0,
+            beta != T::default(),
             bt.as_ptr(),
             ldb as isize,
             1,
@@ -55,7 +68,7 @@ pub(crate) fn gemm_ab(
             lda as isize,
             1,
             beta,
-            1.0,
+            T::ONE,
             false,
             false,
             false,
@@ -65,8 +78,8 @@ pub(crate) fn gemm_ab(
 }
 
 /// The transpose of a row-major [rows, cols] matrix.
-pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; rows * cols];
+pub(crate) fn transpose<T: Scalar>(w: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut t = vec![T::default(); rows * cols];
     for (r, row) in w.chunks_exact(cols).enumerate() {
         for (c, &v) in row.iter().enumerate() {
             t[c * rows + r] = v;

@@ -9,6 +9,7 @@
 //! layer-direction over all time steps, not one per step.
 
 use super::{step_time, Activation, Cell, Dims};
+use crate::ops::gemm_cpu::{gemm_ab, transpose};
 
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
@@ -108,42 +109,42 @@ pub(crate) struct Backward {
     pub params: Vec<ParamGrads>,
 }
 
-/// y[n] (+)= W[n, k] · x[k] for a row-major W.
-fn matvec(w: &[f64], x: &[f64], y: &mut [f64], accumulate: bool) {
-    let k = x.len();
-    for (yi, row) in y.iter_mut().zip(w.chunks_exact(k)) {
-        let dot = row.iter().zip(x).fold(0.0, |s, (&a, &b)| s + a * b);
-        *yi = if accumulate { *yi + dot } else { dot };
-    }
+/// c[m, n] = a[m, k] · b[k, n] (+ c when `accumulate`), row-major and contiguous.
+fn matmul(m: usize, n: usize, k: usize, a: &[f64], b: &[f64], c: &mut [f64], accumulate: bool) {
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    gemm_ab(m, n, k, a, k, b, n, c, n, beta, usize::MAX);
 }
 
-/// x[k] += W[n, k]ᵀ · y[n].
-fn matvec_t(w: &[f64], y: &[f64], x: &mut [f64]) {
-    let k = x.len();
-    for (&yi, row) in y.iter().zip(w.chunks_exact(k)) {
-        for (xj, &wj) in x.iter_mut().zip(row) {
-            *xj += wj * yi;
+/// Adds `bias` (if any) to every row of `x`.
+fn add_bias_rows(x: &mut [f64], bias: Option<&[f64]>) {
+    if let Some(bias) = bias {
+        for row in x.chunks_exact_mut(bias.len()) {
+            row.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
         }
     }
 }
 
-/// g[n, k] += Σ_r a[r, n] · b[r, k]: a weight gradient over every row at once.
-fn outer_sum(a: &[f64], n: usize, b: &[f64], k: usize, g: &mut [f64]) {
-    for (ar, br) in a.chunks_exact(n).zip(b.chunks_exact(k)) {
-        for (gi, &ai) in g.chunks_exact_mut(k).zip(ar) {
-            if ai == 0.0 {
-                continue;
-            }
-            for (gij, &bj) in gi.iter_mut().zip(br) {
-                *gij += ai * bj;
-            }
-        }
+/// The column sums of a row-major [rows, n] matrix.
+fn column_sums(x: &[f64], n: usize) -> Vec<f64> {
+    let mut sums = vec![0.0; n];
+    for row in x.chunks_exact(n) {
+        sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
     }
+    sums
+}
+
+/// g[n, k] = a[rows, n]ᵀ · b[rows, k]: a weight gradient over every row at once.
+fn gradient(a: &[f64], n: usize, b: &[f64], k: usize) -> Vec<f64> {
+    let rows = a.len() / n.max(1);
+    let mut g = vec![0.0; n * k];
+    matmul(n, k, rows, &transpose(a, rows, n), b, &mut g, false);
+    g
 }
 
 impl Net<'_> {
     /// The forward pass, keeping what `backward` needs. `x` [rows, I]; `h0` [L·D, B, O] and
-    /// `c0` [L·D, B, H] (zeros when absent).
+    /// `c0` [L·D, B, H] (zeros when absent). The input projection is one GEMM per
+    /// layer-direction, W_hh·h one per step; the pointwise update runs per active row.
     pub fn forward_train(
         &self,
         x: &[f64],
@@ -169,9 +170,9 @@ impl Net<'_> {
             layer_inputs: Vec::new(),
             slots: Vec::new(),
         };
-        let mut a = vec![0.0; gw];
-        let mut hn = vec![0.0; hidden];
-        let mut m = vec![0.0; hidden];
+        let mut hh = vec![0.0; batch * gw];
+        let mut m = vec![0.0; batch * hidden];
+        let mut projected = vec![0.0; batch * out];
         for layer in 0..d.layers {
             let in_w = d.layer_input(layer);
             let mut output = vec![0.0; rows * d.dirs * out];
@@ -193,6 +194,20 @@ impl Net<'_> {
                         }
                     ],
                 };
+                let w_hh_t = transpose(p.w_hh, gw, out);
+                let w_hr_t = p.w_hr.map(|w| transpose(w, out, hidden));
+                // W_ih x + b_ih for every (t, b) row at once.
+                let mut xw = vec![0.0; rows * gw];
+                matmul(
+                    rows,
+                    gw,
+                    in_w,
+                    &layer_in,
+                    &transpose(p.w_ih, gw, in_w),
+                    &mut xw,
+                    false,
+                );
+                add_bias_rows(&mut xw, p.b_ih);
                 let mut h = match h0 {
                     Some(h0) => h0[slot * batch * out..(slot + 1) * batch * out].to_vec(),
                     None => vec![0.0; batch * out],
@@ -204,76 +219,82 @@ impl Net<'_> {
                     _ => vec![0.0; if lstm { batch * hidden } else { 0 }],
                 };
                 for step in 0..d.seq_len {
-                    for b in 0..batch {
-                        let Some(t) = step_time(step, self.lengths[b], dir == 1) else {
-                            continue;
-                        };
-                        let row = t * st + b * sb;
-                        let xt = &layer_in[row * in_w..(row + 1) * in_w];
+                    // W_hh h + b_hh for every row (rows that have ended are not read).
+                    matmul(batch, gw, out, &h, &w_hh_t, &mut hh, false);
+                    add_bias_rows(&mut hh, p.b_hh);
+                    let active: Vec<(usize, usize)> = (0..batch)
+                        .filter_map(|b| {
+                            step_time(step, self.lengths[b], dir == 1).map(|t| (b, t * st + b * sb))
+                        })
+                        .collect();
+                    for &(b, row) in &active {
+                        let pre = &xw[row * gw..(row + 1) * gw];
+                        let rec = &hh[b * gw..(b + 1) * gw];
                         let hb = &mut h[b * out..(b + 1) * out];
                         s.h_prev[row * out..(row + 1) * out].copy_from_slice(hb);
-                        matvec(p.w_ih, xt, &mut a, false);
-                        if let Some(bias) = p.b_ih {
-                            a.iter_mut().zip(bias).for_each(|(v, &bv)| *v += bv);
-                        }
                         let g = &mut s.gates[row * gw..(row + 1) * gw];
                         match self.cell {
                             Cell::Rnn(nl) => {
-                                matvec(p.w_hh, hb, &mut a, true);
-                                add_bias(&mut a, p.b_hh);
-                                for (gv, &av) in g.iter_mut().zip(&a) {
+                                for ((gv, &x), &r) in g.iter_mut().zip(pre).zip(rec) {
+                                    let a = x + r;
                                     *gv = match nl.activation() {
-                                        Activation::Relu if av < 0.0 => 0.0,
-                                        Activation::Relu => av,
-                                        _ => av.tanh(),
+                                        Activation::Relu if a < 0.0 => 0.0,
+                                        Activation::Relu => a,
+                                        _ => a.tanh(),
                                     };
                                 }
                                 hb.copy_from_slice(g);
                             }
                             Cell::Lstm => {
-                                matvec(p.w_hh, hb, &mut a, true);
-                                add_bias(&mut a, p.b_hh);
                                 let cb = &mut c[b * hidden..(b + 1) * hidden];
                                 s.c_prev[row * hidden..(row + 1) * hidden].copy_from_slice(cb);
+                                let mb = &mut m[b * hidden..(b + 1) * hidden];
                                 for j in 0..hidden {
-                                    let (i, f) = (sigmoid(a[j]), sigmoid(a[hidden + j]));
-                                    let (gg, o) =
-                                        (a[2 * hidden + j].tanh(), sigmoid(a[3 * hidden + j]));
+                                    let a = |k: usize| pre[k * hidden + j] + rec[k * hidden + j];
+                                    let (i, f, gg, o) =
+                                        (sigmoid(a(0)), sigmoid(a(1)), a(2).tanh(), sigmoid(a(3)));
                                     g[j] = i;
                                     g[hidden + j] = f;
                                     g[2 * hidden + j] = gg;
                                     g[3 * hidden + j] = o;
                                     cb[j] = f * cb[j] + i * gg;
-                                    m[j] = o * cb[j].tanh();
+                                    mb[j] = o * cb[j].tanh();
                                 }
                                 s.c[row * hidden..(row + 1) * hidden].copy_from_slice(cb);
                                 match p.w_hr {
-                                    Some(w_hr) => {
-                                        s.m[row * hidden..(row + 1) * hidden].copy_from_slice(&m);
-                                        matvec(w_hr, &m, hb, false);
+                                    Some(_) => {
+                                        s.m[row * hidden..(row + 1) * hidden].copy_from_slice(mb)
                                     }
-                                    None => hb.copy_from_slice(&m),
+                                    None => hb.copy_from_slice(mb),
                                 }
                             }
                             Cell::Gru => {
-                                // The recurrent half separately: r multiplies W_hn h + b_hn.
-                                let mut rec = vec![0.0; gw];
-                                matvec(p.w_hh, hb, &mut rec, false);
-                                add_bias(&mut rec, p.b_hh);
+                                // r multiplies the recurrent half W_hn h + b_hn.
                                 for j in 0..hidden {
-                                    let r = sigmoid(a[j] + rec[j]);
-                                    let z = sigmoid(a[hidden + j] + rec[hidden + j]);
-                                    hn[j] = rec[2 * hidden + j];
-                                    let n = (a[2 * hidden + j] + r * hn[j]).tanh();
+                                    let r = sigmoid(pre[j] + rec[j]);
+                                    let z = sigmoid(pre[hidden + j] + rec[hidden + j]);
+                                    let n = (pre[2 * hidden + j] + r * rec[2 * hidden + j]).tanh();
                                     g[j] = r;
                                     g[hidden + j] = z;
                                     g[2 * hidden + j] = n;
                                     hb[j] = n + z * (hb[j] - n);
                                 }
-                                s.hn[row * hidden..(row + 1) * hidden].copy_from_slice(&hn);
+                                s.hn[row * hidden..(row + 1) * hidden]
+                                    .copy_from_slice(&rec[2 * hidden..]);
                             }
                         }
-                        output[row * d.dirs * out + dir * out..][..out].copy_from_slice(hb);
+                    }
+                    if let Some(w_hr_t) = &w_hr_t {
+                        // h = W_hr m, for the rows still running.
+                        matmul(batch, out, hidden, &m, w_hr_t, &mut projected, false);
+                        for &(b, _) in &active {
+                            h[b * out..(b + 1) * out]
+                                .copy_from_slice(&projected[b * out..(b + 1) * out]);
+                        }
+                    }
+                    for &(b, row) in &active {
+                        output[row * d.dirs * out + dir * out..][..out]
+                            .copy_from_slice(&h[b * out..(b + 1) * out]);
                     }
                 }
                 h_n[slot * batch * out..(slot + 1) * batch * out].copy_from_slice(&h);
@@ -297,7 +318,9 @@ impl Net<'_> {
     }
 
     /// The gradients of Σ output ⊙ d_output + Σ h_n ⊙ d_h_n (+ Σ c_n ⊙ d_c_n) with respect to
-    /// the input, h0, c0 and every parameter. Outputs past a row's length get no gradient.
+    /// the input, h0, c0 and every parameter. Outputs past a row's length get no gradient. Per
+    /// step, one GEMM carries dh back through W_hh; the weight gradients and the input's are
+    /// one GEMM each per layer-direction over every step.
     pub fn backward(
         &self,
         saved: &Saved,
@@ -321,7 +344,10 @@ impl Net<'_> {
         ];
         let mut grads: Vec<Option<ParamGrads>> = (0..d.layers * d.dirs).map(|_| None).collect();
         let mut d_layer_out = d_output.to_vec();
-        let mut dm = vec![0.0; hidden];
+        let mut dm = vec![0.0; batch * hidden];
+        let mut d_rec_step = vec![0.0; batch * gw];
+        let mut dh_prev = vec![0.0; batch * out];
+        let mut direct = vec![0.0; batch * out];
         for layer in (0..d.layers).rev() {
             let in_w = d.layer_input(layer);
             let layer_in = &saved.layer_inputs[layer];
@@ -333,7 +359,8 @@ impl Net<'_> {
                 // differ only in the GRU's n gate, where the recurrent side is scaled by r).
                 let mut d_in_gates = vec![0.0; rows * gw];
                 let mut d_rec_gates = vec![0.0; rows * gw];
-                let mut g_hr = vec![0.0; if p.w_hr.is_some() { out * hidden } else { 0 }];
+                // LSTM with projection: dh per row, for W_hr's gradient.
+                let mut d_h_rows = vec![0.0; if p.w_hr.is_some() { rows * out } else { 0 }];
                 let mut dh = match d_h_n {
                     Some(g) => g[slot * batch * out..(slot + 1) * batch * out].to_vec(),
                     None => vec![0.0; batch * out],
@@ -345,22 +372,36 @@ impl Net<'_> {
                     _ => vec![0.0; if lstm { batch * hidden } else { 0 }],
                 };
                 for step in (0..d.seq_len).rev() {
-                    for b in 0..batch {
-                        // A row that has ended carries its state: its gradient passes unchanged.
-                        let Some(t) = step_time(step, self.lengths[b], dir == 1) else {
-                            continue;
-                        };
-                        let row = t * st + b * sb;
-                        let dhb = &mut dh[b * out..(b + 1) * out];
+                    // Rows that have ended carry their state: their gradient passes unchanged.
+                    let active: Vec<(usize, usize)> = (0..batch)
+                        .filter_map(|b| {
+                            step_time(step, self.lengths[b], dir == 1).map(|t| (b, t * st + b * sb))
+                        })
+                        .collect();
+                    for &(b, row) in &active {
                         let from_output = &d_layer_out[row * d.dirs * out + dir * out..][..out];
-                        dhb.iter_mut().zip(from_output).for_each(|(v, &g)| *v += g);
+                        dh[b * out..(b + 1) * out]
+                            .iter_mut()
+                            .zip(from_output)
+                            .for_each(|(v, &g)| *v += g);
+                    }
+                    if let Some(w_hr) = p.w_hr {
+                        // dm = W_hrᵀ dh for every row.
+                        matmul(batch, hidden, out, &dh, w_hr, &mut dm, false);
+                        for &(b, row) in &active {
+                            d_h_rows[row * out..(row + 1) * out]
+                                .copy_from_slice(&dh[b * out..(b + 1) * out]);
+                        }
+                    }
+                    d_rec_step.iter_mut().for_each(|v| *v = 0.0);
+                    for &(b, row) in &active {
                         let g = &s.gates[row * gw..(row + 1) * gw];
+                        let dhb = &dh[b * out..(b + 1) * out];
                         let din = &mut d_in_gates[row * gw..(row + 1) * gw];
                         let drec = &mut d_rec_gates[row * gw..(row + 1) * gw];
-                        let mut direct = None;
                         match self.cell {
                             Cell::Rnn(nl) => {
-                                for ((dv, &y), &dy) in din.iter_mut().zip(g).zip(dhb.iter()) {
+                                for ((dv, &y), &dy) in din.iter_mut().zip(g).zip(dhb) {
                                     *dv = dy
                                         * match nl.activation() {
                                             Activation::Relu if y > 0.0 => 1.0,
@@ -371,15 +412,10 @@ impl Net<'_> {
                                 drec.copy_from_slice(din);
                             }
                             Cell::Lstm => {
-                                match p.w_hr {
-                                    Some(w_hr) => {
-                                        dm.iter_mut().for_each(|v| *v = 0.0);
-                                        matvec_t(w_hr, dhb, &mut dm);
-                                        let mrow = &s.m[row * hidden..(row + 1) * hidden];
-                                        outer_sum(dhb, out, mrow, hidden, &mut g_hr);
-                                    }
-                                    None => dm.copy_from_slice(dhb),
-                                }
+                                let dmb = match p.w_hr {
+                                    Some(_) => &dm[b * hidden..(b + 1) * hidden],
+                                    None => dhb,
+                                };
                                 let cb = &s.c[row * hidden..(row + 1) * hidden];
                                 let cp = &s.c_prev[row * hidden..(row + 1) * hidden];
                                 let dcb = &mut dc[b * hidden..(b + 1) * hidden];
@@ -387,11 +423,11 @@ impl Net<'_> {
                                     let (i, f, gg, o) =
                                         (g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]);
                                     let tc = cb[j].tanh();
-                                    let dct = dcb[j] + dm[j] * o * (1.0 - tc * tc);
+                                    let dct = dcb[j] + dmb[j] * o * (1.0 - tc * tc);
                                     din[j] = dct * gg * i * (1.0 - i);
                                     din[hidden + j] = dct * cp[j] * f * (1.0 - f);
                                     din[2 * hidden + j] = dct * i * (1.0 - gg * gg);
-                                    din[3 * hidden + j] = dm[j] * tc * o * (1.0 - o);
+                                    din[3 * hidden + j] = dmb[j] * tc * o * (1.0 - o);
                                     dcb[j] = dct * f;
                                 }
                                 drec.copy_from_slice(din);
@@ -399,57 +435,50 @@ impl Net<'_> {
                             Cell::Gru => {
                                 let hp = &s.h_prev[row * out..(row + 1) * out];
                                 let hn = &s.hn[row * hidden..(row + 1) * hidden];
-                                let mut keep = vec![0.0; hidden];
                                 for j in 0..hidden {
                                     let (r, z, n) = (g[j], g[hidden + j], g[2 * hidden + j]);
                                     let dhj = dhb[j];
                                     let dan = dhj * (1.0 - z) * (1.0 - n * n);
-                                    let dr = dan * hn[j];
-                                    din[j] = dr * r * (1.0 - r);
+                                    din[j] = dan * hn[j] * r * (1.0 - r);
                                     din[hidden + j] = dhj * (hp[j] - n) * z * (1.0 - z);
                                     din[2 * hidden + j] = dan;
                                     drec[j] = din[j];
                                     drec[hidden + j] = din[hidden + j];
                                     drec[2 * hidden + j] = dan * r;
-                                    keep[j] = dhj * z;
+                                    direct[b * out + j] = dhj * z;
                                 }
-                                direct = Some(keep);
                             }
                         }
-                        // dh_{t-1} = W_hhᵀ · (recurrent gate gradients) (+ z ⊙ dh for a GRU).
+                        d_rec_step[b * gw..(b + 1) * gw].copy_from_slice(drec);
+                    }
+                    // dh_{t-1} = W_hhᵀ · (recurrent gate gradients) (+ z ⊙ dh for a GRU).
+                    matmul(batch, out, gw, &d_rec_step, p.w_hh, &mut dh_prev, false);
+                    for &(b, _) in &active {
                         let dhb = &mut dh[b * out..(b + 1) * out];
-                        match direct {
-                            Some(keep) => dhb.copy_from_slice(&keep),
-                            None => dhb.iter_mut().for_each(|v| *v = 0.0),
+                        dhb.copy_from_slice(&dh_prev[b * out..(b + 1) * out]);
+                        if self.cell == Cell::Gru {
+                            dhb.iter_mut()
+                                .zip(&direct[b * out..(b + 1) * out])
+                                .for_each(|(v, &x)| *v += x);
                         }
-                        matvec_t(p.w_hh, &d_rec_gates[row * gw..(row + 1) * gw], dhb);
                     }
                 }
                 d_h0[slot * batch * out..(slot + 1) * batch * out].copy_from_slice(&dh);
                 if lstm {
                     d_c0[slot * batch * hidden..(slot + 1) * batch * hidden].copy_from_slice(&dc);
                 }
-                // Weight gradients: one product over every (t, b) row of the layer-direction.
-                let mut gr = ParamGrads {
-                    w_ih: vec![0.0; gw * in_w],
-                    w_hh: vec![0.0; gw * out],
-                    b_ih: vec![0.0; gw],
-                    b_hh: vec![0.0; gw],
-                    w_hr: g_hr,
+                // Every step at once: the weight gradients and the layer input's.
+                let gr = ParamGrads {
+                    w_ih: gradient(&d_in_gates, gw, layer_in, in_w),
+                    w_hh: gradient(&d_rec_gates, gw, &s.h_prev, out),
+                    b_ih: column_sums(&d_in_gates, gw),
+                    b_hh: column_sums(&d_rec_gates, gw),
+                    w_hr: match p.w_hr {
+                        Some(_) => gradient(&d_h_rows, out, &s.m, hidden),
+                        None => Vec::new(),
+                    },
                 };
-                outer_sum(&d_in_gates, gw, layer_in, in_w, &mut gr.w_ih);
-                outer_sum(&d_rec_gates, gw, &s.h_prev, out, &mut gr.w_hh);
-                for (din, drec) in d_in_gates
-                    .chunks_exact(gw)
-                    .zip(d_rec_gates.chunks_exact(gw))
-                {
-                    gr.b_ih.iter_mut().zip(din).for_each(|(v, &x)| *v += x);
-                    gr.b_hh.iter_mut().zip(drec).for_each(|(v, &x)| *v += x);
-                }
-                // The layer input's gradient: W_ihᵀ · (input-side gate gradients), every row.
-                for (dx, dg) in d_in.chunks_exact_mut(in_w).zip(d_in_gates.chunks_exact(gw)) {
-                    matvec_t(p.w_ih, dg, dx);
-                }
+                matmul(rows, in_w, gw, &d_in_gates, p.w_ih, &mut d_in, true);
                 grads[slot] = Some(gr);
             }
             d_layer_out = d_in;
@@ -463,12 +492,6 @@ impl Net<'_> {
                 .map(|g| g.expect("every slot ran"))
                 .collect(),
         }
-    }
-}
-
-fn add_bias(a: &mut [f64], bias: Option<&[f64]>) {
-    if let Some(bias) = bias {
-        a.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
     }
 }
 
