@@ -4,6 +4,7 @@
 //! they cost one pass over the keys, and a decoder then keeps nothing per step.
 
 use super::Score;
+use crate::ops::gemm_cpu::{gemm_ab, transpose};
 
 /// The parameters in f64, PyTorch's shapes: w_q [A, Dq], b_q [A], w_k [A, Dk] (additive) or
 /// [Dq, Dk] (general), b_k [A], v [A]; empty when the kind has none.
@@ -39,14 +40,27 @@ pub(crate) struct Grads {
 
 /// y[r, n] = x[r, k] · W[n, k]ᵀ (+ b).
 fn linear(x: &[f64], k: usize, w: &[f64], b: &[f64]) -> Vec<f64> {
-    let n = w.len() / k;
-    let mut y = Vec::with_capacity(x.len() / k * n);
-    for row in x.chunks_exact(k) {
-        for (j, wr) in w.chunks_exact(k).enumerate() {
-            let dot: f64 = row.iter().zip(wr).map(|(a, c)| a * c).sum();
-            y.push(dot + b.get(j).copied().unwrap_or(0.0));
+    let (rows, n) = (x.len() / k, w.len() / k);
+    let mut y = vec![0.0; rows * n];
+    if !b.is_empty() {
+        for row in y.chunks_exact_mut(n) {
+            row.copy_from_slice(b);
         }
     }
+    let beta = if b.is_empty() { 0.0 } else { 1.0 };
+    gemm_ab(
+        rows,
+        n,
+        k,
+        x,
+        k,
+        &transpose(w, n, k),
+        n,
+        &mut y,
+        n,
+        beta,
+        usize::MAX,
+    );
     y
 }
 
@@ -203,7 +217,7 @@ pub(crate) fn backward(
             }
         }
     }
-    // Back through the projections: dx = dy · W, dW = Σ dy ⊗ x, db = Σ dy.
+    // Back through the projections: dx = dy · W, dW = dyᵀ · x, db = Σ dy, each one GEMM.
     let back = |dy: &[f64],
                 x: &[f64],
                 kx: usize,
@@ -211,28 +225,28 @@ pub(crate) fn backward(
                 dw: &mut Vec<f64>,
                 db: Option<&mut Vec<f64>>|
      -> Vec<f64> {
-        let n = w.len() / kx;
-        *dw = vec![0.0; w.len()];
+        let (n, rows) = (w.len() / kx, x.len() / kx);
         let mut dx = vec![0.0; x.len()];
-        let mut db_acc = vec![0.0; n];
-        for (dyr, (xr, dxr)) in dy
-            .chunks_exact(n)
-            .zip(x.chunks_exact(kx).zip(dx.chunks_exact_mut(kx)))
-        {
-            for (i, (&g, wr)) in dyr.iter().zip(w.chunks_exact(kx)).enumerate() {
-                db_acc[i] += g;
-                for ((d, &wv), (dwv, &xv)) in dxr
-                    .iter_mut()
-                    .zip(wr)
-                    .zip(dw[i * kx..(i + 1) * kx].iter_mut().zip(xr))
-                {
-                    *d += g * wv;
-                    *dwv += g * xv;
-                }
-            }
-        }
+        gemm_ab(rows, kx, n, dy, n, w, kx, &mut dx, kx, 0.0, usize::MAX);
+        *dw = vec![0.0; w.len()];
+        gemm_ab(
+            n,
+            kx,
+            rows,
+            &transpose(dy, rows, n),
+            rows,
+            x,
+            kx,
+            dw,
+            kx,
+            0.0,
+            usize::MAX,
+        );
         if let Some(db) = db {
-            *db = db_acc;
+            *db = vec![0.0; n];
+            for row in dy.chunks_exact(n) {
+                db.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
+            }
         }
         dx
     };
