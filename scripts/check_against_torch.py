@@ -324,41 +324,9 @@ def make_grads(case: Case, expected: dict, seed: int) -> dict:
 
 
 def attention_grad_reference(case: Case, grads: dict) -> dict:
-    """float64 autograd of sum(context*grad_context): the query's, keys', values' (when given)
-    and every parameter's gradient, named as the binary writes them."""
-    c, inputs = case.attention, case.inputs
-    module = case.module.double()
-    with torch.enable_grad():
-        leaves = {"query": inputs["query"].double().requires_grad_(),
-                  "keys": inputs["keys"].double().requires_grad_()}
-        if "values" in inputs:
-            leaves["values"] = inputs["values"].double().requires_grad_()
-        q = leaves["query"] if c.tq is not None else leaves["query"][:, None, :]
-        k = leaves["keys"]
-        v = leaves.get("values", k)
-        params = dict(module.named_parameters())
-        if c.kind == "additive":
-            # attn_fx.scores reads state_dict(), whose tensors are detached: the same formula
-            # on the live parameters.
-            qp = q @ params["query_proj.weight"].T
-            if "query_proj.bias" in params:
-                qp = qp + params["query_proj.bias"]
-            kp = k @ params["key_proj.weight"].T
-            if "key_proj.bias" in params:
-                kp = kp + params["key_proj.bias"]
-            e = torch.tanh(qp[:, :, None, :] + kp[:, None, :, :]) @ params["score.weight"][0]
-        else:
-            e = attn_fx.scores(c, module, q, k)
-        lengths = inputs.get("lengths", torch.full((c.batch,), c.seq_len, dtype=torch.int64))
-        valid = torch.arange(c.seq_len)[None, :] < lengths[:, None]
-        w = torch.softmax(e.masked_fill(~valid[:, None, :], float("-inf")), dim=-1)
-        ctx = w @ v
-        if c.tq is None:
-            ctx = ctx[:, 0]
-        loss = (ctx * grads["grad_context"].double()).sum()
-        got = torch.autograd.grad(loss, list(leaves.values()) + list(params.values()))
-    names = [f"{k}.grad" for k in leaves] + [f"{k}.grad" for k in params]
-    return dict(zip(names, got))
+    """float64 autograd of sum(context*grad_context), named as the binary writes it."""
+    return attn_fx.gradients(case.attention, case.module.double(), case.inputs,
+                             grads["grad_context"])
 
 
 def grad_reference(case: Case, grads: dict) -> dict:
