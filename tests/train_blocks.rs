@@ -142,3 +142,18 @@ fn clipping_and_adam_steps_follow_pytorch() {
     adamw.step(&mut [&mut p], &[&g]).unwrap();
     assert!((host(&p)[0] - 0.899).abs() < 1e-6, "{}", host(&p)[0]);
 }
+
+#[test]
+fn backward_with_another_modules_reserve_is_an_error() {
+    use fused_rnn::nn::{Gru, GruConfig};
+    use fused_rnn::{DType, Device, Error};
+    let a = Gru::random(GruConfig::new(3, 4), &Device::Cpu, DType::F32, 1).unwrap();
+    let b = Gru::random(GruConfig::new(3, 5), &Device::Cpu, DType::F32, 2).unwrap();
+    let x = t(common::random(2 * 2 * 3, 1.0, 4), &[2, 2, 3]);
+    let (_, reserve) = a.forward_train(&x, None, None).unwrap();
+    let g = t(common::random(2 * 2 * 5, 1.0, 5), &[2, 2, 5]);
+    match b.backward(&reserve, &g, None) {
+        Err(Error::Config(msg)) => assert!(msg.contains("reserve"), "{msg}"),
+        other => panic!("expected a Config error, got {:?}", other.map(|_| ())),
+    }
+}

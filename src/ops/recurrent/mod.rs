@@ -450,6 +450,21 @@ pub(crate) fn backward(
     require_cpu(device)?;
     let dims = reserve.dims;
     let lstm = reserve.cell == Cell::Lstm;
+    // The reserve must come from a module of these weights' sizes.
+    let gw = dims.gate_width();
+    let fits = weights.len() == dims.layers * dims.dirs
+        && weights.iter().enumerate().all(|(slot, w)| {
+            w.w_ih.shape() == [gw, dims.layer_input(slot / dims.dirs)]
+                && w.w_hh.shape() == [gw, dims.out_size]
+                && w.w_hr.as_ref().map(|t| t.shape().to_vec())
+                    == dims.projected().then(|| vec![dims.out_size, dims.hidden])
+        });
+    if !fits {
+        return Err(Error::Config(format!(
+            "the reserve comes from a different {} (a forward_train of another module)",
+            reserve.cell.name()
+        )));
+    }
     let check = |t: &Tensor, name: &str, shape: Vec<usize>| -> Result<()> {
         match t.shape() == shape.as_slice() {
             true => Ok(()),
