@@ -22,9 +22,9 @@ fn values<'a>(t: &'a Tensor, name: &str) -> Result<&'a [f32]> {
 
 /// A fully connected layer.
 pub struct Linear {
-    /// Shape [out, in].
+    /// Shape `[out, in]`.
     pub weight: Tensor,
-    /// Shape [out].
+    /// Shape `[out]`.
     pub bias: Option<Tensor>,
 }
 
