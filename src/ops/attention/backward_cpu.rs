@@ -96,22 +96,15 @@ fn score_of(score: Score, p: &Params64, qp: &[f64], kp: &[f64]) -> f64 {
     }
 }
 
-/// The masked softmax weights of one query over its row's first n keys.
-fn weights(
-    score: Score,
-    p: &Params64,
-    qp: &[f64],
-    kp_row: &[f64],
-    width: usize,
-    n: usize,
-) -> Vec<f64> {
-    let e: Vec<f64> = (0..n)
-        .map(|j| score_of(score, p, qp, &kp_row[j * width..(j + 1) * width]))
-        .collect();
-    let max = e.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
-    let exp: Vec<f64> = e.iter().map(|&x| (x - max).exp()).collect();
-    let total: f64 = exp.iter().sum();
-    exp.into_iter().map(|x| x / total).collect()
+/// The masked softmax weights of one query over its row's first n keys, into `w` (reused).
+fn weights(score: Score, p: &Params64, qp: &[f64], kp_row: &[f64], n: usize, w: &mut Vec<f64>) {
+    let width = qp.len();
+    w.clear();
+    w.extend((0..n).map(|j| score_of(score, p, qp, &kp_row[j * width..(j + 1) * width])));
+    let max = w.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
+    w.iter_mut().for_each(|x| *x = (*x - max).exp());
+    let total: f64 = w.iter().sum();
+    w.iter_mut().for_each(|x| *x /= total);
 }
 
 /// The context [B·Tq, Dv] (for the finite-difference checks; `backward` recomputes what it needs).
@@ -127,18 +120,13 @@ pub(crate) fn context(
 ) -> Vec<f64> {
     let (kp, qp, width) = sides(score, p, s, q, k);
     let mut ctx = vec![0.0; s.batch * s.queries * s.dv];
+    let mut w = Vec::new();
     for b in 0..s.batch {
         let kp_row = &kp[b * s.keys * width..(b + 1) * s.keys * width];
         for t in 0..s.queries {
             let r = b * s.queries + t;
-            let w = weights(
-                score,
-                p,
-                &qp[r * width..(r + 1) * width],
-                kp_row,
-                width,
-                lengths[b],
-            );
+            let qr = &qp[r * width..(r + 1) * width];
+            weights(score, p, qr, kp_row, lengths[b], &mut w);
             for (j, wj) in w.iter().enumerate() {
                 let vj = &v[(b * s.keys + j) * s.dv..][..s.dv];
                 for (c, &x) in ctx[r * s.dv..(r + 1) * s.dv].iter_mut().zip(vj) {
@@ -167,24 +155,21 @@ pub(crate) fn backward(
     let (mut dkp, mut dqp) = (vec![0.0; kp.len()], vec![0.0; qp.len()]);
     let mut dv = vec![0.0; v.len()];
     let mut dscore_v = vec![0.0; p.v.len()];
-    let mut u = vec![0.0; width];
+    let (mut w, mut dw) = (Vec::new(), Vec::new());
     for b in 0..s.batch {
         let n = lengths[b];
         let kp_row = &kp[b * s.keys * width..(b + 1) * s.keys * width];
         for t in 0..s.queries {
             let r = b * s.queries + t;
             let qr = &qp[r * width..(r + 1) * width];
-            let w = weights(score, p, qr, kp_row, width, n);
+            weights(score, p, qr, kp_row, n, &mut w);
             let dctx = &grad_context[r * s.dv..(r + 1) * s.dv];
             // d weight_j = dctx · v_j; through the softmax, de_j = w_j (dw_j − Σ w dw).
-            let dw: Vec<f64> = (0..n)
-                .map(|j| {
-                    dctx.iter()
-                        .zip(&v[(b * s.keys + j) * s.dv..][..s.dv])
-                        .map(|(a, c)| a * c)
-                        .sum()
-                })
-                .collect();
+            dw.clear();
+            dw.extend((0..n).map(|j| {
+                let vj = &v[(b * s.keys + j) * s.dv..][..s.dv];
+                dctx.iter().zip(vj).map(|(a, c)| a * c).sum::<f64>()
+            }));
             let mean: f64 = w.iter().zip(&dw).map(|(a, c)| a * c).sum();
             for j in 0..n {
                 let de = w[j] * (dw[j] - mean);
@@ -196,9 +181,9 @@ pub(crate) fn backward(
                 match score {
                     Score::Additive => {
                         for a in 0..width {
-                            u[a] = (qr[a] + kj[a]).tanh();
-                            dscore_v[a] += de * u[a];
-                            let da = de * p.v[a] * (1.0 - u[a] * u[a]);
+                            let u = (qr[a] + kj[a]).tanh();
+                            dscore_v[a] += de * u;
+                            let da = de * p.v[a] * (1.0 - u * u);
                             dq[a] += da;
                             dkj[a] += da;
                         }

@@ -142,6 +142,16 @@ fn gradient(a: &[f64], n: usize, b: &[f64], k: usize) -> Vec<f64> {
 }
 
 impl Net<'_> {
+    /// The rows still running at `step` in direction `dir`, as (batch row, input row), into
+    /// `active` (reused from step to step).
+    fn active_rows(&self, step: usize, dir: usize, active: &mut Vec<(usize, usize)>) {
+        let (st, sb) = self.dims.strides();
+        active.clear();
+        active.extend((0..self.dims.batch).filter_map(|b| {
+            step_time(step, self.lengths[b], dir == 1).map(|t| (b, t * st + b * sb))
+        }));
+    }
+
     /// The forward pass, keeping what `backward` needs. `x` [rows, I]; `h0` [L·D, B, O] and
     /// `c0` [L·D, B, H] (zeros when absent). The input projection is one GEMM per
     /// layer-direction, W_hh·h one per step; the pointwise update runs per active row.
@@ -154,7 +164,6 @@ impl Net<'_> {
         let d = self.dims;
         let (rows, batch, hidden, out, gw) =
             (d.rows(), d.batch, d.hidden, d.out_size, d.gate_width());
-        let (st, sb) = d.strides();
         let lstm = self.cell == Cell::Lstm;
         let mut h_n = vec![0.0; d.layers * d.dirs * batch * out];
         let mut c_n = vec![
@@ -173,6 +182,7 @@ impl Net<'_> {
         let mut hh = vec![0.0; batch * gw];
         let mut m = vec![0.0; batch * hidden];
         let mut projected = vec![0.0; batch * out];
+        let mut active = Vec::with_capacity(batch);
         for layer in 0..d.layers {
             let in_w = d.layer_input(layer);
             let mut output = vec![0.0; rows * d.dirs * out];
@@ -222,11 +232,7 @@ impl Net<'_> {
                     // W_hh h + b_hh for every row (rows that have ended are not read).
                     matmul(batch, gw, out, &h, &w_hh_t, &mut hh, false);
                     add_bias_rows(&mut hh, p.b_hh);
-                    let active: Vec<(usize, usize)> = (0..batch)
-                        .filter_map(|b| {
-                            step_time(step, self.lengths[b], dir == 1).map(|t| (b, t * st + b * sb))
-                        })
-                        .collect();
+                    self.active_rows(step, dir, &mut active);
                     for &(b, row) in &active {
                         let pre = &xw[row * gw..(row + 1) * gw];
                         let rec = &hh[b * gw..(b + 1) * gw];
@@ -331,7 +337,6 @@ impl Net<'_> {
         let d = self.dims;
         let (rows, batch, hidden, out, gw) =
             (d.rows(), d.batch, d.hidden, d.out_size, d.gate_width());
-        let (st, sb) = d.strides();
         let lstm = self.cell == Cell::Lstm;
         let mut d_h0 = vec![0.0; d.layers * d.dirs * batch * out];
         let mut d_c0 = vec![
@@ -348,6 +353,7 @@ impl Net<'_> {
         let mut d_rec_step = vec![0.0; batch * gw];
         let mut dh_prev = vec![0.0; batch * out];
         let mut direct = vec![0.0; batch * out];
+        let mut active = Vec::with_capacity(batch);
         for layer in (0..d.layers).rev() {
             let in_w = d.layer_input(layer);
             let layer_in = &saved.layer_inputs[layer];
@@ -373,11 +379,7 @@ impl Net<'_> {
                 };
                 for step in (0..d.seq_len).rev() {
                     // Rows that have ended carry their state: their gradient passes unchanged.
-                    let active: Vec<(usize, usize)> = (0..batch)
-                        .filter_map(|b| {
-                            step_time(step, self.lengths[b], dir == 1).map(|t| (b, t * st + b * sb))
-                        })
-                        .collect();
+                    self.active_rows(step, dir, &mut active);
                     for &(b, row) in &active {
                         let from_output = &d_layer_out[row * d.dirs * out + dir * out..][..out];
                         dh[b * out..(b + 1) * out]
