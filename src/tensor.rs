@@ -163,6 +163,19 @@ impl Tensor {
         Ok(self.to_host_data()?.to_f32())
     }
 
+    /// The values widened to f64 (the CPU's training and reference sums run in f64).
+    pub(crate) fn to_vec_f64(&self) -> Result<Vec<f64>> {
+        Ok(self.to_vec_f32()?.into_iter().map(f64::from).collect())
+    }
+
+    /// A host f32 tensor of f64 `values`, rounded.
+    pub(crate) fn from_f64(values: &[f64], shape: &[usize]) -> Result<Self> {
+        Tensor::from_vec(
+            values.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
+            shape,
+        )
+    }
+
     fn to_host_data(&self) -> Result<HostData> {
         match &self.storage {
             Storage::Host(h) => Ok(h.clone()),

@@ -294,14 +294,7 @@ impl Attention {
             let want = format!("{:?}", out.context.shape());
             return Err(Error::shape("grad_context", want, grad_context.shape()));
         }
-        let wide = |t: &Tensor| -> Result<Vec<f64>> {
-            Ok(t.to(&Device::Cpu, DType::F32)?
-                .host_slice::<f32>()?
-                .iter()
-                .map(|&v| v as f64)
-                .collect())
-        };
-        let param = |t: &Option<Tensor>| t.as_ref().map_or(Ok(Vec::new()), wide);
+        let param = |t: &Option<Tensor>| t.as_ref().map_or(Ok(Vec::new()), Tensor::to_vec_f64);
         let p = attention::Params64 {
             w_q: param(&self.params.w_q)?,
             b_q: param(&self.params.b_q)?,
@@ -323,20 +316,17 @@ impl Attention {
             dk,
             dv,
         };
-        let values64 = values.map(wide).transpose()?;
+        let values64 = values.map(Tensor::to_vec_f64).transpose()?;
         let g = attention::backward_cpu(
             self.score,
             &p,
             &sizes,
-            &wide(query)?,
-            &wide(keys)?,
+            &query.to_vec_f64()?,
+            &keys.to_vec_f64()?,
             values64.as_deref(),
             &prepared.lengths,
-            &wide(grad_context)?,
+            &grad_context.to_vec_f64()?,
         );
-        let narrow = |v: Vec<f64>, shape: &[usize]| -> Result<Tensor> {
-            Tensor::from_vec(v.into_iter().map(|x| x as f32).collect::<Vec<f32>>(), shape)
-        };
         let mut params = Vec::new();
         let named = [
             ("query_proj.weight", &self.params.w_q, g.params.w_q),
@@ -347,14 +337,14 @@ impl Attention {
         ];
         for (name, t, grad) in named {
             if let Some(t) = t {
-                params.push((name.to_string(), narrow(grad, t.shape())?));
+                params.push((name.to_string(), Tensor::from_f64(&grad, t.shape())?));
             }
         }
         Ok(attention::AttentionGradients {
-            query: narrow(g.query, query.shape())?,
-            keys: narrow(g.keys, keys.shape())?,
+            query: Tensor::from_f64(&g.query, query.shape())?,
+            keys: Tensor::from_f64(&g.keys, keys.shape())?,
             values: match (g.values, values) {
-                (Some(v), Some(t)) => Some(narrow(v, t.shape())?),
+                (Some(v), Some(t)) => Some(Tensor::from_f64(&v, t.shape())?),
                 _ => None,
             },
             params,

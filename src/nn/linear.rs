@@ -1,8 +1,9 @@
 //! `nn::Linear` (y = x Wᵀ + b, PyTorch's nn.Linear) and `nn::Embedding` (rows of a table by
 //! token, with an optional padding index), with their backward passes. CPU, f32 storage; the
-//! sums accumulate in f64.
+//! products run in f64.
 
 use crate::error::{Error, Result};
+use crate::ops::gemm_cpu;
 use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 
@@ -63,17 +64,15 @@ impl Linear {
     /// y [..., out] for x [..., in].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (out, input) = self.sizes();
-        let (lead, rows) = self.rows(x, "input")?;
-        let (xv, w) = (values(x, "input")?, values(&self.weight, "weight")?);
-        let b = self.bias.as_ref().map(|b| values(b, "bias")).transpose()?;
-        let mut y = Vec::with_capacity(rows * out);
-        for xr in xv.chunks_exact(input) {
-            for (j, wr) in w.chunks_exact(input).enumerate() {
-                let dot: f64 = xr.iter().zip(wr).map(|(&a, &c)| a as f64 * c as f64).sum();
-                y.push((dot + b.map_or(0.0, |b| b[j] as f64)) as f32);
-            }
-        }
-        Tensor::from_vec(y, &[lead, vec![out]].concat())
+        let (lead, _) = self.rows(x, "input")?;
+        let b = self.bias.as_ref().map(Tensor::to_vec_f64).transpose()?;
+        let y = gemm_cpu::linear(
+            &x.to_vec_f64()?,
+            input,
+            &self.weight.to_vec_f64()?,
+            b.as_deref(),
+        );
+        Tensor::from_f64(&y, &[lead, vec![out]].concat())
     }
 
     /// The gradients for `forward(x)` given grad_y [..., out].
@@ -84,42 +83,19 @@ impl Linear {
             let want = format!("{:?}", [lead, vec![out]].concat());
             return Err(Error::shape("grad_y", want, grad_y.shape()));
         }
-        let (xv, w, g) = (
-            values(x, "input")?,
-            values(&self.weight, "weight")?,
-            values(grad_y, "grad_y")?,
+        let (dx, dw, db) = gemm_cpu::linear_backward(
+            &grad_y.to_vec_f64()?,
+            &x.to_vec_f64()?,
+            input,
+            &self.weight.to_vec_f64()?,
         );
-        let mut dx = vec![0f64; xv.len()];
-        let mut dw = vec![0f64; w.len()];
-        let mut db = vec![0f64; out];
-        for ((xr, gr), dxr) in xv
-            .chunks_exact(input)
-            .zip(g.chunks_exact(out))
-            .zip(dx.chunks_exact_mut(input))
-        {
-            for ((&gj, wr), (dwr, dbj)) in gr
-                .iter()
-                .zip(w.chunks_exact(input))
-                .zip(dw.chunks_exact_mut(input).zip(db.iter_mut()))
-            {
-                let gj = gj as f64;
-                *dbj += gj;
-                for ((d, &wv), (dwv, &xv)) in dxr.iter_mut().zip(wr).zip(dwr.iter_mut().zip(xr)) {
-                    *d += gj * wv as f64;
-                    *dwv += gj * xv as f64;
-                }
-            }
-        }
-        let narrow = |v: Vec<f64>, shape: &[usize]| {
-            Tensor::from_vec(v.into_iter().map(|x| x as f32).collect::<Vec<f32>>(), shape)
-        };
         Ok(LinearGradients {
-            input: narrow(dx, x.shape())?,
-            weight: narrow(dw, self.weight.shape())?,
+            input: Tensor::from_f64(&dx, x.shape())?,
+            weight: Tensor::from_f64(&dw, self.weight.shape())?,
             bias: self
                 .bias
                 .is_some()
-                .then(|| narrow(db, &[out]))
+                .then(|| Tensor::from_f64(&db, &[out]))
                 .transpose()?,
         })
     }

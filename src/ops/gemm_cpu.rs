@@ -5,7 +5,7 @@
 //! (about twice the row-major A·Bᵀ for the recurrent step's small batch).
 
 /// The element types `gemm_ab` runs in (the crate dispatches on the type).
-pub(crate) trait Scalar: Copy + Default + PartialEq + 'static {
+pub(crate) trait Scalar: Copy + Default + PartialEq + std::ops::AddAssign + 'static {
     const ONE: Self;
 }
 
@@ -75,6 +75,77 @@ pub(crate) fn gemm_ab<T: Scalar>(
             parallelism,
         );
     }
+}
+
+/// y[rows, n] = x[rows, k] · W[n, k]ᵀ (+ b) for a row-major weight W: nn.Linear.
+pub(crate) fn linear<T: Scalar>(x: &[T], k: usize, w: &[T], b: Option<&[T]>) -> Vec<T> {
+    let (rows, n) = (x.len() / k, w.len() / k);
+    let mut y = vec![T::default(); rows * n];
+    if let Some(b) = b {
+        for row in y.chunks_exact_mut(n) {
+            row.copy_from_slice(b);
+        }
+    }
+    let beta = if b.is_some() { T::ONE } else { T::default() };
+    gemm_ab(
+        rows,
+        n,
+        k,
+        x,
+        k,
+        &transpose(w, n, k),
+        n,
+        &mut y,
+        n,
+        beta,
+        usize::MAX,
+    );
+    y
+}
+
+/// The gradients of `linear` for dy [rows, n]: (dx [rows, k], dW [n, k], db [n]), each one
+/// GEMM or sum over every row.
+pub(crate) fn linear_backward<T: Scalar>(
+    dy: &[T],
+    x: &[T],
+    k: usize,
+    w: &[T],
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (rows, n) = (x.len() / k, w.len() / k);
+    let mut dx = vec![T::default(); rows * k];
+    gemm_ab(
+        rows,
+        k,
+        n,
+        dy,
+        n,
+        w,
+        k,
+        &mut dx,
+        k,
+        T::default(),
+        usize::MAX,
+    );
+    let mut dw = vec![T::default(); n * k];
+    let dy_t = transpose(dy, rows, n);
+    gemm_ab(
+        n,
+        k,
+        rows,
+        &dy_t,
+        rows,
+        x,
+        k,
+        &mut dw,
+        k,
+        T::default(),
+        usize::MAX,
+    );
+    let mut db = vec![T::default(); n];
+    for row in dy.chunks_exact(n) {
+        db.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
+    }
+    (dx, dw, db)
 }
 
 /// The transpose of a row-major [rows, cols] matrix.

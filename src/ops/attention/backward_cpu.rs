@@ -4,7 +4,12 @@
 //! they cost one pass over the keys, and a decoder then keeps nothing per step.
 
 use super::Score;
-use crate::ops::gemm_cpu::{gemm_ab, transpose};
+use crate::ops::gemm_cpu::{linear, linear_backward};
+
+/// A bias that may be absent (empty).
+fn bias(b: &[f64]) -> Option<&[f64]> {
+    (!b.is_empty()).then_some(b)
+}
 
 /// The parameters in f64, PyTorch's shapes: w_q [A, Dq], b_q [A], w_k [A, Dk] (additive) or
 /// [Dq, Dk] (general), b_k [A], v [A]; empty when the kind has none.
@@ -38,32 +43,6 @@ pub(crate) struct Grads {
     pub params: Params64,
 }
 
-/// y[r, n] = x[r, k] · W[n, k]ᵀ (+ b).
-fn linear(x: &[f64], k: usize, w: &[f64], b: &[f64]) -> Vec<f64> {
-    let (rows, n) = (x.len() / k, w.len() / k);
-    let mut y = vec![0.0; rows * n];
-    if !b.is_empty() {
-        for row in y.chunks_exact_mut(n) {
-            row.copy_from_slice(b);
-        }
-    }
-    let beta = if b.is_empty() { 0.0 } else { 1.0 };
-    gemm_ab(
-        rows,
-        n,
-        k,
-        x,
-        k,
-        &transpose(w, n, k),
-        n,
-        &mut y,
-        n,
-        beta,
-        usize::MAX,
-    );
-    y
-}
-
 /// The key side and query side of `score`: (kp [B·L, K], qp [B·Tq, K], K).
 fn sides(
     score: Score,
@@ -74,11 +53,11 @@ fn sides(
 ) -> (Vec<f64>, Vec<f64>, usize) {
     match score {
         Score::Additive => {
-            let kp = linear(k, s.dk, &p.w_k, &p.b_k);
-            let qp = linear(q, s.dq, &p.w_q, &p.b_q);
+            let kp = linear(k, s.dk, &p.w_k, bias(&p.b_k));
+            let qp = linear(q, s.dq, &p.w_q, bias(&p.b_q));
             (kp, qp, p.v.len())
         }
-        Score::General => (linear(k, s.dk, &p.w_k, &[]), q.to_vec(), s.dq),
+        Score::General => (linear(k, s.dk, &p.w_k, None), q.to_vec(), s.dq),
         Score::Dot { .. } => (k.to_vec(), q.to_vec(), s.dq),
     }
 }
@@ -203,62 +182,25 @@ pub(crate) fn backward(
         }
     }
     // Back through the projections: dx = dy · W, dW = dyᵀ · x, db = Σ dy, each one GEMM.
-    let back = |dy: &[f64],
-                x: &[f64],
-                kx: usize,
-                w: &[f64],
-                dw: &mut Vec<f64>,
-                db: Option<&mut Vec<f64>>|
-     -> Vec<f64> {
-        let (n, rows) = (w.len() / kx, x.len() / kx);
-        let mut dx = vec![0.0; x.len()];
-        gemm_ab(rows, kx, n, dy, n, w, kx, &mut dx, kx, 0.0, usize::MAX);
-        *dw = vec![0.0; w.len()];
-        gemm_ab(
-            n,
-            kx,
-            rows,
-            &transpose(dy, rows, n),
-            rows,
-            x,
-            kx,
-            dw,
-            kx,
-            0.0,
-            usize::MAX,
-        );
-        if let Some(db) = db {
-            *db = vec![0.0; n];
-            for row in dy.chunks_exact(n) {
-                db.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
-            }
-        }
-        dx
-    };
+    // Back through the projections (a kind's missing bias gets no gradient).
+    let keep_bias = |db: Vec<f64>, b: &[f64]| if b.is_empty() { Vec::new() } else { db };
     let mut grads = Params64::default();
     let (dq, mut dk) = match score {
         Score::Additive => {
-            let dq = back(
-                &dqp,
-                q,
-                s.dq,
-                &p.w_q,
-                &mut grads.w_q,
-                (!p.b_q.is_empty()).then_some(&mut grads.b_q),
-            );
-            let dk = back(
-                &dkp,
-                k,
-                s.dk,
-                &p.w_k,
-                &mut grads.w_k,
-                (!p.b_k.is_empty()).then_some(&mut grads.b_k),
-            );
-            grads.v = dscore_v;
+            let (dq, dw_q, db_q) = linear_backward(&dqp, q, s.dq, &p.w_q);
+            let (dk, dw_k, db_k) = linear_backward(&dkp, k, s.dk, &p.w_k);
+            grads = Params64 {
+                w_q: dw_q,
+                b_q: keep_bias(db_q, &p.b_q),
+                w_k: dw_k,
+                b_k: keep_bias(db_k, &p.b_k),
+                v: dscore_v,
+            };
             (dq, dk)
         }
         Score::General => {
-            let dk = back(&dkp, k, s.dk, &p.w_k, &mut grads.w_k, None);
+            let (dk, dw_k, _) = linear_backward(&dkp, k, s.dk, &p.w_k);
+            grads.w_k = dw_k;
             (dqp, dk)
         }
         Score::Dot { .. } => (dqp, dkp),

@@ -5,27 +5,18 @@
 
 use super::{Attended, Keys, Params, Score};
 use crate::error::Result;
-use crate::ops::gemm_cpu::{gemm_ab, transpose};
+use crate::ops::gemm_cpu;
 use crate::tensor::Tensor;
 
 fn values(t: &Tensor) -> Result<&[f32]> {
     t.host_slice::<f32>()
 }
 
-/// out[r, :] = x[r, :] · Wᵀ (+ b) for a row-major weight W [n, k].
+/// out[r, :] = x[r, :] · Wᵀ (+ b) for a weight W [n, k] (`rows` rows of x).
 fn linear(x: &[f32], rows: usize, w: &Tensor, b: Option<&Tensor>) -> Result<Vec<f32>> {
-    let (n, k) = (w.shape()[0], w.shape()[1]);
-    let wt = transpose(values(w)?, n, k);
-    let mut out = vec![0f32; rows * n];
-    if let Some(b) = b {
-        let b = values(b)?;
-        for row in out.chunks_exact_mut(n) {
-            row.copy_from_slice(b);
-        }
-    }
-    let beta = if b.is_some() { 1.0 } else { 0.0 };
-    gemm_ab(rows, n, k, x, k, &wt, n, &mut out, n, beta, usize::MAX);
-    Ok(out)
+    let k = w.shape()[1];
+    let b = b.map(values).transpose()?;
+    Ok(gemm_cpu::linear(&x[..rows * k], k, values(w)?, b))
 }
 
 /// The key side of `score`, once per source: keys [B, L, Dk] → [B, L, K].

@@ -349,37 +349,20 @@ fn require_cpu(device: &Device) -> Result<()> {
     }
 }
 
-/// A host f32 tensor's values widened to f64.
-fn host_f64(t: &Tensor, name: &str) -> Result<Vec<f64>> {
-    let values = t.host_slice::<f32>().map_err(|_| Error::DType {
-        tensor: name.into(),
-        expected: "f32 on the CPU".into(),
-        got: t.dtype().name().into(),
-    })?;
-    Ok(values.iter().map(|&v| v as f64).collect())
-}
-
-fn narrow(values: Vec<f64>, shape: &[usize]) -> Result<Tensor> {
-    Tensor::from_vec(
-        values.into_iter().map(|v| v as f32).collect::<Vec<f32>>(),
-        shape,
-    )
-}
-
 /// One layer-direction's weights widened to f64 (biases and projection when present).
 type Widened = [Option<Vec<f64>>; 5];
 
 fn widen(weights: &[DirectionWeights]) -> Result<Vec<Widened>> {
-    let opt = |t: &Option<Tensor>, name: &str| t.as_ref().map(|t| host_f64(t, name)).transpose();
+    let opt = |t: &Option<Tensor>| t.as_ref().map(Tensor::to_vec_f64).transpose();
     weights
         .iter()
         .map(|w| {
             Ok([
-                Some(host_f64(&w.w_ih, "weight_ih")?),
-                Some(host_f64(&w.w_hh, "weight_hh")?),
-                opt(&w.b_ih, "bias_ih")?,
-                opt(&w.b_hh, "bias_hh")?,
-                opt(&w.w_hr, "weight_hr")?,
+                Some(w.w_ih.to_vec_f64()?),
+                Some(w.w_hh.to_vec_f64()?),
+                opt(&w.b_ih)?,
+                opt(&w.b_hh)?,
+                opt(&w.w_hr)?,
             ])
         })
         .collect()
@@ -416,16 +399,16 @@ pub(crate) fn forward_train(device: &Device, call: &Call<'_>) -> Result<(Outputs
     require_cpu(device)?;
     let weights = widen(call.weights)?;
     let net = net(call.cell, call.dims, &weights, call.lengths);
-    let x = host_f64(call.input, "input")?;
-    let h0 = call.h0.map(|t| host_f64(t, "h0")).transpose()?;
-    let c0 = call.c0.map(|t| host_f64(t, "c0")).transpose()?;
+    let x = call.input.to_vec_f64()?;
+    let h0 = call.h0.map(|t| t.to_vec_f64()).transpose()?;
+    let c0 = call.c0.map(|t| t.to_vec_f64()).transpose()?;
     let (f, saved) = net.forward_train(&x, h0.as_deref(), c0.as_deref());
     let dims = call.dims;
     let outputs = Outputs {
-        output: narrow(f.output, &dims.output_shape())?,
-        h_n: narrow(f.h_n, &dims.state_shape())?,
+        output: Tensor::from_f64(&f.output, &dims.output_shape())?,
+        h_n: Tensor::from_f64(&f.h_n, &dims.state_shape())?,
         c_n: (call.cell == Cell::Lstm)
-            .then(|| narrow(f.c_n, &dims.cell_shape()))
+            .then(|| Tensor::from_f64(&f.c_n, &dims.cell_shape()))
             .transpose()?,
     };
     let reserve = Reserve {
@@ -489,15 +472,9 @@ pub(crate) fn backward(
     let net = net(reserve.cell, dims, &widened, &reserve.lengths);
     let g = net.backward(
         &reserve.saved,
-        &host_f64(grad_output, "grad_output")?,
-        grad_h_n
-            .map(|t| host_f64(t, "grad_h_n"))
-            .transpose()?
-            .as_deref(),
-        grad_c_n
-            .map(|t| host_f64(t, "grad_c_n"))
-            .transpose()?
-            .as_deref(),
+        &grad_output.to_vec_f64()?,
+        grad_h_n.map(|t| t.to_vec_f64()).transpose()?.as_deref(),
+        grad_c_n.map(|t| t.to_vec_f64()).transpose()?.as_deref(),
     );
     let input_shape = match dims.batch_first {
         true => vec![dims.batch, dims.seq_len, dims.input_size],
@@ -508,32 +485,22 @@ pub(crate) fn backward(
         .into_iter()
         .zip(weights)
         .map(|(p, w)| {
-            let like = |v: Vec<f64>, t: &Tensor| narrow(v, t.shape());
+            let like = |v: &[f64], t: &Tensor| Tensor::from_f64(v, t.shape());
             Ok(DirectionGradients {
-                w_ih: like(p.w_ih, &w.w_ih)?,
-                w_hh: like(p.w_hh, &w.w_hh)?,
-                b_ih: w
-                    .b_ih
-                    .as_ref()
-                    .map(|t| like(p.b_ih.clone(), t))
-                    .transpose()?,
-                b_hh: w
-                    .b_hh
-                    .as_ref()
-                    .map(|t| like(p.b_hh.clone(), t))
-                    .transpose()?,
-                w_hr: w
-                    .w_hr
-                    .as_ref()
-                    .map(|t| like(p.w_hr.clone(), t))
-                    .transpose()?,
+                w_ih: like(&p.w_ih, &w.w_ih)?,
+                w_hh: like(&p.w_hh, &w.w_hh)?,
+                b_ih: w.b_ih.as_ref().map(|t| like(&p.b_ih, t)).transpose()?,
+                b_hh: w.b_hh.as_ref().map(|t| like(&p.b_hh, t)).transpose()?,
+                w_hr: w.w_hr.as_ref().map(|t| like(&p.w_hr, t)).transpose()?,
             })
         })
         .collect::<Result<_>>()?;
     Ok(Gradients {
-        input: narrow(g.input, &input_shape)?,
-        h0: narrow(g.h0, &dims.state_shape())?,
-        c0: lstm.then(|| narrow(g.c0, &dims.cell_shape())).transpose()?,
+        input: Tensor::from_f64(&g.input, &input_shape)?,
+        h0: Tensor::from_f64(&g.h0, &dims.state_shape())?,
+        c0: lstm
+            .then(|| Tensor::from_f64(&g.c0, &dims.cell_shape()))
+            .transpose()?,
         params,
     })
 }
