@@ -122,7 +122,7 @@ fn fused_and_naive_match_the_cpu_for_every_kind_and_dtype() {
     else {
         return;
     };
-    let dir = tempfile_dir("attention_cuda");
+    let dir = common::scratch("attention_cuda");
     for (s, &shape) in SHAPES.iter().enumerate() {
         for kind in [Kind::Additive, Kind::General, Kind::Dot] {
             for dtype in DType::ALL {
@@ -208,7 +208,7 @@ fn long_sources_split_into_many_chunks_and_wide_queries_are_refused_clearly() {
     ) else {
         return;
     };
-    let dir = tempfile_dir("attention_cuda_long");
+    let dir = common::scratch("attention_cuda_long");
     // 70 000 keys: more chunks than the combine step has threads.
     let c = case(Kind::Dot, (2, 70_000, 0, 4, 4, 0, 1), DType::F32, 5, &dir);
     for algo in [Algo::Fused, Algo::Naive] {
@@ -250,7 +250,7 @@ fn a_query_already_on_the_device_is_read_in_place_and_keys_are_reused() {
     else {
         return;
     };
-    let dir = tempfile_dir("attention_cuda_steps");
+    let dir = common::scratch("attention_cuda_steps");
     let c = case(
         Kind::Additive,
         (4, 50, 0, 24, 40, 0, 16),
@@ -280,11 +280,4 @@ fn a_query_already_on_the_device_is_read_in_place_and_keys_are_reused() {
             common::tolerance(DType::BF16),
         );
     }
-}
-
-/// A folder in the system temp directory for this test run's files.
-fn tempfile_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("fused-rnn-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

@@ -13,12 +13,6 @@ fn bin() -> Command {
     Command::new(path)
 }
 
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fused-rnn-cli-{test}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 enum Data {
     F32(Vec<f32>),
     I64(Vec<i64>),
@@ -60,6 +54,18 @@ fn run(weights: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs fixture case `case` (its weights and input) and loads the output, which must succeed.
+fn run_ok(case: &Path, output: &Path, extra: &[&str]) -> fused_rnn::io::TensorFile {
+    let (w, x) = (
+        case.join("weights.safetensors"),
+        case.join("input.safetensors"),
+    );
+    let out = run(&w, &x, output, extra);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", case.display());
+    fused_rnn::io::TensorFile::load(output).unwrap()
+}
+
 /// Exit code 2, one line naming each of `mentions`, and no output file.
 fn assert_fails(out: &Output, output: &Path, mentions: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -97,7 +103,7 @@ fn info_and_auto_device_work_anywhere() {
         "{stdout}"
     );
 
-    let dir = scratch("auto");
+    let dir = common::scratch("cli-auto");
     let output = dir.join("y.safetensors");
     let case = common::fixtures("rnn").join("tanh_l1_lens");
     let out = bin()
@@ -121,7 +127,7 @@ fn info_and_auto_device_work_anywhere() {
 
 #[test]
 fn missing_tensor_is_named() {
-    let dir = scratch("missing");
+    let dir = common::scratch("cli-missing");
     let (input, output) = (dir.join("x.safetensors"), dir.join("y.safetensors"));
     write(
         &input,
@@ -136,7 +142,7 @@ fn missing_tensor_is_named() {
 
 #[test]
 fn wrong_shapes_name_the_tensor_and_both_shapes() {
-    let dir = scratch("shape");
+    let dir = common::scratch("cli-shape");
     let (input, output) = (dir.join("x.safetensors"), dir.join("y.safetensors"));
     write(&input, &[input_tensor(8, 5, 4)]);
     assert_fails(
@@ -161,7 +167,7 @@ fn wrong_shapes_name_the_tensor_and_both_shapes() {
 
 #[test]
 fn lengths_outside_one_to_t_are_rejected() {
-    let dir = scratch("lengths");
+    let dir = common::scratch("cli-lengths");
     let (input, output) = (dir.join("x.safetensors"), dir.join("y.safetensors"));
     for bad in [
         vec![3, 0, 8, 1, 2],
@@ -197,7 +203,7 @@ fn lengths_outside_one_to_t_are_rejected() {
 
 #[test]
 fn truncated_and_missing_files_are_errors() {
-    let dir = scratch("truncated");
+    let dir = common::scratch("cli-truncated");
     let (input, output) = (dir.join("x.safetensors"), dir.join("y.safetensors"));
     write(&input, &[input_tensor(8, 5, 5)]);
     let bytes = std::fs::read(weights()).unwrap();
@@ -217,7 +223,7 @@ fn truncated_and_missing_files_are_errors() {
 
 #[test]
 fn non_finite_weights_and_cpu_half_precision_are_errors() {
-    let dir = scratch("nan");
+    let dir = common::scratch("cli-nan");
     let (input, output) = (dir.join("x.safetensors"), dir.join("y.safetensors"));
     write(&input, &[input_tensor(3, 2, 4)]);
     let w = dir.join("w.safetensors");
@@ -248,7 +254,7 @@ fn non_finite_weights_and_cpu_half_precision_are_errors() {
 
 #[test]
 fn flags_override_metadata() {
-    let dir = scratch("flags");
+    let dir = common::scratch("cli-flags");
     let case = common::fixtures("rnn").join("tanh_l1_lens");
     let (default, relu) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
     let input = case.join("input.safetensors");
@@ -284,21 +290,10 @@ fn flags_override_metadata() {
 
 #[test]
 fn lstm_and_gru_modules_run_and_reject_bad_states() {
-    let dir = scratch("lstm");
+    let dir = common::scratch("cli-lstm");
     let lstm = common::fixtures("lstm").join("proj_h9p4_l2_bi_lens_h0");
     let output = dir.join("y.safetensors");
-    let out = run(
-        &lstm.join("weights.safetensors"),
-        &lstm.join("input.safetensors"),
-        &output,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let y = fused_rnn::io::TensorFile::load(&output).unwrap();
+    let y = run_ok(&lstm, &output, &[]);
     let names: Vec<&str> = y.names().collect();
     assert_eq!(names, ["c_n", "h_n", "output"]);
 
@@ -326,34 +321,17 @@ fn lstm_and_gru_modules_run_and_reject_bad_states() {
     );
 
     let gru = common::fixtures("gru").join("l2_bi_lens");
-    let out = run(
-        &gru.join("weights.safetensors"),
-        &gru.join("input.safetensors"),
-        &output,
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let y = fused_rnn::io::TensorFile::load(&output).unwrap();
+    let y = run_ok(&gru, &output, &[]);
     assert_eq!(y.names().collect::<Vec<_>>(), ["h_n", "output"]);
 }
 
 #[test]
 fn attention_modules_run_and_reject_bad_inputs() {
-    let dir = scratch("attention");
+    let dir = common::scratch("cli-attention");
     let case = common::fixtures("attention").join("additive_tq4_nobias_lens");
     let w = case.join("weights.safetensors");
     let output = dir.join("y.safetensors");
-    let out = run(&w, &case.join("input.safetensors"), &output, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let y = fused_rnn::io::TensorFile::load(&output).unwrap();
+    let y = run_ok(&case, &output, &[]);
     assert_eq!(y.shape("context"), Some(&[4usize, 4, 4][..]));
     assert_eq!(y.shape("weights"), Some(&[4usize, 4, 7][..]));
 
@@ -401,7 +379,7 @@ fn attention_modules_run_and_reject_bad_inputs() {
 
 #[test]
 fn grad_writes_every_gradient_and_rejects_bad_gradient_files() {
-    let dir = scratch("grad");
+    let dir = common::scratch("cli-grad");
     let case = common::fixtures("grad").join("lstm_bi_h0");
     let (w, x) = (
         case.join("weights.safetensors"),
@@ -410,13 +388,7 @@ fn grad_writes_every_gradient_and_rejects_bad_gradient_files() {
     let output = dir.join("y.safetensors");
     let grad = case.join("grad.safetensors");
     let grad_arg = grad.to_str().unwrap();
-    let out = run(&w, &x, &output, &["--grad", grad_arg]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let y = fused_rnn::io::TensorFile::load(&output).unwrap();
+    let y = run_ok(&case, &output, &["--grad", grad_arg]);
     for name in [
         "output",
         "h_n",

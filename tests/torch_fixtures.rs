@@ -22,12 +22,7 @@ fn check_fixtures(kind: &str, device: DeviceChoice, algo: Algo, tol: f32) {
         "expected the {kind} fixtures in {}",
         dir.display()
     );
-    let out_dir = std::env::temp_dir().join(format!(
-        "fused-rnn-fixtures-{kind}-{device:?}-{}-{}",
-        algo.name(),
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&out_dir).unwrap();
+    let out_dir = common::scratch(&format!("fixtures-{kind}-{device:?}-{}", algo.name()));
     for case in &cases {
         let name = format!("{kind}/{}", case.file_name().unwrap().to_str().unwrap());
         let output = out_dir.join("out.safetensors");

@@ -3,6 +3,8 @@
 //! pass (embeddings, both LSTMs, attention, the output layer, cross-entropy) with clipping and
 //! Adam. The loss must fall from ~ln 10 to well below it.
 
+mod common;
+
 use fused_rnn::io::TensorFile;
 use fused_rnn::nn::{Attention, Embedding, Linear, Lstm, LstmConfig};
 use fused_rnn::train::{clip_grad_norm, softmax_cross_entropy, Adam};
@@ -80,8 +82,7 @@ fn attention_weights(dir: &std::path::Path) -> TensorFile {
 
 #[test]
 fn an_encoder_decoder_with_attention_learns_to_reverse_sequences() {
-    let dir = std::env::temp_dir().join(format!("fused-rnn-seq2seq-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("seq2seq");
     let cpu = Device::Cpu;
     let mut config = LstmConfig::new(EMBED, HIDDEN);
     config.batch_first = true;

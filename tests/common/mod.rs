@@ -90,6 +90,13 @@ pub fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
     v
 }
 
+/// A fresh folder for test `name`'s files in the system temp directory (per process).
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fused-rnn-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The fixture folder: relative to the working directory (cargo runs tests from the package
 /// root; a bundled test binary runs from a copy of it), else the package root at build time.
 pub fn fixtures(kind: &str) -> std::path::PathBuf {
