@@ -70,9 +70,7 @@ fn cuda(c: &mut Criterion) {
     };
     let cuda = device.as_cuda().unwrap().clone();
     let mut group = c.benchmark_group(format!("attention_step_cuda ({})", cuda.card()));
-    group.warm_up_time(Duration::from_millis(100));
-    group.measurement_time(Duration::from_millis(300));
-    group.sample_size(10);
+    common::gpu_settings(&mut group, Duration::from_millis(300));
     for kind in KINDS {
         let file = weights(kind);
         for dtype in [DType::F32, DType::BF16] {

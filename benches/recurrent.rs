@@ -75,9 +75,7 @@ fn cuda_group(
 ) {
     let cuda = device.as_cuda().unwrap().clone();
     let mut group = c.benchmark_group(format!("{}_forward_cuda ({})", op.name(), cuda.card()));
-    group.warm_up_time(Duration::from_millis(100));
-    group.measurement_time(Duration::from_millis(500));
-    group.sample_size(10);
+    common::gpu_settings(&mut group, Duration::from_millis(500));
     group.throughput(Throughput::Elements(t as u64));
     for &dtype in dtypes {
         for &(h, b) in sizes {
@@ -125,9 +123,7 @@ fn persistent(c: &mut Criterion) {
     };
     let cuda = device.as_cuda().unwrap().clone();
     let mut group = c.benchmark_group(format!("persistent_forward_cuda ({})", cuda.card()));
-    group.warm_up_time(Duration::from_millis(100));
-    group.measurement_time(Duration::from_millis(500));
-    group.sample_size(10);
+    common::gpu_settings(&mut group, Duration::from_millis(500));
     let shapes = [
         (Op::Lstm, 768, 16, 1024),
         (Op::Lstm, 1024, 1, 256),

@@ -1,8 +1,17 @@
 //! Timing shared by the benches.
 
-use criterion::Bencher;
+use criterion::measurement::WallTime;
+use criterion::{Bencher, BenchmarkGroup};
 use fused_rnn::device::CudaDevice;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The GPU groups' settings: 10 samples, 0.1 s warm-up and `measure` of measurement (the GPU
+/// runner's device time is short; the stream-synchronised times vary little).
+pub fn gpu_settings(group: &mut BenchmarkGroup<'_, WallTime>, measure: Duration) {
+    group.warm_up_time(Duration::from_millis(100));
+    group.measurement_time(measure);
+    group.sample_size(10);
+}
 
 /// Times `iters` runs of `f` on the GPU: the stream is synchronised before the clock starts and
 /// before it is read, so queued work is neither missed nor counted twice.
