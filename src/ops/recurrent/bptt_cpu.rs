@@ -635,6 +635,21 @@ mod tests {
                 init.then_some(&h0[..]),
                 (init && lstm).then_some(&c0[..]),
             );
+            // The reserve's size is known from the shape alone.
+            let kept: usize = saved.layer_inputs.iter().map(Vec::len).sum::<usize>()
+                + saved
+                    .slots
+                    .iter()
+                    .map(|s| {
+                        s.gates.len()
+                            + s.h_prev.len()
+                            + s.c_prev.len()
+                            + s.c.len()
+                            + s.m.len()
+                            + s.hn.len()
+                    })
+                    .sum::<usize>();
+            assert_eq!(kept, Saved::len_for(cell, &dims), "case {k}");
             let grads = net.backward(&saved, &g_out, Some(&g_h), lstm.then_some(&g_c[..]));
             let what = format!("case {k} ({})", cell.name());
             const EPS: f64 = 1e-6;
