@@ -260,7 +260,9 @@ fn a_query_already_on_the_device_is_read_in_place_and_keys_are_reused() {
     );
     let cpu = Attention::from_state_dict(&c.weights, &Device::Cpu, DType::F32).unwrap();
     let cpu_keys = cpu.keys(&c.keys, None, Some(&c.lengths)).unwrap();
-    let gpu = Attention::from_state_dict(&c.weights, &device, DType::BF16).unwrap();
+    let mut gpu = Attention::from_state_dict(&c.weights, &device, DType::BF16).unwrap();
+    // The layer keeps its parameters' addresses on the GPU: they are not handed out to change.
+    assert!(matches!(gpu.parameters_mut(), Err(Error::Config(_))));
     let keys = gpu.keys(&c.keys, None, Some(&c.lengths)).unwrap();
     // Decoding steps: a fresh query each, the same keys.
     for step in 0..4u64 {

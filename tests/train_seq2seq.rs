@@ -163,7 +163,13 @@ fn an_encoder_decoder_with_attention_learns_to_reverse_sequences() {
         params.extend(dec_emb.parameters_mut().into_iter().map(|(_, t)| t));
         params.extend(encoder.parameters_mut().into_iter().map(|(_, t)| t));
         params.extend(decoder.parameters_mut().into_iter().map(|(_, t)| t));
-        params.extend(attention.parameters_mut().into_iter().map(|(_, t)| t));
+        params.extend(
+            attention
+                .parameters_mut()
+                .unwrap()
+                .into_iter()
+                .map(|(_, t)| t),
+        );
         params.extend(output.parameters_mut().into_iter().map(|(_, t)| t));
         let grad_refs: Vec<&Tensor> = grads.iter().collect();
         adam.step(&mut params, &grad_refs).unwrap();

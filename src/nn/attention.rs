@@ -75,10 +75,16 @@ impl Attention {
     }
 
     /// Every parameter with its PyTorch name, in state_dict order (that of the gradients'
-    /// `params`), for an optimizer to update in place.
-    pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+    /// `params`), for an optimizer to update in place. CPU: on CUDA the layer keeps the
+    /// parameters' addresses, which a replaced tensor would leave dangling.
+    pub fn parameters_mut(&mut self) -> Result<Vec<(String, &mut Tensor)>> {
+        if self.device.is_cuda() {
+            return Err(Error::Config(
+                "attention parameters are updated on the CPU (training runs there so far)".into(),
+            ));
+        }
         let p = &mut self.params;
-        [
+        Ok([
             ("query_proj.weight", p.w_q.as_mut()),
             ("query_proj.bias", p.b_q.as_mut()),
             ("key_proj.weight", p.w_k.as_mut()),
@@ -87,7 +93,7 @@ impl Attention {
         ]
         .into_iter()
         .filter_map(|(name, t)| t.map(|t| (name.to_string(), t)))
-        .collect()
+        .collect())
     }
 
     /// Which CUDA path `attend` takes (`Auto` is the fused kernel); the CPU has one.

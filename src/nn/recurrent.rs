@@ -299,6 +299,8 @@ impl Recurrent {
     /// Every parameter with its PyTorch name, in state_dict order (the order of
     /// `named_gradients`), for an optimizer to update in place.
     pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        // Captured CUDA graphs hold the weights' addresses, and a caller may replace a tensor.
+        self.plans = PlanCache::default();
         let names = self.spec.parameters().into_iter().map(|(name, _)| name);
         let tensors = self.weights.iter_mut().flat_map(|w| {
             [Some(&mut w.w_ih), Some(&mut w.w_hh)]
