@@ -60,12 +60,35 @@ impl Spec {
         self.hidden.div_ceil(self.units)
     }
 
-    /// Dynamic shared memory per block: the W_hh slice (storage dtype, padded to 16 bytes),
-    /// then h [B, H], the recurrent and input gate sums [B, G·U] each and c [B, U] in f32.
+    /// Whether W_hh·h runs on tensor cores (mma.sync, f32 accumulate): for 16-bit storage.
+    pub fn tensor_cores(&self) -> bool {
+        self.dtype != DType::F32
+    }
+
+    /// Dynamic shared memory per block, as the kernel lays it out: W_hh's slice and h (padded
+    /// to tensor-core tiles, rows 8 elements longer than K, when on tensor cores; h in f32
+    /// otherwise), the warps' partial tiles (tensor cores), then in f32 the gate sums and input
+    /// sides [B, G·U] and c and h_{t-1} [B, U].
     pub fn shared_bytes(&self) -> usize {
+        let align = |x: usize| x.div_ceil(16) * 16;
         let rows = self.cell.gates() * self.units;
-        let weights = (rows * self.hidden * self.dtype.size_in_bytes()).div_ceil(16) * 16;
-        weights + 4 * self.batch * (self.hidden + 2 * rows + self.units)
+        let (weights, h, part) = if self.tensor_cores() {
+            let (rows_pad, batch_pad) = (rows.div_ceil(16) * 16, self.batch.div_ceil(8) * 8);
+            let ld = self.hidden.div_ceil(16) * 16 + 8;
+            (
+                align(rows_pad * ld * 2),
+                align(batch_pad * ld * 2),
+                8 * rows_pad * batch_pad * 4,
+            )
+        } else {
+            let size = self.dtype.size_in_bytes();
+            (
+                align(rows * self.hidden * size),
+                self.batch * self.hidden * 4,
+                0,
+            )
+        };
+        weights + h + part + 4 * self.batch * (2 * rows + 2 * self.units)
     }
 
     /// A name for logs and the disk cache.
@@ -94,10 +117,12 @@ impl Spec {
         };
         format!(
             "#define CELL {cell}\n#define ACT {act}\n#define HIDDEN {}\n#define BATCH {}\n\
-             #define UNITS {}\n#define STORAGE {storage}\n{}",
+             #define UNITS {}\n#define STORAGE {storage}\n#define TENSOR_CORES {}\n\
+             #define MMA_TYPE {storage}\n{}",
             self.hidden,
             self.batch,
             self.units,
+            self.tensor_cores() as i32,
             SOURCE.replace("#include \"common.cuh\"", COMMON)
         )
     }
