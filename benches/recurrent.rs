@@ -122,7 +122,14 @@ fn persistent(c: &mut Criterion) {
         return;
     };
     let cuda = device.as_cuda().unwrap().clone();
-    let mut group = c.benchmark_group(format!("persistent_forward_cuda ({})", cuda.card()));
+    // FUSED_RNN_PERSISTENT picks a kernel variant; its runs are labelled with it.
+    let variant = std::env::var("FUSED_RNN_PERSISTENT")
+        .map(|v| format!(" [{v}]"))
+        .unwrap_or_default();
+    let mut group = c.benchmark_group(format!(
+        "persistent_forward_cuda ({}){variant}",
+        cuda.card()
+    ));
     common::gpu_settings(&mut group, Duration::from_millis(500));
     let shapes = [
         (Op::Lstm, 768, 16, 1024),

@@ -6,6 +6,8 @@
 #   memcheck  compute-sanitizer memcheck on the CUDA tests
 #   bench     criterion fused vs naive, then PyTorch (cuDNN) at the same sizes
 #   torch     fresh PyTorch RNN, LSTM, GRU and attention cases through `fused-rnn run --device cuda`
+#   persistent-variants  the persistent tests under each FUSED_RNN_PERSISTENT variant, racecheck
+#             on the small shapes, and the persistent bench of each variant
 # PARTS (default "tests memcheck torch bench-recurrent bench-persistent bench-attention") picks
 # what runs.
 set -uo pipefail
@@ -60,6 +62,23 @@ if want memcheck; then
     step "racecheck persistent" "$out/sanitizer.log" 200 \
         compute-sanitizer --tool racecheck --error-exitcode 1 "$bundle/test-recurrent_cuda" \
         --test-threads=1 auto_picks_persistent
+fi
+if want persistent-variants; then
+    test=fused_naive_and_persistent_match_cpu_for_every_cell_and_dtype
+    for v in flags counter,fma flags,fma; do
+        step "persistent tests [$v]" "$out/tests.log" 150 env FUSED_RNN_TEST_ALGOS=persistent \
+            FUSED_RNN_PERSISTENT=$v "$bundle/test-recurrent_cuda" --test-threads=1 "$test"
+    done
+    for v in counter flags; do
+        step "racecheck persistent [$v] H<=129" "$out/sanitizer.log" 200 env \
+            FUSED_RNN_TEST_ALGOS=persistent FUSED_RNN_TEST_MAX_HIDDEN=129 FUSED_RNN_PERSISTENT=$v \
+            compute-sanitizer --tool racecheck --error-exitcode 1 "$bundle/test-recurrent_cuda" \
+            --test-threads=1 "$test"
+    done
+    for v in counter,mma counter,fma flags,mma flags,fma; do
+        step "bench persistent [$v]" "$out/bench.log" 120 env FUSED_RNN_PERSISTENT=$v \
+            "$bundle/bench-recurrent" --bench --noplot "persistent_forward.*/persistent_"
+    done
 fi
 if want torch; then
     step "fresh torch cases, cuda f32" "$out/torch.log" 150 \

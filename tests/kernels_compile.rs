@@ -67,15 +67,30 @@ fn every_entry_point_is_stamped_for_every_dtype() {
 
 #[test]
 fn every_persistent_specialisation_the_tests_use_compiles_without_spills() {
-    use fused_rnn::ops::recurrent::persistent::Spec;
+    use fused_rnn::ops::recurrent::persistent::{Barrier, Spec, Variant};
     if !common::nvrtc_or_skip(
         "every_persistent_specialisation_the_tests_use_compiles_without_spills",
     ) {
         return;
     }
     for &(cell, hidden, batch) in common::PERSISTENT_SHAPES {
-        for dtype in fused_rnn::DType::ALL {
-            let spec = Spec::new(cell, hidden, batch, dtype, common::H100_SMS);
+        // Each dtype's default, and every variant `FUSED_RNN_PERSISTENT` can pick in bf16.
+        let defaults = fused_rnn::DType::ALL.map(|dtype| (dtype, Variant::default_for(dtype)));
+        let others = [
+            (Barrier::Counter, false),
+            (Barrier::Flags, false),
+            (Barrier::Flags, true),
+        ]
+        .map(|(barrier, tensor_cores)| {
+            let variant = Variant {
+                barrier,
+                tensor_cores,
+            };
+            (fused_rnn::DType::BF16, variant)
+        });
+        for (dtype, variant) in defaults.into_iter().chain(others) {
+            let mut spec = Spec::new(cell, hidden, batch, dtype, common::H100_SMS);
+            spec.variant = variant;
             let name = spec.name();
             let cubin = nvrtc::compile(&spec.source(), &format!("{name}.cu"), "sm_90")
                 .unwrap_or_else(|e| panic!("{e}"));

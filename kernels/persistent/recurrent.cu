@@ -3,8 +3,9 @@
 //
 // Specialised at run time (NVRTC; the host prepends the defines): CELL (CELL_RNN | CELL_LSTM |
 // CELL_GRU), ACT (the RNN's activation code), HIDDEN, BATCH, UNITS (hidden units per block),
-// STORAGE (float | f16 | bf16) and TENSOR_CORES (0 | 1; 1 needs a 16-bit STORAGE, named by
-// MMA_TYPE f16 | bf16). Not compiled at build time: it needs those defines.
+// STORAGE (float | f16 | bf16), TENSOR_CORES (0 | 1; 1 needs a 16-bit STORAGE, named by
+// MMA_TYPE f16 | bf16) and BARRIER (BARRIER_COUNTER | BARRIER_FLAGS). Not compiled at build
+// time: it needs those defines.
 //
 // Block k owns hidden units [k·UNITS, (k+1)·UNITS) with all their gate rows (G per unit), so the
 // cell update stays in the block and only h crosses blocks. Per step it
@@ -15,7 +16,9 @@
 //      CUDA-core FMAs, one warp per ROW_BLOCK rows with lanes across H,
 //   4. applies the same pointwise update as the stepwise kernels (gates, cell, length mask,
 //      output) and publishes its units of h_t in `hbuf` [2, B, H] f32,
-//   5. meets the other blocks at a grid barrier: a counter every block adds 1 to per step.
+//   5. meets the other blocks at a grid barrier: either one counter every block adds 1 to per
+//      step (BARRIER_COUNTER), or one flag per block that holds the steps it has published, all
+//      of which every block polls (BARRIER_FLAGS: no contended atomic, more polling traffic).
 // The launch is cooperative, so all blocks are co-resident; a wait that never ends is still
 // bounded, and then sets `failed` instead of hanging.
 //
@@ -28,9 +31,12 @@
 #define CELL_LSTM 1
 #define CELL_GRU 2
 
+#define BARRIER_COUNTER 0
+#define BARRIER_FLAGS 1
+
 #if !defined(CELL) || !defined(ACT) || !defined(HIDDEN) || !defined(BATCH) || !defined(UNITS) || \
-    !defined(STORAGE) || !defined(TENSOR_CORES)
-#error "persistent/recurrent.cu needs CELL, ACT, HIDDEN, BATCH, UNITS, STORAGE, TENSOR_CORES"
+    !defined(STORAGE) || !defined(TENSOR_CORES) || !defined(BARRIER)
+#error "persistent/recurrent.cu needs CELL, ACT, HIDDEN, BATCH, UNITS, STORAGE, TENSOR_CORES, BARRIER"
 #endif
 
 #define GATES (CELL == CELL_LSTM ? 4 : CELL == CELL_GRU ? 3 : 1)
@@ -60,6 +66,9 @@ static_assert(ROW_BLOCK * BATCH_CHUNK <= 32, "too many accumulators per lane");
 static_assert(HIDDEN >= 1 && BATCH >= 1 && BATCH <= 64, "BATCH must be in 1..=64");
 static_assert(UNITS >= 1 && UNITS <= HIDDEN, "UNITS must be in 1..=HIDDEN");
 static_assert(CELL == CELL_RNN || CELL == CELL_LSTM || CELL == CELL_GRU, "unknown CELL");
+static_assert(BARRIER == BARRIER_COUNTER ||
+                  (BARRIER == BARRIER_FLAGS && (HIDDEN + UNITS - 1) / UNITS <= THREADS),
+              "BARRIER_FLAGS polls one flag per thread: at most THREADS blocks");
 
 typedef STORAGE T;
 
@@ -101,26 +110,50 @@ __device__ __forceinline__ float warp_sum(float x) {
     return x;
 }
 
-// Every block's writes before the call are visible to every block after it: the block's
-// threads meet, one thread publishes with a release add and waits with acquire loads, and the
-// block meets again. Returns false when the wait gave up (the blocks were not all running).
-__device__ bool grid_barrier(unsigned* counter, unsigned target, int* failed, int* gave_up) {
+__device__ __forceinline__ void store_release(unsigned* p, unsigned v) {
+    asm volatile("st.release.gpu.global.u32 [%0], %1;" : : "l"(p), "r"(v) : "memory");
+}
+
+// Polls *p until it reaches target: false when the wait gave up (the blocks were not all
+// running). Polls at L2 speed first (a step is microseconds) and backs off only if it drags on.
+__device__ __forceinline__ bool wait_at_least(const unsigned* p, unsigned target) {
+    unsigned spins = 0;
+    while (load_acquire(p) < target) {
+        if (++spins > SPIN_LIMIT) return false;
+        if (spins > 4096) asm volatile("nanosleep.u32 64;");
+    }
+    return true;
+}
+
+// After step `step` (0-based), every block's writes before the call are visible to every block
+// after it. The block's threads meet, publish with release operations, wait with acquire
+// loads and meet again. `words` is the counter, or one flag per block. Returns false when the
+// wait gave up, after setting `failed`.
+__device__ bool grid_barrier(unsigned* words, unsigned step, int* failed, int* gave_up) {
     __syncthreads();
+#if BARRIER == BARRIER_FLAGS
     if (threadIdx.x == 0) {
         __threadfence();
-        add_release(counter, 1u);
-        unsigned spins = 0;
-        while (load_acquire(counter) < target) {
-            if (++spins > SPIN_LIMIT) {
-                atomicExch(failed, 1);
-                *gave_up = 1;
-                break;
-            }
-            // Poll at L2 speed first (a step is microseconds); back off only if it drags on.
-            if (spins > 4096) asm volatile("nanosleep.u32 64;");
+        store_release(words + blockIdx.x, step + 1);
+    }
+    if (threadIdx.x < gridDim.x) {
+        if (!wait_at_least(words + threadIdx.x, step + 1)) {
+            atomicExch(failed, 1);
+            *gave_up = 1;
         }
         __threadfence();
     }
+#else
+    if (threadIdx.x == 0) {
+        __threadfence();
+        add_release(words, 1u);
+        if (!wait_at_least(words, (step + 1) * gridDim.x)) {
+            atomicExch(failed, 1);
+            *gave_up = 1;
+        }
+        __threadfence();
+    }
+#endif
     __syncthreads();
     return !*gave_up;
 }
@@ -264,7 +297,7 @@ __device__ __forceinline__ void rows_times_h(const T* sw, const float* sh, float
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
     persistent_forward(const float* xw, const T* w_hh, const T* b_ih, const T* b_hh,
                        const T* h0, const T* c0, T* out, T* h_n, T* c_n, float* hbuf,
-                       unsigned* counter, int* failed, const int* lengths, int seq_len, int st,
+                       unsigned* barrier, int* failed, const int* lengths, int seq_len, int st,
                        int sb, int out_ld, int reverse) {
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int gave_up;
@@ -362,7 +395,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             }
         }
         // 5.
-        if (s + 1 < seq_len && !grid_barrier(counter, (unsigned)(s + 1) * gridDim.x, failed, &gave_up))
-            return;
+        if (s + 1 < seq_len && !grid_barrier(barrier, (unsigned)s, failed, &gave_up)) return;
     }
 }

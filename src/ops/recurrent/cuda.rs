@@ -143,7 +143,8 @@ struct SlotAddresses {
 /// One lane's scratch: xw [rows, G·H] f32, hh [B, G·H] f32 (also the projection's f32 output),
 /// ping-pong states h [B, O] and c [B, H], the LSTM's pre-projection h [B, H], the naive
 /// chain's f32 temporaries tmp [B, G·H], tmp2 and tmp3 [B, H], and the persistent kernel's
-/// h exchange hbuf [2, B, H] f32 and barrier words sync [counter, failed]. 0 where unused.
+/// h exchange hbuf [2, B, H] f32 and its sync words [failed, barrier words...]
+/// (`persistent::SYNC_WORDS`). 0 where unused.
 struct LaneAddresses {
     hbuf: u64,
     sync: u64,
@@ -344,12 +345,12 @@ impl Plan {
         };
         let mut lanes = [lane(&mut arena)?, lane(&mut arena)?];
         let sync = persistent
-            .then(|| stream.alloc_zeros::<u32>(4))
+            .then(|| stream.alloc_zeros::<u32>(2 * persistent::SYNC_WORDS))
             .transpose()?;
         if let Some(sync) = &sync {
             let base = dev_ptr(sync, stream);
             lanes[0].sync = base;
-            lanes[1].sync = base + 8;
+            lanes[1].sync = base + 4 * persistent::SYNC_WORDS as u64;
         }
         let persistent = match key.kind {
             StepKind::Persistent => match persistent::prepare(dev, key.cell, &dims, dtype)? {
@@ -581,9 +582,10 @@ impl Plan {
         p: &Persistent,
         seq_len: usize,
     ) -> Result<()> {
-        // The barrier counter and the failure flag start at 0 for every launch.
-        dr::memset_d8_async(la.sync, 0, 8, lane.stream.cu_stream())?;
-        let (counter, failed) = (la.sync, la.sync + 4);
+        // The failure flag and the barrier words start at 0 for every launch.
+        let words = 1 + p.spec.barrier_words();
+        dr::memset_d8_async(la.sync, 0, 4 * words, lane.stream.cu_stream())?;
+        let (failed, barrier) = (la.sync, la.sync + 4);
         let seq_len = seq_len as i32;
         let cfg = LaunchConfig {
             grid_dim: (p.spec.blocks() as u32, 1, 1),
@@ -603,7 +605,7 @@ impl Plan {
             builder.arg(arg);
         }
         for arg in [
-            &s.h_next, &s.c_next, &la.hbuf, &counter, &failed, &s.lengths,
+            &s.h_next, &s.c_next, &la.hbuf, &barrier, &failed, &s.lengths,
         ] {
             builder.arg(arg);
         }
@@ -833,7 +835,7 @@ impl Plan {
             // A barrier that gave up means the blocks were not all resident: the results are
             // incomplete, so this is an error (it waits for the launch to finish).
             let words = stream.clone_dtoh(sync)?;
-            if words[1] != 0 || words[3] != 0 {
+            if words[0] != 0 || words[persistent::SYNC_WORDS] != 0 {
                 return Err(Error::Config(
                     "the persistent kernel's blocks did not all run at once (another kernel held \
                      the GPU?); use --algo fused"

@@ -5,7 +5,7 @@
 use super::{Cell, Dims};
 use crate::device::CudaDevice;
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::CudaFunction;
 
@@ -13,6 +13,60 @@ const SOURCE: &str = include_str!("../../../kernels/persistent/recurrent.cu");
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
 /// THREADS in the kernel.
 pub(crate) const THREADS: u32 = 256;
+/// Sync words per lane: the failure flag, then the barrier's counter or one flag per block
+/// (at most THREADS blocks: the flag barrier polls one per thread).
+pub(crate) const SYNC_WORDS: usize = 1 + THREADS as usize;
+
+/// How the blocks meet between steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Barrier {
+    /// One counter every block adds 1 to per step and polls.
+    Counter,
+    /// One flag per block, the steps it has published; every block polls all of them.
+    Flags,
+}
+
+/// The kernel variants `FUSED_RNN_PERSISTENT` may pick, for comparing them on a GPU: a
+/// comma-separated list of `counter` or `flags` (the barrier) and `mma` or `fma` (W_hh·h on
+/// tensor cores, for 16-bit storage, or on CUDA cores).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub barrier: Barrier,
+    pub tensor_cores: bool,
+}
+
+impl Variant {
+    /// The default for `dtype`: tensor cores for 16-bit storage, the counter barrier.
+    pub fn default_for(dtype: DType) -> Self {
+        Variant {
+            barrier: Barrier::Counter,
+            tensor_cores: dtype != DType::F32,
+        }
+    }
+
+    /// The default for `dtype` as `FUSED_RNN_PERSISTENT` overrides it.
+    fn from_env(dtype: DType) -> Result<Self> {
+        let mut v = Variant::default_for(dtype);
+        let Ok(list) = std::env::var("FUSED_RNN_PERSISTENT") else {
+            return Ok(v);
+        };
+        for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match word {
+                "counter" => v.barrier = Barrier::Counter,
+                "flags" => v.barrier = Barrier::Flags,
+                "mma" => v.tensor_cores = dtype != DType::F32,
+                "fma" => v.tensor_cores = false,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "FUSED_RNN_PERSISTENT: unknown variant `{word}` (expected counter, flags, \
+                         mma or fma)"
+                    )))
+                }
+            }
+        }
+        Ok(v)
+    }
+}
 /// The kernel's largest batch (its accumulators are per batch row).
 pub(crate) const MAX_BATCH: usize = 64;
 /// The largest batch `Algo::Auto` runs persistently in `dtype`. The kernel's W_hh·h runs on
@@ -35,6 +89,7 @@ pub struct Spec {
     /// Hidden units per block.
     pub units: usize,
     pub dtype: DType,
+    pub variant: Variant,
 }
 
 impl Spec {
@@ -51,8 +106,17 @@ impl Spec {
             cell,
             hidden,
             batch,
-            units: hidden.div_ceil(multiprocessors.max(1)),
+            units: hidden.div_ceil(multiprocessors.clamp(1, THREADS as usize)),
             dtype,
+            variant: Variant::default_for(dtype),
+        }
+    }
+
+    /// The barrier words one launch uses.
+    pub fn barrier_words(&self) -> usize {
+        match self.variant.barrier {
+            Barrier::Counter => 1,
+            Barrier::Flags => self.blocks(),
         }
     }
 
@@ -60,9 +124,9 @@ impl Spec {
         self.hidden.div_ceil(self.units)
     }
 
-    /// Whether W_hh·h runs on tensor cores (mma.sync, f32 accumulate): for 16-bit storage.
+    /// Whether W_hh·h runs on tensor cores (mma.sync, f32 accumulate).
     pub fn tensor_cores(&self) -> bool {
-        self.dtype != DType::F32
+        self.variant.tensor_cores && self.dtype != DType::F32
     }
 
     /// Dynamic shared memory per block, as the kernel lays it out: W_hh's slice and h (padded
@@ -94,12 +158,17 @@ impl Spec {
     /// A name for logs and the disk cache.
     pub fn name(&self) -> String {
         format!(
-            "persistent_{}_H{}_B{}_U{}_{}",
+            "persistent_{}_H{}_B{}_U{}_{}_{}_{}",
             self.cell.name().to_lowercase(),
             self.hidden,
             self.batch,
             self.units,
-            self.dtype.name()
+            self.dtype.name(),
+            if self.tensor_cores() { "mma" } else { "fma" },
+            match self.variant.barrier {
+                Barrier::Counter => "counter",
+                Barrier::Flags => "flags",
+            }
         )
     }
 
@@ -118,11 +187,15 @@ impl Spec {
         format!(
             "#define CELL {cell}\n#define ACT {act}\n#define HIDDEN {}\n#define BATCH {}\n\
              #define UNITS {}\n#define STORAGE {storage}\n#define TENSOR_CORES {}\n\
-             #define MMA_TYPE {storage}\n{}",
+             #define MMA_TYPE {storage}\n#define BARRIER {}\n{}",
             self.hidden,
             self.batch,
             self.units,
             self.tensor_cores() as i32,
+            match self.variant.barrier {
+                Barrier::Counter => "BARRIER_COUNTER",
+                Barrier::Flags => "BARRIER_FLAGS",
+            },
             SOURCE.replace("#include \"common.cuh\"", COMMON)
         )
     }
@@ -136,6 +209,20 @@ pub(crate) struct Persistent {
     pub concurrent_directions: bool,
     /// What dispatch saw: the blocks, shared memory and residency.
     pub note: String,
+}
+
+fn multiprocessors(dev: &CudaDevice) -> Result<usize> {
+    let sms = dev
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    Ok(sms as usize)
+}
+
+/// The specialisation for the shape on this device, in the variant `FUSED_RNN_PERSISTENT` names.
+fn device_spec(dev: &CudaDevice, cell: Cell, dims: &Dims, dtype: DType) -> Result<Spec> {
+    let mut spec = Spec::new(cell, dims.hidden, dims.batch, dtype, multiprocessors(dev)?);
+    spec.variant = Variant::from_env(dtype)?;
+    Ok(spec)
 }
 
 /// Why a shape cannot run persistently on a device, before anything is compiled.
@@ -166,8 +253,7 @@ pub(crate) fn unsupported(
             "the persistent kernel needs compute capability 7.0 or newer".into(),
         ));
     }
-    let sms = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
-    let spec = Spec::new(cell, dims.hidden, dims.batch, dtype, sms);
+    let spec = device_spec(dev, cell, dims, dtype)?;
     let limit = ctx
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
         as usize;
@@ -193,9 +279,8 @@ pub(crate) fn prepare(
     if let Some(reason) = unsupported(dev, cell, dims, dtype)? {
         return Ok(Err(reason));
     }
-    let ctx = dev.context();
-    let sms = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
-    let spec = Spec::new(cell, dims.hidden, dims.batch, dtype, sms);
+    let sms = multiprocessors(dev)?;
+    let spec = device_spec(dev, cell, dims, dtype)?;
     let jit = dev.jit_module(&spec.source(), &spec.name())?;
     let function = jit.module.load_function("persistent_forward")?;
     let bytes = spec.shared_bytes();
