@@ -2,7 +2,10 @@
 //! CUDA and the CPU reference: B 1 and 64, L 196 and 1000, D = Dq = Dk = Dv = A = 512, for the
 //! additive, general and dot scores; CUDA in f32 and bf16.
 //! Names: {fused|naive|cpu}_attention_{kind}_{dtype}/B{b}_L{l}_D{d}; throughput is in queries.
-//! Without a GPU the CUDA group prints why and is skipped.
+//! The backward (`attention_backward_cuda`): every gradient of one query per row, keys as the
+//! values, B = 64, L = 196, D = 512, fused vs naive, named
+//! {fused|naive}_attention_backward_{kind}_{dtype}/B64_L196_D512.
+//! Without a GPU the CUDA groups print why and are skipped.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fused_rnn::io::{save_f32, TensorFile};
@@ -98,6 +101,50 @@ fn cuda(c: &mut Criterion) {
     group.finish();
 }
 
+fn cuda_backward(c: &mut Criterion) {
+    let device = match Device::cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("skipping the CUDA backward benchmarks: {e}");
+            return;
+        }
+    };
+    let cuda = device.as_cuda().unwrap().clone();
+    let mut group = c.benchmark_group(format!("attention_backward_cuda ({})", cuda.card()));
+    common::gpu_settings(&mut group, Duration::from_millis(300));
+    let (b, l) = (64, 196);
+    let lengths: Vec<usize> = (0..b).map(|i| l - (i * 37) % l).collect();
+    for kind in KINDS {
+        let file = weights(kind);
+        for dtype in [DType::F32, DType::BF16] {
+            let (keys, query) = inputs(&device, dtype, b, l);
+            let grad = Tensor::from_vec(values(b * D, 13), &[b, D])
+                .unwrap()
+                .to(&device, dtype)
+                .unwrap();
+            group.throughput(Throughput::Elements(b as u64));
+            for algo in [Algo::Fused, Algo::Naive] {
+                let mut layer = Attention::from_state_dict(&file, &device, dtype).unwrap();
+                layer.set_algo(algo);
+                let id = BenchmarkId::new(
+                    format!("{}_attention_backward_{kind}_{dtype}", algo.name()),
+                    format!("B{b}_L{l}_D{D}"),
+                );
+                group.bench_function(id, |bench| {
+                    common::on_gpu(bench, &cuda, || {
+                        drop(
+                            layer
+                                .backward(&keys, None, Some(&lengths), &query, &grad)
+                                .unwrap(),
+                        )
+                    })
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
 fn cpu(c: &mut Criterion) {
     let mut group = c.benchmark_group("attention_step_cpu");
     group.sample_size(10);
@@ -120,5 +167,5 @@ fn cpu(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, cuda, cpu);
+criterion_group!(benches, cuda, cuda_backward, cpu);
 criterion_main!(benches);

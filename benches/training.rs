@@ -1,13 +1,17 @@
-//! Forward + backward on the CPU: an LSTM (H 256, B 32, T 100, and the H 1024, B 64,
-//! T 128 when FUSED_RNN_BENCH_LARGE=1, which takes minutes) through `forward_train` and
-//! `backward`, and an attention step's backward (B 64, L 196, D 512, general scores).
-//! Names: cpu_{op}_train_f32/{shape}; throughput is in time steps (LSTM) or queries (attention).
+//! Forward + backward through `forward_train` and `backward`:
+//!   CPU: an LSTM (H 256, B 32, T 100, and H 1024, B 64, T 128 when FUSED_RNN_BENCH_LARGE=1,
+//!   which takes minutes), and an attention step's backward (B 64, L 196, D 512, general
+//!   scores). Names: cpu_{op}_train_f32/{shape}; throughput in time steps or queries.
+//!   CUDA (when a GPU is present): LSTM and GRU at H 1024, B 64, T 128 and LSTM at H 256, B 32,
+//!   T 100, fused vs naive backward, f32 and bf16. Names: {algo}_{op}_train_{dtype}/{shape}.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fused_rnn::io::{save_f32, TensorFile};
-use fused_rnn::nn::{Attention, Lstm, LstmConfig};
-use fused_rnn::{DType, Device, Tensor};
+use fused_rnn::nn::{Attention, Gru, GruConfig, Lstm, LstmConfig};
+use fused_rnn::{Algo, DType, Device, Tensor};
 use std::time::Duration;
+
+mod common;
 
 fn values(n: usize, seed: usize) -> Vec<f32> {
     (0..n)
@@ -61,5 +65,60 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lstm, attention);
+/// One training step's forward and backward on CUDA, fused vs naive.
+fn recurrent_cuda(c: &mut Criterion) {
+    let Ok(device) = Device::cuda(0) else {
+        return;
+    };
+    let cuda = device.as_cuda().unwrap().clone();
+    let mut group = c.benchmark_group(format!("recurrent_train_cuda ({})", cuda.card()));
+    common::gpu_settings(&mut group, Duration::from_millis(800));
+    for (op, h, b, t) in [
+        ("lstm", 1024, 64, 128),
+        ("gru", 1024, 64, 128),
+        ("lstm", 256, 32, 100),
+    ] {
+        for dtype in [DType::F32, DType::BF16] {
+            let x = Tensor::from_vec(values(t * b * h, 3), &[t, b, h])
+                .unwrap()
+                .to(&device, dtype)
+                .unwrap();
+            let g = Tensor::from_vec(values(t * b * h, 5), &[t, b, h])
+                .unwrap()
+                .to(&device, dtype)
+                .unwrap();
+            group.throughput(Throughput::Elements(t as u64));
+            for algo in [Algo::Fused, Algo::Naive] {
+                let id = BenchmarkId::new(
+                    format!("{}_{op}_train_{dtype}", algo.name()),
+                    format!("H{h}_B{b}_T{t}"),
+                );
+                if op == "lstm" {
+                    let layer = Lstm::random(LstmConfig::new(h, h), &device, dtype, 1)
+                        .unwrap()
+                        .with_algo(algo);
+                    group.bench_function(id, |bench| {
+                        common::on_gpu(bench, &cuda, || {
+                            let (_, reserve) = layer.forward_train(&x, None, None).unwrap();
+                            layer.backward(&reserve, &g, None, None).unwrap();
+                        })
+                    });
+                } else {
+                    let layer = Gru::random(GruConfig::new(h, h), &device, dtype, 1)
+                        .unwrap()
+                        .with_algo(algo);
+                    group.bench_function(id, |bench| {
+                        common::on_gpu(bench, &cuda, || {
+                            let (_, reserve) = layer.forward_train(&x, None, None).unwrap();
+                            layer.backward(&reserve, &g, None).unwrap();
+                        })
+                    });
+                }
+            }
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lstm, attention, recurrent_cuda);
 criterion_main!(benches);

@@ -18,38 +18,11 @@
 //   masked_softmax_naive_f32    p = softmax(scale · e) over each row's first `length` scores
 // The naive chain around them is cuBLAS: tanh (unary_naive_f32) and a GEMV with v for additive
 // scores, a batched GEMM for products, and a batched GEMM for the context.
-#include "common.cuh"
+#include "attention.cuh"
 
-#define ATT_ADDITIVE 0
-#define ATT_PRODUCT 1
-
-#define ATT_THREADS 256
-#define ATT_WARPS (ATT_THREADS / 32)
 // Context columns per lane per pass: a pass covers 32 · CTX_PER_LANE columns.
 #define CTX_PER_LANE 8
 #define CTX_PASS (32 * CTX_PER_LANE)
-
-__device__ __forceinline__ float warp_sum(float x) {
-    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-    return x;
-}
-
-__device__ __forceinline__ float warp_max(float x) {
-    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-    return x;
-}
-
-// The sum (or max) of every thread's `x`, returned to all; `slots` holds ATT_WARPS floats.
-__device__ __forceinline__ float block_reduce(float x, float* slots, bool is_max) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    x = is_max ? warp_max(x) : warp_sum(x);
-    if (lane == 0) slots[warp] = x;
-    __syncthreads();
-    float r = slots[0];
-    for (int w = 1; w < ATT_WARPS; ++w) r = is_max ? fmaxf(r, slots[w]) : r + slots[w];
-    __syncthreads();
-    return r;
-}
 
 // ---
 // Fused, flash-decoding style: the keys of a row are cut into `splits` chunks of `chunk`, one
@@ -61,36 +34,6 @@ __device__ __forceinline__ float block_reduce(float x, float* slots, bool is_max
 // e^(m - max m) and adds them. Scores never reach global memory unless the weights are asked
 // for. Shared memory (dynamic, f32): q [K], v [K] (additive), p [chunk], the context partial
 // sums [ATT_WARPS, CTX_PASS] and ATT_WARPS reduction slots.
-
-// e_j for one key: lanes across K, four independent sums so that four loads are in flight.
-template <typename T>
-__device__ __forceinline__ float score(const float* sq, const float* sv, const T* key, int k,
-                                       int lane, int mode) {
-    float e0 = 0.f, e1 = 0.f, e2 = 0.f, e3 = 0.f;
-    int a = lane;
-    if (mode == ATT_ADDITIVE) {
-        for (; a + 96 < k; a += 128) {
-            float k0 = to_float(key[a]), k1 = to_float(key[a + 32]);
-            float k2 = to_float(key[a + 64]), k3 = to_float(key[a + 96]);
-            e0 += sv[a] * tanhf(sq[a] + k0);
-            e1 += sv[a + 32] * tanhf(sq[a + 32] + k1);
-            e2 += sv[a + 64] * tanhf(sq[a + 64] + k2);
-            e3 += sv[a + 96] * tanhf(sq[a + 96] + k3);
-        }
-        for (; a < k; a += 32) e0 += sv[a] * tanhf(sq[a] + to_float(key[a]));
-    } else {
-        for (; a + 96 < k; a += 128) {
-            float k0 = to_float(key[a]), k1 = to_float(key[a + 32]);
-            float k2 = to_float(key[a + 64]), k3 = to_float(key[a + 96]);
-            e0 += sq[a] * k0;
-            e1 += sq[a + 32] * k1;
-            e2 += sq[a + 64] * k2;
-            e3 += sq[a + 96] * k3;
-        }
-        for (; a < k; a += 32) e0 += sq[a] * to_float(key[a]);
-    }
-    return warp_sum((e0 + e1) + (e2 + e3));
-}
 
 template <typename T>
 __device__ void attend_fused(const float* qf, const T* qt, const T* kp, const T* values,

@@ -6,7 +6,9 @@
 // Variants (entry points):
 //   gather_naive_f32      tmp = this step's rows of xw (0 for rows that have ended)
 //   unary_naive_f32       y = act(x)               (tanh | relu | sigmoid)
-//   binary_naive_f32      y = a op b               (add | mul | sub)
+//   binary_naive_f32      y = a op b               (add | mul | sub, and the activations'
+//                                                   derivatives for the naive backward:
+//                                                   a·(1 − b²), a·b·(1 − b), b > 0 ? a : 0)
 //   add_bias_naive_T      y[r, c] += bias[c]
 //   load_naive_T          y = float(x)             (a state into f32 scratch)
 //   convert_naive_T       y = T(x)                 (f32 scratch into a GEMM operand)
@@ -16,6 +18,9 @@
 #define OP_ADD 0
 #define OP_MUL 1
 #define OP_SUB 2
+#define OP_DTANH 3
+#define OP_DSIGMOID 4
+#define OP_DRELU 5
 
 extern "C" __global__ void gather_naive_f32(const float* xw, int ld_xw, float* tmp, int ld_tmp,
                                             const int* lengths, int batch, int cols, int st,
@@ -41,7 +46,16 @@ extern "C" __global__ void binary_naive_f32(const float* a, int lda, const float
     if (idx >= rows * cols) return;
     int r = idx / cols, c = idx - r * cols;
     float u = a[(long)r * lda + c], v = b[(long)r * ldb + c];
-    y[(long)r * ldy + c] = op == OP_ADD ? u + v : op == OP_MUL ? u * v : u - v;
+    float w;
+    switch (op) {
+        case OP_ADD: w = u + v; break;
+        case OP_MUL: w = u * v; break;
+        case OP_SUB: w = u - v; break;
+        case OP_DTANH: w = u * (1.f - v * v); break;
+        case OP_DSIGMOID: w = u * v * (1.f - v); break;
+        default: w = v > 0.f ? u : 0.f; break;
+    }
+    y[(long)r * ldy + c] = w;
 }
 
 #define ADD_BIAS_NAIVE(S, T)                                                                     \

@@ -6,12 +6,15 @@ Ops (--ops, default all), each 1 layer, unidirectional, I = H, T = 128, under to
   gru   nn.GRU,      H in {256, 1024}, B in {1, 16, 256}
 for dtypes float32/float16/bfloat16. With --persistent, instead the persistent-kernel shapes
 (float32 and bfloat16): LSTM H=768 B=16 T=1024, LSTM H=1024 B=1 T=256, GRU H=512 B=8 T=512 and
-tanh RNN H=1024 B=4 T=1000.
+tanh RNN H=1024 B=4 T=1000. With --train, instead one training step (forward, then backward of
+sum(output * g) into the input and every weight) at the training shapes: LSTM and GRU H=1024 B=64
+T=128, LSTM H=256 B=32 T=100 (float32 and bfloat16).
 Each configuration: 10 warm-up forwards, then 50 timed with CUDA events.
 Prints a Markdown table and writes the same rows as JSON to --json.
 
 Usage (needs torch with CUDA):
-    python3 scripts/torch_gpu_bench.py --json torch_rnn_bench.json [--ops rnn,lstm,gru] [--persistent]
+    python3 scripts/torch_gpu_bench.py --json torch_rnn_bench.json [--ops rnn,lstm,gru]
+        [--persistent | --train]
 """
 
 import argparse
@@ -57,12 +60,41 @@ def time_forward(op: str, hidden: int, batch: int, dtype: torch.dtype,
     return start.elapsed_time(end) * 1000.0 / ITERS
 
 
+# (op, H, B, T): the shapes training is measured on.
+TRAIN = [("lstm", 1024, 64, 128), ("gru", 1024, 64, 128), ("lstm", 256, 32, 100)]
+
+
+def time_train(op: str, hidden: int, batch: int, dtype: torch.dtype, seq_len: int) -> float:
+    """Mean microseconds per forward + backward (input and weight gradients)."""
+    torch.manual_seed(0)
+    module = OPS[op][1](hidden, hidden).cuda().to(dtype).train()
+    x = torch.randn(seq_len, batch, hidden, device="cuda", dtype=dtype, requires_grad=True)
+    g = torch.randn(seq_len, batch, hidden, device="cuda", dtype=dtype)
+
+    def step():
+        out, _ = module(x)
+        out.backward(g)
+
+    for _ in range(WARMUP):
+        step()
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(ITERS):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000.0 / ITERS
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True, help="path of the JSON rows to write")
     parser.add_argument("--ops", default=",".join(OPS), help=f"comma list of {','.join(OPS)}")
     parser.add_argument("--persistent", action="store_true",
                         help="time the persistent-kernel shapes instead")
+    parser.add_argument("--train", action="store_true",
+                        help="time forward + backward at the training shapes instead")
     args = parser.parse_args()
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     unknown = [o for o in ops if o not in OPS]
@@ -71,15 +103,18 @@ def main() -> None:
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     torch.backends.cudnn.enabled = True
     card = torch.cuda.get_device_name()
-    if args.persistent:
-        cases = [(op, h, b, t, d) for op, h, b, t in PERSISTENT for d in ("float32", "bfloat16")]
+    timer = time_train if args.train else time_forward
+    if args.persistent or args.train:
+        shapes = PERSISTENT if args.persistent else TRAIN
+        cases = [(op, h, b, t, d) for op, h, b, t in shapes for d in ("float32", "bfloat16")]
     else:
         cases = [(op, h, b, SEQ_LEN, d) for op in ops for d in DTYPES for h in HIDDEN
                  for b in OPS[op][2]]
     rows = []
     for op, hidden, batch, seq_len, dtype_name in cases:
-        us = time_forward(op, hidden, batch, DTYPES[dtype_name], seq_len)
-        rows.append({"op": OPS[op][0], "dtype": dtype_name, "H": hidden, "B": batch,
+        us = timer(op, hidden, batch, DTYPES[dtype_name], seq_len)
+        label = OPS[op][0] + (" forward+backward" if args.train else "")
+        rows.append({"op": label, "dtype": dtype_name, "H": hidden, "B": batch,
                      "T": seq_len, "us_per_forward": round(us, 2),
                      "us_per_step": round(us / seq_len, 3), "card": card})
     print("| op | dtype | H | B | T | µs/forward | µs/step | card |")

@@ -1,6 +1,6 @@
-//! CUDA attention, fused and naive, against the CPU reference for every score kind and dtype, on
-//! odd shapes with key masks (length 1 included), one and many queries per row, NaN-poisoned
-//! outputs. Skips with a printed reason without a GPU (fails instead under
+//! CUDA attention, fused and naive, forward and backward, against the CPU reference for every
+//! score kind and dtype, on odd shapes with key masks (length 1 included), one and many queries
+//! per row, NaN-poisoned outputs. Skips with a printed reason without a GPU (fails instead under
 //! FUSED_RNN_REQUIRE_GPU=1).
 
 mod common;
@@ -281,5 +281,119 @@ fn a_query_already_on_the_device_is_read_in_place_and_keys_are_reused() {
             &want.context.to_vec_f32().unwrap(),
             common::tolerance(DType::BF16),
         );
+    }
+}
+
+/// The backward's shapes, as `SHAPES`: L 1, 7, 129 and 1000 (one chunk of keys per row, a
+/// few, many), one and three queries per row, values apart or the keys themselves, odd sizes.
+const BACKWARD_SHAPES: &[Shape] = &[
+    (3, 1, 0, 7, 5, 0, 9),
+    (3, 7, 3, 33, 17, 11, 13),
+    (3, 129, 3, 65, 33, 0, 31),
+    (3, 129, 0, 17, 9, 21, 5),
+    (2, 1000, 0, 64, 48, 0, 40),
+];
+
+/// Relative to each gradient's largest magnitude. Looser than the forward's: the gradients
+/// that feed cuBLAS pass through the storage dtype.
+fn backward_tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => 1e-4,
+        DType::F16 | DType::BF16 => 2e-2,
+    }
+}
+
+#[test]
+fn backward_fused_and_naive_match_the_cpu_for_every_kind_and_dtype() {
+    let Some(device) =
+        common::cuda_or_skip("backward_fused_and_naive_match_the_cpu_for_every_kind_and_dtype")
+    else {
+        return;
+    };
+    let dir = common::scratch("attention_backward_cuda");
+    for (s, &shape) in BACKWARD_SHAPES.iter().enumerate() {
+        for kind in [Kind::Additive, Kind::General, Kind::Dot] {
+            for dtype in DType::ALL {
+                let seed = 50_000 + 1000 * s as u64 + 10 * kind as u64;
+                let c = case(kind, shape, dtype, seed, &dir);
+                let (b, tq) = (shape.0, shape.2);
+                let dv = c.values.as_ref().unwrap_or(&c.keys).shape()[2];
+                let context = if tq == 0 {
+                    vec![b, dv]
+                } else {
+                    vec![b, tq, dv]
+                };
+                let n = context.iter().product();
+                let grad =
+                    Tensor::from_vec(rounded(common::random(n, 1.0, seed + 9), dtype), &context)
+                        .unwrap();
+                let cpu = Attention::from_state_dict(&c.weights, &Device::Cpu, DType::F32).unwrap();
+                let tol = backward_tolerance(dtype);
+                for masked in [true, false] {
+                    let lengths = masked.then_some(&c.lengths[..]);
+                    let want = cpu
+                        .backward(&c.keys, c.values.as_ref(), lengths, &c.query, &grad)
+                        .unwrap();
+                    // Unmasked, the inputs are already on the device in the dtype (read in place).
+                    let moved = |t: &Tensor| t.to(&device, dtype).unwrap();
+                    let on_device = (!masked).then(|| {
+                        let v = c.values.as_ref().map(moved);
+                        (moved(&c.query), moved(&c.keys), v, moved(&grad))
+                    });
+                    let (q, k, v, g) = match &on_device {
+                        Some((q, k, v, g)) => (q, k, v.as_ref(), g),
+                        None => (&c.query, &c.keys, c.values.as_ref(), &grad),
+                    };
+                    for algo in [Algo::Fused, Algo::Naive] {
+                        let what = format!(
+                            "{kind:?} {shape:?} {} {} masks={masked}",
+                            dtype.name(),
+                            algo.name()
+                        );
+                        let mut gpu =
+                            Attention::from_state_dict(&c.weights, &device, dtype).unwrap();
+                        gpu.set_algo(algo);
+                        let got = gpu.backward(k, v, lengths, q, g).unwrap();
+                        let check = |name: &str, got: &Tensor, want: &Tensor| {
+                            let what = format!("{what} {name}");
+                            assert_eq!(got.shape(), want.shape(), "{what}");
+                            assert!(
+                                got.is_cuda() && got.dtype() == dtype,
+                                "{what}: not on the GPU in {dtype}"
+                            );
+                            common::assert_close(
+                                &what,
+                                &got.to_vec_f32().unwrap(),
+                                &want.to_vec_f32().unwrap(),
+                                tol,
+                            );
+                        };
+                        check("d query", &got.query, &want.query);
+                        check("d keys", &got.keys, &want.keys);
+                        match (&got.values, &want.values) {
+                            (Some(g), Some(w)) => check("d values", g, w),
+                            (None, None) => {}
+                            _ => panic!("{what}: d values present on one side only"),
+                        }
+                        let names = |p: &[(String, Tensor)]| -> Vec<String> {
+                            p.iter().map(|(n, _)| n.clone()).collect()
+                        };
+                        assert_eq!(names(&got.params), names(&want.params), "{what}");
+                        for ((name, g), (_, w)) in got.params.iter().zip(&want.params) {
+                            check(name, g, w);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // No persistent algorithm: a clear error, not a panic.
+    let c = case(Kind::Dot, BACKWARD_SHAPES[1], DType::F32, 7, &dir);
+    let mut gpu = Attention::from_state_dict(&c.weights, &device, DType::F32).unwrap();
+    gpu.set_algo(Algo::Persistent);
+    let grad = Tensor::from_vec(common::random(3 * 3 * 11, 1.0, 8), &[3, 3, 11]).unwrap();
+    match gpu.backward(&c.keys, c.values.as_ref(), None, &c.query, &grad) {
+        Err(Error::Config(msg)) => assert!(msg.contains("persistent"), "{msg}"),
+        other => panic!("expected a Config error, got {:?}", other.map(|_| ())),
     }
 }

@@ -78,8 +78,8 @@ fn every_persistent_specialisation_the_tests_use_compiles_without_spills() {
         let defaults = fused_rnn::DType::ALL.map(|dtype| (dtype, Variant::default_for(dtype)));
         let others = [
             (Barrier::Counter, false),
-            (Barrier::Flags, false),
-            (Barrier::Flags, true),
+            (Barrier::Tagged, false),
+            (Barrier::Tagged, true),
         ]
         .map(|(barrier, tensor_cores)| {
             let variant = Variant {

@@ -1,6 +1,7 @@
-//! CUDA fused, naive and persistent RNN, LSTM and GRU forward against the CPU reference, for
-//! every dtype, on odd shapes, with NaN-poisoned outputs. Skips with a printed reason without a GPU (fails
-//! instead under FUSED_RNN_REQUIRE_GPU=1).
+//! CUDA fused, naive and persistent RNN, LSTM and GRU forward, and the fused and naive training
+//! (forward_train and backward), against the CPU reference, for every dtype, on odd shapes, with
+//! NaN-poisoned outputs. Skips with a printed reason without a GPU (fails instead under
+//! FUSED_RNN_REQUIRE_GPU=1).
 
 mod common;
 
@@ -212,6 +213,47 @@ impl Layer {
         }
     }
 
+    /// forward_train, then backward of Σ output ⊙ dy + Σ h_n ⊙ dh (+ Σ c_n ⊙ dc): the
+    /// forward's results and every gradient, named, on the host in f32.
+    /// `upstream` holds dy and, optionally, dh and dc.
+    fn train(&self, inputs: &Inputs, upstream: &[Tensor]) -> Vec<(String, Vec<f32>)> {
+        let (x, h0, c0, lengths) = inputs;
+        let (h0, c0, lengths) = (h0.as_ref(), c0.as_ref(), lengths.as_deref());
+        let (dy, dh, dc) = (&upstream[0], upstream.get(1), upstream.get(2));
+        let host = |name: &str, t: &Tensor| (name.to_string(), t.to_vec_f32().unwrap());
+        let mut named = Vec::new();
+        let grads = match self {
+            Layer::Rnn(l) => {
+                let (o, r) = l.forward_train(x, h0, lengths).unwrap();
+                named.extend([host("output", &o.output), host("h_n", &o.h_n)]);
+                let g = l.backward(&r, dy, dh).unwrap();
+                named.extend(l.named_gradients(&g).iter().map(|(n, t)| host(n, t)));
+                g
+            }
+            Layer::Gru(l) => {
+                let (o, r) = l.forward_train(x, h0, lengths).unwrap();
+                named.extend([host("output", &o.output), host("h_n", &o.h_n)]);
+                let g = l.backward(&r, dy, dh).unwrap();
+                named.extend(l.named_gradients(&g).iter().map(|(n, t)| host(n, t)));
+                g
+            }
+            Layer::Lstm(l) => {
+                let (o, r) = l.forward_train(x, h0.zip(c0), lengths).unwrap();
+                named.extend([host("output", &o.output), host("h_n", &o.h_n)]);
+                named.push(host("c_n", &o.c_n));
+                let g = l.backward(&r, dy, dh, dc).unwrap();
+                named.extend(l.named_gradients(&g).iter().map(|(n, t)| host(n, t)));
+                g
+            }
+        };
+        named.push(host("input.grad", &grads.input));
+        named.push(host("h0.grad", &grads.h0));
+        if let Some(c0) = &grads.c0 {
+            named.push(host("c0.grad", c0));
+        }
+        named
+    }
+
     fn capture_status(&self) -> (usize, Vec<String>) {
         match self {
             Layer::Rnn(l) => l.graph_capture_status(),
@@ -349,6 +391,14 @@ fn algos() -> Vec<Algo> {
     }
 }
 
+/// FUSED_RNN_TEST_MAX_HIDDEN skips the larger rows (a sanitizer run's time).
+fn max_hidden() -> usize {
+    std::env::var("FUSED_RNN_TEST_MAX_HIDDEN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
 #[test]
 fn fused_naive_and_persistent_match_cpu_for_every_cell_and_dtype() {
     let Some(device) =
@@ -356,15 +406,101 @@ fn fused_naive_and_persistent_match_cpu_for_every_cell_and_dtype() {
     else {
         return;
     };
-    // FUSED_RNN_TEST_MAX_HIDDEN skips the larger rows (a sanitizer run's time).
-    let max_hidden = std::env::var("FUSED_RNN_TEST_MAX_HIDDEN")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(usize::MAX);
     for (k, row) in ROWS.iter().enumerate() {
         let c = case(row);
-        if c.h <= max_hidden {
+        if c.h <= max_hidden() {
             check_case(&device, &c, 100 + k as u64);
+        }
+    }
+}
+
+/// Random gradients of the output, h_n and c_n (c_n's for an LSTM), or only the output's.
+fn upstream(c: &Case, seed: u64, with_state: bool) -> Vec<Tensor> {
+    let dirs = if c.bidirectional { 2 } else { 1 };
+    let o = c.out_size();
+    let output = if c.batch_first {
+        [c.b, c.t, dirs * o]
+    } else {
+        [c.t, c.b, dirs * o]
+    };
+    let shapes = [
+        output.to_vec(),
+        vec![c.layers * dirs, c.b, o],
+        vec![c.layers * dirs, c.b, c.h],
+    ];
+    let count = match (with_state, c.kind) {
+        (false, _) => 1,
+        (true, Kind::Lstm { .. }) => 3,
+        (true, _) => 2,
+    };
+    shapes[..count]
+        .iter()
+        .enumerate()
+        .map(|(k, shape)| {
+            let n = shape.iter().product();
+            Tensor::from_vec(common::random(n, 1.0, seed + k as u64), shape).unwrap()
+        })
+        .collect()
+}
+
+/// Training on the GPU (fused and naive backward) against the CPU's, on the same rounded
+/// parameters, inputs and upstream gradients.
+fn check_training(device: &Device, c: &Case, seed: u64) {
+    let cpu = Device::Cpu;
+    let base = Layer::random(c, seed);
+    let inputs = inputs(c, seed + 10, c.h0, c.lengths());
+    // Half the cases leave out h_n's and c_n's gradients (zeros).
+    let upstream = upstream(c, seed + 20, seed.is_multiple_of(2));
+    for dtype in DType::ALL {
+        let on_gpu = |t: &Tensor| t.to(device, dtype).unwrap();
+        let on_cpu = |t: &Tensor| t.to(&cpu, DType::F32).unwrap();
+        let (x, h0, c0, lengths) = &inputs;
+        let gpu_inputs = (
+            on_gpu(x),
+            h0.as_ref().map(on_gpu),
+            c0.as_ref().map(on_gpu),
+            lengths.clone(),
+        );
+        let cpu_inputs = (
+            on_cpu(&gpu_inputs.0),
+            gpu_inputs.1.as_ref().map(on_cpu),
+            gpu_inputs.2.as_ref().map(on_cpu),
+            lengths.clone(),
+        );
+        let gpu_up: Vec<Tensor> = upstream.iter().map(on_gpu).collect();
+        let cpu_up: Vec<Tensor> = gpu_up.iter().map(on_cpu).collect();
+        let reference = base
+            .to(device, dtype, Algo::Fused)
+            .to(&cpu, DType::F32, Algo::Auto);
+        let want = reference.train(&cpu_inputs, &cpu_up);
+        // f32 against the CPU's f64; the half types round every state they store.
+        let tol = match dtype {
+            DType::F32 => 1e-4,
+            _ => 5e-2,
+        };
+        for algo in [Algo::Fused, Algo::Naive] {
+            let got = base.to(device, dtype, algo).train(&gpu_inputs, &gpu_up);
+            let names: Vec<&String> = got.iter().map(|(n, _)| n).collect();
+            assert_eq!(names, want.iter().map(|(n, _)| n).collect::<Vec<_>>());
+            for ((name, g), (_, w)) in got.iter().zip(&want) {
+                let what = format!("{c:?} {dtype} {} training: {name}", algo.name());
+                common::assert_close(&what, g, w, tol);
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_and_naive_training_match_cpu_for_every_cell_and_dtype() {
+    let Some(device) =
+        common::cuda_or_skip("fused_and_naive_training_match_cpu_for_every_cell_and_dtype")
+    else {
+        return;
+    };
+    for (k, row) in ROWS.iter().enumerate() {
+        let c = case(row);
+        if c.h <= max_hidden() {
+            check_training(&device, &c, 500 + k as u64);
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::nvrtc;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
     result as dr, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DeviceRepr,
 };
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
@@ -119,7 +120,8 @@ impl CudaDevice {
     }
 
     /// Runs everything on `stream`, so that a crate that owns the stream orders our work with
-    /// its own without extra synchronisation.
+    /// its own without extra synchronisation. Wrap it with `Device::from` so that functions that
+    /// find their device from their tensors (`train`) find it.
     pub fn with_stream(stream: Arc<CudaStream>) -> Result<Self> {
         // SAFETY: only probes whether the library can be opened.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
@@ -193,7 +195,7 @@ impl CudaDevice {
 
     /// An uninitialised buffer of `len` elements that a kernel will write whole (NaN-filled
     /// when poisoning is on).
-    pub(crate) fn alloc_output<T: Element>(&self, len: usize) -> Result<CudaSlice<T>> {
+    pub(crate) fn alloc_output<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
         // SAFETY: the caller writes every element before reading; poisoning fills it first.
         let buf = unsafe { self.stream().alloc::<T>(len.max(1))? };
         if self.poisoning() {

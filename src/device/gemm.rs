@@ -1,4 +1,5 @@
-//! cuBLAS GEMM in row-major terms, storage dtype in, f32 out, f32 accumulation.
+//! cuBLAS GEMM in row-major terms: storage dtype in, f32 (or the storage dtype) out, f32
+//! accumulation.
 
 use super::{Lane, MatRef};
 use crate::dtype::DType;
@@ -60,13 +61,13 @@ impl Lane {
     }
 }
 
-/// How a batched GEMM reads its right operand B.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum RightOperand {
-    /// B is [n, k] row-major: C = A·Bᵀ.
+/// How a GEMM reads an operand stored row-major.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Op {
+    /// As it is stored.
+    AsIs,
+    /// Transposed: an A stored [k, m], a B stored [n, k].
     Transposed,
-    /// B is [k, n] row-major: C = A·B.
-    Plain,
 }
 
 /// One matrix of a strided batch: its first element, and the distance (elements) to the next.
@@ -86,54 +87,57 @@ impl Strided {
     }
 }
 
+/// For i in 0..count: C_i[m, n] = op(A_i)[m, k] · op(B_i)[k, n] + beta · C_i, all row-major;
+/// C in its own dtype (f32, or A's and B's), f32 accumulation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Batched {
+    pub count: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: Strided,
+    pub a_op: Op,
+    pub b: Strided,
+    pub b_op: Op,
+    pub c: Strided,
+    pub beta: f32,
+}
+
 impl Lane {
-    /// For i in 0..count: C_i[m, n] = A_i[m, k] · op(B_i), C row-major f32 (leading dimension
-    /// `ldc`, stride `stride_c`), in one cuBLAS call.
+    /// Enqueues `g` as one cuBLAS call.
     ///
     /// # Safety
     /// Every matrix of the batch must lie in a live device buffer on this lane's device.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn gemm_batched(
-        &self,
-        count: usize,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: Strided,
-        b: Strided,
-        b_op: RightOperand,
-        c: u64,
-        ldc: usize,
-        stride_c: usize,
-    ) -> Result<()> {
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // Row-major C is column-major Cᵀ = op(B)ᵀ · Aᵀ.
-        let op_b = match b_op {
-            RightOperand::Transposed => sys::cublasOperation_t::CUBLAS_OP_T,
-            RightOperand::Plain => sys::cublasOperation_t::CUBLAS_OP_N,
+    pub(crate) unsafe fn gemm_batched(&self, g: &Batched) -> Result<()> {
+        let alpha = 1.0f32;
+        // Row-major C is column-major Cᵀ = op(B)ᵀ · op(A)ᵀ, and a row-major operand is its
+        // transpose in column-major terms: an operand read as stored needs no transpose.
+        let op = |o: Op| match o {
+            Op::AsIs => sys::cublasOperation_t::CUBLAS_OP_N,
+            Op::Transposed => sys::cublasOperation_t::CUBLAS_OP_T,
         };
         result::gemm_strided_batched_ex(
             *self.blas.handle(),
-            op_b,
-            sys::cublasOperation_t::CUBLAS_OP_N,
-            n as i32,
-            m as i32,
-            k as i32,
+            op(g.b_op),
+            op(g.a_op),
+            g.n as i32,
+            g.m as i32,
+            g.k as i32,
             &alpha as *const f32 as *const _,
-            b.mat.ptr as *const _,
-            cuda_type(b.mat.dtype),
-            b.mat.ld as i32,
-            b.stride as i64,
-            a.mat.ptr as *const _,
-            cuda_type(a.mat.dtype),
-            a.mat.ld as i32,
-            a.stride as i64,
-            &beta as *const f32 as *const _,
-            c as *mut _,
-            sys::cudaDataType::CUDA_R_32F,
-            ldc as i32,
-            stride_c as i64,
-            count as i32,
+            g.b.mat.ptr as *const _,
+            cuda_type(g.b.mat.dtype),
+            g.b.mat.ld as i32,
+            g.b.stride as i64,
+            g.a.mat.ptr as *const _,
+            cuda_type(g.a.mat.dtype),
+            g.a.mat.ld as i32,
+            g.a.stride as i64,
+            &g.beta as *const f32 as *const _,
+            g.c.mat.ptr as *mut _,
+            cuda_type(g.c.mat.dtype),
+            g.c.mat.ld as i32,
+            g.c.stride as i64,
+            g.count as i32,
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )?;

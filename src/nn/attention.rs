@@ -1,8 +1,8 @@
 //! `nn::Attention`: soft attention with additive, general or dot scores, parameters in PyTorch's
 //! naming (`query_proj`, `key_proj`, `score`), key-length masks, one or many queries per row.
 //! On CUDA the parameters, keys and values live on the device in the storage dtype (f32, f16 or
-//! bf16) and the fused kernel (or the naive chain, `Algo::Naive`) attends; the CPU computes in
-//! f32.
+//! bf16) and the fused kernel (or the naive chain, `Algo::Naive`) attends and backpropagates;
+//! the CPU computes in f32 (its backward in f64).
 
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -80,7 +80,9 @@ impl Attention {
     pub fn parameters_mut(&mut self) -> Result<Vec<(String, &mut Tensor)>> {
         if self.device.is_cuda() {
             return Err(Error::Config(
-                "attention parameters are updated on the CPU (training runs there so far)".into(),
+                "attention parameters are updated on the CPU so far (on CUDA the layer holds \
+                 their addresses)"
+                    .into(),
             ));
         }
         let p = &mut self.params;
@@ -233,28 +235,8 @@ impl Attention {
         values: Option<&Tensor>,
         lengths: Option<&[usize]>,
     ) -> Result<Keys> {
-        let &[b, l, dk] = keys.shape() else {
-            return Err(Error::shape("keys", "[B, L, Dk]", keys.shape()));
-        };
-        if b == 0 || l == 0 || self.key_size.is_some_and(|k| k != dk) {
-            let want = self
-                .key_size
-                .map_or("[B, L, Dk]".into(), |k| format!("[B, L, {k}]"));
-            return Err(Error::shape("keys", want, keys.shape()));
-        }
-        let values = match values {
-            Some(v) => {
-                let &[vb, vl, _] = v.shape() else {
-                    return Err(Error::shape("values", format!("[{b}, {l}, Dv]"), v.shape()));
-                };
-                if (vb, vl) != (b, l) {
-                    return Err(Error::shape("values", format!("[{b}, {l}, Dv]"), v.shape()));
-                }
-                v
-            }
-            None => keys,
-        };
-        let lengths = check_key_lengths(lengths, b, l)?;
+        let lengths = self.check_source(keys, values, lengths)?;
+        let values = values.unwrap_or(keys);
         let keys = attention::copy_to(&self.device, keys, self.dtype)?;
         let values = attention::copy_to(&self.device, values, self.dtype)?;
         match &self.cuda {
@@ -279,7 +261,9 @@ impl Attention {
 
     /// The gradients of Σ context ⊙ grad_context for attending `query` over `keys` (with
     /// `values` and `lengths` as `keys()` takes them): the query's, the keys', the values' and
-    /// every parameter's. Scores and weights are recomputed, so no forward state is kept. CPU.
+    /// every parameter's. Scores and weights are recomputed, so no forward state is kept. On
+    /// the CPU in f64 (f32 results); on CUDA with the layer's algorithm, the gradients on the
+    /// device in the layer's dtype (tensors elsewhere are copied there first).
     pub fn backward(
         &self,
         keys: &Tensor,
@@ -288,32 +272,22 @@ impl Attention {
         query: &Tensor,
         grad_context: &Tensor,
     ) -> Result<attention::AttentionGradients> {
-        if self.device.is_cuda() {
-            return Err(Error::Config(
-                "attention's backward runs on the CPU so far".into(),
-            ));
-        }
         // The forward's checks: shapes, lengths, the query's rank.
-        let prepared = self.keys(keys, values, lengths)?;
-        let out = self.attend(&prepared, query, false)?;
-        if grad_context.shape() != out.context.shape() {
-            let want = format!("{:?}", out.context.shape());
+        let lengths = self.check_source(keys, values, lengths)?;
+        let &[batch, len, dk] = keys.shape() else {
+            unreachable!("checked by check_source")
+        };
+        let (queries, single, dq) = self.check_query(batch, dk, query)?;
+        let dv = values.map_or(dk, |v| v.shape()[2]);
+        let context = if single {
+            vec![batch, dv]
+        } else {
+            vec![batch, queries, dv]
+        };
+        if grad_context.shape() != context {
+            let want = format!("{context:?}");
             return Err(Error::shape("grad_context", want, grad_context.shape()));
         }
-        let param = |t: &Option<Tensor>| t.as_ref().map_or(Ok(Vec::new()), Tensor::to_vec_f64);
-        let p = attention::Params64 {
-            w_q: param(&self.params.w_q)?,
-            b_q: param(&self.params.b_q)?,
-            w_k: param(&self.params.w_k)?,
-            b_k: param(&self.params.b_k)?,
-            v: param(&self.params.v)?,
-        };
-        let &[batch, len, dk] = keys.shape() else {
-            unreachable!("checked by keys()")
-        };
-        let dq = *query.shape().last().expect("checked by attend()");
-        let queries = query.numel() / (batch * dq);
-        let dv = prepared.value_size();
         let sizes = attention::Sizes {
             batch,
             queries,
@@ -322,26 +296,56 @@ impl Attention {
             dk,
             dv,
         };
+        if let Some(cuda) = &self.cuda {
+            // Tensors already on the device in the layer's dtype are read in place.
+            let staged = |t: &Tensor| -> Result<Option<Tensor>> {
+                let in_place = t.dtype() == self.dtype && t.check_on(&self.device, "").is_ok();
+                (!in_place)
+                    .then(|| t.to(&self.device, self.dtype))
+                    .transpose()
+            };
+            let (q, k, g) = (staged(query)?, staged(keys)?, staged(grad_context)?);
+            let v = values.map(staged).transpose()?.flatten();
+            let call = attention::BackwardCall {
+                score: self.score,
+                query: q.as_ref().unwrap_or(query),
+                keys: k.as_ref().unwrap_or(keys),
+                values: values.map(|t| v.as_ref().unwrap_or(t)),
+                grad_context: g.as_ref().unwrap_or(grad_context),
+                lengths: &lengths,
+                sizes,
+            };
+            return cuda.backward(self.algo, &call, &self.params);
+        }
+        let param = |t: Option<&Tensor>| t.map_or(Ok(Vec::new()), Tensor::to_vec_f64);
+        let p = &self.params;
+        let p64 = attention::Params64 {
+            w_q: param(p.w_q.as_ref())?,
+            b_q: param(p.b_q.as_ref())?,
+            w_k: param(p.w_k.as_ref())?,
+            b_k: param(p.b_k.as_ref())?,
+            v: param(p.v.as_ref())?,
+        };
         let values64 = values.map(Tensor::to_vec_f64).transpose()?;
         let g = attention::backward_cpu(
             self.score,
-            &p,
+            &p64,
             &sizes,
             &query.to_vec_f64()?,
             &keys.to_vec_f64()?,
             values64.as_deref(),
-            &prepared.lengths,
+            &lengths,
             &grad_context.to_vec_f64()?,
         );
-        let mut params = Vec::new();
-        let named = [
-            ("query_proj.weight", &self.params.w_q, g.params.w_q),
-            ("query_proj.bias", &self.params.b_q, g.params.b_q),
-            ("key_proj.weight", &self.params.w_k, g.params.w_k),
-            ("key_proj.bias", &self.params.b_k, g.params.b_k),
-            ("score.weight", &self.params.v, g.params.v),
+        let grads = [
+            g.params.w_q,
+            g.params.b_q,
+            g.params.w_k,
+            g.params.b_k,
+            g.params.v,
         ];
-        for (name, t, grad) in named {
+        let mut params = Vec::new();
+        for ((name, t), grad) in p.named().into_iter().zip(grads) {
             if let Some(t) = t {
                 params.push((name.to_string(), Tensor::from_f64(&grad, t.shape())?));
             }
@@ -357,19 +361,50 @@ impl Attention {
         })
     }
 
+    /// Checks a source as `keys` takes it; returns its key lengths (all L when absent).
+    fn check_source(
+        &self,
+        keys: &Tensor,
+        values: Option<&Tensor>,
+        lengths: Option<&[usize]>,
+    ) -> Result<Vec<usize>> {
+        let &[b, l, dk] = keys.shape() else {
+            return Err(Error::shape("keys", "[B, L, Dk]", keys.shape()));
+        };
+        if b == 0 || l == 0 || self.key_size.is_some_and(|k| k != dk) {
+            let want = self
+                .key_size
+                .map_or("[B, L, Dk]".into(), |k| format!("[B, L, {k}]"));
+            return Err(Error::shape("keys", want, keys.shape()));
+        }
+        if let Some(v) = values {
+            let ok = matches!(*v.shape(), [vb, vl, _] if (vb, vl) == (b, l));
+            if !ok {
+                return Err(Error::shape("values", format!("[{b}, {l}, Dv]"), v.shape()));
+            }
+        }
+        check_key_lengths(lengths, b, l)
+    }
+
+    /// Checks a query ([B, Dq] or [B, Tq, Dq]) for `b` rows, Dq the layer's query size or else
+    /// `width` (dot scores: the keys'); returns (Tq, whether it has rank 2, Dq).
+    fn check_query(&self, b: usize, width: usize, query: &Tensor) -> Result<(usize, bool, usize)> {
+        let dq = self.query_size.unwrap_or(width);
+        match *query.shape() {
+            [qb, qd] if qb == b && qd == dq => Ok((1, true, dq)),
+            [qb, t, qd] if qb == b && qd == dq && t > 0 => Ok((t, false, dq)),
+            _ => {
+                let want = format!("[{b}, {dq}] or [{b}, Tq, {dq}]");
+                Err(Error::shape("query", want, query.shape()))
+            }
+        }
+    }
+
     /// Attends `query` ([B, Dq], or [B, Tq, Dq] for many queries per row) over `keys`; the
     /// context (and the weights, when asked for) come back with the query's rank.
     pub fn attend(&self, keys: &Keys, query: &Tensor, want_weights: bool) -> Result<Attended> {
-        let (b, dq) = (keys.batch(), keys.projected.shape()[2]);
-        let dq = self.query_size.unwrap_or(dq);
-        let (tq, single) = match *query.shape() {
-            [qb, qd] if qb == b && qd == dq => (1, true),
-            [qb, t, qd] if qb == b && qd == dq && t > 0 => (t, false),
-            _ => {
-                let want = format!("[{b}, {dq}] or [{b}, Tq, {dq}]");
-                return Err(Error::shape("query", want, query.shape()));
-            }
-        };
+        let b = keys.batch();
+        let (tq, single, dq) = self.check_query(b, keys.projected.shape()[2], query)?;
         let out = match &self.cuda {
             None => {
                 let query3 = query.to(&Device::Cpu, DType::F32)?.reshape(&[b, tq, dq])?;

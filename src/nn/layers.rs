@@ -249,6 +249,12 @@ macro_rules! layer_common {
             pub fn named_gradients<'a>(&self, grads: &'a Gradients) -> Vec<(String, &'a Tensor)> {
                 self.inner.named_gradients(grads)
             }
+
+            /// Bytes a `forward_train` of `seq_len` steps at `batch` keeps on this layer's
+            /// device for `backward` (the reserve), known before the call.
+            pub fn reserve_bytes(&self, seq_len: usize, batch: usize) -> usize {
+                self.inner.reserve_bytes(seq_len, batch)
+            }
         }
     };
 }

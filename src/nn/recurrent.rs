@@ -264,7 +264,7 @@ impl Recurrent {
         })
     }
 
-    /// As `forward`, keeping what `backward` needs (CPU).
+    /// As `forward`, keeping what `backward` needs.
     pub fn forward_train(
         &self,
         input: &Tensor,
@@ -288,6 +288,7 @@ impl Recurrent {
     ) -> Result<Gradients> {
         recurrent::backward(
             &self.device,
+            self.algo,
             &self.weights,
             reserve,
             grad_output,
@@ -344,6 +345,27 @@ impl Recurrent {
         })
     }
 
+    /// See the layers' `reserve_bytes`.
+    pub fn reserve_bytes(&self, seq_len: usize, batch: usize) -> usize {
+        let dims = self.dims_for(seq_len, batch);
+        recurrent::reserve_bytes(&self.device, self.spec.cell, &dims)
+    }
+
+    fn dims_for(&self, seq_len: usize, batch: usize) -> Dims {
+        let s = &self.spec;
+        Dims {
+            seq_len,
+            batch,
+            input_size: s.input_size,
+            hidden: s.hidden_size,
+            out_size: s.out_size(),
+            gates: s.cell.gates(),
+            layers: s.num_layers,
+            dirs: s.directions(),
+            batch_first: s.batch_first,
+        }
+    }
+
     fn check_tensor_opt(&self, t: Option<&Tensor>, name: &str, shape: &[usize]) -> Result<()> {
         t.map_or(Ok(()), |t| self.check_tensor(t, name, Some(shape)))
     }
@@ -378,16 +400,6 @@ impl Recurrent {
         if i != s.input_size || seq_len == 0 || batch == 0 {
             return Err(Error::shape("input", expected, input.shape()));
         }
-        Ok(Dims {
-            seq_len,
-            batch,
-            input_size: s.input_size,
-            hidden: s.hidden_size,
-            out_size: s.out_size(),
-            gates: s.cell.gates(),
-            layers: s.num_layers,
-            dirs: s.directions(),
-            batch_first: s.batch_first,
-        })
+        Ok(self.dims_for(seq_len, batch))
     }
 }

@@ -1,5 +1,6 @@
 //! Softmax cross-entropy over a vocabulary, loss and gradient in one pass per row.
 
+use super::cuda;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -8,13 +9,17 @@ pub struct Loss {
     pub value: f32,
     /// Rows that counted.
     pub rows: usize,
-    /// d loss / d logits [N, V]: (softmax − one-hot) / rows, zero on ignored rows.
+    /// d loss / d logits [N, V]: (softmax − one-hot) / rows, zero on ignored rows; on the logits'
+    /// device, in their dtype.
     pub grad: Tensor,
 }
 
 /// PyTorch's `cross_entropy(logits, targets, ignore_index=ignore, reduction="mean")` for
 /// logits [N, V] and N targets; a target outside 0..V that is not `ignore` is an error. With no
 /// row counted the loss is 0 (PyTorch gives NaN).
+///
+/// CUDA logits (f32, f16 or bf16; N, V ≥ 1) take one launch for every row's loss and gradient
+/// (f32 math) and one for the mean (f64 sum); targets are checked here before they are copied.
 pub fn softmax_cross_entropy(logits: &Tensor, targets: &[i64], ignore: i64) -> Result<Loss> {
     let &[n, vocab] = logits.shape() else {
         return Err(Error::shape("logits", "[N, V]", logits.shape()));
@@ -30,8 +35,11 @@ pub fn softmax_cross_entropy(logits: &Tensor, targets: &[i64], ignore: i64) -> R
             "target {bad} is outside 0..{vocab} and not the ignore index {ignore}"
         )));
     }
-    let x = logits.host_slice::<f32>()?;
     let rows = targets.iter().filter(|&&t| t != ignore).count();
+    if logits.is_cuda() {
+        return cuda::softmax_cross_entropy(logits, targets, ignore, rows);
+    }
+    let x = logits.host_slice::<f32>()?;
     let scale = 1.0 / rows.max(1) as f64;
     let mut grad = vec![0f32; n * vocab];
     let mut total = 0f64;

@@ -5,19 +5,21 @@
 //! chunks — or the naive chain: broadcast add, tanh and a GEMV (additive) or a batched GEMM
 //! (products) for the scores, a softmax kernel, and a batched GEMM for the context.
 //!
+//! The backward (`backward.rs`) recomputes the scores the same two ways.
+//!
 //! A decoder calls this once per token, so the host side is kept short: kernels and parameter
 //! addresses are resolved once per layer (`OnDevice`), key addresses once per source
 //! (`KeysOnDevice`), and scratch lives in a workspace reused across calls.
 
 use super::{Attended, Keys, Params, Score};
-use crate::device::{data_ptr, reading, CudaDevice, Device, MatRef, RightOperand, Strided};
+use crate::device::{data_ptr, reading, Batched, CudaDevice, Device, MatRef, Op, Strided};
 use crate::dtype::{CudaData, DType};
 use crate::error::{Error, Result};
 use crate::ops::recurrent::{Activation, Algo};
 use crate::tensor::Tensor;
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Threads per block of the attention kernels (ATT_THREADS in kernels/attention.cu).
 const THREADS: u32 = 256;
@@ -63,6 +65,9 @@ macro_rules! launch {
         builder.launch($cfg)?;
     }};
 }
+
+mod backward;
+pub(crate) use backward::BackwardCall;
 
 fn address(t: &Tensor, dev: &CudaDevice) -> Result<u64> {
     Ok(data_ptr(t.cuda_data()?, dev.stream()))
@@ -119,6 +124,8 @@ pub(crate) struct OnDevice {
     b_k: u64,
     score_v: u64,
     workspace: Mutex<Option<CudaSlice<f32>>>,
+    /// The backward's kernels, loaded by its first call.
+    backward: OnceLock<backward::Kernels>,
 }
 
 /// A source's CUDA side: the lengths as the kernels read them and the keys' addresses.
@@ -164,6 +171,7 @@ impl OnDevice {
             b_k: address_of(&params.b_k, dev)?,
             score_v: address_of(&params.v, dev)?,
             workspace: Mutex::new(None),
+            backward: OnceLock::new(),
             dev: dev.clone(),
             dtype,
         })
@@ -464,40 +472,36 @@ impl OnDevice {
             lane.gemm_abt(rows * len, 1, k, f32_mat(sum), f32_mat(v), e, 1, 0.0)?;
         } else {
             // Products: e[b] = Q[b] · KP[b]ᵀ, one batched GEMM over the rows' sources.
-            let a = Strided::new(j.q, k, self.dtype, j.tq * k);
-            let b = Strided::new(j.keys.projected, k, self.dtype, len * k);
-            lane.gemm_batched(
-                j.batch,
-                j.tq,
-                len,
+            lane.gemm_batched(&Batched {
+                count: j.batch,
+                m: j.tq,
+                n: len,
                 k,
-                a,
-                b,
-                RightOperand::Transposed,
-                e,
-                len,
-                j.tq * len,
-            )?;
+                a: Strided::new(j.q, k, self.dtype, j.tq * k),
+                a_op: Op::AsIs,
+                b: Strided::new(j.keys.projected, k, self.dtype, len * k),
+                b_op: Op::Transposed,
+                c: Strided::new(e, len, DType::F32, j.tq * len),
+                beta: 0.0,
+            })?;
         }
         let (lengths, scale) = (j.keys.lengths, j.scale);
         launch!(self.dev, &self.kernels.softmax, per_row(rows, 1, 0); e, p, lengths, tq_i, len_i, scale);
         // The weights in the storage dtype are also the context GEMM's left operand.
         let weights = self.convert(p, rows * len)?;
         let w = data_ptr(&weights, self.dev.stream());
-        let a = Strided::new(w, len, self.dtype, j.tq * len);
-        let b = Strided::new(j.keys.values, dv, self.dtype, len * dv);
-        lane.gemm_batched(
-            j.batch,
-            j.tq,
-            dv,
-            len,
-            a,
-            b,
-            RightOperand::Plain,
-            ctx,
-            dv,
-            j.tq * dv,
-        )?;
+        lane.gemm_batched(&Batched {
+            count: j.batch,
+            m: j.tq,
+            n: dv,
+            k: len,
+            a: Strided::new(w, len, self.dtype, j.tq * len),
+            a_op: Op::AsIs,
+            b: Strided::new(j.keys.values, dv, self.dtype, len * dv),
+            b_op: Op::AsIs,
+            c: Strided::new(ctx, dv, DType::F32, j.tq * dv),
+            beta: 0.0,
+        })?;
         let context = self.convert(ctx, rows * dv)?;
         Ok((context, want_weights.then_some(weights)))
     }

@@ -43,6 +43,19 @@ pub struct Params {
     pub v: Option<Tensor>,
 }
 
+impl Params {
+    /// Each parameter with its PyTorch name, in state_dict order (None where the kind has none).
+    pub(crate) fn named(&self) -> [(&'static str, Option<&Tensor>); 5] {
+        [
+            ("query_proj.weight", self.w_q.as_ref()),
+            ("query_proj.bias", self.b_q.as_ref()),
+            ("key_proj.weight", self.w_k.as_ref()),
+            ("key_proj.bias", self.b_k.as_ref()),
+            ("score.weight", self.v.as_ref()),
+        ]
+    }
+}
+
 /// A source's keys after the key-side projection, with its values and key lengths.
 pub struct Keys {
     /// [B, L, K]: W_k k + b_k (additive, K = A), W k (general, K = Dq) or k (dot, K = Dk).
@@ -128,4 +141,4 @@ pub struct AttentionGradients {
     /// Every parameter's gradient with its PyTorch name, in state_dict order.
     pub params: Vec<(String, Tensor)>,
 }
-pub(crate) use cuda::OnDevice;
+pub(crate) use cuda::{BackwardCall, OnDevice};

@@ -21,27 +21,6 @@ use cudarc::driver::{
 };
 use std::sync::Mutex;
 
-const BLOCK: u32 = 256;
-
-fn grid(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: ((n as u32).div_ceil(BLOCK), 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// Launches kernel `$f` on `$lane`'s stream over `$n` threads. Arguments must be places (the
-/// builder borrows them until the launch). Callers are `unsafe fn`s whose contracts make the
-/// addresses valid.
-macro_rules! launch {
-    ($lane:expr, $f:expr, $n:expr; $($arg:expr),+ $(,)?) => {{
-        let mut builder = $lane.stream.launch_builder($f);
-        $( builder.arg(&$arg); )+
-        builder.launch(grid($n))?;
-    }};
-}
-
 /// Binary op codes of `binary_naive_f32` (kernels/elementwise.cu).
 const OP_ADD: i32 = 0;
 const OP_MUL: i32 = 1;
@@ -143,8 +122,8 @@ struct SlotAddresses {
 /// One lane's scratch: xw [rows, G·H] f32, hh [B, G·H] f32 (also the projection's f32 output),
 /// ping-pong states h [B, O] and c [B, H], the LSTM's pre-projection h [B, H], the naive
 /// chain's f32 temporaries tmp [B, G·H], tmp2 and tmp3 [B, H], and the persistent kernel's
-/// h exchange hbuf [2, B, H] f32 and its sync words [failed, barrier words...]
-/// (`persistent::SYNC_WORDS`). 0 where unused.
+/// h exchange hbuf [2, B, H] (f32 or 64-bit tagged words) and its sync words [failed,
+/// counter]. 0 where unused.
 struct LaneAddresses {
     hbuf: u64,
     sync: u64,
@@ -320,8 +299,9 @@ impl Plan {
         let lane = |a: &mut Arena<'_>| -> Result<LaneAddresses> {
             let state = batch * hidden;
             Ok(LaneAddresses {
+                // Room for 64-bit tagged words.
                 hbuf: if persistent {
-                    a.f32(2 * batch * hidden)?
+                    a.f32(4 * batch * hidden)?
                 } else {
                     0
                 },
@@ -582,9 +562,18 @@ impl Plan {
         p: &Persistent,
         seq_len: usize,
     ) -> Result<()> {
-        // The failure flag and the barrier words start at 0 for every launch.
-        let words = 1 + p.spec.barrier_words();
-        dr::memset_d8_async(la.sync, 0, 4 * words, lane.stream.cu_stream())?;
+        // The failure flag and the barrier counter start at 0 for every launch, and so do the
+        // tags of a tagged h exchange.
+        dr::memset_d8_async(
+            la.sync,
+            0,
+            4 * persistent::SYNC_WORDS,
+            lane.stream.cu_stream(),
+        )?;
+        if p.spec.tagged() {
+            let words = 2 * (s.batch * s.hidden) as usize;
+            dr::memset_d8_async(la.hbuf, 0, 8 * words, lane.stream.cu_stream())?;
+        }
         let (failed, barrier) = (la.sync, la.sync + 4);
         let seq_len = seq_len as i32;
         let cfg = LaunchConfig {

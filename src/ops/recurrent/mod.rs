@@ -6,10 +6,13 @@
 //! (the LSTM projection size, else H): `output` is [T, B, D·O] (or [B, T, D·O]), `h_n` is
 //! [L·D, B, O] and the LSTM's `c_n` is [L·D, B, H].
 
+#[macro_use]
+mod launch;
 mod bptt_cpu;
 mod cpu;
 mod cuda;
 pub mod persistent;
+mod train_cuda;
 
 pub(crate) use cuda::PlanCache;
 
@@ -292,22 +295,39 @@ pub(crate) struct Outputs {
 /// What a training-mode forward keeps for `backward` (like cuDNN's reserve space): each
 /// layer's input and, per layer-direction, step and row, the gate activations and the states.
 /// The CPU keeps them in f64: it computes training in f64 from f32 storage, so that gradients
-/// summed over many steps keep f32 accuracy even where their terms cancel.
+/// summed over many steps keep f32 accuracy even where their terms cancel. CUDA keeps them in
+/// f32 on the device, whatever the storage dtype.
 pub struct Reserve {
     cell: Cell,
     dims: Dims,
     lengths: Vec<usize>,
-    saved: bptt_cpu::Saved,
+    saved: Saved,
+}
+
+enum Saved {
+    Cpu(bptt_cpu::Saved),
+    Cuda(train_cuda::Saved),
 }
 
 impl Reserve {
-    /// Elements kept (f64), known before the call from the shape alone.
+    /// Elements kept (f64 on the CPU, f32 on CUDA), known before the call from the shape alone.
     pub fn len(&self) -> usize {
-        bptt_cpu::Saved::len_for(self.cell, &self.dims)
+        match self.saved {
+            Saved::Cpu(_) => bptt_cpu::Saved::len_for(self.cell, &self.dims),
+            Saved::Cuda(_) => train_cuda::Saved::len_for(self.cell, &self.dims),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Bytes a training-mode forward of `dims` keeps on `device` (what `Reserve::len` counts).
+pub(crate) fn reserve_bytes(device: &Device, cell: Cell, dims: &Dims) -> usize {
+    match device {
+        Device::Cpu => 8 * bptt_cpu::Saved::len_for(cell, dims),
+        Device::Cuda(_) => 4 * train_cuda::Saved::len_for(cell, dims),
     }
 }
 
@@ -338,15 +358,6 @@ pub struct Gradients {
     /// The LSTM's.
     pub c0: Option<Tensor>,
     pub params: Vec<DirectionGradients>,
-}
-
-fn require_cpu(device: &Device) -> Result<()> {
-    match device {
-        Device::Cpu => Ok(()),
-        Device::Cuda(_) => Err(Error::Config(
-            "training (forward_train and backward) runs on the CPU so far".into(),
-        )),
-    }
 }
 
 /// One layer-direction's weights widened to f64 (biases and projection when present).
@@ -396,7 +407,22 @@ fn net<'a>(
 /// The forward pass in training mode: the same results as `forward`, and the `Reserve` that
 /// `backward` needs.
 pub(crate) fn forward_train(device: &Device, call: &Call<'_>) -> Result<(Outputs, Reserve)> {
-    require_cpu(device)?;
+    call.input.check_on(device, "input")?;
+    for (name, t) in [("h0", call.h0), ("c0", call.c0)] {
+        if let Some(t) = t {
+            t.check_on(device, name)?;
+        }
+    }
+    if let Device::Cuda(dev) = device {
+        let (outputs, saved) = train_cuda::forward_train(dev, call)?;
+        let reserve = Reserve {
+            cell: call.cell,
+            dims: call.dims,
+            lengths: call.lengths.to_vec(),
+            saved: Saved::Cuda(saved),
+        };
+        return Ok((outputs, reserve));
+    }
     let weights = widen(call.weights)?;
     let net = net(call.cell, call.dims, &weights, call.lengths);
     let x = call.input.to_vec_f64()?;
@@ -415,22 +441,23 @@ pub(crate) fn forward_train(device: &Device, call: &Call<'_>) -> Result<(Outputs
         cell: call.cell,
         dims,
         lengths: call.lengths.to_vec(),
-        saved,
+        saved: Saved::Cpu(saved),
     };
     Ok((outputs, reserve))
 }
 
 /// The gradients of Σ output ⊙ grad_output + Σ h_n ⊙ grad_h_n (+ Σ c_n ⊙ grad_c_n) for the
-/// training-mode forward that made `reserve`, with the same weights.
+/// training-mode forward that made `reserve`, with the same weights. On CUDA, `Algo::Naive`
+/// runs the naive backward, any other the fused one.
 pub(crate) fn backward(
     device: &Device,
+    algo: Algo,
     weights: &[DirectionWeights],
     reserve: &Reserve,
     grad_output: &Tensor,
     grad_h_n: Option<&Tensor>,
     grad_c_n: Option<&Tensor>,
 ) -> Result<Gradients> {
-    require_cpu(device)?;
     let dims = reserve.dims;
     let lstm = reserve.cell == Cell::Lstm;
     // The reserve must come from a module of these weights' sizes.
@@ -468,10 +495,61 @@ pub(crate) fn backward(
         }
         (None, _) => {}
     }
+    for (name, t) in [
+        ("grad_output", Some(grad_output)),
+        ("grad_h_n", grad_h_n),
+        ("grad_c_n", grad_c_n),
+    ] {
+        if let Some(t) = t {
+            t.check_on(device, name)?;
+        }
+    }
+    let saved = match (&reserve.saved, device) {
+        (Saved::Cpu(saved), Device::Cpu) => saved,
+        (Saved::Cuda(saved), Device::Cuda(dev)) => {
+            if let Some(w) = weights.iter().find(|w| w.w_ih.dtype() != saved.dtype()) {
+                return Err(Error::Config(format!(
+                    "the reserve was made in {}, the weights are {}",
+                    saved.dtype().name(),
+                    w.w_ih.dtype().name()
+                )));
+            }
+            let upstream = [("grad_output", Some(grad_output)), ("grad_h_n", grad_h_n)];
+            for (name, t) in upstream.into_iter().chain([("grad_c_n", grad_c_n)]) {
+                match t {
+                    Some(t) if t.dtype() != saved.dtype() => {
+                        return Err(Error::DType {
+                            tensor: name.into(),
+                            expected: saved.dtype().name().into(),
+                            got: t.dtype().name().into(),
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            return train_cuda::backward(
+                dev,
+                algo == Algo::Naive,
+                reserve.cell,
+                dims,
+                &reserve.lengths,
+                saved,
+                weights,
+                grad_output,
+                grad_h_n,
+                grad_c_n,
+            );
+        }
+        _ => {
+            return Err(Error::Config(
+                "the reserve was made on another device than the module's".into(),
+            ))
+        }
+    };
     let widened = widen(weights)?;
     let net = net(reserve.cell, dims, &widened, &reserve.lengths);
     let g = net.backward(
-        &reserve.saved,
+        saved,
         &grad_output.to_vec_f64()?,
         grad_h_n.map(|t| t.to_vec_f64()).transpose()?.as_deref(),
         grad_c_n.map(|t| t.to_vec_f64()).transpose()?.as_deref(),

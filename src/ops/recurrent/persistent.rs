@@ -13,21 +13,21 @@ const SOURCE: &str = include_str!("../../../kernels/persistent/recurrent.cu");
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
 /// THREADS in the kernel.
 pub(crate) const THREADS: u32 = 256;
-/// Sync words per lane: the failure flag, then the barrier's counter or one flag per block
-/// (at most THREADS blocks: the flag barrier polls one per thread).
-pub(crate) const SYNC_WORDS: usize = 1 + THREADS as usize;
+/// Sync words per lane: the failure flag and the barrier's counter.
+pub(crate) const SYNC_WORDS: usize = 2;
 
 /// How the blocks meet between steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Barrier {
     /// One counter every block adds 1 to per step and polls.
     Counter,
-    /// One flag per block, the steps it has published; every block polls all of them.
-    Flags,
+    /// No barrier: each element of h is published with the step that wrote it (the flag next
+    /// to the data), and readers poll the elements themselves.
+    Tagged,
 }
 
 /// The kernel variants `FUSED_RNN_PERSISTENT` may pick, for comparing them on a GPU: a
-/// comma-separated list of `counter` or `flags` (the barrier) and `mma` or `fma` (W_hh·h on
+/// comma-separated list of `counter` or `tagged` (how blocks meet) and `mma` or `fma` (W_hh·h on
 /// tensor cores, for 16-bit storage, or on CUDA cores).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Variant {
@@ -53,13 +53,13 @@ impl Variant {
         for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             match word {
                 "counter" => v.barrier = Barrier::Counter,
-                "flags" => v.barrier = Barrier::Flags,
+                "tagged" => v.barrier = Barrier::Tagged,
                 "mma" => v.tensor_cores = dtype != DType::F32,
                 "fma" => v.tensor_cores = false,
                 _ => {
                     return Err(Error::Config(format!(
-                        "FUSED_RNN_PERSISTENT: unknown variant `{word}` (expected counter, flags, \
-                         mma or fma)"
+                        "FUSED_RNN_PERSISTENT: unknown variant `{word}` (expected counter, \
+                         tagged, mma or fma)"
                     )))
                 }
             }
@@ -106,18 +106,15 @@ impl Spec {
             cell,
             hidden,
             batch,
-            units: hidden.div_ceil(multiprocessors.clamp(1, THREADS as usize)),
+            units: hidden.div_ceil(multiprocessors.max(1)),
             dtype,
             variant: Variant::default_for(dtype),
         }
     }
 
-    /// The barrier words one launch uses.
-    pub fn barrier_words(&self) -> usize {
-        match self.variant.barrier {
-            Barrier::Counter => 1,
-            Barrier::Flags => self.blocks(),
-        }
+    /// Whether hbuf (2·B·H words, f32 or tagged 64-bit) must be zeroed before each launch.
+    pub fn tagged(&self) -> bool {
+        self.variant.barrier == Barrier::Tagged
     }
 
     pub fn blocks(&self) -> usize {
@@ -167,7 +164,7 @@ impl Spec {
             if self.tensor_cores() { "mma" } else { "fma" },
             match self.variant.barrier {
                 Barrier::Counter => "counter",
-                Barrier::Flags => "flags",
+                Barrier::Tagged => "tagged",
             }
         )
     }
@@ -194,7 +191,7 @@ impl Spec {
             self.tensor_cores() as i32,
             match self.variant.barrier {
                 Barrier::Counter => "BARRIER_COUNTER",
-                Barrier::Flags => "BARRIER_FLAGS",
+                Barrier::Tagged => "BARRIER_TAGGED",
             },
             SOURCE.replace("#include \"common.cuh\"", COMMON)
         )

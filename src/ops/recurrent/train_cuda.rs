@@ -1,0 +1,388 @@
+//! CUDA training (kernels/recurrent_train.cu). The forward runs as the stepwise fused path does
+//! (one input-projection GEMM per layer-direction, then per step the W_hh GEMM and one kernel)
+//! and keeps, in f32 whatever the storage dtype, what backpropagation needs: the reserve
+//! (`Saved`). The backward (`backward.rs`) carries dh back step by step and forms the weight
+//! gradients from the reserve.
+
+mod backward;
+
+pub(super) use backward::backward;
+
+use super::{Call, Cell, Dims, Outputs};
+use crate::device::{data_ptr, dev_ptr, reading, writing, CudaDevice, Lane, MatRef};
+use crate::dtype::{CudaData, DType, Element};
+use crate::error::Result;
+use crate::tensor::Tensor;
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+/// Cell codes of kernels/recurrent_train.cu.
+fn cell_code(cell: Cell) -> i32 {
+    match cell {
+        Cell::Rnn(_) => 0,
+        Cell::Lstm => 1,
+        Cell::Gru => 2,
+    }
+}
+
+fn act_code(cell: Cell) -> i32 {
+    match cell {
+        Cell::Rnn(nl) => nl.activation().code(),
+        _ => 0,
+    }
+}
+
+/// Where one layer-direction's saved activations lie in the reserve (f32 offsets; absent
+/// parts are `None`).
+#[derive(Debug, Clone, Copy)]
+struct SlotLayout {
+    /// Activated gates [rows, G·H].
+    act: usize,
+    /// LSTM c_t, GRU W_hn h + b_hn [rows, H].
+    aux: Option<usize>,
+    /// h_{t-1} [rows, O].
+    hprev: usize,
+    /// LSTM with projection: h before W_hr [rows, H].
+    m: Option<usize>,
+}
+
+/// The reserve's parts: each layer's input [rows, in] and each layer-direction's activations,
+/// then the LSTM's c0 [L·D, B, H].
+#[derive(Debug, Clone)]
+struct Layout {
+    inputs: Vec<usize>,
+    slots: Vec<SlotLayout>,
+    c0: Option<usize>,
+    len: usize,
+}
+
+impl Layout {
+    fn new(cell: Cell, dims: &Dims) -> Self {
+        let rows = dims.rows();
+        let (h, o, gw) = (dims.hidden, dims.out_size, dims.gate_width());
+        let mut len = 0;
+        let mut take = |n: usize| {
+            len += n;
+            len - n
+        };
+        let inputs = (0..dims.layers)
+            .map(|l| take(rows * dims.layer_input(l)))
+            .collect();
+        let slots = (0..dims.layers * dims.dirs)
+            .map(|_| SlotLayout {
+                act: take(rows * gw),
+                aux: (!matches!(cell, Cell::Rnn(_))).then(|| take(rows * h)),
+                hprev: take(rows * o),
+                m: dims.projected().then(|| take(rows * h)),
+            })
+            .collect();
+        let c0 = (cell == Cell::Lstm).then(|| take(dims.layers * dims.dirs * dims.batch * h));
+        Layout {
+            inputs,
+            slots,
+            c0,
+            len,
+        }
+    }
+}
+
+/// What a CUDA training-mode forward keeps (f32), and the storage dtype it ran in.
+pub(crate) struct Saved {
+    buf: CudaSlice<f32>,
+    layout: Layout,
+    dtype: DType,
+}
+
+impl Saved {
+    /// f32 elements kept for `dims` (known before the call).
+    pub fn len_for(cell: Cell, dims: &Dims) -> usize {
+        Layout::new(cell, dims).len
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn at(&self, offset: usize, stream: &cudarc::driver::CudaStream) -> u64 {
+        dev_ptr(&self.buf, stream) + 4 * offset as u64
+    }
+}
+
+/// The kernels both passes use.
+struct Kernels {
+    /// T → f32 (`load_naive_T`) and f32 → T (`convert_naive_T`).
+    widen: cudarc::driver::CudaFunction,
+    narrow: cudarc::driver::CudaFunction,
+}
+
+impl Kernels {
+    fn new(dev: &CudaDevice, dtype: DType) -> Result<Self> {
+        Ok(Kernels {
+            widen: dev.function("elementwise", "load_naive", dtype)?,
+            narrow: dev.function("elementwise", "convert_naive", dtype)?,
+        })
+    }
+
+    /// y [n] f32 = x [n] T.
+    ///
+    /// # Safety
+    /// `x` and `y` address n elements each on the lane's device.
+    unsafe fn widen(&self, lane: &Lane, x: u64, y: u64, n: usize) -> Result<()> {
+        let n32 = n as i32;
+        launch!(lane, &self.widen, n; x, y, n32);
+        Ok(())
+    }
+
+    /// y [n] T = x [n] f32.
+    ///
+    /// # Safety
+    /// As `widen`.
+    unsafe fn narrow(&self, lane: &Lane, x: u64, y: u64, n: usize) -> Result<()> {
+        let n32 = n as i32;
+        launch!(lane, &self.narrow, n; x, y, n32);
+        Ok(())
+    }
+}
+
+/// Device addresses of one layer-direction's parameters (0 for an absent bias).
+struct SlotWeights {
+    w_ih: MatRef,
+    w_hh: MatRef,
+    w_hr: Option<MatRef>,
+    b_ih: u64,
+    b_hh: u64,
+}
+
+fn slot_weights(
+    call_weights: &[super::DirectionWeights],
+    dims: &Dims,
+    dev: &CudaDevice,
+) -> Result<Vec<SlotWeights>> {
+    let stream = dev.stream();
+    let bias = |b: &Option<Tensor>| -> Result<u64> {
+        b.as_ref()
+            .map_or(Ok(0), |t| Ok(data_ptr(t.cuda_data()?, stream)))
+    };
+    call_weights
+        .iter()
+        .enumerate()
+        .map(|(slot, w)| {
+            Ok(SlotWeights {
+                w_ih: MatRef::of(
+                    w.w_ih.cuda_data()?,
+                    dims.layer_input(slot / dims.dirs),
+                    stream,
+                ),
+                w_hh: MatRef::of(w.w_hh.cuda_data()?, dims.out_size, stream),
+                w_hr: match &w.w_hr {
+                    Some(t) => Some(MatRef::of(t.cuda_data()?, dims.hidden, stream)),
+                    None => None,
+                },
+                b_ih: bias(&w.b_ih)?,
+                b_hh: bias(&w.b_hh)?,
+            })
+        })
+        .collect()
+}
+
+/// A fresh device buffer of `len` elements of `dtype`, and its address.
+fn buffer(dev: &CudaDevice, dtype: DType, len: usize) -> Result<(CudaData, u64)> {
+    let data = dev.alloc_output_data(dtype, len)?;
+    let ptr = data_ptr(&data, dev.stream());
+    Ok((data, ptr))
+}
+
+/// A copy of a caller's tensor, taken in stream order: the caller may free theirs, on any
+/// stream, as soon as the call returns.
+fn copy_in(dev: &CudaDevice, t: &Tensor) -> Result<(CudaData, u64)> {
+    let (data, ptr) = buffer(dev, t.dtype(), t.numel())?;
+    let bytes = t.numel() * t.dtype().size_in_bytes();
+    // SAFETY: `ptr` was just allocated with the tensor's size and dtype.
+    reading(t.cuda_data()?, dev.stream(), |src| unsafe {
+        dev.copy_async(ptr, src, bytes)
+    })?;
+    Ok((data, ptr))
+}
+
+/// A result buffer after its last write was enqueued, as a tensor: readers on other streams
+/// wait for that write.
+fn finished(dev: &CudaDevice, mut data: CudaData, shape: &[usize]) -> Result<Tensor> {
+    writing(&mut data, dev.stream(), |_| ());
+    Tensor::from_cuda_data(data, shape)
+}
+
+/// The device's lengths of a call, one i32 per row.
+fn upload_lengths(dev: &CudaDevice, lengths: &[usize]) -> Result<CudaSlice<i32>> {
+    let host: Vec<i32> = lengths.iter().map(|&l| l as i32).collect();
+    dev.upload(&host)
+}
+
+/// The training-mode forward on CUDA: the same outputs as `forward`, and the reserve.
+pub(super) fn forward_train(dev: &CudaDevice, call: &Call<'_>) -> Result<(Outputs, Saved)> {
+    let _queue = dev.lock_queue();
+    let (cell, dims) = (call.cell, call.dims);
+    let dtype = call.input.dtype();
+    let stream = dev.stream();
+    let lane = &dev.lanes()[0];
+    let kernels = Kernels::new(dev, dtype)?;
+    let step_fn = dev.function("recurrent_train", "recurrent_train_step", dtype)?;
+    let store_fn = dev.function("elementwise", "store_masked", dtype)?;
+    let layout = Layout::new(cell, &dims);
+    // Zeros: rows a short sequence never reaches enter the weight-gradient GEMMs (times zero).
+    let reserve = stream.alloc_zeros::<f32>(layout.len.max(1))?;
+    let saved = Saved {
+        buf: reserve,
+        layout,
+        dtype,
+    };
+    let weights = slot_weights(call.weights, &dims, dev)?;
+    let lengths = upload_lengths(dev, call.lengths)?;
+    let lengths_ptr = dev_ptr(&lengths, stream);
+    let Dims {
+        batch,
+        hidden,
+        out_size,
+        dirs,
+        layers,
+        seq_len,
+        ..
+    } = dims;
+    let (rows, gw, esize) = (dims.rows(), dims.gate_width(), dtype.size_in_bytes() as u64);
+    let (st, sb) = dims.strides();
+    let states = layers * dirs * batch;
+    let zeros = |len: usize| -> Result<(CudaData, u64)> {
+        let data =
+            crate::with_dtype!(dtype, T => T::wrap_cuda(stream.alloc_zeros::<T>(len.max(1))?));
+        let ptr = data_ptr(&data, stream);
+        Ok((data, ptr))
+    };
+    let x0 = copy_in(dev, call.input)?;
+    let h0 = match call.h0 {
+        Some(t) => copy_in(dev, t)?,
+        None => zeros(states * out_size)?,
+    };
+    let c0 = match (cell, call.c0) {
+        (Cell::Lstm, Some(t)) => Some(copy_in(dev, t)?),
+        (Cell::Lstm, None) => Some(zeros(states * hidden)?),
+        _ => None,
+    };
+    let c0_ptr = c0.as_ref().map_or(0, |c| c.1);
+    let mut outs = Vec::new();
+    for _ in 0..layers.min(2) {
+        outs.push(buffer(dev, dtype, rows * dirs * out_size)?);
+    }
+    let (h_n, h_n_ptr) = buffer(dev, dtype, states * out_size)?;
+    let c_n = match cell {
+        Cell::Lstm => Some(buffer(dev, dtype, states * hidden)?),
+        _ => None,
+    };
+    let xw = stream.alloc_zeros::<f32>(rows * gw)?;
+    let hh = stream.alloc_zeros::<f32>(batch * gw.max(out_size))?;
+    let ping_h_bufs = [
+        buffer(dev, dtype, batch * out_size)?,
+        buffer(dev, dtype, batch * out_size)?,
+    ];
+    let ping_h = [ping_h_bufs[0].1, ping_h_bufs[1].1];
+    let ping_c_bufs = [
+        buffer(dev, dtype, batch * hidden)?,
+        buffer(dev, dtype, batch * hidden)?,
+    ];
+    let ping_c = [ping_c_bufs[0].1, ping_c_bufs[1].1];
+    let proj = match dims.projected() {
+        true => Some(buffer(dev, dtype, batch * hidden)?),
+        false => None,
+    };
+    let proj_ptr = proj.as_ref().map_or(0, |p| p.1);
+    let (xw_ptr, hh_ptr) = (dev_ptr(&xw, stream), dev_ptr(&hh, stream));
+    let (cell32, act32) = (cell_code(cell), act_code(cell));
+    let (b32, h32, o32) = (batch as i32, hidden as i32, out_size as i32);
+    let (st32, sb32, ld32) = (st as i32, sb as i32, (dirs * out_size) as i32);
+    if let Some(c0_at) = saved.layout.c0 {
+        // SAFETY: c0 and the reserve's c0 part hold L·D·B·H elements.
+        unsafe { kernels.widen(lane, c0_ptr, saved.at(c0_at, stream), states * hidden)? };
+    }
+    for layer in 0..layers {
+        let input = dims.layer_input(layer);
+        let x = match layer {
+            0 => x0.1,
+            l => outs[(l - 1) % 2].1,
+        };
+        let out = outs[layer % 2].1;
+        // SAFETY (this loop): every address is a live buffer allocated above (or a caller
+        // tensor checked against `dims`), each sized for the shapes passed with it.
+        unsafe {
+            kernels.widen(
+                lane,
+                x,
+                saved.at(saved.layout.inputs[layer], stream),
+                rows * input,
+            )?;
+            for dir in 0..dirs {
+                let slot = layer * dirs + dir;
+                let w = &weights[slot];
+                let sl = saved.layout.slots[slot];
+                let (act, hprev) = (saved.at(sl.act, stream), saved.at(sl.hprev, stream));
+                let aux = sl.aux.map_or(0, |o| saved.at(o, stream));
+                let m = sl.m.map_or(0, |o| saved.at(o, stream));
+                let x_mat = MatRef {
+                    ptr: x,
+                    ld: input,
+                    dtype,
+                };
+                lane.gemm_abt(rows, gw, input, x_mat, w.w_ih, xw_ptr, gw, 0.0)?;
+                let out_dir = out + esize * (dir * out_size) as u64;
+                let h_first = h0.1 + esize * (slot * batch * out_size) as u64;
+                let c_first = match c0_ptr {
+                    0 => 0,
+                    p => p + esize * (slot * batch * hidden) as u64,
+                };
+                let reverse = dir as i32;
+                for s in 0..seq_len {
+                    let (h_prev, c_prev) = match s {
+                        0 => (h_first, c_first),
+                        _ => (ping_h[(s + 1) % 2], ping_c[(s + 1) % 2]),
+                    };
+                    let (h_next, c_next) = (ping_h[s % 2], ping_c[s % 2]);
+                    let h_mat = MatRef {
+                        ptr: h_prev,
+                        ld: out_size,
+                        dtype,
+                    };
+                    lane.gemm_abt(batch, gw, out_size, h_mat, w.w_hh, hh_ptr, gw, 0.0)?;
+                    let s32 = s as i32;
+                    launch!(lane, &step_fn, batch * hidden; cell32, act32, xw_ptr, hh_ptr,
+                        w.b_ih, w.b_hh, c_prev, c_next, h_prev, h_next, out_dir, proj_ptr, act,
+                        aux, hprev, m, lengths_ptr, b32, h32, o32, st32, sb32, ld32, s32,
+                        reverse);
+                    if let Some(w_hr) = w.w_hr {
+                        let p_mat = MatRef {
+                            ptr: proj_ptr,
+                            ld: hidden,
+                            dtype,
+                        };
+                        lane.gemm_abt(batch, out_size, hidden, p_mat, w_hr, hh_ptr, out_size, 0.0)?;
+                        launch!(lane, &store_fn, batch * out_size; hh_ptr, o32, h_prev, h_next,
+                            out_dir, lengths_ptr, b32, o32, st32, sb32, ld32, s32, reverse);
+                    }
+                }
+                let last = (seq_len - 1) % 2;
+                let h_slot = h_n_ptr + esize * (slot * batch * out_size) as u64;
+                dev.copy_async(h_slot, ping_h[last], batch * out_size * esize as usize)?;
+                if let Some((_, c_n_ptr)) = &c_n {
+                    let c_slot = c_n_ptr + esize * (slot * batch * hidden) as u64;
+                    dev.copy_async(c_slot, ping_c[last], batch * hidden * esize as usize)?;
+                }
+            }
+        }
+    }
+    // The buffers the enqueued work reads are freed in stream order after it.
+    drop((x0, h0, c0, proj, ping_c_bufs, ping_h_bufs, xw, hh, lengths));
+    let output = outs.swap_remove((layers - 1) % 2).0;
+    let outputs = Outputs {
+        output: finished(dev, output, &dims.output_shape())?,
+        h_n: finished(dev, h_n, &dims.state_shape())?,
+        c_n: c_n
+            .map(|(d, _)| finished(dev, d, &dims.cell_shape()))
+            .transpose()?,
+    };
+    Ok((outputs, saved))
+}
