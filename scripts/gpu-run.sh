@@ -67,12 +67,12 @@ if want memcheck; then
 fi
 if want persistent-variants; then
     test=fused_naive_and_persistent_match_cpu_for_every_cell_and_dtype
-    variants=${PERSISTENT_VARIANTS:-tagged counter,fma tagged,fma}
+    variants=${PERSISTENT_VARIANTS:-fma}
     for v in $variants; do
         step "persistent tests [$v]" "$out/tests.log" 150 env FUSED_RNN_TEST_ALGOS=persistent \
             FUSED_RNN_PERSISTENT=$v "$bundle/test-recurrent_cuda" --test-threads=1 "$test"
     done
-    for v in $variants; do
+    for v in mma $variants; do
         step "racecheck persistent [$v] H<=33" "$out/sanitizer.log" 150 env \
             FUSED_RNN_TEST_ALGOS=persistent FUSED_RNN_TEST_MAX_HIDDEN=33 FUSED_RNN_PERSISTENT=$v \
             compute-sanitizer --tool racecheck --error-exitcode 1 "$bundle/test-recurrent_cuda" \

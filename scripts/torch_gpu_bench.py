@@ -46,6 +46,7 @@ def time_forward(op: str, hidden: int, batch: int, dtype: torch.dtype,
     """Mean microseconds per forward of a 1-layer module of the given op."""
     torch.manual_seed(0)
     module = OPS[op][1](hidden, hidden).cuda().to(dtype).eval()
+    module.flatten_parameters()  # one contiguous weight buffer, as cuDNN wants
     x = torch.randn(seq_len, batch, hidden, device="cuda", dtype=dtype)
     with torch.no_grad():
         for _ in range(WARMUP):
@@ -68,6 +69,7 @@ def time_train(op: str, hidden: int, batch: int, dtype: torch.dtype, seq_len: in
     """Mean microseconds per forward + backward (input and weight gradients)."""
     torch.manual_seed(0)
     module = OPS[op][1](hidden, hidden).cuda().to(dtype).train()
+    module.flatten_parameters()  # one contiguous weight buffer, as cuDNN wants
     x = torch.randn(seq_len, batch, hidden, device="cuda", dtype=dtype, requires_grad=True)
     g = torch.randn(seq_len, batch, hidden, device="cuda", dtype=dtype)
 

@@ -6,7 +6,8 @@
 //! | `nn::Lstm` (with or without projection) | yes | yes | yes |
 //! | `nn::Gru` | yes | yes | yes |
 //! | `nn::Attention` (additive, general, dot) | yes | yes | yes |
-//! | training: `forward_train` / `backward` of every module, `nn::Linear`, `nn::Embedding` | yes | not yet | not yet |
+//! | training: `forward_train` / `backward` of every module | yes | yes | yes |
+//! | training: `nn::Linear`, `nn::Embedding` | yes | — | — |
 //! | training: `train` (cross-entropy, clipping, Adam/AdamW) | yes | yes | — |
 //!
 //! Every module takes layers, bidirectional, batch_first, bias, initial states and variable

@@ -67,30 +67,21 @@ fn every_entry_point_is_stamped_for_every_dtype() {
 
 #[test]
 fn every_persistent_specialisation_the_tests_use_compiles_without_spills() {
-    use fused_rnn::ops::recurrent::persistent::{Barrier, Spec, Variant};
+    use fused_rnn::ops::recurrent::persistent::Spec;
     if !common::nvrtc_or_skip(
         "every_persistent_specialisation_the_tests_use_compiles_without_spills",
     ) {
         return;
     }
     for &(cell, hidden, batch) in common::PERSISTENT_SHAPES {
-        // Each dtype's default, and every variant `FUSED_RNN_PERSISTENT` can pick in bf16.
-        let defaults = fused_rnn::DType::ALL.map(|dtype| (dtype, Variant::default_for(dtype)));
-        let others = [
-            (Barrier::Counter, false),
-            (Barrier::Tagged, false),
-            (Barrier::Tagged, true),
-        ]
-        .map(|(barrier, tensor_cores)| {
-            let variant = Variant {
-                barrier,
-                tensor_cores,
-            };
-            (fused_rnn::DType::BF16, variant)
-        });
-        for (dtype, variant) in defaults.into_iter().chain(others) {
+        // Each dtype's default, and CUDA-core FMAs in bf16 (FUSED_RNN_PERSISTENT=fma).
+        let variants = fused_rnn::DType::ALL
+            .map(|dtype| (dtype, dtype != fused_rnn::DType::F32))
+            .into_iter()
+            .chain([(fused_rnn::DType::BF16, false)]);
+        for (dtype, tensor_cores) in variants {
             let mut spec = Spec::new(cell, hidden, batch, dtype, common::H100_SMS);
-            spec.variant = variant;
+            spec.tensor_cores = tensor_cores;
             let name = spec.name();
             let cubin = nvrtc::compile(&spec.source(), &format!("{name}.cu"), "sm_90")
                 .unwrap_or_else(|e| panic!("{e}"));

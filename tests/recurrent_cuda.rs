@@ -451,7 +451,15 @@ fn check_training(device: &Device, c: &Case, seed: u64) {
     let inputs = inputs(c, seed + 10, c.h0, c.lengths());
     // Half the cases leave out h_n's and c_n's gradients (zeros).
     let upstream = upstream(c, seed + 20, seed.is_multiple_of(2));
-    for dtype in DType::ALL {
+    // A ReLU's derivative jumps at 0. Where a pre-activation lies within a 16-bit type's
+    // rounding of 0, the GPU (which rounds every state it stores) and the CPU reference (which
+    // does not) take different sides, and a whole term of a weight gradient differs (seen in
+    // bf16 on an H100). ReLU layers are compared in f32.
+    let dtypes: &[DType] = match c.kind {
+        Kind::Rnn(Nonlinearity::Relu) => &[DType::F32],
+        _ => &DType::ALL,
+    };
+    for &dtype in dtypes {
         let on_gpu = |t: &Tensor| t.to(device, dtype).unwrap();
         let on_cpu = |t: &Tensor| t.to(&cpu, DType::F32).unwrap();
         let (x, h0, c0, lengths) = &inputs;

@@ -3,9 +3,8 @@
 //
 // Specialised at run time (NVRTC; the host prepends the defines): CELL (CELL_RNN | CELL_LSTM |
 // CELL_GRU), ACT (the RNN's activation code), HIDDEN, BATCH, UNITS (hidden units per block),
-// STORAGE (float | f16 | bf16), TENSOR_CORES (0 | 1; 1 needs a 16-bit STORAGE, named by
-// MMA_TYPE f16 | bf16) and BARRIER (BARRIER_COUNTER | BARRIER_TAGGED). Not compiled at build
-// time: it needs those defines.
+// STORAGE (float | f16 | bf16) and TENSOR_CORES (0 | 1; 1 needs a 16-bit STORAGE, named by
+// MMA_TYPE f16 | bf16). Not compiled at build time: it needs those defines.
 //
 // Block k owns hidden units [k·UNITS, (k+1)·UNITS) with all their gate rows (G per unit), so the
 // cell update stays in the block and only h crosses blocks. Per step it
@@ -15,16 +14,10 @@
 //      the K range split across warps and the partial sums added in shared memory; otherwise
 //      CUDA-core FMAs, one warp per ROW_BLOCK rows with lanes across H,
 //   4. applies the same pointwise update as the stepwise kernels (gates, cell, length mask,
-//      output) and publishes its units of h_t in `hbuf` [2, B, H],
-//   5. meets the other blocks, in one of two ways:
-//      BARRIER_COUNTER  a grid barrier: one counter every block adds 1 to per step (a release
-//                       add, acquire polls); hbuf holds f32;
-//      BARRIER_TAGGED   no barrier: each hbuf element is one 64-bit word, the f32 value and the
-//                       step that wrote it (the flag next to the data), stored and loaded as
-//                       single-copy-atomic relaxed words; step 2 polls each word until its tag
-//                       is the previous step. Two halves suffice: a block writes h_t over
-//                       h_{t-2} only after reading every h_{t-1}, which each block published
-//                       after it had read h_{t-2}. hbuf is zeroed before the launch.
+//      output) and publishes its units of h_t in `hbuf` [2, B, H] f32,
+//   5. meets the other blocks at a grid barrier: a counter every block adds 1 to per step.
+//      (Measured on an H100 against a flag per block and against flags next to the data, each
+//      h element tagged with its step and polled: the counter was fastest; BENCHMARKS.md.)
 // The launch is cooperative, so all blocks are co-resident; a wait that never ends is still
 // bounded, and then sets `failed` instead of hanging.
 //
@@ -37,12 +30,9 @@
 #define CELL_LSTM 1
 #define CELL_GRU 2
 
-#define BARRIER_COUNTER 0
-#define BARRIER_TAGGED 1
-
 #if !defined(CELL) || !defined(ACT) || !defined(HIDDEN) || !defined(BATCH) || !defined(UNITS) || \
-    !defined(STORAGE) || !defined(TENSOR_CORES) || !defined(BARRIER)
-#error "persistent/recurrent.cu needs CELL, ACT, HIDDEN, BATCH, UNITS, STORAGE, TENSOR_CORES, BARRIER"
+    !defined(STORAGE) || !defined(TENSOR_CORES)
+#error "persistent/recurrent.cu needs CELL, ACT, HIDDEN, BATCH, UNITS, STORAGE, TENSOR_CORES"
 #endif
 
 #define GATES (CELL == CELL_LSTM ? 4 : CELL == CELL_GRU ? 3 : 1)
@@ -72,13 +62,6 @@ static_assert(ROW_BLOCK * BATCH_CHUNK <= 32, "too many accumulators per lane");
 static_assert(HIDDEN >= 1 && BATCH >= 1 && BATCH <= 64, "BATCH must be in 1..=64");
 static_assert(UNITS >= 1 && UNITS <= HIDDEN, "UNITS must be in 1..=HIDDEN");
 static_assert(CELL == CELL_RNN || CELL == CELL_LSTM || CELL == CELL_GRU, "unknown CELL");
-static_assert(BARRIER == BARRIER_COUNTER || BARRIER == BARRIER_TAGGED, "unknown BARRIER");
-
-#if BARRIER == BARRIER_TAGGED
-typedef unsigned long long HWord;
-#else
-typedef float HWord;
-#endif
 
 typedef STORAGE T;
 
@@ -149,68 +132,22 @@ __device__ bool grid_barrier(unsigned* counter, unsigned step, int* failed, int*
     return !*gave_up;
 }
 
-__device__ __forceinline__ unsigned long long load_relaxed(const unsigned long long* p) {
-    unsigned long long v;
-    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-    return v;
-}
-
-__device__ __forceinline__ void store_relaxed(unsigned long long* p, unsigned long long v) {
-    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" : : "l"(p), "l"(v) : "memory");
-}
-
-// The value of tagged word `w` (read from p) once its tag is `tag`, polling p until it is; 0
-// and *gave_up set when the wait gave up.
-__device__ __forceinline__ float settle(const unsigned long long* p, unsigned long long w,
-                                        unsigned tag, int* gave_up) {
-    unsigned spins = 0;
-    while ((unsigned)(w >> 32) != tag) {
-        if (++spins > SPIN_LIMIT) {
-            atomicExch(gave_up, 1);
-            return 0.f;
-        }
-        if (spins > 4096) asm volatile("nanosleep.u32 64;");
-        w = load_relaxed(p);
-    }
-    return __uint_as_float((unsigned)w);
-}
-
 // Element i of h_{t-1} [B, H]: h0 at the first step, else the previous step's hbuf half (read
 // from L2: other blocks wrote it).
-__device__ __forceinline__ float h_prev_at(const HWord* prev, const T* h0, int s, int i,
-                                           int* gave_up) {
-    if (s == 0) return h0 ? to_float(h0[i]) : 0.f;
-#if BARRIER == BARRIER_TAGGED
-    return settle(prev + i, load_relaxed(prev + i), (unsigned)s, gave_up);
-#else
-    return load_l2(prev + i);
-#endif
+__device__ __forceinline__ float h_prev_at(const float* prev, const T* h0, int s, int i) {
+    return s == 0 ? (h0 ? to_float(h0[i]) : 0.f) : load_l2(prev + i);
 }
 
 // All of h_{t-1} into shared memory. Loads go out in groups of STAGE_GROUP before any is used,
 // so that their L2 round trips overlap (each is a volatile asm: the compiler keeps the order).
 #define STAGE_GROUP 16
-__device__ __forceinline__ void stage_h(void* sh, const HWord* prev, const T* h0, int s,
-                                        int* gave_up) {
+__device__ __forceinline__ void stage_h(void* sh, const float* prev, const T* h0, int s) {
     for (int base = threadIdx.x; base < BATCH * HIDDEN; base += THREADS * STAGE_GROUP) {
         float v[STAGE_GROUP];
-#if BARRIER == BARRIER_TAGGED
-        if (s > 0) {
-            unsigned long long w[STAGE_GROUP];
-#pragma unroll
-            for (int g = 0; g < STAGE_GROUP; ++g) {
-                int i = base + g * THREADS;
-                w[g] = i < BATCH * HIDDEN ? load_relaxed(prev + i) : (unsigned long long)s << 32;
-            }
-#pragma unroll
-            for (int g = 0; g < STAGE_GROUP; ++g)
-                v[g] = settle(prev + base + g * THREADS, w[g], (unsigned)s, gave_up);
-        } else
-#endif
 #pragma unroll
         for (int g = 0; g < STAGE_GROUP; ++g) {
             int i = base + g * THREADS;
-            v[g] = i < BATCH * HIDDEN ? h_prev_at(prev, h0, s, i, gave_up) : 0.f;
+            v[g] = i < BATCH * HIDDEN ? h_prev_at(prev, h0, s, i) : 0.f;
         }
 #pragma unroll
         for (int g = 0; g < STAGE_GROUP; ++g) {
@@ -333,8 +270,8 @@ __device__ __forceinline__ void rows_times_h(const T* sw, const float* sh, float
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
     persistent_forward(const float* xw, const T* w_hh, const T* b_ih, const T* b_hh,
-                       const T* h0, const T* c0, T* out, T* h_n, T* c_n, HWord* hbuf,
-                       unsigned* barrier, int* failed, const int* lengths, int seq_len, int st,
+                       const T* h0, const T* c0, T* out, T* h_n, T* c_n, float* hbuf,
+                       unsigned* counter, int* failed, const int* lengths, int seq_len, int st,
                        int sb, int out_ld, int reverse) {
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int gave_up;
@@ -367,7 +304,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     __syncthreads();
 
     for (int s = 0; s < seq_len; ++s) {
-        const HWord* prev = hbuf + (long)((s + 1) & 1) * BATCH * HIDDEN;
+        const float* prev = hbuf + (long)((s + 1) & 1) * BATCH * HIDDEN;
         // 1. The input side, x·W_ih + b_ih (+ b_hh but for the GRU's n gate), and the units'
         //    own h_{t-1}, fetched first so that their latency hides behind 2 and 3.
         for (int i = tid; i < BATCH * ROWS; i += THREADS) {
@@ -381,15 +318,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         }
         for (int i = tid; i < BATCH * UNITS; i += THREADS) {
             int b = i / UNITS, u = i - b * UNITS;
-            if (u < units) sp[i] = h_prev_at(prev, h0, s, b * HIDDEN + u0 + u, &gave_up);
+            if (u < units) sp[i] = h_prev_at(prev, h0, s, b * HIDDEN + u0 + u);
         }
         // 2.
-        stage_h(sh, prev, h0, s, &gave_up);
+        stage_h(sh, prev, h0, s);
         __syncthreads();
-        if (gave_up) {
-            if (tid == 0) atomicExch(failed, 1);
-            return;
-        }
         // 3.
 #if TENSOR_CORES
         rows_times_h(sw, (const T*)sh, part, sg);
@@ -399,7 +332,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         __syncthreads();
 
         // 4. The pointwise update of the block's units, as the stepwise kernels do it.
-        HWord* next = hbuf + (long)(s & 1) * BATCH * HIDDEN;
+        float* next = hbuf + (long)(s & 1) * BATCH * HIDDEN;
         for (int i = tid; i < BATCH * UNITS; i += THREADS) {
             int b = i / UNITS, u = i - b * UNITS;
             if (u >= units) continue;
@@ -429,22 +362,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                 // pad_packed_sequence: an ended row's outputs are 0 and its state carries.
                 out[((long)s * st + (long)b * sb) * out_ld + j] = from_float<T>(0.f);
             }
-#if BARRIER == BARRIER_TAGGED
-            store_relaxed(next + b * HIDDEN + j,
-                          (unsigned long long)(s + 1) << 32 | __float_as_uint(h));
-#else
             next[b * HIDDEN + j] = h;
-#endif
             if (s + 1 == seq_len) {
                 h_n[b * HIDDEN + j] = from_float<T>(h);
                 if (CELL == CELL_LSTM) c_n[b * HIDDEN + j] = from_float<T>(sc[i]);
             }
         }
         // 5.
-#if BARRIER == BARRIER_TAGGED
-        __syncthreads();  // before the next step overwrites sx, sp and sg
-#else
-        if (s + 1 < seq_len && !grid_barrier(barrier, (unsigned)s, failed, &gave_up)) return;
-#endif
+        if (s + 1 < seq_len && !grid_barrier(counter, (unsigned)s, failed, &gave_up)) return;
     }
 }

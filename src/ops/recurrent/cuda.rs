@@ -122,8 +122,7 @@ struct SlotAddresses {
 /// One lane's scratch: xw [rows, G·H] f32, hh [B, G·H] f32 (also the projection's f32 output),
 /// ping-pong states h [B, O] and c [B, H], the LSTM's pre-projection h [B, H], the naive
 /// chain's f32 temporaries tmp [B, G·H], tmp2 and tmp3 [B, H], and the persistent kernel's
-/// h exchange hbuf [2, B, H] (f32 or 64-bit tagged words) and its sync words [failed,
-/// counter]. 0 where unused.
+/// h exchange hbuf [2, B, H] f32 and its sync words [failed, counter]. 0 where unused.
 struct LaneAddresses {
     hbuf: u64,
     sync: u64,
@@ -299,9 +298,8 @@ impl Plan {
         let lane = |a: &mut Arena<'_>| -> Result<LaneAddresses> {
             let state = batch * hidden;
             Ok(LaneAddresses {
-                // Room for 64-bit tagged words.
                 hbuf: if persistent {
-                    a.f32(4 * batch * hidden)?
+                    a.f32(2 * batch * hidden)?
                 } else {
                     0
                 },
@@ -562,19 +560,14 @@ impl Plan {
         p: &Persistent,
         seq_len: usize,
     ) -> Result<()> {
-        // The failure flag and the barrier counter start at 0 for every launch, and so do the
-        // tags of a tagged h exchange.
+        // The failure flag and the barrier counter start at 0 for every launch.
         dr::memset_d8_async(
             la.sync,
             0,
             4 * persistent::SYNC_WORDS,
             lane.stream.cu_stream(),
         )?;
-        if p.spec.tagged() {
-            let words = 2 * (s.batch * s.hidden) as usize;
-            dr::memset_d8_async(la.hbuf, 0, 8 * words, lane.stream.cu_stream())?;
-        }
-        let (failed, barrier) = (la.sync, la.sync + 4);
+        let (failed, counter) = (la.sync, la.sync + 4);
         let seq_len = seq_len as i32;
         let cfg = LaunchConfig {
             grid_dim: (p.spec.blocks() as u32, 1, 1),
@@ -594,7 +587,7 @@ impl Plan {
             builder.arg(arg);
         }
         for arg in [
-            &s.h_next, &s.c_next, &la.hbuf, &barrier, &failed, &s.lengths,
+            &s.h_next, &s.c_next, &la.hbuf, &counter, &failed, &s.lengths,
         ] {
             builder.arg(arg);
         }

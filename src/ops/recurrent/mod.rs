@@ -122,7 +122,7 @@ impl Cell {
 /// Which CUDA implementation runs the sequence loop. The CPU has one implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Algo {
-    /// `Persistent` at the small batches where it was measured faster (up to 4 in f32, 1 in
+    /// `Persistent` at the small batches where it was measured faster (up to 16 in f32, 4 in
     /// f16/bf16) and the shape can run it on this device, else `Fused`; the layer says which it
     /// picked and why (`dispatch_notes`).
     #[default]

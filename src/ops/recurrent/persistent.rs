@@ -16,67 +16,31 @@ pub(crate) const THREADS: u32 = 256;
 /// Sync words per lane: the failure flag and the barrier's counter.
 pub(crate) const SYNC_WORDS: usize = 2;
 
-/// How the blocks meet between steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Barrier {
-    /// One counter every block adds 1 to per step and polls.
-    Counter,
-    /// No barrier: each element of h is published with the step that wrote it (the flag next
-    /// to the data), and readers poll the elements themselves.
-    Tagged,
-}
-
-/// The kernel variants `FUSED_RNN_PERSISTENT` may pick, for comparing them on a GPU: a
-/// comma-separated list of `counter` or `tagged` (how blocks meet) and `mma` or `fma` (W_hh·h on
-/// tensor cores, for 16-bit storage, or on CUDA cores).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Variant {
-    pub barrier: Barrier,
-    pub tensor_cores: bool,
-}
-
-impl Variant {
-    /// The default for `dtype`: tensor cores for 16-bit storage, the counter barrier.
-    pub fn default_for(dtype: DType) -> Self {
-        Variant {
-            barrier: Barrier::Counter,
-            tensor_cores: dtype != DType::F32,
+/// Whether W_hh·h runs on tensor cores in `dtype`: mma.sync (f32 accumulate) for 16-bit
+/// storage, unless `FUSED_RNN_PERSISTENT=fma` asks for CUDA-core FMAs (for comparing them).
+fn tensor_cores_for(dtype: DType) -> Result<bool> {
+    let wanted = match std::env::var("FUSED_RNN_PERSISTENT").as_deref() {
+        Err(_) | Ok("mma") => true,
+        Ok("fma") => false,
+        Ok(other) => {
+            return Err(Error::Config(format!(
+                "FUSED_RNN_PERSISTENT: unknown variant `{other}` (expected mma or fma)"
+            )))
         }
-    }
-
-    /// The default for `dtype` as `FUSED_RNN_PERSISTENT` overrides it.
-    fn from_env(dtype: DType) -> Result<Self> {
-        let mut v = Variant::default_for(dtype);
-        let Ok(list) = std::env::var("FUSED_RNN_PERSISTENT") else {
-            return Ok(v);
-        };
-        for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-            match word {
-                "counter" => v.barrier = Barrier::Counter,
-                "tagged" => v.barrier = Barrier::Tagged,
-                "mma" => v.tensor_cores = dtype != DType::F32,
-                "fma" => v.tensor_cores = false,
-                _ => {
-                    return Err(Error::Config(format!(
-                        "FUSED_RNN_PERSISTENT: unknown variant `{word}` (expected counter, \
-                         tagged, mma or fma)"
-                    )))
-                }
-            }
-        }
-        Ok(v)
-    }
+    };
+    Ok(wanted && dtype != DType::F32)
 }
+
 /// The kernel's largest batch (its accumulators are per batch row).
 pub(crate) const MAX_BATCH: usize = 64;
-/// The largest batch `Algo::Auto` runs persistently in `dtype`. The kernel's W_hh·h runs on
-/// CUDA cores from shared memory; on an H100 (BENCHMARKS.md) it beat the stepwise path (a
-/// cuBLAS GEMM per step, on tensor cores for 16-bit storage) at batch 1 in every dtype and up
-/// to batch 4 in f32, and lost beyond, so Auto keeps it for those latency-bound shapes.
+/// The largest batch `Algo::Auto` runs persistently in `dtype`. On an H100 (BENCHMARKS.md, two
+/// runs) the persistent kernel beat the stepwise path (a cuBLAS GEMM per step, on tensor cores
+/// for 16-bit storage) at every measured batch up to 16 in f32, and up to 4 in bf16, where its
+/// tensor-core W_hh·h lost to cuBLAS at batch 8 and 16.
 pub(crate) fn auto_max_batch(dtype: DType) -> usize {
     match dtype {
-        DType::F32 => 4,
-        DType::F16 | DType::BF16 => 1,
+        DType::F32 => 16,
+        DType::F16 | DType::BF16 => 4,
     }
 }
 
@@ -89,7 +53,8 @@ pub struct Spec {
     /// Hidden units per block.
     pub units: usize,
     pub dtype: DType,
-    pub variant: Variant,
+    /// W_hh·h on tensor cores (16-bit storage only).
+    pub tensor_cores: bool,
 }
 
 impl Spec {
@@ -108,22 +73,16 @@ impl Spec {
             batch,
             units: hidden.div_ceil(multiprocessors.max(1)),
             dtype,
-            variant: Variant::default_for(dtype),
+            tensor_cores: dtype != DType::F32,
         }
-    }
-
-    /// Whether hbuf (2·B·H words, f32 or tagged 64-bit) must be zeroed before each launch.
-    pub fn tagged(&self) -> bool {
-        self.variant.barrier == Barrier::Tagged
     }
 
     pub fn blocks(&self) -> usize {
         self.hidden.div_ceil(self.units)
     }
 
-    /// Whether W_hh·h runs on tensor cores (mma.sync, f32 accumulate).
-    pub fn tensor_cores(&self) -> bool {
-        self.variant.tensor_cores && self.dtype != DType::F32
+    fn mma(&self) -> bool {
+        self.tensor_cores && self.dtype != DType::F32
     }
 
     /// Dynamic shared memory per block, as the kernel lays it out: W_hh's slice and h (padded
@@ -133,7 +92,7 @@ impl Spec {
     pub fn shared_bytes(&self) -> usize {
         let align = |x: usize| x.div_ceil(16) * 16;
         let rows = self.cell.gates() * self.units;
-        let (weights, h, part) = if self.tensor_cores() {
+        let (weights, h, part) = if self.mma() {
             let (rows_pad, batch_pad) = (rows.div_ceil(16) * 16, self.batch.div_ceil(8) * 8);
             let ld = self.hidden.div_ceil(16) * 16 + 8;
             (
@@ -155,17 +114,13 @@ impl Spec {
     /// A name for logs and the disk cache.
     pub fn name(&self) -> String {
         format!(
-            "persistent_{}_H{}_B{}_U{}_{}_{}_{}",
+            "persistent_{}_H{}_B{}_U{}_{}_{}",
             self.cell.name().to_lowercase(),
             self.hidden,
             self.batch,
             self.units,
             self.dtype.name(),
-            if self.tensor_cores() { "mma" } else { "fma" },
-            match self.variant.barrier {
-                Barrier::Counter => "counter",
-                Barrier::Tagged => "tagged",
-            }
+            if self.mma() { "mma" } else { "fma" },
         )
     }
 
@@ -184,15 +139,11 @@ impl Spec {
         format!(
             "#define CELL {cell}\n#define ACT {act}\n#define HIDDEN {}\n#define BATCH {}\n\
              #define UNITS {}\n#define STORAGE {storage}\n#define TENSOR_CORES {}\n\
-             #define MMA_TYPE {storage}\n#define BARRIER {}\n{}",
+             #define MMA_TYPE {storage}\n{}",
             self.hidden,
             self.batch,
             self.units,
-            self.tensor_cores() as i32,
-            match self.variant.barrier {
-                Barrier::Counter => "BARRIER_COUNTER",
-                Barrier::Tagged => "BARRIER_TAGGED",
-            },
+            self.mma() as i32,
             SOURCE.replace("#include \"common.cuh\"", COMMON)
         )
     }
@@ -218,7 +169,7 @@ fn multiprocessors(dev: &CudaDevice) -> Result<usize> {
 /// The specialisation for the shape on this device, in the variant `FUSED_RNN_PERSISTENT` names.
 fn device_spec(dev: &CudaDevice, cell: Cell, dims: &Dims, dtype: DType) -> Result<Spec> {
     let mut spec = Spec::new(cell, dims.hidden, dims.batch, dtype, multiprocessors(dev)?);
-    spec.variant = Variant::from_env(dtype)?;
+    spec.tensor_cores = tensor_cores_for(dtype)?;
     Ok(spec)
 }
 
