@@ -157,3 +157,21 @@ fn backward_with_another_modules_reserve_is_an_error() {
         other => panic!("expected a Config error, got {:?}", other.map(|_| ())),
     }
 }
+
+#[test]
+fn reserve_bytes_is_known_before_the_call() {
+    use fused_rnn::nn::{Lstm, LstmConfig};
+    use fused_rnn::{DType, Device};
+    let mut config = LstmConfig::new(3, 5);
+    config.num_layers = 2;
+    config.bidirectional = true;
+    config.proj_size = 2;
+    let lstm = Lstm::random(config, &Device::Cpu, DType::F32, 1).unwrap();
+    let (t_len, b) = (4, 3);
+    let expected = lstm.reserve_bytes(t_len, b);
+    let x = t(common::random(t_len * b * 3, 1.0, 2), &[t_len, b, 3]);
+    let (_, reserve) = lstm.forward_train(&x, None, None).unwrap();
+    // The CPU keeps f64.
+    assert_eq!(8 * reserve.len(), expected);
+    assert!(expected > 0);
+}
