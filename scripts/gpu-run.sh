@@ -5,7 +5,8 @@
 #   tests     every test binary with FUSED_RNN_REQUIRE_GPU=1 (a skip fails)
 #   memcheck  compute-sanitizer memcheck on the CUDA tests
 #   bench     criterion fused vs naive, then PyTorch (cuDNN) at the same sizes
-#   torch     fresh PyTorch RNN, LSTM, GRU and attention cases through `fused-rnn run --device cuda`
+#   torch     fresh PyTorch RNN, LSTM, GRU and attention cases through `fused-rnn run --device cuda`,
+#             forward and (--grad) gradients against float64 autograd
 #   bench-attention-backward  attention backward fused vs naive, then PyTorch autograd
 #   bench-training  forward + backward on CUDA, fused vs naive, then PyTorch (cuDNN) training
 #   persistent-variants  the persistent tests under each FUSED_RNN_PERSISTENT variant of
@@ -88,6 +89,9 @@ if want torch; then
     step "fresh torch cases, cuda f32" "$out/torch.log" 150 \
         python3 scripts/check_against_torch.py --bin "$bundle/fused-rnn" --device cuda \
         --kinds rnn,lstm,gru,attention --count 8 --tol 1e-4
+    step "fresh torch gradients, cuda f32" "$out/torch.log" 150 \
+        python3 scripts/check_against_torch.py --bin "$bundle/fused-rnn" --device cuda \
+        --kinds rnn,lstm,gru,attention --count 6 --tol 1e-4 --grad
 fi
 if want bench-recurrent; then
     step "bench recurrent fused vs naive" "$out/bench.log" 200 "$bundle/bench-recurrent" --bench --noplot

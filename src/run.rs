@@ -272,10 +272,11 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
         Some(g) => {
             let (out, reserve) =
                 module.forward_train(&input, h0.as_ref(), c0.as_ref(), lengths.as_deref())?;
-            let optional = |name: &str| g.contains(name).then(|| g.float(name)).transpose();
+            let load = |name: &str| g.float(name)?.to(&device, dtype);
+            let optional = |name: &str| g.contains(name).then(|| load(name)).transpose();
             let grad = module.backward(
                 &reserve,
-                &g.float("grad_output")?,
+                &load("grad_output")?,
                 optional("grad_h_n")?.as_ref(),
                 optional("grad_c_n")?.as_ref(),
             )?;
@@ -384,22 +385,20 @@ fn load_grads(opts: &RunOptions, allowed: &[&str], module: &str) -> Result<Optio
     Ok(Some(g))
 }
 
-/// `open_device`, except that a run with `--grad` (training) uses the CPU.
+/// `open_device`, except that a run with `--grad` (training) uses the CPU, whose backward
+/// computes in f64, unless `--device cuda` asks for the GPU.
 fn training_device(opts: &RunOptions, training: bool) -> Result<(Device, String, DType)> {
-    if !training {
+    if !training || opts.device == DeviceChoice::Cuda {
         return open_device(opts);
     }
-    if opts.device == DeviceChoice::Cuda {
-        return Err(Error::Config(
-            "--grad runs on the CPU so far; use --device cpu or auto".into(),
-        ));
-    }
     if opts.dtype.is_some_and(|d| d != DType::F32) {
-        return Err(Error::Config("--grad computes in f32 on the CPU".into()));
+        return Err(Error::Config(
+            "--grad computes in f32 on the CPU; --dtype needs --device cuda".into(),
+        ));
     }
     Ok((
         Device::Cpu,
-        "using the CPU: --grad runs on the CPU so far".into(),
+        "using the CPU: --grad runs on the CPU unless --device cuda".into(),
         DType::F32,
     ))
 }

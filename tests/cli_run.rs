@@ -431,8 +431,18 @@ fn grad_writes_every_gradient_and_rejects_bad_gradient_files() {
         &bad,
         &["grad_output"],
     );
-    let cuda = bin()
-        .args(["run", "--device", "cuda", "--grad", grad_arg, "--weights"])
+    // A 16-bit dtype needs the GPU; the CPU's backward computes in f32 storage.
+    let half = bin()
+        .args([
+            "run",
+            "--device",
+            "cpu",
+            "--dtype",
+            "bf16",
+            "--grad",
+            grad_arg,
+            "--weights",
+        ])
         .arg(&w)
         .arg("--input")
         .arg(&x)
@@ -440,7 +450,7 @@ fn grad_writes_every_gradient_and_rejects_bad_gradient_files() {
         .arg(&bad)
         .output()
         .unwrap();
-    assert_fails(&cuda, &bad, &["--grad", "CPU"]);
+    assert_fails(&half, &bad, &["--grad", "--device cuda"]);
     let attention = common::fixtures("attention").join("additive_tq4_nobias_lens");
     assert_fails(
         &run(

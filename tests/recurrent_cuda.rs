@@ -444,8 +444,9 @@ fn upstream(c: &Case, seed: u64, with_state: bool) -> Vec<Tensor> {
 }
 
 /// Training on the GPU (fused and naive backward) against the CPU's, on the same rounded
-/// parameters, inputs and upstream gradients.
-fn check_training(device: &Device, c: &Case, seed: u64) {
+/// parameters, inputs and upstream gradients; the first mismatch of each dtype and algorithm.
+fn check_training(device: &Device, c: &Case, seed: u64) -> Vec<String> {
+    let mut failures = Vec::new();
     let cpu = Device::Cpu;
     let base = Layer::random(c, seed);
     let inputs = inputs(c, seed + 10, c.h0, c.lengths());
@@ -490,12 +491,14 @@ fn check_training(device: &Device, c: &Case, seed: u64) {
             let got = base.to(device, dtype, algo).train(&gpu_inputs, &gpu_up);
             let names: Vec<&String> = got.iter().map(|(n, _)| n).collect();
             assert_eq!(names, want.iter().map(|(n, _)| n).collect::<Vec<_>>());
-            for ((name, g), (_, w)) in got.iter().zip(&want) {
+            let first = got.iter().zip(&want).find_map(|((name, g), (_, w))| {
                 let what = format!("{c:?} {dtype} {} training: {name}", algo.name());
-                common::assert_close(&what, g, w, tol);
-            }
+                common::mismatch(&what, g, w, tol)
+            });
+            failures.extend(first);
         }
     }
+    failures
 }
 
 #[test]
@@ -505,12 +508,15 @@ fn fused_and_naive_training_match_cpu_for_every_cell_and_dtype() {
     else {
         return;
     };
+    // Every case runs, so that one GPU run reports every failing one.
+    let mut failures = Vec::new();
     for (k, row) in ROWS.iter().enumerate() {
         let c = case(row);
         if c.h <= max_hidden() {
-            check_training(&device, &c, 500 + k as u64);
+            failures.extend(check_training(&device, &c, 500 + k as u64));
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

@@ -91,16 +91,32 @@ pub fn tolerance(dtype: DType) -> f32 {
 
 /// Checks |got − ref| ≤ tol·max|ref| + tol·|ref| element-wise; NaN anywhere fails.
 pub fn assert_close(what: &str, got: &[f32], reference: &[f32], tol: f32) {
-    assert_eq!(got.len(), reference.len(), "{what}: length differs");
-    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-    for (k, (g, r)) in got.iter().zip(reference).enumerate() {
-        let err = (g - r).abs();
-        // Written so that NaN in `got` fails too.
-        assert!(
-            err <= tol * scale + tol * r.abs(),
-            "{what}: element {k}: got {g}, expected {r} (|diff| {err:e}, scale {scale:e}, tol {tol:e})"
-        );
+    if let Some(failure) = mismatch(what, got, reference, tol) {
+        panic!("{failure}");
     }
+}
+
+/// `assert_close`'s check, returning the first failing element's description instead of
+/// panicking (for a test that reports every failing case at once).
+pub fn mismatch(what: &str, got: &[f32], reference: &[f32], tol: f32) -> Option<String> {
+    if got.len() != reference.len() {
+        return Some(format!("{what}: length differs"));
+    }
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    got.iter()
+        .zip(reference)
+        .enumerate()
+        .find_map(|(k, (g, r))| {
+            let err = (g - r).abs();
+            let within = err <= tol * scale + tol * r.abs();
+            // NaN in `got` makes `within` false, so it fails too.
+            (!within).then(|| {
+                format!(
+                    "{what}: element {k}: got {g}, expected {r} (|diff| {err:e}, scale {scale:e}, \
+                 tol {tol:e})"
+                )
+            })
+        })
 }
 
 /// Values uniform in [-scale, scale), seeded; never all zeros.
