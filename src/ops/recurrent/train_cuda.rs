@@ -386,3 +386,59 @@ pub(super) fn forward_train(dev: &CudaDevice, call: &Call<'_>) -> Result<(Output
     };
     Ok((outputs, saved))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::recurrent::Nonlinearity;
+
+    fn dims(hidden: usize, out_size: usize, layers: usize, dirs: usize) -> Dims {
+        Dims {
+            seq_len: 5,
+            batch: 3,
+            input_size: 7,
+            hidden,
+            out_size,
+            gates: 4,
+            layers,
+            dirs,
+            batch_first: false,
+        }
+    }
+
+    #[test]
+    fn the_reserve_parts_are_disjoint_and_fill_it() {
+        let cases = [
+            (Cell::Lstm, dims(6, 6, 2, 2)),
+            (Cell::Lstm, dims(6, 4, 3, 1)),
+            (Cell::Gru, dims(5, 5, 1, 2)),
+            (Cell::Rnn(Nonlinearity::Relu), dims(9, 9, 2, 1)),
+        ];
+        for (cell, mut d) in cases {
+            d.gates = cell.gates();
+            let l = Layout::new(cell, &d);
+            let rows = d.rows();
+            let mut parts: Vec<(usize, usize)> = (0..d.layers)
+                .map(|k| (l.inputs[k], rows * d.layer_input(k)))
+                .collect();
+            for s in &l.slots {
+                parts.push((s.act, rows * d.gate_width()));
+                parts.push((s.hprev, rows * d.out_size));
+                parts.extend(s.aux.map(|a| (a, rows * d.hidden)));
+                parts.extend(s.m.map(|m| (m, rows * d.hidden)));
+                assert_eq!(s.aux.is_some(), !matches!(cell, Cell::Rnn(_)));
+                assert_eq!(s.m.is_some(), d.projected());
+            }
+            parts.extend(l.c0.map(|c| (c, d.layers * d.dirs * d.batch * d.hidden)));
+            assert_eq!(l.c0.is_some(), cell == Cell::Lstm);
+            parts.sort();
+            let mut end = 0;
+            for (start, len) in parts {
+                assert_eq!(start, end, "{cell:?}: parts must follow each other");
+                end = start + len;
+            }
+            assert_eq!(end, l.len);
+            assert_eq!(Saved::len_for(cell, &d), l.len);
+        }
+    }
+}
