@@ -17,6 +17,55 @@ impl Scalar for f64 {
     const ONE: Self = 1.0;
 }
 
+/// One thread per 2^18 multiply-adds, up to the machine's and `max_threads`: small products
+/// lose to the threads' overhead.
+fn parallelism(m: usize, n: usize, k: usize, max_threads: usize) -> gemm::Parallelism {
+    let work = m.saturating_mul(n).saturating_mul(k) >> 18;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(work)
+        .min(max_threads);
+    match threads {
+        0 | 1 => gemm::Parallelism::None,
+        t => gemm::Parallelism::Rayon(t),
+    }
+}
+
+/// c[m, n] = a[k, m]ᵀ · b[k, n] (c overwritten), all row-major and dense: a gradient summed
+/// over the k rows, read in place instead of transposed first.
+pub(crate) fn gemm_atb<T: Scalar>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &mut [T]) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= k * m && b.len() >= k * n && c.len() >= m * n);
+    // SAFETY: the assert bounds every element the strides reach. Element (i, j) of c is at
+    // i·n + j, (i, l) of aᵀ at l·m + i, (l, j) of b at l·n + j. gemm computes
+    // dst = alpha·dst + beta·lhs·rhs; dst is not read (alpha unused).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            m as isize,
+            1,
+            b.as_ptr(),
+            1,
+            n as isize,
+            T::default(),
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism(m, n, k, usize::MAX),
+        );
+    }
+}
+
 /// c[m, n] = a[m, k] · bt[k, n] + beta · c, all row-major with leading dimensions lda, ldb, ldc,
 /// on at most `max_threads` threads.
 #[allow(clippy::too_many_arguments)]
@@ -38,17 +87,7 @@ pub(crate) fn gemm_ab<T: Scalar>(
     }
     assert!(k == 0 || (a.len() >= (m - 1) * lda + k && bt.len() >= (k - 1) * ldb + n));
     assert!(c.len() >= (m - 1) * ldc + n);
-    // One thread per 2^18 multiply-adds, up to the machine's: small products lose to the
-    // threads' overhead.
-    let work = m.saturating_mul(n).saturating_mul(k) >> 18;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |t| t.get())
-        .min(work)
-        .min(max_threads);
-    let parallelism = match threads {
-        0 | 1 => gemm::Parallelism::None,
-        t => gemm::Parallelism::Rayon(t),
-    };
+    let parallelism = parallelism(m, n, k, max_threads);
     // SAFETY: the asserts above bound every element the strides reach in a, bt and c.
     // Cᵀ [n, m] column-major is c; Bᵀ [n, k] column-major is bt; Aᵀ [k, m] column-major is a.
     // gemm computes dst = alpha·dst + beta·lhs·rhs: alpha is our beta, its beta is 1.
@@ -127,20 +166,7 @@ pub(crate) fn linear_backward<T: Scalar>(
         usize::MAX,
     );
     let mut dw = vec![T::default(); n * k];
-    let dy_t = transpose(dy, rows, n);
-    gemm_ab(
-        n,
-        k,
-        rows,
-        &dy_t,
-        rows,
-        x,
-        k,
-        &mut dw,
-        k,
-        T::default(),
-        usize::MAX,
-    );
+    gemm_atb(n, k, rows, dy, x, &mut dw);
     let mut db = vec![T::default(); n];
     for row in dy.chunks_exact(n) {
         db.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
@@ -188,5 +214,21 @@ mod tests {
             transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3),
             [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
         );
+    }
+
+    #[test]
+    fn gemm_atb_matches_the_definition() {
+        // Large enough for several threads and the crate's blocking.
+        let (m, n, k) = (37, 29, 3001);
+        let a: Vec<f64> = (0..k * m).map(|i| (i % 13) as f64 - 6.0).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i % 11) as f64 * 0.25 - 1.0).collect();
+        let mut c = vec![f64::NAN; m * n];
+        gemm_atb(m, n, k, &a, &b, &mut c);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k).map(|l| a[l * m + i] * b[l * n + j]).sum();
+                assert!((c[i * n + j] - want).abs() < 1e-9, "({i}, {j})");
+            }
+        }
     }
 }

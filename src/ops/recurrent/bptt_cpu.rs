@@ -9,7 +9,7 @@
 //! layer-direction over all time steps, not one per step.
 
 use super::{step_time, Activation, Cell, Dims};
-use crate::ops::gemm_cpu::{gemm_ab, transpose};
+use crate::ops::gemm_cpu::{gemm_ab, gemm_atb, transpose};
 
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
@@ -137,7 +137,7 @@ fn column_sums(x: &[f64], n: usize) -> Vec<f64> {
 fn gradient(a: &[f64], n: usize, b: &[f64], k: usize) -> Vec<f64> {
     let rows = a.len() / n.max(1);
     let mut g = vec![0.0; n * k];
-    matmul(n, k, rows, &transpose(a, rows, n), b, &mut g, false);
+    gemm_atb(n, k, rows, a, b, &mut g);
     g
 }
 
