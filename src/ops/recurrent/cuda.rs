@@ -10,6 +10,7 @@
 //! in, replays, and copies the results out. Nothing in the time loop allocates or waits for the
 //! host. If capture is refused, the plan issues the same work directly.
 
+use super::arena::{Arena, Buffers};
 use super::persistent::{self, Persistent};
 use super::{Activation, Algo, Call, Cell, Dims, Outputs};
 use crate::device::{data_ptr, dev_ptr, reading, writing, CudaDevice, Lane, MatRef, POISON_BYTE};
@@ -150,29 +151,6 @@ struct Addresses {
     slots: Vec<SlotAddresses>,
 }
 
-/// Owns device buffers that are reached only through `Addresses`.
-struct Arena<'a> {
-    dev: &'a CudaDevice,
-    f32s: Vec<CudaSlice<f32>>,
-    data: Vec<CudaData>,
-}
-
-impl Arena<'_> {
-    fn f32(&mut self, len: usize) -> Result<u64> {
-        let buf = self.dev.alloc_output::<f32>(len)?;
-        let ptr = dev_ptr(&buf, self.dev.stream());
-        self.f32s.push(buf);
-        Ok(ptr)
-    }
-
-    fn data(&mut self, dtype: DType, len: usize) -> Result<u64> {
-        let buf = self.dev.alloc_output_data(dtype, len)?;
-        let ptr = data_ptr(&buf, self.dev.stream());
-        self.data.push(buf);
-        Ok(ptr)
-    }
-}
-
 /// The buffers and (when capture succeeded) the graph of one forward shape.
 struct Plan {
     key: PlanKey,
@@ -188,7 +166,7 @@ struct Plan {
     outs: Vec<CudaData>,
     h_n: CudaData,
     c_n: Option<CudaData>,
-    _scratch: (Vec<CudaSlice<f32>>, Vec<CudaData>),
+    _scratch: Buffers,
     kernels: Kernels,
     addr: Addresses,
     graph: Option<Graph>,
@@ -290,11 +268,7 @@ impl Plan {
 
         let naive = key.kind == StepKind::Naive;
         let persistent = key.kind == StepKind::Persistent;
-        let mut arena = Arena {
-            dev,
-            f32s: Vec::new(),
-            data: Vec::new(),
-        };
+        let mut arena = Arena::new(dev);
         let lane = |a: &mut Arena<'_>| -> Result<LaneAddresses> {
             let state = batch * hidden;
             Ok(LaneAddresses {
@@ -386,7 +360,7 @@ impl Plan {
             outs,
             h_n,
             c_n,
-            _scratch: (arena.f32s, arena.data),
+            _scratch: arena.into_buffers(),
             kernels: Kernels::new(dev, key.cell, key.kind, dtype)?,
             addr,
             graph: None,

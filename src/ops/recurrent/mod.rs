@@ -8,6 +8,7 @@
 
 #[macro_use]
 mod launch;
+mod arena;
 mod bptt_cpu;
 mod cpu;
 mod cuda;

@@ -8,9 +8,10 @@ mod backward;
 
 pub(super) use backward::backward;
 
+use super::arena::Arena;
 use super::{Call, Cell, Dims, Outputs};
-use crate::device::{data_ptr, dev_ptr, reading, writing, CudaDevice, Lane, MatRef};
-use crate::dtype::{CudaData, DType, Element};
+use crate::device::{data_ptr, dev_ptr, writing, CudaDevice, Lane, MatRef};
+use crate::dtype::{CudaData, DType};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::driver::{CudaSlice, PushKernelArg};
@@ -191,18 +192,6 @@ fn buffer(dev: &CudaDevice, dtype: DType, len: usize) -> Result<(CudaData, u64)>
     Ok((data, ptr))
 }
 
-/// A copy of a caller's tensor, taken in stream order: the caller may free theirs, on any
-/// stream, as soon as the call returns.
-fn copy_in(dev: &CudaDevice, t: &Tensor) -> Result<(CudaData, u64)> {
-    let (data, ptr) = buffer(dev, t.dtype(), t.numel())?;
-    let bytes = t.numel() * t.dtype().size_in_bytes();
-    // SAFETY: `ptr` was just allocated with the tensor's size and dtype.
-    reading(t.cuda_data()?, dev.stream(), |src| unsafe {
-        dev.copy_async(ptr, src, bytes)
-    })?;
-    Ok((data, ptr))
-}
-
 /// A result buffer after its last write was enqueued, as a tensor: readers on other streams
 /// wait for that write.
 fn finished(dev: &CudaDevice, mut data: CudaData, shape: &[usize]) -> Result<Tensor> {
@@ -249,23 +238,36 @@ pub(super) fn forward_train(dev: &CudaDevice, call: &Call<'_>) -> Result<(Output
     let (rows, gw, esize) = (dims.rows(), dims.gate_width(), dtype.size_in_bytes() as u64);
     let (st, sb) = dims.strides();
     let states = layers * dirs * batch;
-    let zeros = |len: usize| -> Result<(CudaData, u64)> {
-        let data =
-            crate::with_dtype!(dtype, T => T::wrap_cuda(stream.alloc_zeros::<T>(len.max(1))?));
-        let ptr = data_ptr(&data, stream);
-        Ok((data, ptr))
-    };
-    let x0 = copy_in(dev, call.input)?;
+    let lstm = cell == Cell::Lstm;
+    // Scratch, freed in stream order when the call returns.
+    let mut arena = Arena::new(dev);
+    let x0 = arena.copy_of(call.input)?;
     let h0 = match call.h0 {
-        Some(t) => copy_in(dev, t)?,
-        None => zeros(states * out_size)?,
+        Some(t) => arena.copy_of(t)?,
+        None => arena.data_zeros(dtype, states * out_size)?,
     };
-    let c0 = match (cell, call.c0) {
-        (Cell::Lstm, Some(t)) => Some(copy_in(dev, t)?),
-        (Cell::Lstm, None) => Some(zeros(states * hidden)?),
-        _ => None,
+    let c0 = match (lstm, call.c0) {
+        (true, Some(t)) => arena.copy_of(t)?,
+        (true, None) => arena.data_zeros(dtype, states * hidden)?,
+        (false, _) => 0,
     };
-    let c0_ptr = c0.as_ref().map_or(0, |c| c.1);
+    let xw_ptr = arena.f32(rows * gw)?;
+    let hh_ptr = arena.f32(batch * gw.max(out_size))?;
+    let ping_h = [
+        arena.data(dtype, batch * out_size)?,
+        arena.data(dtype, batch * out_size)?,
+    ];
+    let ping_c = match lstm {
+        true => [
+            arena.data(dtype, batch * hidden)?,
+            arena.data(dtype, batch * hidden)?,
+        ],
+        false => [0, 0],
+    };
+    let proj_ptr = match dims.projected() {
+        true => arena.data(dtype, batch * hidden)?,
+        false => 0,
+    };
     let mut outs = Vec::new();
     for _ in 0..layers.min(2) {
         outs.push(buffer(dev, dtype, rows * dirs * out_size)?);
@@ -275,40 +277,23 @@ pub(super) fn forward_train(dev: &CudaDevice, call: &Call<'_>) -> Result<(Output
         Cell::Lstm => Some(buffer(dev, dtype, states * hidden)?),
         _ => None,
     };
-    let xw = stream.alloc_zeros::<f32>(rows * gw)?;
-    let hh = stream.alloc_zeros::<f32>(batch * gw.max(out_size))?;
-    let ping_h_bufs = [
-        buffer(dev, dtype, batch * out_size)?,
-        buffer(dev, dtype, batch * out_size)?,
-    ];
-    let ping_h = [ping_h_bufs[0].1, ping_h_bufs[1].1];
-    let ping_c_bufs = [
-        buffer(dev, dtype, batch * hidden)?,
-        buffer(dev, dtype, batch * hidden)?,
-    ];
-    let ping_c = [ping_c_bufs[0].1, ping_c_bufs[1].1];
-    let proj = match dims.projected() {
-        true => Some(buffer(dev, dtype, batch * hidden)?),
-        false => None,
-    };
-    let proj_ptr = proj.as_ref().map_or(0, |p| p.1);
-    let (xw_ptr, hh_ptr) = (dev_ptr(&xw, stream), dev_ptr(&hh, stream));
     let (cell32, act32) = (cell_code(cell), act_code(cell));
     let (b32, h32, o32) = (batch as i32, hidden as i32, out_size as i32);
     let (st32, sb32, ld32) = (st as i32, sb as i32, (dirs * out_size) as i32);
     if let Some(c0_at) = saved.layout.c0 {
         // SAFETY: c0 and the reserve's c0 part hold L·D·B·H elements.
-        unsafe { kernels.widen(lane, c0_ptr, saved.at(c0_at, stream), states * hidden)? };
+        unsafe { kernels.widen(lane, c0, saved.at(c0_at, stream), states * hidden)? };
     }
     for layer in 0..layers {
         let input = dims.layer_input(layer);
         let x = match layer {
-            0 => x0.1,
+            0 => x0,
             l => outs[(l - 1) % 2].1,
         };
         let out = outs[layer % 2].1;
-        // SAFETY (this loop): every address is a live buffer allocated above (or a caller
-        // tensor checked against `dims`), each sized for the shapes passed with it.
+        // SAFETY (this loop): every address is a live buffer allocated above (the caller's
+        // tensors were copied, after being checked against `dims`), each sized for the shapes
+        // passed with it.
         unsafe {
             kernels.widen(
                 lane,
@@ -330,8 +315,8 @@ pub(super) fn forward_train(dev: &CudaDevice, call: &Call<'_>) -> Result<(Output
                 };
                 lane.gemm_abt(rows, gw, input, x_mat, w.w_ih, xw_ptr, gw, 0.0)?;
                 let out_dir = out + esize * (dir * out_size) as u64;
-                let h_first = h0.1 + esize * (slot * batch * out_size) as u64;
-                let c_first = match c0_ptr {
+                let h_first = h0 + esize * (slot * batch * out_size) as u64;
+                let c_first = match c0 {
                     0 => 0,
                     p => p + esize * (slot * batch * hidden) as u64,
                 };
@@ -375,7 +360,8 @@ pub(super) fn forward_train(dev: &CudaDevice, call: &Call<'_>) -> Result<(Output
         }
     }
     // The buffers the enqueued work reads are freed in stream order after it.
-    drop((x0, h0, c0, proj, ping_c_bufs, ping_h_bufs, xw, hh, lengths));
+    // The scratch and lengths are freed in stream order after the work enqueued on them.
+    drop((arena, lengths));
     let output = outs.swap_remove((layers - 1) % 2).0;
     let outputs = Outputs {
         output: finished(dev, output, &dims.output_shape())?,

@@ -9,13 +9,14 @@
 //! elementwise op and accumulates the weight gradients with GEMMs at every step, as an unfused
 //! autograd of the unrolled graph would.
 
+use super::super::arena::Arena;
 use super::{act_code, cell_code, finished, slot_weights, upload_lengths, Kernels, Saved};
 use crate::device::{data_ptr, dev_ptr, reading, Batched, CudaDevice, Lane, MatRef, Op, Strided};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::ops::recurrent::{Cell, Dims, DirectionGradients, DirectionWeights, Gradients};
 use crate::tensor::Tensor;
-use cudarc::driver::{CudaFunction, CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaFunction, PushKernelArg};
 
 /// An f32 row-major matrix at `ptr` with leading dimension `ld`.
 fn f32_mat(ptr: u64, ld: usize) -> MatRef {
@@ -61,36 +62,18 @@ fn at(base: u64, elems: usize) -> u64 {
     base + 4 * elems as u64
 }
 
-/// An f32 device buffer that lives as long as the backward, and its address.
-struct Scratch<'a> {
-    dev: &'a CudaDevice,
-    bufs: Vec<CudaSlice<f32>>,
-}
-
-impl Scratch<'_> {
-    /// `len` elements, every one of which a kernel or GEMM writes before it is read.
-    fn output(&mut self, len: usize) -> Result<u64> {
-        let buf = self.dev.alloc_output::<f32>(len.max(1))?;
-        let ptr = dev_ptr(&buf, self.dev.stream());
-        self.bufs.push(buf);
-        Ok(ptr)
-    }
-
-    /// `len` elements of zeros.
-    fn zeros(&mut self, len: usize) -> Result<u64> {
-        let buf = self.dev.stream().alloc_zeros::<f32>(len.max(1))?;
-        let ptr = dev_ptr(&buf, self.dev.stream());
-        self.bufs.push(buf);
-        Ok(ptr)
-    }
-
-    /// A copy of `host`.
-    fn upload(&mut self, host: &[f32]) -> Result<u64> {
-        let buf = self.dev.upload(host)?;
-        let ptr = dev_ptr(&buf, self.dev.stream());
-        self.bufs.push(buf);
-        Ok(ptr)
-    }
+/// The operands of the weight gradients over some rows (every row, or one step's): the gate
+/// gradients [rows, G·H] (input and hidden side), the layer input [rows, in], h_{t-1}
+/// [rows, O] and, with a projection, the projected h's gradient [rows, O] and the h before it
+/// [rows, H].
+struct GradientRows {
+    rows: usize,
+    dgate: u64,
+    dgate_h: u64,
+    x: u64,
+    hprev: u64,
+    dh: u64,
+    m: u64,
 }
 
 /// The naive path's kernels (kernels/elementwise.cu and recurrent_train.cu).
@@ -193,32 +176,30 @@ impl Backward<'_> {
             w.dstep
         };
         let lane = self.lane;
-        let stream = &lane.stream;
-        if self.naive.is_none() {
-            for g in [w.dgate, w.dgate_h].into_iter().take(1 + gru as usize) {
-                cudarc::driver::result::memset_d8_async(g, 0, 4 * rows * gw, stream.cu_stream())?;
-            }
-        } else {
-            for (g, n) in [(s.g_w_ih, gw * s.input), (s.g_w_hh, gw * o), (s.g_b_ih, gw)] {
-                cudarc::driver::result::memset_d8_async(g, 0, 4 * n, stream.cu_stream())?;
-            }
-            cudarc::driver::result::memset_d8_async(s.g_b_hh, 0, 4 * gw, stream.cu_stream())?;
-            if s.w_hr != 0 {
-                cudarc::driver::result::memset_d8_async(
-                    s.g_w_hr,
-                    0,
-                    4 * o * h,
-                    stream.cu_stream(),
-                )?;
-            }
+        // f32 buffers that are accumulated into or only partly written start at zero: the
+        // fused path's gate gradients of every row (rows that end early are never written),
+        // the naive path's weight gradients (summed step by step), and the projection's
+        // per-row dh.
+        let mut zero = match self.naive {
+            None => vec![(w.dgate, rows * gw)],
+            Some(_) => vec![
+                (s.g_w_ih, gw * s.input),
+                (s.g_w_hh, gw * o),
+                (s.g_b_ih, gw),
+                (s.g_b_hh, gw),
+            ],
+        };
+        if gru && self.naive.is_none() {
+            zero.push((w.dgate_h, rows * gw));
         }
         if s.w_hr != 0 {
-            cudarc::driver::result::memset_d8_async(
-                w.dh_rows,
-                0,
-                4 * rows * o,
-                stream.cu_stream(),
-            )?;
+            zero.push((w.dh_rows, rows * o));
+            if self.naive.is_some() {
+                zero.push((s.g_w_hr, o * h));
+            }
+        }
+        for (ptr, elems) in zero {
+            self.dev.fill_async(ptr, 0, 4 * elems)?;
         }
         let (dy_ld, b32, h32, o32) = ((d.dirs * o) as i32, b as i32, h as i32, o as i32);
         let (st, sb) = d.strides();
@@ -274,59 +255,16 @@ impl Backward<'_> {
         }
         // The weight gradients over every row at once; rows a sequence never reaches have zero
         // gate gradients.
-        let ones = f32_mat(w.ones, 1);
-        gemm(
-            lane,
-            (gw, s.input, rows),
-            f32_mat(w.dgate, gw),
-            Op::Transposed,
-            f32_mat(s.x, s.input),
-            Op::AsIs,
-            s.g_w_ih,
-            0.0,
-        )?;
-        gemm(
-            lane,
-            (gw, o, rows),
-            f32_mat(dgate_h, gw),
-            Op::Transposed,
-            f32_mat(s.hprev, o),
-            Op::AsIs,
-            s.g_w_hh,
-            0.0,
-        )?;
-        gemm(
-            lane,
-            (gw, 1, rows),
-            f32_mat(w.dgate, gw),
-            Op::Transposed,
-            ones,
-            Op::AsIs,
-            s.g_b_ih,
-            0.0,
-        )?;
-        gemm(
-            lane,
-            (gw, 1, rows),
-            f32_mat(dgate_h, gw),
-            Op::Transposed,
-            ones,
-            Op::AsIs,
-            s.g_b_hh,
-            0.0,
-        )?;
-        if s.w_hr != 0 {
-            gemm(
-                lane,
-                (o, h, rows),
-                f32_mat(w.dh_rows, o),
-                Op::Transposed,
-                f32_mat(s.m, h),
-                Op::AsIs,
-                s.g_w_hr,
-                0.0,
-            )?;
-        }
+        let every_row = GradientRows {
+            rows,
+            dgate: w.dgate,
+            dgate_h,
+            x: s.x,
+            hprev: s.hprev,
+            dh: w.dh_rows,
+            m: s.m,
+        };
+        self.weight_gradients(s, &every_row, 0.0)?;
         gemm(
             lane,
             (rows, s.input, gw),
@@ -337,6 +275,51 @@ impl Backward<'_> {
             s.dx,
             1.0,
         )
+    }
+
+    /// g = Σ over `r`'s rows of each parameter gradient's product (+ beta·g): W_ih's and the
+    /// biases' from the input-side gate gradients, W_hh's from the hidden side's, W_hr's from
+    /// the projected h's gradient.
+    ///
+    /// # Safety
+    /// As `slot`; `r` addresses `r.rows` rows of each operand.
+    unsafe fn weight_gradients(&self, s: &Slot, r: &GradientRows, beta: f32) -> Result<()> {
+        let d = self.dims;
+        let (h, o, gw) = (d.hidden, d.out_size, d.gate_width());
+        let ones = f32_mat(self.work.ones, 1);
+        let products = [
+            (s.g_w_ih, s.input, r.dgate, f32_mat(r.x, s.input)),
+            (s.g_w_hh, o, r.dgate_h, f32_mat(r.hprev, o)),
+            (s.g_b_ih, 1, r.dgate, ones),
+            (s.g_b_hh, 1, r.dgate_h, ones),
+        ];
+        for (g, n, dgate, right) in products {
+            let left = f32_mat(dgate, gw);
+            gemm(
+                self.lane,
+                (gw, n, r.rows),
+                left,
+                Op::Transposed,
+                right,
+                Op::AsIs,
+                g,
+                beta,
+            )?;
+        }
+        if s.w_hr != 0 {
+            let (left, right) = (f32_mat(r.dh, o), f32_mat(r.m, h));
+            gemm(
+                self.lane,
+                (o, h, r.rows),
+                left,
+                Op::Transposed,
+                right,
+                Op::AsIs,
+                s.g_w_hr,
+                beta,
+            )?;
+        }
+        Ok(())
     }
 
     /// One step of the naive path: the gate gradients as one kernel per elementwise op into
@@ -461,63 +444,21 @@ impl Backward<'_> {
             carry(direct, dh, dh_next, o)?;
         }
         // This step's share of every gradient.
-        let dsh = if self.cell == Cell::Gru { dsh } else { ds };
-        let ones = f32_mat(w.ones, 1);
         gather(s.x, s.input, w.x_t, s.input)?;
-        gemm(
-            lane,
-            (gw, s.input, b),
-            f32_mat(ds, gw),
-            Op::Transposed,
-            f32_mat(w.x_t, s.input),
-            Op::AsIs,
-            s.g_w_ih,
-            1.0,
-        )?;
         gather(s.hprev, o, hp, o)?;
-        gemm(
-            lane,
-            (gw, o, b),
-            f32_mat(dsh, gw),
-            Op::Transposed,
-            f32_mat(hp, o),
-            Op::AsIs,
-            s.g_w_hh,
-            1.0,
-        )?;
-        gemm(
-            lane,
-            (gw, 1, b),
-            f32_mat(ds, gw),
-            Op::Transposed,
-            ones,
-            Op::AsIs,
-            s.g_b_ih,
-            1.0,
-        )?;
-        gemm(
-            lane,
-            (gw, 1, b),
-            f32_mat(dsh, gw),
-            Op::Transposed,
-            ones,
-            Op::AsIs,
-            s.g_b_hh,
-            1.0,
-        )?;
         if s.w_hr != 0 {
             gather(s.m, h, aux, h)?;
-            gemm(
-                lane,
-                (o, h, b),
-                f32_mat(w.dht, o),
-                Op::Transposed,
-                f32_mat(aux, h),
-                Op::AsIs,
-                s.g_w_hr,
-                1.0,
-            )?;
         }
+        let step_rows = GradientRows {
+            rows: b,
+            dgate: ds,
+            dgate_h: if self.cell == Cell::Gru { dsh } else { ds },
+            x: w.x_t,
+            hprev: hp,
+            dh: w.dht,
+            m: aux,
+        };
+        self.weight_gradients(s, &step_rows, 1.0)?;
         gemm(
             lane,
             (b, s.input, gw),
@@ -568,10 +509,7 @@ pub(crate) fn backward(
     let (rows, gw) = (dims.rows(), dims.gate_width());
     let widest = (0..layers).map(|l| dims.layer_input(l)).max().unwrap_or(0);
     let lstm = cell == Cell::Lstm;
-    let mut scratch = Scratch {
-        dev,
-        bufs: Vec::new(),
-    };
+    let mut scratch = Arena::new(dev);
     let naive_kernels = match naive {
         false => None,
         true => {
@@ -589,27 +527,27 @@ pub(crate) fn backward(
     let mut tmp = [0u64; 8];
     if naive {
         for t in tmp.iter_mut() {
-            *t = scratch.output(b * gw.max(o))?;
+            *t = scratch.f32(b * gw.max(o))?;
         }
     }
     let work = Work {
-        dgate: scratch.output(rows * gw)?,
+        dgate: scratch.f32(rows * gw)?,
         dgate_h: match cell {
-            Cell::Gru => scratch.output(rows * gw)?,
+            Cell::Gru => scratch.f32(rows * gw)?,
             _ => 0,
         },
-        dstep: scratch.output(b * gw)?,
-        dstep_h: scratch.output(b * gw)?,
-        dht: scratch.output(b * o)?,
+        dstep: scratch.f32(b * gw)?,
+        dstep_h: scratch.f32(b * gw)?,
+        dht: scratch.f32(b * o)?,
         dh_rows: match dims.projected() {
-            true => scratch.output(rows * o)?,
+            true => scratch.f32(rows * o)?,
             false => 0,
         },
-        dm: scratch.output(b * h)?,
+        dm: scratch.f32(b * h)?,
         ones: scratch.upload(&vec![1.0; rows.max(b)])?,
         tmp,
-        x_t: scratch.output(b * widest)?,
-        dx_t: scratch.output(b * widest)?,
+        x_t: scratch.f32(b * widest)?,
+        dx_t: scratch.f32(b * widest)?,
     };
     let run = Backward {
         dev,
@@ -627,18 +565,18 @@ pub(crate) fn backward(
     // out for `dims`, which the caller checked against the weights) or of a caller tensor
     // checked against `dims`, each used with the sizes it was allocated for.
     unsafe {
-        let widen = |scratch: &mut Scratch<'_>, t: Option<&Tensor>, n: usize| -> Result<u64> {
-            let y = scratch.output(n)?;
+        let widen = |scratch: &mut Arena<'_>, t: Option<&Tensor>, n: usize| -> Result<u64> {
+            let y = scratch.f32(n)?;
             match t {
                 // Read in stream order: the caller may free the tensor once this returns.
                 Some(t) => reading(t.cuda_data()?, stream, |src| kernels.widen(lane, src, y, n))?,
-                None => cudarc::driver::result::memset_d8_async(y, 0, 4 * n, stream.cu_stream())?,
+                None => dev.fill_async(y, 0, 4 * n)?,
             }
             Ok(y)
         };
         // The f32 copy of a weight (the GEMMs take f32 operands with the f32 gradients).
-        let weight32 = |scratch: &mut Scratch<'_>, m: MatRef, n: usize| -> Result<u64> {
-            let y = scratch.output(n)?;
+        let weight32 = |scratch: &mut Arena<'_>, m: MatRef, n: usize| -> Result<u64> {
+            let y = scratch.f32(n)?;
             kernels.widen(lane, m.ptr, y, n)?;
             Ok(y)
         };
@@ -646,9 +584,9 @@ pub(crate) fn backward(
         let dh_all = widen(&mut scratch, grad_h_n, states * o)?;
         let dc_all = match lstm {
             true => widen(&mut scratch, grad_c_n, states * h)?,
-            false => scratch.zeros(b * h)?,
+            false => scratch.f32_zeros(b * h)?,
         };
-        let dh_spare = scratch.output(b * o)?;
+        let dh_spare = scratch.f32(b * o)?;
         // dY of the layer being run, and the dX it makes (the next layer's dY).
         let mut dy = widen(&mut scratch, Some(grad_output), rows * dirs * o)?;
         let mut params: Vec<Option<DirectionGradients>> =
@@ -656,7 +594,7 @@ pub(crate) fn backward(
         let mut input_grad = None;
         for layer in (0..layers).rev() {
             let input = dims.layer_input(layer);
-            let dx = scratch.zeros(rows * input)?;
+            let dx = scratch.f32_zeros(rows * input)?;
             let x = saved.at(saved.layout.inputs[layer], stream);
             for dir in 0..dirs {
                 let slot = layer * dirs + dir;
@@ -688,11 +626,11 @@ pub(crate) fn backward(
                     } else {
                         dc_all
                     },
-                    g_w_ih: scratch.output(gw * input)?,
-                    g_w_hh: scratch.output(gw * o)?,
-                    g_b_ih: scratch.output(gw)?,
-                    g_b_hh: scratch.output(gw)?,
-                    g_w_hr: scratch.output(o * h)?,
+                    g_w_ih: scratch.f32(gw * input)?,
+                    g_w_hh: scratch.f32(gw * o)?,
+                    g_b_ih: scratch.f32(gw)?,
+                    g_b_hh: scratch.f32(gw)?,
+                    g_w_hr: scratch.f32(o * h)?,
                 };
                 run.slot(&s)?;
                 let narrow = |src: u64, like: &Tensor| -> Result<Tensor> {
