@@ -64,14 +64,9 @@ fn inputs(device: &Device, dtype: DType, b: usize, l: usize) -> (Tensor, Tensor)
 }
 
 fn cuda(c: &mut Criterion) {
-    let device = match Device::cuda(0) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("skipping the CUDA benchmarks: {e}");
-            return;
-        }
+    let Some((device, cuda)) = common::cuda_or_skip("the CUDA attention benchmarks") else {
+        return;
     };
-    let cuda = device.as_cuda().unwrap().clone();
     let mut group = c.benchmark_group(format!("attention_step_cuda ({})", cuda.card()));
     common::gpu_settings(&mut group, Duration::from_millis(300));
     for kind in KINDS {
@@ -102,14 +97,10 @@ fn cuda(c: &mut Criterion) {
 }
 
 fn cuda_backward(c: &mut Criterion) {
-    let device = match Device::cuda(0) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("skipping the CUDA backward benchmarks: {e}");
-            return;
-        }
+    let Some((device, cuda)) = common::cuda_or_skip("the CUDA attention backward benchmarks")
+    else {
+        return;
     };
-    let cuda = device.as_cuda().unwrap().clone();
     let mut group = c.benchmark_group(format!("attention_backward_cuda ({})", cuda.card()));
     common::gpu_settings(&mut group, Duration::from_millis(300));
     let (b, l) = (64, 196);

@@ -94,12 +94,8 @@ fn cuda_group(
 }
 
 fn cuda(c: &mut Criterion) {
-    let device = match Device::cuda(0) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("skipping the CUDA benchmarks: {e}");
-            return;
-        }
+    let Some((device, _)) = common::cuda_or_skip("the CUDA recurrent benchmarks") else {
+        return;
     };
     let gated = [
         (256, 1),
@@ -118,10 +114,9 @@ fn cuda(c: &mut Criterion) {
 
 /// The persistent kernel's shapes, persistent vs fused vs naive, in f32 and bf16.
 fn persistent(c: &mut Criterion) {
-    let Ok(device) = Device::cuda(0) else {
+    let Some((device, cuda)) = common::cuda_or_skip("the persistent benchmarks") else {
         return;
     };
-    let cuda = device.as_cuda().unwrap().clone();
     // FUSED_RNN_PERSISTENT picks a kernel variant; its runs are labelled with it.
     let variant = std::env::var("FUSED_RNN_PERSISTENT")
         .map(|v| format!(" [{v}]"))

@@ -67,10 +67,9 @@ fn attention(c: &mut Criterion) {
 
 /// One training step's forward and backward on CUDA, fused vs naive.
 fn recurrent_cuda(c: &mut Criterion) {
-    let Ok(device) = Device::cuda(0) else {
+    let Some((device, cuda)) = common::cuda_or_skip("the CUDA training benchmarks") else {
         return;
     };
-    let cuda = device.as_cuda().unwrap().clone();
     let mut group = c.benchmark_group(format!("recurrent_train_cuda ({})", cuda.card()));
     common::gpu_settings(&mut group, Duration::from_millis(800));
     for (op, h, b, t) in [

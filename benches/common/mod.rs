@@ -1,9 +1,26 @@
-//! Timing shared by the benches.
+//! Device and timing helpers shared by the benches.
 
 use criterion::measurement::WallTime;
 use criterion::{Bencher, BenchmarkGroup};
 use fused_rnn::device::CudaDevice;
+use fused_rnn::Device;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// CUDA device 0 (and its CudaDevice, for `on_gpu`), or None after printing why `what` is
+/// skipped.
+pub fn cuda_or_skip(what: &str) -> Option<(Device, Arc<CudaDevice>)> {
+    match Device::cuda(0) {
+        Ok(device) => {
+            let cuda = device.as_cuda()?.clone();
+            Some((device, cuda))
+        }
+        Err(e) => {
+            eprintln!("skipping {what}: {e}");
+            None
+        }
+    }
+}
 
 /// The GPU groups' settings: 10 samples, 0.1 s warm-up and `measure` of measurement (the GPU
 /// runner's device time is short; the stream-synchronised times vary little).
