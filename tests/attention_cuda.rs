@@ -29,15 +29,6 @@ const SHAPES: &[Shape] = &[
     (5, 33, 1, 1, 1, 1, 1),
 ];
 
-/// Values rounded to `dtype`, so that the CPU reference sees what the GPU stores.
-fn rounded(values: Vec<f32>, dtype: DType) -> Vec<f32> {
-    let shape = [values.len()];
-    Tensor::from_f32(&values, &shape, dtype)
-        .unwrap()
-        .to_vec_f32()
-        .unwrap()
-}
-
 /// Writes an attention state_dict with `kind` (and `scale` for dot) in its metadata.
 fn write_weights(path: &std::path::Path, kind: Kind, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
@@ -83,7 +74,8 @@ struct Case {
 fn case(kind: Kind, shape: Shape, dtype: DType, seed: u64, dir: &std::path::Path) -> Case {
     let (b, l, tq, dq, dk, dv, a) = shape;
     let dk = if kind == Kind::Dot { dq } else { dk };
-    let r = |n: usize, scale: f32, s: u64| rounded(common::random(n, scale, seed + s), dtype);
+    let r =
+        |n: usize, scale: f32, s: u64| common::rounded(common::random(n, scale, seed + s), dtype);
     let tensors: Vec<(&str, Vec<usize>, Vec<f32>)> = match kind {
         Kind::Additive => vec![
             ("query_proj.weight", vec![a, dq], r(a * dq, 0.3, 1)),
@@ -267,7 +259,7 @@ fn a_query_already_on_the_device_is_read_in_place_and_keys_are_reused() {
     // Decoding steps: a fresh query each, the same keys.
     for step in 0..4u64 {
         let q = Tensor::from_vec(
-            rounded(common::random(4 * 24, 1.0, 77 + step), DType::BF16),
+            common::rounded(common::random(4 * 24, 1.0, 77 + step), DType::BF16),
             &[4, 24],
         )
         .unwrap();
@@ -324,9 +316,11 @@ fn backward_fused_and_naive_match_the_cpu_for_every_kind_and_dtype() {
                     vec![b, tq, dv]
                 };
                 let n = context.iter().product();
-                let grad =
-                    Tensor::from_vec(rounded(common::random(n, 1.0, seed + 9), dtype), &context)
-                        .unwrap();
+                let grad = Tensor::from_vec(
+                    common::rounded(common::random(n, 1.0, seed + 9), dtype),
+                    &context,
+                )
+                .unwrap();
                 let cpu = Attention::from_state_dict(&c.weights, &Device::Cpu, DType::F32).unwrap();
                 let tol = backward_tolerance(dtype);
                 for masked in [true, false] {

@@ -13,15 +13,6 @@ use fused_rnn::{DType, Device, Tensor};
 const SHAPES: &[&[usize]] = &[&[1], &[37], &[1001], &[3, 5]];
 const IGNORE: i64 = -100;
 
-/// Values rounded to `dtype`, so that the CPU reference sees what the GPU stores.
-fn rounded(values: Vec<f32>, dtype: DType) -> Vec<f32> {
-    let shape = [values.len()];
-    Tensor::from_f32(&values, &shape, dtype)
-        .unwrap()
-        .to_vec_f32()
-        .unwrap()
-}
-
 fn host(values: &[f32], shape: &[usize]) -> Tensor {
     Tensor::from_vec(values.to_vec(), shape).unwrap()
 }
@@ -72,7 +63,7 @@ fn adam_case(dev: &Device, dtype: DType, decoupled: bool, steps: u64) {
             .map(|s| {
                 seed += 1;
                 let values = common::random(s.iter().product(), scale, seed);
-                rounded(values.into_iter().map(|x| x + offset).collect(), dtype)
+                common::rounded(values.into_iter().map(|x| x + offset).collect(), dtype)
             })
             .collect()
     };
@@ -192,7 +183,9 @@ fn clipping_matches_the_cpu_for_every_dtype() {
             let values: Vec<Vec<f32>> = shapes
                 .iter()
                 .enumerate()
-                .map(|(k, s)| rounded(common::random(s.iter().product(), 0.01, k as u64), dtype))
+                .map(|(k, s)| {
+                    common::rounded(common::random(s.iter().product(), 0.01, k as u64), dtype)
+                })
                 .collect();
             let mut gpu: Vec<Tensor> = values
                 .iter()
@@ -258,7 +251,7 @@ fn cross_entropy_matches_the_cpu_for_every_dtype() {
     for dtype in DType::ALL {
         for (k, &(n, vocab, all_ignored)) in cases.iter().enumerate() {
             let what = format!("{dtype}, [{n}, {vocab}], all ignored: {all_ignored}");
-            let logits = rounded(common::random(n * vocab, 3.0, 10 + k as u64), dtype);
+            let logits = common::rounded(common::random(n * vocab, 3.0, 10 + k as u64), dtype);
             let t = targets(n, vocab, all_ignored, 20 + k as u64);
             let cpu = softmax_cross_entropy(&host(&logits, &[n, vocab]), &t, IGNORE).unwrap();
             let gpu_logits = on(&dev, &logits, &[n, vocab], dtype);

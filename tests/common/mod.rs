@@ -119,6 +119,15 @@ pub fn mismatch(what: &str, got: &[f32], reference: &[f32], tol: f32) -> Option<
         })
 }
 
+/// Values rounded to `dtype`, so that the CPU reference sees what the GPU stores.
+pub fn rounded(values: Vec<f32>, dtype: DType) -> Vec<f32> {
+    let shape = [values.len()];
+    fused_rnn::Tensor::from_f32(&values, &shape, dtype)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap()
+}
+
 /// Values uniform in [-scale, scale), seeded; never all zeros.
 pub fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
