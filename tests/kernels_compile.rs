@@ -65,37 +65,57 @@ fn every_entry_point_is_stamped_for_every_dtype() {
     }
 }
 
+/// The shapes `benches/recurrent.rs` times persistently (cell, hidden, batch), besides the
+/// tests' `common::PERSISTENT_SHAPES`.
+const PERSISTENT_BENCH_SHAPES: &[(fused_rnn::Cell, usize, usize)] = &[
+    (fused_rnn::Cell::Lstm, 768, 16),
+    (fused_rnn::Cell::Lstm, 1024, 1),
+    (fused_rnn::Cell::Gru, 512, 8),
+    (fused_rnn::Cell::Rnn(fused_rnn::Nonlinearity::Tanh), 1024, 4),
+];
+
 #[test]
 fn every_persistent_specialisation_the_tests_use_compiles_without_spills() {
-    use fused_rnn::ops::recurrent::persistent::Spec;
+    use fused_rnn::ops::recurrent::persistent::{Spec, REGISTER_BUDGET};
+    use fused_rnn::DType;
     if !common::nvrtc_or_skip(
         "every_persistent_specialisation_the_tests_use_compiles_without_spills",
     ) {
         return;
     }
-    for &(cell, hidden, batch) in common::PERSISTENT_SHAPES {
-        // Each dtype's default, and CUDA-core FMAs in bf16 (FUSED_RNN_PERSISTENT=fma).
-        let variants = fused_rnn::DType::ALL
-            .map(|dtype| (dtype, dtype != fused_rnn::DType::F32))
+    let shapes = common::PERSISTENT_SHAPES
+        .iter()
+        .chain(PERSISTENT_BENCH_SHAPES);
+    for &(cell, hidden, batch) in shapes {
+        // Each dtype's default and CUDA-core FMAs in bf16 (FUSED_RNN_PERSISTENT=fma), with W_hh
+        // in shared memory, in registers (=regs), and for the defaults also mostly in shared
+        // memory past a small register budget (=regs=48, which the GPU runner tests).
+        let variants = DType::ALL
             .into_iter()
-            .chain([(fused_rnn::DType::BF16, false)]);
-        for (dtype, tensor_cores) in variants {
+            .flat_map(|dtype| [0, REGISTER_BUDGET, 48].map(|r| (dtype, dtype != DType::F32, r)))
+            .chain([0, REGISTER_BUDGET].map(|r| (DType::BF16, false, r)));
+        for (dtype, tensor_cores, register_budget) in variants {
             let mut spec = Spec::new(cell, hidden, batch, dtype, common::H100_SMS);
             spec.tensor_cores = tensor_cores;
+            spec.register_budget = register_budget;
             let name = spec.name();
+            // The source checks the host's shared-memory size against its layout.
             let cubin = nvrtc::compile(&spec.source(), &format!("{name}.cu"), "sm_90")
                 .unwrap_or_else(|e| panic!("{e}"));
             let stats = parse_ptxas_log(&cubin.log);
             assert_eq!(stats.len(), 1, "{name}: log:\n{}", cubin.log);
             let s = &stats[0];
             println!(
-                "{name}: {} registers, {} B spill stores, {} B spill loads, {} B shared",
+                "{name}: {} registers, {} B stack, {} B spill stores, {} B spill loads, {} B shared",
                 s.registers,
+                s.stack_bytes,
                 s.spill_store_bytes,
                 s.spill_load_bytes,
                 spec.shared_bytes()
             );
             assert_eq!(s.spill_store_bytes + s.spill_load_bytes, 0, "{name} spills");
+            // A stack frame would mean the register-held weights were indexed at run time.
+            assert_eq!(s.stack_bytes, 0, "{name} has a stack frame");
             // An H100 lets a block opt into 227 KiB of shared memory.
             assert!(
                 spec.shared_bytes() <= 227 * 1024,

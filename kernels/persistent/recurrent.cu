@@ -1,10 +1,14 @@
 // persistent/recurrent.cu — a whole layer-direction's step loop in one launch: tanh/ReLU RNN,
-// LSTM or GRU, with the block's slice of W_hh kept in shared memory for the whole sequence.
+// LSTM or GRU, with the block's slice of W_hh kept on-chip (registers, then shared memory) for
+// the whole sequence.
 //
 // Specialised at run time (NVRTC; the host prepends the defines): CELL (CELL_RNN | CELL_LSTM |
 // CELL_GRU), ACT (the RNN's activation code), HIDDEN, BATCH, UNITS (hidden units per block),
-// STORAGE (float | f16 | bf16) and TENSOR_CORES (0 | 1; 1 needs a 16-bit STORAGE, named by
-// MMA_TYPE f16 | bf16). Not compiled at build time: it needs those defines.
+// STORAGE (float | f16 | bf16), TENSOR_CORES (0 | 1; 1 needs a 16-bit STORAGE, named by
+// MMA_TYPE f16 | bf16), REG_STEPS (how many of a thread's K steps of W_hh it holds in
+// registers; the rest is read from shared memory), for CUDA-core FMAs ROW_BLOCK (rows a warp
+// accumulates at once), and SHARED_BYTES (the dynamic shared memory the host launches with,
+// checked against the layout below). Not compiled at build time: it needs those defines.
 //
 // Block k owns hidden units [k·UNITS, (k+1)·UNITS) with all their gate rows (G per unit), so the
 // cell update stays in the block and only h crosses blocks. Per step it
@@ -12,7 +16,9 @@
 //   2. stages all of h_{t-1} [B, H] into shared memory,
 //   3. computes its rows of W_hh·h: with TENSOR_CORES, mma.sync m16n8k16 (f32 accumulate) with
 //      the K range split across warps and the partial sums added in shared memory; otherwise
-//      CUDA-core FMAs, one warp per ROW_BLOCK rows with lanes across H,
+//      CUDA-core FMAs, one warp per ROW_BLOCK rows with lanes across H. A warp's part of W_hh
+//      is the same at every step: its first REG_STEPS K steps stay in registers, loaded once
+//      before the loop, and only the columns past them (from W_K0) are kept in shared memory,
 //   4. applies the same pointwise update as the stepwise kernels (gates, cell, length mask,
 //      output) and publishes its units of h_t in `hbuf` [2, B, H] f32,
 //   5. meets the other blocks at a grid barrier: a counter every block adds 1 to per step.
@@ -31,8 +37,8 @@
 #define CELL_GRU 2
 
 #if !defined(CELL) || !defined(ACT) || !defined(HIDDEN) || !defined(BATCH) || !defined(UNITS) || \
-    !defined(STORAGE) || !defined(TENSOR_CORES)
-#error "persistent/recurrent.cu needs CELL, ACT, HIDDEN, BATCH, UNITS, STORAGE, TENSOR_CORES"
+    !defined(STORAGE) || !defined(TENSOR_CORES) || !defined(REG_STEPS) || !defined(SHARED_BYTES)
+#error "persistent/recurrent.cu needs the defines listed at its top"
 #endif
 
 #define GATES (CELL == CELL_LSTM ? 4 : CELL == CELL_GRU ? 3 : 1)
@@ -43,21 +49,39 @@
 #define SPIN_LIMIT (1u << 26)
 
 #if TENSOR_CORES
-// Tiles of m16n8k16: rows padded to 16, batch to 8, K to 16; shared-memory rows of W and h are
-// LD elements apart, 8 more than K so that a fragment's 8 rows fall in different banks.
+// Tiles of m16n8k16: rows padded to 16, batch to 8, K to 16; shared-memory rows of h are LD
+// elements apart, 8 more than K so that a fragment's 8 rows fall in different banks.
 #define ROWS_PAD ((ROWS + 15) / 16 * 16)
+#define M_TILES (ROWS_PAD / 16)
 #define BATCH_PAD ((BATCH + 7) / 8 * 8)
+#define N_TILES (BATCH_PAD / 8)
 #define K_PAD ((HIDDEN + 15) / 16 * 16)
 #define LD (K_PAD + 8)
+// Warp w takes K tiles w, w + WARPS, ...: K_STEPS of them at most; those past REG_STEPS start
+// at column W_K0. W's shared rows are padded by 8 like h's.
+#define K_STEPS ((K_PAD / 16 + WARPS - 1) / WARPS)
+#define W_K0 (REG_STEPS * WARPS * 16)
+#define W_COLS (W_K0 < K_PAD ? K_PAD - W_K0 : 0)
+#define W_LD (W_COLS > 0 ? W_COLS + 8 : 0)
 #else
 #define ROWS_PAD ROWS
-#define LD HIDDEN
 // A warp accumulates ROW_BLOCK rows for BATCH_CHUNK batch rows at once: at most 32
-// accumulators per lane.
-#define ROW_BLOCK (BATCH <= 8 ? 4 : BATCH <= 16 ? 2 : 1)
+// accumulators per lane. Warp w takes rows from (w + p·WARPS)·ROW_BLOCK in pass p, and lane l
+// columns l, l + 32, ...: K_STEPS of them; those past REG_STEPS start at column W_K0.
+#if !defined(ROW_BLOCK)
+#error "CUDA-core FMAs need ROW_BLOCK"
+#endif
 #define BATCH_CHUNK (BATCH < 32 / ROW_BLOCK ? BATCH : 32 / ROW_BLOCK)
 static_assert(ROW_BLOCK * BATCH_CHUNK <= 32, "too many accumulators per lane");
+#define ROW_PASSES ((ROWS + WARPS * ROW_BLOCK - 1) / (WARPS * ROW_BLOCK))
+#define K_STEPS ((HIDDEN + 31) / 32)
+#define W_K0 (REG_STEPS * 32)
+#define W_COLS (W_K0 < HIDDEN ? HIDDEN - W_K0 : 0)
+#define W_LD W_COLS
 #endif
+static_assert(REG_STEPS >= 0 && REG_STEPS <= K_STEPS, "REG_STEPS must be in 0..=K_STEPS");
+// Register arrays need a length of at least 1; nothing reads past REG_STEPS.
+#define REG_LEN (REG_STEPS > 0 ? REG_STEPS : 1)
 
 static_assert(HIDDEN >= 1 && BATCH >= 1 && BATCH <= 64, "BATCH must be in 1..=64");
 static_assert(UNITS >= 1 && UNITS <= HIDDEN, "UNITS must be in 1..=HIDDEN");
@@ -66,13 +90,13 @@ static_assert(CELL == CELL_RNN || CELL == CELL_LSTM || CELL == CELL_GRU, "unknow
 typedef STORAGE T;
 
 // Shared memory, in bytes from the start (the host computes the same total):
-//   W    T   [ROWS_PAD, LD]
+//   W    T   [ROWS_PAD, W_LD]: the columns of W_hh from W_K0 on (none when all fit registers)
 //   H    T   [BATCH_PAD, LD] (tensor cores) or f32 [BATCH, HIDDEN]
 //   PART f32 [WARPS, ROWS_PAD, BATCH_PAD] (tensor cores only)
 //   then f32 gate sums sg and input sides sx [BATCH, ROWS], c and h_{t-1} of the block's units
 //   sc and sp [BATCH, UNITS].
 #define ALIGN16(x) (((x) + 15) / 16 * 16)
-#define W_BYTES ALIGN16(ROWS_PAD * LD * (int)sizeof(T))
+#define W_BYTES ALIGN16(ROWS_PAD * W_LD * (int)sizeof(T))
 #if TENSOR_CORES
 static_assert(sizeof(T) == 2, "tensor cores need 16-bit storage");
 #define H_BYTES ALIGN16(BATCH_PAD * LD * 2)
@@ -81,6 +105,9 @@ static_assert(sizeof(T) == 2, "tensor cores need 16-bit storage");
 #define H_BYTES (BATCH * HIDDEN * 4)
 #define PART_BYTES 0
 #endif
+// The host computes the same total and launches with it (SHARED_BYTES).
+static_assert(W_BYTES + H_BYTES + PART_BYTES + 4 * BATCH * (2 * ROWS + 2 * UNITS) == SHARED_BYTES,
+              "the host's shared-memory size is not this layout's");
 
 __device__ __forceinline__ void add_release(unsigned* p, unsigned v) {
     asm volatile("red.release.gpu.global.add.u32 [%0], %1;" : : "l"(p), "r"(v) : "memory");
@@ -163,59 +190,124 @@ __device__ __forceinline__ void stage_h(void* sh, const float* prev, const T* h0
     }
 }
 
+// Element (r, k) of the block's rows of W_hh: local row g·UNITS + u is global row
+// g·HIDDEN + u0 + u. Rows past the last unit and the tiles' padding are zero.
+__device__ __forceinline__ T w_at(const T* w_hh, int r, int k, int u0, int units) {
+    const int g = r / UNITS, u = r - g * UNITS;
+    const bool real = r < ROWS && k < HIDDEN && u < units;
+    return real ? w_hh[((long)g * HIDDEN + u0 + u) * HIDDEN + k] : from_float<T>(0.f);
+}
+
+// The overflow of W_hh, columns W_K0.. of the block's rows, into shared memory.
+__device__ __forceinline__ void load_shared_weights(T* sw, const T* w_hh, int u0, int units) {
+#if W_LD > 0
+    for (int i = threadIdx.x; i < ROWS_PAD * W_LD; i += THREADS) {
+        const int r = i / W_LD, c = i - r * W_LD;
+        sw[i] = w_at(w_hh, r, W_K0 + c, u0, units);
+    }
+#endif
+}
+
 #if TENSOR_CORES
 __device__ __forceinline__ unsigned load_pair(const T* p) { return *(const unsigned*)p; }
 
+// Elements (r, k) and (r, k + 1) of W_hh as an mma operand register (k in the low half).
+__device__ __forceinline__ unsigned w_pair(const T* w_hh, int r, int k, int u0, int units) {
+    return (unsigned)w_at(w_hh, r, k, u0, units).bits |
+           ((unsigned)w_at(w_hh, r, k + 1, u0, units).bits << 16);
+}
+
+// A warp's A fragments (W_hh) of its first REG_STEPS K tiles, for every row tile.
+struct WeightRegs {
+    unsigned a[REG_LEN][M_TILES][4];
+};
+
 // d += a·b for one m16n8k16 tile (a: 4 registers of W, b: 2 of h; f32 accumulators).
-__device__ __forceinline__ void mma_16816(float* d, unsigned a0, unsigned a1, unsigned a2,
-                                          unsigned a3, unsigned b0, unsigned b1) {
+__device__ __forceinline__ void mma_16816(float* d, const unsigned* a, unsigned b0, unsigned b1) {
 #define MMA_ASM(TY)                                                                              \
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." #TY "." #TY                           \
                  ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"                    \
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                \
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1))
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
 #define MMA_EXPAND(TY) MMA_ASM(TY)
     MMA_EXPAND(MMA_TYPE);
 #undef MMA_EXPAND
 #undef MMA_ASM
 }
 
-// sg[b, r] = W[r] · h[b] on tensor cores. Warp w takes K tiles w, w + WARPS, ...; a lane holds
-// the fragments of the PTX layout (group g = lane/4 is the row / batch column, t = lane%4 picks
-// the K pair); the warps' partial tiles are then added through PART.
-__device__ __forceinline__ void rows_times_h(const T* sw, const T* sh, float* part, float* sg) {
+// A lane's fragments follow the PTX layout: group g = lane/4 is the row (A) or batch column
+// (B), t = lane%4 picks the K pair; a[0..4] are rows g and g + 8 at K pairs 2t and 2t + 8.
+__device__ __forceinline__ void load_weights(WeightRegs& wr, const T* w_hh, int u0, int units) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    float acc[ROWS_PAD / 16][BATCH_PAD / 8][4];
 #pragma unroll
-    for (int m = 0; m < ROWS_PAD / 16; ++m)
+    for (int i = 0; i < REG_STEPS; ++i) {
+        const int k = (warp + i * WARPS) * 16 + 2 * t;  // past K_PAD: zeros, never used
 #pragma unroll
-        for (int n = 0; n < BATCH_PAD / 8; ++n)
+        for (int m = 0; m < M_TILES; ++m) {
+            const int r = m * 16 + g;
+            wr.a[i][m][0] = w_pair(w_hh, r, k, u0, units);
+            wr.a[i][m][1] = w_pair(w_hh, r + 8, k, u0, units);
+            wr.a[i][m][2] = w_pair(w_hh, r, k + 8, u0, units);
+            wr.a[i][m][3] = w_pair(w_hh, r + 8, k + 8, u0, units);
+        }
+    }
+}
+
+// The B fragments (h) of the K tile whose lane column is k.
+__device__ __forceinline__ void load_h_fragments(unsigned (&bh)[N_TILES][2], const T* sh, int k) {
+    const int g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+    for (int n = 0; n < N_TILES; ++n) {
+        const T* hp = sh + (n * 8 + g) * LD + k;
+        bh[n][0] = load_pair(hp);
+        bh[n][1] = load_pair(hp + 8);
+    }
+}
+
+// acc[n] += a · bh[n] for one row tile across the batch tiles.
+__device__ __forceinline__ void mma_row_tile(float (&acc)[N_TILES][4], const unsigned* a,
+                                             const unsigned (&bh)[N_TILES][2]) {
+#pragma unroll
+    for (int n = 0; n < N_TILES; ++n) mma_16816(acc[n], a, bh[n][0], bh[n][1]);
+}
+
+// sg[b, r] = W[r] · h[b] on tensor cores: each warp its K tiles (from registers, then from
+// shared memory), then the warps' partial tiles added through PART.
+__device__ __forceinline__ void rows_times_h(const WeightRegs& wr, const T* sw, const T* sh,
+                                             float* part, float* sg) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    float acc[M_TILES][N_TILES][4];
+#pragma unroll
+    for (int m = 0; m < M_TILES; ++m)
+#pragma unroll
+        for (int n = 0; n < N_TILES; ++n)
 #pragma unroll
             for (int q = 0; q < 4; ++q) acc[m][n][q] = 0.f;
-    for (int kt = warp; kt < K_PAD / 16; kt += WARPS) {
+    unsigned bh[N_TILES][2];
+#pragma unroll
+    for (int i = 0; i < REG_STEPS; ++i) {
+        const int kt = warp + i * WARPS;
+        if (kt >= K_PAD / 16) break;
+        load_h_fragments(bh, sh, kt * 16 + 2 * t);
+#pragma unroll
+        for (int m = 0; m < M_TILES; ++m) mma_row_tile(acc[m], wr.a[i][m], bh);
+    }
+    for (int kt = warp + REG_STEPS * WARPS; kt < K_PAD / 16; kt += WARPS) {
         const int k = kt * 16 + 2 * t;
-        unsigned bh[BATCH_PAD / 8][2];
+        load_h_fragments(bh, sh, k);
 #pragma unroll
-        for (int n = 0; n < BATCH_PAD / 8; ++n) {
-            const T* hp = sh + (n * 8 + g) * LD + k;
-            bh[n][0] = load_pair(hp);
-            bh[n][1] = load_pair(hp + 8);
-        }
-#pragma unroll
-        for (int m = 0; m < ROWS_PAD / 16; ++m) {
-            const T* wp = sw + (m * 16 + g) * LD + k;
-            unsigned a0 = load_pair(wp), a1 = load_pair(wp + 8 * LD);
-            unsigned a2 = load_pair(wp + 8), a3 = load_pair(wp + 8 * LD + 8);
-#pragma unroll
-            for (int n = 0; n < BATCH_PAD / 8; ++n)
-                mma_16816(acc[m][n], a0, a1, a2, a3, bh[n][0], bh[n][1]);
+        for (int m = 0; m < M_TILES; ++m) {
+            const T* wp = sw + (m * 16 + g) * W_LD + k - W_K0;
+            const unsigned a[4] = {load_pair(wp), load_pair(wp + 8 * W_LD), load_pair(wp + 8),
+                                   load_pair(wp + 8 * W_LD + 8)};
+            mma_row_tile(acc[m], a, bh);
         }
     }
     float* mine = part + warp * ROWS_PAD * BATCH_PAD;
 #pragma unroll
-    for (int m = 0; m < ROWS_PAD / 16; ++m)
+    for (int m = 0; m < M_TILES; ++m)
 #pragma unroll
-        for (int n = 0; n < BATCH_PAD / 8; ++n) {
+        for (int n = 0; n < N_TILES; ++n) {
             const int r = m * 16 + g, c = n * 8 + 2 * t;
             mine[r * BATCH_PAD + c] = acc[m][n][0];
             mine[r * BATCH_PAD + c + 1] = acc[m][n][1];
@@ -232,28 +324,67 @@ __device__ __forceinline__ void rows_times_h(const T* sw, const T* sh, float* pa
     }
 }
 #else
-// sg[b, r] = W[r] · h[b] on CUDA cores: ROW_BLOCK rows per warp, BATCH_CHUNK batch rows at a
-// time, lanes across H, then a warp sum per (row, batch row).
-__device__ __forceinline__ void rows_times_h(const T* sw, const float* sh, float*, float* sg) {
+// A warp's weights of its first REG_STEPS columns, for each pass's ROW_BLOCK rows, in f32.
+struct WeightRegs {
+    float w[ROW_PASSES][REG_LEN][ROW_BLOCK];
+};
+
+__device__ __forceinline__ void load_weights(WeightRegs& wr, const T* w_hh, int u0, int units) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int r0 = warp * ROW_BLOCK; r0 < ROWS; r0 += WARPS * ROW_BLOCK) {
+#pragma unroll
+    for (int p = 0; p < ROW_PASSES; ++p)
+#pragma unroll
+        for (int i = 0; i < REG_STEPS; ++i)
+#pragma unroll
+            for (int q = 0; q < ROW_BLOCK; ++q)
+                wr.w[p][i][q] =
+                    to_float(w_at(w_hh, (warp + p * WARPS) * ROW_BLOCK + q, lane + 32 * i, u0, units));
+}
+
+// acc[q][b] += w[q] · h[b0 + b, k] for the chunk's batch rows.
+__device__ __forceinline__ void fma_column(float (&acc)[ROW_BLOCK][BATCH_CHUNK],
+                                           const float (&w)[ROW_BLOCK], const float* sh, int b0,
+                                           int k) {
+#pragma unroll
+    for (int b = 0; b < BATCH_CHUNK; ++b) {
+        float h = b0 + b < BATCH ? sh[(b0 + b) * HIDDEN + k] : 0.f;
+#pragma unroll
+        for (int q = 0; q < ROW_BLOCK; ++q) acc[q][b] += w[q] * h;
+    }
+}
+
+// sg[b, r] = W[r] · h[b] on CUDA cores: ROW_BLOCK rows per warp, BATCH_CHUNK batch rows at a
+// time, lanes across H (registers' columns, then shared memory's), then a warp sum per (row,
+// batch row).
+__device__ __forceinline__ void rows_times_h(const WeightRegs& wr, const T* sw, const float* sh,
+                                             float*, float* sg) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    // Unrolled only to index the registers (passes are few then; each is long).
+#if REG_STEPS > 0
+#pragma unroll
+#else
+#pragma unroll 1
+#endif
+    for (int p = 0; p < ROW_PASSES; ++p) {
+        const int r0 = (warp + p * WARPS) * ROW_BLOCK;
+        if (r0 >= ROWS) break;
         for (int b0 = 0; b0 < BATCH; b0 += BATCH_CHUNK) {
             float acc[ROW_BLOCK][BATCH_CHUNK];
 #pragma unroll
             for (int q = 0; q < ROW_BLOCK; ++q)
 #pragma unroll
                 for (int b = 0; b < BATCH_CHUNK; ++b) acc[q][b] = 0.f;
-            for (int k = lane; k < HIDDEN; k += 32) {
+#pragma unroll
+            for (int i = 0; i < REG_STEPS; ++i) {
+                const int k = lane + 32 * i;
+                if (k < HIDDEN) fma_column(acc, wr.w[p][i], sh, b0, k);
+            }
+            for (int k = W_K0 + lane; k < HIDDEN; k += 32) {
                 float w[ROW_BLOCK];
 #pragma unroll
                 for (int q = 0; q < ROW_BLOCK; ++q)
-                    w[q] = r0 + q < ROWS ? to_float(sw[(r0 + q) * LD + k]) : 0.f;
-#pragma unroll
-                for (int b = 0; b < BATCH_CHUNK; ++b) {
-                    float h = b0 + b < BATCH ? sh[(b0 + b) * HIDDEN + k] : 0.f;
-#pragma unroll
-                    for (int q = 0; q < ROW_BLOCK; ++q) acc[q][b] += w[q] * h;
-                }
+                    w[q] = r0 + q < ROWS ? to_float(sw[(r0 + q) * W_LD + k - W_K0]) : 0.f;
+                fma_column(acc, w, sh, b0, k);
             }
 #pragma unroll
             for (int q = 0; q < ROW_BLOCK; ++q)
@@ -286,13 +417,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const int u0 = blockIdx.x * UNITS;
     const int units = min(UNITS, HIDDEN - u0);
     if (tid == 0) gave_up = 0;
-    // The block's rows of W_hh: local row g·UNITS + u is global row g·HIDDEN + u0 + u. Rows past
-    // the last unit and the padding are zero.
-    for (int i = tid; i < ROWS_PAD * LD; i += THREADS) {
-        int r = i / LD, k = i - r * LD, g = r / UNITS, u = r - g * UNITS;
-        bool real = r < ROWS && k < HIDDEN && u < units;
-        sw[i] = real ? w_hh[((long)g * HIDDEN + u0 + u) * HIDDEN + k] : from_float<T>(0.f);
-    }
+    // The block's rows of W_hh, in registers and shared memory for the whole sequence.
+    WeightRegs wr;
+    load_weights(wr, w_hh, u0, units);
+    load_shared_weights(sw, w_hh, u0, units);
 #if TENSOR_CORES
     // h's padding (columns past H, rows past B) is never staged: zero it once.
     for (int i = tid; i < BATCH_PAD * LD; i += THREADS) ((T*)sh)[i] = from_float<T>(0.f);
@@ -325,9 +453,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         __syncthreads();
         // 3.
 #if TENSOR_CORES
-        rows_times_h(sw, (const T*)sh, part, sg);
+        rows_times_h(wr, sw, (const T*)sh, part, sg);
 #else
-        rows_times_h(sw, (const float*)sh, part, sg);
+        rows_times_h(wr, sw, (const float*)sh, part, sg);
 #endif
         __syncthreads();
 

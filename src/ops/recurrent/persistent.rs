@@ -1,6 +1,7 @@
 //! Persistent sequence loops (kernels/persistent/recurrent.cu): one cooperative launch per
-//! layer-direction with the block's slice of W_hh in shared memory. Which shapes can run one
-//! on a device, the shape-specialised source, and why not when they cannot.
+//! layer-direction with the block's slice of W_hh on-chip (shared memory, or registers with
+//! shared memory as overflow). Which shapes can run one on a device, the shape-specialised
+//! source, and why not when they cannot.
 
 use super::{Cell, Dims};
 use crate::device::CudaDevice;
@@ -11,24 +12,45 @@ use cudarc::driver::CudaFunction;
 
 const SOURCE: &str = include_str!("../../../kernels/persistent/recurrent.cu");
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
-/// THREADS in the kernel.
+/// THREADS in the kernel, and its warps.
 pub(crate) const THREADS: u32 = 256;
+const WARPS: usize = THREADS as usize / 32;
+/// 32-bit registers per thread for W_hh·h's accumulators and the part of W_hh a thread holds
+/// when it holds W_hh in registers: at one block of 256 threads per SM a thread has 255, and
+/// the rest of the step needs about 100 (ptxas).
+pub const REGISTER_BUDGET: usize = 160;
+/// The most FMA row passes a warp holds registers for (their loop is unrolled to index them).
+const MAX_REGISTER_PASSES: usize = 4;
 /// Sync words per lane: the failure flag and the barrier's counter.
 pub(crate) const SYNC_WORDS: usize = 2;
 
-/// Whether W_hh·h runs on tensor cores in `dtype`: mma.sync (f32 accumulate) for 16-bit
-/// storage, unless `FUSED_RNN_PERSISTENT=fma` asks for CUDA-core FMAs (for comparing them).
-fn tensor_cores_for(dtype: DType) -> Result<bool> {
-    let wanted = match std::env::var("FUSED_RNN_PERSISTENT").as_deref() {
-        Err(_) | Ok("mma") => true,
-        Ok("fma") => false,
-        Ok(other) => {
-            return Err(Error::Config(format!(
-                "FUSED_RNN_PERSISTENT: unknown variant `{other}` (expected mma or fma)"
-            )))
-        }
+/// The kernel variant `FUSED_RNN_PERSISTENT` names, for comparing them: a comma list of `mma`
+/// (tensor cores for 16-bit storage, the default) or `fma` (CUDA-core FMAs), and `smem` (W_hh
+/// in shared memory, the default) or `regs` (in registers within `REGISTER_BUDGET`, shared
+/// memory as overflow; `regs=N` for a budget of N). Returns (tensor cores, register budget).
+fn variant() -> Result<(bool, usize)> {
+    let (mut tensor_cores, mut registers) = (true, 0);
+    let Ok(value) = std::env::var("FUSED_RNN_PERSISTENT") else {
+        return Ok((tensor_cores, registers));
     };
-    Ok(wanted && dtype != DType::F32)
+    for token in value.split(',').map(str::trim) {
+        match token {
+            "mma" => tensor_cores = true,
+            "fma" => tensor_cores = false,
+            "smem" => registers = 0,
+            "regs" => registers = REGISTER_BUDGET,
+            _ => match token.strip_prefix("regs=").and_then(|n| n.parse().ok()) {
+                Some(n @ 0..=255) => registers = n,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "FUSED_RNN_PERSISTENT: unknown variant `{token}` (expected a comma list \
+                         of mma or fma, and smem, regs or regs=N with N in 0..=255)"
+                    )))
+                }
+            },
+        }
+    }
+    Ok((tensor_cores, registers))
 }
 
 /// The kernel's largest batch (its accumulators are per batch row).
@@ -55,6 +77,10 @@ pub struct Spec {
     pub dtype: DType,
     /// W_hh·h on tensor cores (16-bit storage only).
     pub tensor_cores: bool,
+    /// 32-bit registers per thread for W_hh·h's accumulators and W_hh: each thread's first K
+    /// steps of W_hh, as many as fit, are held in registers and the rest in shared memory (0:
+    /// all in shared memory).
+    pub register_budget: usize,
 }
 
 impl Spec {
@@ -74,6 +100,7 @@ impl Spec {
             units: hidden.div_ceil(multiprocessors.max(1)),
             dtype,
             tensor_cores: dtype != DType::F32,
+            register_budget: 0,
         }
     }
 
@@ -85,25 +112,70 @@ impl Spec {
         self.tensor_cores && self.dtype != DType::F32
     }
 
-    /// Dynamic shared memory per block, as the kernel lays it out: W_hh's slice and h (padded
-    /// to tensor-core tiles, rows 8 elements longer than K, when on tensor cores; h in f32
-    /// otherwise), the warps' partial tiles (tensor cores), then in f32 the gate sums and input
-    /// sides [B, G·U] and c and h_{t-1} [B, U].
-    pub fn shared_bytes(&self) -> usize {
-        let align = |x: usize| x.div_ceil(16) * 16;
-        let rows = self.cell.gates() * self.units;
-        let (weights, h, part) = if self.mma() {
-            let (rows_pad, batch_pad) = (rows.div_ceil(16) * 16, self.batch.div_ceil(8) * 8);
-            let ld = self.hidden.div_ceil(16) * 16 + 8;
+    /// The block's rows of W_hh (G per unit).
+    fn rows(&self) -> usize {
+        self.cell.gates() * self.units
+    }
+
+    /// CUDA-core FMAs: the rows a warp accumulates at once (at most 32 accumulators per lane
+    /// over them and a chunk of the batch).
+    fn row_block(&self) -> usize {
+        match self.batch {
+            0..=8 => 4,
+            9..=16 => 2,
+            _ => 1,
+        }
+    }
+
+    /// How many of its K steps of W_hh a thread holds in registers (REG_STEPS in the kernel):
+    /// on tensor cores a warp's K tiles (4 registers per 16-row tile each, beside 4 accumulators
+    /// per row and batch tile), with FMAs a lane's columns (one register per row of each pass,
+    /// beside ROW_BLOCK · BATCH_CHUNK accumulators). The rest is read from shared memory.
+    fn reg_steps(&self) -> usize {
+        let rows = self.rows();
+        let (k_steps, per_step, accumulators) = if self.mma() {
+            let row_tiles = rows.div_ceil(16);
             (
-                align(rows_pad * ld * 2),
-                align(batch_pad * ld * 2),
-                8 * rows_pad * batch_pad * 4,
+                self.hidden.div_ceil(16).div_ceil(WARPS),
+                4 * row_tiles,
+                4 * row_tiles * self.batch.div_ceil(8),
             )
         } else {
-            let size = self.dtype.size_in_bytes();
+            let row_block = self.row_block();
+            let passes = rows.div_ceil(WARPS * row_block);
+            if passes > MAX_REGISTER_PASSES {
+                return 0;
+            }
             (
-                align(rows * self.hidden * size),
+                self.hidden.div_ceil(32),
+                passes * row_block,
+                row_block * self.batch.min(32 / row_block),
+            )
+        };
+        k_steps.min(self.register_budget.saturating_sub(accumulators) / per_step)
+    }
+
+    /// Dynamic shared memory per block, as the kernel lays it out: W_hh's columns that are not
+    /// in registers and h (padded to tensor-core tiles, rows 8 elements longer than K, when on
+    /// tensor cores; h in f32 otherwise), the warps' partial tiles (tensor cores), then in f32
+    /// the gate sums and input sides [B, G·U] and c and h_{t-1} [B, U].
+    pub fn shared_bytes(&self) -> usize {
+        let align = |x: usize| x.div_ceil(16) * 16;
+        let rows = self.rows();
+        let (weights, h, part) = if self.mma() {
+            let (rows_pad, batch_pad) = (rows.div_ceil(16) * 16, self.batch.div_ceil(8) * 8);
+            let k_pad = self.hidden.div_ceil(16) * 16;
+            let shared_cols = k_pad.saturating_sub(self.reg_steps() * WARPS * 16);
+            let w_ld = if shared_cols > 0 { shared_cols + 8 } else { 0 };
+            (
+                align(rows_pad * w_ld * 2),
+                align(batch_pad * (k_pad + 8) * 2),
+                WARPS * rows_pad * batch_pad * 4,
+            )
+        } else {
+            let shared_cols = self.hidden.saturating_sub(self.reg_steps() * 32);
+            (
+                align(rows * shared_cols * self.dtype.size_in_bytes()),
                 self.batch * self.hidden * 4,
                 0,
             )
@@ -113,8 +185,13 @@ impl Spec {
 
     /// A name for logs and the disk cache.
     pub fn name(&self) -> String {
+        let registers = if self.register_budget > 0 {
+            format!("_regs{}", self.reg_steps())
+        } else {
+            String::new()
+        };
         format!(
-            "persistent_{}_H{}_B{}_U{}_{}_{}",
+            "persistent_{}_H{}_B{}_U{}_{}_{}{registers}",
             self.cell.name().to_lowercase(),
             self.hidden,
             self.batch,
@@ -139,11 +216,15 @@ impl Spec {
         format!(
             "#define CELL {cell}\n#define ACT {act}\n#define HIDDEN {}\n#define BATCH {}\n\
              #define UNITS {}\n#define STORAGE {storage}\n#define TENSOR_CORES {}\n\
-             #define MMA_TYPE {storage}\n{}",
+             #define MMA_TYPE {storage}\n#define REG_STEPS {}\n#define ROW_BLOCK {}\n\
+             #define SHARED_BYTES {}\n{}",
             self.hidden,
             self.batch,
             self.units,
             self.mma() as i32,
+            self.reg_steps(),
+            self.row_block(),
+            self.shared_bytes(),
             SOURCE.replace("#include \"common.cuh\"", COMMON)
         )
     }
@@ -169,7 +250,9 @@ fn multiprocessors(dev: &CudaDevice) -> Result<usize> {
 /// The specialisation for the shape on this device, in the variant `FUSED_RNN_PERSISTENT` names.
 fn device_spec(dev: &CudaDevice, cell: Cell, dims: &Dims, dtype: DType) -> Result<Spec> {
     let mut spec = Spec::new(cell, dims.hidden, dims.batch, dtype, multiprocessors(dev)?);
-    spec.tensor_cores = tensor_cores_for(dtype)?;
+    let (tensor_cores, register_budget) = variant()?;
+    spec.tensor_cores = tensor_cores && dtype != DType::F32;
+    spec.register_budget = register_budget;
     Ok(spec)
 }
 
@@ -207,7 +290,7 @@ pub(crate) fn unsupported(
         as usize;
     if spec.shared_bytes() > limit {
         return Ok(Some(format!(
-            "{} units per block need {} KiB of shared memory (W_hh slice and h); this GPU allows {} KiB",
+            "{} units per block need {} KiB of shared memory (W_hh slice, or its overflow, and h); this GPU allows {} KiB",
             spec.units,
             spec.shared_bytes().div_ceil(1024),
             limit / 1024
@@ -259,4 +342,69 @@ pub(crate) fn prepare(
         concurrent_directions: 2 * spec.blocks() <= resident,
         note,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(cell: Cell, hidden: usize, batch: usize, dtype: DType, sms: usize) -> Spec {
+        let mut spec = Spec::new(cell, hidden, batch, dtype, sms);
+        spec.register_budget = REGISTER_BUDGET;
+        spec
+    }
+
+    /// Shared memory without W_hh's slice, or with the part of it the registers leave.
+    fn without_weights(spec: Spec) -> usize {
+        Spec {
+            register_budget: 0,
+            ..spec
+        }
+        .shared_bytes()
+    }
+
+    #[test]
+    fn registers_hold_the_whole_slice_where_it_is_small() {
+        // LSTM H = 1024, B = 1 on 132 SMs: 8 units, 32 rows. Tensor cores: 8 of the 64 K tiles
+        // per warp, 2 row tiles of 4 registers each: 64 registers beside 8 accumulators. FMAs:
+        // 32 columns per lane of 4 rows: 128 registers beside 4 accumulators.
+        let mma = spec(Cell::Lstm, 1024, 1, DType::BF16, 132);
+        assert_eq!(mma.reg_steps(), 8);
+        assert_eq!(
+            without_weights(mma) - mma.shared_bytes(),
+            32 * (1024 + 8) * 2
+        );
+        let fma = spec(Cell::Lstm, 1024, 1, DType::F32, 132);
+        assert_eq!(fma.reg_steps(), 32);
+        assert_eq!(without_weights(fma) - fma.shared_bytes(), 32 * 1024 * 4);
+    }
+
+    #[test]
+    fn registers_overflow_to_shared_memory_where_the_slice_is_large() {
+        // LSTM H = 1024, B = 16 on 20 SMs: 52 units, 208 rows. Tensor cores: 13 row tiles × 2
+        // batch tiles take 104 accumulators, which leaves room for 1 K tile of 52 registers;
+        // columns from 1·8·16 = 128 on stay in shared memory.
+        let mma = spec(Cell::Lstm, 1024, 16, DType::BF16, 20);
+        assert_eq!(mma.reg_steps(), 1);
+        assert_eq!(
+            without_weights(mma) - mma.shared_bytes(),
+            208 * (1024 + 8) * 2 - 208 * (1024 - 128 + 8) * 2
+        );
+        // FMAs: 13 passes of 2 rows are too many to unroll, so all of W_hh is in shared memory.
+        assert_eq!(spec(Cell::Lstm, 1024, 16, DType::F32, 20).reg_steps(), 0);
+        // On 66 SMs: 16 units, 64 rows, 4 passes of 2 rows: 8 registers per column beside 32
+        // accumulators, so 16 of a lane's 32 columns; columns from 512 on in shared memory.
+        let fma = spec(Cell::Lstm, 1024, 16, DType::F32, 66);
+        assert_eq!(fma.reg_steps(), 16);
+        assert_eq!(without_weights(fma) - fma.shared_bytes(), 64 * 512 * 4);
+    }
+
+    #[test]
+    fn the_shared_memory_variant_keeps_nothing_in_registers() {
+        let smem = Spec::new(Cell::Gru, 512, 8, DType::BF16, 132);
+        assert_eq!(smem.register_budget, 0);
+        assert_eq!(smem.reg_steps(), 0);
+        assert!(smem.source().contains("#define REG_STEPS 0\n"));
+        assert!(!smem.name().contains("regs"));
+    }
 }
