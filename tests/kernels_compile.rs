@@ -74,9 +74,14 @@ const PERSISTENT_BENCH_SHAPES: &[(fused_rnn::Cell, usize, usize)] = &[
     (fused_rnn::Cell::Rnn(fused_rnn::Nonlinearity::Tanh), 1024, 4),
 ];
 
+/// The variants of the persistent kernel compiled for every dtype: W_hh in shared memory (the
+/// default), in registers, mostly in shared memory past a small register budget, and each
+/// way of staging h.
+const VARIANTS: [&str; 5] = ["smem", "regs", "regs=48", "vec", "regs,vec"];
+
 #[test]
 fn every_persistent_specialisation_the_tests_use_compiles_without_spills() {
-    use fused_rnn::ops::recurrent::persistent::{Spec, REGISTER_BUDGET};
+    use fused_rnn::ops::recurrent::persistent::Spec;
     use fused_rnn::DType;
     if !common::nvrtc_or_skip(
         "every_persistent_specialisation_the_tests_use_compiles_without_spills",
@@ -87,17 +92,16 @@ fn every_persistent_specialisation_the_tests_use_compiles_without_spills() {
         .iter()
         .chain(PERSISTENT_BENCH_SHAPES);
     for &(cell, hidden, batch) in shapes {
-        // Each dtype's default and CUDA-core FMAs in bf16 (FUSED_RNN_PERSISTENT=fma), with W_hh
-        // in shared memory, in registers (=regs), and for the defaults also mostly in shared
-        // memory past a small register budget (=regs=48, which the GPU runner tests).
+        // Each dtype's default in the variants FUSED_RNN_PERSISTENT names (see
+        // `Spec::with_variant`; scripts/gpu-run.sh tests them), and CUDA-core FMAs in bf16.
         let variants = DType::ALL
             .into_iter()
-            .flat_map(|dtype| [0, REGISTER_BUDGET, 48].map(|r| (dtype, dtype != DType::F32, r)))
-            .chain([0, REGISTER_BUDGET].map(|r| (DType::BF16, false, r)));
-        for (dtype, tensor_cores, register_budget) in variants {
-            let mut spec = Spec::new(cell, hidden, batch, dtype, common::H100_SMS);
-            spec.tensor_cores = tensor_cores;
-            spec.register_budget = register_budget;
+            .flat_map(|dtype| VARIANTS.map(|v| (dtype, v)))
+            .chain(["fma", "fma,regs"].map(|v| (DType::BF16, v)));
+        for (dtype, variant) in variants {
+            let spec = Spec::new(cell, hidden, batch, dtype, common::H100_SMS)
+                .with_variant(variant)
+                .unwrap();
             let name = spec.name();
             // The source checks the host's shared-memory size against its layout.
             let cubin = nvrtc::compile(&spec.source(), &format!("{name}.cu"), "sm_90")

@@ -7,8 +7,9 @@
 // STORAGE (float | f16 | bf16), TENSOR_CORES (0 | 1; 1 needs a 16-bit STORAGE, named by
 // MMA_TYPE f16 | bf16), REG_STEPS (how many of a thread's K steps of W_hh it holds in
 // registers; the rest is read from shared memory), for CUDA-core FMAs ROW_BLOCK (rows a warp
-// accumulates at once), and SHARED_BYTES (the dynamic shared memory the host launches with,
-// checked against the layout below). Not compiled at build time: it needs those defines.
+// accumulates at once), SHARED_BYTES (the dynamic shared memory the host launches with,
+// checked against the layout below) and VEC_STAGE (0 | 1: stage h with 16-byte loads; needs
+// H % 4 == 0). Not compiled at build time: it needs those defines.
 //
 // Block k owns hidden units [k·UNITS, (k+1)·UNITS) with all their gate rows (G per unit), so the
 // cell update stays in the block and only h crosses blocks. Per step it
@@ -37,7 +38,8 @@
 #define CELL_GRU 2
 
 #if !defined(CELL) || !defined(ACT) || !defined(HIDDEN) || !defined(BATCH) || !defined(UNITS) || \
-    !defined(STORAGE) || !defined(TENSOR_CORES) || !defined(REG_STEPS) || !defined(SHARED_BYTES)
+    !defined(STORAGE) || !defined(TENSOR_CORES) || !defined(REG_STEPS) || !defined(SHARED_BYTES) || \
+    !defined(VEC_STAGE)
 #error "persistent/recurrent.cu needs the defines listed at its top"
 #endif
 
@@ -189,6 +191,52 @@ __device__ __forceinline__ void stage_h(void* sh, const float* prev, const T* h0
         }
     }
 }
+
+#if VEC_STAGE
+static_assert(HIDDEN % 4 == 0, "16-byte staging needs H to be a multiple of 4");
+struct __align__(16) f32x4 {
+    float x, y, z, w;
+};
+
+__device__ __forceinline__ f32x4 load_l2_x4(const float* p) {
+    f32x4 v;
+    asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+// As stage_h from the previous step's hbuf half, 4 elements (of one batch row: H % 4 == 0) per
+// 16-byte load, STAGE_GROUP_X4 loads in flight: twice the elements per L2 round trip as
+// stage_h, in twice the registers.
+#define STAGE_GROUP_X4 8
+__device__ __forceinline__ void stage_h_x4(void* sh, const float* prev) {
+    constexpr int QUADS = BATCH * HIDDEN / 4;
+    for (int base = threadIdx.x; base < QUADS; base += THREADS * STAGE_GROUP_X4) {
+        f32x4 v[STAGE_GROUP_X4];
+#pragma unroll
+        for (int g = 0; g < STAGE_GROUP_X4; ++g) {
+            int i = base + g * THREADS;
+            if (i < QUADS) v[g] = load_l2_x4(prev + 4 * i);
+        }
+#pragma unroll
+        for (int g = 0; g < STAGE_GROUP_X4; ++g) {
+            int i = base + g * THREADS;
+            if (i >= QUADS) continue;
+#if TENSOR_CORES
+            int b = 4 * i / HIDDEN;
+            T* d = (T*)sh + b * LD + 4 * i - b * HIDDEN;
+            d[0] = from_float<T>(v[g].x);
+            d[1] = from_float<T>(v[g].y);
+            d[2] = from_float<T>(v[g].z);
+            d[3] = from_float<T>(v[g].w);
+#else
+            ((f32x4*)sh)[i] = v[g];
+#endif
+        }
+    }
+}
+#endif
 
 // Element (r, k) of the block's rows of W_hh: local row g·UNITS + u is global row
 // g·HIDDEN + u0 + u. Rows past the last unit and the tiles' padding are zero.
@@ -449,7 +497,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             if (u < units) sp[i] = h_prev_at(prev, h0, s, b * HIDDEN + u0 + u);
         }
         // 2.
-        stage_h(sh, prev, h0, s);
+#if VEC_STAGE
+        if (s > 0)
+            stage_h_x4(sh, prev);
+        else
+#endif
+            stage_h(sh, prev, h0, s);
         __syncthreads();
         // 3.
 #if TENSOR_CORES

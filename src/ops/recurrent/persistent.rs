@@ -24,35 +24,6 @@ const MAX_REGISTER_PASSES: usize = 4;
 /// Sync words per lane: the failure flag and the barrier's counter.
 pub(crate) const SYNC_WORDS: usize = 2;
 
-/// The kernel variant `FUSED_RNN_PERSISTENT` names, for comparing them: a comma list of `mma`
-/// (tensor cores for 16-bit storage, the default) or `fma` (CUDA-core FMAs), and `smem` (W_hh
-/// in shared memory, the default) or `regs` (in registers within `REGISTER_BUDGET`, shared
-/// memory as overflow; `regs=N` for a budget of N). Returns (tensor cores, register budget).
-fn variant() -> Result<(bool, usize)> {
-    let (mut tensor_cores, mut registers) = (true, 0);
-    let Ok(value) = std::env::var("FUSED_RNN_PERSISTENT") else {
-        return Ok((tensor_cores, registers));
-    };
-    for token in value.split(',').map(str::trim) {
-        match token {
-            "mma" => tensor_cores = true,
-            "fma" => tensor_cores = false,
-            "smem" => registers = 0,
-            "regs" => registers = REGISTER_BUDGET,
-            _ => match token.strip_prefix("regs=").and_then(|n| n.parse().ok()) {
-                Some(n @ 0..=255) => registers = n,
-                _ => {
-                    return Err(Error::Config(format!(
-                        "FUSED_RNN_PERSISTENT: unknown variant `{token}` (expected a comma list \
-                         of mma or fma, and smem, regs or regs=N with N in 0..=255)"
-                    )))
-                }
-            },
-        }
-    }
-    Ok((tensor_cores, registers))
-}
-
 /// The kernel's largest batch (its accumulators are per batch row).
 pub(crate) const MAX_BATCH: usize = 64;
 /// The largest batch `Algo::Auto` runs persistently in `dtype`. On an H100 (BENCHMARKS.md, two
@@ -81,6 +52,8 @@ pub struct Spec {
     /// steps of W_hh, as many as fit, are held in registers and the rest in shared memory (0:
     /// all in shared memory).
     pub register_budget: usize,
+    /// Stage h_{t-1} with 16-byte loads (where H is a multiple of 4).
+    pub vector_staging: bool,
 }
 
 impl Spec {
@@ -101,7 +74,35 @@ impl Spec {
             dtype,
             tensor_cores: dtype != DType::F32,
             register_budget: 0,
+            vector_staging: false,
         }
+    }
+
+    /// This specialisation in the variant a `FUSED_RNN_PERSISTENT` value names, for comparing
+    /// them: a comma list of `mma` (tensor cores for 16-bit storage, the default) or `fma`
+    /// (CUDA-core FMAs); `smem` (W_hh in shared memory, the default) or `regs` (in registers
+    /// within `REGISTER_BUDGET`, shared memory as overflow; `regs=N` for a budget of N); and
+    /// `vec` (stage h with 16-byte loads).
+    pub fn with_variant(mut self, value: &str) -> Result<Self> {
+        for token in value.split(',').map(str::trim) {
+            match token {
+                "mma" => self.tensor_cores = true,
+                "fma" => self.tensor_cores = false,
+                "smem" => self.register_budget = 0,
+                "regs" => self.register_budget = REGISTER_BUDGET,
+                "vec" => self.vector_staging = true,
+                _ => match token.strip_prefix("regs=").and_then(|n| n.parse().ok()) {
+                    Some(n @ 0..=255) => self.register_budget = n,
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "FUSED_RNN_PERSISTENT: unknown variant `{token}` (expected a comma \
+                             list of mma or fma, smem, regs or regs=N with N in 0..=255, and vec)"
+                        )))
+                    }
+                },
+            }
+        }
+        Ok(self)
     }
 
     pub fn blocks(&self) -> usize {
@@ -110,6 +111,11 @@ impl Spec {
 
     fn mma(&self) -> bool {
         self.tensor_cores && self.dtype != DType::F32
+    }
+
+    /// VEC_STAGE: 16-byte loads keep to one batch row of h only when H is a multiple of 4.
+    fn vec_stage(&self) -> bool {
+        self.vector_staging && self.hidden.is_multiple_of(4)
     }
 
     /// The block's rows of W_hh (G per unit).
@@ -190,8 +196,9 @@ impl Spec {
         } else {
             String::new()
         };
+        let staging = if self.vec_stage() { "_vec" } else { "" };
         format!(
-            "persistent_{}_H{}_B{}_U{}_{}_{}{registers}",
+            "persistent_{}_H{}_B{}_U{}_{}_{}{registers}{staging}",
             self.cell.name().to_lowercase(),
             self.hidden,
             self.batch,
@@ -217,7 +224,7 @@ impl Spec {
             "#define CELL {cell}\n#define ACT {act}\n#define HIDDEN {}\n#define BATCH {}\n\
              #define UNITS {}\n#define STORAGE {storage}\n#define TENSOR_CORES {}\n\
              #define MMA_TYPE {storage}\n#define REG_STEPS {}\n#define ROW_BLOCK {}\n\
-             #define SHARED_BYTES {}\n{}",
+             #define SHARED_BYTES {}\n#define VEC_STAGE {}\n{}",
             self.hidden,
             self.batch,
             self.units,
@@ -225,6 +232,7 @@ impl Spec {
             self.reg_steps(),
             self.row_block(),
             self.shared_bytes(),
+            self.vec_stage() as i32,
             SOURCE.replace("#include \"common.cuh\"", COMMON)
         )
     }
@@ -249,11 +257,11 @@ fn multiprocessors(dev: &CudaDevice) -> Result<usize> {
 
 /// The specialisation for the shape on this device, in the variant `FUSED_RNN_PERSISTENT` names.
 fn device_spec(dev: &CudaDevice, cell: Cell, dims: &Dims, dtype: DType) -> Result<Spec> {
-    let mut spec = Spec::new(cell, dims.hidden, dims.batch, dtype, multiprocessors(dev)?);
-    let (tensor_cores, register_budget) = variant()?;
-    spec.tensor_cores = tensor_cores && dtype != DType::F32;
-    spec.register_budget = register_budget;
-    Ok(spec)
+    let spec = Spec::new(cell, dims.hidden, dims.batch, dtype, multiprocessors(dev)?);
+    match std::env::var("FUSED_RNN_PERSISTENT") {
+        Ok(value) => spec.with_variant(&value),
+        Err(_) => Ok(spec),
+    }
 }
 
 /// Why a shape cannot run persistently on a device, before anything is compiled.
@@ -397,6 +405,28 @@ mod tests {
         let fma = spec(Cell::Lstm, 1024, 16, DType::F32, 66);
         assert_eq!(fma.reg_steps(), 16);
         assert_eq!(without_weights(fma) - fma.shared_bytes(), 64 * 512 * 4);
+    }
+
+    #[test]
+    fn variants_parse_and_bad_ones_are_named() {
+        let base = Spec::new(Cell::Lstm, 768, 16, DType::BF16, 132);
+        let v = base.with_variant("fma, regs=48,vec").unwrap();
+        assert!(!v.tensor_cores && v.vector_staging);
+        assert_eq!(v.register_budget, 48);
+        // FMAs at B = 16: 2 passes of 2 rows, 4 registers per column beside 32 accumulators.
+        assert!(v.name().ends_with("_fma_regs4_vec"), "{}", v.name());
+        let v = base.with_variant("regs,smem,mma").unwrap();
+        assert!(v.tensor_cores);
+        assert_eq!(v.register_budget, 0);
+        for bad in ["", "regs=256", "regs=x", "tma"] {
+            let e = base.with_variant(bad).unwrap_err().to_string();
+            assert!(e.contains("FUSED_RNN_PERSISTENT") && e.contains(bad), "{e}");
+        }
+        // H = 33 cannot stage 4 elements of a row at a time: the request falls back.
+        let odd = Spec::new(Cell::Gru, 33, 4, DType::F32, 132)
+            .with_variant("vec")
+            .unwrap();
+        assert!(odd.source().contains("#define VEC_STAGE 0\n"));
     }
 
     #[test]
