@@ -23,6 +23,13 @@ bundle=target/gpu-bundle/bin
 out=${OUT:-/tmp/fused-rnn-gpu}
 mkdir -p "$out"
 export FUSED_RNN_REQUIRE_GPU=1 FUSED_RNN_REQUIRE_NVRTC=1
+# The persistent kernels gpu-bundle.sh precompiled, unpacked into the disk cache (on another
+# GPU or NVRTC version their keys do not match, and they compile here as usual).
+if [[ -f target/gpu-bundle/jit-cache.tar.gz ]]; then
+    export FUSED_RNN_CACHE_DIR=${FUSED_RNN_CACHE_DIR:-/tmp/fused-rnn-jit}
+    mkdir -p "$FUSED_RNN_CACHE_DIR"
+    tar xzf target/gpu-bundle/jit-cache.tar.gz -C "$FUSED_RNN_CACHE_DIR"
+fi
 # Prefer the pip wheels of the machine's PyTorch (under /opt): the same NVRTC 13.0 build as
 # scripts/install-nvrtc.sh installs here.
 lib_dirs=""

@@ -75,10 +75,13 @@ const PERSISTENT_BENCH_SHAPES: &[(fused_rnn::Cell, usize, usize)] = &[
 ];
 
 /// The variants of the persistent kernel compiled for every dtype: W_hh in shared memory (the
-/// default), in registers, mostly in shared memory past a small register budget, and each
-/// way of staging h.
-const VARIANTS: [&str; 5] = ["smem", "regs", "regs=48", "vec", "regs,vec"];
+/// default) or in registers, each way of staging h, and mostly in shared memory past a small
+/// register budget (scripts/gpu-run.sh tests those but `vec` alone).
+const VARIANTS: [&str; 5] = ["smem", "regs", "vec", "regs,vec", "regs=48,vec"];
 
+/// With FUSED_RNN_FILL_CACHE=1 each image is also kept where `CudaDevice::jit_module` on an
+/// H100 looks for it (`device::cache_file`, under FUSED_RNN_CACHE_DIR): scripts/gpu-bundle.sh
+/// carries that cache to the GPU machine, which then compiles none of them.
 #[test]
 fn every_persistent_specialisation_the_tests_use_compiles_without_spills() {
     use fused_rnn::ops::recurrent::persistent::Spec;
@@ -88,6 +91,7 @@ fn every_persistent_specialisation_the_tests_use_compiles_without_spills() {
     ) {
         return;
     }
+    let fill_cache = std::env::var("FUSED_RNN_FILL_CACHE").is_ok_and(|v| v == "1");
     let shapes = common::PERSISTENT_SHAPES
         .iter()
         .chain(PERSISTENT_BENCH_SHAPES);
@@ -102,9 +106,9 @@ fn every_persistent_specialisation_the_tests_use_compiles_without_spills() {
             let spec = Spec::new(cell, hidden, batch, dtype, common::H100_SMS)
                 .with_variant(variant)
                 .unwrap();
-            let name = spec.name();
+            let (name, source) = (spec.name(), spec.source());
             // The source checks the host's shared-memory size against its layout.
-            let cubin = nvrtc::compile(&spec.source(), &format!("{name}.cu"), "sm_90")
+            let cubin = nvrtc::compile(&source, &format!("{name}.cu"), "sm_90")
                 .unwrap_or_else(|e| panic!("{e}"));
             let stats = parse_ptxas_log(&cubin.log);
             assert_eq!(stats.len(), 1, "{name}: log:\n{}", cubin.log);
@@ -125,6 +129,13 @@ fn every_persistent_specialisation_the_tests_use_compiles_without_spills() {
                 spec.shared_bytes() <= 227 * 1024,
                 "{name} does not fit an H100"
             );
+            if fill_cache {
+                let file = fused_rnn::device::cache_file(&source, &name, "sm_90")
+                    .unwrap()
+                    .expect("FUSED_RNN_FILL_CACHE needs a cache directory");
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(&file, &cubin.image).unwrap();
+            }
         }
     }
 }

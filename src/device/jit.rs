@@ -45,6 +45,32 @@ fn cache_dir() -> Option<PathBuf> {
         .or_else(|| var("HOME").map(|d| d.join(".cache/fused-rnn")))
 }
 
+/// The disk-cache file of `source` (labelled `name`) compiled for `arch` (e.g. "sm_90") by
+/// this NVRTC; None without a cache directory. `CudaDevice::jit_module` on a device of that
+/// architecture reads it instead of compiling, so a cache can be filled ahead of time on a
+/// machine without a GPU (scripts/gpu-bundle.sh).
+pub fn cache_file(source: &str, name: &str, arch: &str) -> Result<Option<PathBuf>> {
+    Ok(file_of(name, cache_key(source, arch)?))
+}
+
+/// A specialisation's key: the hash of its source, the compile options, the architecture and
+/// the NVRTC version.
+fn cache_key(source: &str, arch: &str) -> Result<u64> {
+    let (version, _) = nvrtc::version()?;
+    let options = nvrtc::compile::options(arch).join(" ");
+    let version = format!("{}.{}", version.0, version.1);
+    Ok(fnv1a(&[
+        source.as_bytes(),
+        options.as_bytes(),
+        arch.as_bytes(),
+        version.as_bytes(),
+    ]))
+}
+
+fn file_of(name: &str, key: u64) -> Option<PathBuf> {
+    cache_dir().map(|d| d.join(format!("{name}-{key:016x}.cubin")))
+}
+
 /// Where a specialisation came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JitOrigin {
@@ -66,15 +92,7 @@ impl CudaDevice {
     pub fn jit_module(&self, source: &str, name: &str) -> Result<JitModule> {
         let (major, minor) = self.compute_capability();
         let arch = format!("sm_{major}{minor}");
-        let (version, _) = nvrtc::version()?;
-        let options = nvrtc::compile::options(&arch).join(" ");
-        let version = format!("{}.{}", version.0, version.1);
-        let key = fnv1a(&[
-            source.as_bytes(),
-            options.as_bytes(),
-            arch.as_bytes(),
-            version.as_bytes(),
-        ]);
+        let key = cache_key(source, &arch)?;
         let mut jit = self.jit.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(module) = jit.get(&key) {
             return Ok(JitModule {
@@ -83,7 +101,7 @@ impl CudaDevice {
                 log: String::new(),
             });
         }
-        let file = cache_dir().map(|d| d.join(format!("{name}-{key:016x}.cubin")));
+        let file = file_of(name, key);
         let cached = file.as_ref().and_then(|f| std::fs::read(f).ok());
         let (image, origin, log) = match cached {
             Some(image) => (image, JitOrigin::Disk, String::new()),

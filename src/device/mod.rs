@@ -5,7 +5,7 @@ mod cuda;
 mod gemm;
 mod jit;
 pub(crate) use gemm::{Batched, Op, Strided};
-pub use jit::{JitModule, JitOrigin};
+pub use jit::{cache_file, JitModule, JitOrigin};
 pub mod kernels;
 mod ptr;
 
