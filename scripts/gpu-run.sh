@@ -10,9 +10,10 @@
 #   bench-attention-backward  attention backward fused vs naive, then PyTorch autograd
 #   bench-training  forward + backward on CUDA, fused vs naive, then PyTorch (cuDNN) training
 #   persistent-variants  the persistent tests under each FUSED_RNN_PERSISTENT variant of
-#             $PERSISTENT_VARIANTS (default: W_hh in registers with h staged by 16-byte loads;
-#             registers alone; both, mostly in shared memory past a 48-register budget; others:
-#             vec, fma, fma,regs), racecheck on the small shapes, and the persistent bench of each
+#             $PERSISTENT_VARIANTS (default: W_hh in registers, h staged by 16-byte loads and
+#             the input side prefetched; registers alone; staging and prefetch alone; all three
+#             mostly in shared memory past a 48-register budget), racecheck on the small shapes,
+#             and the persistent bench of each
 # MEMCHECK_TESTS narrows the memcheck part to some test binaries.
 # PARTS (default "tests memcheck torch bench-recurrent bench-persistent bench-attention") picks
 # what runs.
@@ -77,7 +78,7 @@ if want memcheck; then
 fi
 if want persistent-variants; then
     test=fused_naive_and_persistent_match_cpu_for_every_cell_and_dtype
-    variants=${PERSISTENT_VARIANTS:-regs,vec regs regs=48,vec}
+    variants=${PERSISTENT_VARIANTS:-regs,vec,prefetch regs vec,prefetch regs=48,vec,prefetch}
     for v in $variants; do
         step "persistent tests [$v]" "$out/tests.log" 150 env FUSED_RNN_TEST_ALGOS=persistent \
             FUSED_RNN_PERSISTENT=$v "$bundle/test-recurrent_cuda" --test-threads=1 "$test"

@@ -74,10 +74,17 @@ const PERSISTENT_BENCH_SHAPES: &[(fused_rnn::Cell, usize, usize)] = &[
     (fused_rnn::Cell::Rnn(fused_rnn::Nonlinearity::Tanh), 1024, 4),
 ];
 
-/// The variants of the persistent kernel compiled for every dtype: W_hh in shared memory (the
-/// default) or in registers, each way of staging h, and mostly in shared memory past a small
-/// register budget (scripts/gpu-run.sh tests those but `vec` alone).
-const VARIANTS: [&str; 5] = ["smem", "regs", "vec", "regs,vec", "regs=48,vec"];
+/// The variants of the persistent kernel compiled for every dtype (see `Spec::with_variant`):
+/// the default (W_hh in shared memory), and those scripts/gpu-run.sh tests: W_hh in registers,
+/// with h staged by 16-byte loads and the input side prefetched, alone and with registers, also
+/// mostly in shared memory past a small register budget.
+const VARIANTS: [&str; 5] = [
+    "smem",
+    "regs",
+    "vec,prefetch",
+    "regs,vec,prefetch",
+    "regs=48,vec,prefetch",
+];
 
 /// With FUSED_RNN_FILL_CACHE=1 each image is also kept where `CudaDevice::jit_module` on an
 /// H100 looks for it (`device::cache_file`, under FUSED_RNN_CACHE_DIR): scripts/gpu-bundle.sh

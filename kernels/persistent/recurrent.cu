@@ -8,8 +8,9 @@
 // MMA_TYPE f16 | bf16), REG_STEPS (how many of a thread's K steps of W_hh it holds in
 // registers; the rest is read from shared memory), for CUDA-core FMAs ROW_BLOCK (rows a warp
 // accumulates at once), SHARED_BYTES (the dynamic shared memory the host launches with,
-// checked against the layout below) and VEC_STAGE (0 | 1: stage h with 16-byte loads; needs
-// H % 4 == 0). Not compiled at build time: it needs those defines.
+// checked against the layout below), VEC_STAGE (0 | 1: stage h with 16-byte loads; needs
+// H % 4 == 0) and PREFETCH (0 | 1: load the next step's input side before the barrier). Not
+// compiled at build time: it needs those defines.
 //
 // Block k owns hidden units [k·UNITS, (k+1)·UNITS) with all their gate rows (G per unit), so the
 // cell update stays in the block and only h crosses blocks. Per step it
@@ -39,7 +40,7 @@
 
 #if !defined(CELL) || !defined(ACT) || !defined(HIDDEN) || !defined(BATCH) || !defined(UNITS) || \
     !defined(STORAGE) || !defined(TENSOR_CORES) || !defined(REG_STEPS) || !defined(SHARED_BYTES) || \
-    !defined(VEC_STAGE)
+    !defined(VEC_STAGE) || !defined(PREFETCH)
 #error "persistent/recurrent.cu needs the defines listed at its top"
 #endif
 
@@ -234,6 +235,61 @@ __device__ __forceinline__ void stage_h_x4(void* sh, const float* prev) {
             ((f32x4*)sh)[i] = v[g];
 #endif
         }
+    }
+}
+#endif
+
+// Where element i = (b, r) of the block's input side [B, ROWS] is in xw at step s (local row
+// r = g·UNITS + u is gate g of unit u0 + u), or -1 when the row has ended or the unit is past
+// the last.
+__device__ __forceinline__ long input_at(int i, int s, const int* lengths, int u0, int units,
+                                         int st, int sb, int reverse) {
+    const int b = i / ROWS, r = i - b * ROWS, g = r / UNITS, u = r - g * UNITS;
+    const int t = step_time(s, lengths[b], reverse);
+    if (t < 0 || u >= units) return -1;
+    return ((long)t * st + (long)b * sb) * (GATES * HIDDEN) + g * HIDDEN + u0 + u;
+}
+
+// x·W_ih of element i plus its biases: b_ih, and b_hh but for the GRU's n gate (which the reset
+// gate multiplies).
+__device__ __forceinline__ float with_biases(float x, int i, const T* b_ih, const T* b_hh,
+                                             int u0) {
+    const int r = i % ROWS, g = r / UNITS, col = g * HIDDEN + u0 + r - g * UNITS;
+    x += bias_at(b_ih, col);
+    if (!(CELL == CELL_GRU && g == 2)) x += bias_at(b_hh, col);
+    return x;
+}
+
+#if PREFETCH
+// The next step's input side is loaded into registers before the grid barrier and stored to
+// shared memory after it, so that its latency (xw is read once, from memory) overlaps the
+// wait. Warps 1.. only: thread 0 fences at the barrier, which would wait for its loads.
+#define PF_THREADS (THREADS - 32)
+#define PF_COUNT ((BATCH * ROWS + PF_THREADS - 1) / PF_THREADS)
+
+__device__ __forceinline__ void fetch_input(float (&xv)[PF_COUNT], const float* xw, int s,
+                                            const int* lengths, int u0, int units, int st,
+                                            int sb, int reverse) {
+    if (threadIdx.x < 32) return;
+#pragma unroll
+    for (int q = 0; q < PF_COUNT; ++q) {
+        const int i = threadIdx.x - 32 + q * PF_THREADS;
+        if (i >= BATCH * ROWS) break;
+        const long at = input_at(i, s, lengths, u0, units, st, sb, reverse);
+        if (at >= 0) xv[q] = xw[at];  // not read until store_input: the load stays in flight
+    }
+}
+
+__device__ __forceinline__ void store_input(float* sx, const float (&xv)[PF_COUNT], int s,
+                                            const T* b_ih, const T* b_hh, const int* lengths,
+                                            int u0, int units, int st, int sb, int reverse) {
+    if (threadIdx.x < 32) return;
+#pragma unroll
+    for (int q = 0; q < PF_COUNT; ++q) {
+        const int i = threadIdx.x - 32 + q * PF_THREADS;
+        if (i >= BATCH * ROWS) break;
+        if (input_at(i, s, lengths, u0, units, st, sb, reverse) >= 0)
+            sx[i] = with_biases(xv[q], i, b_ih, b_hh, u0);
     }
 }
 #endif
@@ -479,19 +535,22 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     }
     __syncthreads();
 
+#if PREFETCH
+    float xv[PF_COUNT];
+    fetch_input(xv, xw, 0, lengths, u0, units, st, sb, reverse);
+#endif
     for (int s = 0; s < seq_len; ++s) {
         const float* prev = hbuf + (long)((s + 1) & 1) * BATCH * HIDDEN;
         // 1. The input side, x·W_ih + b_ih (+ b_hh but for the GRU's n gate), and the units'
         //    own h_{t-1}, fetched first so that their latency hides behind 2 and 3.
+#if PREFETCH
+        store_input(sx, xv, s, b_ih, b_hh, lengths, u0, units, st, sb, reverse);
+#else
         for (int i = tid; i < BATCH * ROWS; i += THREADS) {
-            int b = i / ROWS, r = i - b * ROWS, g = r / UNITS, u = r - g * UNITS;
-            int t = step_time(s, lengths[b], reverse);
-            if (t < 0 || u >= units) continue;
-            int col = g * HIDDEN + u0 + u;
-            float x = xw[((long)t * st + (long)b * sb) * (GATES * HIDDEN) + col] + bias_at(b_ih, col);
-            if (!(CELL == CELL_GRU && g == 2)) x += bias_at(b_hh, col);
-            sx[i] = x;
+            const long at = input_at(i, s, lengths, u0, units, st, sb, reverse);
+            if (at >= 0) sx[i] = with_biases(xw[at], i, b_ih, b_hh, u0);
         }
+#endif
         for (int i = tid; i < BATCH * UNITS; i += THREADS) {
             int b = i / UNITS, u = i - b * UNITS;
             if (u < units) sp[i] = h_prev_at(prev, h0, s, b * HIDDEN + u0 + u);
@@ -550,6 +609,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             }
         }
         // 5.
+#if PREFETCH
+        if (s + 1 < seq_len) fetch_input(xv, xw, s + 1, lengths, u0, units, st, sb, reverse);
+#endif
         if (s + 1 < seq_len && !grid_barrier(counter, (unsigned)s, failed, &gave_up)) return;
     }
 }

@@ -54,6 +54,8 @@ pub struct Spec {
     pub register_budget: usize,
     /// Stage h_{t-1} with 16-byte loads (where H is a multiple of 4).
     pub vector_staging: bool,
+    /// Load the next step's input side before the grid barrier, to use after it.
+    pub prefetch: bool,
 }
 
 impl Spec {
@@ -75,14 +77,16 @@ impl Spec {
             tensor_cores: dtype != DType::F32,
             register_budget: 0,
             vector_staging: false,
+            prefetch: false,
         }
     }
 
     /// This specialisation in the variant a `FUSED_RNN_PERSISTENT` value names, for comparing
     /// them: a comma list of `mma` (tensor cores for 16-bit storage, the default) or `fma`
     /// (CUDA-core FMAs); `smem` (W_hh in shared memory, the default) or `regs` (in registers
-    /// within `REGISTER_BUDGET`, shared memory as overflow; `regs=N` for a budget of N); and
-    /// `vec` (stage h with 16-byte loads).
+    /// within `REGISTER_BUDGET`, shared memory as overflow; `regs=N` for a budget of N); `vec`
+    /// (stage h with 16-byte loads); and `prefetch` (load the next step's input side before
+    /// the grid barrier).
     pub fn with_variant(mut self, value: &str) -> Result<Self> {
         for token in value.split(',').map(str::trim) {
             match token {
@@ -91,12 +95,13 @@ impl Spec {
                 "smem" => self.register_budget = 0,
                 "regs" => self.register_budget = REGISTER_BUDGET,
                 "vec" => self.vector_staging = true,
+                "prefetch" => self.prefetch = true,
                 _ => match token.strip_prefix("regs=").and_then(|n| n.parse().ok()) {
                     Some(n @ 0..=255) => self.register_budget = n,
                     _ => {
                         return Err(Error::Config(format!(
                             "FUSED_RNN_PERSISTENT: unknown variant `{token}` (expected a comma \
-                             list of mma or fma, smem, regs or regs=N with N in 0..=255, and vec)"
+                             list of mma or fma, smem, regs or regs=N with N in 0..=255, vec, prefetch)"
                         )))
                     }
                 },
@@ -197,8 +202,9 @@ impl Spec {
             String::new()
         };
         let staging = if self.vec_stage() { "_vec" } else { "" };
+        let prefetch = if self.prefetch { "_prefetch" } else { "" };
         format!(
-            "persistent_{}_H{}_B{}_U{}_{}_{}{registers}{staging}",
+            "persistent_{}_H{}_B{}_U{}_{}_{}{registers}{staging}{prefetch}",
             self.cell.name().to_lowercase(),
             self.hidden,
             self.batch,
@@ -224,7 +230,7 @@ impl Spec {
             "#define CELL {cell}\n#define ACT {act}\n#define HIDDEN {}\n#define BATCH {}\n\
              #define UNITS {}\n#define STORAGE {storage}\n#define TENSOR_CORES {}\n\
              #define MMA_TYPE {storage}\n#define REG_STEPS {}\n#define ROW_BLOCK {}\n\
-             #define SHARED_BYTES {}\n#define VEC_STAGE {}\n{}",
+             #define SHARED_BYTES {}\n#define VEC_STAGE {}\n#define PREFETCH {}\n{}",
             self.hidden,
             self.batch,
             self.units,
@@ -233,6 +239,7 @@ impl Spec {
             self.row_block(),
             self.shared_bytes(),
             self.vec_stage() as i32,
+            self.prefetch as i32,
             SOURCE.replace("#include \"common.cuh\"", COMMON)
         )
     }
@@ -411,12 +418,13 @@ mod tests {
     fn variants_parse_and_bad_ones_are_named() {
         let base = Spec::new(Cell::Lstm, 768, 16, DType::BF16, 132);
         let v = base.with_variant("fma, regs=48,vec").unwrap();
-        assert!(!v.tensor_cores && v.vector_staging);
+        assert!(!v.tensor_cores && v.vector_staging && !v.prefetch);
         assert_eq!(v.register_budget, 48);
         // FMAs at B = 16: 2 passes of 2 rows, 4 registers per column beside 32 accumulators.
         assert!(v.name().ends_with("_fma_regs4_vec"), "{}", v.name());
-        let v = base.with_variant("regs,smem,mma").unwrap();
-        assert!(v.tensor_cores);
+        let v = base.with_variant("regs,smem,mma,prefetch").unwrap();
+        assert!(v.tensor_cores && v.prefetch);
+        assert!(v.name().ends_with("_mma_prefetch"), "{}", v.name());
         assert_eq!(v.register_budget, 0);
         for bad in ["", "regs=256", "regs=x", "tma"] {
             let e = base.with_variant(bad).unwrap_err().to_string();
