@@ -369,13 +369,20 @@ mod tests {
         spec
     }
 
-    /// Shared memory without W_hh's slice, or with the part of it the registers leave.
-    fn without_weights(spec: Spec) -> usize {
-        Spec {
+    /// The spec holds `steps` of a thread's K steps of W_hh in registers, and so needs `saved`
+    /// bytes less shared memory than with all of W_hh there.
+    fn assert_holds(spec: Spec, steps: usize, saved: usize) {
+        let all_shared = Spec {
             register_budget: 0,
             ..spec
-        }
-        .shared_bytes()
+        };
+        assert_eq!(spec.reg_steps(), steps, "{}", spec.name());
+        assert_eq!(
+            all_shared.shared_bytes() - spec.shared_bytes(),
+            saved,
+            "{}",
+            spec.name()
+        );
     }
 
     #[test]
@@ -383,15 +390,16 @@ mod tests {
         // LSTM H = 1024, B = 1 on 132 SMs: 8 units, 32 rows. Tensor cores: 8 of the 64 K tiles
         // per warp, 2 row tiles of 4 registers each: 64 registers beside 8 accumulators. FMAs:
         // 32 columns per lane of 4 rows: 128 registers beside 4 accumulators.
-        let mma = spec(Cell::Lstm, 1024, 1, DType::BF16, 132);
-        assert_eq!(mma.reg_steps(), 8);
-        assert_eq!(
-            without_weights(mma) - mma.shared_bytes(),
-            32 * (1024 + 8) * 2
+        assert_holds(
+            spec(Cell::Lstm, 1024, 1, DType::BF16, 132),
+            8,
+            32 * (1024 + 8) * 2,
         );
-        let fma = spec(Cell::Lstm, 1024, 1, DType::F32, 132);
-        assert_eq!(fma.reg_steps(), 32);
-        assert_eq!(without_weights(fma) - fma.shared_bytes(), 32 * 1024 * 4);
+        assert_holds(
+            spec(Cell::Lstm, 1024, 1, DType::F32, 132),
+            32,
+            32 * 1024 * 4,
+        );
     }
 
     #[test]
@@ -399,19 +407,16 @@ mod tests {
         // LSTM H = 1024, B = 16 on 20 SMs: 52 units, 208 rows. Tensor cores: 13 row tiles × 2
         // batch tiles take 104 accumulators, which leaves room for 1 K tile of 52 registers;
         // columns from 1·8·16 = 128 on stay in shared memory.
-        let mma = spec(Cell::Lstm, 1024, 16, DType::BF16, 20);
-        assert_eq!(mma.reg_steps(), 1);
-        assert_eq!(
-            without_weights(mma) - mma.shared_bytes(),
-            208 * (1024 + 8) * 2 - 208 * (1024 - 128 + 8) * 2
+        assert_holds(
+            spec(Cell::Lstm, 1024, 16, DType::BF16, 20),
+            1,
+            208 * (1024 + 8) * 2 - 208 * (1024 - 128 + 8) * 2,
         );
         // FMAs: 13 passes of 2 rows are too many to unroll, so all of W_hh is in shared memory.
         assert_eq!(spec(Cell::Lstm, 1024, 16, DType::F32, 20).reg_steps(), 0);
         // On 66 SMs: 16 units, 64 rows, 4 passes of 2 rows: 8 registers per column beside 32
         // accumulators, so 16 of a lane's 32 columns; columns from 512 on in shared memory.
-        let fma = spec(Cell::Lstm, 1024, 16, DType::F32, 66);
-        assert_eq!(fma.reg_steps(), 16);
-        assert_eq!(without_weights(fma) - fma.shared_bytes(), 64 * 512 * 4);
+        assert_holds(spec(Cell::Lstm, 1024, 16, DType::F32, 66), 16, 64 * 512 * 4);
     }
 
     #[test]
