@@ -198,6 +198,9 @@ static_assert(HIDDEN % 4 == 0, "16-byte staging needs H to be a multiple of 4");
 struct __align__(16) f32x4 {
     float x, y, z, w;
 };
+struct __align__(8) u32x2 {
+    unsigned lo, hi;
+};
 
 __device__ __forceinline__ f32x4 load_l2_x4(const float* p) {
     f32x4 v;
@@ -225,12 +228,11 @@ __device__ __forceinline__ void stage_h_x4(void* sh, const float* prev) {
             int i = base + g * THREADS;
             if (i >= QUADS) continue;
 #if TENSOR_CORES
+            // 4 elements of a row at an even column: one 8-byte store (LD·2 is a multiple of 16).
             int b = 4 * i / HIDDEN;
-            T* d = (T*)sh + b * LD + 4 * i - b * HIDDEN;
-            d[0] = from_float<T>(v[g].x);
-            d[1] = from_float<T>(v[g].y);
-            d[2] = from_float<T>(v[g].z);
-            d[3] = from_float<T>(v[g].w);
+            *(u32x2*)((T*)sh + b * LD + 4 * i - b * HIDDEN) = {
+                (unsigned)from_float<T>(v[g].x).bits | ((unsigned)from_float<T>(v[g].y).bits << 16),
+                (unsigned)from_float<T>(v[g].z).bits | ((unsigned)from_float<T>(v[g].w).bits << 16)};
 #else
             ((f32x4*)sh)[i] = v[g];
 #endif
@@ -263,34 +265,45 @@ __device__ __forceinline__ float with_biases(float x, int i, const T* b_ih, cons
 #if PREFETCH
 // The next step's input side is loaded into registers before the grid barrier and stored to
 // shared memory after it, so that its latency (xw is read once, from memory) overlaps the
-// wait. Warps 1.. only: thread 0 fences at the barrier, which would wait for its loads.
+// wait; the biases, the same at every step, stay in registers. Warps 1.. only: thread 0 fences
+// at the barrier, which would wait for its loads. Element q of a thread is i = tid - 32 +
+// q·PF_THREADS.
 #define PF_THREADS (THREADS - 32)
 #define PF_COUNT ((BATCH * ROWS + PF_THREADS - 1) / PF_THREADS)
 
-__device__ __forceinline__ void fetch_input(float (&xv)[PF_COUNT], const float* xw, int s,
+struct Prefetch {
+    float x[PF_COUNT];     // x·W_ih, in flight until store_input
+    float bias[PF_COUNT];  // with_biases(0)
+    bool running[PF_COUNT];
+};
+
+__device__ __forceinline__ void load_input_biases(Prefetch& pf, const T* b_ih, const T* b_hh,
+                                                  int u0) {
+#pragma unroll
+    for (int q = 0; q < PF_COUNT; ++q) {
+        const int i = (int)threadIdx.x - 32 + q * PF_THREADS;
+        if (i >= 0 && i < BATCH * ROWS) pf.bias[q] = with_biases(0.f, i, b_ih, b_hh, u0);
+    }
+}
+
+__device__ __forceinline__ void fetch_input(Prefetch& pf, const float* xw, int s,
                                             const int* lengths, int u0, int units, int st,
                                             int sb, int reverse) {
     if (threadIdx.x < 32) return;
 #pragma unroll
     for (int q = 0; q < PF_COUNT; ++q) {
         const int i = threadIdx.x - 32 + q * PF_THREADS;
-        if (i >= BATCH * ROWS) break;
-        const long at = input_at(i, s, lengths, u0, units, st, sb, reverse);
-        if (at >= 0) xv[q] = xw[at];  // not read until store_input: the load stays in flight
+        const long at = i < BATCH * ROWS ? input_at(i, s, lengths, u0, units, st, sb, reverse) : -1;
+        pf.running[q] = at >= 0;
+        if (at >= 0) pf.x[q] = xw[at];  // not read until store_input: the load stays in flight
     }
 }
 
-__device__ __forceinline__ void store_input(float* sx, const float (&xv)[PF_COUNT], int s,
-                                            const T* b_ih, const T* b_hh, const int* lengths,
-                                            int u0, int units, int st, int sb, int reverse) {
+__device__ __forceinline__ void store_input(float* sx, const Prefetch& pf) {
     if (threadIdx.x < 32) return;
 #pragma unroll
-    for (int q = 0; q < PF_COUNT; ++q) {
-        const int i = threadIdx.x - 32 + q * PF_THREADS;
-        if (i >= BATCH * ROWS) break;
-        if (input_at(i, s, lengths, u0, units, st, sb, reverse) >= 0)
-            sx[i] = with_biases(xv[q], i, b_ih, b_hh, u0);
-    }
+    for (int q = 0; q < PF_COUNT; ++q)
+        if (pf.running[q]) sx[threadIdx.x - 32 + q * PF_THREADS] = pf.x[q] + pf.bias[q];
 }
 #endif
 
@@ -536,15 +549,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     __syncthreads();
 
 #if PREFETCH
-    float xv[PF_COUNT];
-    fetch_input(xv, xw, 0, lengths, u0, units, st, sb, reverse);
+    Prefetch pf;
+    load_input_biases(pf, b_ih, b_hh, u0);
+    fetch_input(pf, xw, 0, lengths, u0, units, st, sb, reverse);
 #endif
     for (int s = 0; s < seq_len; ++s) {
         const float* prev = hbuf + (long)((s + 1) & 1) * BATCH * HIDDEN;
         // 1. The input side, x·W_ih + b_ih (+ b_hh but for the GRU's n gate), and the units'
         //    own h_{t-1}, fetched first so that their latency hides behind 2 and 3.
 #if PREFETCH
-        store_input(sx, xv, s, b_ih, b_hh, lengths, u0, units, st, sb, reverse);
+        store_input(sx, pf);
 #else
         for (int i = tid; i < BATCH * ROWS; i += THREADS) {
             const long at = input_at(i, s, lengths, u0, units, st, sb, reverse);
@@ -610,7 +624,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         }
         // 5.
 #if PREFETCH
-        if (s + 1 < seq_len) fetch_input(xv, xw, s + 1, lengths, u0, units, st, sb, reverse);
+        if (s + 1 < seq_len) fetch_input(pf, xw, s + 1, lengths, u0, units, st, sb, reverse);
 #endif
         if (s + 1 < seq_len && !grid_barrier(counter, (unsigned)s, failed, &gave_up)) return;
     }
