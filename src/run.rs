@@ -83,7 +83,8 @@ pub struct RunOptions {
     pub algo: Algo,
     /// Also runs the backward of Σ output ⊙ grad_output + Σ h_n ⊙ grad_h_n (+ Σ c_n ⊙ grad_c_n)
     /// with the gradients in this file (`grad_output`, optional `grad_h_n`, `grad_c_n`), and
-    /// writes `input.grad`, `h0.grad`, `c0.grad` (when given) and `<parameter>.grad` (CPU).
+    /// writes `input.grad`, `h0.grad`, `c0.grad` (when given) and `<parameter>.grad`. Runs on
+    /// the CPU unless `--device cuda`.
     #[arg(long)]
     pub grad: Option<PathBuf>,
 }
