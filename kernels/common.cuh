@@ -48,6 +48,32 @@ __device__ __forceinline__ float activate(float x, int act) {
     return tanhf(x);
 }
 
+// ---
+// Cell updates, the same in the stepwise, training and persistent kernels.
+
+// LSTM (PyTorch gate order i, f, g, o) from the gates' pre-activations and c_{t-1}: the
+// activated gates into a, c_t into c; returns h_t = o ⊙ tanh(c_t).
+__device__ __forceinline__ float lstm_cell(const float (&pre)[4], float c_prev, float (&a)[4],
+                                           float& c) {
+    a[0] = sigmoid(pre[0]);
+    a[1] = sigmoid(pre[1]);
+    a[2] = tanhf(pre[2]);
+    a[3] = sigmoid(pre[3]);
+    c = a[1] * c_prev + a[0] * a[2];
+    return a[3] * tanhf(c);
+}
+
+// GRU (PyTorch gate order r, z, n) from the pre-activations of r and z, n's input side
+// W_in x + b_in, its hidden side W_hn h + b_hn (which r multiplies) and h_{t-1}: r, z, n into
+// a; returns h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}.
+__device__ __forceinline__ float gru_cell(float r_pre, float z_pre, float n_input,
+                                          float n_hidden, float h_prev, float (&a)[3]) {
+    a[0] = sigmoid(r_pre);
+    a[1] = sigmoid(z_pre);
+    a[2] = tanhf(n_input + a[0] * n_hidden);
+    return a[2] + a[1] * (h_prev - a[2]);
+}
+
 // A bias element, or 0 when the layer has no bias (null pointer).
 template <typename T> __device__ __forceinline__ float bias_at(const T* bias, int k) {
     return bias ? to_float(bias[k]) : 0.f;

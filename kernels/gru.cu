@@ -26,10 +26,11 @@ __device__ void gru_step_fused(const float* __restrict__ xw, const float* __rest
         const float* x = xw + row * 3 * hidden;
         const float* r = hh + (long)b * 3 * hidden;
         int jz = hidden + j, jn = 2 * hidden + j;
-        float reset = sigmoid(x[j] + bias_at(b_ih, j) + r[j] + bias_at(b_hh, j));
-        float update = sigmoid(x[jz] + bias_at(b_ih, jz) + r[jz] + bias_at(b_hh, jz));
-        float n = tanhf(x[jn] + bias_at(b_ih, jn) + reset * (r[jn] + bias_at(b_hh, jn)));
-        h = n + update * (to_float(h_prev[idx]) - n);
+        float a[3];
+        h = gru_cell(x[j] + bias_at(b_ih, j) + r[j] + bias_at(b_hh, j),
+                     x[jz] + bias_at(b_ih, jz) + r[jz] + bias_at(b_hh, jz),
+                     x[jn] + bias_at(b_ih, jn), r[jn] + bias_at(b_hh, jn),
+                     to_float(h_prev[idx]), a);
     }
     store_step(h, h_prev, h_next, out, idx, b, j, t, step, st, sb, out_ld);
 }

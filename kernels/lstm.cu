@@ -35,8 +35,8 @@ __device__ void lstm_step_fused(const float* __restrict__ xw, const float* __res
             int g = k * hidden + j;
             pre[k] = x[g] + r[g] + bias_at(b_ih, g) + bias_at(b_hh, g);
         }
-        c = sigmoid(pre[1]) * to_float(c_prev[idx]) + sigmoid(pre[0]) * tanhf(pre[2]);
-        h = sigmoid(pre[3]) * tanhf(c);
+        float a[4];
+        h = lstm_cell(pre, to_float(c_prev[idx]), a, c);
     }
     store_step(c, c_prev, c_next, (T*)nullptr, idx, b, j, t, step, st, sb, out_ld);
     if (proj) {

@@ -53,29 +53,27 @@ __device__ void train_step(int cell, int act_code, const float* __restrict__ xw,
             h = activate(x[j] + r[j] + bias_at(b_ih, j) + bias_at(b_hh, j), act_code);
             a[j] = h;
         } else if (cell == CELL_LSTM) {
-            float g[4];
+            float pre[4], g[4];
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
                 int col = k * hidden + j;
-                float pre = x[col] + r[col] + bias_at(b_ih, col) + bias_at(b_hh, col);
-                g[k] = k == 2 ? tanhf(pre) : sigmoid(pre);
-                a[col] = g[k];
+                pre[k] = x[col] + r[col] + bias_at(b_ih, col) + bias_at(b_hh, col);
             }
-            c = g[1] * to_float(c_prev[idx]) + g[0] * g[2];
+            h = lstm_cell(pre, to_float(c_prev[idx]), g, c);
+#pragma unroll
+            for (int k = 0; k < 4; ++k) a[k * hidden + j] = g[k];
             aux[row * hidden + j] = c;
-            h = g[3] * tanhf(c);
             if (proj) m[row * hidden + j] = h;
         } else {
             int jz = hidden + j, jn = 2 * hidden + j;
-            float rg = sigmoid(x[j] + bias_at(b_ih, j) + r[j] + bias_at(b_hh, j));
-            float z = sigmoid(x[jz] + bias_at(b_ih, jz) + r[jz] + bias_at(b_hh, jz));
-            float hn = r[jn] + bias_at(b_hh, jn);
-            float n = tanhf(x[jn] + bias_at(b_ih, jn) + rg * hn);
-            a[j] = rg;
-            a[jz] = z;
-            a[jn] = n;
+            float hn = r[jn] + bias_at(b_hh, jn), g[3];
+            h = gru_cell(x[j] + bias_at(b_ih, j) + r[j] + bias_at(b_hh, j),
+                         x[jz] + bias_at(b_ih, jz) + r[jz] + bias_at(b_hh, jz),
+                         x[jn] + bias_at(b_ih, jn), hn, to_float(h_prev[idx]), g);
+            a[j] = g[0];
+            a[jz] = g[1];
+            a[jn] = g[2];
             aux[row * hidden + j] = hn;
-            h = n + z * (to_float(h_prev[idx]) - n);
         }
     }
     if (cell == CELL_LSTM) store_step(c, c_prev, c_next, (T*)nullptr, idx, b, j, t, step, st, sb, out_ld);

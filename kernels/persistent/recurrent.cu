@@ -599,16 +599,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 #if CELL == CELL_RNN
                 h = activate(GATE(0), ACT);
 #elif CELL == CELL_LSTM
-                float ig = sigmoid(GATE(0)), fg = sigmoid(GATE(1));
-                float gg = tanhf(GATE(2)), og = sigmoid(GATE(3));
-                float c = fg * sc[i] + ig * gg;
+                const float pre[4] = {GATE(0), GATE(1), GATE(2), GATE(3)};
+                float a[4], c;
+                h = lstm_cell(pre, sc[i], a, c);
                 sc[i] = c;
-                h = og * tanhf(c);
 #else
-                float r = sigmoid(GATE(0)), z = sigmoid(GATE(1));
-                float n = tanhf(sx[b * ROWS + 2 * UNITS + u] +
-                                r * (sg[b * ROWS + 2 * UNITS + u] + bias_at(b_hh, 2 * HIDDEN + j)));
-                h = n + z * (h_prev - n);
+                float a[3];
+                h = gru_cell(GATE(0), GATE(1), sx[b * ROWS + 2 * UNITS + u],
+                             sg[b * ROWS + 2 * UNITS + u] + bias_at(b_hh, 2 * HIDDEN + j), h_prev,
+                             a);
 #endif
 #undef GATE
                 out[((long)t * st + (long)b * sb) * out_ld + j] = from_float<T>(h);
