@@ -263,41 +263,26 @@ layer_common!(Rnn, RnnConfig);
 layer_common!(Lstm, LstmConfig);
 layer_common!(Gru, GruConfig);
 
-impl Rnn {
-    /// Runs the sequence. `input` is [T, B, I] ([B, T, I] when batch_first) on this layer's
-    /// device in its dtype; `h0` is [L·D, B, H] (zeros when absent); `lengths` gives each
-    /// row's valid length in 1..=T (as pack_padded_sequence with enforce_sorted=False).
-    pub fn forward(
-        &self,
-        input: &Tensor,
-        h0: Option<&Tensor>,
-        lengths: Option<&[usize]>,
-    ) -> Result<RnnOutput> {
-        self.inner
-            .forward(input, h0, None, lengths)
-            .map(RnnOutput::from)
-    }
-}
-
-impl Gru {
-    /// As `Rnn::forward`.
-    pub fn forward(
-        &self,
-        input: &Tensor,
-        h0: Option<&Tensor>,
-        lengths: Option<&[usize]>,
-    ) -> Result<RnnOutput> {
-        self.inner
-            .forward(input, h0, None, lengths)
-            .map(RnnOutput::from)
-    }
-}
-
-/// Training for the layers without a cell state: the same for `Rnn` and `Gru`.
-macro_rules! train_without_cell {
+/// Running and training the layers without a cell state: the same for `Rnn` and `Gru`.
+macro_rules! without_cell {
     ($layer:ident) => {
         impl $layer {
-            /// As `forward`, keeping what `backward` needs (CPU, f32).
+            /// Runs the sequence. `input` is [T, B, I] ([B, T, I] when batch_first) on this
+            /// layer's device in its dtype; `h0` is [L·D, B, H] (zeros when absent); `lengths`
+            /// gives each row's valid length in 1..=T (as pack_padded_sequence with
+            /// enforce_sorted=False).
+            pub fn forward(
+                &self,
+                input: &Tensor,
+                h0: Option<&Tensor>,
+                lengths: Option<&[usize]>,
+            ) -> Result<RnnOutput> {
+                self.inner
+                    .forward(input, h0, None, lengths)
+                    .map(RnnOutput::from)
+            }
+
+            /// As `forward`, keeping what `backward` needs (its size: `reserve_bytes`).
             pub fn forward_train(
                 &self,
                 input: &Tensor,
@@ -324,8 +309,8 @@ macro_rules! train_without_cell {
     };
 }
 
-train_without_cell!(Rnn);
-train_without_cell!(Gru);
+without_cell!(Rnn);
+without_cell!(Gru);
 
 impl Lstm {
     /// Runs the sequence. `state` is (h0 [L·D, B, P or H], c0 [L·D, B, H]), zeros when absent;
@@ -342,7 +327,7 @@ impl Lstm {
         ))
     }
 
-    /// As `forward`, keeping what `backward` needs (CPU, f32).
+    /// As `forward`, keeping what `backward` needs (its size: `reserve_bytes`).
     pub fn forward_train(
         &self,
         input: &Tensor,
