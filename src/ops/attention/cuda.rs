@@ -47,6 +47,19 @@ fn blocks(n: usize) -> LaunchConfig {
     }
 }
 
+/// The naive additive path's rows·len·width terms (the pre-activation it materialises), which
+/// its kernels index with i32: too many is an error that names the fused algorithm.
+fn naive_additive_terms(rows: usize, len: usize, width: usize) -> Result<usize> {
+    let terms = rows * len * width;
+    if terms > i32::MAX as usize {
+        return Err(Error::Config(format!(
+            "naive additive attention would hold {rows}·{len}·{width} terms, more than its \
+             kernels index; use the fused algorithm"
+        )));
+    }
+    Ok(terms)
+}
+
 /// `splits` blocks per row.
 fn per_row(rows: usize, splits: usize, shared_bytes: usize) -> LaunchConfig {
     LaunchConfig {
@@ -435,13 +448,11 @@ impl OnDevice {
     ) -> Result<(CudaData, Option<CudaData>)> {
         let (rows, len, k, dv) = (j.rows, j.len, j.k, j.dv);
         let additive = j.score == Score::Additive;
-        let terms = if additive { rows * len * k } else { 0 };
-        if terms > i32::MAX as usize {
-            return Err(Error::Config(format!(
-                "naive additive attention would hold {rows}·{len}·{k} terms, more than its \
-                 kernels index; use the fused algorithm"
-            )));
-        }
+        let terms = if additive {
+            naive_additive_terms(rows, len, k)?
+        } else {
+            0
+        };
         let qf_len = if additive { rows * k + k } else { 0 };
         let (_ws, ws) = self.workspace(qf_len + terms + 2 * rows * len + rows * dv)?;
         let at = |floats: usize| ws + 4 * floats as u64;
@@ -521,4 +532,14 @@ struct Job<'a> {
     dv: usize,
     scale: f32,
     keys: &'a KeysOnDevice,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn naive_additive_terms_past_i32_are_an_error_naming_the_fused_algorithm() {
+        assert_eq!(super::naive_additive_terms(3, 5, 7).unwrap(), 105);
+        let e = super::naive_additive_terms(1 << 16, 1 << 10, 1 << 5).unwrap_err();
+        assert!(e.to_string().contains("use the fused algorithm"), "{e}");
+    }
 }

@@ -14,7 +14,7 @@
 //! that feed cuBLAS are stored in the layer's dtype (cuBLAS takes both operands in one dtype);
 //! sums and reductions are f32.
 
-use super::{blocks, per_row, OnDevice, ATT_ADDITIVE, ATT_PRODUCT, THREADS};
+use super::{blocks, naive_additive_terms, per_row, OnDevice, ATT_ADDITIVE, ATT_PRODUCT, THREADS};
 use crate::device::{data_ptr, reading, Batched, CudaDevice, MatRef, Op, Strided};
 use crate::dtype::{CudaData, DType};
 use crate::error::{Error, Result};
@@ -395,13 +395,11 @@ impl OnDevice {
         let keys_rows = s.batch * len;
         let additive = j.score == Score::Additive;
         let general = j.score == Score::General;
-        let terms = if additive { rows * len * width } else { 0 };
-        if terms > i32::MAX as usize {
-            return Err(Error::Config(format!(
-                "naive additive attention would hold {rows}·{len}·{width} terms, more than its \
-                 kernels index; use the fused algorithm"
-            )));
-        }
+        let terms = if additive {
+            naive_additive_terms(rows, len, width)?
+        } else {
+            0
+        };
         // The f32 intermediates that feed cuBLAS get a copy in the layer's dtype unless that
         // is f32.
         let half = dt != f32;
