@@ -112,6 +112,11 @@ const ROWS: &[Row] = &[
     (LSTM, 8, 512, 1, false, false, 9, 64, true, true, true),
     (LSTM, 8, 1024, 1, false, false, 9, 16, true, true, true),
     (GRU, 8, 512, 1, false, false, 9, 8, true, false, true),
+    // H that leaves the last block fewer units than the others on 132 SMs (4, 3 and 2 units a
+    // block, 1 in the last).
+    (TANH, 3, 397, 1, false, false, 6, 3, true, true, true),
+    (LSTM, 5, 265, 1, true, false, 6, 9, true, true, true),
+    (GRU, 6, 133, 2, false, true, 5, 3, true, true, true),
 ];
 
 fn case(row: &Row) -> Case {

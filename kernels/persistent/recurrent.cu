@@ -137,7 +137,8 @@ __device__ __forceinline__ float warp_sum(float x) {
 // running). Polls at L2 speed first (a step is microseconds) and backs off only if it drags on.
 __device__ __forceinline__ bool wait_at_least(const unsigned* p, unsigned target) {
     unsigned spins = 0;
-    while (load_acquire(p) < target) {
+    // Signed difference: the counter and the target may wrap (T·blocks past 2^32).
+    while ((int)(load_acquire(p) - target) < 0) {
         if (++spins > SPIN_LIMIT) return false;
         if (spins > 4096) asm volatile("nanosleep.u32 64;");
     }
@@ -278,11 +279,13 @@ struct Prefetch {
 };
 
 __device__ __forceinline__ void load_input_biases(Prefetch& pf, const T* b_ih, const T* b_hh,
-                                                  int u0) {
+                                                  int u0, int units) {
 #pragma unroll
     for (int q = 0; q < PF_COUNT; ++q) {
         const int i = (int)threadIdx.x - 32 + q * PF_THREADS;
-        if (i >= 0 && i < BATCH * ROWS) pf.bias[q] = with_biases(0.f, i, b_ih, b_hh, u0);
+        // Units past the last block's `units` have no bias columns (they would read past G·H).
+        if (i >= 0 && i < BATCH * ROWS && i % ROWS % UNITS < units)
+            pf.bias[q] = with_biases(0.f, i, b_ih, b_hh, u0);
     }
 }
 
@@ -550,7 +553,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 
 #if PREFETCH
     Prefetch pf;
-    load_input_biases(pf, b_ih, b_hh, u0);
+    load_input_biases(pf, b_ih, b_hh, u0, units);
     fetch_input(pf, xw, 0, lengths, u0, units, st, sb, reverse);
 #endif
     for (int s = 0; s < seq_len; ++s) {

@@ -157,7 +157,8 @@ pub fn fixtures(kind: &str) -> std::path::PathBuf {
 
 /// The persistent-kernel shapes `recurrent_cuda` runs, as (cell, hidden, batch): every cell,
 /// H = 1, 7, 33, 129, 512, 1000 and 1024 (about the largest LSTM that fits in f32 at B = 16 on
-/// an H100), B from 1 to 64. `kernels_compile` compiles each for every dtype with the H100's
+/// an H100), 133, 265 and 397 (a last block with fewer units than the others), B from 1 to 64.
+/// `kernels_compile` compiles each for every dtype with the H100's
 /// SM count: the specialisations the GPU tests then use.
 pub const PERSISTENT_SHAPES: &[(fused_rnn::Cell, usize, usize)] = {
     use fused_rnn::{Cell, Nonlinearity};
@@ -185,6 +186,9 @@ pub const PERSISTENT_SHAPES: &[(fused_rnn::Cell, usize, usize)] = {
         (Cell::Gru, 1000, 2),
         (Cell::Gru, 33, 4),
         (Cell::Gru, 512, 8),
+        (TANH, 397, 3),
+        (Cell::Lstm, 265, 9),
+        (Cell::Gru, 133, 3),
     ]
 };
 

@@ -172,7 +172,7 @@ struct Plan {
     graph: Option<Graph>,
     /// Why the forward pass is not captured, when it is not.
     capture_error: Option<String>,
-    /// The persistent kernel of a persistent plan, and its barrier words [lane][counter, failed].
+    /// The persistent kernel of a persistent plan, and its sync words [lane][failed, counter].
     persistent: Option<Persistent>,
     sync: Option<CudaSlice<u32>>,
 }
@@ -412,6 +412,16 @@ impl Plan {
                 .persistent
                 .as_ref()
                 .is_none_or(|p| p.concurrent_directions);
+        if self.persistent.is_some() {
+            // Both lanes' failure flags start at 0 once per pass, so that a layer that gave up
+            // is still reported after the layers that follow it.
+            dr::memset_d8_async(
+                self.addr.lanes[0].sync,
+                0,
+                4 * 2 * persistent::SYNC_WORDS,
+                lanes[0].stream.cu_stream(),
+            )?;
+        }
         for layer in 0..dims.layers {
             if forked {
                 lanes[1].stream.join(&lanes[0].stream)?;
@@ -534,14 +544,9 @@ impl Plan {
         p: &Persistent,
         seq_len: usize,
     ) -> Result<()> {
-        // The failure flag and the barrier counter start at 0 for every launch.
-        dr::memset_d8_async(
-            la.sync,
-            0,
-            4 * persistent::SYNC_WORDS,
-            lane.stream.cu_stream(),
-        )?;
+        // The barrier counter starts at 0 for every launch (the failure flag once per pass).
         let (failed, counter) = (la.sync, la.sync + 4);
+        dr::memset_d8_async(counter, 0, 4, lane.stream.cu_stream())?;
         let seq_len = seq_len as i32;
         let cfg = LaunchConfig {
             grid_dim: (p.spec.blocks() as u32, 1, 1),
