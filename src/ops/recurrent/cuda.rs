@@ -874,7 +874,9 @@ fn choose(
                     "at batch {b} (over {limit} in {}) the stepwise kernels are faster",
                     dtype.name()
                 )),
-                _ => persistent::prepare(dev, call.cell, &call.dims, dtype)?,
+                // A kernel that cannot be had (no NVRTC, say) is a reason to run stepwise.
+                _ => persistent::prepare(dev, call.cell, &call.dims, dtype)
+                    .unwrap_or_else(|e| Err(format!("its kernel is not available: {e}"))),
             };
             let (kind, why) = match prepared {
                 Ok(p) => (StepKind::Persistent, p.note),

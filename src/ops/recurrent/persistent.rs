@@ -299,19 +299,29 @@ pub(crate) fn unsupported(
             "the persistent kernel needs compute capability 7.0 or newer".into(),
         ));
     }
-    let spec = device_spec(dev, cell, dims, dtype)?;
-    let limit = ctx
+    // The kernel's static shared memory is not known before it is compiled; `prepare` counts it.
+    shared_memory_over(dev, &device_spec(dev, cell, dims, dtype)?, 0)
+}
+
+/// Why the spec's shared memory, dynamic plus `static_bytes`, is more than a block may have.
+fn shared_memory_over(
+    dev: &CudaDevice,
+    spec: &Spec,
+    static_bytes: usize,
+) -> Result<Option<String>> {
+    let limit = dev
+        .context()
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
         as usize;
-    if spec.shared_bytes() > limit {
-        return Ok(Some(format!(
+    let bytes = spec.shared_bytes() + static_bytes;
+    Ok((bytes > limit).then(|| {
+        format!(
             "{} units per block need {} KiB of shared memory (W_hh slice, or its overflow, and h); this GPU allows {} KiB",
             spec.units,
-            spec.shared_bytes().div_ceil(1024),
+            bytes.div_ceil(1024),
             limit / 1024
-        )));
-    }
-    Ok(None)
+        )
+    }))
 }
 
 /// The persistent kernel for the shape, compiled (or taken from a cache) and checked for
@@ -329,6 +339,10 @@ pub(crate) fn prepare(
     let spec = device_spec(dev, cell, dims, dtype)?;
     let jit = dev.jit_module(&spec.source(), &spec.name())?;
     let function = jit.module.load_function("persistent_forward")?;
+    // Dynamic and static shared memory together must fit the opt-in limit.
+    if let Some(reason) = shared_memory_over(dev, &spec, function.shared_size_bytes()? as usize)? {
+        return Ok(Err(reason));
+    }
     let bytes = spec.shared_bytes();
     function.set_attribute(
         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
