@@ -1,7 +1,8 @@
 // common.cuh — device helpers shared by every kernel file.
 //
 // No CUDA headers: f16/bf16 are plain 16-bit storage types converted through inline PTX, so
-// runtime NVRTC needs nothing but libnvrtc. Arithmetic is always f32.
+// runtime NVRTC needs nothing but libnvrtc. Arithmetic is always f32. Outside NVRTC
+// (__CUDA_ARCH__ undefined) the PTX helpers have host equivalents, for the emulation tests.
 #ifndef FUSED_RNN_COMMON_CUH
 #define FUSED_RNN_COMMON_CUH
 
@@ -9,6 +10,7 @@ struct __align__(2) f16 { unsigned short bits; };
 struct __align__(2) bf16 { unsigned short bits; };
 
 __device__ __forceinline__ float to_float(float x) { return x; }
+#ifdef __CUDA_ARCH__
 __device__ __forceinline__ float to_float(f16 x) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
@@ -19,9 +21,15 @@ __device__ __forceinline__ float to_float(bf16 x) {
     asm("mov.b32 %0, %1;" : "=f"(f) : "r"(((unsigned)x.bits) << 16));
     return f;
 }
+#else
+// A host build (tests/emulation/cuda_host.h) converts in software.
+inline float to_float(f16 x) { return emu::half_to_float(x.bits); }
+inline float to_float(bf16 x) { return emu::bf16_to_float(x.bits); }
+#endif
 
 template <typename T> __device__ __forceinline__ T from_float(float x);
 template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+#ifdef __CUDA_ARCH__
 template <> __device__ __forceinline__ f16 from_float<f16>(float x) {
     f16 r;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(x));
@@ -32,6 +40,10 @@ template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) {
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.bits) : "f"(x));
     return r;
 }
+#else
+template <> inline f16 from_float<f16>(float x) { return {emu::float_to_half(x)}; }
+template <> inline bf16 from_float<bf16>(float x) { return {emu::float_to_bf16(x)}; }
+#endif
 
 // ---
 // Activations. Codes match `Activation` on the Rust side.

@@ -112,6 +112,7 @@ static_assert(sizeof(T) == 2, "tensor cores need 16-bit storage");
 static_assert(W_BYTES + H_BYTES + PART_BYTES + 4 * BATCH * (2 * ROWS + 2 * UNITS) == SHARED_BYTES,
               "the host's shared-memory size is not this layout's");
 
+#ifdef __CUDA_ARCH__
 __device__ __forceinline__ void add_release(unsigned* p, unsigned v) {
     asm volatile("red.release.gpu.global.add.u32 [%0], %1;" : : "l"(p), "r"(v) : "memory");
 }
@@ -128,6 +129,15 @@ __device__ __forceinline__ float load_l2(const float* p) {
     return v;
 }
 
+__device__ __forceinline__ void back_off() { asm volatile("nanosleep.u32 64;"); }
+#else
+// The host build (tests/emulation/cuda_host.h): C++ atomics with the same ordering.
+inline void add_release(unsigned* p, unsigned v) { emu::add_release(p, v); }
+inline unsigned load_acquire(const unsigned* p) { return emu::load_acquire(p); }
+inline float load_l2(const float* p) { return *p; }
+inline void back_off() { emu::back_off(); }
+#endif
+
 __device__ __forceinline__ float warp_sum(float x) {
     for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
     return x;
@@ -140,7 +150,7 @@ __device__ __forceinline__ bool wait_at_least(const unsigned* p, unsigned target
     // Signed difference: the counter and the target may wrap (T·blocks past 2^32).
     while ((int)(load_acquire(p) - target) < 0) {
         if (++spins > SPIN_LIMIT) return false;
-        if (spins > 4096) asm volatile("nanosleep.u32 64;");
+        if (spins > 4096) back_off();
     }
     return true;
 }
@@ -205,9 +215,13 @@ struct __align__(8) u32x2 {
 
 __device__ __forceinline__ f32x4 load_l2_x4(const float* p) {
     f32x4 v;
+#ifdef __CUDA_ARCH__
     asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];"
                  : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
                  : "l"(p));
+#else
+    v = *(const f32x4*)p;
+#endif
     return v;
 }
 
@@ -344,6 +358,10 @@ struct WeightRegs {
 
 // d += a·b for one m16n8k16 tile (a: 4 registers of W, b: 2 of h; f32 accumulators).
 __device__ __forceinline__ void mma_16816(float* d, const unsigned* a, unsigned b0, unsigned b1) {
+#ifndef __CUDA_ARCH__
+    // The host build: the warp's fragments gathered and multiplied in f32.
+    emu::mma_m16n8k16(d, a, b0, b1, [](unsigned short bits) { return to_float(T{bits}); });
+#else
 #define MMA_ASM(TY)                                                                              \
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." #TY "." #TY                           \
                  ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"                    \
@@ -353,6 +371,7 @@ __device__ __forceinline__ void mma_16816(float* d, const unsigned* a, unsigned 
     MMA_EXPAND(MMA_TYPE);
 #undef MMA_EXPAND
 #undef MMA_ASM
+#endif
 }
 
 // A lane's fragments follow the PTX layout: group g = lane/4 is the row (A) or batch column
@@ -524,8 +543,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                        const T* h0, const T* c0, T* out, T* h_n, T* c_n, float* hbuf,
                        unsigned* counter, int* failed, const int* lengths, int seq_len, int st,
                        int sb, int out_ld, int reverse) {
+#ifdef __CUDA_ARCH__
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int gave_up;
+#else
+    unsigned char* smem = emu::dynamic_shared();
+    int& gave_up = emu::block_shared<int>();
+#endif
     T* sw = (T*)smem;
     void* sh = smem + W_BYTES;
     float* part = (float*)(smem + W_BYTES + H_BYTES);

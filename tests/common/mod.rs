@@ -2,6 +2,8 @@
 //! NVRTC-or-skip, and random data that is never all zeros.
 #![allow(dead_code)]
 
+pub mod layers;
+
 use fused_rnn::{DType, Device};
 use rand::{Rng, SeedableRng};
 

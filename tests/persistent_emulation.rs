@@ -1,0 +1,351 @@
+//! The persistent kernel (kernels/persistent/recurrent.cu) built for the host with a C++
+//! compiler and tests/emulation/cuda_host.h, which runs a grid's blocks as threads and a
+//! block's CUDA threads as fibers, against the CPU reference: every cell, dtype and variant
+//! (`FUSED_RNN_PERSISTENT`), both directions, both layouts, lengths, on shapes whose last block
+//! has fewer units than the others. This checks the kernel's tiling, the split of W_hh between
+//! registers and shared memory, staging, prefetching and the per-step update without a GPU;
+//! not its speed, races or memory ordering on hardware (`recurrent_cuda` and compute-sanitizer
+//! do that on a GPU). Skips with a printed reason without a C++ compiler (fails instead under
+//! FUSED_RNN_REQUIRE_NVRTC=1, which CI sets).
+
+mod common;
+
+use common::layers::{inputs, Case, Kind, Layer};
+use fused_rnn::ops::recurrent::persistent::Spec;
+use fused_rnn::{Cell, DType, Nonlinearity, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One shape on a GPU of `sms` multiprocessors (which sets the units per block).
+struct Shape {
+    case: Case,
+    sms: usize,
+}
+
+/// Variants for every dtype, then for bf16 only (CUDA-core FMAs instead of tensor cores).
+/// `regs=40` and `regs=60` hold part of a thread's W_hh in registers and the rest in shared
+/// memory at H = 36 and 132.
+const VARIANTS: &[&str] = &[
+    "smem",
+    "regs",
+    "regs=40",
+    "regs=60",
+    "vec,prefetch",
+    "regs,vec,prefetch",
+];
+const BF16_VARIANTS: &[&str] = &["fma", "fma,regs=40,vec,prefetch"];
+
+fn shapes(kind: Kind) -> Vec<Shape> {
+    let case = |h, t, b, batch_first, lengths, h0, bias| Case {
+        kind,
+        i: 5,
+        h,
+        layers: 1,
+        bidirectional: true,
+        batch_first,
+        t,
+        b,
+        lengths,
+        h0,
+        bias,
+    };
+    vec![
+        // 8 units a block, 4 in the last; H % 4 == 0 (16-byte staging); lengths.
+        Shape {
+            case: case(36, 5, 3, false, true, true, true),
+            sms: 5,
+        },
+        // Two batch tiles on tensor cores, batch-first, no bias, no h0.
+        Shape {
+            case: case(21, 3, 9, true, false, false, false),
+            sms: 3,
+        },
+        // 27 units a block, 24 in the last; more than 8 K tiles (two per warp).
+        Shape {
+            case: case(132, 2, 2, false, true, true, true),
+            sms: 5,
+        },
+    ]
+}
+
+fn cell(kind: Kind) -> Cell {
+    match kind {
+        Kind::Rnn(nl) => Cell::Rnn(nl),
+        Kind::Lstm { .. } => Cell::Lstm,
+        Kind::Gru => Cell::Gru,
+    }
+}
+
+/// `$CXX`, else `c++`, when it runs; None after printing why.
+fn cxx_or_skip(test: &str) -> Option<String> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    match Command::new(&cxx).arg("--version").output() {
+        Ok(out) if out.status.success() => Some(cxx),
+        result => {
+            let why = format!("no C++ compiler `{cxx}` ({result:?})");
+            if std::env::var("FUSED_RNN_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+                panic!("{test}: FUSED_RNN_REQUIRE_NVRTC=1 but {why}");
+            }
+            eprintln!("skipping {test}: {why}");
+            None
+        }
+    }
+}
+
+fn emulation_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emulation")
+}
+
+/// Runs the C++ compiler with the flags of every host build; panics with its messages.
+fn compile(cxx: &str, what: &str, args: &[&std::ffi::OsStr]) {
+    let out = Command::new(cxx)
+        .args(["-std=c++20", "-O1", "-pthread", "-Wno-unknown-pragmas"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: the host build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// cuda_host.h copied into `dir` and precompiled there (half of each build's time).
+fn precompile_header(cxx: &str, dir: &Path) {
+    let header = dir.join("cuda_host.h");
+    std::fs::copy(emulation_dir().join("cuda_host.h"), &header).unwrap();
+    let gch = dir.join("cuda_host.h.gch");
+    compile(
+        cxx,
+        "cuda_host.h",
+        &[
+            "-x".as_ref(),
+            "c++-header".as_ref(),
+            header.as_os_str(),
+            "-o".as_ref(),
+            gch.as_os_str(),
+        ],
+    );
+}
+
+/// The specialisation built for the host, in `dir` (after `precompile_header`).
+fn build(cxx: &str, spec: &Spec, dir: &Path) -> PathBuf {
+    let source = format!(
+        "#include \"cuda_host.h\"\n{}\n#include \"{}\"\n",
+        spec.source(),
+        emulation_dir().join("persistent_main.cpp").display()
+    );
+    let (cpp, exe) = (dir.join(spec.name() + ".cpp"), dir.join(spec.name()));
+    std::fs::write(&cpp, source).unwrap();
+    compile(
+        cxx,
+        &spec.name(),
+        &["-o".as_ref(), exe.as_os_str(), cpp.as_os_str()],
+    );
+    exe
+}
+
+fn bytes_f32(out: &mut Vec<u8>, values: &[f32]) {
+    out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+}
+
+fn bytes_i32(out: &mut Vec<u8>, values: &[i32]) {
+    out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+}
+
+/// Direction `d`'s [B, H] slice of a [2, B, H] state.
+fn direction(state: &Option<Tensor>, d: usize) -> Option<Vec<f32>> {
+    state.as_ref().map(|t| {
+        let v = t.to_vec_f32().unwrap();
+        let n = v.len() / 2;
+        v[d * n..(d + 1) * n].to_vec()
+    })
+}
+
+/// The layer's results with each direction run by the emulated kernel: output, h_n and c_n
+/// laid out as the module returns them.
+#[allow(clippy::too_many_arguments)]
+fn emulate(
+    exe: &Path,
+    dir: &Path,
+    spec: &Spec,
+    c: &Case,
+    params: &HashMap<String, Vec<f32>>,
+    x: &[f32],
+    h0: &Option<Tensor>,
+    c0: &Option<Tensor>,
+    lengths: &[i32],
+) -> Vec<(&'static str, Vec<f32>)> {
+    let (h, gh, rows) = (c.h, spec.cell.gates() * c.h, c.t * c.b);
+    let (st, sb) = if c.batch_first { (1, c.t) } else { (c.b, 1) };
+    let mut output = vec![0f32; rows * 2 * h];
+    let mut h_n = vec![0f32; 2 * c.b * h];
+    let mut c_n = vec![0f32; 2 * c.b * h];
+    for d in 0..2 {
+        let suffix = if d == 0 { "" } else { "_reverse" };
+        let param = |name: &str| &params[&format!("{name}_l0{suffix}")];
+        let w_ih = param("weight_ih");
+        // x·W_ihᵀ for every row, as the GEMM before the persistent launch computes it.
+        let xw: Vec<f32> = (0..rows * gh)
+            .map(|k| {
+                let (r, j) = (k / gh, k % gh);
+                (0..c.i).map(|i| x[r * c.i + i] * w_ih[j * c.i + i]).sum()
+            })
+            .collect();
+        let (h0, c0) = (direction(h0, d), direction(c0, d));
+        let flags = c.bias as i32 | (h0.is_some() as i32) << 1 | (c0.is_some() as i32) << 2;
+        let mut input = Vec::new();
+        let header = [c.t, rows, st, sb, d, spec.blocks()].map(|v| v as i32);
+        bytes_i32(&mut input, &header);
+        bytes_i32(&mut input, &[flags]);
+        bytes_f32(&mut input, &xw);
+        bytes_f32(&mut input, param("weight_hh"));
+        if c.bias {
+            bytes_f32(&mut input, param("bias_ih"));
+            bytes_f32(&mut input, param("bias_hh"));
+        }
+        for state in [&h0, &c0].into_iter().flatten() {
+            bytes_f32(&mut input, state);
+        }
+        bytes_i32(&mut input, lengths);
+        let (in_file, out_file) = (dir.join(format!("in{d}")), dir.join(format!("out{d}")));
+        std::fs::write(&in_file, input).unwrap();
+        let run = Command::new(exe)
+            .arg(&in_file)
+            .arg(&out_file)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{} direction {d}: {}",
+            spec.name(),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let words = std::fs::read(&out_file).unwrap();
+        let values: Vec<f32> = words
+            .chunks_exact(4)
+            .map(|w| f32::from_le_bytes(w.try_into().unwrap()))
+            .collect();
+        let (out, rest) = values.split_at(rows * h);
+        let (hn, rest) = rest.split_at(c.b * h);
+        let (cn, failed) = rest.split_at(c.b * h);
+        assert_eq!(
+            failed[0].to_bits(),
+            0,
+            "{}: the grid barrier gave up",
+            spec.name()
+        );
+        for r in 0..rows {
+            output[(r * 2 + d) * h..][..h].copy_from_slice(&out[r * h..][..h]);
+        }
+        h_n[d * c.b * h..][..c.b * h].copy_from_slice(hn);
+        c_n[d * c.b * h..][..c.b * h].copy_from_slice(cn);
+    }
+    let mut named = vec![("output", output), ("h_n", h_n)];
+    if spec.cell == Cell::Lstm {
+        named.push(("c_n", c_n));
+    }
+    named
+}
+
+/// Tensor `t` with its values rounded to `dtype` (kept in f32).
+fn round(t: &Tensor, dtype: DType) -> Tensor {
+    let values = common::rounded(t.to_vec_f32().unwrap(), dtype);
+    Tensor::from_vec(values, t.shape()).unwrap()
+}
+
+/// Every variant and dtype of `kind` on every shape; failures are collected and reported
+/// together.
+fn check(kind: Kind, test: &str) {
+    let Some(cxx) = cxx_or_skip(test) else {
+        return;
+    };
+    let dir = common::scratch(test);
+    precompile_header(&cxx, &dir);
+    let mut failures = Vec::new();
+    let mut built = 0;
+    for (k, shape) in shapes(kind).iter().enumerate() {
+        let c = &shape.case;
+        let seed = 7 + 100 * k as u64;
+        for dtype in DType::ALL {
+            let extra = if dtype == DType::BF16 {
+                BF16_VARIANTS
+            } else {
+                &[]
+            };
+            // Parameters and inputs rounded to the dtype: the CPU sees what the kernel stores.
+            let mut layer = Layer::random(c, seed);
+            for (_, t) in layer.parameters_mut() {
+                *t = round(t, dtype);
+            }
+            let params: HashMap<String, Vec<f32>> = layer
+                .parameters_mut()
+                .into_iter()
+                .map(|(name, t)| (name, t.to_vec_f32().unwrap()))
+                .collect();
+            let (x, h0, c0, lengths) = inputs(c, seed + 1, c.h0, c.lengths());
+            let x = round(&x, dtype);
+            let (h0, c0) = (h0.map(|t| round(&t, dtype)), c0.map(|t| round(&t, dtype)));
+            let want = layer.forward(&x, h0.as_ref(), c0.as_ref(), lengths.as_deref());
+            let lengths: Vec<i32> = match &lengths {
+                Some(l) => l.iter().map(|&l| l as i32).collect(),
+                None => vec![c.t as i32; c.b],
+            };
+            let x = x.to_vec_f32().unwrap();
+            let mut sources = Vec::new();
+            for variant in VARIANTS.iter().chain(extra) {
+                let spec = Spec::new(cell(kind), c.h, c.b, dtype, shape.sms)
+                    .with_variant(variant)
+                    .unwrap();
+                // A budget too small to hold anything builds the shared-memory kernel again.
+                if sources.contains(&spec.source()) {
+                    continue;
+                }
+                sources.push(spec.source());
+                let exe = build(&cxx, &spec, &dir);
+                built += 1;
+                let got = emulate(&exe, &dir, &spec, c, &params, &x, &h0, &c0, &lengths);
+                for ((name, g), (_, w)) in got.iter().zip(&want) {
+                    let what = format!("{} ({variant}) H={} B={}: {name}", spec.name(), c.h, c.b);
+                    let w = w.to_vec_f32().unwrap();
+                    if let Some(f) = common::mismatch(&what, g, &w, common::tolerance(dtype)) {
+                        failures.push(f);
+                    }
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    println!("{test}: {built} host builds of the persistent kernel match the CPU");
+}
+
+#[test]
+fn tanh_rnn_persistent_kernel_matches_cpu_on_the_host() {
+    check(
+        Kind::Rnn(Nonlinearity::Tanh),
+        "tanh_rnn_persistent_kernel_matches_cpu_on_the_host",
+    );
+}
+
+#[test]
+fn relu_rnn_persistent_kernel_matches_cpu_on_the_host() {
+    check(
+        Kind::Rnn(Nonlinearity::Relu),
+        "relu_rnn_persistent_kernel_matches_cpu_on_the_host",
+    );
+}
+
+#[test]
+fn lstm_persistent_kernel_matches_cpu_on_the_host() {
+    check(
+        Kind::Lstm { proj: 0 },
+        "lstm_persistent_kernel_matches_cpu_on_the_host",
+    );
+}
+
+#[test]
+fn gru_persistent_kernel_matches_cpu_on_the_host() {
+    check(Kind::Gru, "gru_persistent_kernel_matches_cpu_on_the_host");
+}
