@@ -61,6 +61,12 @@ fn shapes(kind: Kind) -> Vec<Shape> {
             case: case(21, 3, 9, true, false, false, false),
             sms: 3,
         },
+        // Two batch chunks with CUDA-core FMAs (B > 32 / ROW_BLOCK), five batch tiles on
+        // tensor cores.
+        Shape {
+            case: case(12, 2, 33, false, true, true, true),
+            sms: 2,
+        },
         // 27 units a block, 24 in the last; more than 8 K tiles (two per warp).
         Shape {
             case: case(132, 2, 2, false, true, true, true),
