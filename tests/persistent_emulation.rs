@@ -67,6 +67,11 @@ fn shapes(kind: Kind) -> Vec<Shape> {
             case: case(12, 2, 33, false, true, true, true),
             sms: 2,
         },
+        // One unit, one row, ended after its first step.
+        Shape {
+            case: case(1, 3, 1, false, true, true, true),
+            sms: 1,
+        },
         // 27 units a block, 24 in the last; more than 8 K tiles (two per warp).
         Shape {
             case: case(132, 2, 2, false, true, true, true),
