@@ -2,7 +2,7 @@
 //! compiler and tests/emulation/cuda_host.h, which runs a grid's blocks as threads and a
 //! block's CUDA threads as fibers, against the CPU reference: every cell, dtype and variant
 //! (`FUSED_RNN_PERSISTENT`), both directions, both layouts, lengths, on shapes whose last block
-//! has fewer units than the others. This checks the kernel's tiling, the split of W_hh between
+//! has fewer units than the others and on one of a single unit. This checks the kernel's tiling, the split of W_hh between
 //! registers and shared memory, staging, prefetching and the per-step update without a GPU;
 //! not its speed, races or memory ordering on hardware (`recurrent_cuda` and compute-sanitizer
 //! do that on a GPU). Skips with a printed reason without a C++ compiler (fails instead under
@@ -56,16 +56,17 @@ fn shapes(kind: Kind) -> Vec<Shape> {
             case: case(36, 5, 3, false, true, true, true),
             sms: 5,
         },
-        // Two batch tiles on tensor cores, batch-first, no bias, no h0.
+        // Two batch tiles on tensor cores, batch-first, no bias, no h0; 6 units a block, 3 in
+        // the last.
         Shape {
             case: case(21, 3, 9, true, false, false, false),
-            sms: 3,
+            sms: 4,
         },
         // Two batch chunks with CUDA-core FMAs (B > 32 / ROW_BLOCK), five batch tiles on
-        // tensor cores.
+        // tensor cores; 5 units a block, 4 in the last.
         Shape {
-            case: case(12, 2, 33, false, true, true, true),
-            sms: 2,
+            case: case(14, 2, 33, false, true, true, true),
+            sms: 3,
         },
         // One unit, one row, ended after its first step.
         Shape {
