@@ -1,12 +1,14 @@
-//! The persistent kernel (kernels/persistent/recurrent.cu) built for the host with a C++
-//! compiler and tests/emulation/cuda_host.h, which runs a grid's blocks as threads and a
-//! block's CUDA threads as fibers, against the CPU reference: every cell, dtype and variant
-//! (`FUSED_RNN_PERSISTENT`), both directions, both layouts, lengths, on shapes whose last block
-//! has fewer units than the others and on one of a single unit. This checks the kernel's tiling, the split of W_hh between
+//! The recurrent kernels built for the host with a C++ compiler and tests/emulation/cuda_host.h
+//! (a grid's blocks run as threads, a block's CUDA threads as fibers), against the CPU
+//! reference: the persistent kernel (kernels/persistent/recurrent.cu) in every variant
+//! (`FUSED_RNN_PERSISTENT`) and the stepwise fused kernels (rnn.cu, lstm.cu, gru.cu, with the
+//! per-step GEMM done on the host), for every cell and dtype, both directions, both layouts,
+//! lengths, on shapes whose last persistent block has fewer units than the others and on one
+//! of a single unit. This checks the kernels' indexing, tiling, the split of W_hh between
 //! registers and shared memory, staging, prefetching and the per-step update without a GPU;
-//! not its speed, races or memory ordering on hardware (`recurrent_cuda` and compute-sanitizer
-//! do that on a GPU). Skips with a printed reason without a C++ compiler (fails instead under
-//! FUSED_RNN_REQUIRE_NVRTC=1, which CI sets).
+//! not their speed, races or memory ordering on hardware (`recurrent_cuda` and
+//! compute-sanitizer do that on a GPU). Skips with a printed reason without a C++ compiler
+//! (fails instead under FUSED_RNN_REQUIRE_NVRTC=1, which CI sets).
 
 mod common;
 
@@ -141,21 +143,66 @@ fn precompile_header(cxx: &str, dir: &Path) {
     );
 }
 
-/// The specialisation built for the host, in `dir` (after `precompile_header`).
-fn build(cxx: &str, spec: &Spec, dir: &Path) -> PathBuf {
+/// A kernel built for the host with its driver, which runs one layer-direction
+/// (tests/emulation/io.h).
+struct Kernel {
+    name: String,
+    exe: PathBuf,
+    /// The persistent kernel's grid (the stepwise driver sizes its own).
+    blocks: usize,
+}
+
+/// `source` (a kernel and its defines) and `driver` built in `dir` as `name` (after
+/// `precompile_header`).
+fn build(cxx: &str, dir: &Path, name: String, source: &str, driver: &str, blocks: usize) -> Kernel {
     let source = format!(
-        "#include \"cuda_host.h\"\n{}\n#include \"{}\"\n",
-        spec.source(),
-        emulation_dir().join("persistent_main.cpp").display()
+        "#include \"cuda_host.h\"\n{source}\n#include \"{}\"\n",
+        emulation_dir().join(driver).display()
     );
-    let (cpp, exe) = (dir.join(spec.name() + ".cpp"), dir.join(spec.name()));
+    let (cpp, exe) = (dir.join(name.clone() + ".cpp"), dir.join(&name));
     std::fs::write(&cpp, source).unwrap();
     compile(
         cxx,
-        &spec.name(),
+        &name,
         &["-o".as_ref(), exe.as_os_str(), cpp.as_os_str()],
     );
-    exe
+    Kernel { name, exe, blocks }
+}
+
+fn persistent(cxx: &str, dir: &Path, spec: &Spec) -> Kernel {
+    let driver = "persistent_main.cpp";
+    build(cxx, dir, spec.name(), &spec.source(), driver, spec.blocks())
+}
+
+/// The stepwise fused kernel of `kind` in `dtype`: its kernel file and entry point.
+fn stepwise(cxx: &str, dir: &Path, kind: Kind, dtype: DType) -> Kernel {
+    let (file, code, act) = match kind {
+        // ACT_TANH and ACT_RELU of common.cuh.
+        Kind::Rnn(Nonlinearity::Tanh) => ("rnn", 0, 0),
+        Kind::Rnn(Nonlinearity::Relu) => ("rnn", 0, 1),
+        Kind::Lstm { .. } => ("lstm", 1, 0),
+        Kind::Gru => ("gru", 2, 0),
+    };
+    let storage = match dtype {
+        DType::F32 => "float",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+    };
+    let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let entry = format!("{file}_step_fused_{}", dtype.name());
+    let source = format!(
+        "#include \"{}\"\n#define CELL {code}\n#define ACT {act}\n#define STORAGE {storage}\n\
+         #define STEP {entry}\n",
+        kernels.join(format!("{file}.cu")).display(),
+    );
+    build(
+        cxx,
+        dir,
+        format!("{entry}_act{act}"),
+        &source,
+        "stepwise_main.cpp",
+        0,
+    )
 }
 
 fn bytes_f32(out: &mut Vec<u8>, values: &[f32]) {
@@ -179,9 +226,9 @@ fn direction(state: &Option<Tensor>, d: usize) -> Option<Vec<f32>> {
 /// laid out as the module returns them.
 #[allow(clippy::too_many_arguments)]
 fn emulate(
-    exe: &Path,
+    kernel: &Kernel,
     dir: &Path,
-    spec: &Spec,
+    cell: Cell,
     c: &Case,
     params: &HashMap<String, Vec<f32>>,
     x: &[f32],
@@ -189,7 +236,7 @@ fn emulate(
     c0: &Option<Tensor>,
     lengths: &[i32],
 ) -> Vec<(&'static str, Vec<f32>)> {
-    let (h, gh, rows) = (c.h, spec.cell.gates() * c.h, c.t * c.b);
+    let (h, gh, rows) = (c.h, cell.gates() * c.h, c.t * c.b);
     let (st, sb) = if c.batch_first { (1, c.t) } else { (c.b, 1) };
     let mut output = vec![0f32; rows * 2 * h];
     let mut h_n = vec![0f32; 2 * c.b * h];
@@ -208,9 +255,9 @@ fn emulate(
         let (h0, c0) = (direction(h0, d), direction(c0, d));
         let flags = c.bias as i32 | (h0.is_some() as i32) << 1 | (c0.is_some() as i32) << 2;
         let mut input = Vec::new();
-        let header = [c.t, rows, st, sb, d, spec.blocks()].map(|v| v as i32);
+        let header = [c.t, rows, st, sb, d, kernel.blocks].map(|v| v as i32);
         bytes_i32(&mut input, &header);
-        bytes_i32(&mut input, &[flags]);
+        bytes_i32(&mut input, &[flags, c.b as i32, c.h as i32]);
         bytes_f32(&mut input, &xw);
         bytes_f32(&mut input, param("weight_hh"));
         if c.bias {
@@ -223,7 +270,7 @@ fn emulate(
         bytes_i32(&mut input, lengths);
         let (in_file, out_file) = (dir.join(format!("in{d}")), dir.join(format!("out{d}")));
         std::fs::write(&in_file, input).unwrap();
-        let run = Command::new(exe)
+        let run = Command::new(&kernel.exe)
             .arg(&in_file)
             .arg(&out_file)
             .output()
@@ -231,7 +278,7 @@ fn emulate(
         assert!(
             run.status.success(),
             "{} direction {d}: {}",
-            spec.name(),
+            kernel.name,
             String::from_utf8_lossy(&run.stderr)
         );
         let words = std::fs::read(&out_file).unwrap();
@@ -246,7 +293,7 @@ fn emulate(
             failed[0].to_bits(),
             0,
             "{}: the grid barrier gave up",
-            spec.name()
+            kernel.name
         );
         for r in 0..rows {
             output[(r * 2 + d) * h..][..h].copy_from_slice(&out[r * h..][..h]);
@@ -255,7 +302,7 @@ fn emulate(
         c_n[d * c.b * h..][..c.b * h].copy_from_slice(cn);
     }
     let mut named = vec![("output", output), ("h_n", h_n)];
-    if spec.cell == Cell::Lstm {
+    if cell == Cell::Lstm {
         named.push(("c_n", c_n));
     }
     named
@@ -277,6 +324,10 @@ fn check(kind: Kind, test: &str) {
     precompile_header(&cxx, &dir);
     let mut failures = Vec::new();
     let mut built = 0;
+    let stepwise_kernels: HashMap<DType, Kernel> = DType::ALL
+        .into_iter()
+        .map(|dtype| (dtype, stepwise(&cxx, &dir, kind, dtype)))
+        .collect();
     for (k, shape) in shapes(kind).iter().enumerate() {
         let c = &shape.case;
         let seed = 7 + 100 * k as u64;
@@ -305,21 +356,25 @@ fn check(kind: Kind, test: &str) {
                 None => vec![c.t as i32; c.b],
             };
             let x = x.to_vec_f32().unwrap();
+            let mut persistent_kernels = Vec::new();
             let mut sources = Vec::new();
-            for variant in VARIANTS.iter().chain(extra) {
+            for &variant in VARIANTS.iter().chain(extra) {
                 let spec = Spec::new(cell(kind), c.h, c.b, dtype, shape.sms)
                     .with_variant(variant)
                     .unwrap();
                 // A budget too small to hold anything builds the shared-memory kernel again.
-                if sources.contains(&spec.source()) {
-                    continue;
+                if !sources.contains(&spec.source()) {
+                    sources.push(spec.source());
+                    persistent_kernels.push((persistent(&cxx, &dir, &spec), variant));
                 }
-                sources.push(spec.source());
-                let exe = build(&cxx, &spec, &dir);
-                built += 1;
-                let got = emulate(&exe, &dir, &spec, c, &params, &x, &h0, &c0, &lengths);
+            }
+            built += persistent_kernels.len();
+            let stepwise = (&stepwise_kernels[&dtype], "stepwise");
+            let all = persistent_kernels.iter().map(|(k, v)| (k, *v));
+            for (kernel, variant) in std::iter::once(stepwise).chain(all) {
+                let got = emulate(kernel, &dir, cell(kind), c, &params, &x, &h0, &c0, &lengths);
                 for ((name, g), (_, w)) in got.iter().zip(&want) {
-                    let what = format!("{} ({variant}) H={} B={}: {name}", spec.name(), c.h, c.b);
+                    let what = format!("{} ({variant}) H={} B={}: {name}", kernel.name, c.h, c.b);
                     let w = w.to_vec_f32().unwrap();
                     if let Some(f) = common::mismatch(&what, g, &w, common::tolerance(dtype)) {
                         failures.push(f);
@@ -330,7 +385,10 @@ fn check(kind: Kind, test: &str) {
     }
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    println!("{test}: {built} host builds of the persistent kernel match the CPU");
+    println!(
+        "{test}: {built} host builds of the persistent kernel and 3 of the stepwise kernel match \
+         the CPU"
+    );
 }
 
 #[test]
