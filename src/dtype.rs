@@ -22,6 +22,15 @@ impl DType {
         }
     }
 
+    /// The storage type's name in the kernels (kernels/common.cuh).
+    pub fn kernel_type(self) -> &'static str {
+        match self {
+            DType::F32 => "float",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+
     pub fn size_in_bytes(self) -> usize {
         match self {
             DType::F32 => 4,

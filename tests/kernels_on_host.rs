@@ -83,30 +83,6 @@ fn shapes(kind: Kind) -> Vec<Shape> {
     ]
 }
 
-fn cell(kind: Kind) -> Cell {
-    match kind {
-        Kind::Rnn(nl) => Cell::Rnn(nl),
-        Kind::Lstm { .. } => Cell::Lstm,
-        Kind::Gru => Cell::Gru,
-    }
-}
-
-/// `$CXX`, else `c++`, when it runs; None after printing why.
-fn cxx_or_skip(test: &str) -> Option<String> {
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    match Command::new(&cxx).arg("--version").output() {
-        Ok(out) if out.status.success() => Some(cxx),
-        result => {
-            let why = format!("no C++ compiler `{cxx}` ({result:?})");
-            if std::env::var("FUSED_RNN_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
-                panic!("{test}: FUSED_RNN_REQUIRE_NVRTC=1 but {why}");
-            }
-            eprintln!("skipping {test}: {why}");
-            None
-        }
-    }
-}
-
 fn emulation_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emulation")
 }
@@ -148,13 +124,11 @@ fn precompile_header(cxx: &str, dir: &Path) {
 struct Kernel {
     name: String,
     exe: PathBuf,
-    /// The persistent kernel's grid (the stepwise driver sizes its own).
-    blocks: usize,
 }
 
 /// `source` (a kernel and its defines) and `driver` built in `dir` as `name` (after
 /// `precompile_header`).
-fn build(cxx: &str, dir: &Path, name: String, source: &str, driver: &str, blocks: usize) -> Kernel {
+fn build(cxx: &str, dir: &Path, name: String, source: &str, driver: &str) -> Kernel {
     let source = format!(
         "#include \"cuda_host.h\"\n{source}\n#include \"{}\"\n",
         emulation_dir().join(driver).display()
@@ -166,12 +140,11 @@ fn build(cxx: &str, dir: &Path, name: String, source: &str, driver: &str, blocks
         &name,
         &["-o".as_ref(), exe.as_os_str(), cpp.as_os_str()],
     );
-    Kernel { name, exe, blocks }
+    Kernel { name, exe }
 }
 
 fn persistent(cxx: &str, dir: &Path, spec: &Spec) -> Kernel {
-    let driver = "persistent_main.cpp";
-    build(cxx, dir, spec.name(), &spec.source(), driver, spec.blocks())
+    build(cxx, dir, spec.name(), &spec.source(), "persistent_main.cpp")
 }
 
 /// The stepwise fused kernel of `kind` in `dtype`: its kernel file and entry point.
@@ -183,11 +156,7 @@ fn stepwise(cxx: &str, dir: &Path, kind: Kind, dtype: DType) -> Kernel {
         Kind::Lstm { .. } => ("lstm", 1, 0),
         Kind::Gru => ("gru", 2, 0),
     };
-    let storage = match dtype {
-        DType::F32 => "float",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-    };
+    let storage = dtype.kernel_type();
     let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
     let entry = format!("{file}_step_fused_{}", dtype.name());
     let source = format!(
@@ -201,7 +170,6 @@ fn stepwise(cxx: &str, dir: &Path, kind: Kind, dtype: DType) -> Kernel {
         format!("{entry}_act{act}"),
         &source,
         "stepwise_main.cpp",
-        0,
     )
 }
 
@@ -222,56 +190,84 @@ fn direction(state: &Option<Tensor>, d: usize) -> Option<Vec<f32>> {
     })
 }
 
-/// The layer's results with each direction run by the emulated kernel: output, h_n and c_n
-/// laid out as the module returns them.
-#[allow(clippy::too_many_arguments)]
-fn emulate(
-    kernel: &Kernel,
-    dir: &Path,
-    cell: Cell,
-    c: &Case,
-    params: &HashMap<String, Vec<f32>>,
-    x: &[f32],
-    h0: &Option<Tensor>,
-    c0: &Option<Tensor>,
-    lengths: &[i32],
-) -> Vec<(&'static str, Vec<f32>)> {
-    let (h, gh, rows) = (c.h, cell.gates() * c.h, c.t * c.b);
+/// One case in one dtype: the CPU reference's results, and each direction's input file for
+/// the drivers (tests/emulation/io.h).
+struct Problem {
+    want: Vec<(&'static str, Tensor)>,
+    inputs: [PathBuf; 2],
+}
+
+/// Parameters and inputs of `c` rounded to `dtype`, so that the CPU sees what the kernels
+/// store; the input side x·W_ihᵀ computed as the GEMM before the kernels does; a persistent
+/// grid of `blocks` (the stepwise driver sizes its own).
+fn problem(c: &Case, dtype: DType, blocks: usize, seed: u64, dir: &Path) -> Problem {
+    let round = |t: &Tensor| {
+        let values = common::rounded(t.to_vec_f32().unwrap(), dtype);
+        Tensor::from_vec(values, t.shape()).unwrap()
+    };
+    let mut layer = Layer::random(c, seed);
+    for (_, t) in layer.parameters_mut() {
+        *t = round(t);
+    }
+    let params: HashMap<String, Vec<f32>> = layer
+        .parameters_mut()
+        .into_iter()
+        .map(|(name, t)| (name, t.to_vec_f32().unwrap()))
+        .collect();
+    let (x, h0, c0, lengths) = inputs(c, seed + 1, c.h0, c.lengths());
+    let (x, h0, c0) = (round(&x), h0.map(|t| round(&t)), c0.map(|t| round(&t)));
+    let want = layer.forward(&x, h0.as_ref(), c0.as_ref(), lengths.as_deref());
+    let lengths: Vec<i32> = match &lengths {
+        Some(l) => l.iter().map(|&l| l as i32).collect(),
+        None => vec![c.t as i32; c.b],
+    };
+    let x = x.to_vec_f32().unwrap();
+    let (gh, rows) = (c.kind.cell().gates() * c.h, c.t * c.b);
     let (st, sb) = if c.batch_first { (1, c.t) } else { (c.b, 1) };
-    let mut output = vec![0f32; rows * 2 * h];
-    let mut h_n = vec![0f32; 2 * c.b * h];
-    let mut c_n = vec![0f32; 2 * c.b * h];
-    for d in 0..2 {
+    let inputs = [0, 1].map(|d| {
         let suffix = if d == 0 { "" } else { "_reverse" };
         let param = |name: &str| &params[&format!("{name}_l0{suffix}")];
         let w_ih = param("weight_ih");
-        // x·W_ihᵀ for every row, as the GEMM before the persistent launch computes it.
         let xw: Vec<f32> = (0..rows * gh)
             .map(|k| {
                 let (r, j) = (k / gh, k % gh);
                 (0..c.i).map(|i| x[r * c.i + i] * w_ih[j * c.i + i]).sum()
             })
             .collect();
-        let (h0, c0) = (direction(h0, d), direction(c0, d));
+        let (h0, c0) = (direction(&h0, d), direction(&c0, d));
         let flags = c.bias as i32 | (h0.is_some() as i32) << 1 | (c0.is_some() as i32) << 2;
-        let mut input = Vec::new();
-        let header = [c.t, rows, st, sb, d, kernel.blocks].map(|v| v as i32);
-        bytes_i32(&mut input, &header);
-        bytes_i32(&mut input, &[flags, c.b as i32, c.h as i32]);
-        bytes_f32(&mut input, &xw);
-        bytes_f32(&mut input, param("weight_hh"));
+        let mut bytes = Vec::new();
+        let header = [c.t, rows, st, sb, d, blocks].map(|v| v as i32);
+        bytes_i32(&mut bytes, &header);
+        bytes_i32(&mut bytes, &[flags, c.b as i32, c.h as i32]);
+        bytes_f32(&mut bytes, &xw);
+        bytes_f32(&mut bytes, param("weight_hh"));
         if c.bias {
-            bytes_f32(&mut input, param("bias_ih"));
-            bytes_f32(&mut input, param("bias_hh"));
+            bytes_f32(&mut bytes, param("bias_ih"));
+            bytes_f32(&mut bytes, param("bias_hh"));
         }
         for state in [&h0, &c0].into_iter().flatten() {
-            bytes_f32(&mut input, state);
+            bytes_f32(&mut bytes, state);
         }
-        bytes_i32(&mut input, lengths);
-        let (in_file, out_file) = (dir.join(format!("in{d}")), dir.join(format!("out{d}")));
-        std::fs::write(&in_file, input).unwrap();
+        bytes_i32(&mut bytes, &lengths);
+        let file = dir.join(format!("in{d}"));
+        std::fs::write(&file, bytes).unwrap();
+        file
+    });
+    Problem { want, inputs }
+}
+
+/// The layer's results with each direction run by `kernel`: output, h_n and c_n laid out as
+/// the module returns them.
+fn emulate(kernel: &Kernel, c: &Case, p: &Problem, dir: &Path) -> Vec<(&'static str, Vec<f32>)> {
+    let (h, rows) = (c.h, c.t * c.b);
+    let mut output = vec![0f32; rows * 2 * h];
+    let mut h_n = vec![0f32; 2 * c.b * h];
+    let mut c_n = vec![0f32; 2 * c.b * h];
+    for (d, input) in p.inputs.iter().enumerate() {
+        let out_file = dir.join(format!("out{d}"));
         let run = Command::new(&kernel.exe)
-            .arg(&in_file)
+            .arg(input)
             .arg(&out_file)
             .output()
             .unwrap();
@@ -289,6 +285,7 @@ fn emulate(
         let (out, rest) = values.split_at(rows * h);
         let (hn, rest) = rest.split_at(c.b * h);
         let (cn, failed) = rest.split_at(c.b * h);
+        // The failure word is an i32.
         assert_eq!(
             failed[0].to_bits(),
             0,
@@ -302,78 +299,49 @@ fn emulate(
         c_n[d * c.b * h..][..c.b * h].copy_from_slice(cn);
     }
     let mut named = vec![("output", output), ("h_n", h_n)];
-    if cell == Cell::Lstm {
+    if c.kind.cell() == Cell::Lstm {
         named.push(("c_n", c_n));
     }
     named
 }
 
-/// Tensor `t` with its values rounded to `dtype` (kept in f32).
-fn round(t: &Tensor, dtype: DType) -> Tensor {
-    let values = common::rounded(t.to_vec_f32().unwrap(), dtype);
-    Tensor::from_vec(values, t.shape()).unwrap()
-}
-
-/// Every variant and dtype of `kind` on every shape; failures are collected and reported
-/// together.
+/// The stepwise kernel and every persistent variant of `kind`, in every dtype, on every shape;
+/// failures are collected and reported together.
 fn check(kind: Kind, test: &str) {
-    let Some(cxx) = cxx_or_skip(test) else {
+    let Some(cxx) = common::cxx_or_skip(test) else {
         return;
     };
     let dir = common::scratch(test);
     precompile_header(&cxx, &dir);
     let mut failures = Vec::new();
     let mut built = 0;
-    let stepwise_kernels: HashMap<DType, Kernel> = DType::ALL
-        .into_iter()
-        .map(|dtype| (dtype, stepwise(&cxx, &dir, kind, dtype)))
-        .collect();
-    for (k, shape) in shapes(kind).iter().enumerate() {
-        let c = &shape.case;
-        let seed = 7 + 100 * k as u64;
-        for dtype in DType::ALL {
-            let extra = if dtype == DType::BF16 {
-                BF16_VARIANTS
-            } else {
-                &[]
-            };
-            // Parameters and inputs rounded to the dtype: the CPU sees what the kernel stores.
-            let mut layer = Layer::random(c, seed);
-            for (_, t) in layer.parameters_mut() {
-                *t = round(t, dtype);
-            }
-            let params: HashMap<String, Vec<f32>> = layer
-                .parameters_mut()
-                .into_iter()
-                .map(|(name, t)| (name, t.to_vec_f32().unwrap()))
-                .collect();
-            let (x, h0, c0, lengths) = inputs(c, seed + 1, c.h0, c.lengths());
-            let x = round(&x, dtype);
-            let (h0, c0) = (h0.map(|t| round(&t, dtype)), c0.map(|t| round(&t, dtype)));
-            let want = layer.forward(&x, h0.as_ref(), c0.as_ref(), lengths.as_deref());
-            let lengths: Vec<i32> = match &lengths {
-                Some(l) => l.iter().map(|&l| l as i32).collect(),
-                None => vec![c.t as i32; c.b],
-            };
-            let x = x.to_vec_f32().unwrap();
+    for dtype in DType::ALL {
+        let stepwise = stepwise(&cxx, &dir, kind, dtype);
+        let extra = if dtype == DType::BF16 {
+            BF16_VARIANTS
+        } else {
+            &[]
+        };
+        for (k, shape) in shapes(kind).iter().enumerate() {
+            let c = &shape.case;
+            let spec = Spec::new(kind.cell(), c.h, c.b, dtype, shape.sms);
+            let p = problem(c, dtype, spec.blocks(), 7 + 100 * k as u64, &dir);
             let mut persistent_kernels = Vec::new();
             let mut sources = Vec::new();
             for &variant in VARIANTS.iter().chain(extra) {
-                let spec = Spec::new(cell(kind), c.h, c.b, dtype, shape.sms)
-                    .with_variant(variant)
-                    .unwrap();
+                let spec = spec.with_variant(variant).unwrap();
+                let source = spec.source();
                 // A budget too small to hold anything builds the shared-memory kernel again.
-                if !sources.contains(&spec.source()) {
-                    sources.push(spec.source());
+                if !sources.contains(&source) {
+                    sources.push(source);
                     persistent_kernels.push((persistent(&cxx, &dir, &spec), variant));
                 }
             }
             built += persistent_kernels.len();
-            let stepwise = (&stepwise_kernels[&dtype], "stepwise");
             let all = persistent_kernels.iter().map(|(k, v)| (k, *v));
-            for (kernel, variant) in std::iter::once(stepwise).chain(all) {
-                let got = emulate(kernel, &dir, cell(kind), c, &params, &x, &h0, &c0, &lengths);
-                for ((name, g), (_, w)) in got.iter().zip(&want) {
+            for (kernel, variant) in std::iter::once((&stepwise, "stepwise")).chain(all) {
+                let got = emulate(kernel, c, &p, &dir);
+                for ((name, g), (_, w)) in got.iter().zip(&p.want) {
                     let what = format!("{} ({variant}) H={} B={}: {name}", kernel.name, c.h, c.b);
                     let w = w.to_vec_f32().unwrap();
                     if let Some(f) = common::mismatch(&what, g, &w, common::tolerance(dtype)) {
@@ -392,30 +360,27 @@ fn check(kind: Kind, test: &str) {
 }
 
 #[test]
-fn tanh_rnn_persistent_kernel_matches_cpu_on_the_host() {
+fn tanh_rnn_kernels_match_cpu_on_the_host() {
     check(
         Kind::Rnn(Nonlinearity::Tanh),
-        "tanh_rnn_persistent_kernel_matches_cpu_on_the_host",
+        "tanh_rnn_kernels_match_cpu_on_the_host",
     );
 }
 
 #[test]
-fn relu_rnn_persistent_kernel_matches_cpu_on_the_host() {
+fn relu_rnn_kernels_match_cpu_on_the_host() {
     check(
         Kind::Rnn(Nonlinearity::Relu),
-        "relu_rnn_persistent_kernel_matches_cpu_on_the_host",
+        "relu_rnn_kernels_match_cpu_on_the_host",
     );
 }
 
 #[test]
-fn lstm_persistent_kernel_matches_cpu_on_the_host() {
-    check(
-        Kind::Lstm { proj: 0 },
-        "lstm_persistent_kernel_matches_cpu_on_the_host",
-    );
+fn lstm_kernels_match_cpu_on_the_host() {
+    check(Kind::Lstm { proj: 0 }, "lstm_kernels_match_cpu_on_the_host");
 }
 
 #[test]
-fn gru_persistent_kernel_matches_cpu_on_the_host() {
-    check(Kind::Gru, "gru_persistent_kernel_matches_cpu_on_the_host");
+fn gru_kernels_match_cpu_on_the_host() {
+    check(Kind::Gru, "gru_kernels_match_cpu_on_the_host");
 }

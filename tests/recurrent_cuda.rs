@@ -7,7 +7,7 @@ mod common;
 
 use common::layers::{inputs, Case, Inputs, Kind, Layer};
 use fused_rnn::nn::{Gru, GruConfig, Lstm, LstmConfig, Rnn, RnnConfig};
-use fused_rnn::{Algo, Cell, DType, Device, Error, Nonlinearity, Tensor};
+use fused_rnn::{Algo, DType, Device, Error, Nonlinearity, Tensor};
 
 /// (kind, I, H, layers, bidirectional, batch_first, T, B, lengths, h0, bias)
 type Row = (
@@ -156,11 +156,7 @@ fn check_case(device: &Device, c: &Case, seed: u64) {
     // An LSTM with a projection has no persistent kernel (forcing it is tested below).
     let persistent = !matches!(c.kind, Kind::Lstm { proj } if proj > 0);
     if persistent {
-        let cell = match c.kind {
-            Kind::Rnn(nl) => Cell::Rnn(nl),
-            Kind::Lstm { .. } => Cell::Lstm,
-            Kind::Gru => Cell::Gru,
-        };
+        let cell = c.kind.cell();
         assert!(
             common::PERSISTENT_SHAPES.contains(&(cell, c.h, c.b)),
             "{c:?}: add ({cell:?}, {}, {}) to common::PERSISTENT_SHAPES so that CI compiles it",

@@ -2,13 +2,23 @@
 //! that compare a device's results with the CPU's.
 
 use fused_rnn::nn::{Gru, GruConfig, Lstm, LstmConfig, Rnn, RnnConfig};
-use fused_rnn::{Algo, DType, Device, Nonlinearity, Tensor};
+use fused_rnn::{Algo, Cell, DType, Device, Nonlinearity, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
     Rnn(Nonlinearity),
     Lstm { proj: usize },
     Gru,
+}
+
+impl Kind {
+    pub fn cell(self) -> Cell {
+        match self {
+            Kind::Rnn(nl) => Cell::Rnn(nl),
+            Kind::Lstm { .. } => Cell::Lstm,
+            Kind::Gru => Cell::Gru,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

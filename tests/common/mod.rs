@@ -44,6 +44,23 @@ pub fn nvrtc_or_skip(test: &str) -> bool {
     }
 }
 
+/// `$CXX`, else `c++`, when it runs; None after printing why (a failure under
+/// FUSED_RNN_REQUIRE_NVRTC=1, which CI sets: there every kernel test must run).
+pub fn cxx_or_skip(test: &str) -> Option<String> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    match std::process::Command::new(&cxx).arg("--version").output() {
+        Ok(out) if out.status.success() => Some(cxx),
+        result => {
+            let why = format!("no C++ compiler `{cxx}` ({result:?})");
+            if required("FUSED_RNN_REQUIRE_NVRTC") {
+                panic!("{test}: FUSED_RNN_REQUIRE_NVRTC=1 but {why}");
+            }
+            eprintln!("skipping {test}: {why}");
+            None
+        }
+    }
+}
+
 /// Every kernel entry point the Rust side launches, as (kernel file, op_variant, dtypes).
 pub const ENTRY_POINTS: &[(&str, &str, &[DType])] = &[
     ("rnn", "rnn_step_fused", &DType::ALL),

@@ -30,7 +30,6 @@
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 
-using std::max;
 using std::min;
 
 namespace emu {

@@ -221,11 +221,7 @@ impl Spec {
             Cell::Lstm => ("CELL_LSTM", 0),
             Cell::Gru => ("CELL_GRU", 0),
         };
-        let storage = match self.dtype {
-            DType::F32 => "float",
-            DType::F16 => "f16",
-            DType::BF16 => "bf16",
-        };
+        let storage = self.dtype.kernel_type();
         format!(
             "#define CELL {cell}\n#define ACT {act}\n#define HIDDEN {}\n#define BATCH {}\n\
              #define UNITS {}\n#define STORAGE {storage}\n#define TENSOR_CORES {}\n\
@@ -262,22 +258,18 @@ fn multiprocessors(dev: &CudaDevice) -> Result<usize> {
     Ok(sms as usize)
 }
 
-/// The specialisation for the shape on this device, in the variant `FUSED_RNN_PERSISTENT` names.
-fn device_spec(dev: &CudaDevice, cell: Cell, dims: &Dims, dtype: DType) -> Result<Spec> {
-    let spec = Spec::new(cell, dims.hidden, dims.batch, dtype, multiprocessors(dev)?);
+/// The specialisation for the shape on a device of `sms` SMs, in the variant
+/// `FUSED_RNN_PERSISTENT` names.
+fn device_spec(sms: usize, cell: Cell, dims: &Dims, dtype: DType) -> Result<Spec> {
+    let spec = Spec::new(cell, dims.hidden, dims.batch, dtype, sms);
     match std::env::var("FUSED_RNN_PERSISTENT") {
         Ok(value) => spec.with_variant(&value),
         Err(_) => Ok(spec),
     }
 }
 
-/// Why a shape cannot run persistently on a device, before anything is compiled.
-pub(crate) fn unsupported(
-    dev: &CudaDevice,
-    cell: Cell,
-    dims: &Dims,
-    dtype: DType,
-) -> Result<Option<String>> {
+/// Why a shape cannot run persistently on a device whatever its specialisation.
+fn unsupported(dev: &CudaDevice, dims: &Dims) -> Result<Option<String>> {
     if dims.projected() {
         return Ok(Some(
             "an LSTM with a projection (proj_size) runs stepwise".into(),
@@ -299,8 +291,7 @@ pub(crate) fn unsupported(
             "the persistent kernel needs compute capability 7.0 or newer".into(),
         ));
     }
-    // The kernel's static shared memory is not known before it is compiled; `prepare` counts it.
-    shared_memory_over(dev, &device_spec(dev, cell, dims, dtype)?, 0)
+    Ok(None)
 }
 
 /// Why the spec's shared memory, dynamic plus `static_bytes`, is more than a block may have.
@@ -332,11 +323,12 @@ pub(crate) fn prepare(
     dims: &Dims,
     dtype: DType,
 ) -> Result<std::result::Result<Persistent, String>> {
-    if let Some(reason) = unsupported(dev, cell, dims, dtype)? {
+    let sms = multiprocessors(dev)?;
+    let spec = device_spec(sms, cell, dims, dtype)?;
+    // Before compiling, the dynamic shared memory alone (the static part is known after).
+    if let Some(reason) = unsupported(dev, dims)?.or(shared_memory_over(dev, &spec, 0)?) {
         return Ok(Err(reason));
     }
-    let sms = multiprocessors(dev)?;
-    let spec = device_spec(dev, cell, dims, dtype)?;
     let jit = dev.jit_module(&spec.source(), &spec.name())?;
     let function = jit.module.load_function("persistent_forward")?;
     // Dynamic and static shared memory together must fit the opt-in limit.
