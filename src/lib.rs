@@ -36,12 +36,13 @@
 
 pub mod device;
 mod dtype;
-mod error;
+pub mod error;
 pub mod io;
 pub mod nn;
 pub mod nvrtc;
 pub mod ops;
 pub mod run;
+pub mod size;
 mod tensor;
 pub mod train;
 

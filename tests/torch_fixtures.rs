@@ -37,6 +37,8 @@ fn check_fixtures(kind: &str, device: DeviceChoice, algo: Algo, tol: f32) {
             nonlinearity: None,
             algo,
             grad: grad.is_file().then_some(grad),
+            allow_nonfinite: false,
+            max_output: None,
         })
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         let got = TensorFile::load(&output).unwrap();

@@ -1,9 +1,12 @@
 //! `fused-rnn`: device and kernel information, running PyTorch RNN modules, and a demo.
 //!
-//! Errors print one line and exit with code 2.
+//! Errors print one line (text from files escaped) and exit with code 2; so does an interrupt
+//! (SIGINT, SIGTERM, SIGHUP), after removing any output file still being written. A
+//! file-size limit (`ulimit -f`) fails the write instead of killing the process mid-file.
 
 use clap::{Parser, Subcommand};
 use fused_rnn::device::{driver_version, kernels, Device};
+use fused_rnn::error::one_line;
 use fused_rnn::nn::{Rnn, RnnConfig};
 use fused_rnn::run::{run, RunOptions};
 use fused_rnn::{Algo, DType, Result, Tensor};
@@ -34,7 +37,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => info(),
-        Command::Run(options) => run(&options).map(|report| {
+        Command::Run(options) => guard_output().and_then(|()| run(&options)).map(|report| {
             eprintln!("{}; {}", report.device_reason, report.module);
             if let Some(dispatch) = &report.dispatch {
                 eprintln!("algo: {dispatch}");
@@ -45,10 +48,23 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", one_line(&e.to_string()));
             ExitCode::from(2)
         }
     }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: remove the output being written, say so, exit 2. Past a
+/// file-size limit: a write error (EFBIG) rather than SIGXFSZ's kill.
+fn guard_output() -> Result<()> {
+    // SAFETY: SIG_IGN installs no handler code, and nothing else here handles SIGXFSZ.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    ctrlc::set_handler(|| {
+        fused_rnn::io::abandon_writes();
+        eprintln!("error: interrupted; no output file was written");
+        std::process::exit(2);
+    })
+    .map_err(|e| fused_rnn::Error::Config(format!("cannot handle interrupts: {e}")))
 }
 
 fn info() -> Result<()> {

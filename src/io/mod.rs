@@ -1,5 +1,7 @@
 //! safetensors files in PyTorch's naming: reading state_dicts and inputs, writing outputs.
 
 mod safetensors_file;
+mod temporary;
 
 pub use safetensors_file::{save_f32, TensorFile};
+pub use temporary::abandon_writes;

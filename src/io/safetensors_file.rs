@@ -1,15 +1,25 @@
 //! Reading and writing safetensors files.
 //!
 //! Floating tensors (F64, F32, F16, BF16) are read as host f32 tensors; integer tensors (I64,
-//! I32) as i64 values. Writing goes to a temporary file that is renamed into place, so a failed
-//! run never leaves a half-written output.
+//! I32) as i64 values. A file is read by the size its header declares, never to its end, so a
+//! device or a pipe that never ends is an error, not a hang. Writing streams to a temporary
+//! file beside the target that is renamed into place, so a failed or interrupted run never
+//! leaves a half-written output (`abandon_writes` removes what is in flight, for a signal
+//! handler).
 
-use crate::error::{Error, Result};
+use super::temporary::Temporary;
+use crate::error::{one_line, quoted, Error, Result};
+use crate::size;
 use crate::tensor::Tensor;
-use safetensors::tensor::{Dtype as StDtype, TensorView};
+use safetensors::tensor::{Dtype as StDtype, Metadata, TensorView};
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufWriter, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
+
+/// safetensors' own bound on the JSON header.
+const MAX_HEADER: u64 = 100_000_000;
 
 enum Values {
     Float(Vec<f32>),
@@ -31,56 +41,122 @@ pub struct TensorFile {
 fn format_err(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::Format {
         path: path.to_path_buf(),
-        reason: reason.to_string(),
+        reason: one_line(&reason.to_string()),
     }
 }
 
 fn decode(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Values> {
+    fn words<const W: usize, T>(bytes: &[u8], f: impl Fn([u8; W]) -> T) -> Vec<T> {
+        bytes
+            .chunks_exact(W)
+            .map(|c| f(c.try_into().expect("chunks of W bytes")))
+            .collect()
+    }
     let bytes = view.data();
-    let floats = |width: usize, f: &dyn Fn(&[u8]) -> f32| -> Vec<f32> {
-        bytes.chunks_exact(width).map(f).collect()
-    };
     Ok(match view.dtype() {
-        StDtype::F32 => Values::Float(floats(4, &|c| f32::from_le_bytes(c.try_into().unwrap()))),
-        StDtype::F64 => Values::Float(floats(8, &|c| {
-            f64::from_le_bytes(c.try_into().unwrap()) as f32
-        })),
-        StDtype::F16 => Values::Float(floats(2, &|c| {
-            half::f16::from_le_bytes(c.try_into().unwrap()).to_f32()
-        })),
-        StDtype::BF16 => Values::Float(floats(2, &|c| {
-            half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32()
-        })),
-        StDtype::I64 => Values::Int(
-            bytes
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        ),
-        StDtype::I32 => Values::Int(
-            bytes
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
-                .collect(),
-        ),
+        StDtype::F32 => Values::Float(words(bytes, f32::from_le_bytes)),
+        StDtype::F64 => Values::Float(words(bytes, |w| f64::from_le_bytes(w) as f32)),
+        StDtype::F16 => Values::Float(words(bytes, |w| half::f16::from_le_bytes(w).to_f32())),
+        StDtype::BF16 => Values::Float(words(bytes, |w| half::bf16::from_le_bytes(w).to_f32())),
+        StDtype::I64 => Values::Int(words(bytes, i64::from_le_bytes)),
+        StDtype::I32 => Values::Int(words(bytes, |w| i64::from(i32::from_le_bytes(w)))),
         other => {
             return Err(format_err(
                 path,
-                format!("tensor `{name}` has unsupported dtype {other:?}"),
+                format!("tensor {} has unsupported dtype {other:?}", quoted(name)),
             ))
         }
     })
 }
 
+/// The whole file, read by the sizes its header declares (the 8-byte header length, the
+/// header, then exactly the tensor data the header describes), and the header's metadata.
+fn read_declared(path: &Path) -> Result<(Vec<u8>, HashMap<String, String>)> {
+    let io_err = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    if meta.is_dir() {
+        return Err(io_err(std::io::Error::from(ErrorKind::IsADirectory)));
+    }
+    // Pipes and devices have no length to check against; they are read as far as declared.
+    let file_len = meta.is_file().then_some(meta.len());
+    let truncated = |what: &str| format_err(path, format!("truncated: {what}"));
+    let read_exact = |file: &mut File, buf: &mut [u8], what: &str| match file.read_exact(buf) {
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(truncated(what)),
+        other => other.map_err(io_err),
+    };
+    let mut prefix = [0u8; 8];
+    read_exact(
+        &mut file,
+        &mut prefix,
+        "shorter than the 8-byte header length",
+    )?;
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > MAX_HEADER {
+        return Err(format_err(
+            path,
+            format!("header length {header_len} is over the format's limit of {MAX_HEADER}"),
+        ));
+    }
+    if file_len.is_some_and(|len| 8 + header_len > len) {
+        return Err(truncated(&format!(
+            "the header declares {header_len} bytes, the file holds {}",
+            file_len.unwrap_or(0)
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    read_exact(&mut file, &mut header, "ends inside the header")?;
+    let metadata: Metadata = serde_json::from_slice(&header).map_err(|e| format_err(path, e))?;
+    let data_len = metadata.data_len() as u64;
+    let total = (8 + header_len)
+        .checked_add(data_len)
+        .and_then(|t| usize::try_from(t).ok())
+        .ok_or_else(|| format_err(path, "the declared tensor data overflows"))?;
+    if let Some(len) = file_len {
+        let held = len - 8 - header_len;
+        if data_len > held {
+            return Err(truncated(&format!(
+                "the header declares {data_len} bytes of tensor data, the file holds {held}"
+            )));
+        }
+        if data_len < held {
+            let extra = held - data_len;
+            return Err(format_err(
+                path,
+                format!("{extra} bytes follow the last tensor's data"),
+            ));
+        }
+    }
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(total)
+        .map_err(|_| Error::TooLarge {
+            what: format!("{}: reading", path.display()),
+            needed: size::human(total as u64),
+            limit: "what this process can allocate".into(),
+        })?;
+    bytes.extend_from_slice(&prefix);
+    bytes.extend_from_slice(&header);
+    file.take(data_len)
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
+    if bytes.len() != total {
+        return Err(truncated(&format!(
+            "the header declares {data_len} bytes of tensor data, the file holds {}",
+            bytes.len() - 8 - header.len()
+        )));
+    }
+    Ok((bytes, metadata.metadata().clone().unwrap_or_default()))
+}
+
 impl TensorFile {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| format_err(path, e))?;
-        let metadata = header.metadata().clone().unwrap_or_default();
+        let (bytes, metadata) = read_declared(path)?;
+        // Checks what the header declares against the data (offsets, sizes, dtypes).
         let st = SafeTensors::deserialize(&bytes).map_err(|e| format_err(path, e))?;
         let mut entries = BTreeMap::new();
         for (name, view) in st.tensors() {
@@ -154,40 +230,63 @@ impl TensorFile {
     }
 }
 
-/// Writes tensors as f32 (converting from any dtype and device) to `path`, atomically.
+/// The safetensors header for `tensors` stored as f32, in order, padded to 8 bytes.
+fn header(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
+    let mut entries = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, t) in tensors {
+        let end = size::bytes(name, t.numel(), 4)?
+            .checked_add(offset)
+            .ok_or_else(|| Error::TooLarge {
+                what: "the output file".into(),
+                needed: "more bytes than usize holds".into(),
+                limit: usize::MAX.to_string(),
+            })?;
+        let entry =
+            serde_json::json!({"dtype": "F32", "shape": t.shape(), "data_offsets": [offset, end]});
+        entries.insert(name.to_string(), entry);
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&entries).expect("a map of strings and numbers");
+    json.resize(json.len().next_multiple_of(8), b' ');
+    Ok(json)
+}
+
+/// `values` as little-endian bytes, a block at a time.
+fn write_f32s(out: &mut impl Write, values: &[f32]) -> std::io::Result<()> {
+    let mut block = Vec::with_capacity(4 << 14);
+    for chunk in values.chunks(1 << 14) {
+        block.clear();
+        block.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+        out.write_all(&block)?;
+    }
+    Ok(())
+}
+
+/// Writes tensors as f32 (converting from any dtype and device) to `path`, atomically: the
+/// file appears whole or not at all, and an existing file is replaced only by a complete one.
 pub fn save_f32(path: impl AsRef<Path>, tensors: &[(&str, &Tensor)]) -> Result<()> {
     let path = path.as_ref();
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, t) in tensors {
-        let values = t.to_vec_f32()?;
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        data.push((name.to_string(), t.shape().to_vec(), bytes));
-    }
-    let views: Vec<(String, TensorView<'_>)> = data
-        .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(StDtype::F32, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| format_err(path, e))
-        })
-        .collect::<Result<_>>()?;
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("output"),
-        std::process::id()
-    ));
-    let io_err = |source| Error::Io {
+    let header = header(tensors)?;
+    let tmp = Temporary::create(path)?;
+    let write_err = |source| Error::Write {
         path: path.to_path_buf(),
         source,
     };
-    safetensors::serialize_to_file(views, None, &tmp).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format_err(path, e)
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_err(e)
-    })
+    let mut out = BufWriter::with_capacity(1 << 20, tmp.file());
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .and_then(|()| out.write_all(&header))
+        .map_err(write_err)?;
+    for (_, t) in tensors {
+        let written = match t.host_slice::<f32>() {
+            Ok(values) => write_f32s(&mut out, values),
+            Err(_) => write_f32s(&mut out, &t.to_vec_f32()?),
+        };
+        written.map_err(write_err)?;
+    }
+    out.into_inner()
+        .map_err(|e| write_err(e.into_error()))?
+        .sync_all()
+        .map_err(write_err)?;
+    tmp.persist(path)
 }

@@ -5,10 +5,11 @@
 //! the CPU computes in f32 (its backward in f64).
 
 use crate::device::Device;
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::io::TensorFile;
 use crate::ops::attention::{self, check_key_lengths, Attended, Keys, Params, Score};
 use crate::ops::recurrent::Algo;
+use crate::size;
 use crate::tensor::Tensor;
 use crate::DType;
 
@@ -26,21 +27,45 @@ pub struct Attention {
     key_size: Option<usize>,
 }
 
-/// The float tensor `name` with shape `shape` (None: any), non-finite values refused.
-fn param(file: &TensorFile, name: &str, rows: Option<usize>, rank: usize) -> Result<Tensor> {
+/// A dimension of a parameter's expected shape: one fixed by another parameter, or any
+/// positive size (named for messages).
+#[derive(Clone, Copy)]
+enum Dim {
+    Is(usize),
+    Any(&'static str),
+}
+
+/// The float tensor `name` of shape `dims`, every dimension at least 1, non-finite values
+/// refused.
+fn param(file: &TensorFile, name: &str, dims: &[Dim]) -> Result<Tensor> {
     let t = file.float(name)?;
-    let ok = t.shape().len() == rank && rows.is_none_or(|r| t.shape()[0] == r);
-    if !ok {
-        let want = match (rank, rows) {
-            (1, Some(r)) => format!("[{r}]"),
-            (2, Some(r)) => format!("[{r}, ·]"),
-            _ => format!("a rank-{rank} tensor"),
-        };
-        return Err(Error::shape(name, want, t.shape()));
+    let shape = t.shape();
+    let fits = |(&s, d): (&usize, &Dim)| match *d {
+        Dim::Is(n) => s == n,
+        Dim::Any(_) => s > 0,
+    };
+    if shape.len() != dims.len() || !shape.iter().zip(dims).all(fits) {
+        let names: Vec<String> = dims
+            .iter()
+            .map(|d| match d {
+                Dim::Is(n) => n.to_string(),
+                Dim::Any(s) => s.to_string(),
+            })
+            .collect();
+        let free: Vec<&str> = dims
+            .iter()
+            .filter_map(|d| match d {
+                Dim::Any(s) => Some(*s),
+                Dim::Is(_) => None,
+            })
+            .collect();
+        let mut want = format!("[{}]", names.join(", "));
+        if !free.is_empty() {
+            want += &format!(" with {} ≥ 1", free.join(", "));
+        }
+        return Err(Error::shape(name, want, shape));
     }
-    if t.host_slice::<f32>()?.iter().any(|v| !v.is_finite()) {
-        return Err(Error::Config(format!("{name}: contains NaN or infinity")));
-    }
+    Error::check_finite(name, t.host_slice::<f32>()?, shape)?;
     Ok(t)
 }
 
@@ -131,27 +156,29 @@ impl Attention {
             "dot" => &[],
             other => {
                 return Err(Error::Config(format!(
-                    "metadata kind = `{other}` (expected additive, general or dot)"
+                    "metadata kind = {} (expected additive, general or dot)",
+                    quoted(other)
                 )))
             }
         };
         if let Some(stray) = file.names().find(|n| !allowed.contains(n)) {
             return Err(Error::Config(format!(
-                "{}: unexpected tensor `{stray}` for {kind} attention",
-                file.path().display()
+                "{}: unexpected tensor {} for {kind} attention",
+                file.path().display(),
+                quoted(stray)
             )));
         }
-        let opt = |name: &str, rows: usize| -> Result<Option<Tensor>> {
+        let opt = |name: &str, rows: Dim| -> Result<Option<Tensor>> {
             file.contains(name)
-                .then(|| param(file, name, Some(rows), 1))
+                .then(|| param(file, name, &[rows]))
                 .transpose()
         };
         match kind.as_str() {
             "additive" => {
-                let v = param(file, "score.weight", Some(1), 2)?;
-                let a = v.shape()[1];
-                let w_q = param(file, "query_proj.weight", Some(a), 2)?;
-                let w_k = param(file, "key_proj.weight", Some(a), 2)?;
+                let v = param(file, "score.weight", &[Dim::Is(1), Dim::Any("A")])?;
+                let a = Dim::Is(v.shape()[1]);
+                let w_q = param(file, "query_proj.weight", &[a, Dim::Any("Dq")])?;
+                let w_k = param(file, "key_proj.weight", &[a, Dim::Any("Dk")])?;
                 Ok(Attention {
                     device: Device::Cpu,
                     dtype: DType::F32,
@@ -170,7 +197,7 @@ impl Attention {
                 })
             }
             "general" => {
-                let w_k = param(file, "key_proj.weight", None, 2)?;
+                let w_k = param(file, "key_proj.weight", &[Dim::Any("Dq"), Dim::Any("Dk")])?;
                 Ok(Attention {
                     device: Device::Cpu,
                     dtype: DType::F32,
@@ -196,7 +223,8 @@ impl Attention {
                             .filter(|s| s.is_finite())
                             .ok_or_else(|| {
                                 Error::Config(format!(
-                                    "metadata scale = `{s}` is not a finite number"
+                                    "metadata scale = {} is not a finite number",
+                                    quoted(s)
                                 ))
                             })?
                     }
@@ -371,16 +399,18 @@ impl Attention {
         let &[b, l, dk] = keys.shape() else {
             return Err(Error::shape("keys", "[B, L, Dk]", keys.shape()));
         };
-        if b == 0 || l == 0 || self.key_size.is_some_and(|k| k != dk) {
+        if b == 0 || l == 0 || dk == 0 || self.key_size.is_some_and(|k| k != dk) {
             let want = self
                 .key_size
                 .map_or("[B, L, Dk]".into(), |k| format!("[B, L, {k}]"));
+            let want = format!("{want} with B, L, Dk ≥ 1");
             return Err(Error::shape("keys", want, keys.shape()));
         }
         if let Some(v) = values {
-            let ok = matches!(*v.shape(), [vb, vl, _] if (vb, vl) == (b, l));
+            let ok = matches!(*v.shape(), [vb, vl, dv] if (vb, vl) == (b, l) && dv > 0);
             if !ok {
-                return Err(Error::shape("values", format!("[{b}, {l}, Dv]"), v.shape()));
+                let want = format!("[{b}, {l}, Dv] with Dv ≥ 1");
+                return Err(Error::shape("values", want, v.shape()));
             }
         }
         check_key_lengths(lengths, b, l)
@@ -403,8 +433,21 @@ impl Attention {
     /// Attends `query` ([B, Dq], or [B, Tq, Dq] for many queries per row) over `keys`; the
     /// context (and the weights, when asked for) come back with the query's rank.
     pub fn attend(&self, keys: &Keys, query: &Tensor, want_weights: bool) -> Result<Attended> {
-        let b = keys.batch();
-        let (tq, single, dq) = self.check_query(b, keys.projected.shape()[2], query)?;
+        let (b, width) = (keys.batch(), keys.projected.shape()[2]);
+        // Keys made by another layer carry its projection width.
+        let own = match self.score {
+            Score::Additive => self.params.v.as_ref().map(|v| v.shape()[1]),
+            Score::General => self.query_size,
+            Score::Dot { .. } => None,
+        };
+        if own.is_some_and(|k| k != width) {
+            let want = format!("keys projected to width {}", own.unwrap_or(0));
+            return Err(Error::shape("keys", want, keys.projected.shape()));
+        }
+        let (tq, single, dq) = self.check_query(b, width, query)?;
+        // Results of B·Tq·Dv and B·Tq·L elements: counts that must not overflow.
+        size::elements("context", &[b, tq, keys.value_size()])?;
+        size::elements("weights", &[b, tq, keys.len()])?;
         let out = match &self.cuda {
             None => {
                 let query3 = query.to(&Device::Cpu, DType::F32)?.reshape(&[b, tq, dq])?;

@@ -3,14 +3,18 @@
 //! products run in f64.
 
 use crate::error::{Error, Result};
-use crate::ops::gemm_cpu;
+use crate::ops::gemm_cpu::{self, LinearSizes};
+use crate::size;
 use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 
-/// Values uniform in [-bound, bound] from `seed`, as PyTorch's default initialisations draw.
-fn uniform(n: usize, bound: f32, seed: u64) -> Vec<f32> {
+/// `n` values uniform in [-bound, bound] from `seed`, as PyTorch's default initialisations
+/// draw.
+fn uniform(n: usize, bound: f32, seed: u64) -> Result<Vec<f32>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
+    let mut v = size::zeros::<f32>("parameters", n)?;
+    v.fill_with(|| rng.random_range(-bound..=bound));
+    Ok(v)
 }
 
 fn values<'a>(t: &'a Tensor, name: &str) -> Result<&'a [f32]> {
@@ -40,45 +44,57 @@ impl Linear {
     /// Parameters drawn like PyTorch's default, U(-1/√in, 1/√in).
     pub fn random(input: usize, output: usize, bias: bool, seed: u64) -> Result<Self> {
         let bound = 1.0 / (input.max(1) as f32).sqrt();
+        let count = size::elements("weight", &[output, input])?;
         Ok(Linear {
-            weight: Tensor::from_vec(uniform(output * input, bound, seed), &[output, input])?,
+            weight: Tensor::from_vec(uniform(count, bound, seed)?, &[output, input])?,
             bias: bias
-                .then(|| Tensor::from_vec(uniform(output, bound, seed ^ 0x5eed), &[output]))
+                .then(|| Tensor::from_vec(uniform(output, bound, seed ^ 0x5eed)?, &[output]))
                 .transpose()?,
         })
     }
 
-    fn sizes(&self) -> (usize, usize) {
-        (self.weight.shape()[0], self.weight.shape()[1])
+    /// (out, in), with the bias checked against them: the fields are public.
+    fn sizes(&self) -> Result<(usize, usize)> {
+        let &[out, input] = self.weight.shape() else {
+            return Err(Error::shape("weight", "[out, in]", self.weight.shape()));
+        };
+        match &self.bias {
+            Some(b) if b.shape() != [out] => {
+                Err(Error::shape("bias", format!("[{out}]"), b.shape()))
+            }
+            _ => Ok((out, input)),
+        }
     }
 
-    /// The leading dimensions of `x` [..., in] and their row count.
-    fn rows(&self, x: &Tensor, name: &str) -> Result<(Vec<usize>, usize)> {
-        let input = self.sizes().1;
+    /// The product's sizes for `x` [..., in], and the leading dimensions of `x`.
+    fn product(&self, x: &Tensor, name: &str) -> Result<(LinearSizes, Vec<usize>)> {
+        let (n, k) = self.sizes()?;
         match x.shape().split_last() {
-            Some((&last, lead)) if last == input => Ok((lead.to_vec(), lead.iter().product())),
-            _ => Err(Error::shape(name, format!("[..., {input}]"), x.shape())),
+            Some((&last, lead)) if last == k => {
+                let rows = size::elements(name, lead)?;
+                Ok((LinearSizes { rows, k, n }, lead.to_vec()))
+            }
+            _ => Err(Error::shape(name, format!("[..., {k}]"), x.shape())),
         }
     }
 
     /// y [..., out] for x [..., in].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (out, input) = self.sizes();
-        let (lead, _) = self.rows(x, "input")?;
+        let (sizes, lead) = self.product(x, "input")?;
         let b = self.bias.as_ref().map(Tensor::to_vec_f64).transpose()?;
         let y = gemm_cpu::linear(
             &x.to_vec_f64()?,
-            input,
             &self.weight.to_vec_f64()?,
             b.as_deref(),
+            sizes,
         );
-        Tensor::from_f64(&y, &[lead, vec![out]].concat())
+        Tensor::from_f64(&y, &[lead, vec![sizes.n]].concat())
     }
 
     /// The gradients for `forward(x)` given grad_y [..., out].
     pub fn backward(&self, x: &Tensor, grad_y: &Tensor) -> Result<LinearGradients> {
-        let (out, input) = self.sizes();
-        let (lead, _) = self.rows(x, "input")?;
+        let (sizes, lead) = self.product(x, "input")?;
+        let out = sizes.n;
         if grad_y.shape() != [lead.clone(), vec![out]].concat().as_slice() {
             let want = format!("{:?}", [lead, vec![out]].concat());
             return Err(Error::shape("grad_y", want, grad_y.shape()));
@@ -86,8 +102,8 @@ impl Linear {
         let (dx, dw, db) = gemm_cpu::linear_backward(
             &grad_y.to_vec_f64()?,
             &x.to_vec_f64()?,
-            input,
             &self.weight.to_vec_f64()?,
+            sizes,
         );
         Ok(LinearGradients {
             input: Tensor::from_f64(&dx, x.shape())?,
@@ -119,7 +135,7 @@ pub struct Embedding {
 impl Embedding {
     /// N(0, 1) rows like PyTorch's default (uniform here, same variance), the padding row zero.
     pub fn random(vocab: usize, dim: usize, padding_idx: Option<usize>, seed: u64) -> Result<Self> {
-        let mut w = uniform(vocab * dim, 3f32.sqrt(), seed);
+        let mut w = uniform(size::elements("weight", &[vocab, dim])?, 3f32.sqrt(), seed)?;
         if let Some(p) = padding_idx {
             if p >= vocab {
                 return Err(Error::Config(format!(
@@ -135,7 +151,9 @@ impl Embedding {
     }
 
     fn check(&self, tokens: &[usize]) -> Result<(usize, usize)> {
-        let (vocab, dim) = (self.weight.shape()[0], self.weight.shape()[1]);
+        let &[vocab, dim] = self.weight.shape() else {
+            return Err(Error::shape("weight", "[V, E]", self.weight.shape()));
+        };
         if let Some(&bad) = tokens.iter().find(|&&t| t >= vocab) {
             return Err(Error::Config(format!(
                 "token {bad} is outside the vocabulary of {vocab}"
@@ -147,6 +165,10 @@ impl Embedding {
     /// [..., E] for tokens of shape `shape` (its product is tokens.len()).
     pub fn forward(&self, tokens: &[usize], shape: &[usize]) -> Result<Tensor> {
         let (_, dim) = self.check(tokens)?;
+        if size::elements("tokens", shape)? != tokens.len() {
+            let want = format!("{} elements (one per token)", tokens.len());
+            return Err(Error::shape("tokens", want, shape));
+        }
         let w = values(&self.weight, "weight")?;
         let mut y = Vec::with_capacity(tokens.len() * dim);
         for &t in tokens {
@@ -168,7 +190,7 @@ impl Embedding {
             ));
         }
         let mut dw = vec![0f32; vocab * dim];
-        for (&t, gr) in tokens.iter().zip(g.chunks_exact(dim)) {
+        for (&t, gr) in tokens.iter().zip(g.chunks_exact(dim.max(1))) {
             if Some(t) == self.padding_idx {
                 continue;
             }

@@ -9,6 +9,7 @@ use crate::ops::recurrent::{
     self, check_lengths, Algo, Call, Cell, Dims, DirectionWeights, Gradients, Outputs, PlanCache,
     Reserve,
 };
+use crate::size;
 use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 
@@ -89,6 +90,21 @@ impl Spec {
         params
     }
 
+    /// The sizes of a pass over `seq_len` steps of `batch` rows.
+    pub fn dims(&self, seq_len: usize, batch: usize) -> Dims {
+        Dims {
+            seq_len,
+            batch,
+            input_size: self.input_size,
+            hidden: self.hidden_size,
+            out_size: self.out_size(),
+            gates: self.cell.gates(),
+            layers: self.num_layers,
+            dirs: self.directions(),
+            batch_first: self.batch_first,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         if self.input_size == 0 || self.hidden_size == 0 || self.num_layers == 0 {
             return Err(Error::Config(format!(
@@ -102,6 +118,10 @@ impl Spec {
                 self.proj_size, self.hidden_size
             )));
         }
+        // The largest parameter of a layer-direction, and their number, must be countable.
+        let widest = self.input_size.max(self.directions() * self.out_size());
+        size::elements("weight_ih", &[self.cell.gates(), self.hidden_size, widest])?;
+        size::elements("layers", &[self.num_layers, self.directions(), 5])?;
         Ok(())
     }
 }
@@ -127,8 +147,8 @@ impl Recurrent {
             .parameters()
             .into_iter()
             .map(|(name, shape)| {
-                let n: usize = shape.iter().product();
-                let v: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..=bound)).collect();
+                let mut v = size::zeros::<f32>(&name, size::elements(&name, &shape)?)?;
+                v.fill_with(|| rng.random_range(-bound..=bound));
                 Ok((name, Tensor::from_vec(v, &shape)?))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -273,6 +293,7 @@ impl Recurrent {
         lengths: Option<&[usize]>,
     ) -> Result<(Outputs, Reserve)> {
         self.checked(input, h0, c0, lengths, |call| {
+            call.dims.check_sizes(true)?;
             recurrent::forward_train(&self.device, call)
         })
     }
@@ -345,25 +366,17 @@ impl Recurrent {
         })
     }
 
-    /// See the layers' `reserve_bytes`.
+    /// See the layers' `reserve_bytes` (usize::MAX when the count overflows).
     pub fn reserve_bytes(&self, seq_len: usize, batch: usize) -> usize {
         let dims = self.dims_for(seq_len, batch);
-        recurrent::reserve_bytes(&self.device, self.spec.cell, &dims)
+        match dims.check_sizes(true) {
+            Ok(()) => recurrent::reserve_bytes(&self.device, self.spec.cell, &dims),
+            Err(_) => usize::MAX,
+        }
     }
 
     fn dims_for(&self, seq_len: usize, batch: usize) -> Dims {
-        let s = &self.spec;
-        Dims {
-            seq_len,
-            batch,
-            input_size: s.input_size,
-            hidden: s.hidden_size,
-            out_size: s.out_size(),
-            gates: s.cell.gates(),
-            layers: s.num_layers,
-            dirs: s.directions(),
-            batch_first: s.batch_first,
-        }
+        self.spec.dims(seq_len, batch)
     }
 
     fn check_tensor_opt(&self, t: Option<&Tensor>, name: &str, shape: &[usize]) -> Result<()> {
@@ -400,6 +413,8 @@ impl Recurrent {
         if i != s.input_size || seq_len == 0 || batch == 0 {
             return Err(Error::shape("input", expected, input.shape()));
         }
-        Ok(self.dims_for(seq_len, batch))
+        let dims = self.dims_for(seq_len, batch);
+        dims.check_sizes(false)?;
+        Ok(dims)
     }
 }

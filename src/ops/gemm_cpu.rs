@@ -116,12 +116,20 @@ pub(crate) fn gemm_ab<T: Scalar>(
     }
 }
 
+/// Sizes of nn.Linear's product: `rows` rows of `k` inputs to `n` outputs.
+#[derive(Clone, Copy)]
+pub(crate) struct LinearSizes {
+    pub rows: usize,
+    pub k: usize,
+    pub n: usize,
+}
+
 /// y[rows, n] = x[rows, k] · W[n, k]ᵀ (+ b) for a row-major weight W: nn.Linear.
-pub(crate) fn linear<T: Scalar>(x: &[T], k: usize, w: &[T], b: Option<&[T]>) -> Vec<T> {
-    let (rows, n) = (x.len() / k, w.len() / k);
+pub(crate) fn linear<T: Scalar>(x: &[T], w: &[T], b: Option<&[T]>, s: LinearSizes) -> Vec<T> {
+    let LinearSizes { rows, k, n } = s;
     let mut y = vec![T::default(); rows * n];
     if let Some(b) = b {
-        for row in y.chunks_exact_mut(n) {
+        for row in y.chunks_exact_mut(n.max(1)) {
             row.copy_from_slice(b);
         }
     }
@@ -147,10 +155,10 @@ pub(crate) fn linear<T: Scalar>(x: &[T], k: usize, w: &[T], b: Option<&[T]>) -> 
 pub(crate) fn linear_backward<T: Scalar>(
     dy: &[T],
     x: &[T],
-    k: usize,
     w: &[T],
+    s: LinearSizes,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let (rows, n) = (x.len() / k, w.len() / k);
+    let LinearSizes { rows, k, n } = s;
     let mut dx = vec![T::default(); rows * k];
     gemm_ab(
         rows,
@@ -168,7 +176,7 @@ pub(crate) fn linear_backward<T: Scalar>(
     let mut dw = vec![T::default(); n * k];
     gemm_atb(n, k, rows, dy, x, &mut dw);
     let mut db = vec![T::default(); n];
-    for row in dy.chunks_exact(n) {
+    for row in dy.chunks_exact(n.max(1)).take(rows) {
         db.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
     }
     (dx, dw, db)
@@ -177,7 +185,7 @@ pub(crate) fn linear_backward<T: Scalar>(
 /// The transpose of a row-major [rows, cols] matrix.
 pub(crate) fn transpose<T: Scalar>(w: &[T], rows: usize, cols: usize) -> Vec<T> {
     let mut t = vec![T::default(); rows * cols];
-    for (r, row) in w.chunks_exact(cols).enumerate() {
+    for (r, row) in w.chunks_exact(cols.max(1)).take(rows).enumerate() {
         for (c, &v) in row.iter().enumerate() {
             t[c * rows + r] = v;
         }

@@ -4,7 +4,7 @@
 //! they cost one pass over the keys, and a decoder then keeps nothing per step.
 
 use super::Score;
-use crate::ops::gemm_cpu::{linear, linear_backward};
+use crate::ops::gemm_cpu::{linear, linear_backward, LinearSizes};
 
 /// A bias that may be absent (empty).
 fn bias(b: &[f64]) -> Option<&[f64]> {
@@ -33,6 +33,26 @@ pub(crate) struct Sizes {
     pub dv: usize,
 }
 
+impl Sizes {
+    /// The key projection to `width` columns: B·L rows of Dk.
+    fn key_side(&self, width: usize) -> LinearSizes {
+        LinearSizes {
+            rows: self.batch * self.keys,
+            k: self.dk,
+            n: width,
+        }
+    }
+
+    /// The query projection to `width` columns: B·Tq rows of Dq.
+    fn query_side(&self, width: usize) -> LinearSizes {
+        LinearSizes {
+            rows: self.batch * self.queries,
+            k: self.dq,
+            n: width,
+        }
+    }
+}
+
 /// The gradients, in the inputs' and parameters' shapes (parameters the kind lacks are empty).
 #[derive(Debug, Clone)]
 pub(crate) struct Grads {
@@ -53,11 +73,12 @@ fn sides(
 ) -> (Vec<f64>, Vec<f64>, usize) {
     match score {
         Score::Additive => {
-            let kp = linear(k, s.dk, &p.w_k, bias(&p.b_k));
-            let qp = linear(q, s.dq, &p.w_q, bias(&p.b_q));
-            (kp, qp, p.v.len())
+            let a = p.v.len();
+            let kp = linear(k, &p.w_k, bias(&p.b_k), s.key_side(a));
+            let qp = linear(q, &p.w_q, bias(&p.b_q), s.query_side(a));
+            (kp, qp, a)
         }
-        Score::General => (linear(k, s.dk, &p.w_k, None), q.to_vec(), s.dq),
+        Score::General => (linear(k, &p.w_k, None, s.key_side(s.dq)), q.to_vec(), s.dq),
         Score::Dot { .. } => (k.to_vec(), q.to_vec(), s.dq),
     }
 }
@@ -187,8 +208,9 @@ pub(crate) fn backward(
     let mut grads = Params64::default();
     let (dq, mut dk) = match score {
         Score::Additive => {
-            let (dq, dw_q, db_q) = linear_backward(&dqp, q, s.dq, &p.w_q);
-            let (dk, dw_k, db_k) = linear_backward(&dkp, k, s.dk, &p.w_k);
+            let a = p.v.len();
+            let (dq, dw_q, db_q) = linear_backward(&dqp, q, &p.w_q, s.query_side(a));
+            let (dk, dw_k, db_k) = linear_backward(&dkp, k, &p.w_k, s.key_side(a));
             grads = Params64 {
                 w_q: dw_q,
                 b_q: keep_bias(db_q, &p.b_q),
@@ -199,7 +221,7 @@ pub(crate) fn backward(
             (dq, dk)
         }
         Score::General => {
-            let (dk, dw_k, _) = linear_backward(&dkp, k, s.dk, &p.w_k);
+            let (dk, dw_k, _) = linear_backward(&dkp, k, &p.w_k, s.key_side(s.dq));
             grads.w_k = dw_k;
             (dqp, dk)
         }

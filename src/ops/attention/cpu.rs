@@ -6,6 +6,7 @@
 use super::{Attended, Keys, Params, Score};
 use crate::error::Result;
 use crate::ops::gemm_cpu;
+use crate::size;
 use crate::tensor::Tensor;
 
 fn values(t: &Tensor) -> Result<&[f32]> {
@@ -14,9 +15,10 @@ fn values(t: &Tensor) -> Result<&[f32]> {
 
 /// out[r, :] = x[r, :] · Wᵀ (+ b) for a weight W [n, k] (`rows` rows of x).
 fn linear(x: &[f32], rows: usize, w: &Tensor, b: Option<&Tensor>) -> Result<Vec<f32>> {
-    let k = w.shape()[1];
+    let (n, k) = (w.shape()[0], w.shape()[1]);
     let b = b.map(values).transpose()?;
-    Ok(gemm_cpu::linear(&x[..rows * k], k, values(w)?, b))
+    let sizes = gemm_cpu::LinearSizes { rows, k, n };
+    Ok(gemm_cpu::linear(&x[..rows * k], values(w)?, b, sizes))
 }
 
 /// The key side of `score`, once per source: keys [B, L, Dk] → [B, L, K].
@@ -82,8 +84,8 @@ pub(crate) fn attend(
         Score::Dot { scale } => scale,
         _ => 1.0,
     };
-    let mut context = vec![0f32; batch * tq * dv];
-    let mut weights = vec![0f32; batch * tq * len];
+    let mut context = size::zeros::<f32>("context", batch * tq * dv)?;
+    let mut weights = size::zeros::<f32>("attention weights", batch * tq * len)?;
     let (mut scores, mut ctx) = (vec![0f64; len], vec![0f64; dv]);
     for b in 0..batch {
         let n = keys.lengths[b];

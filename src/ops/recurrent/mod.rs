@@ -19,6 +19,7 @@ pub(crate) use cuda::PlanCache;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::size;
 use crate::tensor::Tensor;
 
 /// The Elman RNN's nonlinearity.
@@ -52,7 +53,8 @@ impl std::str::FromStr for Nonlinearity {
             "tanh" => Ok(Nonlinearity::Tanh),
             "relu" => Ok(Nonlinearity::Relu),
             _ => Err(Error::Config(format!(
-                "unknown nonlinearity `{s}` (expected tanh or relu)"
+                "unknown nonlinearity {} (expected tanh or relu)",
+                crate::error::quoted(s)
             ))),
         }
     }
@@ -232,6 +234,26 @@ impl Dims {
         vec![self.layers * self.dirs, self.batch, self.out_size]
     }
 
+    /// Checks that every buffer of a pass (and, `training`, the f64 reserve) has an element
+    /// and byte count that fits in usize, so that the sizes computed from these dims cannot
+    /// overflow.
+    pub fn check_sizes(&self, training: bool) -> Result<()> {
+        let rows = size::elements("input rows", &[self.seq_len, self.batch])?;
+        // Saturating: a saturated count fails the checked product below.
+        let widest = (self
+            .gate_width()
+            .saturating_add(self.hidden.saturating_mul(3)))
+        .max(self.dirs.saturating_mul(self.out_size))
+        .max(self.input_size);
+        let slots = match training {
+            true => self.layers.saturating_mul(self.dirs).saturating_add(1),
+            false => 2,
+        };
+        let per_slot = size::elements("a pass's buffers", &[rows, widest, slots])?;
+        size::bytes("a pass's buffers", per_slot, if training { 8 } else { 4 })?;
+        Ok(())
+    }
+
     /// Shape of the LSTM's c0 / c_n.
     pub fn cell_shape(&self) -> Vec<usize> {
         vec![self.layers * self.dirs, self.batch, self.hidden]
@@ -329,6 +351,17 @@ pub(crate) fn reserve_bytes(device: &Device, cell: Cell, dims: &Dims) -> usize {
     match device {
         Device::Cpu => 8 * bptt_cpu::Saved::len_for(cell, dims),
         Device::Cuda(_) => 4 * train_cuda::Saved::len_for(cell, dims),
+    }
+}
+
+/// Host bytes a pass of `dims` (checked by `Dims::check_sizes`) uses besides its inputs and
+/// results: on the CPU one layer-direction's input projection and the layer output between
+/// layers (forward) or the f64 reserve (training); CUDA keeps its buffers on the device.
+pub(crate) fn host_work_bytes(device: &Device, cell: Cell, dims: &Dims, training: bool) -> usize {
+    match (device, training) {
+        (Device::Cuda(_), _) => 0,
+        (Device::Cpu, true) => reserve_bytes(device, cell, dims),
+        (Device::Cpu, false) => 4 * dims.rows() * (dims.gate_width() + dims.dirs * dims.out_size),
     }
 }
 

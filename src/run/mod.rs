@@ -5,15 +5,23 @@
 //! (an LSTM projection), else of `weight_hh_l0`, and the kind from rows(weight_hh_l0) / H:
 //! 1 → RNN, 3 → GRU, 4 → LSTM. The file's metadata may carry `batch_first` and `nonlinearity`;
 //! options override it.
+//!
+//! Every check runs before any work: the tensors' names, shapes and values (non-finite inputs
+//! are refused unless `allow_nonfinite`), and the result's size against `max_output`.
+
+mod limits;
+
+pub use limits::{available_memory, ByteSize};
 
 use crate::device::Device;
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::io::{save_f32, TensorFile};
 use crate::nn::recurrent::{Recurrent, Spec};
 use crate::nn::Attention;
-use crate::ops::recurrent::{Algo, Cell, Nonlinearity};
+use crate::ops::recurrent::{self, Algo, Cell, Nonlinearity};
 use crate::tensor::Tensor;
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 /// Which device `run` uses.
@@ -87,6 +95,14 @@ pub struct RunOptions {
     /// the CPU unless `--device cuda`.
     #[arg(long)]
     pub grad: Option<PathBuf>,
+    /// Passes NaN and infinity in the input and gradient tensors through instead of refusing
+    /// them (weights must be finite either way).
+    #[arg(long)]
+    pub allow_nonfinite: bool,
+    /// Refuses a run whose result (and, with --grad, training reserve) would exceed this
+    /// many bytes, e.g. 512M or 8GiB; default a quarter of the memory available to the process.
+    #[arg(long, value_name = "SIZE")]
+    pub max_output: Option<ByteSize>,
 }
 
 /// What a successful run did.
@@ -104,7 +120,8 @@ fn parse_bool(key: &str, v: &str) -> Result<bool> {
         "true" | "True" | "1" => Ok(true),
         "false" | "False" | "0" => Ok(false),
         _ => Err(Error::Config(format!(
-            "metadata {key} = `{v}` (expected true or false)"
+            "metadata {key} = {} (expected true or false)",
+            quoted(v)
         ))),
     }
 }
@@ -153,7 +170,12 @@ pub(crate) fn infer_spec(file: &TensorFile) -> Result<Spec> {
         None => (hh_cols, 0),
     };
     let nonlinearity = match file.metadata("nonlinearity") {
-        Some(v) => v.parse()?,
+        Some(v) => v.parse().map_err(|_| {
+            Error::Config(format!(
+                "metadata nonlinearity = {} (expected tanh or relu)",
+                quoted(v)
+            ))
+        })?,
         None => Nonlinearity::Tanh,
     };
     let cell = match (hidden > 0 && rows % hidden == 0).then(|| rows / hidden) {
@@ -185,11 +207,13 @@ pub(crate) fn infer_spec(file: &TensorFile) -> Result<Spec> {
         spec.batch_first = parse_bool("batch_first", v)?;
     }
     // Every tensor must be one the module expects: a stray name means a wrong file.
-    let expected = spec.parameters();
-    if let Some(stray) = file.names().find(|n| !expected.iter().any(|(e, _)| e == n)) {
+    let params = spec.parameters();
+    let expected: HashSet<&str> = params.iter().map(|(name, _)| name.as_str()).collect();
+    if let Some(stray) = file.names().find(|n| !expected.contains(n)) {
         return Err(Error::Config(format!(
-            "{}: unexpected tensor `{stray}` for {}",
+            "{}: unexpected tensor {} for {}",
             file.path().display(),
+            quoted(stray),
             describe(&spec)
         )));
     }
@@ -229,8 +253,9 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     };
     if let Some(stray) = inputs.names().find(|n| !allowed.contains(n)) {
         return Err(Error::Config(format!(
-            "{}: unexpected tensor `{stray}` ({} takes {})",
+            "{}: unexpected tensor {} ({} takes {})",
             inputs.path().display(),
+            quoted(stray),
             spec.cell.name(),
             allowed.join(", ")
         )));
@@ -256,30 +281,43 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     };
     let grads = load_grads(opts, allowed, spec.cell.name())?;
     let (device, device_reason, dtype) = training_device(opts, grads.is_some())?;
-    let mut module = Recurrent::from_state_dict(spec, &weights, &device, dtype)?;
-    module.set_algo(opts.algo);
+    check_recurrent_result(opts, &spec, &device, &inputs, grads.is_some())?;
+    // Every value is checked before the first is used.
     let load = |name: &str| -> Result<Option<Tensor>> {
         match inputs.contains(name) {
-            true => Ok(Some(inputs.float(name)?.to(&device, dtype)?)),
+            true => Ok(Some(finite(opts, &inputs, name)?)),
             false => Ok(None),
         }
     };
-    let input = inputs.float("input")?.to(&device, dtype)?;
-    let (h0, c0) = (load("h0")?, load("c0")?);
+    let (input, h0, c0) = (finite(opts, &inputs, "input")?, load("h0")?, load("c0")?);
     let lengths = read_lengths(&inputs)?;
-    let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    let out = match &grads {
-        None => module.forward(&input, h0.as_ref(), c0.as_ref(), lengths.as_deref())?,
+    let grads = match &grads {
+        None => None,
         Some(g) => {
+            let optional = |name: &str| g.contains(name).then(|| finite(opts, g, name));
+            Some((
+                finite(opts, g, "grad_output")?,
+                optional("grad_h_n").transpose()?,
+                optional("grad_c_n").transpose()?,
+            ))
+        }
+    };
+    let mut module = Recurrent::from_state_dict(spec, &weights, &device, dtype)?;
+    module.set_algo(opts.algo);
+    let to_device = |t: Option<Tensor>| t.map(|t| t.to(&device, dtype)).transpose();
+    let input = input.to(&device, dtype)?;
+    let (h0, c0) = (to_device(h0)?, to_device(c0)?);
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let out = match grads {
+        None => module.forward(&input, h0.as_ref(), c0.as_ref(), lengths.as_deref())?,
+        Some((grad_output, grad_h_n, grad_c_n)) => {
             let (out, reserve) =
                 module.forward_train(&input, h0.as_ref(), c0.as_ref(), lengths.as_deref())?;
-            let load = |name: &str| g.float(name)?.to(&device, dtype);
-            let optional = |name: &str| g.contains(name).then(|| load(name)).transpose();
             let grad = module.backward(
                 &reserve,
-                &load("grad_output")?,
-                optional("grad_h_n")?.as_ref(),
-                optional("grad_c_n")?.as_ref(),
+                &grad_output.to(&device, dtype)?,
+                to_device(grad_h_n)?.as_ref(),
+                to_device(grad_c_n)?.as_ref(),
             )?;
             tensors.push(("input.grad".into(), grad.input.to(&device, DType::F32)?));
             if h0.is_some() {
@@ -308,6 +346,67 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     })
 }
 
+/// Tensor `name` of `file` as a host f32 tensor; a non-finite value is an error unless
+/// `--allow-nonfinite`.
+fn finite(opts: &RunOptions, file: &TensorFile, name: &str) -> Result<Tensor> {
+    let t = file.float(name)?;
+    if !opts.allow_nonfinite {
+        Error::check_finite(name, t.host_slice::<f32>()?, t.shape())
+            .map_err(|e| Error::Config(format!("{e} (--allow-nonfinite passes it through)")))?;
+    }
+    Ok(t)
+}
+
+/// Refuses a recurrent run whose result (and host working memory) exceeds `--max-output`,
+/// from the shapes alone. An input of the wrong rank is left to the module's checks.
+fn check_recurrent_result(
+    opts: &RunOptions,
+    spec: &Spec,
+    device: &Device,
+    inputs: &TensorFile,
+    training: bool,
+) -> Result<()> {
+    let Some(&[d0, d1, _]) = inputs.shape("input") else {
+        return Ok(());
+    };
+    let (seq_len, batch) = if spec.batch_first { (d1, d0) } else { (d0, d1) };
+    let dims = spec.dims(seq_len, batch);
+    dims.check_sizes(training)?;
+    let (slots, out) = (spec.num_layers * spec.directions(), spec.out_size());
+    let mut result = vec![
+        ("output", vec![seq_len, batch, spec.directions() * out]),
+        ("h_n", vec![slots, batch, out]),
+    ];
+    if spec.cell == Cell::Lstm {
+        result.push(("c_n", vec![slots, batch, spec.hidden_size]));
+    }
+    if training {
+        result.push(("input.grad", vec![seq_len, batch, spec.input_size]));
+        for (name, shape) in [("h0", vec![slots, batch, out]), ("c0", dims.cell_shape())] {
+            if inputs.contains(name) {
+                result.push((if name == "h0" { "h0.grad" } else { "c0.grad" }, shape));
+            }
+        }
+        let params = spec
+            .parameters()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        result.push(("parameter gradients", vec![params]));
+    }
+    let work = recurrent::host_work_bytes(device, spec.cell, &dims, training);
+    let what = if training {
+        "the training reserve"
+    } else {
+        "working buffers"
+    };
+    limits::check_result(
+        &result,
+        (work as u64, what),
+        &limits::output_limit(opts.max_output),
+    )
+}
+
 /// `run` for an attention module: `query`, `keys`, optional `values` and `lengths` in;
 /// `context` and `weights` out.
 fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
@@ -318,37 +417,43 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
     if opts.nonlinearity.is_some() {
         return Err(refuse("--nonlinearity"));
     }
-    let grads = load_grads(opts, &["grad_context"], "attention")?;
-    let (device, device_reason, dtype) = training_device(opts, grads.is_some())?;
-    let mut module = Attention::from_state_dict(weights, &device, dtype)?;
-    module.set_algo(opts.algo);
     let inputs = TensorFile::load(&opts.input)?;
     let allowed = ["query", "keys", "values", "lengths"];
     if let Some(stray) = inputs.names().find(|n| !allowed.contains(n)) {
         return Err(Error::Config(format!(
-            "{}: unexpected tensor `{stray}` (attention takes {})",
+            "{}: unexpected tensor {} (attention takes {})",
             inputs.path().display(),
+            quoted(stray),
             allowed.join(", ")
         )));
     }
-    let keys_in = inputs.float("keys")?;
+    let grads = load_grads(opts, &["grad_context"], "attention")?;
+    check_attention_result(opts, &inputs, grads.is_some())?;
+    let keys_in = finite(opts, &inputs, "keys")?;
     let values = match inputs.contains("values") {
-        true => Some(inputs.float("values")?),
+        true => Some(finite(opts, &inputs, "values")?),
         false => None,
     };
     let lengths = read_lengths(&inputs)?;
-    let query = inputs.float("query")?;
+    let query = finite(opts, &inputs, "query")?;
+    let grad_context = grads
+        .as_ref()
+        .map(|g| finite(opts, g, "grad_context"))
+        .transpose()?;
+    let (device, device_reason, dtype) = training_device(opts, grads.is_some())?;
+    let mut module = Attention::from_state_dict(weights, &device, dtype)?;
+    module.set_algo(opts.algo);
     let keys = module.keys(&keys_in, values.as_ref(), lengths.as_deref())?;
     let out = module.attend(&keys, &query, true)?;
     let weights_out = out.weights.expect("asked for the weights");
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    if let Some(g) = &grads {
+    if let Some(grad_context) = &grad_context {
         let grad = module.backward(
             &keys_in,
             values.as_ref(),
             lengths.as_deref(),
             &query,
-            &g.float("grad_context")?,
+            grad_context,
         )?;
         tensors.push(("query.grad".into(), grad.query));
         tensors.push(("keys.grad".into(), grad.keys));
@@ -370,6 +475,32 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
     })
 }
 
+/// Refuses an attention run whose result exceeds `--max-output`, from the shapes alone.
+/// Tensors of the wrong rank are left to the module's checks.
+fn check_attention_result(opts: &RunOptions, inputs: &TensorFile, training: bool) -> Result<()> {
+    let (Some(query), Some(&[b, l, dk])) = (inputs.shape("query"), inputs.shape("keys")) else {
+        return Ok(());
+    };
+    let tq = match *query {
+        [_, _] => 1,
+        [_, tq, _] => tq,
+        _ => return Ok(()),
+    };
+    let dv = match inputs.shape("values") {
+        Some(&[_, _, dv]) => dv,
+        _ => dk,
+    };
+    let mut result = vec![("context", vec![b, tq, dv]), ("weights", vec![b, tq, l])];
+    if training {
+        result.push(("query.grad", query.to_vec()));
+        result.push(("keys.grad", vec![b, l, dk]));
+        if inputs.contains("values") {
+            result.push(("values.grad", vec![b, l, dv]));
+        }
+    }
+    limits::check_result(&result, (0, ""), &limits::output_limit(opts.max_output))
+}
+
 /// The `--grad` file, checked to hold only the tensors in `allowed`.
 fn load_grads(opts: &RunOptions, allowed: &[&str], module: &str) -> Result<Option<TensorFile>> {
     let Some(path) = &opts.grad else {
@@ -378,8 +509,9 @@ fn load_grads(opts: &RunOptions, allowed: &[&str], module: &str) -> Result<Optio
     let g = TensorFile::load(path)?;
     if let Some(stray) = g.names().find(|n| !allowed.contains(n)) {
         return Err(Error::Config(format!(
-            "{}: unexpected tensor `{stray}` ({module} takes {})",
+            "{}: unexpected tensor {} ({module} takes {})",
             g.path().display(),
+            quoted(stray),
             allowed.join(", ")
         )));
     }
