@@ -3,55 +3,12 @@
 
 mod common;
 
-use safetensors::tensor::{Dtype, TensorView};
+use common::cli::{assert_fails, bin, run, write, Data};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// The binary cargo built for this test, or FUSED_RNN_BIN (a bundled copy on another machine).
-fn bin() -> Command {
-    let path = std::env::var_os("FUSED_RNN_BIN").unwrap_or(env!("CARGO_BIN_EXE_fused-rnn").into());
-    Command::new(path)
-}
-
-enum Data {
-    F32(Vec<f32>),
-    I64(Vec<i64>),
-}
-
-fn write(path: &Path, tensors: &[(&str, Vec<usize>, Data)]) {
-    let bytes: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = tensors
-        .iter()
-        .map(|(name, shape, data)| {
-            let (dtype, bytes) = match data {
-                Data::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                Data::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            };
-            (name.to_string(), shape.clone(), dtype, bytes)
-        })
-        .collect();
-    let views: Vec<(String, TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, s, d, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
-}
 
 /// The fixture case used as the valid base: tanh, 1 layer, I = 5, H = 7, B = 5, T = 8.
 fn weights() -> PathBuf {
     common::fixtures("rnn").join("tanh_l1_lens/weights.safetensors")
-}
-
-fn run(weights: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
-    bin()
-        .args(["run", "--device", "cpu", "--weights"])
-        .arg(weights)
-        .arg("--input")
-        .arg(input)
-        .arg("--output")
-        .arg(output)
-        .args(extra)
-        .output()
-        .unwrap()
 }
 
 /// Runs fixture case `case` (its weights and input) and loads the output, which must succeed.
@@ -64,21 +21,6 @@ fn run_ok(case: &Path, output: &Path, extra: &[&str]) -> fused_rnn::io::TensorFi
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{}: {stderr}", case.display());
     fused_rnn::io::TensorFile::load(output).unwrap()
-}
-
-/// Exit code 2, one line naming each of `mentions`, and no output file.
-fn assert_fails(out: &Output, output: &Path, mentions: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "one line expected: {stderr}"
-    );
-    for m in mentions {
-        assert!(stderr.contains(m), "`{m}` not in: {stderr}");
-    }
-    assert!(!output.exists(), "a failed run left {}", output.display());
 }
 
 fn input_tensor(t: usize, b: usize, i: usize) -> (&'static str, Vec<usize>, Data) {

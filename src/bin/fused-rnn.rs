@@ -4,6 +4,7 @@
 //! (SIGINT, SIGTERM, SIGHUP), after removing any output file still being written. A
 //! file-size limit (`ulimit -f`) fails the write instead of killing the process mid-file.
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use fused_rnn::device::{driver_version, kernels, Device};
 use fused_rnn::error::one_line;
@@ -34,7 +35,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print and exit 0; no subcommand prints the help and exits 2.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("{}", usage_error(&e.to_string()));
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Info => info(),
         Command::Run(options) => guard_output().and_then(|()| run(&options)).map(|report| {
@@ -52,6 +65,17 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// clap's message for bad arguments as one line: its lines up to the usage, joined.
+fn usage_error(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    one_line(&lines.join(" "))
 }
 
 /// On SIGINT, SIGTERM or SIGHUP: remove the output being written, say so, exit 2. Past a

@@ -417,6 +417,10 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
     if opts.nonlinearity.is_some() {
         return Err(refuse("--nonlinearity"));
     }
+    let grads = load_grads(opts, &["grad_context"], "attention")?;
+    let (device, device_reason, dtype) = training_device(opts, grads.is_some())?;
+    let mut module = Attention::from_state_dict(weights, &device, dtype)?;
+    module.set_algo(opts.algo);
     let inputs = TensorFile::load(&opts.input)?;
     let allowed = ["query", "keys", "values", "lengths"];
     if let Some(stray) = inputs.names().find(|n| !allowed.contains(n)) {
@@ -427,7 +431,6 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
             allowed.join(", ")
         )));
     }
-    let grads = load_grads(opts, &["grad_context"], "attention")?;
     check_attention_result(opts, &inputs, grads.is_some())?;
     let keys_in = finite(opts, &inputs, "keys")?;
     let values = match inputs.contains("values") {
@@ -440,9 +443,6 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
         .as_ref()
         .map(|g| finite(opts, g, "grad_context"))
         .transpose()?;
-    let (device, device_reason, dtype) = training_device(opts, grads.is_some())?;
-    let mut module = Attention::from_state_dict(weights, &device, dtype)?;
-    module.set_algo(opts.algo);
     let keys = module.keys(&keys_in, values.as_ref(), lengths.as_deref())?;
     let out = module.attend(&keys, &query, true)?;
     let weights_out = out.weights.expect("asked for the weights");

@@ -2,6 +2,7 @@
 //! NVRTC-or-skip, and random data that is never all zeros.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod layers;
 
 use fused_rnn::{DType, Device};
