@@ -364,7 +364,7 @@ impl Attention {
             values64.as_deref(),
             &lengths,
             &grad_context.to_vec_f64()?,
-        );
+        )?;
         let grads = [
             g.params.w_q,
             g.params.b_q,

@@ -87,7 +87,7 @@ impl Linear {
             &self.weight.to_vec_f64()?,
             b.as_deref(),
             sizes,
-        );
+        )?;
         Tensor::from_f64(&y, &[lead, vec![sizes.n]].concat())
     }
 
@@ -104,15 +104,12 @@ impl Linear {
             &x.to_vec_f64()?,
             &self.weight.to_vec_f64()?,
             sizes,
-        );
+            self.bias.is_some(),
+        )?;
         Ok(LinearGradients {
             input: Tensor::from_f64(&dx, x.shape())?,
             weight: Tensor::from_f64(&dw, self.weight.shape())?,
-            bias: self
-                .bias
-                .is_some()
-                .then(|| Tensor::from_f64(&db, &[out]))
-                .transpose()?,
+            bias: db.map(|db| Tensor::from_f64(&db, &[out])).transpose()?,
         })
     }
 

@@ -62,32 +62,40 @@ impl Spec {
         }
     }
 
-    /// Every parameter name and shape of the module, in state_dict order.
-    pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
+    /// Every parameter name and shape of the module, in state_dict order, made as they are
+    /// asked for (a module can have many layers).
+    pub fn parameters(&self) -> impl Iterator<Item = (String, Vec<usize>)> + '_ {
         let (gh, h, o) = (
             self.cell.gates() * self.hidden_size,
             self.hidden_size,
             self.out_size(),
         );
-        let mut params = Vec::new();
-        for layer in 0..self.num_layers {
-            for dir in 0..self.directions() {
-                let sfx = Spec::suffix(layer, dir);
-                params.push((
+        let slots =
+            (0..self.num_layers).flat_map(move |l| (0..self.directions()).map(move |d| (l, d)));
+        slots.flat_map(move |(layer, dir)| {
+            let sfx = Spec::suffix(layer, dir);
+            let mut params = vec![
+                (
                     format!("weight_ih_{sfx}"),
                     vec![gh, self.layer_input(layer)],
-                ));
-                params.push((format!("weight_hh_{sfx}"), vec![gh, o]));
-                if self.bias {
-                    params.push((format!("bias_ih_{sfx}"), vec![gh]));
-                    params.push((format!("bias_hh_{sfx}"), vec![gh]));
-                }
-                if self.proj_size > 0 {
-                    params.push((format!("weight_hr_{sfx}"), vec![o, h]));
-                }
+                ),
+                (format!("weight_hh_{sfx}"), vec![gh, o]),
+            ];
+            if self.bias {
+                params.push((format!("bias_ih_{sfx}"), vec![gh]));
+                params.push((format!("bias_hh_{sfx}"), vec![gh]));
             }
-        }
-        params
+            if self.proj_size > 0 {
+                params.push((format!("weight_hr_{sfx}"), vec![o, h]));
+            }
+            params
+        })
+    }
+
+    /// How many parameter tensors the module has: up to five per layer-direction.
+    fn tensor_count(&self) -> usize {
+        let per_slot = 2 + 2 * usize::from(self.bias) + usize::from(self.proj_size > 0);
+        self.num_layers * self.directions() * per_slot
     }
 
     /// The sizes of a pass over `seq_len` steps of `batch` rows.
@@ -118,10 +126,18 @@ impl Spec {
                 self.proj_size, self.hidden_size
             )));
         }
-        // The largest parameter of a layer-direction, and their number, must be countable.
-        let widest = self.input_size.max(self.directions() * self.out_size());
-        size::elements("weight_ih", &[self.cell.gates(), self.hidden_size, widest])?;
-        size::elements("layers", &[self.num_layers, self.directions(), 5])?;
+        // Every parameter of a layer-direction, all of them together and their bytes must be
+        // countable (saturated sums fail the checked products).
+        let widest = self
+            .input_size
+            .max(self.directions().saturating_mul(self.out_size()));
+        let per_slot = widest
+            .saturating_add(self.out_size())
+            .saturating_add(2)
+            .saturating_add(self.out_size());
+        let slots = size::elements("layers", &[self.num_layers, self.directions(), 5])?;
+        let all = [self.cell.gates(), self.hidden_size, per_slot, slots, 4];
+        size::elements("the parameters' bytes", &all)?;
         Ok(())
     }
 }
@@ -143,15 +159,12 @@ impl Recurrent {
         spec.validate()?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let bound = 1.0 / (spec.hidden_size as f32).sqrt();
-        let tensors = spec
-            .parameters()
-            .into_iter()
-            .map(|(name, shape)| {
-                let mut v = size::zeros::<f32>(&name, size::elements(&name, &shape)?)?;
-                v.fill_with(|| rng.random_range(-bound..=bound));
-                Ok((name, Tensor::from_vec(v, &shape)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut tensors = Self::tensor_list(&spec)?;
+        for (name, shape) in spec.parameters() {
+            let mut v = size::zeros::<f32>(&name, size::elements(&name, &shape)?)?;
+            v.fill_with(|| rng.random_range(-bound..=bound));
+            tensors.push((name, Tensor::from_vec(v, &shape)?));
+        }
         Self::assemble(spec, tensors, device, dtype)
     }
 
@@ -164,21 +177,28 @@ impl Recurrent {
         dtype: DType,
     ) -> Result<Self> {
         spec.validate()?;
-        let tensors = spec
-            .parameters()
-            .into_iter()
-            .map(|(name, shape)| {
-                let t = file.float(&name)?;
-                if t.shape() != shape.as_slice() {
-                    return Err(Error::shape(name, format!("{shape:?}"), t.shape()));
-                }
-                if t.host_slice::<f32>()?.iter().any(|v| !v.is_finite()) {
-                    return Err(Error::Config(format!("{name}: contains NaN or infinity")));
-                }
-                Ok((name, t))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut tensors = Self::tensor_list(&spec)?;
+        for (name, shape) in spec.parameters() {
+            let t = file.float(&name)?;
+            if t.shape() != shape.as_slice() {
+                return Err(Error::shape(name, format!("{shape:?}"), t.shape()));
+            }
+            Error::check_finite(&name, t.host_slice::<f32>()?, t.shape())?;
+            tensors.push((name, t));
+        }
         Self::assemble(spec, tensors, device, dtype)
+    }
+
+    /// An empty list with room for every parameter of `spec`, or an error when there is none.
+    fn tensor_list(spec: &Spec) -> Result<Vec<(String, Tensor)>> {
+        let mut list = Vec::new();
+        list.try_reserve_exact(spec.tensor_count())
+            .map_err(|_| Error::TooLarge {
+                what: format!("{} layers", spec.num_layers),
+                needed: format!("{} parameter tensors", spec.tensor_count()),
+                limit: "what this process can allocate".into(),
+            })?;
+        Ok(list)
     }
 
     /// Groups named host tensors (in `Spec::parameters` order) by layer-direction and copies them
@@ -323,7 +343,7 @@ impl Recurrent {
     pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
         // Captured CUDA graphs hold the weights' addresses, and a caller may replace a tensor.
         self.plans = PlanCache::default();
-        let names = self.spec.parameters().into_iter().map(|(name, _)| name);
+        let names = self.spec.parameters().map(|(name, _)| name);
         let tensors = self.weights.iter_mut().flat_map(|w| {
             [Some(&mut w.w_ih), Some(&mut w.w_hh)]
                 .into_iter()
@@ -335,7 +355,7 @@ impl Recurrent {
 
     /// Every gradient of `grads` with its parameter's PyTorch name.
     pub fn named_gradients<'a>(&self, grads: &'a Gradients) -> Vec<(String, &'a Tensor)> {
-        let names = self.spec.parameters().into_iter().map(|(name, _)| name);
+        let names = self.spec.parameters().map(|(name, _)| name);
         names
             .zip(grads.params.iter().flat_map(|g| g.tensors()))
             .collect()

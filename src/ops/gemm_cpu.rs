@@ -4,6 +4,9 @@
 //! column-major Cᵀ = Bᵀ·Aᵀ with unit stride along its long side: the form the crate runs fastest
 //! (about twice the row-major A·Bᵀ for the recurrent step's small batch).
 
+use crate::error::Result;
+use crate::size;
+
 /// The element types `gemm_ab` runs in (the crate dispatches on the type).
 pub(crate) trait Scalar: Copy + Default + PartialEq + std::ops::AddAssign + 'static {
     const ONE: Self;
@@ -17,14 +20,18 @@ impl Scalar for f64 {
     const ONE: Self = 1.0;
 }
 
+/// The cores this process may use, read once: the standard library reads cgroup files each
+/// time, which costs more than a small product.
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// One thread per 2^18 multiply-adds, up to the machine's and `max_threads`: small products
 /// lose to the threads' overhead.
 fn parallelism(m: usize, n: usize, k: usize, max_threads: usize) -> gemm::Parallelism {
     let work = m.saturating_mul(n).saturating_mul(k) >> 18;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |t| t.get())
-        .min(work)
-        .min(max_threads);
+    let threads = cores().min(work).min(max_threads);
     match threads {
         0 | 1 => gemm::Parallelism::None,
         t => gemm::Parallelism::Rayon(t),
@@ -125,9 +132,14 @@ pub(crate) struct LinearSizes {
 }
 
 /// y[rows, n] = x[rows, k] · W[n, k]ᵀ (+ b) for a row-major weight W: nn.Linear.
-pub(crate) fn linear<T: Scalar>(x: &[T], w: &[T], b: Option<&[T]>, s: LinearSizes) -> Vec<T> {
+pub(crate) fn linear<T: Scalar>(
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    s: LinearSizes,
+) -> Result<Vec<T>> {
     let LinearSizes { rows, k, n } = s;
-    let mut y = vec![T::default(); rows * n];
+    let mut y = size::zeros("the product", size::elements("the product", &[rows, n])?)?;
     if let Some(b) = b {
         for row in y.chunks_exact_mut(n.max(1)) {
             row.copy_from_slice(b);
@@ -147,19 +159,23 @@ pub(crate) fn linear<T: Scalar>(x: &[T], w: &[T], b: Option<&[T]>, s: LinearSize
         beta,
         usize::MAX,
     );
-    y
+    Ok(y)
 }
 
+/// dx, dW and (with a bias) db.
+pub(crate) type LinearGradients<T> = (Vec<T>, Vec<T>, Option<Vec<T>>);
+
 /// The gradients of `linear` for dy [rows, n]: (dx [rows, k], dW [n, k], db [n]), each one
-/// GEMM or sum over every row.
+/// GEMM or sum over every row; db only `with_bias`.
 pub(crate) fn linear_backward<T: Scalar>(
     dy: &[T],
     x: &[T],
     w: &[T],
     s: LinearSizes,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
+    with_bias: bool,
+) -> Result<LinearGradients<T>> {
     let LinearSizes { rows, k, n } = s;
-    let mut dx = vec![T::default(); rows * k];
+    let mut dx = size::zeros("the input gradient", size::elements("dx", &[rows, k])?)?;
     gemm_ab(
         rows,
         k,
@@ -173,13 +189,19 @@ pub(crate) fn linear_backward<T: Scalar>(
         T::default(),
         usize::MAX,
     );
-    let mut dw = vec![T::default(); n * k];
+    let mut dw = size::zeros("the weight gradient", size::elements("dW", &[n, k])?)?;
     gemm_atb(n, k, rows, dy, x, &mut dw);
-    let mut db = vec![T::default(); n];
-    for row in dy.chunks_exact(n.max(1)).take(rows) {
-        db.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
-    }
-    (dx, dw, db)
+    let db = match with_bias {
+        true => {
+            let mut db = size::zeros("the bias gradient", n)?;
+            for row in dy.chunks_exact(n.max(1)).take(rows) {
+                db.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
+            }
+            Some(db)
+        }
+        false => None,
+    };
+    Ok((dx, dw, db))
 }
 
 /// The transpose of a row-major [rows, cols] matrix.

@@ -207,9 +207,8 @@ pub(crate) fn infer_spec(file: &TensorFile) -> Result<Spec> {
         spec.batch_first = parse_bool("batch_first", v)?;
     }
     // Every tensor must be one the module expects: a stray name means a wrong file.
-    let params = spec.parameters();
-    let expected: HashSet<&str> = params.iter().map(|(name, _)| name.as_str()).collect();
-    if let Some(stray) = file.names().find(|n| !expected.contains(n)) {
+    let expected: HashSet<String> = spec.parameters().map(|(name, _)| name).collect();
+    if let Some(stray) = file.names().find(|&n| !expected.contains(n)) {
         return Err(Error::Config(format!(
             "{}: unexpected tensor {} for {}",
             file.path().display(),
@@ -251,15 +250,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     } else {
         &["input", "h0", "lengths"]
     };
-    if let Some(stray) = inputs.names().find(|n| !allowed.contains(n)) {
-        return Err(Error::Config(format!(
-            "{}: unexpected tensor {} ({} takes {})",
-            inputs.path().display(),
-            quoted(stray),
-            spec.cell.name(),
-            allowed.join(", ")
-        )));
-    }
+    only(&inputs, allowed, spec.cell.name())?;
     if lstm && inputs.contains("h0") != inputs.contains("c0") {
         let (has, lacks) = if inputs.contains("h0") {
             ("h0", "c0")
@@ -389,7 +380,6 @@ fn check_recurrent_result(
         }
         let params = spec
             .parameters()
-            .iter()
             .map(|(_, s)| s.iter().product::<usize>())
             .sum();
         result.push(("parameter gradients", vec![params]));
@@ -422,15 +412,11 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
     let mut module = Attention::from_state_dict(weights, &device, dtype)?;
     module.set_algo(opts.algo);
     let inputs = TensorFile::load(&opts.input)?;
-    let allowed = ["query", "keys", "values", "lengths"];
-    if let Some(stray) = inputs.names().find(|n| !allowed.contains(n)) {
-        return Err(Error::Config(format!(
-            "{}: unexpected tensor {} (attention takes {})",
-            inputs.path().display(),
-            quoted(stray),
-            allowed.join(", ")
-        )));
-    }
+    only(
+        &inputs,
+        &["query", "keys", "values", "lengths"],
+        "attention",
+    )?;
     check_attention_result(opts, &inputs, grads.is_some())?;
     let keys_in = finite(opts, &inputs, "keys")?;
     let values = match inputs.contains("values") {
@@ -501,20 +487,26 @@ fn check_attention_result(opts: &RunOptions, inputs: &TensorFile, training: bool
     limits::check_result(&result, (0, ""), &limits::output_limit(opts.max_output))
 }
 
+/// Refuses a tensor of `file` that is not in `allowed`, what `module` takes.
+fn only(file: &TensorFile, allowed: &[&str], module: &str) -> Result<()> {
+    match file.names().find(|n| !allowed.contains(n)) {
+        Some(stray) => Err(Error::Config(format!(
+            "{}: unexpected tensor {} ({module} takes {})",
+            file.path().display(),
+            quoted(stray),
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The `--grad` file, checked to hold only the tensors in `allowed`.
 fn load_grads(opts: &RunOptions, allowed: &[&str], module: &str) -> Result<Option<TensorFile>> {
     let Some(path) = &opts.grad else {
         return Ok(None);
     };
     let g = TensorFile::load(path)?;
-    if let Some(stray) = g.names().find(|n| !allowed.contains(n)) {
-        return Err(Error::Config(format!(
-            "{}: unexpected tensor {} ({module} takes {})",
-            g.path().display(),
-            quoted(stray),
-            allowed.join(", ")
-        )));
-    }
+    only(&g, allowed, module)?;
     Ok(Some(g))
 }
 

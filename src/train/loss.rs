@@ -43,9 +43,10 @@ pub fn softmax_cross_entropy(logits: &Tensor, targets: &[i64], ignore: i64) -> R
     let scale = 1.0 / rows.max(1) as f64;
     let mut grad = vec![0f32; n * vocab];
     let mut total = 0f64;
+    // max(1): with no columns there are no rows to walk (every target was the ignore index).
     for ((row, g), &t) in x
-        .chunks_exact(vocab)
-        .zip(grad.chunks_exact_mut(vocab))
+        .chunks_exact(vocab.max(1))
+        .zip(grad.chunks_exact_mut(vocab.max(1)))
         .zip(targets)
     {
         if t == ignore {

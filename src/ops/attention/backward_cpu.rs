@@ -4,6 +4,7 @@
 //! they cost one pass over the keys, and a decoder then keeps nothing per step.
 
 use super::Score;
+use crate::error::Result;
 use crate::ops::gemm_cpu::{linear, linear_backward, LinearSizes};
 
 /// A bias that may be absent (empty).
@@ -70,17 +71,17 @@ fn sides(
     s: &Sizes,
     q: &[f64],
     k: &[f64],
-) -> (Vec<f64>, Vec<f64>, usize) {
-    match score {
+) -> Result<(Vec<f64>, Vec<f64>, usize)> {
+    Ok(match score {
         Score::Additive => {
             let a = p.v.len();
-            let kp = linear(k, &p.w_k, bias(&p.b_k), s.key_side(a));
-            let qp = linear(q, &p.w_q, bias(&p.b_q), s.query_side(a));
+            let kp = linear(k, &p.w_k, bias(&p.b_k), s.key_side(a))?;
+            let qp = linear(q, &p.w_q, bias(&p.b_q), s.query_side(a))?;
             (kp, qp, a)
         }
-        Score::General => (linear(k, &p.w_k, None, s.key_side(s.dq)), q.to_vec(), s.dq),
+        Score::General => (linear(k, &p.w_k, None, s.key_side(s.dq))?, q.to_vec(), s.dq),
         Score::Dot { .. } => (k.to_vec(), q.to_vec(), s.dq),
-    }
+    })
 }
 
 fn score_of(score: Score, p: &Params64, qp: &[f64], kp: &[f64]) -> f64 {
@@ -118,7 +119,7 @@ pub(crate) fn context(
     v: &[f64],
     lengths: &[usize],
 ) -> Vec<f64> {
-    let (kp, qp, width) = sides(score, p, s, q, k);
+    let (kp, qp, width) = sides(score, p, s, q, k).unwrap();
     let mut ctx = vec![0.0; s.batch * s.queries * s.dv];
     let mut w = Vec::new();
     for b in 0..s.batch {
@@ -149,9 +150,9 @@ pub(crate) fn backward(
     values: Option<&[f64]>,
     lengths: &[usize],
     grad_context: &[f64],
-) -> Grads {
+) -> Result<Grads> {
     let v = values.unwrap_or(k);
-    let (kp, qp, width) = sides(score, p, s, q, k);
+    let (kp, qp, width) = sides(score, p, s, q, k)?;
     let (mut dkp, mut dqp) = (vec![0.0; kp.len()], vec![0.0; qp.len()]);
     let mut dv = vec![0.0; v.len()];
     let mut dscore_v = vec![0.0; p.v.len()];
@@ -204,24 +205,24 @@ pub(crate) fn backward(
     }
     // Back through the projections: dx = dy · W, dW = dyᵀ · x, db = Σ dy, each one GEMM.
     // Back through the projections (a kind's missing bias gets no gradient).
-    let keep_bias = |db: Vec<f64>, b: &[f64]| if b.is_empty() { Vec::new() } else { db };
     let mut grads = Params64::default();
     let (dq, mut dk) = match score {
         Score::Additive => {
             let a = p.v.len();
-            let (dq, dw_q, db_q) = linear_backward(&dqp, q, &p.w_q, s.query_side(a));
-            let (dk, dw_k, db_k) = linear_backward(&dkp, k, &p.w_k, s.key_side(a));
+            let (has_bq, has_bk) = (!p.b_q.is_empty(), !p.b_k.is_empty());
+            let (dq, dw_q, db_q) = linear_backward(&dqp, q, &p.w_q, s.query_side(a), has_bq)?;
+            let (dk, dw_k, db_k) = linear_backward(&dkp, k, &p.w_k, s.key_side(a), has_bk)?;
             grads = Params64 {
                 w_q: dw_q,
-                b_q: keep_bias(db_q, &p.b_q),
+                b_q: db_q.unwrap_or_default(),
                 w_k: dw_k,
-                b_k: keep_bias(db_k, &p.b_k),
+                b_k: db_k.unwrap_or_default(),
                 v: dscore_v,
             };
             (dq, dk)
         }
         Score::General => {
-            let (dk, dw_k, _) = linear_backward(&dkp, k, &p.w_k, s.key_side(s.dq));
+            let (dk, dw_k, _) = linear_backward(&dkp, k, &p.w_k, s.key_side(s.dq), false)?;
             grads.w_k = dw_k;
             (dqp, dk)
         }
@@ -234,12 +235,12 @@ pub(crate) fn backward(
             None
         }
     };
-    Grads {
+    Ok(Grads {
         query: dq,
         keys: dk,
         values,
         params: grads,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -312,7 +313,8 @@ mod tests {
                     with_values.then_some(&values[..]),
                     &lengths,
                     &g,
-                );
+                )
+                .unwrap();
                 const EPS: f64 = 1e-6;
                 let what = format!("{score:?} Tq={queries} values={with_values}");
                 let check = |name: &str, j: usize, analytic: f64, plus: f64, minus: f64| {

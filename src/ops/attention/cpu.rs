@@ -18,7 +18,7 @@ fn linear(x: &[f32], rows: usize, w: &Tensor, b: Option<&Tensor>) -> Result<Vec<
     let (n, k) = (w.shape()[0], w.shape()[1]);
     let b = b.map(values).transpose()?;
     let sizes = gemm_cpu::LinearSizes { rows, k, n };
-    Ok(gemm_cpu::linear(&x[..rows * k], values(w)?, b, sizes))
+    gemm_cpu::linear(&x[..rows * k], values(w)?, b, sizes)
 }
 
 /// The key side of `score`, once per source: keys [B, L, Dk] → [B, L, K].

@@ -239,14 +239,16 @@ impl Dims {
     /// overflow.
     pub fn check_sizes(&self, training: bool) -> Result<()> {
         let rows = size::elements("input rows", &[self.seq_len, self.batch])?;
-        // Saturating: a saturated count fails the checked product below.
-        let widest = (self
-            .gate_width()
-            .saturating_add(self.hidden.saturating_mul(3)))
-        .max(self.dirs.saturating_mul(self.out_size))
-        .max(self.input_size);
+        // Saturating: a saturated count fails the checked product below. A training slot keeps
+        // a step's gates, h, c and the projection's h (what `bptt_cpu::Saved` counts), and
+        // each layer its input.
+        let widest = (self.gate_width())
+            .saturating_add(self.hidden.saturating_mul(3))
+            .saturating_add(self.out_size)
+            .max(self.dirs.saturating_mul(self.out_size))
+            .max(self.input_size);
         let slots = match training {
-            true => self.layers.saturating_mul(self.dirs).saturating_add(1),
+            true => self.layers.saturating_mul(self.dirs.saturating_add(1)),
             false => 2,
         };
         let per_slot = size::elements("a pass's buffers", &[rows, widest, slots])?;

@@ -15,6 +15,7 @@ mod row;
 
 use super::{step_time, Call, Cell, Dims, Outputs};
 use crate::error::{Error, Result};
+use crate::ops::gemm_cpu::cores;
 use crate::ops::packed_gemm::PackedB;
 use crate::tensor::Tensor;
 use barrier::{Met, SpinBarrier};
@@ -46,10 +47,6 @@ const PROJECTION_ROWS: usize = 48;
 thread_local! {
     /// See `forward_on`.
     static PROJECTION: StdCell<Vec<f32>> = const { StdCell::new(Vec::new()) };
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// How many threads share the input projection.
