@@ -405,3 +405,20 @@ fn grad_writes_every_gradient_and_rejects_bad_gradient_files() {
         &["unexpected tensor", "attention takes grad_context"],
     );
 }
+
+#[test]
+fn a_cuda_algorithm_on_the_cpu_is_an_error() {
+    let dir = common::scratch("cli-algo");
+    let case = common::fixtures("rnn").join("tanh_l1_lens");
+    let output = dir.join("y.safetensors");
+    for algo in ["persistent", "fused", "naive"] {
+        let out = run(
+            &case.join("weights.safetensors"),
+            &case.join("input.safetensors"),
+            &output,
+            &["--algo", algo],
+        );
+        assert_fails(&out, &output, &[&format!("--algo {algo}"), "CPU"]);
+    }
+    run_ok(&case, &output, &["--algo", "auto"]);
+}

@@ -510,9 +510,23 @@ fn load_grads(opts: &RunOptions, allowed: &[&str], module: &str) -> Result<Optio
     Ok(Some(g))
 }
 
+/// The device of this run, why, and its storage dtype (`choose_device`); a CUDA `--algo` on
+/// the CPU is an error.
+fn training_device(opts: &RunOptions, training: bool) -> Result<(Device, String, DType)> {
+    let (device, reason, dtype) = choose_device(opts, training)?;
+    // The CPU has one path: a CUDA algorithm asked for cannot be honoured there.
+    if !device.is_cuda() && opts.algo != Algo::Auto {
+        return Err(Error::Config(format!(
+            "--algo {} runs on CUDA, but this run is on the CPU ({reason})",
+            opts.algo.name()
+        )));
+    }
+    Ok((device, reason, dtype))
+}
+
 /// `open_device`, except that a run with `--grad` (training) uses the CPU, whose backward
 /// computes in f64, unless `--device cuda` asks for the GPU.
-fn training_device(opts: &RunOptions, training: bool) -> Result<(Device, String, DType)> {
+fn choose_device(opts: &RunOptions, training: bool) -> Result<(Device, String, DType)> {
     if !training || opts.device == DeviceChoice::Cuda {
         return open_device(opts);
     }
