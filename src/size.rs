@@ -10,8 +10,8 @@ pub fn elements(what: &str, shape: &[usize]) -> Result<usize> {
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .ok_or_else(|| Error::TooLarge {
             what: format!("{what} {shape:?}"),
-            needed: "more elements than usize holds".into(),
-            limit: usize::MAX.to_string(),
+            needed: "more elements".into(),
+            limit: "a count can hold (2^64)".into(),
         })
 }
 
@@ -20,20 +20,30 @@ pub fn bytes(what: &str, count: usize, width: usize) -> Result<usize> {
     count.checked_mul(width).ok_or_else(|| Error::TooLarge {
         what: what.into(),
         needed: format!("{count} × {width} bytes"),
-        limit: human(u64::MAX),
+        limit: "a count can hold (2^64)".into(),
     })
 }
 
-/// `n` zeros, or an error naming `what` when the memory cannot be had.
-pub(crate) fn zeros<T: Copy + Default>(what: &str, n: usize) -> Result<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| Error::TooLarge {
+/// `n` zeros, or an error naming `what` when the memory cannot be had. Like `vec![0; n]`, large
+/// buffers come zeroed from the system rather than written.
+pub(crate) fn zeros<T: bytemuck::Zeroable>(what: &str, n: usize) -> Result<Vec<T>> {
+    let too_large = || Error::TooLarge {
         what: what.into(),
         needed: human(n.saturating_mul(std::mem::size_of::<T>()) as u64),
         limit: "what this process can allocate".into(),
-    })?;
-    v.resize(n, T::default());
-    Ok(v)
+    };
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| too_large())?;
+    if layout.size() == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the layout has a non-zero size; alloc_zeroed returns null or a block of it.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if ptr.is_null() {
+        return Err(too_large());
+    }
+    // SAFETY: `ptr` is a global-allocator block with the layout of [T; n], all bytes zero,
+    // which is a valid T (Zeroable); length and capacity are both n.
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
 }
 
 /// `bytes` in binary units: "16.0 GiB".

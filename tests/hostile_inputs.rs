@@ -349,7 +349,10 @@ fn write_failures_say_so_and_leave_existing_files_alone() {
     let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success());
     let out = run(&cw, &cx, &fifo, &[]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
     // A file-size limit: the write fails (EFBIG), the process is not killed mid-file, and an
     // existing output keeps its bytes.

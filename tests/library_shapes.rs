@@ -1574,7 +1574,10 @@ fn check_isolated(sweep: &mut Sweep) {
 #[test]
 #[ignore = "a child process of every_shape_gets_a_result_not_a_panic"]
 fn isolated_call() {
-    let index = std::env::var(CASE_VAR).expect("run by check_isolated, which sets it");
+    // Run alone (`--include-ignored`) it has nothing to do.
+    let Ok(index) = std::env::var(CASE_VAR) else {
+        return;
+    };
     install_hook();
     let (_, run) = isolated_calls().swap_remove(index.parse().unwrap());
     BUDGET.store(CHILD_BUDGET, Relaxed);

@@ -84,8 +84,12 @@ fn guard_output() -> Result<()> {
     // SAFETY: SIG_IGN installs no handler code, and nothing else here handles SIGXFSZ.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     ctrlc::set_handler(|| {
-        fused_rnn::io::abandon_writes();
-        eprintln!("error: interrupted; no output file was written");
+        // Held to the exit: meanwhile the main thread can neither finish a write nor report one.
+        let abandoned = fused_rnn::io::abandon_writes();
+        match abandoned.completed {
+            0 => eprintln!("error: interrupted; no output file was written"),
+            _ => eprintln!("error: interrupted after the output file was written"),
+        }
         std::process::exit(2);
     })
     .map_err(|e| fused_rnn::Error::Config(format!("cannot handle interrupts: {e}")))

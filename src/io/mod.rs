@@ -4,4 +4,4 @@ mod safetensors_file;
 mod temporary;
 
 pub use safetensors_file::{save_f32, TensorFile};
-pub use temporary::abandon_writes;
+pub use temporary::{abandon_writes, Abandoned};

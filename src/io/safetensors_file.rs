@@ -239,12 +239,18 @@ fn header(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
             .checked_add(offset)
             .ok_or_else(|| Error::TooLarge {
                 what: "the output file".into(),
-                needed: "more bytes than usize holds".into(),
-                limit: usize::MAX.to_string(),
+                needed: "more bytes".into(),
+                limit: "a count can hold (2^64)".into(),
             })?;
         let entry =
             serde_json::json!({"dtype": "F32", "shape": t.shape(), "data_offsets": [offset, end]});
-        entries.insert(name.to_string(), entry);
+        // A repeated name or the format's own key would make a file nothing can read.
+        if *name == "__metadata__" || entries.insert(name.to_string(), entry).is_some() {
+            return Err(Error::Config(format!(
+                "cannot save two tensors named {}, or one named __metadata__",
+                quoted(name)
+            )));
+        }
         offset = end;
     }
     let mut json = serde_json::to_vec(&entries).expect("a map of strings and numbers");
@@ -289,4 +295,26 @@ pub fn save_f32(path: impl AsRef<Path>, tensors: &[(&str, &Tensor)]) -> Result<(
         .sync_all()
         .map_err(write_err)?;
     tmp.persist(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_a_reader_could_not_tell_apart_are_refused() {
+        let dir = std::env::temp_dir().join(format!("fused-rnn-save-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("y.safetensors");
+        let t = Tensor::from_vec(vec![1.5f32, -2.0], &[2]).unwrap();
+        for names in [["a", "a"], ["a", "__metadata__"]] {
+            let tensors = [(names[0], &t), (names[1], &t)];
+            assert!(save_f32(&path, &tensors).is_err(), "{names:?}");
+            assert!(!path.exists());
+        }
+        save_f32(&path, &[("a", &t), ("b", &t)]).unwrap();
+        let file = TensorFile::load(&path).unwrap();
+        assert_eq!(file.float("b").unwrap().to_vec_f32().unwrap(), [1.5, -2.0]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

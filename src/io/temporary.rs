@@ -1,5 +1,7 @@
 //! Output files written under a temporary name beside the target and renamed into place, and
 //! the list of those in flight, so that a signal handler can remove them (`abandon_writes`).
+//! One lock orders creating, renaming and abandoning: a signal handler that holds it while it
+//! exits sees every write either complete or removed.
 
 use crate::error::{Error, Result};
 use std::fs::File;
@@ -12,13 +14,16 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 struct Pending {
     paths: Vec<PathBuf>,
-    /// Set by `abandon_writes`: nothing is renamed into place after it.
+    /// Set by `abandon_writes`: nothing is created or renamed into place after it.
     abandoned: bool,
+    /// Files renamed into place so far.
+    completed: usize,
 }
 
 static PENDING: Mutex<Pending> = Mutex::new(Pending {
     paths: Vec::new(),
     abandoned: false,
+    completed: 0,
 });
 
 fn pending() -> MutexGuard<'static, Pending> {
@@ -26,16 +31,38 @@ fn pending() -> MutexGuard<'static, Pending> {
     PENDING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Removes every temporary output file in flight and keeps any write from completing after
-/// this call: for a SIGINT/SIGTERM handler, which then exits. Returns how many it removed.
-pub fn abandon_writes() -> usize {
+/// What `abandon_writes` found. While it is held no write starts or completes: a signal
+/// handler keeps it until the process exits.
+pub struct Abandoned {
+    _lock: MutexGuard<'static, Pending>,
+    /// Temporary files removed.
+    pub removed: usize,
+    /// Outputs that had been renamed into place, complete, before the call.
+    pub completed: usize,
+}
+
+/// Removes every temporary output file in flight and keeps any later write from being created
+/// or completed: for a SIGINT/SIGTERM handler, which then exits holding the result.
+pub fn abandon_writes() -> Abandoned {
     let mut pending = pending();
     pending.abandoned = true;
-    pending
+    let removed = pending
         .paths
         .drain(..)
         .filter(|p| std::fs::remove_file(p).is_ok())
-        .count()
+        .count();
+    Abandoned {
+        completed: pending.completed,
+        removed,
+        _lock: pending,
+    }
+}
+
+fn interrupted(target: &Path) -> Error {
+    Error::Write {
+        path: target.to_path_buf(),
+        source: std::io::Error::from(std::io::ErrorKind::Interrupted),
+    }
 }
 
 /// A file being written under a temporary name; removed when dropped unless persisted.
@@ -81,18 +108,30 @@ impl Temporary {
     pub fn create(target: &Path) -> Result<Self> {
         let resolved = destination(target)?;
         let name = resolved.file_name().expect("checked by destination");
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
-        let path = resolved.with_file_name(tmp_name);
         // Registered under the lock that `abandon_writes` takes: a signal cannot fall between
         // creating the file and listing it.
         let mut pending = pending();
-        let file = File::create(&path).map_err(|source| Error::Write {
-            path: target.to_path_buf(),
-            source,
-        })?;
+        if pending.abandoned {
+            return Err(interrupted(target));
+        }
+        // A new file, never one that is there (a stale one, or a link planted under the name).
+        let (path, file) = loop {
+            let mut tmp_name = std::ffi::OsString::from(".");
+            tmp_name.push(name);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            tmp_name.push(format!(".{}.{n}.tmp", std::process::id()));
+            let path = resolved.with_file_name(tmp_name);
+            match File::options().write(true).create_new(true).open(&path) {
+                Ok(file) => break (path, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(source) => {
+                    return Err(Error::Write {
+                        path: target.to_path_buf(),
+                        source,
+                    })
+                }
+            }
+        };
         pending.paths.push(path.clone());
         Ok(Temporary {
             path,
@@ -110,16 +149,14 @@ impl Temporary {
     pub fn persist(self, target: &Path) -> Result<()> {
         let mut pending = pending();
         if pending.abandoned {
-            return Err(Error::Write {
-                path: target.to_path_buf(),
-                source: std::io::Error::from(std::io::ErrorKind::Interrupted),
-            });
+            return Err(interrupted(target));
         }
         std::fs::rename(&self.path, &self.target).map_err(|source| Error::Write {
             path: target.to_path_buf(),
             source,
         })?;
         pending.paths.retain(|p| p != &self.path);
+        pending.completed += 1;
         Ok(())
     }
 }

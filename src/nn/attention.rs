@@ -254,6 +254,16 @@ impl Attention {
         self.score
     }
 
+    /// The width keys and queries are projected to: A (additive), Dq (general); None for dot
+    /// scores, which use the keys as they are.
+    pub fn projection_width(&self) -> Option<usize> {
+        match self.score {
+            Score::Additive => self.params.v.as_ref().map(|v| v.shape()[1]),
+            Score::General => self.query_size,
+            Score::Dot { .. } => None,
+        }
+    }
+
     /// The key side, once per source: keys [B, L, Dk], values [B, L, Dv] (the keys when
     /// absent), key lengths in 1..=L (all L when absent). Tensors on another device or in
     /// another dtype are copied to the layer's.
@@ -435,11 +445,7 @@ impl Attention {
     pub fn attend(&self, keys: &Keys, query: &Tensor, want_weights: bool) -> Result<Attended> {
         let (b, width) = (keys.batch(), keys.projected.shape()[2]);
         // Keys made by another layer carry its projection width.
-        let own = match self.score {
-            Score::Additive => self.params.v.as_ref().map(|v| v.shape()[1]),
-            Score::General => self.query_size,
-            Score::Dot { .. } => None,
-        };
+        let own = self.projection_width();
         if own.is_some_and(|k| k != width) {
             let want = format!("keys projected to width {}", own.unwrap_or(0));
             return Err(Error::shape("keys", want, keys.projected.shape()));

@@ -113,7 +113,9 @@ impl Spec {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the sizes: positive, a projection only on an LSTM and smaller than H, and every
+    /// parameter count and byte count within usize.
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.input_size == 0 || self.hidden_size == 0 || self.num_layers == 0 {
             return Err(Error::Config(format!(
                 "input_size, hidden_size and num_layers must be positive (got {}, {}, {})",
@@ -135,10 +137,37 @@ impl Spec {
             .saturating_add(self.out_size())
             .saturating_add(2)
             .saturating_add(self.out_size());
-        let slots = size::elements("layers", &[self.num_layers, self.directions(), 5])?;
+        let too_large = |_| Error::TooLarge {
+            what: format!("the parameters of {self}"),
+            needed: "more bytes".into(),
+            limit: "a count can hold (2^64)".into(),
+        };
+        let slots =
+            size::elements("", &[self.num_layers, self.directions(), 5]).map_err(too_large)?;
         let all = [self.cell.gates(), self.hidden_size, per_slot, slots, 4];
-        size::elements("the parameters' bytes", &all)?;
+        size::elements("", &all).map_err(too_large)?;
         Ok(())
+    }
+}
+
+/// PyTorch's repr of the module: `LSTM(proj_size=4, input_size=6, hidden_size=9, ...)`.
+impl std::fmt::Display for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.cell {
+            Cell::Rnn(nl) => write!(f, "RNN(nonlinearity={}, ", nl.name())?,
+            Cell::Lstm if self.proj_size > 0 => write!(f, "LSTM(proj_size={}, ", self.proj_size)?,
+            other => write!(f, "{}(", other.name())?,
+        }
+        write!(
+            f,
+            "input_size={}, hidden_size={}, num_layers={}, bias={}, batch_first={}, bidirectional={})",
+            self.input_size,
+            self.hidden_size,
+            self.num_layers,
+            self.bias,
+            self.batch_first,
+            self.bidirectional
+        )
     }
 }
 

@@ -8,7 +8,9 @@ use crate::error::Result;
 use crate::size;
 
 /// The element types `gemm_ab` runs in (the crate dispatches on the type).
-pub(crate) trait Scalar: Copy + Default + PartialEq + std::ops::AddAssign + 'static {
+pub(crate) trait Scalar:
+    Copy + Default + PartialEq + std::ops::AddAssign + bytemuck::Zeroable + 'static
+{
     const ONE: Self;
 }
 

@@ -49,6 +49,38 @@ fn rlimit(limits: &str, name: &str) -> Option<u64> {
     line[name.len()..].split_whitespace().next()?.parse().ok()
 }
 
+/// What the memory cgroup of this process can still take: its limit less its use, page cache
+/// that it can drop not counted (cgroup v2's `memory.max`, or v1's `memory.limit_in_bytes`).
+fn cgroup_headroom() -> Option<u64> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    for line in read("/proc/self/cgroup")?.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let (dir, files) = if controllers.is_empty() {
+            let files = ("memory.max", "memory.current", "inactive_file ");
+            (format!("/sys/fs/cgroup{path}"), files)
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let files = (
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+                "total_inactive_file ",
+            );
+            (format!("/sys/fs/cgroup/memory{path}"), files)
+        } else {
+            continue;
+        };
+        let number = |file: &str| read(&format!("{dir}/{file}"))?.trim().parse::<u64>().ok();
+        // "max" (v2) does not parse: no limit here.
+        let (Some(limit), Some(usage)) = (number(files.0), number(files.1)) else {
+            continue;
+        };
+        let stat = read(&format!("{dir}/memory.stat")).unwrap_or_default();
+        let droppable = field(&stat, files.2).unwrap_or(0);
+        return Some(limit.saturating_sub(usage.saturating_sub(droppable)));
+    }
+    None
+}
+
 /// The memory this process can still allocate and where that figure comes from: the least of
 /// the system's available memory, its cgroup's headroom and its address-space and data
 /// limits. None where none of them can be read.
@@ -58,14 +90,8 @@ pub fn available_memory() -> Option<(u64, &'static str)> {
     if let Some(avail) = read("/proc/meminfo").and_then(|m| field(&m, "MemAvailable:")) {
         bounds.push((avail, "available memory"));
     }
-    let cgroup = |f: &str| {
-        read(&format!("/sys/fs/cgroup/{f}"))?
-            .trim()
-            .parse::<u64>()
-            .ok()
-    };
-    if let (Some(max), Some(current)) = (cgroup("memory.max"), cgroup("memory.current")) {
-        bounds.push((max.saturating_sub(current), "the cgroup's memory.max"));
+    if let Some(headroom) = cgroup_headroom() {
+        bounds.push((headroom, "the cgroup's memory limit"));
     }
     if let (Some(limits), Some(status)) = (read("/proc/self/limits"), read("/proc/self/status")) {
         let used = |key| field(&status, key).unwrap_or(0);

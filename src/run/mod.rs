@@ -206,6 +206,7 @@ pub(crate) fn infer_spec(file: &TensorFile) -> Result<Spec> {
     if let Some(v) = file.metadata("batch_first") {
         spec.batch_first = parse_bool("batch_first", v)?;
     }
+    spec.validate()?;
     // Every tensor must be one the module expects: a stray name means a wrong file.
     let expected: HashSet<String> = spec.parameters().map(|(name, _)| name).collect();
     if let Some(stray) = file.names().find(|&n| !expected.contains(n)) {
@@ -213,7 +214,7 @@ pub(crate) fn infer_spec(file: &TensorFile) -> Result<Spec> {
             "{}: unexpected tensor {} for {}",
             file.path().display(),
             quoted(stray),
-            describe(&spec)
+            spec
         )));
     }
     Ok(spec)
@@ -332,7 +333,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     Ok(RunReport {
         device: device.name(),
         device_reason,
-        module: describe(&spec),
+        module: spec.to_string(),
         dispatch: module.dispatch_notes().pop(),
     })
 }
@@ -373,11 +374,13 @@ fn check_recurrent_result(
     }
     if training {
         result.push(("input.grad", vec![seq_len, batch, spec.input_size]));
-        for (name, shape) in [("h0", vec![slots, batch, out]), ("c0", dims.cell_shape())] {
-            if inputs.contains(name) {
-                result.push((if name == "h0" { "h0.grad" } else { "c0.grad" }, shape));
-            }
+        if inputs.contains("h0") {
+            result.push(("h0.grad", dims.state_shape()));
         }
+        if inputs.contains("c0") {
+            result.push(("c0.grad", dims.cell_shape()));
+        }
+        // Counts that `validate` bounded.
         let params = spec
             .parameters()
             .map(|(_, s)| s.iter().product::<usize>())
@@ -417,7 +420,7 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
         &["query", "keys", "values", "lengths"],
         "attention",
     )?;
-    check_attention_result(opts, &inputs, grads.is_some())?;
+    check_attention_result(opts, &module, &inputs, grads.is_some())?;
     let keys_in = finite(opts, &inputs, "keys")?;
     let values = match inputs.contains("values") {
         true => Some(finite(opts, &inputs, "values")?),
@@ -463,13 +466,18 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
 
 /// Refuses an attention run whose result exceeds `--max-output`, from the shapes alone.
 /// Tensors of the wrong rank are left to the module's checks.
-fn check_attention_result(opts: &RunOptions, inputs: &TensorFile, training: bool) -> Result<()> {
+fn check_attention_result(
+    opts: &RunOptions,
+    module: &Attention,
+    inputs: &TensorFile,
+    training: bool,
+) -> Result<()> {
     let (Some(query), Some(&[b, l, dk])) = (inputs.shape("query"), inputs.shape("keys")) else {
         return Ok(());
     };
-    let tq = match *query {
-        [_, _] => 1,
-        [_, tq, _] => tq,
+    let (tq, dq) = match *query {
+        [_, dq] => (1, dq),
+        [_, tq, dq] => (tq, dq),
         _ => return Ok(()),
     };
     let dv = match inputs.shape("values") {
@@ -484,7 +492,23 @@ fn check_attention_result(opts: &RunOptions, inputs: &TensorFile, training: bool
             result.push(("values.grad", vec![b, l, dv]));
         }
     }
-    limits::check_result(&result, (0, ""), &limits::output_limit(opts.max_output))
+    // The CPU's working buffers: the projected keys and queries (K wide) in f32, and for the
+    // backward f64 copies of the inputs with the projections and their gradients.
+    let k = module.projection_width().unwrap_or(dk) as u128;
+    let (b, l, tq) = (b as u128, l as u128, tq as u128);
+    let (dq, dk, dv) = (dq as u128, dk as u128, dv as u128);
+    let mul = |xs: &[u128]| xs.iter().fold(1u128, |p, &x| p.saturating_mul(x));
+    let work = match (module.device().is_cuda(), training) {
+        (true, _) => 0,
+        (false, false) => mul(&[4, b, l + tq, k]),
+        (false, true) => {
+            let per_row =
+                mul(&[l, 2 * k + dk + 2 * dv]).saturating_add(mul(&[tq, 2 * k + dq + 2 * dv]));
+            mul(&[8, b, per_row])
+        }
+    };
+    let work = (u64::try_from(work).unwrap_or(u64::MAX), "working buffers");
+    limits::check_result(&result, work, &limits::output_limit(opts.max_output))
 }
 
 /// Refuses a tensor of `file` that is not in `allowed`, what `module` takes.
@@ -554,16 +578,4 @@ fn open_device(opts: &RunOptions) -> Result<(Device, String, DType)> {
         (_, d) => d.unwrap_or(DType::F32),
     };
     Ok((device, device_reason, dtype))
-}
-
-fn describe(s: &Spec) -> String {
-    let kind = match s.cell {
-        Cell::Rnn(nl) => format!("RNN(nonlinearity={}, ", nl.name()),
-        Cell::Lstm if s.proj_size > 0 => format!("LSTM(proj_size={}, ", s.proj_size),
-        other => format!("{}(", other.name()),
-    };
-    format!(
-        "{kind}input_size={}, hidden_size={}, num_layers={}, bias={}, batch_first={}, bidirectional={})",
-        s.input_size, s.hidden_size, s.num_layers, s.bias, s.batch_first, s.bidirectional
-    )
 }

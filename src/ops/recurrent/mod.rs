@@ -251,6 +251,12 @@ impl Dims {
             true => self.layers.saturating_mul(self.dirs.saturating_add(1)),
             false => 2,
         };
+        // The states h0/c0 and h_n/c_n, whatever the sequence length.
+        let width = self.hidden.max(self.out_size);
+        size::elements(
+            "the states",
+            &[self.layers, self.dirs, self.batch, width, 8],
+        )?;
         let per_slot = size::elements("a pass's buffers", &[rows, widest, slots])?;
         size::bytes("a pass's buffers", per_slot, if training { 8 } else { 4 })?;
         Ok(())
