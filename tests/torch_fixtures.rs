@@ -1,15 +1,15 @@
 //! Against PyTorch: every case in tests/fixtures/{rnn,lstm,gru,attention,grad} (made by the
-//! scripts in scripts/fixtures/) through `run`, the same code path as the CLI; on the CPU, and
+//! scripts in scripts/fixtures/) through `fused-rnn run`; on the CPU, and
 //! (the recurrent modules) on CUDA in f32 where there is a GPU. The `grad` cases also run the
 //! backward (`run --grad`) and compare every gradient with float64 autograd.
 
 mod common;
 
 use fused_rnn::io::TensorFile;
-use fused_rnn::run::{run, DeviceChoice, RunOptions};
 use fused_rnn::{Algo, DType};
 
-fn check_fixtures(kind: &str, device: DeviceChoice, algo: Algo, tol: f32) {
+/// `device` is `--device`'s value.
+fn check_fixtures(kind: &str, device: &str, algo: Algo, tol: f32) {
     let dir = common::fixtures(kind);
     let mut cases: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -22,25 +22,32 @@ fn check_fixtures(kind: &str, device: DeviceChoice, algo: Algo, tol: f32) {
         "expected the {kind} fixtures in {}",
         dir.display()
     );
-    let out_dir = common::scratch(&format!("fixtures-{kind}-{device:?}-{}", algo.name()));
+    let out_dir = common::scratch(&format!("fixtures-{kind}-{device}-{}", algo.name()));
     for case in &cases {
         let name = format!("{kind}/{}", case.file_name().unwrap().to_str().unwrap());
         let output = out_dir.join("out.safetensors");
         let grad = case.join("grad.safetensors");
-        run(&RunOptions {
-            weights: case.join("weights.safetensors"),
-            input: case.join("input.safetensors"),
-            output: output.clone(),
-            device,
-            dtype: None,
-            batch_first: None,
-            nonlinearity: None,
-            algo,
-            grad: grad.is_file().then_some(grad),
-            allow_nonfinite: false,
-            max_output: None,
-        })
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut command = common::cli::bin();
+        command
+            .args([
+                "run",
+                "--device",
+                device,
+                "--algo",
+                algo.name(),
+                "--weights",
+            ])
+            .arg(case.join("weights.safetensors"))
+            .arg("--input")
+            .arg(case.join("input.safetensors"))
+            .arg("--output")
+            .arg(&output);
+        if grad.is_file() {
+            command.arg("--grad").arg(&grad);
+        }
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {stderr}");
         let got = TensorFile::load(&output).unwrap();
         let expected = TensorFile::load(case.join("expected.safetensors")).unwrap();
         let mut tensors: Vec<&str> = expected.names().collect();
@@ -62,7 +69,7 @@ fn check_fixtures(kind: &str, device: DeviceChoice, algo: Algo, tol: f32) {
             let e = expected.float(tensor).unwrap();
             assert_eq!(g.shape(), e.shape(), "{name}: {tensor} shape");
             common::assert_close(
-                &format!("{name} ({device:?}, {}): {tensor}", algo.name()),
+                &format!("{name} ({device}, {}): {tensor}", algo.name()),
                 &g.to_vec_f32().unwrap(),
                 &e.to_vec_f32().unwrap(),
                 tol,
@@ -75,7 +82,7 @@ fn check_fixtures(kind: &str, device: DeviceChoice, algo: Algo, tol: f32) {
 #[test]
 fn cpu_matches_pytorch_on_every_fixture() {
     for kind in ["rnn", "lstm", "gru", "attention", "grad"] {
-        check_fixtures(kind, DeviceChoice::Cpu, Algo::Auto, 1e-5);
+        check_fixtures(kind, "cpu", Algo::Auto, 1e-5);
     }
 }
 
@@ -86,12 +93,7 @@ fn cuda_matches_pytorch_on_every_fixture() {
     }
     for kind in ["rnn", "lstm", "gru"] {
         for algo in [Algo::Fused, Algo::Naive] {
-            check_fixtures(
-                kind,
-                DeviceChoice::Cuda,
-                algo,
-                common::tolerance(DType::F32),
-            );
+            check_fixtures(kind, "cuda", algo, common::tolerance(DType::F32));
         }
     }
 }

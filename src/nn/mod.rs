@@ -4,7 +4,9 @@ mod attention;
 mod layers;
 mod linear;
 pub(crate) mod recurrent;
+mod state_dict;
 
 pub use attention::Attention;
 pub use layers::{Gru, GruConfig, Lstm, LstmConfig, LstmOutput, Rnn, RnnConfig, RnnOutput};
 pub use linear::{Embedding, Linear, LinearGradients};
+pub use recurrent::{Recurrent, Spec as RecurrentSpec};

@@ -13,9 +13,10 @@ use crate::size;
 use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 
-/// Sizes and options of a recurrent module (the union of nn.RNN's, nn.LSTM's and nn.GRU's).
+/// Sizes and options of a recurrent module (the union of nn.RNN's, nn.LSTM's and nn.GRU's);
+/// `infer` reads them from a state_dict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Spec {
+pub struct Spec {
     pub cell: Cell,
     pub input_size: usize,
     pub hidden_size: usize,
@@ -98,8 +99,25 @@ impl Spec {
         self.num_layers * self.directions() * per_slot
     }
 
+    /// Host bytes a pass of `seq_len` steps of `batch` rows takes on `device` besides its
+    /// inputs and results (`training`: a forward that keeps what the backward needs), once
+    /// every size of the pass is known to be countable.
+    pub fn host_work_bytes(
+        &self,
+        device: &Device,
+        seq_len: usize,
+        batch: usize,
+        training: bool,
+    ) -> Result<usize> {
+        let dims = self.dims(seq_len, batch);
+        dims.check_sizes(training)?;
+        Ok(recurrent::host_work_bytes(
+            device, self.cell, &dims, training,
+        ))
+    }
+
     /// The sizes of a pass over `seq_len` steps of `batch` rows.
-    pub fn dims(&self, seq_len: usize, batch: usize) -> Dims {
+    pub(crate) fn dims(&self, seq_len: usize, batch: usize) -> Dims {
         Dims {
             seq_len,
             batch,
@@ -171,8 +189,9 @@ impl std::fmt::Display for Spec {
     }
 }
 
-/// A recurrent module on one device, parameters in one storage dtype.
-pub(crate) struct Recurrent {
+/// A recurrent module of any kind (what `Spec::infer` found) on one device, parameters in one
+/// storage dtype: the core of `Rnn`, `Lstm` and `Gru`.
+pub struct Recurrent {
     pub spec: Spec,
     device: Device,
     dtype: DType,

@@ -316,7 +316,7 @@ pub(crate) struct Call<'a> {
 }
 
 /// What a forward pass returns.
-pub(crate) struct Outputs {
+pub struct Outputs {
     pub output: Tensor,
     pub h_n: Tensor,
     /// The LSTM's final cell state.

@@ -4,13 +4,16 @@
 //! (SIGINT, SIGTERM, SIGHUP), after removing any output file still being written. A
 //! file-size limit (`ulimit -f`) fails the write instead of killing the process mid-file.
 
+mod limits;
+mod run;
+
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use fused_rnn::device::{driver_version, kernels, Device};
 use fused_rnn::error::one_line;
 use fused_rnn::nn::{Rnn, RnnConfig};
-use fused_rnn::run::{run, RunOptions};
 use fused_rnn::{Algo, DType, Result, Tensor};
+use run::{run, RunOptions};
 use std::process::ExitCode;
 
 #[derive(Parser)]

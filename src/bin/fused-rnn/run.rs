@@ -1,27 +1,17 @@
 //! The `run` command: a PyTorch state_dict and an input file in, an output file out.
 //!
-//! The module is inferred from the weight names and shapes: layers from `weight_ih_l{k}`,
-//! directions from `_reverse`, the hidden size from the columns of `weight_hr_l0` when it exists
-//! (an LSTM projection), else of `weight_hh_l0`, and the kind from rows(weight_hh_l0) / H:
-//! 1 → RNN, 3 → GRU, 4 → LSTM. The file's metadata may carry `batch_first` and `nonlinearity`;
-//! options override it.
+//! A recurrent module is inferred from the weight names and shapes (`RecurrentSpec::infer`);
+//! any other state_dict is attention. The file's metadata may carry `batch_first` and
+//! `nonlinearity`; options override it.
 //!
 //! Every check runs before any work: the tensors' names, shapes and values (non-finite inputs
 //! are refused unless `allow_nonfinite`), and the result's size against `max_output`.
 
-mod limits;
-
-pub use limits::{available_memory, ByteSize};
-
-use crate::device::Device;
-use crate::dtype::DType;
-use crate::error::{quoted, Error, Result};
-use crate::io::{save_f32, TensorFile};
-use crate::nn::recurrent::{Recurrent, Spec};
-use crate::nn::Attention;
-use crate::ops::recurrent::{self, Algo, Cell, Nonlinearity};
-use crate::tensor::Tensor;
-use std::collections::HashSet;
+use crate::limits::{self, ByteSize};
+use fused_rnn::error::{quoted, Error, Result};
+use fused_rnn::io::{save_f32, TensorFile};
+use fused_rnn::nn::{Attention, Recurrent, RecurrentSpec as Spec};
+use fused_rnn::{Algo, Cell, DType, Device, Nonlinearity, Tensor};
 use std::path::PathBuf;
 
 /// Which device `run` uses.
@@ -108,22 +98,10 @@ pub struct RunOptions {
 /// What a successful run did.
 #[derive(Debug)]
 pub struct RunReport {
-    pub device: String,
     pub device_reason: String,
     pub module: String,
     /// The algorithm `--algo auto` picked on CUDA, and why.
     pub dispatch: Option<String>,
-}
-
-fn parse_bool(key: &str, v: &str) -> Result<bool> {
-    match v {
-        "true" | "True" | "1" => Ok(true),
-        "false" | "False" | "0" => Ok(false),
-        _ => Err(Error::Config(format!(
-            "metadata {key} = {} (expected true or false)",
-            quoted(v)
-        ))),
-    }
 }
 
 /// Reads `lengths` (int64 [B]) from the input file, when present.
@@ -146,80 +124,6 @@ fn read_lengths(file: &TensorFile) -> Result<Option<Vec<usize>>> {
         .map(Some)
 }
 
-/// The shape of tensor `name`, or a missing-tensor error.
-fn require_shape<'a>(file: &'a TensorFile, name: &str) -> Result<&'a [usize]> {
-    file.shape(name).ok_or_else(|| Error::MissingTensor {
-        file: file.path().display().to_string(),
-        tensor: name.into(),
-    })
-}
-
-/// Infers a module's kind and options from a state_dict and its metadata.
-pub(crate) fn infer_spec(file: &TensorFile) -> Result<Spec> {
-    let w_hh = require_shape(file, "weight_hh_l0")?;
-    let w_ih = require_shape(file, "weight_ih_l0")?;
-    let (&[rows, hh_cols], &[_, input_size]) = (w_hh, w_ih) else {
-        return Err(Error::Config(format!(
-            "weight_hh_l0 and weight_ih_l0 must be matrices (shapes {w_hh:?}, {w_ih:?})"
-        )));
-    };
-    // With an LSTM projection the hidden size is the columns of weight_hr_l0.
-    let (hidden, proj_size) = match file.shape("weight_hr_l0") {
-        Some(&[p, h]) => (h, p),
-        Some(other) => return Err(Error::shape("weight_hr_l0", "[P, H]", other)),
-        None => (hh_cols, 0),
-    };
-    let nonlinearity = match file.metadata("nonlinearity") {
-        Some(v) => v.parse().map_err(|_| {
-            Error::Config(format!(
-                "metadata nonlinearity = {} (expected tanh or relu)",
-                quoted(v)
-            ))
-        })?,
-        None => Nonlinearity::Tanh,
-    };
-    let cell = match (hidden > 0 && rows % hidden == 0).then(|| rows / hidden) {
-        Some(1) => Cell::Rnn(nonlinearity),
-        Some(4) => Cell::Lstm,
-        Some(3) => Cell::Gru,
-        _ => {
-            return Err(Error::shape(
-                "weight_hh_l0",
-                format!("[G·{hidden}, {hh_cols}] with G = 1 (RNN), 3 (GRU) or 4 (LSTM)"),
-                w_hh,
-            ))
-        }
-    };
-    let num_layers = (0..)
-        .take_while(|k| file.contains(&format!("weight_ih_l{k}")))
-        .count();
-    let mut spec = Spec {
-        cell,
-        input_size,
-        hidden_size: hidden,
-        proj_size,
-        num_layers,
-        bias: file.contains("bias_ih_l0"),
-        batch_first: false,
-        bidirectional: file.contains("weight_ih_l0_reverse"),
-    };
-    if let Some(v) = file.metadata("batch_first") {
-        spec.batch_first = parse_bool("batch_first", v)?;
-    }
-    spec.validate()?;
-    // Every tensor must be one the module expects: a stray name means a wrong file.
-    let expected: HashSet<String> = spec.parameters().map(|(name, _)| name).collect();
-    if let Some(stray) = file.names().find(|&n| !expected.contains(n)) {
-        return Err(Error::Config(format!(
-            "{}: unexpected tensor {} for {}",
-            file.path().display(),
-            quoted(stray),
-            spec
-        )));
-    }
-    Ok(spec)
-}
-
 /// Runs the module in `opts.weights` on `opts.input` and writes its results as f32 to
 /// `opts.output`: `output`, `h_n` and (LSTM) `c_n` for recurrent modules, `context` and
 /// `weights` for attention. Every check happens before the output file is created.
@@ -229,7 +133,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     if !weights.contains("weight_ih_l0") && !weights.contains("weight_hh_l0") {
         return run_attention(opts, &weights);
     }
-    let mut spec = infer_spec(&weights)?;
+    let mut spec = Spec::infer(&weights)?;
     if let Some(bf) = opts.batch_first {
         spec.batch_first = bf;
     }
@@ -331,7 +235,6 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     named.extend(tensors.iter().map(|(n, t)| (n.as_str(), t)));
     save_f32(&opts.output, &named)?;
     Ok(RunReport {
-        device: device.name(),
         device_reason,
         module: spec.to_string(),
         dispatch: module.dispatch_notes().pop(),
@@ -362,8 +265,7 @@ fn check_recurrent_result(
         return Ok(());
     };
     let (seq_len, batch) = if spec.batch_first { (d1, d0) } else { (d0, d1) };
-    let dims = spec.dims(seq_len, batch);
-    dims.check_sizes(training)?;
+    let work = spec.host_work_bytes(device, seq_len, batch, training)?;
     let (slots, out) = (spec.num_layers * spec.directions(), spec.out_size());
     let mut result = vec![
         ("output", vec![seq_len, batch, spec.directions() * out]),
@@ -375,10 +277,10 @@ fn check_recurrent_result(
     if training {
         result.push(("input.grad", vec![seq_len, batch, spec.input_size]));
         if inputs.contains("h0") {
-            result.push(("h0.grad", dims.state_shape()));
+            result.push(("h0.grad", vec![slots, batch, out]));
         }
         if inputs.contains("c0") {
-            result.push(("c0.grad", dims.cell_shape()));
+            result.push(("c0.grad", vec![slots, batch, spec.hidden_size]));
         }
         // Counts that `validate` bounded.
         let params = spec
@@ -387,7 +289,6 @@ fn check_recurrent_result(
             .sum();
         result.push(("parameter gradients", vec![params]));
     }
-    let work = recurrent::host_work_bytes(device, spec.cell, &dims, training);
     let what = if training {
         "the training reserve"
     } else {
@@ -457,7 +358,6 @@ fn run_attention(opts: &RunOptions, weights: &TensorFile) -> Result<RunReport> {
     named.extend(tensors.iter().map(|(n, t)| (n.as_str(), t)));
     save_f32(&opts.output, &named)?;
     Ok(RunReport {
-        device: device.name(),
         device_reason,
         module: format!("Attention({})", module.score().name()),
         dispatch: None,

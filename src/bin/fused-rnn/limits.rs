@@ -1,8 +1,8 @@
 //! How much a run may produce: `--max-output`, whose default comes from the memory this
 //! process can still use.
 
-use crate::error::{Error, Result};
-use crate::size;
+use fused_rnn::error::{Error, Result};
+use fused_rnn::size;
 
 /// A byte count as a flag takes it: `1500000`, `512M`, `4G`, `4GiB`, `2T` (binary units).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
