@@ -421,7 +421,7 @@ fn flags(rng: &mut StdRng) -> Vec<&'static str> {
         &["--batch-first=false"],
         &["--nonlinearity", "relu"],
         &["--algo", "naive"],
-        &["--algo", "persistent"],
+        &["--algo", "auto"],
         &["--dtype", "f16"],
         &["--allow-nonfinite"],
         &["--max-output", "1K"],

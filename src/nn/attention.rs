@@ -7,11 +7,26 @@
 use crate::device::Device;
 use crate::error::{quoted, Error, Result};
 use crate::io::TensorFile;
+use crate::nn::init;
 use crate::ops::attention::{self, check_key_lengths, Attended, Keys, Params, Score};
 use crate::ops::recurrent::Algo;
 use crate::size;
 use crate::tensor::Tensor;
 use crate::DType;
+
+/// nn-style constructor arguments of an `Attention` layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionConfig {
+    pub score: Score,
+    /// Dq: the query's width.
+    pub query_size: usize,
+    /// Dk: the keys' width.
+    pub key_size: usize,
+    /// A: the hidden width of additive scores (unused by the others).
+    pub attention_size: usize,
+    /// Whether additive scores' projections have biases.
+    pub bias: bool,
+}
 
 pub struct Attention {
     score: Score,
@@ -74,29 +89,109 @@ impl Attention {
     /// additive, `key_proj.weight` alone → general, none → dot (with metadata `scale`, default 1).
     /// Parameters are stored on `device` in `dtype` (f32 on the CPU).
     pub fn from_state_dict(file: &TensorFile, device: &Device, dtype: DType) -> Result<Self> {
+        Self::from_file(file)?.placed(device, dtype)
+    }
+
+    /// A layer of `config` with PyTorch's default initialisation (each nn.Linear's weight and
+    /// bias uniform in ±1/√fan_in), drawn from `seed`, on `device` in `dtype` (f32 on the CPU).
+    pub fn random(
+        config: AttentionConfig,
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<Self> {
+        let AttentionConfig {
+            score,
+            query_size: dq,
+            key_size: dk,
+            attention_size: a,
+            bias,
+        } = config;
+        let sizes = match score {
+            Score::Additive => [dq, dk, a],
+            Score::General => [dq, dk, 1],
+            Score::Dot { .. } => [dq, dk, (dq == dk) as usize],
+        };
+        if sizes.contains(&0) {
+            return Err(Error::Config(format!(
+                "{} attention needs positive sizes{} (got query_size {dq}, key_size {dk}, \
+                 attention_size {a})",
+                score.name(),
+                if matches!(score, Score::Dot { .. }) {
+                    " and query_size = key_size"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let linear = |rows: usize, cols: usize, seed: u64| -> Result<Tensor> {
+            let bound = 1.0 / (cols as f32).sqrt();
+            let count = size::elements("attention weight", &[rows, cols])?;
+            Tensor::from_vec(init::uniform(count, bound, seed)?, &[rows, cols])
+        };
+        let bias_of = |rows: usize, fan_in: usize, seed: u64| -> Result<Option<Tensor>> {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            bias.then(|| Tensor::from_vec(init::uniform(rows, bound, seed)?, &[rows]))
+                .transpose()
+        };
+        let params = match score {
+            Score::Additive => Params {
+                w_q: Some(linear(a, dq, seed)?),
+                b_q: bias_of(a, dq, seed ^ 1)?,
+                w_k: Some(linear(a, dk, seed ^ 2)?),
+                b_k: bias_of(a, dk, seed ^ 3)?,
+                v: Some(linear(1, a, seed ^ 4)?),
+            },
+            Score::General => Params {
+                w_k: Some(linear(dq, dk, seed ^ 2)?),
+                ..Params::none()
+            },
+            Score::Dot { .. } => Params::none(),
+        };
+        Self::on_host(score, params).placed(device, dtype)
+    }
+
+    /// A layer of host f32 parameters, its sizes read from them.
+    fn on_host(score: Score, params: Params) -> Self {
+        let cols = |t: &Option<Tensor>| t.as_ref().map(|t| t.shape()[1]);
+        let (query_size, key_size) = match score {
+            Score::Additive => (cols(&params.w_q), cols(&params.w_k)),
+            Score::General => (params.w_k.as_ref().map(|t| t.shape()[0]), cols(&params.w_k)),
+            Score::Dot { .. } => (None, None),
+        };
+        Attention {
+            score,
+            params,
+            device: Device::Cpu,
+            dtype: DType::F32,
+            algo: Algo::Auto,
+            cuda: None,
+            query_size,
+            key_size,
+        }
+    }
+
+    /// This layer with its parameters on `device` in `dtype`.
+    fn placed(mut self, device: &Device, dtype: DType) -> Result<Self> {
         if !device.is_cuda() && dtype != DType::F32 {
             return Err(Error::Config(format!(
                 "the CPU computes attention in f32, not {}",
                 dtype.name()
             )));
         }
-        let mut layer = Self::from_file(file)?;
-        let to = |t: &mut Option<Tensor>| -> Result<()> {
-            if let Some(x) = t {
-                *x = x.to(device, dtype)?;
-            }
-            Ok(())
-        };
-        let p = &mut layer.params;
-        for t in [&mut p.w_q, &mut p.b_q, &mut p.w_k, &mut p.b_k, &mut p.v] {
-            to(t)?;
+        let p = &mut self.params;
+        for t in [&mut p.w_q, &mut p.b_q, &mut p.w_k, &mut p.b_k, &mut p.v]
+            .into_iter()
+            .flatten()
+        {
+            *t = t.to(device, dtype)?;
         }
-        layer.device = device.clone();
-        layer.dtype = dtype;
+        self.device = device.clone();
+        self.dtype = dtype;
         if let Device::Cuda(dev) = device {
-            layer.cuda = Some(attention::OnDevice::new(dev, dtype, &layer.params)?);
+            self.cuda = Some(attention::OnDevice::new(dev, dtype, &self.params)?);
         }
-        Ok(layer)
+        Ok(self)
     }
 
     /// Every parameter with its PyTorch name, in state_dict order (that of the gradients'
@@ -173,81 +268,45 @@ impl Attention {
                 .then(|| param(file, name, &[rows]))
                 .transpose()
         };
-        match kind.as_str() {
-            "additive" => {
-                let v = param(file, "score.weight", &[Dim::Is(1), Dim::Any("A")])?;
-                let a = Dim::Is(v.shape()[1]);
-                let w_q = param(file, "query_proj.weight", &[a, Dim::Any("Dq")])?;
-                let w_k = param(file, "key_proj.weight", &[a, Dim::Any("Dk")])?;
-                Ok(Attention {
-                    device: Device::Cpu,
-                    dtype: DType::F32,
-                    algo: Algo::Auto,
-                    cuda: None,
-                    score: Score::Additive,
-                    query_size: Some(w_q.shape()[1]),
-                    key_size: Some(w_k.shape()[1]),
-                    params: Params {
+        let (score, params) =
+            match kind.as_str() {
+                "additive" => {
+                    let v = param(file, "score.weight", &[Dim::Is(1), Dim::Any("A")])?;
+                    let a = Dim::Is(v.shape()[1]);
+                    let params = Params {
+                        w_q: Some(param(file, "query_proj.weight", &[a, Dim::Any("Dq")])?),
                         b_q: opt("query_proj.bias", a)?,
+                        w_k: Some(param(file, "key_proj.weight", &[a, Dim::Any("Dk")])?),
                         b_k: opt("key_proj.bias", a)?,
-                        w_q: Some(w_q),
-                        w_k: Some(w_k),
                         v: Some(v),
-                    },
-                })
-            }
-            "general" => {
-                let w_k = param(file, "key_proj.weight", &[Dim::Any("Dq"), Dim::Any("Dk")])?;
-                Ok(Attention {
-                    device: Device::Cpu,
-                    dtype: DType::F32,
-                    algo: Algo::Auto,
-                    cuda: None,
-                    score: Score::General,
-                    query_size: Some(w_k.shape()[0]),
-                    key_size: Some(w_k.shape()[1]),
-                    params: Params {
-                        w_q: None,
-                        b_q: None,
+                    };
+                    (Score::Additive, params)
+                }
+                "general" => {
+                    let w_k = param(file, "key_proj.weight", &[Dim::Any("Dq"), Dim::Any("Dk")])?;
+                    let params = Params {
                         w_k: Some(w_k),
-                        b_k: None,
-                        v: None,
-                    },
-                })
-            }
-            _ => {
-                let scale = match file.metadata("scale") {
-                    Some(s) => {
-                        s.parse::<f32>()
-                            .ok()
-                            .filter(|s| s.is_finite())
-                            .ok_or_else(|| {
-                                Error::Config(format!(
-                                    "metadata scale = {} is not a finite number",
-                                    quoted(s)
-                                ))
-                            })?
-                    }
-                    None => 1.0,
-                };
-                Ok(Attention {
-                    device: Device::Cpu,
-                    dtype: DType::F32,
-                    algo: Algo::Auto,
-                    cuda: None,
-                    score: Score::Dot { scale },
-                    query_size: None,
-                    key_size: None,
-                    params: Params {
-                        w_q: None,
-                        b_q: None,
-                        w_k: None,
-                        b_k: None,
-                        v: None,
-                    },
-                })
-            }
-        }
+                        ..Params::none()
+                    };
+                    (Score::General, params)
+                }
+                _ => {
+                    let scale =
+                        match file.metadata("scale") {
+                            Some(s) => s.parse::<f32>().ok().filter(|s| s.is_finite()).ok_or_else(
+                                || {
+                                    Error::Config(format!(
+                                        "metadata scale = {} is not a finite number",
+                                        quoted(s)
+                                    ))
+                                },
+                            )?,
+                            None => 1.0,
+                        };
+                    (Score::Dot { scale }, Params::none())
+                }
+            };
+        Ok(Self::on_host(score, params))
     }
 
     pub fn score(&self) -> Score {
@@ -480,5 +539,83 @@ impl Attention {
                 .map(|w| w.reshape(&[b, keys.len()]))
                 .transpose()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(score: Score, dq: usize, dk: usize, a: usize) -> AttentionConfig {
+        AttentionConfig {
+            score,
+            query_size: dq,
+            key_size: dk,
+            attention_size: a,
+            bias: true,
+        }
+    }
+
+    #[test]
+    fn random_layers_have_pytorchs_names_shapes_and_bounds() {
+        let cpu = Device::Cpu;
+        let mut layer =
+            Attention::random(config(Score::Additive, 6, 4, 5), &cpu, DType::F32, 9).unwrap();
+        let params = layer.parameters_mut().unwrap();
+        let shapes: Vec<(String, Vec<usize>)> = params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shape().to_vec()))
+            .collect();
+        let want = [
+            ("query_proj.weight", vec![5, 6]),
+            ("query_proj.bias", vec![5]),
+            ("key_proj.weight", vec![5, 4]),
+            ("key_proj.bias", vec![5]),
+            ("score.weight", vec![1, 5]),
+        ];
+        assert_eq!(shapes, want.map(|(n, s)| (n.to_string(), s)));
+        // nn.Linear's default: U(±1/√fan_in), and not all alike.
+        for ((name, t), fan_in) in params.iter().zip([6f32, 6.0, 4.0, 4.0, 5.0]) {
+            let v = t.host_slice::<f32>().unwrap();
+            let bound = 1.0 / fan_in.sqrt();
+            assert!(v.iter().all(|x| x.abs() <= bound), "{name}");
+            assert!(v.iter().any(|x| *x != v[0]), "{name}");
+        }
+        // The same seed, the same layer; it attends like one read from a file.
+        let again =
+            Attention::random(config(Score::Additive, 6, 4, 5), &cpu, DType::F32, 9).unwrap();
+        assert_eq!(
+            again.params.w_k.as_ref().unwrap().to_vec_f32().unwrap(),
+            layer.params.w_k.as_ref().unwrap().to_vec_f32().unwrap()
+        );
+        let keys = Tensor::from_vec(vec![0.5f32; 2 * 3 * 4], &[2, 3, 4]).unwrap();
+        let keys = again.keys(&keys, None, Some(&[3, 1])).unwrap();
+        let query = Tensor::from_vec(vec![0.25f32; 2 * 6], &[2, 6]).unwrap();
+        let out = again.attend(&keys, &query, true).unwrap();
+        assert_eq!(out.context.shape(), [2, 4]);
+    }
+
+    #[test]
+    fn sizes_a_kind_cannot_use_are_errors() {
+        let cpu = Device::Cpu;
+        for bad in [
+            config(Score::Additive, 6, 4, 0),
+            config(Score::General, 0, 4, 5),
+            config(Score::Dot { scale: 1.0 }, 3, 4, 0),
+        ] {
+            assert!(
+                Attention::random(bad, &cpu, DType::F32, 1).is_err(),
+                "{bad:?}"
+            );
+        }
+        let half = Attention::random(config(Score::General, 3, 4, 0), &cpu, DType::F16, 1);
+        assert!(half.is_err());
+        let dot = Attention::random(
+            config(Score::Dot { scale: 0.5 }, 4, 4, 0),
+            &cpu,
+            DType::F32,
+            1,
+        );
+        assert!(dot.unwrap().parameters_mut().unwrap().is_empty());
     }
 }

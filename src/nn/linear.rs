@@ -2,20 +2,11 @@
 //! token, with an optional padding index), with their backward passes. CPU, f32 storage; the
 //! products run in f64.
 
+use super::init::uniform;
 use crate::error::{Error, Result};
 use crate::ops::gemm_cpu::{self, LinearSizes};
 use crate::size;
 use crate::tensor::Tensor;
-use rand::{Rng, SeedableRng};
-
-/// `n` values uniform in [-bound, bound] from `seed`, as PyTorch's default initialisations
-/// draw.
-fn uniform(n: usize, bound: f32, seed: u64) -> Result<Vec<f32>> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut v = size::zeros::<f32>("parameters", n)?;
-    v.fill_with(|| rng.random_range(-bound..=bound));
-    Ok(v)
-}
 
 fn values<'a>(t: &'a Tensor, name: &str) -> Result<&'a [f32]> {
     t.host_slice::<f32>().map_err(|_| Error::DType {

@@ -1,12 +1,13 @@
 //! Layer objects that own their parameters.
 
 mod attention;
+mod init;
 mod layers;
 mod linear;
 pub(crate) mod recurrent;
 mod state_dict;
 
-pub use attention::Attention;
+pub use attention::{Attention, AttentionConfig};
 pub use layers::{Gru, GruConfig, Lstm, LstmConfig, LstmOutput, Rnn, RnnConfig, RnnOutput};
 pub use linear::{Embedding, Linear, LinearGradients};
 pub use recurrent::{Recurrent, Spec as RecurrentSpec};

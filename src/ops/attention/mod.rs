@@ -44,6 +44,17 @@ pub struct Params {
 }
 
 impl Params {
+    /// No parameters (dot scores).
+    pub(crate) fn none() -> Self {
+        Params {
+            w_q: None,
+            b_q: None,
+            w_k: None,
+            b_k: None,
+            v: None,
+        }
+    }
+
     /// Each parameter with its PyTorch name, in state_dict order (None where the kind has none).
     pub(crate) fn named(&self) -> [(&'static str, Option<&Tensor>); 5] {
         [
