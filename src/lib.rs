@@ -48,5 +48,6 @@ pub mod train;
 pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
-pub use ops::recurrent::{Algo, Cell, Gradients, Nonlinearity, Outputs, Reserve};
+pub use ops::algo::Algo;
+pub use ops::recurrent::{Cell, Gradients, Nonlinearity, Outputs, Reserve};
 pub use tensor::Tensor;

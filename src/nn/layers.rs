@@ -6,7 +6,8 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::io::TensorFile;
-use crate::ops::recurrent::{Algo, Cell, Gradients, Nonlinearity, Outputs, Reserve};
+use crate::ops::algo::Algo;
+use crate::ops::recurrent::{Cell, Gradients, Nonlinearity, Outputs, Reserve};
 use crate::tensor::Tensor;
 
 /// nn.RNN's constructor arguments.

@@ -5,9 +5,9 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::io::TensorFile;
+use crate::ops::algo::Algo;
 use crate::ops::recurrent::{
-    self, check_lengths, Algo, Call, Cell, Dims, DirectionWeights, Gradients, Outputs, PlanCache,
-    Reserve,
+    self, check_lengths, Call, Cell, Dims, DirectionWeights, Gradients, Outputs, PlanCache, Reserve,
 };
 use crate::size;
 use crate::tensor::Tensor;

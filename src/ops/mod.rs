@@ -1,6 +1,8 @@
 //! Operations: argument checks and dispatch in `mod.rs`, the CPU reference in `cpu.rs`, CUDA
 //! launchers (fused and naive) in `cuda.rs`.
 
+pub(crate) mod activation;
+pub mod algo;
 pub mod attention;
 pub(crate) mod gemm_cpu;
 pub(crate) mod math_cpu;

@@ -7,7 +7,6 @@
 //! (for 16-bit parameters) f32 master weights, on the device; it uploads the tensor table again
 //! only when an address in it changes (gradients in new buffers, say).
 
-use super::loss::Loss;
 use crate::device::{data_ptr, dev_ptr, owner_of, reading, CudaDevice, Device};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -333,13 +332,13 @@ impl AdamCuda {
 // Softmax cross-entropy.
 
 /// `softmax_cross_entropy` for CUDA logits [n, vocab] whose targets were checked and of which
-/// `rows` count; the gradient is on the logits' device in their dtype.
+/// `rows` count: the mean loss and its gradient, on the logits' device in their dtype.
 pub(super) fn softmax_cross_entropy(
     logits: &Tensor,
     targets: &[i64],
     ignore: i64,
     rows: usize,
-) -> Result<Loss> {
+) -> Result<(f32, Tensor)> {
     let &[n, vocab] = logits.shape() else {
         return Err(Error::shape("logits", "[N, V]", logits.shape()));
     };
@@ -383,11 +382,7 @@ pub(super) fn softmax_cross_entropy(
         Ok(())
     })?;
     let value = stream.clone_dtoh(&mean)?[0];
-    Ok(Loss {
-        value,
-        rows,
-        grad: Tensor::from_cuda_data(grad, &[n, vocab])?,
-    })
+    Ok((value, Tensor::from_cuda_data(grad, &[n, vocab])?))
 }
 
 #[cfg(test)]

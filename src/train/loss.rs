@@ -37,7 +37,8 @@ pub fn softmax_cross_entropy(logits: &Tensor, targets: &[i64], ignore: i64) -> R
     }
     let rows = targets.iter().filter(|&&t| t != ignore).count();
     if logits.is_cuda() {
-        return cuda::softmax_cross_entropy(logits, targets, ignore, rows);
+        let (value, grad) = cuda::softmax_cross_entropy(logits, targets, ignore, rows)?;
+        return Ok(Loss { value, rows, grad });
     }
     let x = logits.host_slice::<f32>()?;
     let scale = 1.0 / rows.max(1) as f64;

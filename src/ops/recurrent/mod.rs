@@ -19,6 +19,8 @@ pub(crate) use cuda::PlanCache;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+pub(crate) use crate::ops::activation::Activation;
+use crate::ops::algo::Algo;
 use crate::size;
 use crate::tensor::Tensor;
 
@@ -60,41 +62,6 @@ impl std::str::FromStr for Nonlinearity {
     }
 }
 
-/// Elementwise activations. Codes match `ACT_*` in kernels/common.cuh.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Activation {
-    Tanh,
-    Relu,
-    Sigmoid,
-}
-
-impl Activation {
-    pub fn code(self) -> i32 {
-        match self {
-            Activation::Tanh => 0,
-            Activation::Relu => 1,
-            Activation::Sigmoid => 2,
-        }
-    }
-
-    pub fn apply(self, x: f32) -> f32 {
-        use crate::ops::math_cpu::{sigmoid, tanh};
-        match self {
-            Activation::Tanh => tanh(x),
-            // `x < 0 ? 0 : x` keeps NaN, as torch.relu does.
-            Activation::Relu => {
-                if x < 0.0 {
-                    0.0
-                } else {
-                    x
-                }
-            }
-            // Not 0.5 + 0.5·tanh(x/2): that loses the relative accuracy of small values.
-            Activation::Sigmoid => sigmoid(x),
-        }
-    }
-}
-
 /// The recurrent cell of a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cell {
@@ -119,48 +86,6 @@ impl Cell {
             Cell::Lstm => "LSTM",
             Cell::Gru => "GRU",
         }
-    }
-}
-
-/// Which CUDA implementation runs the sequence loop. The CPU has one implementation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Algo {
-    /// `Persistent` at the small batches where it was measured faster (up to 16 in f32, 4 in
-    /// f16/bf16) and the shape can run it on this device, else `Fused`; the layer says which it
-    /// picked and why (`dispatch_notes`).
-    #[default]
-    Auto,
-    /// Per step one recurrent GEMM and one fused elementwise kernel.
-    Fused,
-    /// Per step one recurrent GEMM and one kernel per elementwise op: the baseline.
-    Naive,
-    /// One launch per layer-direction for the whole sequence, W_hh kept on-chip; an error
-    /// where the shape cannot run it.
-    Persistent,
-}
-
-impl Algo {
-    pub fn name(self) -> &'static str {
-        match self {
-            Algo::Auto => "auto",
-            Algo::Fused => "fused",
-            Algo::Naive => "naive",
-            Algo::Persistent => "persistent",
-        }
-    }
-}
-
-impl std::str::FromStr for Algo {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        [Algo::Auto, Algo::Fused, Algo::Naive, Algo::Persistent]
-            .into_iter()
-            .find(|a| a.name() == s)
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "unknown algo `{s}` (expected auto, fused, naive or persistent)"
-                ))
-            })
     }
 }
 

@@ -18,8 +18,9 @@ use super::{blocks, naive_additive_terms, per_row, OnDevice, ATT_ADDITIVE, ATT_P
 use crate::device::{data_ptr, reading, Batched, CudaDevice, MatRef, Op, Strided};
 use crate::dtype::{CudaData, DType};
 use crate::error::{Error, Result};
+use crate::ops::activation::Activation;
+use crate::ops::algo::Algo;
 use crate::ops::attention::{AttentionGradients, Params, Score, Sizes};
-use crate::ops::recurrent::{Activation, Algo};
 use crate::tensor::Tensor;
 use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
