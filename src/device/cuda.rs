@@ -228,12 +228,8 @@ impl CudaDevice {
     /// # Safety
     /// The range must lie in a live allocation of this context.
     pub(crate) unsafe fn fill_async(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
-        Ok(dr::memset_d8_async(
-            dst,
-            byte,
-            bytes,
-            self.stream().cu_stream(),
-        )?)
+        // SAFETY: the caller vouches for the range.
+        unsafe { super::fill_bytes_async(self.stream(), dst, byte, bytes) }
     }
 
     pub(crate) fn alloc_output_data(&self, dtype: DType, len: usize) -> Result<CudaData> {

@@ -2,6 +2,7 @@
 //! loaded kernel modules.
 
 mod cuda;
+mod driver;
 mod gemm;
 mod jit;
 pub(crate) use gemm::{Batched, Op, Strided};
@@ -12,6 +13,10 @@ mod ptr;
 pub(crate) use cuda::Lane;
 pub(crate) use cuda::POISON_BYTE;
 pub use cuda::{driver_version, CudaDevice, LoadedVia};
+pub(crate) use driver::{
+    allow_dynamic_shared, begin_capture, copy_to_device_async, end_capture, fill_bytes_async,
+    fill_words_async, replay,
+};
 pub(crate) use ptr::{data_ptr, dev_ptr, reading, writing, MatRef};
 
 use crate::dtype::CudaData;

@@ -12,13 +12,14 @@
 //! (`KeysOnDevice`), and scratch lives in a workspace reused across calls.
 
 use super::{Attended, Keys, Params, Score};
-use crate::device::{data_ptr, reading, Batched, CudaDevice, Device, MatRef, Op, Strided};
+use crate::device::{
+    allow_dynamic_shared, data_ptr, reading, Batched, CudaDevice, Device, MatRef, Op, Strided,
+};
 use crate::dtype::{CudaData, DType};
 use crate::error::{Error, Result};
 use crate::ops::activation::Activation;
 use crate::ops::algo::Algo;
 use crate::tensor::Tensor;
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -164,19 +165,14 @@ impl OnDevice {
             load: f("elementwise", "load_naive", dtype)?,
             convert: f("elementwise", "convert_naive", dtype)?,
         };
-        let ctx = dev.context();
         let mat = |t: &Option<Tensor>| -> Result<Option<MatRef>> {
             t.as_ref()
                 .map(|t| Ok(MatRef::of(t.cuda_data()?, t.shape()[1], dev.stream())))
                 .transpose()
         };
         Ok(Self {
-            multiprocessors: ctx
-                .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
-                as usize,
-            shared_limit: ctx.attribute(
-                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-            )? as usize,
+            multiprocessors: dev.multiprocessors()?,
+            shared_limit: dev.shared_memory_optin()?,
             kernels,
             w_q: mat(&params.w_q)?,
             w_k: mat(&params.w_k)?,
@@ -433,11 +429,7 @@ impl OnDevice {
                 self.shared_limit
             )));
         }
-        f.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            bytes as i32,
-        )?;
-        Ok(())
+        allow_dynamic_shared(f, bytes)
     }
 
     /// # Safety

@@ -13,13 +13,14 @@
 use super::arena::{Arena, Buffers};
 use super::persistent::{self, Persistent};
 use super::{Activation, Algo, Call, Cell, Dims, Outputs};
-use crate::device::{data_ptr, dev_ptr, reading, writing, CudaDevice, Lane, MatRef, POISON_BYTE};
+use crate::device::{
+    begin_capture, data_ptr, dev_ptr, end_capture, fill_bytes_async, reading, replay, writing,
+    CudaDevice, Lane, MatRef, POISON_BYTE,
+};
 use crate::dtype::{CudaData, DType, Element};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-use cudarc::driver::{
-    result as dr, sys, CudaFunction, CudaGraph, CudaSlice, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, LaunchConfig, PushKernelArg};
 use std::sync::Mutex;
 
 /// Binary op codes of `binary_naive_f32` (kernels/elementwise.cu).
@@ -375,16 +376,13 @@ impl Plan {
     /// Records the forward pass into a graph on the device's private capture lanes.
     fn capture(&mut self, dev: &CudaDevice) {
         let lanes = dev.capture_lanes();
-        let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
-        if let Err(e) = lanes[0].stream.begin_capture(mode) {
+        if let Err(e) = begin_capture(&lanes[0].stream) {
             self.capture_error = Some(format!("stream capture refused: {e}"));
             return;
         }
         // SAFETY: `addr` holds the addresses Plan::new took of live buffers sized for the key.
         let issued = unsafe { self.issue(lanes) };
-        let captured = lanes[0]
-            .stream
-            .end_capture(sys::CUgraphInstantiate_flags(0));
+        let captured = end_capture(&lanes[0].stream);
         match (issued, captured) {
             (Ok(()), Ok(Some(graph))) => self.graph = Some(Graph(graph)),
             (Err(e), _) => self.capture_error = Some(format!("capture failed: {e}")),
@@ -415,11 +413,11 @@ impl Plan {
         if self.persistent.is_some() {
             // Both lanes' failure flags start at 0 once per pass, so that a layer that gave up
             // is still reported after the layers that follow it.
-            dr::memset_d8_async(
+            fill_bytes_async(
+                &lanes[0].stream,
                 self.addr.lanes[0].sync,
                 0,
                 4 * 2 * persistent::SYNC_WORDS,
-                lanes[0].stream.cu_stream(),
             )?;
         }
         for layer in 0..dims.layers {
@@ -546,7 +544,7 @@ impl Plan {
     ) -> Result<()> {
         // The barrier counter starts at 0 for every launch (the failure flag once per pass).
         let (failed, counter) = (la.sync, la.sync + 4);
-        dr::memset_d8_async(counter, 0, 4, lane.stream.cu_stream())?;
+        fill_bytes_async(&lane.stream, counter, 0, 4)?;
         let seq_len = seq_len as i32;
         let cfg = LaunchConfig {
             grid_dim: (p.spec.blocks() as u32, 1, 1),
@@ -786,9 +784,7 @@ impl Plan {
         }
         match &self.graph {
             // SAFETY: the graph's buffers and weights are alive (owned by the plan and layer).
-            Some(graph) => unsafe {
-                dr::graph::launch(graph.0.cu_graph_exec(), stream.cu_stream())?
-            },
+            Some(graph) => unsafe { replay(&graph.0, stream)? },
             // SAFETY: as in `Plan::capture`.
             None => unsafe { self.issue(dev.lanes())? },
         }

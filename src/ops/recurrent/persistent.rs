@@ -4,10 +4,9 @@
 //! source, and why not when they cannot.
 
 use super::{Cell, Dims};
-use crate::device::CudaDevice;
+use crate::device::{allow_dynamic_shared, CudaDevice};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::CudaFunction;
 
 const SOURCE: &str = include_str!("../../../kernels/persistent/recurrent.cu");
@@ -251,13 +250,6 @@ pub(crate) struct Persistent {
     pub note: String,
 }
 
-fn multiprocessors(dev: &CudaDevice) -> Result<usize> {
-    let sms = dev
-        .context()
-        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
-    Ok(sms as usize)
-}
-
 /// The specialisation for the shape on a device of `sms` SMs, in the variant
 /// `FUSED_RNN_PERSISTENT` names.
 fn device_spec(sms: usize, cell: Cell, dims: &Dims, dtype: DType) -> Result<Spec> {
@@ -281,8 +273,7 @@ fn unsupported(dev: &CudaDevice, dims: &Dims) -> Result<Option<String>> {
             dims.batch
         )));
     }
-    let ctx = dev.context();
-    if ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)? == 0 {
+    if !dev.cooperative_launch()? {
         return Ok(Some("this GPU has no cooperative launch".into()));
     }
     let (major, _) = dev.compute_capability();
@@ -300,10 +291,7 @@ fn shared_memory_over(
     spec: &Spec,
     static_bytes: usize,
 ) -> Result<Option<String>> {
-    let limit = dev
-        .context()
-        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
-        as usize;
+    let limit = dev.shared_memory_optin()?;
     let bytes = spec.shared_bytes() + static_bytes;
     Ok((bytes > limit).then(|| {
         format!(
@@ -323,7 +311,7 @@ pub(crate) fn prepare(
     dims: &Dims,
     dtype: DType,
 ) -> Result<std::result::Result<Persistent, String>> {
-    let sms = multiprocessors(dev)?;
+    let sms = dev.multiprocessors()?;
     let spec = device_spec(sms, cell, dims, dtype)?;
     // Before compiling, the dynamic shared memory alone (the static part is known after).
     if let Some(reason) = unsupported(dev, dims)?.or(shared_memory_over(dev, &spec, 0)?) {
@@ -336,10 +324,7 @@ pub(crate) fn prepare(
         return Ok(Err(reason));
     }
     let bytes = spec.shared_bytes();
-    function.set_attribute(
-        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        bytes as i32,
-    )?;
+    allow_dynamic_shared(&function, bytes)?;
     let per_sm =
         function.occupancy_max_active_blocks_per_multiprocessor(THREADS, bytes, None)? as usize;
     let resident = per_sm * sms;

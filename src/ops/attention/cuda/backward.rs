@@ -15,7 +15,10 @@
 //! sums and reductions are f32.
 
 use super::{blocks, naive_additive_terms, per_row, OnDevice, ATT_ADDITIVE, ATT_PRODUCT, THREADS};
-use crate::device::{data_ptr, reading, Batched, CudaDevice, MatRef, Op, Strided};
+use crate::device::{
+    copy_to_device_async, data_ptr, fill_words_async, reading, Batched, CudaDevice, MatRef, Op,
+    Strided,
+};
 use crate::dtype::{CudaData, DType};
 use crate::error::{Error, Result};
 use crate::ops::activation::Activation;
@@ -250,9 +253,8 @@ impl OnDevice {
     /// `dst` addresses room for `lengths.len()` ints on this device.
     unsafe fn upload_lengths(&self, lengths: &[usize], dst: u64) -> Result<()> {
         let ints: Vec<i32> = lengths.iter().map(|&n| n as i32).collect();
-        // From pageable memory the copy is staged before this returns, so `ints` may go.
-        cudarc::driver::result::memcpy_htod_async(dst, &ints, self.dev.stream().cu_stream())?;
-        Ok(())
+        // SAFETY: the caller vouches for `dst`; the copy is staged before `ints` goes.
+        unsafe { copy_to_device_async(self.dev.stream(), dst, &ints) }
     }
 
     /// The query and key sides as the forward's scores read them: (f32 query, f32 keys) for
@@ -493,13 +495,7 @@ impl OnDevice {
         if additive {
             let ones = at(ones);
             let n_ones = rows.max(keys_rows);
-            cudarc::driver::sys::cuMemsetD32Async(
-                ones,
-                1f32.to_bits(),
-                n_ones,
-                self.dev.stream().cu_stream(),
-            )
-            .result()?;
+            fill_words_async(self.dev.stream(), ones, 1f32.to_bits(), n_ones)?;
             // d tanh = ds ⊗ v (an outer product), then through tanh.
             lane.gemm_abt(
                 rows * len,
