@@ -5,6 +5,7 @@ mod cuda;
 mod driver;
 mod gemm;
 mod jit;
+pub(crate) mod launch;
 pub(crate) use gemm::{Batched, Op, Strided};
 pub use jit::{cache_file, JitModule, JitOrigin};
 pub mod kernels;

@@ -7,17 +7,16 @@
 //! (for 16-bit parameters) f32 master weights, on the device; it uploads the tensor table again
 //! only when an address in it changes (gradients in new buffers, say).
 
+use crate::device::launch::{blocks, launch};
 use crate::device::{data_ptr, dev_ptr, owner_of, reading, CudaDevice, Device};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, PushKernelArg};
 use std::sync::Arc;
 
 /// Elements per chunk (TRAIN_CHUNK in kernels/train.cu).
 const CHUNK: usize = 2048;
-/// Threads per block (TRAIN_THREADS in kernels/train.cu).
-const THREADS: u32 = 256;
 /// Blocks of the grid-stride norm and scale launches: enough to fill a large GPU, few enough
 /// that the host adds the norm's partial sums at no cost.
 const MAX_BLOCKS: usize = 1024;
@@ -37,24 +36,6 @@ struct Slot {
 
 // SAFETY: plain data, laid out as TrainSlot in kernels/train.cu.
 unsafe impl DeviceRepr for Slot {}
-
-fn launch_config(blocks: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// Launches `$f` with `$cfg` on `$dev`'s stream. Arguments must be places. Callers are `unsafe`
-/// blocks whose `SAFETY:` lines say why the addresses and sizes are valid.
-macro_rules! launch {
-    ($dev:expr, $f:expr, $cfg:expr; $($arg:expr),+ $(,)?) => {{
-        let mut builder = $dev.stream().launch_builder($f);
-        $( builder.arg(&$arg); )+
-        builder.launch($cfg)?;
-    }};
-}
 
 /// The device of `tensors`, after checking that they are all CUDA tensors of that device in one
 /// dtype; `what` names them in errors ("parameter", "gradient").
@@ -127,10 +108,10 @@ pub(super) fn clip_grad_norm(
     if num_chunks == 0 {
         return Ok(0.0);
     }
-    let blocks = num_chunks.min(MAX_BLOCKS);
+    let grid = num_chunks.min(MAX_BLOCKS);
     let slots_dev = dev.upload(&slots)?;
     let chunks_dev = dev.upload(&table)?;
-    let partial = dev.alloc_output::<f64>(blocks)?;
+    let partial = dev.alloc_output::<f64>(grid)?;
     let (slots_ptr, chunks_ptr) = (dev_ptr(&slots_dev, stream), dev_ptr(&chunks_dev, stream));
     let partial_ptr = dev_ptr(&partial, stream);
     let count = num_chunks as i32;
@@ -138,7 +119,7 @@ pub(super) fn clip_grad_norm(
     // SAFETY: every slot addresses a live gradient of `numel` elements of `dtype` on this device,
     // every chunk lies inside its tensor, and `partial` holds one f64 per block.
     unsafe {
-        launch!(dev, &norm_kernel, launch_config(blocks); slots_ptr, chunks_ptr, count, partial_ptr);
+        launch!(dev.stream(), &norm_kernel, blocks(grid); slots_ptr, chunks_ptr, count, partial_ptr);
     }
     let partials = stream.clone_dtoh(&partial)?;
     let norm = partials.iter().sum::<f64>().sqrt();
@@ -147,7 +128,7 @@ pub(super) fn clip_grad_norm(
         let scale_kernel = dev.function("train", "grad_scale_fused", dtype)?;
         // SAFETY: as for the norm; each element is read and written by one thread.
         unsafe {
-            launch!(dev, &scale_kernel, launch_config(blocks); slots_ptr, chunks_ptr, count, scale);
+            launch!(dev.stream(), &scale_kernel, blocks(grid); slots_ptr, chunks_ptr, count, scale);
         }
     }
     Ok(norm as f32)
@@ -302,7 +283,7 @@ impl AdamCuda {
         // the first step, one dtype, this device); each slot's state range lies inside m, v and
         // master, which hold the sum of the parameters' sizes; chunks lie inside their tensors.
         unsafe {
-            launch!(self.dev, &self.kernel, launch_config(self.num_chunks);
+            launch!(self.dev.stream(), &self.kernel, blocks(self.num_chunks);
                 slots, chunks, m, v, master, first, b1, b2, one_minus_b1, one_minus_b2,
                 step_size, inv_sqrt_c2, eps, weight_decay, decay, decoupled);
         }
@@ -375,9 +356,9 @@ pub(super) fn softmax_cross_entropy(
         // SAFETY: logits and grad hold n·vocab elements of `dtype`, targets and losses n
         // elements, mean one; every target is `ignore` or in 0..vocab (checked by the caller).
         unsafe {
-            launch!(dev, &fused, launch_config(n);
+            launch!(dev.stream(), &fused, blocks(n);
                 x, targets_ptr, grad_ptr, losses_ptr, vocab_i, ignore, scale_f32);
-            launch!(dev, &combine, launch_config(1); losses_ptr, rows_i, scale, mean_ptr);
+            launch!(dev.stream(), &combine, blocks(1); losses_ptr, rows_i, scale, mean_ptr);
         }
         Ok(())
     })?;

@@ -12,6 +12,7 @@
 //! (`KeysOnDevice`), and scratch lives in a workspace reused across calls.
 
 use super::{Attended, Keys, Params, Score};
+use crate::device::launch::{launch, per_element, per_row};
 use crate::device::{
     allow_dynamic_shared, data_ptr, reading, Batched, CudaDevice, Device, MatRef, Op, Strided,
 };
@@ -20,11 +21,9 @@ use crate::error::{Error, Result};
 use crate::ops::activation::Activation;
 use crate::ops::algo::Algo;
 use crate::tensor::Tensor;
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, PushKernelArg};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Threads per block of the attention kernels (ATT_THREADS in kernels/attention.cu).
-const THREADS: u32 = 256;
 /// Floats of shared memory the fused kernel needs besides q, v and the chunk's scores: the
 /// context's partial sums (ATT_WARPS · CTX_PASS) and the reduction slots (ATT_WARPS).
 const FUSED_FIXED_FLOATS: usize = 8 * 256 + 8;
@@ -41,14 +40,6 @@ const MAX_CHUNK: usize = 4096;
 const ATT_ADDITIVE: i32 = 0;
 const ATT_PRODUCT: i32 = 1;
 
-fn blocks(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: ((n as u32).div_ceil(THREADS), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
 /// The naive additive path's rows·len·width terms (the pre-activation it materialises), which
 /// its kernels index with i32: too many is an error that names the fused algorithm.
 fn naive_additive_terms(rows: usize, len: usize, width: usize) -> Result<usize> {
@@ -60,25 +51,6 @@ fn naive_additive_terms(rows: usize, len: usize, width: usize) -> Result<usize> 
         )));
     }
     Ok(terms)
-}
-
-/// `splits` blocks per row.
-fn per_row(rows: usize, splits: usize, shared_bytes: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows as u32, splits as u32, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: shared_bytes as u32,
-    }
-}
-
-/// Launches `$f` with `$cfg` on `$dev`'s stream. Arguments must be places. Callers are `unsafe`
-/// blocks whose `SAFETY:` lines say why the addresses and sizes are valid.
-macro_rules! launch {
-    ($dev:expr, $f:expr, $cfg:expr; $($arg:expr),+ $(,)?) => {{
-        let mut builder = $dev.stream().launch_builder($f);
-        $( builder.arg(&$arg); )+
-        builder.launch($cfg)?;
-    }};
 }
 
 mod backward;
@@ -209,7 +181,7 @@ impl OnDevice {
         self.dev.lanes()[0].gemm_abt(rows, n, k, a, w, y, n, 0.0)?;
         if b != 0 {
             let (ldy, rows_i, cols) = (n as i32, rows as i32, n as i32);
-            launch!(self.dev, &self.kernels.add_bias, blocks(rows * n); y, ldy, b, rows_i, cols);
+            launch!(self.dev.stream(), &self.kernels.add_bias, per_element(rows * n); y, ldy, b, rows_i, cols);
         }
         Ok(())
     }
@@ -221,7 +193,7 @@ impl OnDevice {
     unsafe fn convert(&self, src: u64, len: usize) -> Result<CudaData> {
         let out = self.dev.alloc_output_data(self.dtype, len)?;
         let (dst, n) = (data_ptr(&out, self.dev.stream()), len as i32);
-        launch!(self.dev, &self.kernels.convert, blocks(len); src, dst, n);
+        launch!(self.dev.stream(), &self.kernels.convert, per_element(len); src, dst, n);
         Ok(out)
     }
 
@@ -405,13 +377,13 @@ impl OnDevice {
             self.score_v,
             j.scale,
         );
-        launch!(self.dev, &self.kernels.fused, per_row(j.rows, splits, bytes);
+        launch!(self.dev.stream(), &self.kernels.fused, per_row(j.rows, splits, bytes);
             qf, qt, kp, vals, v, scale, lengths, tq, len, k, dv, mode, chunk_i, splits_i,
             partial, probs, ctx, w);
         if splits > 1 {
             // Padded: the compiler may load a few factors past the last in one wide read.
             let factors = 4 * (splits.next_multiple_of(4) + 4);
-            launch!(self.dev, &self.kernels.combine, per_row(j.rows, 1, factors);
+            launch!(self.dev.stream(), &self.kernels.combine, per_row(j.rows, 1, factors);
                 partial, probs, lengths, tq, len, dv, chunk_i, splits_i, ctx, w);
         }
         Ok((context, weights))
@@ -463,11 +435,11 @@ impl OnDevice {
             self.linear(j.q, rows, w_q, k, self.b_q, qf)?;
             let rows_i = rows as i32;
             let kp = j.keys.projected;
-            launch!(self.dev, &self.kernels.broadcast_add, blocks(terms); qf, kp, sum, rows_i, tq_i, len_i, k_i);
+            launch!(self.dev.stream(), &self.kernels.broadcast_add, per_element(terms); qf, kp, sum, rows_i, tq_i, len_i, k_i);
             let (n_rows, act) = ((rows * len) as i32, Activation::Tanh.code());
-            launch!(self.dev, &self.kernels.unary, blocks(terms); sum, k_i, sum, k_i, n_rows, k_i, act);
+            launch!(self.dev.stream(), &self.kernels.unary, per_element(terms); sum, k_i, sum, k_i, n_rows, k_i, act);
             let score_v = self.score_v;
-            launch!(self.dev, &self.kernels.load, blocks(k); score_v, v, k_i);
+            launch!(self.dev.stream(), &self.kernels.load, per_element(k); score_v, v, k_i);
             let f32_mat = |ptr| MatRef {
                 ptr,
                 ld: k,
@@ -490,7 +462,7 @@ impl OnDevice {
             })?;
         }
         let (lengths, scale) = (j.keys.lengths, j.scale);
-        launch!(self.dev, &self.kernels.softmax, per_row(rows, 1, 0); e, p, lengths, tq_i, len_i, scale);
+        launch!(self.dev.stream(), &self.kernels.softmax, per_row(rows, 1, 0); e, p, lengths, tq_i, len_i, scale);
         // The weights in the storage dtype are also the context GEMM's left operand.
         let weights = self.convert(p, rows * len)?;
         let w = data_ptr(&weights, self.dev.stream());

@@ -13,6 +13,7 @@
 use super::arena::{Arena, Buffers};
 use super::persistent::{self, Persistent};
 use super::{Activation, Algo, Call, Cell, Dims, Outputs};
+use crate::device::launch::{launch, per_element};
 use crate::device::{
     begin_capture, data_ptr, dev_ptr, end_capture, fill_bytes_async, reading, replay, writing,
     CudaDevice, Lane, MatRef, POISON_BYTE,
@@ -593,15 +594,15 @@ impl Plan {
         match self.key.cell {
             Cell::Rnn(nl) => {
                 let act = nl.activation().code();
-                launch!(lane, f, n; s.xw, s.hh, s.b_ih, s.b_hh, s.h_prev, s.h_next, s.out,
+                launch!(lane.stream, f, per_element(n); s.xw, s.hh, s.b_ih, s.b_hh, s.h_prev, s.h_next, s.out,
                     s.lengths, s.batch, s.hidden, s.st, s.sb, s.out_ld, s.step, s.reverse, act);
             }
             Cell::Gru => {
-                launch!(lane, f, n; s.xw, s.hh, s.b_ih, s.b_hh, s.h_prev, s.h_next, s.out,
+                launch!(lane.stream, f, per_element(n); s.xw, s.hh, s.b_ih, s.b_hh, s.h_prev, s.h_next, s.out,
                     s.lengths, s.batch, s.hidden, s.st, s.sb, s.out_ld, s.step, s.reverse);
             }
             Cell::Lstm => {
-                launch!(lane, f, n; s.xw, s.hh, s.b_ih, s.b_hh, s.c_prev, s.c_next, s.h_prev,
+                launch!(lane.stream, f, per_element(n); s.xw, s.hh, s.b_ih, s.b_hh, s.c_prev, s.c_next, s.h_prev,
                     s.h_next, s.out, la.proj, s.lengths, s.batch, s.hidden, s.st, s.sb,
                     s.out_ld, s.step, s.reverse);
                 self.project(lane, la, w, s)?;
@@ -632,7 +633,7 @@ impl Plan {
         };
         // proj [B, H], w_hr [O, H], result [B, O] f32 in hh (which holds B·4H ≥ B·O).
         lane.gemm_abt(batch, out, hidden, proj, w_hr, la.hh, out, 0.0)?;
-        launch!(lane, &self.kernels.store, batch * out; la.hh, s.out_size, s.h_prev,
+        launch!(lane.stream, &self.kernels.store, per_element(batch * out); la.hh, s.out_size, s.h_prev,
             s.h_next, s.out, s.lengths, s.batch, s.out_size, s.st, s.sb, s.out_ld, s.step,
             s.reverse);
         Ok(())
@@ -660,32 +661,37 @@ impl Plan {
         let state = state32 as usize;
         let null = 0u64;
         // y[:, cols] = act(x[:, cols]) on a [B, ld] view.
-        let unary =
-            |x: u64, ldx: i32, y: u64, ldy: i32, cols: i32, act: Activation| -> Result<()> {
-                let code = act.code();
-                launch!(lane, &k.unary, batch * cols as usize; x, ldx, y, ldy, s.batch, cols, code);
-                Ok(())
-            };
+        let unary = |x: u64,
+                     ldx: i32,
+                     y: u64,
+                     ldy: i32,
+                     cols: i32,
+                     act: Activation|
+         -> Result<()> {
+            let code = act.code();
+            launch!(lane.stream, &k.unary, per_element(batch * cols as usize); x, ldx, y, ldy, s.batch, cols, code);
+            Ok(())
+        };
         // y = a op b on [B, cols] views.
         let binary = |a: u64, lda: i32, b: u64, ldb: i32, y: u64, ldy: i32, cols: i32, op: i32| {
-            launch!(lane, &k.binary, batch * cols as usize; a, lda, b, ldb, y, ldy, s.batch,
+            launch!(lane.stream, &k.binary, per_element(batch * cols as usize); a, lda, b, ldb, y, ldy, s.batch,
                 cols, op);
             Ok::<(), Error>(())
         };
         let add_bias = |y: u64, bias: u64| -> Result<()> {
             if bias != 0 {
-                launch!(lane, &k.add_bias, batch * gw; y, s.gate_width, bias, s.batch,
+                launch!(lane.stream, &k.add_bias, per_element(batch * gw); y, s.gate_width, bias, s.batch,
                     s.gate_width);
             }
             Ok(())
         };
         // Masked store of a [B, cols] f32 value (leading dimension ld) into a state and output.
         let store = |value: u64, ld: i32, prev: u64, next: u64, out: u64, cols: i32| {
-            launch!(lane, &self.kernels.store, batch * cols as usize; value, ld, prev, next,
+            launch!(lane.stream, &self.kernels.store, per_element(batch * cols as usize); value, ld, prev, next,
                 out, s.lengths, s.batch, cols, s.st, s.sb, s.out_ld, s.step, s.reverse);
             Ok::<(), Error>(())
         };
-        launch!(lane, &k.gather, batch * gw; s.xw, s.gate_width, tmp, s.gate_width, s.lengths,
+        launch!(lane.stream, &k.gather, per_element(batch * gw); s.xw, s.gate_width, tmp, s.gate_width, s.lengths,
             s.batch, s.gate_width, s.st, s.sb, s.step, s.reverse);
         let (gw32, h32) = (s.gate_width, s.hidden);
         match self.key.cell {
@@ -704,7 +710,7 @@ impl Plan {
                 unary(gate(0), gw32, gate(0), gw32, 2 * h32, Activation::Sigmoid)?;
                 unary(gate(2), gw32, gate(2), gw32, h32, Activation::Tanh)?;
                 unary(gate(3), gw32, gate(3), gw32, h32, Activation::Sigmoid)?;
-                launch!(lane, &k.load, state; s.c_prev, tmp2, state32);
+                launch!(lane.stream, &k.load, per_element(state); s.c_prev, tmp2, state32);
                 binary(gate(1), gw32, tmp2, h32, tmp2, h32, h32, OP_MUL)?; // f ⊙ c
                 binary(gate(0), gw32, gate(2), gw32, gate(0), gw32, h32, OP_MUL)?; // i ⊙ g
                 binary(tmp2, h32, gate(0), gw32, tmp2, h32, h32, OP_ADD)?; // c'
@@ -713,7 +719,7 @@ impl Plan {
                 binary(gate(3), gw32, tmp3, h32, tmp3, h32, h32, OP_MUL)?; // o ⊙ tanh(c')
                 match w.w_hr {
                     Some(_) => {
-                        launch!(lane, &k.convert, state; tmp3, la.proj, state32);
+                        launch!(lane.stream, &k.convert, per_element(state); tmp3, la.proj, state32);
                         self.project(lane, la, w, s)?;
                     }
                     None => store(tmp3, h32, s.h_prev, s.h_next, s.out, h32)?,
@@ -728,7 +734,7 @@ impl Plan {
                 binary(tmp, gw32, h_n, gw32, h_n, gw32, h32, OP_MUL)?; // r ⊙ (W_hn h + b_hn)
                 binary(x_n, gw32, h_n, gw32, x_n, gw32, h32, OP_ADD)?;
                 unary(x_n, gw32, x_n, gw32, h32, Activation::Tanh)?; // n
-                launch!(lane, &k.load, state; s.h_prev, tmp2, state32);
+                launch!(lane.stream, &k.load, per_element(state); s.h_prev, tmp2, state32);
                 binary(tmp2, h32, x_n, gw32, tmp2, h32, h32, OP_SUB)?; // h − n
                 binary(f32_at(tmp, hidden), gw32, tmp2, h32, tmp2, h32, h32, OP_MUL)?; // z ⊙ (h − n)
                 binary(x_n, gw32, tmp2, h32, tmp2, h32, h32, OP_ADD)?; // h'

@@ -6,8 +6,6 @@
 //! (the LSTM projection size, else H): `output` is [T, B, D·O] (or [B, T, D·O]), `h_n` is
 //! [L·D, B, O] and the LSTM's `c_n` is [L·D, B, H].
 
-#[macro_use]
-mod launch;
 mod arena;
 mod bptt_cpu;
 mod cpu;

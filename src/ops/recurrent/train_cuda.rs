@@ -10,6 +10,7 @@ pub(super) use backward::backward;
 
 use super::arena::Arena;
 use super::{Call, Cell, Dims, Outputs};
+use crate::device::launch::{launch, per_element};
 use crate::device::{data_ptr, dev_ptr, writing, CudaDevice, Lane, MatRef};
 use crate::dtype::{CudaData, DType};
 use crate::error::Result;
@@ -129,7 +130,7 @@ impl Kernels {
     /// `x` and `y` address n elements each on the lane's device.
     unsafe fn widen(&self, lane: &Lane, x: u64, y: u64, n: usize) -> Result<()> {
         let n32 = n as i32;
-        launch!(lane, &self.widen, n; x, y, n32);
+        launch!(lane.stream, &self.widen, per_element(n); x, y, n32);
         Ok(())
     }
 
@@ -139,7 +140,7 @@ impl Kernels {
     /// As `widen`.
     unsafe fn narrow(&self, lane: &Lane, x: u64, y: u64, n: usize) -> Result<()> {
         let n32 = n as i32;
-        launch!(lane, &self.narrow, n; x, y, n32);
+        launch!(lane.stream, &self.narrow, per_element(n); x, y, n32);
         Ok(())
     }
 }
@@ -334,7 +335,7 @@ pub(super) fn forward_train(dev: &CudaDevice, call: &Call<'_>) -> Result<(Output
                     };
                     lane.gemm_abt(batch, gw, out_size, h_mat, w.w_hh, hh_ptr, gw, 0.0)?;
                     let s32 = s as i32;
-                    launch!(lane, &step_fn, batch * hidden; cell32, act32, xw_ptr, hh_ptr,
+                    launch!(lane.stream, &step_fn, per_element(batch * hidden); cell32, act32, xw_ptr, hh_ptr,
                         w.b_ih, w.b_hh, c_prev, c_next, h_prev, h_next, out_dir, proj_ptr, act,
                         aux, hprev, m, lengths_ptr, b32, h32, o32, st32, sb32, ld32, s32,
                         reverse);
@@ -345,7 +346,7 @@ pub(super) fn forward_train(dev: &CudaDevice, call: &Call<'_>) -> Result<(Output
                             dtype,
                         };
                         lane.gemm_abt(batch, out_size, hidden, p_mat, w_hr, hh_ptr, out_size, 0.0)?;
-                        launch!(lane, &store_fn, batch * out_size; hh_ptr, o32, h_prev, h_next,
+                        launch!(lane.stream, &store_fn, per_element(batch * out_size); hh_ptr, o32, h_prev, h_next,
                             out_dir, lengths_ptr, b32, o32, st32, sb32, ld32, s32, reverse);
                     }
                 }

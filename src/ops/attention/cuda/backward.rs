@@ -14,7 +14,8 @@
 //! that feed cuBLAS are stored in the layer's dtype (cuBLAS takes both operands in one dtype);
 //! sums and reductions are f32.
 
-use super::{blocks, naive_additive_terms, per_row, OnDevice, ATT_ADDITIVE, ATT_PRODUCT, THREADS};
+use super::{naive_additive_terms, OnDevice, ATT_ADDITIVE, ATT_PRODUCT};
+use crate::device::launch::{launch, per_element, per_row, THREADS};
 use crate::device::{
     copy_to_device_async, data_ptr, fill_words_async, reading, Batched, CudaDevice, MatRef, Op,
     Strided,
@@ -352,12 +353,12 @@ impl OnDevice {
         let [tq, len_i, k, dv] = [s.queries, len, width, s.dv].map(|x| x as i32);
         let [chunk_i, splits_i] = [chunk, splits].map(|x| x as i32);
         let (v, score_v, grad, scale, partial) = (j.v, self.score_v, j.grad, j.scale, at(partial));
-        launch!(self.dev, &kern.fused, per_row(rows, splits, bytes);
+        launch!(self.dev.stream(), &kern.fused, per_row(rows, splits, bytes);
             qf, kf, qt, kt, v, score_v, grad, scale, lengths, tq, len_i, k, dv, mode, chunk_i,
             splits_i, e, dp, partial, probs, dsf, dst);
         if splits > 1 {
             let ds_scale = if additive { 1.0f32 } else { scale };
-            launch!(self.dev, &kern.combine, per_row(rows, 1, 0);
+            launch!(self.dev.stream(), &kern.combine, per_row(rows, 1, 0);
                 e, dp, partial, lengths, tq, len_i, chunk_i, splits_i, ds_scale, probs, dsf, dst);
         }
 
@@ -369,7 +370,7 @@ impl OnDevice {
                 block_dim: (THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            launch!(self.dev, &kern.additive, grid;
+            launch!(self.dev.stream(), &kern.additive, grid;
                 qf, kf, dsf, score_v, lengths, tq, len_i, k, chunk_i, splits_i, dkp, dq_part,
                 sums);
             let dq_blocks = (rows * width).div_ceil(THREADS as usize);
@@ -377,7 +378,7 @@ impl OnDevice {
             let [rows_i, parts, dq_blocks] =
                 [rows, s.batch * key_splits, dq_blocks].map(|x| x as i32);
             let (b_q, b_k, d_score) = (j.out.b_q, j.out.b_k, j.out.score_v);
-            launch!(self.dev, &kern.finish, per_row(grid, 1, 0);
+            launch!(self.dev.stream(), &kern.finish, per_row(grid, 1, 0);
                 dq_part, sums, rows_i, k, splits_i, parts, dq_blocks, dqp, b_q, b_k, d_score);
             self.additive_tail(j, dqp, dkp)?;
         } else {
@@ -441,11 +442,11 @@ impl OnDevice {
         // The scores, as the forward's naive chain computes them.
         if additive {
             let rows_i = rows as i32;
-            launch!(self.dev, &kern.broadcast_add, blocks(terms); qs, ks, u, rows_i, tq, len_i, k);
+            launch!(self.dev.stream(), &kern.broadcast_add, per_element(terms); qs, ks, u, rows_i, tq, len_i, k);
             let (n_rows, act) = ((rows * len) as i32, Activation::Tanh.code());
-            launch!(self.dev, &self.kernels.unary, blocks(terms); u, k, u, k, n_rows, k, act);
+            launch!(self.dev.stream(), &self.kernels.unary, per_element(terms); u, k, u, k, n_rows, k, act);
             let score_v = self.score_v;
-            launch!(self.dev, &self.kernels.load, blocks(width); score_v, vf, k);
+            launch!(self.dev.stream(), &self.kernels.load, per_element(width); score_v, vf, k);
             lane.gemm_abt(
                 rows * len,
                 1,
@@ -471,7 +472,7 @@ impl OnDevice {
             })?;
         }
         let scale = j.scale;
-        launch!(self.dev, &self.kernels.softmax, per_row(rows, 1, 0); e, p, lengths, tq, len_i, scale);
+        launch!(self.dev.stream(), &self.kernels.softmax, per_row(rows, 1, 0); e, p, lengths, tq, len_i, scale);
         // dp_b = dctx_b · values_bᵀ, then ds.
         lane.gemm_batched(&Batched {
             count: s.batch,
@@ -485,7 +486,7 @@ impl OnDevice {
             c: Strided::new(dp, len, f32, s.queries * len),
             beta: 0.0,
         })?;
-        launch!(self.dev, &kern.softmax, per_row(rows, 1, 0); p, dp, ds, lengths, tq, len_i, scale);
+        launch!(self.dev.stream(), &kern.softmax, per_row(rows, 1, 0); p, dp, ds, lengths, tq, len_i, scale);
         let p_t = if half {
             self.convert_into(p, at(p_t), rows * len)?
         } else {
@@ -508,7 +509,7 @@ impl OnDevice {
                 0.0,
             )?;
             let n = terms as i32;
-            launch!(self.dev, &kern.tanh, blocks(terms); du, u, du, n);
+            launch!(self.dev.stream(), &kern.tanh, per_element(terms); du, u, du, n);
             // dqp sums over the keys, dkp over the queries.
             let (dqp, dkp) = (at(dqp), at(dkp));
             lane.gemm_batched(&Batched {
@@ -592,7 +593,7 @@ impl OnDevice {
     /// `src` addresses n f32 and `dst` room for n elements of the layer's dtype.
     unsafe fn convert_into(&self, src: u64, dst: u64, n: usize) -> Result<u64> {
         let n_i = n as i32;
-        launch!(self.dev, &self.kernels.convert, blocks(n); src, dst, n_i);
+        launch!(self.dev.stream(), &self.kernels.convert, per_element(n); src, dst, n_i);
         Ok(dst)
     }
 

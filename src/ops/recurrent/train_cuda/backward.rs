@@ -11,6 +11,7 @@
 
 use super::super::arena::Arena;
 use super::{act_code, cell_code, finished, slot_weights, upload_lengths, Kernels, Saved};
+use crate::device::launch::{launch, per_element};
 use crate::device::{data_ptr, dev_ptr, reading, Batched, CudaDevice, Lane, MatRef, Op, Strided};
 use crate::dtype::DType;
 use crate::error::Result;
@@ -209,7 +210,7 @@ impl Backward<'_> {
             let (dh, dh_next) = (s.dh[cur], s.dh[1 - cur]);
             let s32 = step as i32;
             if s.w_hr != 0 {
-                launch!(lane, &self.projection_fn, b * o; dh, s.dy, dy_ld, w.dht, w.dh_rows,
+                launch!(lane.stream, &self.projection_fn, per_element(b * o); dh, s.dy, dy_ld, w.dht, w.dh_rows,
                     dh_next, self.lengths, b32, o32, st32, sb32, s32, s.reverse);
                 gemm(
                     lane,
@@ -227,7 +228,7 @@ impl Backward<'_> {
                     let (cell32, act32) = (cell_code(self.cell), act_code(self.cell));
                     let dm = if s.w_hr != 0 { w.dm } else { 0 };
                     let gh = if gru { w.dgate_h } else { 0 };
-                    launch!(lane, &self.step_fn, b * h; cell32, act32, s.act, s.aux, s.hprev,
+                    launch!(lane.stream, &self.step_fn, per_element(b * h); cell32, act32, s.act, s.aux, s.hprev,
                         s.c0, s.dy, dy_ld, dh, dh_next, s.dc, dm, w.dgate, gh, w.dstep,
                         self.lengths, b32, h32, st32, sb32, s32, s.reverse);
                 }
@@ -347,29 +348,29 @@ impl Backward<'_> {
         // y [B, cols] = this step's rows of src [rows, ld] (0 for ended rows).
         let gather = |src: u64, ld: usize, y: u64, cols: usize| -> Result<()> {
             let (ld32, c32) = (ld as i32, cols as i32);
-            launch!(lane, &k.gather, b * cols; src, ld32, y, c32, lengths, b32, c32, st32, sb32,
+            launch!(lane.stream, &k.gather, per_element(b * cols); src, ld32, y, c32, lengths, b32, c32, st32, sb32,
                 s32, rev);
             Ok(())
         };
         // y = a op c on [B, cols] views with leading dimensions.
         let binary = |a: (u64, usize), c: (u64, usize), y: (u64, usize), cols: usize, op: i32| {
             let (la, lc, ly, c32) = (a.1 as i32, c.1 as i32, y.1 as i32, cols as i32);
-            launch!(lane, &k.binary, b * cols; a.0, la, c.0, lc, y.0, ly, b32, c32, op);
+            launch!(lane.stream, &k.binary, per_element(b * cols); a.0, la, c.0, lc, y.0, ly, b32, c32, op);
             Ok::<(), crate::error::Error>(())
         };
         let tanh = |x: u64, y: u64, cols: usize| -> Result<()> {
             let (c32, act) = (cols as i32, crate::ops::recurrent::Activation::Tanh.code());
-            launch!(lane, &k.unary, b * cols; x, c32, y, c32, b32, c32, act);
+            launch!(lane.stream, &k.unary, per_element(b * cols); x, c32, y, c32, b32, c32, act);
             Ok(())
         };
         let mask = |y: u64, ld: usize, cols: usize| -> Result<()> {
             let (ld32, c32) = (ld as i32, cols as i32);
-            launch!(lane, &k.mask, b * cols; y, ld32, lengths, b32, c32, s32, rev);
+            launch!(lane.stream, &k.mask, per_element(b * cols); y, ld32, lengths, b32, c32, s32, rev);
             Ok(())
         };
         let carry = |value: u64, prev: u64, out: u64, cols: usize| -> Result<()> {
             let c32 = cols as i32;
-            launch!(lane, &k.carry, b * cols; value, prev, out, lengths, b32, c32, s32, rev);
+            launch!(lane.stream, &k.carry, per_element(b * cols); value, prev, out, lengths, b32, c32, s32, rev);
             Ok(())
         };
         let [g, aux, hp, dy, dht, t1, t2, t3] = w.tmp;
@@ -402,7 +403,7 @@ impl Backward<'_> {
                     0 => self.dev.copy_async(t3, s.c0, 4 * b * h)?,
                     _ => {
                         let (ld32, c32, p32) = (h as i32, h as i32, s32 - 1);
-                        launch!(lane, &k.gather, b * h; s.aux, ld32, t3, c32, lengths, b32,
+                        launch!(lane.stream, &k.gather, per_element(b * h); s.aux, ld32, t3, c32, lengths, b32,
                             c32, st32, sb32, p32, rev);
                     }
                 }
@@ -470,7 +471,7 @@ impl Backward<'_> {
             0.0,
         )?;
         let (ld32, c32) = (s.input as i32, s.input as i32);
-        launch!(lane, &k.scatter, b * s.input; w.dx_t, s.dx, ld32, lengths, b32, c32, st32,
+        launch!(lane.stream, &k.scatter, per_element(b * s.input); w.dx_t, s.dx, ld32, lengths, b32, c32, st32,
             sb32, s32, rev);
         Ok(())
     }

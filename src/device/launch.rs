@@ -1,0 +1,47 @@
+//! Launch geometry and the one launch macro. The elementwise, reduction, attention and training
+//! kernels run `THREADS` threads per block (the 256 of ATT_THREADS in kernels/attention.cu,
+//! TRAIN_THREADS in kernels/train.cu and the elementwise kernels' grids); the persistent kernel
+//! sizes its own blocks.
+
+use cudarc::driver::LaunchConfig;
+
+pub(crate) const THREADS: u32 = 256;
+
+/// One thread per element of `n`.
+pub(crate) fn per_element(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(THREADS), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `count` blocks (a grid-stride or one-block-per-chunk kernel).
+pub(crate) fn blocks(count: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (count as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `splits` blocks per row of `rows`, each with `shared_bytes` of dynamic shared memory.
+pub(crate) fn per_row(rows: usize, splits: usize, shared_bytes: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, splits as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: shared_bytes as u32,
+    }
+}
+
+/// Launches kernel `$f` with `$cfg` on `$stream`. Arguments must be places (the builder
+/// borrows them until the launch). Every call site is `unsafe`, with a `SAFETY:` line (or an
+/// `unsafe fn` contract) saying why the addresses and sizes are valid.
+macro_rules! launch {
+    ($stream:expr, $f:expr, $cfg:expr; $($arg:expr),+ $(,)?) => {{
+        let mut builder = $stream.launch_builder($f);
+        $( builder.arg(&$arg); )+
+        builder.launch($cfg)?;
+    }};
+}
+pub(crate) use launch;
