@@ -51,6 +51,13 @@ pub enum Error {
         needed: String,
         limit: String,
     },
+    /// A request that cannot be honoured here: an algorithm for a shape, device or kind that
+    /// lacks it.
+    #[error("{request}: {reason}")]
+    Unsupported { request: String, reason: String },
+    /// A kernel that ran but failed (not a driver call's error).
+    #[error("kernel {kernel}: {reason}")]
+    Kernel { kernel: String, reason: String },
     #[error("CUDA unavailable: {0}")]
     NoCuda(String),
     #[error("tensor is on {got} but the operation runs on {expected}")]

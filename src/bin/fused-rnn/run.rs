@@ -440,10 +440,10 @@ fn training_device(opts: &RunOptions, training: bool) -> Result<(Device, String,
     let (device, reason, dtype) = choose_device(opts, training)?;
     // The CPU has one path: a CUDA algorithm asked for cannot be honoured there.
     if !device.is_cuda() && opts.algo != Algo::Auto {
-        return Err(Error::Config(format!(
-            "--algo {} runs on CUDA, but this run is on the CPU ({reason})",
-            opts.algo.name()
-        )));
+        return Err(Error::Unsupported {
+            request: format!("--algo {}", opts.algo.name()),
+            reason: format!("it runs on CUDA, but this run is on the CPU ({reason})"),
+        });
     }
     Ok((device, reason, dtype))
 }

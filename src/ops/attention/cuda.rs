@@ -45,10 +45,13 @@ const ATT_PRODUCT: i32 = 1;
 fn naive_additive_terms(rows: usize, len: usize, width: usize) -> Result<usize> {
     let terms = rows * len * width;
     if terms > i32::MAX as usize {
-        return Err(Error::Config(format!(
-            "naive additive attention would hold {rows}·{len}·{width} terms, more than its \
-             kernels index; use the fused algorithm"
-        )));
+        return Err(Error::Unsupported {
+            request: "naive additive attention".into(),
+            reason: format!(
+                "it would hold {rows}·{len}·{width} terms, more than its kernels index; use the \
+                 fused algorithm"
+            ),
+        });
     }
     Ok(terms)
 }
@@ -296,9 +299,10 @@ impl OnDevice {
                 match algo {
                     Algo::Naive => self.naive(&job, want_weights),
                     Algo::Auto | Algo::Fused => self.fused(&job, want_weights),
-                    Algo::Persistent => Err(Error::Config(
-                        "attention has no persistent algorithm (use auto, fused or naive)".into(),
-                    )),
+                    Algo::Persistent => Err(Error::Unsupported {
+                        request: "attention".into(),
+                        reason: "it has no persistent algorithm (use auto, fused or naive)".into(),
+                    }),
                 }
             }
         })?;
@@ -395,11 +399,14 @@ impl OnDevice {
             return Ok(());
         }
         if bytes > self.shared_limit {
-            return Err(Error::Config(format!(
-                "a query side of {k} features needs {bytes} B of shared memory in the fused \
-                 attention kernel, more than this device's {} B; use the naive algorithm",
-                self.shared_limit
-            )));
+            return Err(Error::Unsupported {
+                request: "the fused attention kernel".into(),
+                reason: format!(
+                    "a query side of {k} features needs {bytes} B of shared memory, more than \
+                     this device's {} B; use the naive algorithm",
+                    self.shared_limit
+                ),
+            });
         }
         allow_dynamic_shared(f, bytes)
     }

@@ -310,9 +310,10 @@ impl Plan {
             StepKind::Persistent => match persistent::prepare(dev, key.cell, &dims, dtype)? {
                 Ok(p) => Some(p),
                 Err(reason) => {
-                    return Err(Error::Config(format!(
-                        "the persistent algorithm cannot run this shape: {reason}"
-                    )))
+                    return Err(Error::Unsupported {
+                        request: "the persistent algorithm cannot run this shape".into(),
+                        reason,
+                    })
                 }
             },
             _ => None,
@@ -799,11 +800,12 @@ impl Plan {
             // incomplete, so this is an error (it waits for the launch to finish).
             let words = stream.clone_dtoh(sync)?;
             if words[0] != 0 || words[persistent::SYNC_WORDS] != 0 {
-                return Err(Error::Config(
-                    "the persistent kernel's blocks did not all run at once (another kernel held \
-                     the GPU?); use --algo fused"
+                return Err(Error::Kernel {
+                    kernel: "persistent recurrent".into(),
+                    reason: "its blocks did not all run at once (another kernel held the GPU?); \
+                             use --algo fused"
                         .into(),
-                ));
+                });
             }
         }
         let copy_out = |src: &CudaData, shape: &[usize]| -> Result<Tensor> {

@@ -164,9 +164,10 @@ impl OnDevice {
         params: &Params,
     ) -> Result<AttentionGradients> {
         if algo == Algo::Persistent {
-            return Err(Error::Config(
-                "attention has no persistent algorithm (use auto, fused or naive)".into(),
-            ));
+            return Err(Error::Unsupported {
+                request: "attention".into(),
+                reason: "it has no persistent algorithm (use auto, fused or naive)".into(),
+            });
         }
         let kernels = self.backward_kernels()?;
         let s = call.sizes;
