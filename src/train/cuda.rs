@@ -74,7 +74,11 @@ fn chunks(numels: &[usize]) -> Result<Vec<u32>> {
         }
     }
     if table.len() / 2 > i32::MAX as usize {
-        return Err(Error::Config("too many elements for one launch".into()));
+        return Err(Error::TooLarge {
+            what: "the tensors of one launch".into(),
+            needed: "more elements".into(),
+            limit: "the kernels index (i32)".into(),
+        });
     }
     Ok(table)
 }

@@ -40,7 +40,11 @@ fn checked_size(parts: &[usize], limit: usize, what: &str) -> Result<usize> {
         .iter()
         .try_fold(1usize, |acc, &p| acc.checked_mul(p))
         .filter(|&n| n <= limit)
-        .ok_or_else(|| Error::Config(format!("{what} {parts:?} is too large for the kernels")))
+        .ok_or_else(|| Error::TooLarge {
+            what: format!("{what} {parts:?}"),
+            needed: "more elements".into(),
+            limit: format!("the kernels index ({limit})"),
+        })
 }
 
 /// The kernels a plan launches, resolved once.
