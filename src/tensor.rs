@@ -186,8 +186,17 @@ impl Tensor {
         }
     }
 
-    /// A copy on `device` in `dtype`.
+    /// A copy on `device` in `dtype`: device to device when this tensor is on that device in
+    /// that dtype, else through the host.
     pub fn to(&self, device: &Device, dtype: DType) -> Result<Self> {
+        if let (Storage::Cuda(src), Device::Cuda(dev)) = (&self.storage, device) {
+            if src.dtype() == dtype && same_context(src, dev) {
+                return Ok(Tensor {
+                    shape: self.shape.clone(),
+                    storage: Storage::Cuda(dev.copy_data(src)?),
+                });
+            }
+        }
         let host = self.to_host_data()?;
         let host = if host.dtype() == dtype {
             host

@@ -223,6 +223,18 @@ impl CudaDevice {
         )?)
     }
 
+    /// A copy of `src`, a buffer of this device, made on the device's stream.
+    pub(crate) fn copy_data(&self, src: &CudaData) -> Result<CudaData> {
+        let out = self.alloc_output_data(src.dtype(), src.len())?;
+        let dst = super::data_ptr(&out, self.stream());
+        let bytes = src.len() * src.dtype().size_in_bytes();
+        super::reading(src, self.stream(), |src| {
+            // SAFETY: both buffers hold `bytes` bytes on this device.
+            unsafe { self.copy_async(dst, src, bytes) }
+        })?;
+        Ok(out)
+    }
+
     /// Enqueues filling `bytes` bytes at `dst` with `byte`.
     ///
     /// # Safety

@@ -334,8 +334,8 @@ impl Attention {
     ) -> Result<Keys> {
         let lengths = self.check_source(keys, values, lengths)?;
         let values = values.unwrap_or(keys);
-        let keys = attention::copy_to(&self.device, keys, self.dtype)?;
-        let values = attention::copy_to(&self.device, values, self.dtype)?;
+        let keys = keys.to(&self.device, self.dtype)?;
+        let values = values.to(&self.device, self.dtype)?;
         match &self.cuda {
             None => Ok(Keys {
                 projected: attention::project_keys_cpu(self.score, &self.params, &keys)?,

@@ -67,23 +67,6 @@ fn address_of(t: &Option<Tensor>, dev: &CudaDevice) -> Result<u64> {
     t.as_ref().map_or(Ok(0), |t| address(t, dev))
 }
 
-/// A copy of `t` on `dev` in `dtype`: device to device when it is there already in `dtype`,
-/// else through `Tensor::to`.
-pub(crate) fn copy_to(dev: &Arc<CudaDevice>, t: &Tensor, dtype: DType) -> Result<Tensor> {
-    let device = Device::Cuda(dev.clone());
-    let src = match t.cuda_data() {
-        Ok(src) if src.dtype() == dtype && t.check_on(&device, "").is_ok() => src,
-        _ => return t.to(&device, dtype),
-    };
-    let out = dev.alloc_output_data(dtype, t.numel())?;
-    let dst = data_ptr(&out, dev.stream());
-    reading(src, dev.stream(), |src| {
-        // SAFETY: both buffers hold t.numel() elements of `dtype` on this device.
-        unsafe { dev.copy_async(dst, src, t.numel() * dtype.size_in_bytes()) }
-    })?;
-    Tensor::from_cuda_data(out, t.shape())
-}
-
 /// The kernels one layer launches.
 struct Kernels {
     fused: CudaFunction,
@@ -221,7 +204,7 @@ impl OnDevice {
             unreachable!("checked by the layer")
         };
         let (Some(w), false) = (self.w_k, matches!(score, Score::Dot { .. })) else {
-            return copy_to(&self.dev, keys, self.dtype);
+            return keys.to(&Device::Cuda(self.dev.clone()), self.dtype);
         };
         let n = self.key_width;
         let _queue = self.dev.lock_queue();

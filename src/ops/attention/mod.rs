@@ -9,7 +9,6 @@ mod backward_cpu;
 mod cpu;
 mod cuda;
 
-use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -128,14 +127,6 @@ pub(crate) fn check_key_lengths(
         }
     }
     Ok(lengths.to_vec())
-}
-
-/// A copy of `t` on `device` in `dtype`.
-pub(crate) fn copy_to(device: &Device, t: &Tensor, dtype: crate::DType) -> Result<Tensor> {
-    match device {
-        Device::Cpu => t.to(device, dtype),
-        Device::Cuda(dev) => cuda::copy_to(dev, t, dtype),
-    }
 }
 
 pub(crate) use backward_cpu::{backward as backward_cpu, Params64, Sizes};
