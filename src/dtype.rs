@@ -88,6 +88,7 @@ pub trait Element:
     fn host(d: &HostData) -> Option<&Vec<Self>>;
     fn host_mut(d: &mut HostData) -> Option<&mut Vec<Self>>;
     fn cuda(d: &CudaData) -> Option<&CudaSlice<Self>>;
+    fn cuda_mut(d: &mut CudaData) -> Option<&mut CudaSlice<Self>>;
     fn into_cuda(d: CudaData) -> Option<CudaSlice<Self>>;
 }
 
@@ -120,6 +121,12 @@ macro_rules! element {
                 }
             }
             fn cuda(d: &CudaData) -> Option<&CudaSlice<Self>> {
+                match d {
+                    CudaData::$variant(s) => Some(s),
+                    _ => None,
+                }
+            }
+            fn cuda_mut(d: &mut CudaData) -> Option<&mut CudaSlice<Self>> {
                 match d {
                     CudaData::$variant(s) => Some(s),
                     _ => None,

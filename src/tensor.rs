@@ -158,6 +158,26 @@ impl Tensor {
         }
     }
 
+    /// Overwrites the values in place (rounded to the dtype), on the host or the device. The
+    /// device buffer stays, and with it every address taken of it (captured graphs, a layer's
+    /// cached operands): loading a state_dict into a built layer.
+    pub fn copy_from_f32(&mut self, values: &[f32]) -> Result<()> {
+        if values.len() != self.numel() {
+            let want = format!("{} values", self.numel());
+            return Err(Error::shape("values", want, &[values.len()]));
+        }
+        let host = HostData::from_f32(values, self.dtype());
+        match &mut self.storage {
+            Storage::Host(h) => *h = host,
+            Storage::Cuda(c) => crate::with_dtype!(c.dtype(), T => {
+                let slice = T::cuda_mut(c).expect("the storage's own dtype");
+                let stream = slice.stream().clone();
+                stream.memcpy_htod(T::host(&host).expect("converted to that dtype"), slice)?;
+            }),
+        }
+        Ok(())
+    }
+
     /// All values as f32 on the host (copies from the device and waits for it).
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         Ok(self.to_host_data()?.to_f32())

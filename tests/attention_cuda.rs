@@ -6,7 +6,7 @@
 mod common;
 
 use fused_rnn::io::TensorFile;
-use fused_rnn::nn::Attention;
+use fused_rnn::nn::{Attention, Module};
 use fused_rnn::{Algo, DType, Device, Error, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
@@ -250,11 +250,22 @@ fn a_query_already_on_the_device_is_read_in_place_and_keys_are_reused() {
         9,
         &dir,
     );
-    let cpu = Attention::from_state_dict(&c.weights, &Device::Cpu, DType::F32).unwrap();
-    let cpu_keys = cpu.keys(&c.keys, None, Some(&c.lengths)).unwrap();
+    let mut cpu = Attention::from_state_dict(&c.weights, &Device::Cpu, DType::F32).unwrap();
     let mut gpu = Attention::from_state_dict(&c.weights, &device, DType::BF16).unwrap();
-    // The layer keeps its parameters' addresses on the GPU: they are not handed out to change.
-    assert!(matches!(gpu.parameters_mut(), Err(Error::Config(_))));
+    // Parameters handed out on the GPU too, and replaced: the layer takes the new ones.
+    let score = [0.5f32; 16];
+    for layer in [&mut cpu, &mut gpu] {
+        let (dtype, device) = (layer.dtype(), layer.device().clone());
+        for (name, t) in layer.parameters_mut() {
+            if name == "score.weight" {
+                *t = Tensor::from_vec(score.to_vec(), &[1, 16])
+                    .unwrap()
+                    .to(&device, dtype)
+                    .unwrap();
+            }
+        }
+    }
+    let cpu_keys = cpu.keys(&c.keys, None, Some(&c.lengths)).unwrap();
     let keys = gpu.keys(&c.keys, None, Some(&c.lengths)).unwrap();
     // Decoding steps: a fresh query each, the same keys.
     for step in 0..4u64 {

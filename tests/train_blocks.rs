@@ -3,7 +3,7 @@
 
 mod common;
 
-use fused_rnn::nn::{Embedding, Linear};
+use fused_rnn::nn::{Embedding, Linear, Module};
 use fused_rnn::train::{clip_grad_norm, softmax_cross_entropy, Adam};
 use fused_rnn::Tensor;
 

@@ -8,11 +8,40 @@ use crate::device::Device;
 use crate::error::{quoted, Error, Result};
 use crate::io::TensorFile;
 use crate::nn::init;
+use crate::nn::Module;
 use crate::ops::algo::Algo;
 use crate::ops::attention::{self, check_key_lengths, Attended, Keys, Params, Score};
 use crate::size;
 use crate::tensor::Tensor;
 use crate::DType;
+use std::sync::OnceLock;
+
+/// Parameters in state_dict order, that of the gradients' `params`.
+impl Module for Attention {
+    fn parameters(&self) -> Vec<(String, &Tensor)> {
+        self.params
+            .named()
+            .into_iter()
+            .filter_map(|(name, t)| t.map(|t| (name.to_string(), t)))
+            .collect()
+    }
+
+    fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        // The CUDA state holds the parameters' addresses, and a caller may replace a tensor.
+        self.cuda = OnceLock::new();
+        let p = &mut self.params;
+        [
+            ("query_proj.weight", p.w_q.as_mut()),
+            ("query_proj.bias", p.b_q.as_mut()),
+            ("key_proj.weight", p.w_k.as_mut()),
+            ("key_proj.bias", p.b_k.as_mut()),
+            ("score.weight", p.v.as_mut()),
+        ]
+        .into_iter()
+        .filter_map(|(name, t)| t.map(|t| (name.to_string(), t)))
+        .collect()
+    }
+}
 
 /// nn-style constructor arguments of an `Attention` layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,8 +63,9 @@ pub struct Attention {
     device: Device,
     dtype: DType,
     algo: Algo,
-    /// Kernels, parameter addresses and scratch on CUDA; None on the CPU.
-    cuda: Option<attention::OnDevice>,
+    /// Kernels, parameter addresses and scratch on CUDA, made on first use (and again after
+    /// `parameters_mut`, which may replace a parameter); never on the CPU.
+    cuda: OnceLock<attention::OnDevice>,
     /// Dq when the parameters fix it (additive, general).
     query_size: Option<usize>,
     /// Dk when the parameters fix it (additive, general).
@@ -165,7 +195,7 @@ impl Attention {
             device: Device::Cpu,
             dtype: DType::F32,
             algo: Algo::Auto,
-            cuda: None,
+            cuda: OnceLock::new(),
             query_size,
             key_size,
         }
@@ -188,34 +218,23 @@ impl Attention {
         }
         self.device = device.clone();
         self.dtype = dtype;
-        if let Device::Cuda(dev) = device {
-            self.cuda = Some(attention::OnDevice::new(dev, dtype, &self.params)?);
-        }
+        self.on_device()?;
         Ok(self)
     }
 
-    /// Every parameter with its PyTorch name, in state_dict order (that of the gradients'
-    /// `params`), for an optimizer to update in place. CPU: on CUDA the layer keeps the
-    /// parameters' addresses, which a replaced tensor would leave dangling.
-    pub fn parameters_mut(&mut self) -> Result<Vec<(String, &mut Tensor)>> {
-        if self.device.is_cuda() {
-            return Err(Error::Config(
-                "attention parameters are updated on the CPU so far (on CUDA the layer holds \
-                 their addresses)"
-                    .into(),
-            ));
+    /// The CUDA state (kernels, the parameters' addresses, scratch), made when first asked
+    /// for; None on the CPU.
+    fn on_device(&self) -> Result<Option<&attention::OnDevice>> {
+        let Device::Cuda(dev) = &self.device else {
+            return Ok(None);
+        };
+        if self.cuda.get().is_none() {
+            // Two threads may both build it; either result is the same.
+            let _ = self
+                .cuda
+                .set(attention::OnDevice::new(dev, self.dtype, &self.params)?);
         }
-        let p = &mut self.params;
-        Ok([
-            ("query_proj.weight", p.w_q.as_mut()),
-            ("query_proj.bias", p.b_q.as_mut()),
-            ("key_proj.weight", p.w_k.as_mut()),
-            ("key_proj.bias", p.b_k.as_mut()),
-            ("score.weight", p.v.as_mut()),
-        ]
-        .into_iter()
-        .filter_map(|(name, t)| t.map(|t| (name.to_string(), t)))
-        .collect())
+        Ok(self.cuda.get())
     }
 
     /// Which CUDA path `attend` takes (`Auto` is the fused kernel); the CPU has one.
@@ -336,7 +355,7 @@ impl Attention {
         let values = values.unwrap_or(keys);
         let keys = keys.to(&self.device, self.dtype)?;
         let values = values.to(&self.device, self.dtype)?;
-        match &self.cuda {
+        match self.on_device()? {
             None => Ok(Keys {
                 projected: attention::project_keys_cpu(self.score, &self.params, &keys)?,
                 values,
@@ -393,7 +412,7 @@ impl Attention {
             dk,
             dv,
         };
-        if let Some(cuda) = &self.cuda {
+        if let Some(cuda) = self.on_device()? {
             // Tensors already on the device in the layer's dtype are read in place.
             let staged = |t: &Tensor| -> Result<Option<Tensor>> {
                 let in_place = t.dtype() == self.dtype && t.check_on(&self.device, "").is_ok();
@@ -513,7 +532,7 @@ impl Attention {
         // Results of B·Tq·Dv and B·Tq·L elements: counts that must not overflow.
         size::elements("context", &[b, tq, keys.value_size()])?;
         size::elements("weights", &[b, tq, keys.len()])?;
-        let out = match &self.cuda {
+        let out = match self.on_device()? {
             None => {
                 let query3 = query.to(&Device::Cpu, DType::F32)?.reshape(&[b, tq, dq])?;
                 attention::attend_cpu(self.score, &self.params, keys, &query3, want_weights)?
@@ -561,7 +580,7 @@ mod tests {
         let cpu = Device::Cpu;
         let mut layer =
             Attention::random(config(Score::Additive, 6, 4, 5), &cpu, DType::F32, 9).unwrap();
-        let params = layer.parameters_mut().unwrap();
+        let params = layer.parameters_mut();
         let shapes: Vec<(String, Vec<usize>)> = params
             .iter()
             .map(|(n, t)| (n.clone(), t.shape().to_vec()))
@@ -616,6 +635,6 @@ mod tests {
             DType::F32,
             1,
         );
-        assert!(dot.unwrap().parameters_mut().unwrap().is_empty());
+        assert!(dot.unwrap().parameters_mut().is_empty());
     }
 }

@@ -6,6 +6,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::io::TensorFile;
+use crate::nn::Module;
 use crate::ops::algo::Algo;
 use crate::ops::recurrent::{Cell, Gradients, Nonlinearity, Outputs, Reserve};
 use crate::tensor::Tensor;
@@ -175,6 +176,17 @@ pub struct Gru {
 /// Construction, copying and accessors, the same for every layer.
 macro_rules! layer_common {
     ($layer:ident, $config:ident) => {
+        /// Parameters in state_dict order, the order of `named_gradients`.
+        impl Module for $layer {
+            fn parameters(&self) -> Vec<(String, &Tensor)> {
+                self.inner.parameters()
+            }
+
+            fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+                self.inner.parameters_mut()
+            }
+        }
+
         impl $layer {
             /// Parameters drawn like PyTorch's default init, U(-1/√H, 1/√H), from `seed`.
             pub fn random(
@@ -237,12 +249,6 @@ macro_rules! layer_common {
             /// example why a shape does not run persistently). Empty on the CPU.
             pub fn dispatch_notes(&self) -> Vec<String> {
                 self.inner.dispatch_notes()
-            }
-
-            /// Every parameter with its PyTorch name, in state_dict order (that of
-            /// `named_gradients`), for an optimizer to update in place.
-            pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-                self.inner.parameters_mut()
             }
 
             /// Every gradient of `grads` with its parameter's PyTorch name

@@ -4,6 +4,7 @@
 
 use super::init::uniform;
 use crate::error::{Error, Result};
+use crate::nn::Module;
 use crate::ops::gemm_cpu::{self, LinearSizes};
 use crate::size;
 use crate::tensor::Tensor;
@@ -103,13 +104,18 @@ impl Linear {
             bias: db.map(|db| Tensor::from_f64(&db, &[out])).transpose()?,
         })
     }
+}
 
-    /// The parameters with their PyTorch names, for an optimizer.
-    pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+impl Module for Linear {
+    fn parameters(&self) -> Vec<(String, &Tensor)> {
+        let mut p = vec![("weight".to_string(), &self.weight)];
+        p.extend(self.bias.iter().map(|b| ("bias".to_string(), b)));
+        p
+    }
+
+    fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
         let mut p = vec![("weight".to_string(), &mut self.weight)];
-        if let Some(b) = &mut self.bias {
-            p.push(("bias".to_string(), b));
-        }
+        p.extend(self.bias.iter_mut().map(|b| ("bias".to_string(), b)));
         p
     }
 }
@@ -189,8 +195,14 @@ impl Embedding {
         }
         Tensor::from_vec(dw, &[vocab, dim])
     }
+}
 
-    pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+impl Module for Embedding {
+    fn parameters(&self) -> Vec<(String, &Tensor)> {
+        vec![("weight".to_string(), &self.weight)]
+    }
+
+    fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
         vec![("weight".to_string(), &mut self.weight)]
     }
 }

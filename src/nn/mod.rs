@@ -4,10 +4,12 @@ mod attention;
 mod init;
 mod layers;
 mod linear;
+mod module;
 pub(crate) mod recurrent;
 mod state_dict;
 
 pub use attention::{Attention, AttentionConfig};
 pub use layers::{Gru, GruConfig, Lstm, LstmConfig, LstmOutput, Rnn, RnnConfig, RnnOutput};
 pub use linear::{Embedding, Linear, LinearGradients};
+pub use module::{save_state_dict, Module};
 pub use recurrent::{Recurrent, Spec as RecurrentSpec};

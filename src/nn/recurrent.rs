@@ -5,6 +5,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::io::TensorFile;
+use crate::nn::Module;
 use crate::ops::algo::Algo;
 use crate::ops::recurrent::{
     self, check_lengths, Call, Cell, Dims, DirectionWeights, Gradients, Outputs, PlanCache, Reserve,
@@ -165,6 +166,33 @@ impl Spec {
         let all = [self.cell.gates(), self.hidden_size, per_slot, slots, 4];
         size::elements("", &all).map_err(too_large)?;
         Ok(())
+    }
+}
+
+/// Parameters in state_dict order, the order of `named_gradients`.
+impl Module for Recurrent {
+    fn parameters(&self) -> Vec<(String, &Tensor)> {
+        let names = self.spec.parameters().map(|(name, _)| name);
+        let tensors = self.weights.iter().flat_map(|w| {
+            [Some(&w.w_ih), Some(&w.w_hh)]
+                .into_iter()
+                .chain([w.b_ih.as_ref(), w.b_hh.as_ref(), w.w_hr.as_ref()])
+                .flatten()
+        });
+        names.zip(tensors).collect()
+    }
+
+    fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        // Captured CUDA graphs hold the weights' addresses, and a caller may replace a tensor.
+        self.plans = PlanCache::default();
+        let names = self.spec.parameters().map(|(name, _)| name);
+        let tensors = self.weights.iter_mut().flat_map(|w| {
+            [Some(&mut w.w_ih), Some(&mut w.w_hh)]
+                .into_iter()
+                .chain([w.b_ih.as_mut(), w.b_hh.as_mut(), w.w_hr.as_mut()])
+                .flatten()
+        });
+        names.zip(tensors).collect()
     }
 }
 
@@ -384,21 +412,6 @@ impl Recurrent {
             grad_h_n,
             grad_c_n,
         )
-    }
-
-    /// Every parameter with its PyTorch name, in state_dict order (the order of
-    /// `named_gradients`), for an optimizer to update in place.
-    pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        // Captured CUDA graphs hold the weights' addresses, and a caller may replace a tensor.
-        self.plans = PlanCache::default();
-        let names = self.spec.parameters().map(|(name, _)| name);
-        let tensors = self.weights.iter_mut().flat_map(|w| {
-            [Some(&mut w.w_ih), Some(&mut w.w_hh)]
-                .into_iter()
-                .chain([w.b_ih.as_mut(), w.b_hh.as_mut(), w.w_hr.as_mut()])
-                .flatten()
-        });
-        names.zip(tensors).collect()
     }
 
     /// Every gradient of `grads` with its parameter's PyTorch name.

@@ -1,7 +1,7 @@
 //! Recurrent modules of every kind behind one type, and random inputs for them, for the tests
 //! that compare a device's results with the CPU's.
 
-use fused_rnn::nn::{Gru, GruConfig, Lstm, LstmConfig, Rnn, RnnConfig};
+use fused_rnn::nn::{Gru, GruConfig, Lstm, LstmConfig, Module, Rnn, RnnConfig};
 use fused_rnn::{Algo, Cell, DType, Device, Nonlinearity, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq)]

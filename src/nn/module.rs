@@ -1,0 +1,73 @@
+//! What every layer shares: its parameters by PyTorch name, for an optimiser to update and a
+//! state_dict to hold, loaded under a prefix (`decoder.attention.`) and saved as safetensors.
+
+use crate::error::{quoted, Error, Result};
+use crate::io::{save_f32, TensorFile};
+use crate::tensor::Tensor;
+use std::collections::HashSet;
+use std::path::Path;
+
+/// A layer's parameters, by the names PyTorch gives them in a state_dict.
+pub trait Module {
+    /// Every parameter with its name (relative to the layer), in state_dict order.
+    fn parameters(&self) -> Vec<(String, &Tensor)>;
+
+    /// The same, for updating in place (an optimiser's step). A tensor may be replaced by one
+    /// of the same shape, device and dtype.
+    fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)>;
+
+    /// Loads every parameter from `file`'s tensor `prefix` + its name, in place (the layer's
+    /// device and dtype kept). Every name under `prefix` must be one of the layer's, every
+    /// shape must match and every value be finite; nothing is changed otherwise.
+    fn load_state_dict(&mut self, file: &TensorFile, prefix: &str) -> Result<()> {
+        let own: HashSet<String> = self
+            .parameters()
+            .into_iter()
+            .map(|(name, _)| format!("{prefix}{name}"))
+            .collect();
+        if let Some(stray) = file
+            .names()
+            .find(|n| n.starts_with(prefix) && !own.contains(*n))
+        {
+            return Err(Error::Config(format!(
+                "{}: unexpected tensor {} for this layer",
+                file.path().display(),
+                quoted(stray)
+            )));
+        }
+        let mut values = Vec::new();
+        for (name, t) in self.parameters() {
+            let key = format!("{prefix}{name}");
+            let loaded = file.float(&key)?;
+            if loaded.shape() != t.shape() {
+                return Err(Error::shape(
+                    key,
+                    format!("{:?}", t.shape()),
+                    loaded.shape(),
+                ));
+            }
+            let v = loaded.host_slice::<f32>()?;
+            Error::check_finite(&key, v, loaded.shape())?;
+            values.push(v.to_vec());
+        }
+        for ((_, t), v) in self.parameters_mut().into_iter().zip(values) {
+            t.copy_from_f32(&v)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the parameters of `modules`, each under its prefix, to `path` as f32 safetensors
+/// (atomically): a state_dict PyTorch's `load_state_dict` reads.
+pub fn save_state_dict(path: impl AsRef<Path>, modules: &[(&str, &dyn Module)]) -> Result<()> {
+    let names: Vec<(String, &Tensor)> = modules
+        .iter()
+        .flat_map(|(prefix, m)| {
+            m.parameters()
+                .into_iter()
+                .map(move |(name, t)| (format!("{prefix}{name}"), t))
+        })
+        .collect();
+    let tensors: Vec<(&str, &Tensor)> = names.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    save_f32(path, &tensors)
+}
