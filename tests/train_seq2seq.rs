@@ -188,26 +188,25 @@ fn an_encoder_decoder_with_attention_learns_to_reverse_sequences() {
     let (mut first, mut last) = (None, 0.0);
     for step in 0..300 {
         let b = batch(&mut rng);
-        let Pass {
-            enc,
-            enc_reserve,
-            dec,
-            dec_reserve,
-            features,
-            logits,
-        } = model.forward(&b);
+        let pass = model.forward(&b);
         let m = &model;
-        let loss = softmax_cross_entropy(&logits, &b.targets, IGNORE).unwrap();
+        let loss = softmax_cross_entropy(&pass.logits, &b.targets, IGNORE).unwrap();
         first.get_or_insert(loss.value);
         last = loss.value;
         // Backward, from the loss to the embeddings.
-        let out_g = m.output.backward(&features, &loss.grad).unwrap();
+        let out_g = m.output.backward(&pass.features, &loss.grad).unwrap();
         let (d_dec, d_ctx) = split_halves(&out_g.input, HIDDEN);
         let hidden_shape = [BATCH, MAX_LEN, HIDDEN];
         let d_ctx = Tensor::from_vec(d_ctx, &hidden_shape).unwrap();
         let att_g = m
             .attention
-            .backward(&enc.output, None, Some(&b.lengths), &dec.output, &d_ctx)
+            .backward(
+                &pass.enc.output,
+                None,
+                Some(&b.lengths),
+                &pass.dec.output,
+                &d_ctx,
+            )
             .unwrap();
         let d_dec: Vec<f32> = d_dec
             .iter()
@@ -217,12 +216,12 @@ fn an_encoder_decoder_with_attention_learns_to_reverse_sequences() {
         let d_dec = Tensor::from_vec(d_dec, &hidden_shape).unwrap();
         let dec_g = m
             .decoder
-            .backward(&dec_reserve, &d_dec, None, None)
+            .backward(&pass.dec_reserve, &d_dec, None, None)
             .unwrap();
         let enc_g = m
             .encoder
             .backward(
-                &enc_reserve,
+                &pass.enc_reserve,
                 &att_g.keys,
                 Some(&dec_g.h0),
                 dec_g.c0.as_ref(),
