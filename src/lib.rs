@@ -21,6 +21,10 @@
 //! (`Attention::keys`); each decoding step is then one fused pass over the keys (scores, masked
 //! softmax, context), split across blocks and combined.
 //!
+//! Every layer implements `nn::Module` (parameters by PyTorch name, `load_state_dict` under a
+//! prefix, `nn::save_state_dict`). Any shape a caller can build gives `Ok` or `Err`, never a
+//! panic; sizes are counted with checked arithmetic and large buffers allocated fallibly.
+//!
 //! # Quick start
 //! ```no_run
 //! use fused_rnn::{nn::{Rnn, RnnConfig}, DType, Device, Tensor};
