@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 /// One tensor as the header will declare it; `offsets` overrides the computed ones.
@@ -434,38 +434,16 @@ fn flags(rng: &mut StdRng) -> Vec<&'static str> {
     out
 }
 
-/// The run under a 2 GiB address space, killed (a failure) after a minute.
-fn run_case(dir: &Path, grad: bool, flags: &[&str]) -> Output {
-    let mut command = Command::new("sh");
+/// The run under a 2 GiB address space; Err when it was killed after a minute.
+fn run_case(dir: &Path, grad: bool, flags: &[&str]) -> Result<Output, String> {
+    let mut command = common::cli::limited("-v 2097152");
     command
         .current_dir(dir)
-        .args(["-c", "ulimit -v 2097152 && exec \"$0\" \"$@\""])
-        .arg(common::cli::bin().get_program())
-        .args([
-            "run",
-            "--device",
-            "cpu",
-            "--weights",
-            "w",
-            "--input",
-            "x",
-            "--output",
-            "y",
-        ])
+        .args(["run", "--device", "cpu", "--weights", "w", "--input", "x"])
+        .args(["--output", "y"])
         .args(if grad { &["--grad", "g"][..] } else { &[] })
-        .args(flags)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(60) {
-            child.kill().unwrap();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.wait_with_output().unwrap()
+        .args(flags);
+    common::cli::bounded(command, Duration::from_secs(60))
 }
 
 /// What is wrong with a finished run, if anything.
@@ -527,9 +505,13 @@ fn random_files_end_in_a_result_or_one_error_line() {
             std::fs::write(dir.join(name), bytes(file)).unwrap();
         }
         let _ = std::fs::remove_file(dir.join("y"));
-        let out = run_case(&dir, grad, &flags);
-        succeeded += usize::from(out.status.success());
-        if let Some(why) = verdict(&dir, &out) {
+        let finished = run_case(&dir, grad, &flags);
+        succeeded += usize::from(finished.as_ref().is_ok_and(|out| out.status.success()));
+        let failure = match &finished {
+            Ok(out) => verdict(&dir, out),
+            Err(hung) => Some(hung.clone()),
+        };
+        if let Some(why) = failure {
             let kept = dir.join(format!("case{case}"));
             std::fs::create_dir_all(&kept).unwrap();
             for name in ["w", "x", "g"] {

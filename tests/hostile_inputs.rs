@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::cli::{assert_fails, bin, run, write, write_raw, write_with_metadata, Data};
+use common::cli::{
+    assert_fails, bin, bounded, limited, run, write, write_raw, write_with_metadata, Data,
+};
 use std::ffi::OsStr;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -31,37 +33,16 @@ fn dot_attention(path: &Path) {
     write_with_metadata(path, &[], &[("kind", "dot")]);
 }
 
-/// Runs `command` to its end, failing the test if it takes longer than `limit`.
-fn bounded(mut command: Command, limit: Duration) -> Output {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            child.kill().unwrap();
-            panic!("still running after {limit:?}: {command:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.wait_with_output().unwrap()
-}
-
 /// `fused-rnn run --device cpu` under a shell's limits (`ulimit` arguments, e.g. "-v 1048576"),
 /// within a minute.
 fn run_limited(limits: &str, w: &Path, x: &Path, y: &Path, extra: &[&str]) -> Output {
-    let mut command = Command::new("sh");
+    let mut command = limited(limits);
     command
-        .arg("-c")
-        .arg(format!("ulimit {limits} && exec \"$0\" \"$@\""))
-        .arg(bin().get_program())
         .args(["run", "--device", "cpu", "--weights"])
         .args([w.as_os_str(), OsStr::new("--input"), x.as_os_str()])
         .args([OsStr::new("--output"), y.as_os_str()])
         .args(extra);
-    bounded(command, Duration::from_secs(60))
+    bounded(command, Duration::from_secs(60)).unwrap()
 }
 
 #[test]

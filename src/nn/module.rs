@@ -35,23 +35,18 @@ pub trait Module {
                 quoted(stray)
             )));
         }
-        let mut values = Vec::new();
+        let mut loaded = Vec::new();
         for (name, t) in self.parameters() {
             let key = format!("{prefix}{name}");
-            let loaded = file.float(&key)?;
-            if loaded.shape() != t.shape() {
-                return Err(Error::shape(
-                    key,
-                    format!("{:?}", t.shape()),
-                    loaded.shape(),
-                ));
+            let value = file.float(&key)?;
+            if value.shape() != t.shape() {
+                return Err(Error::shape(key, format!("{:?}", t.shape()), value.shape()));
             }
-            let v = loaded.host_slice::<f32>()?;
-            Error::check_finite(&key, v, loaded.shape())?;
-            values.push(v.to_vec());
+            Error::check_finite(&key, value.host_slice::<f32>()?, value.shape())?;
+            loaded.push(value);
         }
-        for ((_, t), v) in self.parameters_mut().into_iter().zip(values) {
-            t.copy_from_f32(&v)?;
+        for ((_, t), value) in self.parameters_mut().into_iter().zip(&loaded) {
+            t.copy_from_f32(value.host_slice::<f32>()?)?;
         }
         Ok(())
     }

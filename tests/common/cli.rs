@@ -4,7 +4,8 @@
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The binary cargo built for this test, or FUSED_RNN_BIN (a bundled copy on another machine).
 pub fn bin() -> Command {
@@ -85,4 +86,33 @@ pub fn assert_fails(out: &Output, output: &Path, mentions: &[&str]) {
         assert!(stderr.contains(m), "`{m}` not in: {stderr}");
     }
     assert!(!output.exists(), "a failed run left {}", output.display());
+}
+
+/// `fused-rnn` under a shell's limits (`ulimit` arguments, e.g. "-v 2097152"): add its
+/// arguments, then run it with `bounded`.
+pub fn limited(limits: &str) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("ulimit {limits} && exec \"$0\" \"$@\""))
+        .arg(bin().get_program());
+    command
+}
+
+/// Runs `command` to its end; Err, after killing it, when it takes longer than `limit`.
+pub fn bounded(mut command: Command, limit: Duration) -> Result<Output, String> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            return Err(format!("still running after {limit:?}: {command:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(child.wait_with_output().unwrap())
 }
