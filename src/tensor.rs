@@ -1,18 +1,33 @@
 //! A minimal tensor: a shape and dense row-major storage on the host or one CUDA device.
 //!
-//! CUDA tensors wrap cudarc `CudaSlice`s, so another crate can hand in its own device buffers
-//! (`Tensor::from_cuda_slice`) and take results out (`Tensor::into_cuda_slice`) without a copy.
+//! A CUDA tensor holds its buffer (a cudarc `CudaSlice`) and the device it belongs to, so every
+//! op finds its stream, kernels and cuBLAS handles from its arguments. Another crate can hand in
+//! its own buffers (`Tensor::from_cuda_slice`), lend them for the length of a call
+//! (`Tensor::borrow_cuda_slice`) and take results out (`Tensor::into_cuda_slice`), all without
+//! a copy.
 
 use crate::device::{CudaDevice, Device};
 use crate::dtype::{CudaData, DType, Element, HostData};
 use crate::error::{Error, Result};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DevicePtr};
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
-#[derive(Debug)]
 enum Storage {
     Host(HostData),
-    Cuda(CudaData),
+    Cuda {
+        data: CudaData,
+        device: Arc<CudaDevice>,
+    },
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Storage::Host(h) => write!(f, "Host({})", h.dtype()),
+            Storage::Cuda { data, device } => write!(f, "{}({})", device.name(), data.dtype()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -51,21 +66,71 @@ impl Tensor {
         })
     }
 
-    /// Adopts a device buffer without copying. The buffer must belong to the context of the
-    /// device it is used with and be ready on that device's stream.
-    pub fn from_cuda_slice<T: Element>(slice: CudaSlice<T>, shape: &[usize]) -> Result<Self> {
-        check_len(shape, slice.len())?;
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            storage: Storage::Cuda(T::wrap_cuda(slice)),
-        })
+    /// Adopts a buffer of `device`'s context without copying. Work on it is ordered on the
+    /// device's stream; cudarc's event tracking orders it after pending writes on others.
+    pub fn from_cuda_slice<T: Element>(
+        slice: CudaSlice<T>,
+        shape: &[usize],
+        device: &Arc<CudaDevice>,
+    ) -> Result<Self> {
+        if slice.context().cu_ctx() != device.context().cu_ctx() {
+            return Err(Error::DeviceMismatch {
+                expected: device.name(),
+                got: "a buffer of another CUDA context".into(),
+            });
+        }
+        Tensor::from_cuda_data(T::wrap_cuda(slice), shape, device)
     }
 
-    pub(crate) fn from_cuda_data(data: CudaData, shape: &[usize]) -> Result<Self> {
+    pub(crate) fn from_cuda_data(
+        data: CudaData,
+        shape: &[usize],
+        device: &Arc<CudaDevice>,
+    ) -> Result<Self> {
         check_len(shape, data.len())?;
         Ok(Tensor {
             shape: shape.to_vec(),
-            storage: Storage::Cuda(data),
+            storage: Storage::Cuda {
+                data,
+                device: device.clone(),
+            },
+        })
+    }
+
+    /// Lends `count` elements of `slice` from element `offset` on, as a tensor of `shape`, for
+    /// as long as `slice` is borrowed: the buffer stays the lender's and is never freed here.
+    /// The device's stream waits for the lender's pending writes first, and the lender's later
+    /// frees and writes wait for the work enqueued on the view (cudarc's events).
+    pub fn borrow_cuda_slice<'a, T: Element>(
+        slice: &'a CudaSlice<T>,
+        offset: usize,
+        shape: &[usize],
+        device: &Arc<CudaDevice>,
+    ) -> Result<Borrowed<'a, T>> {
+        if slice.context().cu_ctx() != device.context().cu_ctx() {
+            return Err(Error::DeviceMismatch {
+                expected: device.name(),
+                got: "a buffer of another CUDA context".into(),
+            });
+        }
+        let count = crate::size::elements("borrowed view", shape)?;
+        if offset
+            .checked_add(count)
+            .is_none_or(|end| end > slice.len())
+        {
+            let want = format!("at most {} elements from offset {offset}", slice.len());
+            return Err(Error::shape("borrowed view", want, shape));
+        }
+        let stream = device.stream();
+        let (base, _read) = slice.device_ptr(stream);
+        let ptr = base + (offset * std::mem::size_of::<T>()) as u64;
+        // SAFETY: [ptr, ptr + count) lies in `slice` (checked above), which outlives the view
+        // ('a); the view's slice is leaked, never freed, when the view drops.
+        let view = unsafe { stream.upgrade_device_ptr::<T>(ptr, count) };
+        let tensor = Tensor::from_cuda_slice(view, shape, device)?;
+        Ok(Borrowed {
+            tensor: ManuallyDrop::new(tensor),
+            lender: slice,
         })
     }
 
@@ -80,12 +145,31 @@ impl Tensor {
     pub fn dtype(&self) -> DType {
         match &self.storage {
             Storage::Host(h) => h.dtype(),
-            Storage::Cuda(c) => c.dtype(),
+            Storage::Cuda { data, .. } => data.dtype(),
         }
     }
 
     pub fn is_cuda(&self) -> bool {
-        matches!(self.storage, Storage::Cuda(_))
+        matches!(self.storage, Storage::Cuda { .. })
+    }
+
+    /// The device this tensor lives on.
+    pub fn device(&self) -> Device {
+        match &self.storage {
+            Storage::Host(_) => Device::Cpu,
+            Storage::Cuda { device, .. } => Device::Cuda(device.clone()),
+        }
+    }
+
+    /// The CUDA device that owns this tensor's buffer.
+    pub fn cuda_device(&self) -> Result<&Arc<CudaDevice>> {
+        match &self.storage {
+            Storage::Cuda { device, .. } => Ok(device),
+            Storage::Host(_) => Err(Error::DeviceMismatch {
+                expected: "cuda".into(),
+                got: "cpu".into(),
+            }),
+        }
     }
 
     /// The same data under another shape with as many elements.
@@ -103,7 +187,7 @@ impl Tensor {
             Storage::Host(h) => T::host(h)
                 .map(|v| v.as_slice())
                 .ok_or_else(|| self.dtype_err::<T>()),
-            Storage::Cuda(_) => Err(Error::DeviceMismatch {
+            Storage::Cuda { .. } => Err(Error::DeviceMismatch {
                 expected: "cpu".into(),
                 got: "cuda".into(),
             }),
@@ -116,7 +200,7 @@ impl Tensor {
         let err = self.dtype_err::<T>();
         match &mut self.storage {
             Storage::Host(h) => T::host_mut(h).map(|v| v.as_mut_slice()).ok_or(err),
-            Storage::Cuda(_) => Err(Error::DeviceMismatch {
+            Storage::Cuda { .. } => Err(Error::DeviceMismatch {
                 expected: "cpu".into(),
                 got: "cuda".into(),
             }),
@@ -132,7 +216,7 @@ impl Tensor {
     pub fn into_cuda_slice<T: Element>(self) -> Result<CudaSlice<T>> {
         let err = self.dtype_err::<T>();
         match self.storage {
-            Storage::Cuda(c) => T::into_cuda(c).ok_or(err),
+            Storage::Cuda { data, .. } => T::into_cuda(data).ok_or(err),
             Storage::Host(_) => Err(Error::DeviceMismatch {
                 expected: "cuda".into(),
                 got: "cpu".into(),
@@ -142,7 +226,7 @@ impl Tensor {
 
     pub(crate) fn cuda_data(&self) -> Result<&CudaData> {
         match &self.storage {
-            Storage::Cuda(c) => Ok(c),
+            Storage::Cuda { data, .. } => Ok(data),
             Storage::Host(_) => Err(Error::DeviceMismatch {
                 expected: "cuda".into(),
                 got: "cpu".into(),
@@ -169,10 +253,10 @@ impl Tensor {
         let host = HostData::from_f32(values, self.dtype());
         match &mut self.storage {
             Storage::Host(h) => *h = host,
-            Storage::Cuda(c) => crate::with_dtype!(c.dtype(), T => {
-                let slice = T::cuda_mut(c).expect("the storage's own dtype");
-                let stream = slice.stream().clone();
-                stream.memcpy_htod(T::host(&host).expect("converted to that dtype"), slice)?;
+            Storage::Cuda { data, device } => crate::with_dtype!(data.dtype(), T => {
+                let slice = T::cuda_mut(data).expect("the storage's own dtype");
+                let host = T::host(&host).expect("converted to that dtype");
+                device.stream().memcpy_htod(host, slice)?;
             }),
         }
         Ok(())
@@ -199,22 +283,19 @@ impl Tensor {
     fn to_host_data(&self) -> Result<HostData> {
         match &self.storage {
             Storage::Host(h) => Ok(h.clone()),
-            Storage::Cuda(c) => crate::with_dtype!(c.dtype(), T => {
-                let slice = T::cuda(c).unwrap();
-                Ok(T::wrap_host(slice.stream().clone_dtoh(slice)?))
+            Storage::Cuda { data, device } => crate::with_dtype!(data.dtype(), T => {
+                let slice = T::cuda(data).expect("the storage's own dtype");
+                Ok(T::wrap_host(device.stream().clone_dtoh(slice)?))
             }),
         }
     }
 
-    /// A copy on `device` in `dtype`: device to device when this tensor is on that device in
-    /// that dtype, else through the host.
+    /// A copy on `device` in `dtype`: on the device when this tensor is already on its
+    /// context (converted there when the dtypes differ), else through the host.
     pub fn to(&self, device: &Device, dtype: DType) -> Result<Self> {
-        if let (Storage::Cuda(src), Device::Cuda(dev)) = (&self.storage, device) {
-            if src.dtype() == dtype && same_context(src, dev) {
-                return Ok(Tensor {
-                    shape: self.shape.clone(),
-                    storage: Storage::Cuda(dev.copy_data(src)?),
-                });
+        if let (Storage::Cuda { data, .. }, Device::Cuda(dev)) = (&self.storage, device) {
+            if same_context(data, dev) {
+                return Tensor::from_cuda_data(dev.convert_data(data, dtype)?, &self.shape, dev);
             }
         }
         let host = self.to_host_data()?;
@@ -223,21 +304,20 @@ impl Tensor {
         } else {
             HostData::from_f32(&host.to_f32(), dtype)
         };
-        let storage = match device {
-            Device::Cpu => Storage::Host(host),
-            Device::Cuda(dev) => Storage::Cuda(upload(dev, &host)?),
-        };
-        Ok(Tensor {
-            shape: self.shape.clone(),
-            storage,
-        })
+        match device {
+            Device::Cpu => Ok(Tensor {
+                shape: self.shape.clone(),
+                storage: Storage::Host(host),
+            }),
+            Device::Cuda(dev) => Tensor::from_cuda_data(upload(dev, &host)?, &self.shape, dev),
+        }
     }
 
     /// Checks that this tensor lives on `device` (the same CUDA context for CUDA devices).
     pub(crate) fn check_on(&self, device: &Device, name: &str) -> Result<()> {
         let ok = match (&self.storage, device) {
             (Storage::Host(_), Device::Cpu) => true,
-            (Storage::Cuda(c), Device::Cuda(dev)) => same_context(c, dev),
+            (Storage::Cuda { data, .. }, Device::Cuda(dev)) => same_context(data, dev),
             _ => false,
         };
         if ok {
@@ -262,4 +342,34 @@ fn same_context(data: &CudaData, dev: &CudaDevice) -> bool {
         CudaData::BF16(s) => s.context(),
     };
     ctx.cu_ctx() == dev.context().cu_ctx()
+}
+
+/// A caller's device buffer lent as a tensor (`Tensor::borrow_cuda_slice`); use it as a
+/// `&Tensor` while `'a` lasts.
+pub struct Borrowed<'a, T: Element> {
+    tensor: ManuallyDrop<Tensor>,
+    lender: &'a CudaSlice<T>,
+}
+
+impl<T: Element> std::ops::Deref for Borrowed<'_, T> {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        &self.tensor
+    }
+}
+
+impl<T: Element> Drop for Borrowed<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: the tensor is taken once, here, and never used again.
+        let tensor = unsafe { ManuallyDrop::take(&mut self.tensor) };
+        if let Storage::Cuda { data, device } = tensor.storage {
+            // The lender's buffer: never freed here.
+            if let Some(view) = T::into_cuda(data) {
+                view.leak();
+            }
+            // Marks the lender's buffer read after all the work enqueued on the view, so that
+            // its owner's later free or write on another stream waits for that work.
+            drop(self.lender.device_ptr(device.stream()));
+        }
+    }
 }

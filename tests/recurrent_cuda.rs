@@ -342,8 +342,8 @@ fn caller_buffers_from_another_stream_are_read_before_they_are_freed() {
     let values = common::random(t * b * i, 1.0, 7);
     let rnn = Rnn::random(RnnConfig::new(i, h), &device, DType::F32, 3).unwrap();
     let out = {
-        let x =
-            Tensor::from_cuda_slice(other_stream.clone_htod(&values).unwrap(), &[t, b, i]).unwrap();
+        let slice = other_stream.clone_htod(&values).unwrap();
+        let x = Tensor::from_cuda_slice(slice, &[t, b, i], cuda).unwrap();
         rnn.forward(&x, None, Some(&[6, 2, 4])).unwrap()
         // `x` is dropped here, possibly before the copy out of it ran.
     };

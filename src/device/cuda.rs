@@ -6,6 +6,7 @@
 //! anyone else enqueues on the device's stream can be recorded into a graph.
 
 use super::kernels;
+use super::launch::{launch, per_element};
 use crate::dtype::{CudaData, DType, Element};
 use crate::error::{Error, Result};
 use crate::nvrtc;
@@ -120,8 +121,7 @@ impl CudaDevice {
     }
 
     /// Runs everything on `stream`, so that a crate that owns the stream orders our work with
-    /// its own without extra synchronisation. Wrap it with `Device::from` so that functions that
-    /// find their device from their tensors (`train`) find it.
+    /// its own without extra synchronisation (`Device::from` wraps it).
     pub fn with_stream(stream: Arc<CudaStream>) -> Result<Self> {
         // SAFETY: only probes whether the library can be opened.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
@@ -233,6 +233,41 @@ impl CudaDevice {
             unsafe { self.copy_async(dst, src, bytes) }
         })?;
         Ok(out)
+    }
+
+    /// `src`, a buffer of this device, in `dtype`: a copy when it is in that dtype already,
+    /// else converted by the elementwise kernels (through f32 between two 16-bit types).
+    pub(crate) fn convert_data(&self, src: &CudaData, dtype: DType) -> Result<CudaData> {
+        match (src.dtype(), dtype) {
+            (from, to) if from == to => self.copy_data(src),
+            (DType::F32, to) => self.cast(src, "convert_naive", to, to),
+            (from, DType::F32) => self.cast(src, "load_naive", from, DType::F32),
+            (from, to) => {
+                let wide = self.cast(src, "load_naive", from, DType::F32)?;
+                self.cast(&wide, "convert_naive", to, to)
+            }
+        }
+    }
+
+    /// `src` through kernel `{op}_{kernel_dtype}` of elementwise.cu (`load_naive`: T → f32,
+    /// `convert_naive`: f32 → T) into a new buffer of `out`.
+    fn cast(&self, src: &CudaData, op: &str, kernel_dtype: DType, out: DType) -> Result<CudaData> {
+        let n = src.len();
+        let count = i32::try_from(n).map_err(|_| Error::TooLarge {
+            what: format!("a dtype conversion of {n} elements on the device"),
+            needed: format!("{n} elements"),
+            limit: "i32::MAX elements per launch".into(),
+        })?;
+        let f = self.function("elementwise", op, kernel_dtype)?;
+        let stream = self.stream();
+        let dst = self.alloc_output_data(out, n)?;
+        let y = super::data_ptr(&dst, stream);
+        super::reading(src, stream, |x| -> Result<()> {
+            // SAFETY: `x` and `y` hold n elements each of the kernel's input and output dtypes.
+            unsafe { launch!(stream, &f, per_element(n); x, y, count) };
+            Ok(())
+        })?;
+        Ok(dst)
     }
 
     /// Enqueues filling `bytes` bytes at `dst` with `byte`.

@@ -39,6 +39,7 @@ pub(crate) fn per_row(rows: usize, splits: usize, shared_bytes: usize) -> Launch
 /// `unsafe fn` contract) saying why the addresses and sizes are valid.
 macro_rules! launch {
     ($stream:expr, $f:expr, $cfg:expr; $($arg:expr),+ $(,)?) => {{
+        use cudarc::driver::PushKernelArg as _;
         let mut builder = $stream.launch_builder($f);
         $( builder.arg(&$arg); )+
         builder.launch($cfg)?;

@@ -20,13 +20,8 @@ pub(crate) use driver::{
 };
 pub(crate) use ptr::{data_ptr, dev_ptr, reading, writing, MatRef};
 
-use crate::dtype::CudaData;
-use crate::error::{Error, Result};
-use std::sync::{Arc, Mutex, Weak};
-
-/// The CUDA devices made through `Device`, so that functions given only tensors (the training
-/// helpers) run on the device that owns them, with its kernels and settings.
-static CUDA_DEVICES: Mutex<Vec<Weak<CudaDevice>>> = Mutex::new(Vec::new());
+use crate::error::Result;
+use std::sync::Arc;
 
 /// A compute device. Cloning is cheap (CUDA state is shared).
 #[derive(Clone)]
@@ -85,47 +80,10 @@ impl Device {
     }
 }
 
-/// Wraps a device (e.g. one made with `CudaDevice::with_stream`) and makes it known to the
-/// functions that find the device from their tensors (`train`).
+/// Wraps a device, e.g. one made with `CudaDevice::with_stream` on a caller's stream.
 impl From<Arc<CudaDevice>> for Device {
     fn from(dev: Arc<CudaDevice>) -> Self {
-        let mut known = CUDA_DEVICES.lock().unwrap_or_else(|p| p.into_inner());
-        known.retain(|d| d.strong_count() > 0);
-        if !known
-            .iter()
-            .any(|d| std::ptr::eq(d.as_ptr(), Arc::as_ptr(&dev)))
-        {
-            known.push(Arc::downgrade(&dev));
-        }
         Device::Cuda(dev)
-    }
-}
-
-/// The device `data` belongs to: a live device made through `Device` whose stream the buffer
-/// was made on, else one on the buffer's context (it then runs on that device's stream).
-pub(crate) fn owner_of(data: &CudaData) -> Result<Arc<CudaDevice>> {
-    let stream = match data {
-        CudaData::F32(s) => s.stream(),
-        CudaData::F16(s) => s.stream(),
-        CudaData::BF16(s) => s.stream(),
-    };
-    let known = CUDA_DEVICES.lock().unwrap_or_else(|p| p.into_inner());
-    let live: Vec<Arc<CudaDevice>> = known
-        .iter()
-        .filter_map(Weak::upgrade)
-        .filter(|d| d.context().cu_ctx() == stream.context().cu_ctx())
-        .collect();
-    drop(known);
-    let same_stream = live
-        .iter()
-        .position(|d| d.stream().cu_stream() == stream.cu_stream());
-    match same_stream.or((!live.is_empty()).then_some(0)) {
-        Some(k) => Ok(live[k].clone()),
-        None => Err(Error::Config(
-            "no CUDA device of this crate owns the tensor: make the device with Device::cuda, or \
-             wrap a CudaDevice with Device::from"
-                .into(),
-        )),
     }
 }
 

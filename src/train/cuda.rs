@@ -8,11 +8,11 @@
 //! only when an address in it changes (gradients in new buffers, say).
 
 use crate::device::launch::{blocks, launch};
-use crate::device::{data_ptr, dev_ptr, owner_of, reading, CudaDevice, Device};
+use crate::device::{data_ptr, dev_ptr, reading, CudaDevice, Device};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr};
 use std::sync::Arc;
 
 /// Elements per chunk (TRAIN_CHUNK in kernels/train.cu).
@@ -43,7 +43,7 @@ fn common_device(tensors: &[&Tensor], what: &str) -> Result<(Arc<CudaDevice>, DT
     let first = tensors
         .first()
         .ok_or_else(|| Error::Config(format!("no {what}s")))?;
-    let dev = owner_of(first.cuda_data()?)?;
+    let dev = first.cuda_device()?.clone();
     let device = Device::Cuda(dev.clone());
     let dtype = first.dtype();
     for (k, t) in tensors.iter().enumerate() {
@@ -342,7 +342,7 @@ pub(super) fn softmax_cross_entropy(
         )));
     }
     let src = logits.cuda_data()?;
-    let dev = owner_of(src)?;
+    let dev = logits.cuda_device()?;
     let dtype = logits.dtype();
     let stream = dev.stream();
     let targets_dev = dev.upload(targets)?;
@@ -367,7 +367,7 @@ pub(super) fn softmax_cross_entropy(
         Ok(())
     })?;
     let value = stream.clone_dtoh(&mean)?[0];
-    Ok((value, Tensor::from_cuda_data(grad, &[n, vocab])?))
+    Ok((value, Tensor::from_cuda_data(grad, &[n, vocab], dev)?))
 }
 
 #[cfg(test)]

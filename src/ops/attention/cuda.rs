@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::ops::activation::Activation;
 use crate::ops::algo::Algo;
 use crate::tensor::Tensor;
-use cudarc::driver::{CudaFunction, CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Floats of shared memory the fused kernel needs besides q, v and the chunk's scores: the
@@ -216,7 +216,7 @@ impl OnDevice {
                 self.convert(y, b * l * n)
             }
         })?;
-        Tensor::from_cuda_data(out, &[b, l, n])
+        Tensor::from_cuda_data(out, &[b, l, n], &self.dev)
     }
 
     /// The device side of a source whose tensors are final.
@@ -290,9 +290,9 @@ impl OnDevice {
             }
         })?;
         Ok(Attended {
-            context: Tensor::from_cuda_data(context, &[batch, tq, dv])?,
+            context: Tensor::from_cuda_data(context, &[batch, tq, dv], &self.dev)?,
             weights: weights
-                .map(|w| Tensor::from_cuda_data(w, &[batch, tq, len]))
+                .map(|w| Tensor::from_cuda_data(w, &[batch, tq, len], &self.dev))
                 .transpose()?,
         })
     }

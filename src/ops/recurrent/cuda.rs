@@ -22,7 +22,7 @@ use crate::dtype::{CudaData, DType, Element};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, LaunchConfig, PushKernelArg};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Binary op codes of `binary_naive_f32` (kernels/elementwise.cu).
 const OP_ADD: i32 = 0;
@@ -750,7 +750,7 @@ impl Plan {
     }
 
     /// Copies the call's tensors in, replays, and copies the results out.
-    fn run(&mut self, dev: &CudaDevice, call: &Call<'_>) -> Result<Outputs> {
+    fn run(&mut self, dev: &Arc<CudaDevice>, call: &Call<'_>) -> Result<Outputs> {
         let stream = dev.stream();
         let dims = self.key.dims;
         let esize = self.key.dtype.size_in_bytes();
@@ -818,7 +818,7 @@ impl Plan {
             writing(&mut dst, stream, |ptr| unsafe {
                 dev.copy_async(ptr, data_ptr(src, stream), src.len() * esize)
             })?;
-            Tensor::from_cuda_data(dst, shape)
+            Tensor::from_cuda_data(dst, shape, dev)
         };
         Ok(Outputs {
             output: copy_out(self.last_out(), &dims.output_shape())?,
@@ -833,7 +833,7 @@ impl Plan {
 }
 
 pub(super) fn forward(
-    dev: &CudaDevice,
+    dev: &Arc<CudaDevice>,
     algo: Algo,
     call: &Call<'_>,
     cache: &PlanCache,

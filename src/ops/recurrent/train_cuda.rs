@@ -15,7 +15,8 @@ use crate::device::{data_ptr, dev_ptr, writing, CudaDevice, Lane, MatRef};
 use crate::dtype::{CudaData, DType};
 use crate::error::Result;
 use crate::tensor::Tensor;
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::CudaSlice;
+use std::sync::Arc;
 
 /// Cell codes of kernels/recurrent_train.cu.
 fn cell_code(cell: Cell) -> i32 {
@@ -195,9 +196,9 @@ fn buffer(dev: &CudaDevice, dtype: DType, len: usize) -> Result<(CudaData, u64)>
 
 /// A result buffer after its last write was enqueued, as a tensor: readers on other streams
 /// wait for that write.
-fn finished(dev: &CudaDevice, mut data: CudaData, shape: &[usize]) -> Result<Tensor> {
+fn finished(dev: &Arc<CudaDevice>, mut data: CudaData, shape: &[usize]) -> Result<Tensor> {
     writing(&mut data, dev.stream(), |_| ());
-    Tensor::from_cuda_data(data, shape)
+    Tensor::from_cuda_data(data, shape, dev)
 }
 
 /// The device's lengths of a call, one i32 per row.
@@ -207,7 +208,7 @@ fn upload_lengths(dev: &CudaDevice, lengths: &[usize]) -> Result<CudaSlice<i32>>
 }
 
 /// The training-mode forward on CUDA: the same outputs as `forward`, and the reserve.
-pub(super) fn forward_train(dev: &CudaDevice, call: &Call<'_>) -> Result<(Outputs, Saved)> {
+pub(super) fn forward_train(dev: &Arc<CudaDevice>, call: &Call<'_>) -> Result<(Outputs, Saved)> {
     let _queue = dev.lock_queue();
     let (cell, dims) = (call.cell, call.dims);
     let dtype = call.input.dtype();

@@ -26,7 +26,7 @@ use crate::ops::activation::Activation;
 use crate::ops::algo::Algo;
 use crate::ops::attention::{AttentionGradients, Params, Score, Sizes};
 use crate::tensor::Tensor;
-use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, LaunchConfig};
 
 /// The backward's kernels.
 pub(super) struct Kernels {
@@ -235,14 +235,17 @@ impl OnDevice {
         let mut named = Vec::new();
         for ((name, t), g) in params.named().into_iter().zip(grads) {
             if let (Some(t), Some(g)) = (t, g) {
-                named.push((name.to_string(), Tensor::from_cuda_data(g, t.shape())?));
+                named.push((
+                    name.to_string(),
+                    Tensor::from_cuda_data(g, t.shape(), &self.dev)?,
+                ));
             }
         }
         Ok(AttentionGradients {
-            query: Tensor::from_cuda_data(query, call.query.shape())?,
-            keys: Tensor::from_cuda_data(keys, call.keys.shape())?,
+            query: Tensor::from_cuda_data(query, call.query.shape(), &self.dev)?,
+            keys: Tensor::from_cuda_data(keys, call.keys.shape(), &self.dev)?,
             values: match (values, call.values) {
-                (Some(g), Some(t)) => Some(Tensor::from_cuda_data(g, t.shape())?),
+                (Some(g), Some(t)) => Some(Tensor::from_cuda_data(g, t.shape(), &self.dev)?),
                 _ => None,
             },
             params: named,

@@ -17,7 +17,8 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::ops::recurrent::{Cell, Dims, DirectionGradients, DirectionWeights, Gradients};
 use crate::tensor::Tensor;
-use cudarc::driver::{CudaFunction, PushKernelArg};
+use cudarc::driver::CudaFunction;
+use std::sync::Arc;
 
 /// An f32 row-major matrix at `ptr` with leading dimension `ld`.
 fn f32_mat(ptr: u64, ld: usize) -> MatRef {
@@ -481,7 +482,7 @@ impl Backward<'_> {
 /// from the reserve of a CUDA training-mode forward with the same weights.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
-    dev: &CudaDevice,
+    dev: &Arc<CudaDevice>,
     naive: bool,
     cell: Cell,
     dims: Dims,
