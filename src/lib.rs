@@ -41,6 +41,7 @@
 pub mod device;
 mod dtype;
 pub mod error;
+mod indices;
 pub mod io;
 pub mod nn;
 pub mod nvrtc;
@@ -52,6 +53,7 @@ pub mod train;
 pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
+pub use indices::Indices;
 pub use ops::algo::Algo;
 pub use ops::recurrent::{Cell, Gradients, Nonlinearity, Outputs, Reserve};
 pub use tensor::Tensor;
