@@ -116,6 +116,15 @@ __device__ __forceinline__ void store_step(float value, const T* h_prev, T* h_ne
     }
 }
 
+// The block's dynamic shared memory as `T* name` (host builds: the emulation's buffer).
+#ifdef __CUDA_ARCH__
+#define DYNAMIC_SHARED(T, name)                                                                  \
+    extern __shared__ __align__(16) unsigned char name##_bytes[];                                \
+    T* name = (T*)name##_bytes
+#else
+#define DYNAMIC_SHARED(T, name) T* name = (T*)emu::dynamic_shared()
+#endif
+
 // Stamps `MACRO(suffix, type)` once per storage dtype; entry points are `{op}_{variant}_{suffix}`.
 #define FOR_EACH_DTYPE(MACRO) MACRO(f32, float) MACRO(f16, f16) MACRO(bf16, bf16)
 

@@ -5,8 +5,9 @@
 // guarantees) and the block's CUDA threads as fibers on it, switched at __syncthreads and at
 // warp collectives (__shfl_xor_sync, mma). A fiber runs until it waits, so the order in which
 // threads run between two barriers is fixed, not the GPU's: races are not found here, and
-// memory ordering on hardware is not tested. Shared memory starts as 0xFF bytes (NaN in f32,
-// f16 and bf16), so a read of a word nothing wrote shows in the results.
+// memory ordering on hardware is not tested. Dynamic shared memory starts as 0xFF bytes (NaN in
+// f32, f16 and bf16), so a read of a word nothing wrote shows in the results; static
+// `__shared__` variables are thread-locals of the block's OS thread.
 //
 // Kernels keep their PTX behind `#ifdef __CUDA_ARCH__` and call emu:: in its place.
 #pragma once
@@ -125,25 +126,31 @@ inline void run_block(unsigned threads) {
     }
 }
 
-// Launches `kernel` on `grid` blocks of `threads` with `shared` bytes of dynamic shared memory.
-inline void launch(unsigned grid, unsigned threads, size_t shared,
-                   const std::function<void()>& kernel) {
+// Launches `kernel` on a grid of `grid` blocks of `threads` with `shared` bytes of dynamic
+// shared memory.
+inline void launch(Dim3 grid, unsigned threads, size_t shared, const std::function<void()>& kernel) {
     if (threads % 32 != 0) fail("block size not a multiple of 32");
     std::vector<std::thread> blocks;
-    for (unsigned k = 0; k < grid; ++k) {
-        blocks.emplace_back([=] {
-            Block b;
-            b.shared.assign(shared, 0xFF);
-            std::memset(b.statics, 0xFF, sizeof b.statics);
-            b.body = kernel;
-            block = &b;
-            block_idx = {k, 0, 0};
-            grid_dim = {grid, 1, 1};
-            block_dim = {threads, 1, 1};
-            run_block(threads);
-        });
-    }
+    for (unsigned y = 0; y < grid.y; ++y)
+        for (unsigned x = 0; x < grid.x; ++x) {
+            blocks.emplace_back([=] {
+                Block b;
+                b.shared.assign(shared, 0xFF);
+                std::memset(b.statics, 0xFF, sizeof b.statics);
+                b.body = kernel;
+                block = &b;
+                block_idx = {x, y, 0};
+                grid_dim = {grid.x, grid.y, 1};
+                block_dim = {threads, 1, 1};
+                run_block(threads);
+            });
+        }
     for (auto& t : blocks) t.join();
+}
+
+inline void launch(unsigned grid, unsigned threads, size_t shared,
+                   const std::function<void()>& kernel) {
+    launch(Dim3{grid, 1, 1}, threads, shared, kernel);
 }
 
 inline unsigned char* dynamic_shared() { return block->shared.data(); }
@@ -269,3 +276,9 @@ inline float __shfl_xor_sync(unsigned mask, float x, int lane_mask) {
     return emu::shfl_xor(x, lane_mask);
 }
 inline int atomicExch(int* p, int v) { return std::atomic_ref<int>(*p).exchange(v); }
+inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+
+// A block is one OS thread, its CUDA threads fibers on it, and every launch starts new threads:
+// a thread-local variable is exactly one block's shared variable.
+#define __shared__ static thread_local
