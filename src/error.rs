@@ -66,6 +66,8 @@ pub enum Error {
     Driver(#[from] cudarc::driver::DriverError),
     #[error("cuBLAS: {0}")]
     Cublas(#[from] cudarc::cublas::result::CublasError),
+    #[error("cuBLASLt: {0}")]
+    CublasLt(#[from] cudarc::cublaslt::result::CublasError),
     #[error("NVRTC: {0}")]
     Nvrtc(String),
 }

@@ -5,7 +5,7 @@ mod common;
 
 use fused_rnn::nn::{Embedding, Linear, Module};
 use fused_rnn::train::{clip_grad_norm, softmax_cross_entropy, Adam};
-use fused_rnn::Tensor;
+use fused_rnn::{DType, Device, Indices, Tensor};
 
 fn t(v: Vec<f32>, shape: &[usize]) -> Tensor {
     Tensor::from_vec(v, shape).unwrap()
@@ -17,7 +17,7 @@ fn host(t: &Tensor) -> Vec<f32> {
 
 #[test]
 fn linear_gradients_match_finite_differences() {
-    let mut lin = Linear::random(5, 3, true, 7).unwrap();
+    let mut lin = Linear::random(5, 3, true, &Device::Cpu, DType::F32, 7).unwrap();
     let x = t(common::random(2 * 4 * 5, 1.0, 1), &[2, 4, 5]);
     let g = t(common::random(2 * 4 * 3, 1.0, 2), &[2, 4, 3]);
     let grads = lin.backward(&x, &g).unwrap();
@@ -71,21 +71,22 @@ fn linear_gradients_match_finite_differences() {
 
 #[test]
 fn embedding_gradients_sum_rows_per_token_and_skip_padding() {
-    let emb = Embedding::random(5, 2, Some(0), 3).unwrap();
+    let emb = Embedding::random(5, 2, Some(0), &Device::Cpu, DType::F32, 3).unwrap();
     assert_eq!(
         &host(&emb.weight)[0..2],
         &[0.0, 0.0],
         "the padding row starts at zero"
     );
-    let tokens = [3, 0, 3, 1];
-    let y = emb.forward(&tokens, &[2, 2]).unwrap();
+    let tokens = Indices::from_vec(vec![3, 0, 3, 1], &[2, 2]).unwrap();
+    let y = emb.forward(&tokens).unwrap();
     assert_eq!(y.shape(), &[2, 2, 2]);
     assert_eq!(&host(&y)[0..2], &host(&emb.weight)[6..8]);
     let g = t(vec![1.0, 2.0, 10.0, 20.0, 3.0, 4.0, 5.0, 6.0], &[2, 2, 2]);
     let dw = host(&emb.backward(&tokens, &g).unwrap());
     assert_eq!(dw, vec![0.0, 0.0, 5.0, 6.0, 0.0, 0.0, 4.0, 6.0, 0.0, 0.0]);
     assert!(
-        emb.forward(&[5], &[1]).is_err(),
+        emb.forward(&Indices::from_vec(vec![5], &[1]).unwrap())
+            .is_err(),
         "a token outside the vocabulary is an error"
     );
 }
@@ -146,7 +147,7 @@ fn clipping_and_adam_steps_follow_pytorch() {
 #[test]
 fn backward_with_another_modules_reserve_is_an_error() {
     use fused_rnn::nn::{Gru, GruConfig};
-    use fused_rnn::{DType, Device, Error};
+    use fused_rnn::Error;
     let a = Gru::random(GruConfig::new(3, 4), &Device::Cpu, DType::F32, 1).unwrap();
     let b = Gru::random(GruConfig::new(3, 5), &Device::Cpu, DType::F32, 2).unwrap();
     let x = t(common::random(2 * 2 * 3, 1.0, 4), &[2, 2, 3]);
@@ -161,7 +162,6 @@ fn backward_with_another_modules_reserve_is_an_error() {
 #[test]
 fn reserve_bytes_is_known_before_the_call() {
     use fused_rnn::nn::{Lstm, LstmConfig};
-    use fused_rnn::{DType, Device};
     let mut config = LstmConfig::new(3, 5);
     config.num_layers = 2;
     config.bidirectional = true;

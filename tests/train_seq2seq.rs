@@ -11,7 +11,7 @@ use fused_rnn::nn::{
 };
 use fused_rnn::ops::attention::Score;
 use fused_rnn::train::{clip_grad_norm, softmax_cross_entropy, Adam};
-use fused_rnn::{DType, Device, Reserve, Tensor};
+use fused_rnn::{DType, Device, Indices, Reserve, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 const PAD: usize = 0;
@@ -51,6 +51,11 @@ fn batch(rng: &mut StdRng) -> Batch {
         b.lengths.push(n);
     }
     b
+}
+
+/// Batch-major [B, MAX_LEN] tokens as ids.
+fn ids(tokens: &[usize]) -> Indices {
+    Indices::from_usize(tokens, &[BATCH, MAX_LEN]).unwrap()
 }
 
 /// [B, T, H] halves of a [B·T, 2H] tensor's rows, and back.
@@ -107,12 +112,13 @@ impl Model {
             bias: false,
         };
         Model {
-            enc_emb: Embedding::random(VOCAB, EMBED, Some(PAD), seed).unwrap(),
-            dec_emb: Embedding::random(VOCAB, EMBED, Some(PAD), seed + 1).unwrap(),
+            enc_emb: Embedding::random(VOCAB, EMBED, Some(PAD), &cpu, DType::F32, seed).unwrap(),
+            dec_emb: Embedding::random(VOCAB, EMBED, Some(PAD), &cpu, DType::F32, seed + 1)
+                .unwrap(),
             encoder: Lstm::random(config, &cpu, DType::F32, seed + 2).unwrap(),
             decoder: Lstm::random(config, &cpu, DType::F32, seed + 3).unwrap(),
             attention: Attention::random(general, &cpu, DType::F32, seed + 4).unwrap(),
-            output: Linear::random(2 * HIDDEN, VOCAB, true, seed + 5).unwrap(),
+            output: Linear::random(2 * HIDDEN, VOCAB, true, &cpu, DType::F32, seed + 5).unwrap(),
         }
     }
 
@@ -141,13 +147,12 @@ impl Model {
     }
 
     fn forward(&self, b: &Batch) -> Pass {
-        let shape = [BATCH, MAX_LEN];
-        let src = self.enc_emb.forward(&b.source, &shape).unwrap();
+        let src = self.enc_emb.forward(&ids(&b.source)).unwrap();
         let (enc, enc_reserve) = self
             .encoder
             .forward_train(&src, None, Some(&b.lengths))
             .unwrap();
-        let dec_in = self.dec_emb.forward(&b.decoder_in, &shape).unwrap();
+        let dec_in = self.dec_emb.forward(&ids(&b.decoder_in)).unwrap();
         let state = Some((&enc.h_n, &enc.c_n));
         let (dec, dec_reserve) = self
             .decoder
@@ -227,8 +232,8 @@ fn an_encoder_decoder_with_attention_learns_to_reverse_sequences() {
                 dec_g.c0.as_ref(),
             )
             .unwrap();
-        let d_dec_emb = m.dec_emb.backward(&b.decoder_in, &dec_g.input).unwrap();
-        let d_enc_emb = m.enc_emb.backward(&b.source, &enc_g.input).unwrap();
+        let d_dec_emb = m.dec_emb.backward(&ids(&b.decoder_in), &dec_g.input).unwrap();
+        let d_enc_emb = m.enc_emb.backward(&ids(&b.source), &enc_g.input).unwrap();
         // Update: every gradient in the order `modules` lists the parameters.
         let mut grads: Vec<Tensor> = vec![d_enc_emb, d_dec_emb];
         for g in [&enc_g, &dec_g] {
@@ -282,7 +287,7 @@ fn an_encoder_decoder_with_attention_learns_to_reverse_sequences() {
     let (want, got) = (model.forward(&b).logits, loaded.forward(&b).logits);
     assert_eq!(got.to_vec_f32().unwrap(), want.to_vec_f32().unwrap());
     // Names or shapes that do not fit are errors naming them, and change nothing.
-    let mut narrow = Linear::random(HIDDEN, VOCAB, true, 9).unwrap();
+    let mut narrow = Linear::random(HIDDEN, VOCAB, true, &Device::Cpu, DType::F32, 9).unwrap();
     let before = narrow.weight.to_vec_f32().unwrap();
     let stray = narrow.load_state_dict(&file, "decoder.").unwrap_err();
     assert!(stray.to_string().contains("`decoder."), "{stray}");

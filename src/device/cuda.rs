@@ -1,10 +1,12 @@
-//! One CUDA device: context, lanes (stream + cuBLAS handle) and the kernel modules loaded on it.
+//! One CUDA device: context, lanes (stream + cuBLAS and cuBLASLt handles) and the kernel modules
+//! loaded on it.
 //!
 //! Lane 0 is the device's stream, where every call starts and ends; lane 1 runs work that is
 //! independent of lane 0's (the reverse direction of a bidirectional layer) concurrently. Two
 //! more lanes on private streams are used only while capturing CUDA graphs, so that nothing
 //! anyone else enqueues on the device's stream can be recorded into a graph.
 
+use super::gemm_lt::BlasLt;
 use super::kernels;
 use super::launch::{launch, per_element};
 use crate::dtype::{CudaData, DType, Element};
@@ -31,10 +33,12 @@ pub enum LoadedVia {
     Nvrtc,
 }
 
-/// A stream with a cuBLAS handle bound to it.
+/// A stream with a cuBLAS handle bound to it, and a cuBLASLt handle (with its own workspace)
+/// for the GEMMs with a fused epilogue (None without libcublasLt).
 pub(crate) struct Lane {
     pub stream: Arc<CudaStream>,
     pub blas: CudaBlas,
+    pub(super) lt: Option<BlasLt>,
     /// cuBLAS's workspace, owned here so that graph capture never makes cuBLAS allocate, and
     /// one per lane so that concurrent GEMMs never share it. Dropped after `blas`.
     _workspace: CudaSlice<u8>,
@@ -54,9 +58,11 @@ impl Lane {
             )
         }
         .result()?;
+        let lt = BlasLt::new(&stream, BLAS_WORKSPACE_BYTES)?;
         Ok(Lane {
             stream,
             blas,
+            lt,
             _workspace: workspace,
         })
     }
@@ -80,7 +86,7 @@ pub struct CudaDevice {
 /// 0xFF bytes are NaN in f32, f16 and bf16.
 pub(crate) const POISON_BYTE: u8 = 0xff;
 
-/// Size of the cuBLAS workspace (NVIDIA recommends 32 MiB on Hopper).
+/// Size of the cuBLAS workspace, and of the cuBLASLt one (NVIDIA recommends 32 MiB on Hopper).
 const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// Fails unless the driver library can be opened (cudarc panics on a missing library).
@@ -281,6 +287,18 @@ impl CudaDevice {
 
     pub(crate) fn alloc_output_data(&self, dtype: DType, len: usize) -> Result<CudaData> {
         crate::with_dtype!(dtype, T => Ok(T::wrap_cuda(self.alloc_output::<T>(len)?)))
+    }
+
+    /// A buffer of no elements, for a zero-size result: the driver refuses allocations of 0
+    /// bytes, so one element is allocated and owned by a slice of length 0.
+    pub(crate) fn empty_data(&self, dtype: DType) -> Result<CudaData> {
+        crate::with_dtype!(dtype, T => {
+            // SAFETY: nothing reads the element; the allocation is handed to the slice below.
+            let ptr = unsafe { self.stream().alloc::<T>(1)? }.leak();
+            // SAFETY: `ptr` is a live allocation of this stream's context, given up by the
+            // slice above; the new slice owns and frees it, and covers none of it.
+            Ok(T::wrap_cuda(unsafe { self.stream().upgrade_device_ptr::<T>(ptr, 0) }))
+        })
     }
 
     /// The kernel module `file` (a `kernels/*.cu` stem), loaded once per device: the CUBIN when

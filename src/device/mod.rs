@@ -1,12 +1,14 @@
-//! Where computation runs: the CPU, or one CUDA device with its stream, cuBLAS handle and
-//! loaded kernel modules.
+//! Where computation runs: the CPU, or one CUDA device with its stream, cuBLAS and cuBLASLt
+//! handles and loaded kernel modules.
 
 mod cuda;
 mod driver;
 mod gemm;
+mod gemm_lt;
 mod jit;
 pub(crate) mod launch;
 pub(crate) use gemm::{Batched, Op, Strided};
+pub(crate) use gemm_lt::LinearLt;
 pub use jit::{cache_file, JitModule, JitOrigin};
 pub mod kernels;
 mod ptr;

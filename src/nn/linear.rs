@@ -1,108 +1,60 @@
-//! `nn::Linear` (y = x Wᵀ + b, PyTorch's nn.Linear) and `nn::Embedding` (rows of a table by
-//! token, with an optional padding index), with their backward passes. CPU, f32 storage; the
-//! products run in f64.
+//! `nn::Linear` (y = x Wᵀ + b, PyTorch's nn.Linear) and `nn::Embedding` (rows of a table by id,
+//! with an optional padding index), with their backward passes. The layers own their
+//! parameters; the work is `ops::linear` and `ops::embedding`, on the parameters' device and in
+//! their dtype (f32, f16 or bf16 storage).
 
-use super::init::uniform;
+use super::init::{normal, uniform};
+use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::indices::Indices;
 use crate::nn::Module;
-use crate::ops::gemm_cpu::{self, LinearSizes};
+use crate::ops::{embedding, linear};
 use crate::size;
 use crate::tensor::Tensor;
 
-fn values<'a>(t: &'a Tensor, name: &str) -> Result<&'a [f32]> {
-    t.host_slice::<f32>().map_err(|_| Error::DType {
-        tensor: name.into(),
-        expected: "f32 on the CPU".into(),
-        got: t.dtype().name().into(),
-    })
+pub use crate::ops::linear::LinearGradients;
+
+/// A parameter of `shape` from f32 `values`, on `device` in `dtype`.
+fn parameter(values: Vec<f32>, shape: &[usize], device: &Device, dtype: DType) -> Result<Tensor> {
+    Tensor::from_f32(&values, shape, dtype)?.to(device, dtype)
 }
 
 /// A fully connected layer.
 pub struct Linear {
     /// Shape `[out, in]`.
     pub weight: Tensor,
-    /// Shape `[out]`.
-    pub bias: Option<Tensor>,
-}
-
-/// What `Linear::backward` returns.
-pub struct LinearGradients {
-    pub input: Tensor,
-    pub weight: Tensor,
+    /// Shape `[out]`, on the weight's device in its dtype.
     pub bias: Option<Tensor>,
 }
 
 impl Linear {
-    /// Parameters drawn like PyTorch's default, U(-1/√in, 1/√in).
-    pub fn random(input: usize, output: usize, bias: bool, seed: u64) -> Result<Self> {
+    /// Parameters drawn like PyTorch's default, U(-1/√in, 1/√in), on `device` in `dtype`.
+    pub fn random(
+        input: usize,
+        output: usize,
+        bias: bool,
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<Self> {
         let bound = 1.0 / (input.max(1) as f32).sqrt();
         let count = size::elements("weight", &[output, input])?;
-        Ok(Linear {
-            weight: Tensor::from_vec(uniform(count, bound, seed)?, &[output, input])?,
-            bias: bias
-                .then(|| Tensor::from_vec(uniform(output, bound, seed ^ 0x5eed)?, &[output]))
-                .transpose()?,
-        })
+        let weight = parameter(uniform(count, bound, seed)?, &[output, input], device, dtype)?;
+        let bias = bias
+            .then(|| parameter(uniform(output, bound, seed ^ 0x5eed)?, &[output], device, dtype))
+            .transpose()?;
+        Ok(Linear { weight, bias })
     }
 
-    /// (out, in), with the bias checked against them: the fields are public.
-    fn sizes(&self) -> Result<(usize, usize)> {
-        let &[out, input] = self.weight.shape() else {
-            return Err(Error::shape("weight", "[out, in]", self.weight.shape()));
-        };
-        match &self.bias {
-            Some(b) if b.shape() != [out] => {
-                Err(Error::shape("bias", format!("[{out}]"), b.shape()))
-            }
-            _ => Ok((out, input)),
-        }
-    }
-
-    /// The product's sizes for `x` [..., in], and the leading dimensions of `x`.
-    fn product(&self, x: &Tensor, name: &str) -> Result<(LinearSizes, Vec<usize>)> {
-        let (n, k) = self.sizes()?;
-        match x.shape().split_last() {
-            Some((&last, lead)) if last == k => {
-                let rows = size::elements(name, lead)?;
-                Ok((LinearSizes { rows, k, n }, lead.to_vec()))
-            }
-            _ => Err(Error::shape(name, format!("[..., {k}]"), x.shape())),
-        }
-    }
-
-    /// y [..., out] for x [..., in].
+    /// y [..., out] for x [..., in] (on the layer's device, in its dtype).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (sizes, lead) = self.product(x, "input")?;
-        let b = self.bias.as_ref().map(Tensor::to_vec_f64).transpose()?;
-        let y = gemm_cpu::linear(
-            &x.to_vec_f64()?,
-            &self.weight.to_vec_f64()?,
-            b.as_deref(),
-            sizes,
-        )?;
-        Tensor::from_f64(&y, &[lead, vec![sizes.n]].concat())
+        linear::forward(x, &self.weight, self.bias.as_ref())
     }
 
     /// The gradients for `forward(x)` given grad_y [..., out].
     pub fn backward(&self, x: &Tensor, grad_y: &Tensor) -> Result<LinearGradients> {
-        let (sizes, lead) = self.product(x, "input")?;
-        let out = sizes.n;
-        if grad_y.shape() != [lead.clone(), vec![out]].concat().as_slice() {
-            let want = format!("{:?}", [lead, vec![out]].concat());
-            return Err(Error::shape("grad_y", want, grad_y.shape()));
-        }
-        let (dx, dw, db) = gemm_cpu::linear_backward(
-            &grad_y.to_vec_f64()?,
-            &x.to_vec_f64()?,
-            &self.weight.to_vec_f64()?,
-            sizes,
-            self.bias.is_some(),
-        )?;
-        Ok(LinearGradients {
-            input: Tensor::from_f64(&dx, x.shape())?,
-            weight: Tensor::from_f64(&dw, self.weight.shape())?,
-            bias: db.map(|db| Tensor::from_f64(&db, &[out])).transpose()?,
-        })
+        linear::backward(x, &self.weight, self.bias.is_some(), grad_y)
     }
 }
 
@@ -120,80 +72,62 @@ impl Module for Linear {
     }
 }
 
-/// A lookup table: token k → row k of `weight` [V, E]. The padding index's row gets no gradient.
+/// A lookup table: id k → row k of `weight` [V, E]. The padding index's row gets no gradient.
 pub struct Embedding {
     pub weight: Tensor,
     pub padding_idx: Option<usize>,
 }
 
 impl Embedding {
-    /// N(0, 1) rows like PyTorch's default (uniform here, same variance), the padding row zero.
-    pub fn random(vocab: usize, dim: usize, padding_idx: Option<usize>, seed: u64) -> Result<Self> {
-        let mut w = uniform(size::elements("weight", &[vocab, dim])?, 3f32.sqrt(), seed)?;
+    /// N(0, 1) rows like PyTorch's default, the padding row zero, on `device` in `dtype`.
+    pub fn random(
+        vocab: usize,
+        dim: usize,
+        padding_idx: Option<usize>,
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<Self> {
+        if let Some(p) = padding_idx.filter(|&p| p >= vocab) {
+            return Err(Error::Config(format!(
+                "padding_idx {p} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let mut w = normal(size::elements("weight", &[vocab, dim])?, seed)?;
         if let Some(p) = padding_idx {
-            if p >= vocab {
-                return Err(Error::Config(format!(
-                    "padding_idx {p} is outside the vocabulary of {vocab}"
-                )));
-            }
             w[p * dim..(p + 1) * dim].fill(0.0);
         }
         Ok(Embedding {
-            weight: Tensor::from_vec(w, &[vocab, dim])?,
+            weight: parameter(w, &[vocab, dim], device, dtype)?,
             padding_idx,
         })
     }
 
-    fn check(&self, tokens: &[usize]) -> Result<(usize, usize)> {
+    /// [ids.shape.., E] for ids on the table's device. On CUDA, ids outside the vocabulary
+    /// give rows of zeros instead of an error (`ops::embedding::check_ids` checks them).
+    pub fn forward(&self, ids: &Indices) -> Result<Tensor> {
+        embedding::forward(&self.weight, ids)
+    }
+
+    /// The table's gradient for `forward(ids)` given grad_y [ids.shape.., E]: rows summed per
+    /// id, the padding index's row zero.
+    pub fn backward(&self, ids: &Indices, grad_y: &Tensor) -> Result<Tensor> {
         let &[vocab, dim] = self.weight.shape() else {
             return Err(Error::shape("weight", "[V, E]", self.weight.shape()));
         };
-        if let Some(&bad) = tokens.iter().find(|&&t| t >= vocab) {
-            return Err(Error::Config(format!(
-                "token {bad} is outside the vocabulary of {vocab}"
-            )));
+        if grad_y.shape().last() != Some(&dim) {
+            let want = format!("[..., {dim}] (the table's width)");
+            return Err(Error::shape("grad_y", want, grad_y.shape()));
         }
-        Ok((vocab, dim))
-    }
-
-    /// [..., E] for tokens of shape `shape` (its product is tokens.len()).
-    pub fn forward(&self, tokens: &[usize], shape: &[usize]) -> Result<Tensor> {
-        let (_, dim) = self.check(tokens)?;
-        if size::elements("tokens", shape)? != tokens.len() {
-            let want = format!("{} elements (one per token)", tokens.len());
-            return Err(Error::shape("tokens", want, shape));
+        grad_y.check_on(&self.weight.device(), "grad_y")?;
+        if grad_y.dtype() != self.weight.dtype() {
+            return Err(Error::DType {
+                tensor: "grad_y".into(),
+                expected: format!("{} (the table's)", self.weight.dtype()),
+                got: grad_y.dtype().name().into(),
+            });
         }
-        let w = values(&self.weight, "weight")?;
-        let mut y = Vec::with_capacity(tokens.len() * dim);
-        for &t in tokens {
-            y.extend_from_slice(&w[t * dim..(t + 1) * dim]);
-        }
-        Tensor::from_vec(y, &[shape, &[dim]].concat())
-    }
-
-    /// The table's gradient for `forward(tokens)` given grad_y [..., E]: rows summed per token,
-    /// the padding index's row zero.
-    pub fn backward(&self, tokens: &[usize], grad_y: &Tensor) -> Result<Tensor> {
-        let (vocab, dim) = self.check(tokens)?;
-        let g = values(grad_y, "grad_y")?;
-        if g.len() != tokens.len() * dim {
-            return Err(Error::shape(
-                "grad_y",
-                format!("[{} tokens, {dim}]", tokens.len()),
-                grad_y.shape(),
-            ));
-        }
-        let mut dw = vec![0f32; vocab * dim];
-        for (&t, gr) in tokens.iter().zip(g.chunks_exact(dim.max(1))) {
-            if Some(t) == self.padding_idx {
-                continue;
-            }
-            dw[t * dim..(t + 1) * dim]
-                .iter_mut()
-                .zip(gr)
-                .for_each(|(d, &x)| *d += x);
-        }
-        Tensor::from_vec(dw, &[vocab, dim])
+        embedding::backward(ids, grad_y, vocab, self.padding_idx)
     }
 }
 

@@ -4,7 +4,9 @@
 pub(crate) mod activation;
 pub mod algo;
 pub mod attention;
+pub mod embedding;
 pub(crate) mod gemm_cpu;
+pub mod linear;
 pub(crate) mod math_cpu;
 pub(crate) mod packed_gemm;
 pub mod recurrent;

@@ -7,7 +7,7 @@ use crate::harness::Sweep;
 use crate::recurrent::{case, describe, Module};
 use crate::shapes::{dims, num, small, tensor, HUGE, MAX};
 use fused_rnn::nn::{Embedding, Linear};
-use fused_rnn::{DType, Nonlinearity};
+use fused_rnn::{DType, Device, Nonlinearity};
 
 type IsolatedCall = (String, Box<dyn Fn() -> fused_rnn::Result<()>>);
 
@@ -50,7 +50,7 @@ pub(crate) fn isolated_calls() -> Vec<IsolatedCall> {
         (MAX, MAX, false),
     ];
     for (i, o, bias) in linear {
-        let run = move || Linear::random(i, o, bias, 3).map(drop);
+        let run = move || Linear::random(i, o, bias, &Device::Cpu, DType::F32, 3).map(drop);
         let call = format!("Linear::random({}, {}, bias {bias})", num(i), num(o));
         add(call, Box::new(run));
     }
@@ -86,7 +86,7 @@ pub(crate) fn isolated_calls() -> Vec<IsolatedCall> {
         (HUGE, HUGE, None),
     ];
     for (vocab, dim, pad) in tables {
-        let run = move || Embedding::random(vocab, dim, pad, 5).map(drop);
+        let run = move || Embedding::random(vocab, dim, pad, &Device::Cpu, DType::F32, 5).map(drop);
         let call = format!(
             "Embedding::random({}, {}, padding {pad:?})",
             num(vocab),
