@@ -4,7 +4,9 @@
 pub(crate) mod activation;
 pub mod algo;
 pub mod attention;
+pub mod cross_entropy;
 pub(crate) mod gemm_cpu;
 pub(crate) mod math_cpu;
+pub mod optim;
 pub(crate) mod packed_gemm;
 pub mod recurrent;
