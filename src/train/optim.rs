@@ -1,6 +1,7 @@
 //! The Adam/AdamW optimiser: hyperparameters and step count here, the update in `ops::optim`.
 
 use crate::error::Result;
+use crate::nn::{Grads, Module};
 use crate::ops::optim::{self, AdamHyper, AdamState};
 use crate::tensor::Tensor;
 
@@ -60,6 +61,16 @@ impl Adam {
         optim::adam_step(&mut self.state, params, grads, &hyper)?;
         self.steps += 1;
         Ok(())
+    }
+
+    /// One update of every parameter of `module` from the gradient of the same name in
+    /// `grads`: every parameter needs one, and every gradient must name a parameter.
+    pub fn step_module(&mut self, module: &mut dyn Module, grads: &Grads) -> Result<()> {
+        let mut params = module.parameters_mut();
+        let names: Vec<String> = params.iter().map(|(name, _)| name.clone()).collect();
+        let ordered = grads.for_module(&names)?;
+        let mut tensors: Vec<&mut Tensor> = params.iter_mut().map(|(_, t)| &mut **t).collect();
+        self.step(&mut tensors, &ordered)
     }
 
     /// The f32 master weights of parameter `index` (in the order `step` takes them), when this
