@@ -9,15 +9,15 @@
 //   linear_bias_T        y = T(acc + bias): the forward's epilogue after a cuBLAS product into
 //                        f32 scratch. acc null: a product of zero terms (in = 0); bias null: none.
 //                        Grid (⌈cols / 256⌉, row blocks), each block striding over rows.
-//   linear_bias_grad_T   db[c] = Σ_r dy[r, c]: one block per LB_COLS columns, LB_ROWS row lanes
-//                        each summing every LB_ROWS-th row in f32, then the lanes' sums added in
-//                        a fixed order — deterministic, no atomics.
+//   linear_bias_grad_T   db[c] = Σ_r dy[r, c]: one block per LINEAR_GRAD_COLS columns, with
+//                        LINEAR_GRAD_ROWS row lanes each summing every LINEAR_GRAD_ROWS-th row
+//                        in f32, then the lanes' sums added in a fixed order — deterministic,
+//                        no atomics.
 #include "common.cuh"
 
-// The bias gradient's block: LB_COLS columns (a warp reads one row's LB_COLS consecutive
-// values) × LB_ROWS row lanes = 256 threads. Must match src/ops/linear/cuda.rs.
-#define LB_COLS 32
-#define LB_ROWS 8
+#define LB_COLS LINEAR_GRAD_COLS
+#define LB_ROWS LINEAR_GRAD_ROWS
+static_assert(LB_COLS * LB_ROWS == BLOCK_THREADS, "one thread per (column, row lane)");
 
 // ---
 // Forward epilogue

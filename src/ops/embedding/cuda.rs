@@ -1,6 +1,7 @@
 //! CUDA launchers for kernels/embedding.cu: the gather, the scatter into a zeroed f32
 //! accumulator (then converted to the dtype), and the ids' range check.
 
+use crate::device::kernels::ids;
 use crate::device::launch::{launch, per_element, THREADS};
 use crate::device::{data_ptr, reading, CudaDevice};
 use crate::dtype::{CudaData, DType};
@@ -56,7 +57,7 @@ pub(super) fn forward(
     let y = dev.alloc_output_data(dtype, n * dim)?;
     let stream = dev.stream();
     let yp = data_ptr(&y, stream);
-    let f = dev.function("embedding", "embedding_gather", dtype)?;
+    let f = dev.function(ids::embedding::EMBEDDING_GATHER, dtype)?;
     let (idp, _read_ids) = ids.cuda_slice()?.device_ptr(stream);
     reading(weight.cuda_data()?, stream, |wp| -> Result<()> {
         // SAFETY: the weight holds vocab·dim elements, the ids n i32, y n·dim elements; the
@@ -94,7 +95,7 @@ pub(super) fn backward(
     // SAFETY: `acc` holds len f32.
     unsafe { dev.fill_async(accp, 0, 4 * len)? };
     if n > 0 {
-        let f = dev.function("embedding", "embedding_scatter", dtype)?;
+        let f = dev.function(ids::embedding::EMBEDDING_SCATTER, dtype)?;
         let (idp, _read_ids) = ids.cuda_slice()?.device_ptr(stream);
         reading(grad_y.cuda_data()?, stream, |gp| -> Result<()> {
             // SAFETY: grad_y holds n·dim elements, the ids n i32, acc vocab·dim f32; the kernel
@@ -125,7 +126,7 @@ pub(super) fn any_out_of_range(dev: &Arc<CudaDevice>, ids: &Indices, vocab: usiz
     let stream = dev.stream();
     let flag = dev.upload(&[0i32])?;
     let flagp = crate::device::dev_ptr(&flag, stream);
-    let f = dev.function("embedding", "embedding_check_ids", DType::F32)?;
+    let f = dev.function(ids::embedding::EMBEDDING_CHECK_IDS, DType::F32)?;
     let (idp, _read_ids) = ids.cuda_slice()?.device_ptr(stream);
     // SAFETY: the ids hold n i32 and the flag one; the kernel reads ids[i] for i < n.
     unsafe { launch!(stream, &f, per_element(n); idp, n_i, vocab_i, flagp) };

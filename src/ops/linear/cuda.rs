@@ -4,6 +4,7 @@
 //! cuBLAS GEMMs, db as `linear_bias_grad` (deterministic column sums).
 
 use super::LinearGradients;
+use crate::device::kernels::{codes, ids};
 use crate::device::launch::{launch, THREADS};
 use crate::device::{
     data_ptr, reading, Batched, CudaDevice, LinearLt, MatRef, Op, Strided,
@@ -15,11 +16,9 @@ use crate::tensor::Tensor;
 use cudarc::driver::{CudaStream, LaunchConfig};
 use std::sync::Arc;
 
-/// The bias gradient's block: columns × row lanes. Must match LB_COLS and LB_ROWS in
-/// kernels/linear.cu.
-const LB_COLS: usize = 32;
-const LB_ROWS: usize = 8;
-const _: () = assert!(LB_COLS * LB_ROWS == THREADS as usize);
+/// The bias gradient's block: columns × row lanes (kernels/codes.cuh).
+const LB_COLS: usize = codes::LINEAR_GRAD_COLS as usize;
+const LB_ROWS: usize = codes::LINEAR_GRAD_ROWS as usize;
 /// Row blocks of `linear_bias`'s grid at most (grid.y's limit); each strides over the rows.
 const MAX_ROW_BLOCKS: usize = 65535;
 
@@ -176,7 +175,7 @@ unsafe fn add_bias(
     rows: usize,
     n: usize,
 ) -> Result<()> {
-    let f = dev.function("linear", "linear_bias", dtype)?;
+    let f = dev.function(ids::linear::LINEAR_BIAS, dtype)?;
     let cfg = LaunchConfig {
         grid_dim: (
             n.div_ceil(THREADS as usize) as u32,
@@ -276,7 +275,7 @@ unsafe fn bias_grad(
     rows: usize,
     n: usize,
 ) -> Result<()> {
-    let f = dev.function("linear", "linear_bias_grad", dtype)?;
+    let f = dev.function(ids::linear::LINEAR_BIAS_GRAD, dtype)?;
     let cfg = LaunchConfig {
         grid_dim: (n.div_ceil(LB_COLS) as u32, 1, 1),
         block_dim: (THREADS, 1, 1),
