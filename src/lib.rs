@@ -7,7 +7,7 @@
 //! | `nn::Gru` | yes | yes | yes |
 //! | `nn::Attention` (additive, general, dot) | yes | yes | yes |
 //! | training: `forward_train` / `backward` of every module | yes | yes | yes |
-//! | training: `nn::Linear`, `nn::Embedding` | yes | — | — |
+//! | training: `nn::Linear`, `nn::Embedding` | yes | yes | — |
 //! | training: `train` (cross-entropy, clipping, Adam/AdamW) | yes | yes | — |
 //!
 //! Every module takes layers, bidirectional, batch_first, bias, initial states and variable

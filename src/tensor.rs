@@ -332,6 +332,10 @@ impl Tensor {
 }
 
 fn upload(dev: &Arc<CudaDevice>, host: &HostData) -> Result<CudaData> {
+    if host.is_empty() {
+        // The driver refuses allocations of 0 bytes.
+        return dev.empty_data(host.dtype());
+    }
     crate::with_dtype!(host.dtype(), T => Ok(T::wrap_cuda(dev.upload(T::host(host).unwrap())?)))
 }
 

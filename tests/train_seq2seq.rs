@@ -232,7 +232,10 @@ fn an_encoder_decoder_with_attention_learns_to_reverse_sequences() {
                 dec_g.c0.as_ref(),
             )
             .unwrap();
-        let d_dec_emb = m.dec_emb.backward(&ids(&b.decoder_in), &dec_g.input).unwrap();
+        let d_dec_emb = m
+            .dec_emb
+            .backward(&ids(&b.decoder_in), &dec_g.input)
+            .unwrap();
         let d_enc_emb = m.enc_emb.backward(&ids(&b.source), &enc_g.input).unwrap();
         // Update: every gradient in the order `modules` lists the parameters.
         let mut grads: Vec<Tensor> = vec![d_enc_emb, d_dec_emb];

@@ -81,6 +81,8 @@ pub struct CudaDevice {
     /// Run-time specialisations by key (see `jit`).
     pub(super) jit: Mutex<HashMap<u64, Arc<CudaModule>>>,
     poison: AtomicBool,
+    /// Set by `set_cublaslt(false)`: the GEMMs with a fused epilogue run on cuBLAS instead.
+    no_cublaslt: AtomicBool,
 }
 
 /// 0xFF bytes are NaN in f32, f16 and bf16.
@@ -145,6 +147,7 @@ impl CudaDevice {
             modules: Mutex::new(HashMap::new()),
             jit: Mutex::new(HashMap::new()),
             poison: AtomicBool::new(false),
+            no_cublaslt: AtomicBool::new(false),
         })
     }
 
@@ -199,6 +202,18 @@ impl CudaDevice {
         self.poison.store(on, Ordering::Relaxed);
     }
 
+    /// Whether GEMMs with a fused epilogue (the linear layer's forward with its bias) may use
+    /// cuBLASLt: on by default, where libcublasLt exists. Off, they run as cuBLAS GEMMs and a
+    /// bias kernel, the path taken anyway where cuBLASLt has no algorithm: for tests and
+    /// comparisons.
+    pub fn set_cublaslt(&self, on: bool) {
+        self.no_cublaslt.store(!on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn cublaslt(&self) -> bool {
+        !self.no_cublaslt.load(Ordering::Relaxed)
+    }
+
     /// An uninitialised buffer of `len` elements that a kernel will write whole (NaN-filled
     /// when poisoning is on).
     pub(crate) fn alloc_output<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
@@ -244,6 +259,9 @@ impl CudaDevice {
     /// `src`, a buffer of this device, in `dtype`: a copy when it is in that dtype already,
     /// else converted by the elementwise kernels (through f32 between two 16-bit types).
     pub(crate) fn convert_data(&self, src: &CudaData, dtype: DType) -> Result<CudaData> {
+        if src.is_empty() {
+            return self.empty_data(dtype);
+        }
         use kernels::ids::elementwise::{CONVERT_NAIVE as CONVERT, LOAD_NAIVE as LOAD};
         match (src.dtype(), dtype) {
             (from, to) if from == to => self.copy_data(src),

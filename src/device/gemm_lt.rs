@@ -140,9 +140,9 @@ fn not_supported(e: &CublasError) -> bool {
 
 impl Lane {
     /// Enqueues `g` on this lane with cuBLASLt. Ok(false), with nothing enqueued, when cuBLASLt
-    /// cannot: the library is missing or it has no algorithm for this shape, dtype and
-    /// alignment ("not supported"); the caller then runs cuBLAS and a bias kernel. Every other
-    /// cuBLASLt failure is an error.
+    /// cannot: the library is missing, the bias is not 16-byte aligned, or it has no algorithm
+    /// for this shape, dtype and alignment ("not supported"); the caller then runs cuBLAS and a
+    /// bias kernel. Every other cuBLASLt failure is an error.
     ///
     /// Row-major y [rows, n] is column-major yᵀ [n, rows] = W · xᵀ: A is W (column-major
     /// [k, n], transposed), B is x (column-major [k, rows]), and the bias, one value per row of
@@ -156,6 +156,10 @@ impl Lane {
         let Some(blas) = &self.lt else {
             return Ok(false);
         };
+        // The epilogue reads the bias in vectors; the preferences cover only A, B, C and D.
+        if g.bias.is_some_and(|b| b % 16 != 0) {
+            return Ok(false);
+        }
         self.stream.context().bind_to_thread()?;
         let desc = Owned {
             raw: lt::create_matmul_desc(
@@ -192,11 +196,31 @@ impl Lane {
         let workspace_bytes = blas.workspace.len() as u64;
         // SAFETY: `pref` is live; workspace bytes are uint64, alignments uint32.
         unsafe {
-            set_pref(pref.raw, P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes)?;
-            set_pref(pref.raw, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &alignment(g.w))?;
-            set_pref(pref.raw, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &alignment(g.x))?;
-            set_pref(pref.raw, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &alignment(g.y))?;
-            set_pref(pref.raw, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &alignment(g.y))?;
+            set_pref(
+                pref.raw,
+                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &workspace_bytes,
+            )?;
+            set_pref(
+                pref.raw,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                &alignment(g.w),
+            )?;
+            set_pref(
+                pref.raw,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                &alignment(g.x),
+            )?;
+            set_pref(
+                pref.raw,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                &alignment(g.y),
+            )?;
+            set_pref(
+                pref.raw,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                &alignment(g.y),
+            )?;
         }
         // SAFETY: every descriptor is live.
         let heuristic = match unsafe {

@@ -40,9 +40,21 @@ impl Linear {
     ) -> Result<Self> {
         let bound = 1.0 / (input.max(1) as f32).sqrt();
         let count = size::elements("weight", &[output, input])?;
-        let weight = parameter(uniform(count, bound, seed)?, &[output, input], device, dtype)?;
+        let weight = parameter(
+            uniform(count, bound, seed)?,
+            &[output, input],
+            device,
+            dtype,
+        )?;
         let bias = bias
-            .then(|| parameter(uniform(output, bound, seed ^ 0x5eed)?, &[output], device, dtype))
+            .then(|| {
+                parameter(
+                    uniform(output, bound, seed ^ 0x5eed)?,
+                    &[output],
+                    device,
+                    dtype,
+                )
+            })
             .transpose()?;
         Ok(Linear { weight, bias })
     }

@@ -105,15 +105,16 @@ pub fn backward(
     vocab: usize,
     padding_idx: Option<usize>,
 ) -> Result<Tensor> {
-    let rank = ids.shape().len();
     let dim = match grad_y.shape().split_last() {
         Some((&dim, lead)) if lead == ids.shape() => dim,
         _ => {
-            let want = format!("{:?} + [E] (the ids' shape and the table's width)", ids.shape());
+            let want = format!(
+                "{:?} + [E] (the ids' shape and the table's width)",
+                ids.shape()
+            );
             return Err(Error::shape("grad_y", want, grad_y.shape()));
         }
     };
-    debug_assert_eq!(grad_y.shape().len(), rank + 1);
     if let Some(p) = padding_idx.filter(|&p| p >= vocab) {
         return Err(Error::Config(format!(
             "padding_idx {p} is outside the vocabulary 0..{vocab}"

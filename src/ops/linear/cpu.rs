@@ -18,12 +18,7 @@ pub(super) fn forward(
     shape: &[usize],
 ) -> Result<Tensor> {
     let b = bias.map(Tensor::to_vec_f64).transpose()?;
-    let y = gemm_cpu::linear(
-        &x.to_vec_f64()?,
-        &weight.to_vec_f64()?,
-        b.as_deref(),
-        sizes,
-    )?;
+    let y = gemm_cpu::linear(&x.to_vec_f64()?, &weight.to_vec_f64()?, b.as_deref(), sizes)?;
     Tensor::from_f32(&narrow(&y), shape, x.dtype())
 }
 

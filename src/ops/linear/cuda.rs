@@ -6,9 +6,7 @@
 use super::LinearGradients;
 use crate::device::kernels::{codes, ids};
 use crate::device::launch::{launch, THREADS};
-use crate::device::{
-    data_ptr, reading, Batched, CudaDevice, LinearLt, MatRef, Op, Strided,
-};
+use crate::device::{data_ptr, reading, Batched, CudaDevice, LinearLt, MatRef, Op, Strided};
 use crate::dtype::{CudaData, DType};
 use crate::error::{Error, Result};
 use crate::ops::gemm_cpu::LinearSizes;
@@ -135,7 +133,7 @@ unsafe fn enqueue_forward(
         dtype,
     };
     // SAFETY: the caller vouches for the addresses and sizes (all ≥ 1 here).
-    if unsafe { lane.linear_lt(&g)? } {
+    if dev.cublaslt() && unsafe { lane.linear_lt(&g)? } {
         return Ok(());
     }
     let mat = |ptr, ld| MatRef { ptr, ld, dtype };
