@@ -283,6 +283,20 @@ impl CudaDevice {
         crate::with_dtype!(dtype, T => Ok(T::wrap_cuda(self.alloc_output::<T>(len)?)))
     }
 
+    /// A buffer of no elements (a zero-size op's result). The driver allocates no zero-byte
+    /// buffers, so this holds one element behind a slice of length 0, freed with it.
+    pub(crate) fn alloc_empty<T: DeviceRepr>(&self) -> Result<CudaSlice<T>> {
+        let ptr = self.alloc_output::<T>(1)?.leak();
+        // SAFETY: `ptr` is a live allocation of one T that nothing else owns (leaked above);
+        // the new slice owns it and frees it on drop, and its length 0 lets nothing access it.
+        Ok(unsafe { self.stream().upgrade_device_ptr::<T>(ptr, 0) })
+    }
+
+    /// `alloc_empty` in `dtype`.
+    pub(crate) fn alloc_empty_data(&self, dtype: DType) -> Result<CudaData> {
+        crate::with_dtype!(dtype, T => Ok(T::wrap_cuda(self.alloc_empty::<T>()?)))
+    }
+
     /// The kernel module `file` (a `kernels/*.cu` stem), loaded once per device: the CUBIN when
     /// it was built for this architecture, else the compute_80 PTX, else the source through
     /// NVRTC.

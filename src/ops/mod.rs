@@ -5,6 +5,8 @@ pub(crate) mod activation;
 pub mod algo;
 pub mod attention;
 pub(crate) mod gemm_cpu;
+pub mod log_softmax;
 pub(crate) mod math_cpu;
 pub(crate) mod packed_gemm;
 pub mod recurrent;
+pub mod top_k;
