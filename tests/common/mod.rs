@@ -99,6 +99,11 @@ pub const ENTRY_POINTS: &[(&str, &str, &[DType])] = &[
     ("train", "grad_scale_fused", &DType::ALL),
     ("train", "cross_entropy_fused", &DType::ALL),
     ("train", "cross_entropy_mean", &[DType::F32]),
+    ("log_softmax", "log_softmax_fused", &DType::ALL),
+    ("log_softmax", "log_softmax_backward_fused", &DType::ALL),
+    ("top_k", "argmax_fused", &DType::ALL),
+    ("top_k", "top_k_list4", &DType::ALL),
+    ("top_k", "top_k_list16", &DType::ALL),
 ];
 
 /// Tolerance relative to the reference's largest magnitude, per storage dtype.

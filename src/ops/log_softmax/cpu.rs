@@ -10,13 +10,16 @@ pub(super) fn log_softmax(x: &Tensor, cols: usize) -> Result<Tensor> {
     let mut out = crate::size::zeros::<f32>("log_softmax output", values.len())?;
     for (xr, yr) in values.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
         // A NaN is the maximum once seen (f32::max would skip it).
-        let m = xr.iter().fold(f32::NEG_INFINITY, |m, &v| {
-            if m.is_nan() || v <= m {
-                m
-            } else {
-                v
-            }
-        });
+        let m = xr.iter().fold(
+            f32::NEG_INFINITY,
+            |m, &v| {
+                if m.is_nan() || v <= m {
+                    m
+                } else {
+                    v
+                }
+            },
+        );
         let m = f64::from(m);
         let log_s = xr
             .iter()
