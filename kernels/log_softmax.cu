@@ -16,7 +16,7 @@
 //   log_softmax_backward_fused_T   one pass sums grad_y, a second writes grad_x
 #include "common.cuh"
 
-#define LSM_THREADS 256
+#define LSM_THREADS BLOCK_THREADS
 #define LSM_WARPS (LSM_THREADS / 32)
 #define LSM_NEG_INF __int_as_float(0xff800000)
 #define LSM_POS_INF __int_as_float(0x7f800000)

@@ -26,7 +26,7 @@
 //   top_k_list16_T       KT = 16, for k ≤ 64 (one scan per 16)
 #include "common.cuh"
 
-#define SEL_THREADS 256
+#define SEL_THREADS BLOCK_THREADS
 #define SEL_WARPS (SEL_THREADS / 32)
 #define SEL_NEG_INF __int_as_float(0xff800000)
 // The index of an empty list slot: after every real element (indices are below INT_MAX).

@@ -12,6 +12,7 @@
 mod common;
 
 use common::host_kernels::{self, Arg, HostKernels, Launch};
+use fused_rnn::device::kernels::{codes, ids};
 use fused_rnn::io::TensorFile;
 use fused_rnn::ops::log_softmax::{log_softmax, log_softmax_backward};
 use fused_rnn::ops::top_k::{argmax, top_k, MAX_CUDA_K};
@@ -26,9 +27,10 @@ const ROWS: [usize; 3] = [1, 3, 17];
 const KS: [usize; 11] = [1, 2, 3, 4, 5, 8, 16, 17, 31, 33, 64];
 /// The kernels' block size and shared memory, as src/ops/{log_softmax,top_k}/cuda.rs launch
 /// them.
-const THREADS: u32 = 256;
-const LSM_SHARED: usize = 2 * 8 * 4;
-const SEL_SHARED: usize = 2 * 8 * 8;
+const THREADS: u32 = codes::BLOCK_THREADS as u32;
+const WARPS: usize = THREADS as usize / 32;
+const LSM_SHARED: usize = 2 * WARPS * 4;
+const SEL_SHARED: usize = 2 * WARPS * 8;
 
 /// Compares row by row: a non-finite expected value must be matched exactly (NaN by NaN); a
 /// finite one within tol·(the row's largest finite magnitude) + tol·|expected|.
@@ -414,15 +416,13 @@ fn row_launch(entry: &str, rows: usize, shared: usize, args: Vec<Arg>) -> Launch
 #[test]
 fn log_softmax_kernels_on_the_host() {
     let test = "log_softmax_kernels_on_the_host";
+    let (fwd_kernel, bwd_kernel) = (
+        ids::log_softmax::LOG_SOFTMAX_FUSED,
+        ids::log_softmax::LOG_SOFTMAX_BACKWARD_FUSED,
+    );
     let entries: Vec<String> = DType::ALL
         .iter()
-        .flat_map(|d| {
-            let s = d.name();
-            [
-                format!("log_softmax_fused_{s}"),
-                format!("log_softmax_backward_fused_{s}"),
-            ]
-        })
+        .flat_map(|&d| [fwd_kernel.entry_point(d), bwd_kernel.entry_point(d)])
         .collect();
     let names: Vec<&str> = entries.iter().map(|s| s.as_str()).collect();
     let Some(kernels) = HostKernels::build(test, "log_softmax", &names) else {
@@ -430,11 +430,7 @@ fn log_softmax_kernels_on_the_host() {
     };
     let mut seed = 500;
     for dtype in DType::ALL {
-        let s = dtype.name();
-        let (fwd, bwd) = (
-            format!("log_softmax_fused_{s}"),
-            format!("log_softmax_backward_fused_{s}"),
-        );
+        let (fwd, bwd) = (fwd_kernel.entry_point(dtype), bwd_kernel.entry_point(dtype));
         let width = dtype.size_in_bytes();
         let mut shapes: Vec<(usize, usize, bool)> =
             HOST_SHAPES.iter().map(|&(r, c)| (r, c, false)).collect();
@@ -501,14 +497,18 @@ fn log_softmax_kernels_on_the_host() {
 #[test]
 fn top_k_kernels_on_the_host() {
     let test = "top_k_kernels_on_the_host";
+    let (argmax_kernel, list4, list16) = (
+        ids::top_k::ARGMAX_FUSED,
+        ids::top_k::TOP_K_LIST4,
+        ids::top_k::TOP_K_LIST16,
+    );
     let entries: Vec<String> = DType::ALL
         .iter()
-        .flat_map(|d| {
-            let s = d.name();
+        .flat_map(|&d| {
             [
-                format!("argmax_fused_{s}"),
-                format!("top_k_list4_{s}"),
-                format!("top_k_list16_{s}"),
+                argmax_kernel.entry_point(d),
+                list4.entry_point(d),
+                list16.entry_point(d),
             ]
         })
         .collect();
@@ -518,9 +518,8 @@ fn top_k_kernels_on_the_host() {
     };
     let mut seed = 900;
     for dtype in DType::ALL {
-        let s = dtype.name();
         let width = dtype.size_in_bytes();
-        let arg = format!("argmax_fused_{s}");
+        let arg = argmax_kernel.entry_point(dtype);
         let shapes = [
             (1, 1, true, false),
             (3, 7, false, false),
@@ -552,14 +551,7 @@ fn top_k_kernels_on_the_host() {
             ];
             let variants: Vec<String> = ks
                 .iter()
-                .map(|&k| {
-                    let v = if k <= 4 {
-                        "top_k_list4"
-                    } else {
-                        "top_k_list16"
-                    };
-                    format!("{v}_{s}")
-                })
+                .map(|&k| if k <= 4 { list4 } else { list16 }.entry_point(dtype))
                 .collect();
             let mut launches = vec![row_launch(
                 &arg,

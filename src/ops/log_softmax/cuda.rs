@@ -1,5 +1,6 @@
 //! CUDA launchers of kernels/log_softmax.cu: one block of `THREADS` per row.
 
+use crate::device::kernels::ids;
 use crate::device::launch::{launch, per_row, THREADS};
 use crate::device::{data_ptr, reading, CudaDevice};
 use crate::dtype::DType;
@@ -30,7 +31,7 @@ pub(super) fn log_softmax(x: &Tensor, rows: usize, cols: usize) -> Result<Tensor
     let cols_i = launch_sizes(rows, cols)?;
     let dev = x.cuda_device()?;
     let stream = dev.stream();
-    let f = dev.function("log_softmax", "log_softmax_fused", x.dtype())?;
+    let f = dev.function(ids::log_softmax::LOG_SOFTMAX_FUSED, x.dtype())?;
     let y = dev.alloc_output_data(x.dtype(), rows * cols)?;
     let y_ptr = data_ptr(&y, stream);
     reading(x.cuda_data()?, stream, |x_ptr| -> Result<()> {
@@ -52,7 +53,7 @@ pub(super) fn log_softmax_backward(
     let cols_i = launch_sizes(rows, cols)?;
     let dev = y.cuda_device()?;
     let stream = dev.stream();
-    let f = dev.function("log_softmax", "log_softmax_backward_fused", y.dtype())?;
+    let f = dev.function(ids::log_softmax::LOG_SOFTMAX_BACKWARD_FUSED, y.dtype())?;
     let dx = dev.alloc_output_data(y.dtype(), rows * cols)?;
     let dx_ptr = data_ptr(&dx, stream);
     reading(y.cuda_data()?, stream, |y_ptr| {

@@ -1,6 +1,7 @@
 //! CUDA launchers of kernels/top_k.cu: one block of `THREADS` per row, results left on the
 //! device.
 
+use crate::device::kernels::ids;
 use crate::device::launch::{launch, per_row, THREADS};
 use crate::device::{data_ptr, dev_ptr, reading, CudaDevice};
 use crate::dtype::DType;
@@ -40,7 +41,7 @@ pub(super) fn argmax(x: &Tensor, rows: usize, cols: usize, shape: &[usize]) -> R
     let cols_i = launch_sizes(rows, cols)?;
     let dev = x.cuda_device()?;
     let stream = dev.stream();
-    let f = dev.function("top_k", "argmax_fused", x.dtype())?;
+    let f = dev.function(ids::top_k::ARGMAX_FUSED, x.dtype())?;
     let indices = dev.alloc_output::<i32>(rows)?;
     let i_ptr = dev_ptr(&indices, stream);
     reading(x.cuda_data()?, stream, |x_ptr| -> Result<()> {
@@ -66,11 +67,11 @@ pub(super) fn top_k(
     let dev = x.cuda_device()?;
     let stream = dev.stream();
     let variant = if k <= LIST4_K {
-        "top_k_list4"
+        ids::top_k::TOP_K_LIST4
     } else {
-        "top_k_list16"
+        ids::top_k::TOP_K_LIST16
     };
-    let f = dev.function("top_k", variant, x.dtype())?;
+    let f = dev.function(variant, x.dtype())?;
     let values = dev.alloc_output_data(x.dtype(), rows * k)?;
     let indices = dev.alloc_output::<i32>(rows * k)?;
     let (v_ptr, i_ptr) = (data_ptr(&values, stream), dev_ptr(&indices, stream));
