@@ -283,6 +283,17 @@ impl CudaDevice {
         crate::with_dtype!(dtype, T => Ok(T::wrap_cuda(self.alloc_output::<T>(len)?)))
     }
 
+    /// The storage of a zero-size tensor: a slice of no elements. CUDA makes no zero-byte
+    /// allocations, so it owns a block of one element that nothing reads or writes.
+    pub(crate) fn empty_data(&self, dtype: DType) -> Result<CudaData> {
+        crate::with_dtype!(dtype, T => {
+            let ptr = self.alloc_output::<T>(1)?.leak();
+            // SAFETY: `ptr` is a live allocation of this stream's context that the leaked slice
+            // gave up; the new slice (length 0, so no element is ever accessed) frees it.
+            Ok(T::wrap_cuda(unsafe { self.stream().upgrade_device_ptr::<T>(ptr, 0) }))
+        })
+    }
+
     /// The kernel module `file` (a `kernels/*.cu` stem), loaded once per device: the CUBIN when
     /// it was built for this architecture, else the compute_80 PTX, else the source through
     /// NVRTC.

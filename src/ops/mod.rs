@@ -4,7 +4,10 @@
 pub(crate) mod activation;
 pub mod algo;
 pub mod attention;
+pub mod dropout;
 pub(crate) mod gemm_cpu;
 pub(crate) mod math_cpu;
 pub(crate) mod packed_gemm;
+pub mod pointwise;
 pub mod recurrent;
+pub mod reduce;
