@@ -4,9 +4,11 @@
 pub(crate) mod activation;
 pub mod algo;
 pub mod attention;
+pub mod cross_entropy;
 pub mod dropout;
 pub(crate) mod gemm_cpu;
 pub(crate) mod math_cpu;
+pub mod optim;
 pub(crate) mod packed_gemm;
 pub mod pointwise;
 pub mod recurrent;
