@@ -99,6 +99,14 @@ pub const ENTRY_POINTS: &[(&str, &str, &[DType])] = &[
     ("train", "grad_scale_fused", &DType::ALL),
     ("train", "cross_entropy_fused", &DType::ALL),
     ("train", "cross_entropy_mean", &[DType::F32]),
+    // Building blocks: pointwise, reductions, dropout.
+    ("pointwise", "activation_forward", &DType::ALL),
+    ("pointwise", "activation_backward", &DType::ALL),
+    ("pointwise", "binary_forward", &DType::ALL),
+    ("pointwise", "mul_backward", &DType::ALL),
+    ("reduce", "reduce_forward", &DType::ALL),
+    ("reduce", "reduce_backward", &DType::ALL),
+    ("dropout", "dropout_apply", &DType::ALL),
 ];
 
 /// Tolerance relative to the reference's largest magnitude, per storage dtype.

@@ -9,7 +9,7 @@ pub(super) fn reduce(x: &Tensor, v: View, shape: &[usize], op: Reduction) -> Res
         return Tensor::from_f32(&[], shape, x.dtype());
     }
     let values = x.to_vec_f32()?;
-    let mut y = vec![0f32; v.outer * v.inner];
+    let mut y = crate::size::zeros::<f32>("the reduction's result", v.outer * v.inner)?;
     let mut acc = vec![0f64; v.inner];
     for o in 0..v.outer {
         acc.fill(0.0);
@@ -43,10 +43,13 @@ pub(super) fn reduce_backward(
     if op == Reduction::Mean {
         g.iter_mut().for_each(|g| *g /= v.n as f32);
     }
-    let mut dx = Vec::with_capacity(v.outer * v.n * v.inner);
-    for o in 0..v.outer {
-        for _ in 0..v.n {
-            dx.extend_from_slice(&g[o * v.inner..][..v.inner]);
+    let mut dx = crate::size::zeros::<f32>("the reduction's gradient", v.outer * v.n * v.inner)?;
+    for (slab, g) in dx
+        .chunks_exact_mut(v.n * v.inner)
+        .zip(g.chunks_exact(v.inner))
+    {
+        for row in slab.chunks_exact_mut(v.inner) {
+            row.copy_from_slice(g);
         }
     }
     Tensor::from_f32(&dx, shape, dy.dtype())
