@@ -6,6 +6,8 @@
 #ifndef FUSED_RNN_COMMON_CUH
 #define FUSED_RNN_COMMON_CUH
 
+#include "codes.cuh"
+
 struct __align__(2) f16 { unsigned short bits; };
 struct __align__(2) bf16 { unsigned short bits; };
 
@@ -46,10 +48,7 @@ template <> inline bf16 from_float<bf16>(float x) { return {emu::float_to_bf16(x
 #endif
 
 // ---
-// Activations. Codes match `Activation` on the Rust side.
-#define ACT_TANH 0
-#define ACT_RELU 1
-#define ACT_SIGMOID 2
+// Activations (codes in codes.cuh).
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 

@@ -10,13 +10,9 @@
 //   activation_backward_T   dx from the output y and dy, as PyTorch's backward formulas:
 //                           tanh dy·(1 − y²), sigmoid dy·(1 − y)·y, relu (threshold_backward)
 //                           y <= 0 ? 0 : dy, so a NaN output passes the gradient on
-//   binary_forward_T        y = a op b            (op: POINTWISE_ADD | POINTWISE_MUL)
+//   binary_forward_T        y = a op b            (op: POINTWISE_ADD | POINTWISE_MUL of codes.cuh)
 //   mul_backward_T          da = dy·b, db = dy·a  (one pass for both)
 #include "common.cuh"
-
-// Binary op codes. Must match `BinaryOp::code` in src/ops/pointwise/mod.rs.
-#define POINTWISE_ADD 0
-#define POINTWISE_MUL 1
 
 // ---
 // Activations.

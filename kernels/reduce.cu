@@ -3,7 +3,7 @@
 // Storage in the dtype, accumulation in f32, deterministic: no atomics, every output element is
 // summed by one block in an order fixed by the launch's `tile`.
 //
-// Variants (entry points, T = f32 | f16 | bf16):
+// Variants (entry points, T = f32 | f16 | bf16; op codes REDUCE_* of codes.cuh):
 //   reduce_forward_T    y[o, c] = Σ_k x[o, k, c]  (op REDUCE_SUM), or that sum / n (REDUCE_MEAN)
 //   reduce_backward_T   dx[o, k, c] = dy[o, c]     (REDUCE_SUM), or dy[o, c] / n (REDUCE_MEAN)
 //
@@ -14,10 +14,6 @@
 // for inner ≤ tile are 32 consecutive elements. The per-thread sums then meet in a tree in
 // dynamic shared memory (blockDim.x floats).
 #include "common.cuh"
-
-// Op codes. Must match `Reduction::code` in src/ops/reduce/mod.rs.
-#define REDUCE_SUM 0
-#define REDUCE_MEAN 1
 
 // ---
 // Forward.
@@ -34,7 +30,8 @@ __device__ void reduce_forward(const T* x, T* y, unsigned long long outer, unsig
         float acc = 0.f;
         if (c < inner) {
             const T* column = x + o * n * inner + c;
-            for (unsigned long long k = group; k < n; k += groups) acc += to_float(column[k * inner]);
+            for (unsigned long long k = group; k < n; k += groups)
+                acc += to_float(column[k * inner]);
         }
         part[t] = acc;
         __syncthreads();

@@ -8,6 +8,7 @@
 mod common;
 
 use common::host_kernels::{self, Arg, HostKernels, Launch};
+use fused_rnn::device::kernels::codes;
 use fused_rnn::io::TensorFile;
 use fused_rnn::ops::pointwise;
 use fused_rnn::{DType, Device, Error, Result, Tensor};
@@ -21,10 +22,20 @@ const ACTIVATIONS: [(&str, Forward, Backward, i32); 3] = [
         "sigmoid",
         pointwise::sigmoid,
         pointwise::sigmoid_backward,
-        2,
+        codes::ACT_SIGMOID,
     ),
-    ("tanh", pointwise::tanh, pointwise::tanh_backward, 0),
-    ("relu", pointwise::relu, pointwise::relu_backward, 1),
+    (
+        "tanh",
+        pointwise::tanh,
+        pointwise::tanh_backward,
+        codes::ACT_TANH,
+    ),
+    (
+        "relu",
+        pointwise::relu,
+        pointwise::relu_backward,
+        codes::ACT_RELU,
+    ),
 ];
 
 /// Odd sizes, one past a block, and one of several grid-stride blocks.
@@ -256,10 +267,22 @@ fn pointwise_kernels_on_the_host_match_the_cpu() {
                 ],
                 &[
                     grid_stride(&binary, n, blocks, {
-                        vec![Arg::Buf(0), Arg::Buf(1), Arg::Buf(3), count, Arg::I32(0)]
+                        vec![
+                            Arg::Buf(0),
+                            Arg::Buf(1),
+                            Arg::Buf(3),
+                            count,
+                            Arg::I32(codes::POINTWISE_ADD),
+                        ]
                     }),
                     grid_stride(&binary, n, blocks, {
-                        vec![Arg::Buf(0), Arg::Buf(1), Arg::Buf(4), count, Arg::I32(1)]
+                        vec![
+                            Arg::Buf(0),
+                            Arg::Buf(1),
+                            Arg::Buf(4),
+                            count,
+                            Arg::I32(codes::POINTWISE_MUL),
+                        ]
                     }),
                     grid_stride(&mul_backward, n, blocks, {
                         let bufs = (0..2).chain(2..3).chain(5..7).map(Arg::Buf);

@@ -9,6 +9,7 @@
 mod common;
 
 use common::host_kernels::{self, Arg, HostKernels, Launch};
+use fused_rnn::device::kernels::codes;
 use fused_rnn::io::TensorFile;
 use fused_rnn::ops::reduce;
 use fused_rnn::{DType, Device, Error, Tensor};
@@ -118,7 +119,7 @@ fn reduce_kernels_on_the_host_match_the_cpu() {
             let strips = outer * inner.div_ceil(tile);
             // As the launcher (one block per strip), and on two blocks whose strips loop.
             for blocks in [strips.min(1 << 16), 2] {
-                for (code, op) in [(0, "sum"), (1, "mean")] {
+                for (code, op) in [(codes::REDUCE_SUM, "sum"), (codes::REDUCE_MEAN, "mean")] {
                     if op == "mean" && n == 0 {
                         continue;
                     }

@@ -1,6 +1,7 @@
 //! CUDA launcher of kernels/dropout.cu.
 
 use super::Rate;
+use crate::device::kernels::ids;
 use crate::device::launch::{grid_stride, launch};
 use crate::device::{data_ptr, reading, CudaDevice};
 use crate::error::Result;
@@ -12,7 +13,7 @@ pub(super) fn apply(dev: &Arc<CudaDevice>, x: &Tensor, rate: Rate, seed: u64) ->
     if n == 0 {
         return Tensor::from_cuda_data(dev.empty_data(x.dtype())?, x.shape(), dev);
     }
-    let f = dev.function("dropout", "dropout_apply", x.dtype())?;
+    let f = dev.function(ids::dropout::DROPOUT_APPLY, x.dtype())?;
     let stream = dev.stream();
     let out = dev.alloc_output_data(x.dtype(), n)?;
     let y = data_ptr(&out, stream);

@@ -1,6 +1,7 @@
 //! CUDA launchers of kernels/pointwise.cu: one grid-stride launch per call, 64-bit counts.
 
 use super::BinaryOp;
+use crate::device::kernels::ids;
 use crate::device::launch::{grid_stride, launch};
 use crate::device::{data_ptr, reading, CudaDevice};
 use crate::dtype::CudaData;
@@ -26,7 +27,7 @@ pub(super) fn activation(dev: &Arc<CudaDevice>, x: &Tensor, act: Activation) -> 
     if n == 0 {
         return empty(dev, x);
     }
-    let f = dev.function("pointwise", "activation_forward", x.dtype())?;
+    let f = dev.function(ids::pointwise::ACTIVATION_FORWARD, x.dtype())?;
     let stream = dev.stream();
     let (out, y) = output(dev, x)?;
     let (count, code) = (n as u64, act.code());
@@ -50,7 +51,7 @@ pub(super) fn activation_backward(
     if n == 0 {
         return empty(dev, y);
     }
-    let f = dev.function("pointwise", "activation_backward", y.dtype())?;
+    let f = dev.function(ids::pointwise::ACTIVATION_BACKWARD, y.dtype())?;
     let stream = dev.stream();
     let (out, dx) = output(dev, y)?;
     let (count, code) = (n as u64, act.code());
@@ -76,7 +77,7 @@ pub(super) fn binary(
     if n == 0 {
         return empty(dev, a);
     }
-    let f = dev.function("pointwise", "binary_forward", a.dtype())?;
+    let f = dev.function(ids::pointwise::BINARY_FORWARD, a.dtype())?;
     let stream = dev.stream();
     let (out, y) = output(dev, a)?;
     let (count, code) = (n as u64, op.code());
@@ -102,7 +103,7 @@ pub(super) fn mul_backward(
     if n == 0 {
         return Ok((empty(dev, a)?, empty(dev, b)?));
     }
-    let f = dev.function("pointwise", "mul_backward", a.dtype())?;
+    let f = dev.function(ids::pointwise::MUL_BACKWARD, a.dtype())?;
     let stream = dev.stream();
     let (out_a, da) = output(dev, a)?;
     let (out_b, db) = output(dev, b)?;

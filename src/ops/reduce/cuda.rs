@@ -1,6 +1,7 @@
 //! CUDA launchers of kernels/reduce.cu.
 
 use super::{Reduction, View};
+use crate::device::kernels::ids;
 use crate::device::launch::{grid_stride, launch, per_row, GRID_STRIDE_BLOCKS, THREADS};
 use crate::device::{data_ptr, reading, CudaDevice};
 use crate::error::Result;
@@ -24,7 +25,7 @@ pub(super) fn reduce(
     if outputs == 0 {
         return Tensor::from_cuda_data(dev.empty_data(x.dtype())?, shape, dev);
     }
-    let f = dev.function("reduce", "reduce_forward", x.dtype())?;
+    let f = dev.function(ids::reduce::REDUCE_FORWARD, x.dtype())?;
     let stream = dev.stream();
     let out = dev.alloc_output_data(x.dtype(), outputs)?;
     let y = data_ptr(&out, stream);
@@ -55,7 +56,7 @@ pub(super) fn reduce_backward(
     if total == 0 {
         return Tensor::from_cuda_data(dev.empty_data(dy.dtype())?, shape, dev);
     }
-    let f = dev.function("reduce", "reduce_backward", dy.dtype())?;
+    let f = dev.function(ids::reduce::REDUCE_BACKWARD, dy.dtype())?;
     let stream = dev.stream();
     let out = dev.alloc_output_data(dy.dtype(), total)?;
     let dx = data_ptr(&out, stream);

@@ -1,0 +1,45 @@
+// codes.cuh — the numbers both sides of the Rust/CUDA line use. build.rs turns every
+// `#define NAME <integer>` here into `device::kernels::codes::NAME` on the Rust side, so each
+// is written once.
+#ifndef FUSED_RNN_CODES_CUH
+#define FUSED_RNN_CODES_CUH
+
+// Threads per block of the elementwise, reduction, attention and training kernels
+// (`device::launch::THREADS`); the persistent kernel sizes its own blocks.
+#define BLOCK_THREADS 256
+
+// Activations: activate() in common.cuh, `Activation` on the Rust side.
+#define ACT_TANH 0
+#define ACT_RELU 1
+#define ACT_SIGMOID 2
+
+// Ops of binary_naive_f32 (elementwise.cu): y = a op b, and the activations' derivatives for
+// the naive backward: a·(1 − b²), a·b·(1 − b), b > 0 ? a : 0.
+#define OP_ADD 0
+#define OP_MUL 1
+#define OP_SUB 2
+#define OP_DTANH 3
+#define OP_DSIGMOID 4
+#define OP_DRELU 5
+
+// Cells of the training and persistent kernels (recurrent_train.cu, persistent/recurrent.cu).
+#define CELL_RNN 0
+#define CELL_LSTM 1
+#define CELL_GRU 2
+
+// Score modes of attend_fused (attention.cu): additive (v · tanh(q + k)) or a product (q · k).
+#define ATT_ADDITIVE 0
+#define ATT_PRODUCT 1
+
+// Elements per chunk of the multi-tensor training kernels (train.cu).
+#define TRAIN_CHUNK 2048
+
+// Binary ops of binary_forward (pointwise.cu): y = a + b, y = a · b.
+#define POINTWISE_ADD 0
+#define POINTWISE_MUL 1
+
+// Reductions over one dimension (reduce.cu): the sum, or the sum over n (the mean).
+#define REDUCE_SUM 0
+#define REDUCE_MEAN 1
+
+#endif
