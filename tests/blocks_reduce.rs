@@ -260,9 +260,8 @@ fn reduce_on_cuda_matches_the_cpu_for_every_dtype() {
 }
 
 #[test]
-fn reduce_on_cuda_handles_zero_lengths_and_checks_devices() {
-    let Some(dev) = common::cuda_or_skip("reduce_on_cuda_handles_zero_lengths_and_checks_devices")
-    else {
+fn reduce_on_cuda_handles_zero_lengths() {
+    let Some(dev) = common::cuda_or_skip("reduce_on_cuda_handles_zero_lengths") else {
         return;
     };
     let g = Tensor::from_f32(&[1.0, 2.0], &[2], DType::F32).unwrap();
@@ -270,14 +269,9 @@ fn reduce_on_cuda_handles_zero_lengths_and_checks_devices() {
     let r = reduce::sum_backward(&g_gpu, &[2, 3], 1).unwrap();
     assert_eq!(host(&r), [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]);
     for dtype in DType::ALL {
-        // A zero-size CUDA tensor may not exist at all on this driver; where it does, a sum
-        // over its zero-length dimension gives zeros.
-        let Ok(empty) = Tensor::from_f32(&[], &[3, 0, 2], dtype)
-            .unwrap()
-            .to(&dev, dtype)
-        else {
-            continue;
-        };
+        // A sum over a zero-length dimension gives zeros.
+        let empty = Tensor::from_f32(&[], &[3, 0, 2], dtype).unwrap();
+        let empty = empty.to(&dev, dtype).unwrap();
         let s = reduce::sum(&empty, 1).unwrap();
         assert_eq!((s.shape(), host(&s)), (&[3, 2][..], vec![0.0; 6]));
         assert_eq!(reduce::sum(&empty, 0).unwrap().shape(), &[0, 2]);

@@ -239,6 +239,9 @@ impl CudaDevice {
     /// else converted by the elementwise kernels (through f32 between two 16-bit types).
     pub(crate) fn convert_data(&self, src: &CudaData, dtype: DType) -> Result<CudaData> {
         use kernels::ids::elementwise::{CONVERT_NAIVE as CONVERT, LOAD_NAIVE as LOAD};
+        if src.is_empty() {
+            return self.empty_data(dtype);
+        }
         match (src.dtype(), dtype) {
             (from, to) if from == to => self.copy_data(src),
             (DType::F32, to) => self.cast(src, CONVERT, to, to),
@@ -290,8 +293,9 @@ impl CudaDevice {
         crate::with_dtype!(dtype, T => Ok(T::wrap_cuda(self.alloc_output::<T>(len)?)))
     }
 
-    /// The storage of a zero-size tensor: a slice of no elements. CUDA makes no zero-byte
-    /// allocations, so it owns a block of one element that nothing reads or writes.
+    /// The storage of a zero-size tensor: a slice of no elements. The driver refuses
+    /// zero-byte allocations (cuMemAlloc), so it owns a block of one element that nothing reads
+    /// or writes.
     pub(crate) fn empty_data(&self, dtype: DType) -> Result<CudaData> {
         crate::with_dtype!(dtype, T => {
             let ptr = self.alloc_output::<T>(1)?.leak();
