@@ -239,6 +239,9 @@ impl CudaDevice {
     /// else converted by the elementwise kernels (through f32 between two 16-bit types).
     pub(crate) fn convert_data(&self, src: &CudaData, dtype: DType) -> Result<CudaData> {
         use kernels::ids::elementwise::{CONVERT_NAIVE as CONVERT, LOAD_NAIVE as LOAD};
+        if src.is_empty() {
+            return self.empty_data(dtype);
+        }
         match (src.dtype(), dtype) {
             (from, to) if from == to => self.copy_data(src),
             (DType::F32, to) => self.cast(src, CONVERT, to, to),
@@ -290,18 +293,18 @@ impl CudaDevice {
         crate::with_dtype!(dtype, T => Ok(T::wrap_cuda(self.alloc_output::<T>(len)?)))
     }
 
-    /// A buffer of no elements (a zero-size op's result). The driver allocates no zero-byte
-    /// buffers, so this holds one element behind a slice of length 0, freed with it.
-    pub(crate) fn alloc_empty<T: DeviceRepr>(&self) -> Result<CudaSlice<T>> {
+    /// A slice of no elements. The driver refuses zero-byte allocations (cuMemAlloc), so it
+    /// owns a block of one element that nothing reads or writes.
+    pub(crate) fn empty<T: DeviceRepr>(&self) -> Result<CudaSlice<T>> {
         let ptr = self.alloc_output::<T>(1)?.leak();
-        // SAFETY: `ptr` is a live allocation of one T that nothing else owns (leaked above);
-        // the new slice owns it and frees it on drop, and its length 0 lets nothing access it.
+        // SAFETY: `ptr` is a live allocation of this stream's context that the leaked slice
+        // gave up; the new slice (length 0, so no element is ever accessed) frees it.
         Ok(unsafe { self.stream().upgrade_device_ptr::<T>(ptr, 0) })
     }
 
-    /// `alloc_empty` in `dtype`.
-    pub(crate) fn alloc_empty_data(&self, dtype: DType) -> Result<CudaData> {
-        crate::with_dtype!(dtype, T => Ok(T::wrap_cuda(self.alloc_empty::<T>()?)))
+    /// The storage of a zero-size tensor: `empty` in `dtype`.
+    pub(crate) fn empty_data(&self, dtype: DType) -> Result<CudaData> {
+        crate::with_dtype!(dtype, T => Ok(T::wrap_cuda(self.empty::<T>()?)))
     }
 
     /// The kernel module `file` (a `kernels/*.cu` stem), loaded once per device: the CUBIN when

@@ -24,7 +24,7 @@ fn launch_sizes(rows: usize, cols: usize) -> Result<i32> {
 }
 
 pub(super) fn empty(dev: &Arc<CudaDevice>, dtype: DType, shape: &[usize]) -> Result<Tensor> {
-    Tensor::from_cuda_data(dev.alloc_empty_data(dtype)?, shape, dev)
+    Tensor::from_cuda_data(dev.empty_data(dtype)?, shape, dev)
 }
 
 pub(super) fn log_softmax(x: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {

@@ -30,11 +30,11 @@ fn launch_sizes(rows: usize, cols: usize) -> Result<i32> {
 }
 
 pub(super) fn empty_indices(dev: &Arc<CudaDevice>, shape: &[usize]) -> Result<Indices> {
-    Indices::from_cuda(dev.alloc_empty::<i32>()?, shape, dev)
+    Indices::from_cuda(dev.empty::<i32>()?, shape, dev)
 }
 
 pub(super) fn empty_values(dev: &Arc<CudaDevice>, dtype: DType, shape: &[usize]) -> Result<Tensor> {
-    Tensor::from_cuda_data(dev.alloc_empty_data(dtype)?, shape, dev)
+    Tensor::from_cuda_data(dev.empty_data(dtype)?, shape, dev)
 }
 
 pub(super) fn argmax(x: &Tensor, rows: usize, cols: usize, shape: &[usize]) -> Result<Indices> {
