@@ -39,6 +39,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod device;
 mod dtype;
 pub mod error;
