@@ -39,4 +39,12 @@
 #define LINEAR_GRAD_COLS 32
 #define LINEAR_GRAD_ROWS 8
 
+// Binary ops of binary_forward (pointwise.cu): y = a + b, y = a · b.
+#define POINTWISE_ADD 0
+#define POINTWISE_MUL 1
+
+// Reductions over one dimension (reduce.cu): the sum, or the sum over n (the mean).
+#define REDUCE_SUM 0
+#define REDUCE_MEAN 1
+
 #endif

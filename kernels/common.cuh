@@ -124,6 +124,11 @@ __device__ __forceinline__ void store_step(float value, const T* h_prev, T* h_ne
 #define DYNAMIC_SHARED(T, name) T* name = (T*)emu::dynamic_shared()
 #endif
 
+// A grid-stride loop over 64-bit indices 0..n: any grid covers any n.
+#define GRID_STRIDE_LOOP(i, n)                                                                   \
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;       \
+         i < (n); i += (unsigned long long)gridDim.x * blockDim.x)
+
 // Stamps `MACRO(suffix, type)` once per storage dtype; entry points are `{op}_{variant}_{suffix}`.
 #define FOR_EACH_DTYPE(MACRO) MACRO(f32, float) MACRO(f16, f16) MACRO(bf16, bf16)
 

@@ -7,17 +7,26 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{tensor}: expected shape {expected}, got {got}")]
+    #[error("{tensor}: expected shape {expected}, got {got:?}")]
     Shape {
         tensor: String,
+        /// The expected shape, with names for the sizes that may vary (`[B, L, Dk]`).
         expected: String,
-        got: String,
+        got: Vec<usize>,
     },
     #[error("{tensor}: expected dtype {expected}, got {got}")]
     DType {
         tensor: String,
         expected: String,
         got: String,
+    },
+    /// An index (a token, a target, a row) outside the range it must fall in.
+    #[error("{tensor}[{position}] = {value} is outside 0..{limit}")]
+    Index {
+        tensor: String,
+        position: usize,
+        value: i64,
+        limit: usize,
     },
     #[error("{file}: missing tensor `{tensor}`")]
     MissingTensor { file: String, tensor: String },
@@ -97,7 +106,7 @@ impl Error {
         Error::Shape {
             tensor: tensor.into(),
             expected: expected.as_ref().to_string(),
-            got: format!("{got:?}"),
+            got: got.to_vec(),
         }
     }
 }

@@ -9,6 +9,8 @@
 //! | training: `forward_train` / `backward` of every module | yes | yes | yes |
 //! | training: `nn::Linear`, `nn::Embedding` | yes | yes | — |
 //! | training: `train` (cross-entropy, clipping, Adam/AdamW) | yes | yes | — |
+//! | blocks with backward: `ops::pointwise` (sigmoid, tanh, relu, add, mul), `ops::reduce` (sum, mean over a dim), `ops::dropout` | yes (every dtype) | yes | — |
+//! | blocks: `ops::log_softmax` (with backward), `ops::top_k` (`argmax`, `top_k` with k ≤ 64 on CUDA; no backward) | yes (every dtype) | yes | — |
 //!
 //! Every module takes layers, bidirectional, batch_first, bias, initial states and variable
 //! lengths, with nn.RNN's / nn.LSTM's / nn.GRU's semantics. Weights load from PyTorch
@@ -37,6 +39,9 @@
 //! assert_eq!(out.output.shape(), &[5, 2, 32]);
 //! # Ok(()) }
 //! ```
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod device;
 mod dtype;

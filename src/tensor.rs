@@ -39,10 +39,8 @@ pub struct Tensor {
 fn check_len(shape: &[usize], len: usize) -> Result<()> {
     let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
     if numel != Some(len) {
-        let numel = numel.map_or("more than usize::MAX".into(), |n| n.to_string());
-        return Err(Error::Config(format!(
-            "shape {shape:?} holds {numel} elements but the buffer has {len}"
-        )));
+        let want = format!("one of {len} elements (the buffer's)");
+        return Err(Error::shape("tensor", want, shape));
     }
     Ok(())
 }
@@ -333,7 +331,6 @@ impl Tensor {
 
 fn upload(dev: &Arc<CudaDevice>, host: &HostData) -> Result<CudaData> {
     if host.is_empty() {
-        // The driver refuses allocations of 0 bytes.
         return dev.empty_data(host.dtype());
     }
     crate::with_dtype!(host.dtype(), T => Ok(T::wrap_cuda(dev.upload(T::host(host).unwrap())?)))

@@ -236,12 +236,16 @@ impl CudaDevice {
     /// # Safety
     /// Both ranges must lie in live allocations of this context.
     pub(crate) unsafe fn copy_async(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
-        Ok(dr::memcpy_dtod_async(
-            dst,
-            src,
-            bytes,
-            self.stream().cu_stream(),
-        )?)
+        // SAFETY: the caller's contract (see # Safety) covers both `bytes`-byte ranges; the
+        // stream is this device's, live while `self` is.
+        unsafe {
+            Ok(dr::memcpy_dtod_async(
+                dst,
+                src,
+                bytes,
+                self.stream().cu_stream(),
+            )?)
+        }
     }
 
     /// A copy of `src`, a buffer of this device, made on the device's stream.
@@ -259,10 +263,10 @@ impl CudaDevice {
     /// `src`, a buffer of this device, in `dtype`: a copy when it is in that dtype already,
     /// else converted by the elementwise kernels (through f32 between two 16-bit types).
     pub(crate) fn convert_data(&self, src: &CudaData, dtype: DType) -> Result<CudaData> {
+        use kernels::ids::elementwise::{CONVERT_NAIVE as CONVERT, LOAD_NAIVE as LOAD};
         if src.is_empty() {
             return self.empty_data(dtype);
         }
-        use kernels::ids::elementwise::{CONVERT_NAIVE as CONVERT, LOAD_NAIVE as LOAD};
         match (src.dtype(), dtype) {
             (from, to) if from == to => self.copy_data(src),
             (DType::F32, to) => self.cast(src, CONVERT, to, to),
@@ -314,16 +318,18 @@ impl CudaDevice {
         crate::with_dtype!(dtype, T => Ok(T::wrap_cuda(self.alloc_output::<T>(len)?)))
     }
 
-    /// A buffer of no elements, for a zero-size result: the driver refuses allocations of 0
-    /// bytes, so one element is allocated and owned by a slice of length 0.
+    /// A slice of no elements. The driver refuses zero-byte allocations (cuMemAlloc), so it
+    /// owns a block of one element that nothing reads or writes.
+    pub(crate) fn empty<T: DeviceRepr>(&self) -> Result<CudaSlice<T>> {
+        let ptr = self.alloc_output::<T>(1)?.leak();
+        // SAFETY: `ptr` is a live allocation of this stream's context that the leaked slice
+        // gave up; the new slice (length 0, so no element is ever accessed) frees it.
+        Ok(unsafe { self.stream().upgrade_device_ptr::<T>(ptr, 0) })
+    }
+
+    /// The storage of a zero-size tensor: `empty` in `dtype`.
     pub(crate) fn empty_data(&self, dtype: DType) -> Result<CudaData> {
-        crate::with_dtype!(dtype, T => {
-            // SAFETY: nothing reads the element; the allocation is handed to the slice below.
-            let ptr = unsafe { self.stream().alloc::<T>(1)? }.leak();
-            // SAFETY: `ptr` is a live allocation of this stream's context, given up by the
-            // slice above; the new slice owns and frees it, and covers none of it.
-            Ok(T::wrap_cuda(unsafe { self.stream().upgrade_device_ptr::<T>(ptr, 0) }))
-        })
+        crate::with_dtype!(dtype, T => Ok(T::wrap_cuda(self.empty::<T>()?)))
     }
 
     /// The kernel module `file` (a `kernels/*.cu` stem), loaded once per device: the CUBIN when

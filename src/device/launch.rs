@@ -24,6 +24,15 @@ pub(crate) fn blocks(count: usize) -> LaunchConfig {
     }
 }
 
+/// The most blocks of a grid-stride launch; past that its threads loop.
+pub(crate) const GRID_STRIDE_BLOCKS: usize = 1 << 16;
+
+/// A grid-stride launch over `n` elements (kernels with 64-bit `GRID_STRIDE_LOOP` indices):
+/// one thread per element up to `GRID_STRIDE_BLOCKS` blocks, so any `n` fits.
+pub(crate) fn grid_stride(n: usize) -> LaunchConfig {
+    blocks(n.div_ceil(THREADS as usize).clamp(1, GRID_STRIDE_BLOCKS))
+}
+
 /// `splits` blocks per row of `rows`, each with `shared_bytes` of dynamic shared memory.
 pub(crate) fn per_row(rows: usize, splits: usize, shared_bytes: usize) -> LaunchConfig {
     LaunchConfig {
@@ -34,8 +43,9 @@ pub(crate) fn per_row(rows: usize, splits: usize, shared_bytes: usize) -> Launch
 }
 
 /// Launches kernel `$f` with `$cfg` on `$stream`. Arguments must be places (the builder
-/// borrows them until the launch). Every call site is `unsafe`, with a `SAFETY:` line (or an
-/// `unsafe fn` contract) saying why the addresses and sizes are valid.
+/// borrows them until the launch). Every call site is in an `unsafe` block of its own (inside
+/// an `unsafe fn` too: the crate denies `unsafe_op_in_unsafe_fn`) with a `SAFETY:` line saying
+/// why the addresses and sizes are valid, or which `# Safety` contract of its function does.
 macro_rules! launch {
     ($stream:expr, $f:expr, $cfg:expr; $($arg:expr),+ $(,)?) => {{
         use cudarc::driver::PushKernelArg as _;

@@ -282,3 +282,15 @@ inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(
 // A block is one OS thread, its CUDA threads fibers on it, and every launch starts new threads:
 // a thread-local variable is exactly one block's shared variable.
 #define __shared__ static thread_local
+
+// Bit casts between float and 32-bit integers (CUDA intrinsics).
+inline float __int_as_float(int x) {
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
+}
+inline int __float_as_int(float x) {
+    int i;
+    std::memcpy(&i, &x, 4);
+    return i;
+}
