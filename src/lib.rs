@@ -7,7 +7,7 @@
 //! | `nn::Gru` | yes | yes | yes |
 //! | `nn::Attention` (additive, general, dot) | yes | yes | yes |
 //! | training: `forward_train` / `backward` of every module | yes | yes | yes |
-//! | training: `nn::Linear`, `nn::Embedding` | yes | yes | — |
+//! | training: `nn::Linear`, `nn::Embedding` (`ops::linear` on cuBLASLt, `ops::embedding`, with backward) | yes (every dtype) | yes | — |
 //! | training: `train` (cross-entropy, clipping, Adam/AdamW) | yes | yes | — |
 //! | blocks with backward: `ops::pointwise` (sigmoid, tanh, relu, add, mul), `ops::reduce` (sum, mean over a dim), `ops::dropout` | yes (every dtype) | yes | — |
 //! | blocks: `ops::log_softmax` (with backward), `ops::top_k` (`argmax`, `top_k` with k ≤ 64 on CUDA; no backward) | yes (every dtype) | yes | — |

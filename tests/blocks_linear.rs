@@ -411,7 +411,12 @@ fn cuda_embedding_ids_out_of_range_are_zero_rows_and_a_checked_error() {
     let want = embedding::backward(&fixed, &g_masked, vocab, Some(2)).unwrap();
     close("backward", &dw, &want, common::tolerance(DType::F32));
     match embedding::check_ids(&ids_d, vocab) {
-        Err(Error::Config(msg)) => assert!(msg.contains("-1 at [0, 1]"), "{msg}"),
+        Err(Error::Index {
+            tensor,
+            position: 1,
+            value: -1,
+            limit: 6,
+        }) => assert_eq!(tensor, "ids"),
         other => panic!("expected the first bad id, got {other:?}"),
     }
     // Mixed devices.
@@ -692,14 +697,27 @@ fn bad_embedding_inputs_are_typed_errors() {
         Err(Error::Config(msg)) => assert!(msg.contains(needle), "{msg} lacks {needle}"),
         other => panic!("expected a Config error with {needle}, got {other:?}"),
     };
-    config(embedding::forward(&w, &ids(vec![0, 6], &[2])), "6 at [1]");
-    config(
+    // (position, value, limit) of the first id out of range, in the flattened ids.
+    let index = |r: fused_rnn::Result<Tensor>, want: (usize, i64, usize)| match r {
+        Err(Error::Index {
+            tensor,
+            position,
+            value,
+            limit,
+        }) => assert_eq!(
+            (tensor.as_str(), position, value, limit),
+            ("ids", want.0, want.1, want.2)
+        ),
+        other => panic!("expected an index error {want:?}, got {other:?}"),
+    };
+    index(embedding::forward(&w, &ids(vec![0, 6], &[2])), (1, 6, 6));
+    index(
         embedding::forward(&w, &ids(vec![0, 1, 2, -3], &[2, 2])),
-        "-3 at [1, 1]",
+        (3, -3, 6),
     );
-    config(
+    index(
         embedding::forward(&w, &ids(vec![i32::MIN], &[1])),
-        "outside the vocabulary 0..6",
+        (0, i32::MIN.into(), 6),
     );
     assert!(matches!(
         embedding::forward(&f32s(&[6, 3, 1]), &good),
@@ -707,7 +725,7 @@ fn bad_embedding_inputs_are_typed_errors() {
     ));
     let g = f32s(&[2, 2, 3]);
     config(embedding::backward(&good, &g, 6, Some(6)), "padding_idx 6");
-    config(embedding::backward(&good, &g, 5, None), "5 at [0, 1]");
+    index(embedding::backward(&good, &g, 5, None), (1, 5, 5));
     for bad in [&[4, 3][..], &[2, 2], &[2, 2, 3, 1], &[2, 1, 3]] {
         assert!(
             matches!(
@@ -718,9 +736,9 @@ fn bad_embedding_inputs_are_typed_errors() {
         );
     }
     assert!(embedding::check_ids(&good, 6).is_ok());
-    config(
+    index(
         embedding::check_ids(&good, 5).map(|_| f32s(&[1])),
-        "5 at [0, 1]",
+        (1, 5, 5),
     );
     // The layer: a padding index outside the table, a gradient of another width or dtype.
     assert!(matches!(

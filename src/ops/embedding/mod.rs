@@ -35,38 +35,35 @@ fn check_ids_on(ids: &Indices, device: &Device) -> Result<()> {
     }
 }
 
-/// The error for id `id` at flat position `flat` of ids of `shape`.
-fn out_of_range(shape: &[usize], flat: usize, id: i32, vocab: usize) -> Error {
-    let mut index = vec![0; shape.len()];
-    let mut rest = flat;
-    for (i, &d) in index.iter_mut().zip(shape).rev() {
-        *i = rest % d.max(1);
-        rest /= d.max(1);
+/// The error for id `id` at flat position `position` of the ids.
+fn out_of_range(position: usize, id: i32, vocab: usize) -> Error {
+    Error::Index {
+        tensor: "ids".into(),
+        position,
+        value: id.into(),
+        limit: vocab,
     }
-    Error::Config(format!(
-        "ids: {id} at {index:?} is outside the vocabulary 0..{vocab}"
-    ))
 }
 
 /// The first id outside [0, vocab) of host ids, as an error.
-fn check_host_ids(ids: &[i32], shape: &[usize], vocab: usize) -> Result<()> {
+fn check_host_ids(ids: &[i32], vocab: usize) -> Result<()> {
     match ids
         .iter()
         .position(|&id| usize::try_from(id).map_or(true, |id| id >= vocab))
     {
-        Some(flat) => Err(out_of_range(shape, flat, ids[flat], vocab)),
+        Some(flat) => Err(out_of_range(flat, ids[flat], vocab)),
         None => Ok(()),
     }
 }
 
-/// Fails, naming the first one, when an id is outside [0, vocab). Host ids are checked here;
+/// `Error::Index` for the first id outside [0, vocab) (its position in the flattened ids). Host ids are checked here;
 /// CUDA ids by a kernel whose one-flag result is read back (this waits for the device).
 pub fn check_ids(ids: &Indices, vocab: usize) -> Result<()> {
     match ids.device() {
-        Device::Cpu => check_host_ids(ids.host_slice()?, ids.shape(), vocab),
+        Device::Cpu => check_host_ids(ids.host_slice()?, vocab),
         Device::Cuda(dev) => {
             if cuda::any_out_of_range(&dev, ids, vocab)? {
-                check_host_ids(&ids.to_vec()?, ids.shape(), vocab)
+                check_host_ids(&ids.to_vec()?, vocab)
             } else {
                 Ok(())
             }
