@@ -44,6 +44,15 @@ pub enum Error {
         value: f32,
         index: Vec<usize>,
     },
+    /// An index outside its range: `index` at `position` of tensor `tensor`, which must lie in
+    /// 0..`limit`.
+    #[error("{tensor}: index {index} at position {position} is outside 0..{limit}")]
+    Index {
+        tensor: String,
+        index: i64,
+        position: usize,
+        limit: usize,
+    },
     /// A size past what can be computed or allowed: `needed` and `limit` say how much.
     #[error("{what} needs {needed}, more than {limit}")]
     TooLarge {

@@ -4,7 +4,9 @@
 pub(crate) mod activation;
 pub mod algo;
 pub mod attention;
+pub mod concat;
 pub(crate) mod gemm_cpu;
+pub mod index_select;
 pub(crate) mod math_cpu;
 pub(crate) mod packed_gemm;
 pub mod recurrent;

@@ -98,6 +98,9 @@ pub const ENTRY_POINTS: &[(&str, &str, &[DType])] = &[
     ("train", "grad_scale_fused", &DType::ALL),
     ("train", "cross_entropy_fused", &DType::ALL),
     ("train", "cross_entropy_mean", &[DType::F32]),
+    ("concat", "concat_copy", &DType::ALL),
+    ("index_select", "index_select", &DType::ALL),
+    ("index_select", "index_select_backward", &DType::ALL),
 ];
 
 /// Tolerance relative to the reference's largest magnitude, per storage dtype.

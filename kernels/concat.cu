@@ -1,0 +1,49 @@
+// concat.cu — torch.cat and torch.split along any dimension: one strided copy between a whole
+// tensor and its pieces, in either direction.
+//
+// Shapes: every tensor is viewed as [rows, n, inner] around the dimension cut (rows = the
+// product of the dimensions before it, inner = of those after it); the whole has n = N = Σ n_k,
+// piece k has n = n_k. Per row, piece k is a contiguous run of width w_k = n_k · inner elements
+// in the piece and, from column c_k = (Σ_{j<k} w_j), in the whole row of width W = N · inner.
+// So a copy is, for every row r and every column c of a piece's run:
+//   whole[r · W + c_k + c] <-> piece_k[r · w_k + c]
+//
+// The pieces of one launch come as kernel parameters (up to CONCAT_PIECES of them, unused
+// slots with width 0), not as a table in device memory: a call uploads nothing and can be
+// captured in a CUDA graph, and the decoder's [embedding; context] (two pieces along the last
+// dimension) is one launch. More pieces take one launch per CONCAT_PIECES (the host passes
+// the first group's column `col0` in the whole row).
+//
+// Variants (entry points):
+//   concat_copy_T   one thread per element of the launch's pieces (rows × Σ w_k):
+//                   split = 0 gathers the pieces into the whole (concat),
+//                   split = 1 scatters the whole into the pieces (split)
+// The backward of a concat is a split of its gradient and the other way round: the same
+// kernel.
+#include "common.cuh"
+
+// Pieces per launch; must match PIECES in src/ops/concat/cuda.rs.
+#define CONCAT_PIECES 4
+
+// ---
+#define CONCAT_COPY(S, T)                                                                        \
+    extern "C" __global__ void concat_copy_##S(T* whole, int whole_width, int col0, int rows,    \
+                                               T* p0, int w0, T* p1, int w1, T* p2, int w2,      \
+                                               T* p3, int w3, int split) {                       \
+        long width = (long)w0 + w1 + w2 + w3;                                                    \
+        long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;                                  \
+        if (idx >= rows * width) return;                                                         \
+        long r = idx / width, c = idx - r * width;                                               \
+        /* The piece holding column c of this launch's run, and c within it. */                  \
+        T* piece = p0;                                                                           \
+        long w = w0;                                                                             \
+        long start = 0;                                                                          \
+        if (c >= start + w) { start += w; piece = p1; w = w1; }                                  \
+        if (c >= start + w) { start += w; piece = p2; w = w2; }                                  \
+        if (c >= start + w) { start += w; piece = p3; w = w3; }                                  \
+        long at_whole = r * whole_width + col0 + c;                                              \
+        long at_piece = r * w + (c - start);                                                     \
+        if (split) piece[at_piece] = whole[at_whole];                                            \
+        else whole[at_whole] = piece[at_piece];                                                  \
+    }
+FOR_EACH_DTYPE(CONCAT_COPY)

@@ -1,0 +1,487 @@
+//! The shape building blocks — `concat`, `split`, `index_select` and their backward passes:
+//! 1. against PyTorch (tests/fixtures/shape, made by scripts/fixtures/make_shape_fixtures.py:
+//!    torch.cat, torch.split, torch.index_select with repeated ids, forward and float64
+//!    autograd backward) on the CPU, and on CUDA where there is a GPU;
+//! 2. CUDA against the CPU in every dtype on odd sizes with poisoned outputs, device ids
+//!    out of range (zeros, then `check_errors`);
+//! 3. bad inputs: typed errors, never panics.
+
+mod common;
+
+use fused_rnn::io::TensorFile;
+use fused_rnn::ops::concat::{concat, concat_backward, split, split_backward};
+use fused_rnn::ops::index_select::{index_select, index_select_backward};
+use fused_rnn::{DType, Device, Error, Indices, Tensor};
+
+fn host(t: &Tensor) -> Vec<f32> {
+    t.to_vec_f32().unwrap()
+}
+
+fn tensor(values: &[f32], shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::from_f32(values, shape, dtype).unwrap()
+}
+
+/// A seeded random tensor (never zeros) of `shape` in `dtype`.
+fn random(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
+    let n = shape.iter().product();
+    tensor(&common::random(n, 1.0, seed), shape, dtype)
+}
+
+fn ids(values: &[i32]) -> Indices {
+    Indices::from_vec(values.to_vec(), &[values.len()]).unwrap()
+}
+
+// ---
+// 1. PyTorch fixtures.
+
+/// Every fixture file's name and contents.
+fn fixtures() -> Vec<(String, TensorFile)> {
+    let dir = common::fixtures("shape");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 12,
+        "expected the shape fixtures in {}",
+        dir.display()
+    );
+    files
+        .into_iter()
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_str().unwrap().to_string();
+            (name, TensorFile::load(&p).unwrap())
+        })
+        .collect()
+}
+
+/// The tensors `prefix0`, `prefix1`, ... of `file`, in order.
+fn numbered(file: &TensorFile, prefix: &str, suffix: &str) -> Vec<Tensor> {
+    (0..)
+        .map(|k| format!("{prefix}{k}{suffix}"))
+        .take_while(|name| file.contains(name))
+        .map(|name| file.float(&name).unwrap())
+        .collect()
+}
+
+/// Checks `got` (on any device) against the fixture's `expected`, shape and values.
+fn check(what: &str, got: &Tensor, expected: &Tensor) {
+    assert_eq!(got.shape(), expected.shape(), "{what}: shape");
+    common::assert_close(what, &host(got), &host(expected), 1e-5);
+}
+
+/// Runs every fixture on `device` (inputs moved there in f32) against PyTorch's values.
+fn run_fixtures(device: &Device) {
+    let on = |t: &Tensor| t.to(device, DType::F32).unwrap();
+    for (name, file) in fixtures() {
+        let what = |t: &str| format!("{name} ({}): {t}", device.name());
+        let dim: usize = file.metadata("dim").unwrap().parse().unwrap();
+        match file.metadata("op").unwrap() {
+            "concat" => {
+                let pieces: Vec<Tensor> = numbered(&file, "in", "").iter().map(on).collect();
+                let refs: Vec<&Tensor> = pieces.iter().collect();
+                let out = concat(&refs, dim).unwrap();
+                check(&what("out"), &out, &file.float("out").unwrap());
+                let sizes: Vec<usize> = pieces.iter().map(|p| p.shape()[dim]).collect();
+                let grads = concat_backward(&on(&file.float("g").unwrap()), dim, &sizes).unwrap();
+                let expected = numbered(&file, "in", ".grad");
+                assert_eq!(grads.len(), expected.len());
+                for (k, (g, e)) in grads.iter().zip(&expected).enumerate() {
+                    check(&what(&format!("in{k}.grad")), g, e);
+                }
+            }
+            "split" => {
+                let sizes: Vec<usize> = file
+                    .metadata("sizes")
+                    .unwrap()
+                    .split(',')
+                    .map(|s| s.parse().unwrap())
+                    .collect();
+                let outs = split(&on(&file.float("x").unwrap()), dim, &sizes).unwrap();
+                let expected = numbered(&file, "out", "");
+                assert_eq!(outs.len(), expected.len());
+                for (k, (o, e)) in outs.iter().zip(&expected).enumerate() {
+                    check(&what(&format!("out{k}")), o, e);
+                }
+                let gs: Vec<Tensor> = numbered(&file, "g", "").iter().map(on).collect();
+                let refs: Vec<&Tensor> = gs.iter().collect();
+                let grad = split_backward(&refs, dim).unwrap();
+                check(&what("x.grad"), &grad, &file.float("x.grad").unwrap());
+            }
+            "index_select" => {
+                let x = on(&file.float("x").unwrap());
+                let (values, shape) = file.ints("ids").unwrap();
+                let values: Vec<i32> = values.iter().map(|&v| v as i32).collect();
+                let ids = Indices::from_vec(values, &shape).unwrap();
+                let ids = ids.to(device).unwrap();
+                let out = index_select(&x, dim, &ids).unwrap();
+                check(&what("out"), &out, &file.float("out").unwrap());
+                let g = on(&file.float("g").unwrap());
+                let grad = index_select_backward(&g, dim, &ids, x.shape()[dim]).unwrap();
+                check(&what("x.grad"), &grad, &file.float("x.grad").unwrap());
+            }
+            op => panic!("{name}: unknown op {op}"),
+        }
+    }
+}
+
+#[test]
+fn cpu_matches_pytorch() {
+    run_fixtures(&Device::Cpu);
+}
+
+#[test]
+fn cuda_matches_pytorch() {
+    let Some(dev) = common::cuda_or_skip("cuda_matches_pytorch") else {
+        return;
+    };
+    run_fixtures(&dev);
+}
+
+// ---
+// 2. CUDA against the CPU.
+
+/// (piece shapes, dim) of the concat and split cases: every dimension, one piece, more pieces
+/// than one launch takes (4), odd sizes, and a decoder step's [embedding; context].
+fn concat_cases() -> Vec<(Vec<Vec<usize>>, usize)> {
+    vec![
+        (vec![vec![1, 7, 33], vec![7, 7, 33], vec![3, 7, 33]], 0),
+        (vec![vec![3, 1, 129], vec![3, 33, 129]], 1),
+        (vec![vec![7, 5, 1], vec![7, 5, 33], vec![7, 5, 7]], 2),
+        (vec![vec![33, 129], vec![33, 257]], 1),
+        (vec![vec![1000]], 0),
+        (
+            (1..=9).map(|k| vec![3, 2 * k - 1, 7]).collect::<Vec<_>>(),
+            1,
+        ),
+        ((1..=5).map(|k| vec![5, 3 * k]).collect::<Vec<_>>(), 1),
+    ]
+}
+
+/// Checks that `got` (CUDA) holds exactly `expected` (the CPU's), shape and bits: a copy
+/// changes nothing, and a poisoned element left unwritten is NaN.
+fn check_exact(what: &str, got: &Tensor, expected: &Tensor) {
+    assert!(got.is_cuda(), "{what}: not on CUDA");
+    assert_eq!(got.shape(), expected.shape(), "{what}: shape");
+    assert_eq!(got.dtype(), expected.dtype(), "{what}: dtype");
+    let (g, e) = (host(got), host(expected));
+    for (k, (a, b)) in g.iter().zip(&e).enumerate() {
+        assert!(
+            a.to_bits() == b.to_bits(),
+            "{what}: element {k}: {a} vs {b}"
+        );
+    }
+}
+
+#[test]
+fn cuda_concat_and_split_match_the_cpu() {
+    let Some(dev) = common::cuda_or_skip("cuda_concat_and_split_match_the_cpu") else {
+        return;
+    };
+    for dtype in DType::ALL {
+        for (case, (shapes, dim)) in concat_cases().into_iter().enumerate() {
+            let what = |op: &str| format!("{op} case {case} ({dtype}, dim {dim})");
+            let cpu: Vec<Tensor> = shapes
+                .iter()
+                .enumerate()
+                .map(|(k, s)| random(s, dtype, 100 * case as u64 + k as u64))
+                .collect();
+            let gpu: Vec<Tensor> = cpu.iter().map(|t| t.to(&dev, dtype).unwrap()).collect();
+            let cpu_refs: Vec<&Tensor> = cpu.iter().collect();
+            let gpu_refs: Vec<&Tensor> = gpu.iter().collect();
+            let whole = concat(&cpu_refs, dim).unwrap();
+            check_exact(&what("concat"), &concat(&gpu_refs, dim).unwrap(), &whole);
+            check_exact(
+                &what("split_backward"),
+                &split_backward(&gpu_refs, dim).unwrap(),
+                &whole,
+            );
+            let sizes: Vec<usize> = shapes.iter().map(|s| s[dim]).collect();
+            let whole_gpu = whole.to(&dev, dtype).unwrap();
+            for (op, pieces) in [
+                ("split", split(&whole_gpu, dim, &sizes).unwrap()),
+                (
+                    "concat_backward",
+                    concat_backward(&whole_gpu, dim, &sizes).unwrap(),
+                ),
+            ] {
+                assert_eq!(pieces.len(), cpu.len(), "{}", what(op));
+                for (k, (got, expected)) in pieces.iter().zip(&cpu).enumerate() {
+                    check_exact(&format!("{} piece {k}", what(op)), got, expected);
+                }
+            }
+        }
+    }
+}
+
+/// (source shape, dim, ids) of the index_select cases: beams (rows of h, repeated parents),
+/// every dimension, a single id, more ids than rows.
+fn index_cases() -> Vec<(Vec<usize>, usize, Vec<i32>)> {
+    vec![
+        (vec![7, 129], 0, vec![3, 0, 3, 6, 3, 1, 2]),
+        (vec![33, 7, 5], 0, vec![32]),
+        (vec![3, 33, 7], 1, vec![32, 0, 5, 5, 5, 17, 1]),
+        (
+            vec![5, 3, 129],
+            2,
+            (0..33).map(|k| (k * 7 + 3) % 129).collect(),
+        ),
+        (vec![7, 3], 0, (0..1000).map(|k| (k * 5) % 7).collect()),
+    ]
+}
+
+#[test]
+fn cuda_index_select_matches_the_cpu() {
+    let Some(dev) = common::cuda_or_skip("cuda_index_select_matches_the_cpu") else {
+        return;
+    };
+    for dtype in DType::ALL {
+        for (case, (shape, dim, values)) in index_cases().into_iter().enumerate() {
+            let what = |op: &str| format!("{op} case {case} ({dtype}, dim {dim})");
+            let x = random(&shape, dtype, 7 + case as u64);
+            let host_ids = ids(&values);
+            let gpu_ids = host_ids.to(&dev).unwrap();
+            let y = index_select(&x, dim, &host_ids).unwrap();
+            let got = index_select(&x.to(&dev, dtype).unwrap(), dim, &gpu_ids).unwrap();
+            check_exact(&what("index_select"), &got, &y);
+
+            let g = random(y.shape(), dtype, 70 + case as u64);
+            let expected = index_select_backward(&g, dim, &host_ids, shape[dim]).unwrap();
+            let g_gpu = g.to(&dev, dtype).unwrap();
+            let got = index_select_backward(&g_gpu, dim, &gpu_ids, shape[dim]).unwrap();
+            assert!(got.is_cuda());
+            assert_eq!(got.shape(), expected.shape(), "{}", what("backward"));
+            assert_eq!(got.dtype(), dtype);
+            common::assert_close(
+                &what("index_select_backward"),
+                &host(&got),
+                &host(&expected),
+                common::tolerance(dtype),
+            );
+        }
+    }
+    dev.as_cuda().unwrap().check_errors().unwrap();
+}
+
+#[test]
+fn cuda_ids_out_of_range_give_zeros_and_a_recorded_error() {
+    let Some(dev) = common::cuda_or_skip("cuda_ids_out_of_range_give_zeros_and_a_recorded_error")
+    else {
+        return;
+    };
+    let cuda = dev.as_cuda().unwrap();
+    cuda.check_errors().unwrap();
+    for dtype in DType::ALL {
+        let x = random(&[5, 33], dtype, 3);
+        let xs = host(&x);
+        let x_gpu = x.to(&dev, dtype).unwrap();
+        let bad = ids(&[1, 5, 4, -3, 0]).to(&dev).unwrap();
+        let y = host(&index_select(&x_gpu, 0, &bad).unwrap());
+        for (j, id) in [1i32, 5, 4, -3, 0].into_iter().enumerate() {
+            let row = &y[j * 33..(j + 1) * 33];
+            if (0..5).contains(&id) {
+                let k = id as usize;
+                assert_eq!(row, &xs[k * 33..(k + 1) * 33], "{dtype}: row {j}");
+            } else {
+                assert!(row.iter().all(|&v| v == 0.0), "{dtype}: row {j}: {row:?}");
+            }
+        }
+        match cuda.check_errors() {
+            Err(Error::Index {
+                index,
+                position,
+                limit: 5,
+                ..
+            }) => assert!(
+                (index, position) == (5, 1) || (index, position) == (-3, 3),
+                "{dtype}: {index} at {position}"
+            ),
+            other => panic!("{dtype}: expected an index error, got {other:?}"),
+        }
+        cuda.check_errors()
+            .expect("the record is cleared by a check");
+
+        // The backward skips the bad ids and adds the others.
+        let g = random(&[5, 33], dtype, 4);
+        let gs = host(&g);
+        let grad = index_select_backward(&g.to(&dev, dtype).unwrap(), 0, &bad, 5).unwrap();
+        let grad = host(&grad);
+        let mut expected = vec![0f32; 5 * 33];
+        // (row of x, row of g): ids[0] = 1, ids[2] = 4, ids[4] = 0.
+        for (row, from) in [(1usize, 0usize), (4, 2), (0, 4)] {
+            expected[row * 33..(row + 1) * 33].copy_from_slice(&gs[from * 33..(from + 1) * 33]);
+        }
+        common::assert_close(&format!("{dtype}: backward"), &grad, &expected, 0.0);
+        assert!(matches!(
+            cuda.check_errors(),
+            Err(Error::Index { limit: 5, .. })
+        ));
+    }
+}
+
+#[test]
+fn cuda_inputs_on_two_devices_are_errors() {
+    let Some(dev) = common::cuda_or_skip("cuda_inputs_on_two_devices_are_errors") else {
+        return;
+    };
+    let cpu = random(&[3, 5], DType::F32, 1);
+    let gpu = cpu.to(&dev, DType::F32).unwrap();
+    let mismatch = |r: Result<Tensor, Error>| matches!(r, Err(Error::DeviceMismatch { .. }));
+    assert!(mismatch(concat(&[&gpu, &cpu], 0)));
+    assert!(mismatch(concat(&[&cpu, &gpu], 1)));
+    assert!(mismatch(split_backward(&[&gpu, &cpu], 0)));
+    let host_ids = ids(&[0, 2]);
+    let gpu_ids = host_ids.to(&dev).unwrap();
+    assert!(mismatch(index_select(&gpu, 0, &host_ids)));
+    assert!(mismatch(index_select(&cpu, 0, &gpu_ids)));
+    assert!(mismatch(index_select_backward(&gpu, 1, &host_ids, 5)));
+    // Mixed dtypes on one device.
+    let half = cpu.to(&dev, DType::F16).unwrap();
+    assert!(matches!(
+        concat(&[&gpu, &half], 0),
+        Err(Error::DType { .. })
+    ));
+    // Results CUDA tensors cannot hold are errors, not launches.
+    assert!(matches!(
+        split(&gpu, 1, &[5, 0]),
+        Err(Error::Unsupported { .. })
+    ));
+}
+
+// ---
+// 3. Bad inputs on the CPU (the checks run before any dispatch, so they are the CUDA ones).
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let a = random(&[3, 5], DType::F32, 1);
+    let b = random(&[3, 2], DType::F32, 2);
+    let c = random(&[4, 5], DType::F32, 3);
+    let half = random(&[3, 2], DType::F16, 4);
+    let flat = random(&[15], DType::F32, 5);
+
+    let shape_err = |r: Result<Tensor, Error>, tensor: &str| match r {
+        Err(Error::Shape { tensor: t, .. }) => assert_eq!(t, tensor),
+        other => panic!("expected a shape error naming {tensor}, got {other:?}"),
+    };
+    // concat: empty list, dim out of range, other dims differ, ranks differ, dtypes differ.
+    assert!(matches!(concat(&[], 0), Err(Error::Config(_))));
+    assert!(matches!(split_backward(&[], 0), Err(Error::Config(_))));
+    shape_err(concat(&[&a, &b], 2), "tensors[0]");
+    shape_err(concat(&[&a, &c], 1), "tensors[1]");
+    shape_err(concat(&[&a, &flat], 0), "tensors[1]");
+    shape_err(split_backward(&[&a, &c], 1), "grads[1]");
+    match concat(&[&a, &half], 1) {
+        Err(Error::DType { tensor, got, .. }) => {
+            assert_eq!((tensor.as_str(), got.as_str()), ("tensors[1]", "f16"));
+        }
+        other => panic!("expected a dtype error, got {other:?}"),
+    }
+
+    // split: dim out of range, sizes that do not sum to the dim.
+    let split_err = |r: Result<Vec<Tensor>, Error>, tensor: &str| match r {
+        Err(Error::Shape { tensor: t, .. }) => assert_eq!(t, tensor),
+        other => panic!("expected a shape error naming {tensor}, got {other:?}"),
+    };
+    split_err(split(&a, 2, &[1, 2]), "x");
+    split_err(split(&a, 1, &[2, 2]), "x");
+    split_err(split(&a, 1, &[2, 4]), "x");
+    split_err(split(&a, 1, &[]), "x");
+    split_err(split(&a, 1, &[usize::MAX, 6]), "x");
+    split_err(concat_backward(&a, 0, &[1, 1]), "grad_y");
+
+    // index_select: dim out of range, ids out of range (either end), ids not 1-D.
+    shape_err(index_select(&a, 2, &ids(&[0])), "x");
+    for (values, position, index) in [
+        (vec![0, 3], 1, 3i64),
+        (vec![2, 1, -1], 2, -1),
+        (vec![i32::MAX], 0, i32::MAX as i64),
+        (vec![i32::MIN, 0], 0, i32::MIN as i64),
+    ] {
+        match index_select(&a, 0, &ids(&values)) {
+            Err(Error::Index {
+                tensor,
+                index: i,
+                position: p,
+                limit: 3,
+            }) => {
+                assert_eq!((tensor.as_str(), i, p), ("ids", index, position));
+            }
+            other => panic!("{values:?}: expected an index error, got {other:?}"),
+        }
+    }
+    let square = Indices::from_vec(vec![0, 1, 1, 0], &[2, 2]).unwrap();
+    shape_err(index_select(&a, 0, &square), "ids");
+
+    // index_select_backward: grad_y's dim disagrees with the ids, ids past size_of_dim.
+    shape_err(index_select_backward(&a, 0, &ids(&[0, 1]), 3), "grad_y");
+    shape_err(index_select_backward(&a, 2, &ids(&[0, 1, 2]), 3), "grad_y");
+    assert!(matches!(
+        index_select_backward(&a, 0, &ids(&[0, 1, 4]), 5),
+        Ok(t) if t.shape() == [5, 5]
+    ));
+    assert!(matches!(
+        index_select_backward(&a, 0, &ids(&[0, 1, 4]), 4),
+        Err(Error::Index {
+            index: 4,
+            position: 2,
+            limit: 4,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn zero_sizes_give_empty_results_on_the_cpu() {
+    let a = random(&[3, 5], DType::BF16, 1);
+    let empty = Tensor::from_f32(&[], &[3, 0], DType::BF16).unwrap();
+    let joined = concat(&[&empty, &a, &empty], 1).unwrap();
+    assert_eq!(joined.shape(), [3, 5]);
+    assert_eq!(host(&joined), host(&a));
+    let none = concat(&[&empty, &empty], 1).unwrap();
+    assert_eq!(none.shape(), [3, 0]);
+
+    let pieces = split(&a, 1, &[0, 5, 0]).unwrap();
+    let shapes: Vec<&[usize]> = pieces.iter().map(|p| p.shape()).collect();
+    assert_eq!(shapes, [&[3, 0][..], &[3, 5], &[3, 0]]);
+    assert_eq!(host(&pieces[1]), host(&a));
+    let rows = Tensor::from_f32(&[], &[0, 5], DType::F32).unwrap();
+    let halves = split(&rows, 1, &[2, 3]).unwrap();
+    assert_eq!(halves[1].shape(), [0, 3]);
+    assert!(split(&empty, 1, &[]).unwrap().is_empty());
+
+    let picked = index_select(&a, 1, &ids(&[])).unwrap();
+    assert_eq!(picked.shape(), [3, 0]);
+    let grad = index_select_backward(&picked, 1, &ids(&[]), 5).unwrap();
+    assert_eq!(grad.shape(), [3, 5]);
+    assert!(host(&grad).iter().all(|&v| v == 0.0));
+    // Ids into an empty dimension are all out of range.
+    assert!(matches!(
+        index_select(&empty, 1, &ids(&[0])),
+        Err(Error::Index { limit: 0, .. })
+    ));
+}
+
+#[test]
+fn the_cpu_keeps_every_dtype() {
+    for dtype in DType::ALL {
+        let a = random(&[2, 3], dtype, 1);
+        let b = random(&[2, 7], dtype, 2);
+        let joined = concat(&[&a, &b], 1).unwrap();
+        assert_eq!(joined.dtype(), dtype);
+        let back = split(&joined, 1, &[3, 7]).unwrap();
+        assert_eq!(host(&back[0]), host(&a));
+        assert_eq!(host(&back[1]), host(&b));
+        let y = index_select(&joined, 0, &ids(&[1, 1, 0])).unwrap();
+        assert_eq!(y.dtype(), dtype);
+        let g = index_select_backward(&y, 0, &ids(&[1, 1, 0]), 2).unwrap();
+        assert_eq!(g.dtype(), dtype);
+        // Row 1 picked twice: its gradient is twice the row (exact in every dtype).
+        let (gv, jv) = (host(&g), host(&joined));
+        for k in 0..10 {
+            assert_eq!(gv[10 + k], 2.0 * jv[10 + k], "{dtype}");
+            assert_eq!(gv[k], jv[k], "{dtype}");
+        }
+    }
+}
