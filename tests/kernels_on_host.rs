@@ -8,10 +8,13 @@
 //! registers and shared memory, staging, prefetching and the per-step update without a GPU;
 //! not their speed, races or memory ordering on hardware (`recurrent_cuda` and
 //! compute-sanitizer do that on a GPU). Skips with a printed reason without a C++ compiler
-//! (fails instead under FUSED_RNN_REQUIRE_NVRTC=1, which CI sets).
+//! (fails instead under FUSED_RNN_REQUIRE_NVRTC=1, which CI sets). The elementwise kernels
+//! run through the generic driver (tests/common/host_kernels.rs), as every building block's
+//! kernels do in their own tests.
 
 mod common;
 
+use common::host_kernels::{self, compile, emulation_dir, Arg, HostKernels, Launch};
 use common::layers::{inputs, Case, Kind, Layer};
 use fused_rnn::ops::recurrent::persistent::Spec;
 use fused_rnn::{Cell, DType, Nonlinearity, Tensor};
@@ -81,24 +84,6 @@ fn shapes(kind: Kind) -> Vec<Shape> {
             sms: 5,
         },
     ]
-}
-
-fn emulation_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emulation")
-}
-
-/// Runs the C++ compiler with the flags of every host build; panics with its messages.
-fn compile(cxx: &str, what: &str, args: &[&std::ffi::OsStr]) {
-    let out = Command::new(cxx)
-        .args(["-std=c++20", "-O1", "-pthread", "-Wno-unknown-pragmas"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{what}: the host build failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// cuda_host.h copied into `dir` and precompiled there (half of each build's time).
@@ -383,4 +368,108 @@ fn lstm_kernels_match_cpu_on_the_host() {
 #[test]
 fn gru_kernels_match_cpu_on_the_host() {
     check(Kind::Gru, "gru_kernels_match_cpu_on_the_host");
+}
+
+/// elementwise.cu's conversions (what `Tensor::to` runs between dtypes on a device) and its
+/// naive activations, through the generic host driver, against the host's own rounding.
+#[test]
+fn elementwise_kernels_match_the_host_on_the_host() {
+    let test = "elementwise_kernels_match_the_host_on_the_host";
+    let entries = [
+        "load_naive_f16",
+        "load_naive_bf16",
+        "convert_naive_f16",
+        "convert_naive_bf16",
+    ];
+    let Some(kernels) = HostKernels::build(
+        test,
+        "elementwise",
+        &[&entries[..], &["unary_naive_f32"]].concat(),
+    ) else {
+        return;
+    };
+    let n = 1029;
+    let x = common::random(n, 4.0, 3);
+    fn launch(entry: &str, n: usize, args: Vec<Arg>) -> Launch<'_> {
+        let grid = ((n as u32).div_ceil(256), 1);
+        Launch {
+            entry,
+            grid,
+            threads: 256,
+            shared: 0,
+            args,
+        }
+    }
+    for dtype in [DType::F16, DType::BF16] {
+        let suffix = dtype.name();
+        let (load, convert) = (
+            format!("load_naive_{suffix}"),
+            format!("convert_naive_{suffix}"),
+        );
+        let buffers = vec![
+            host_kernels::bytes(&x, DType::F32),
+            host_kernels::poisoned(n * 2),
+            host_kernels::poisoned(n * 4),
+        ];
+        let out = kernels.run(
+            buffers,
+            &[
+                launch(
+                    &convert,
+                    n,
+                    vec![Arg::Buf(0), Arg::Buf(1), Arg::I32(n as i32)],
+                ),
+                launch(&load, n, vec![Arg::Buf(1), Arg::Buf(2), Arg::I32(n as i32)]),
+            ],
+        );
+        let want = common::rounded(x.clone(), dtype);
+        assert_eq!(host_kernels::values(&out[1], dtype), want, "{convert}");
+        assert_eq!(host_kernels::values(&out[2], DType::F32), want, "{load}");
+    }
+    // ACT_TANH, ACT_RELU, ACT_SIGMOID over a [7, 147] view with leading dimension 150.
+    let (rows, cols, ld) = (7, 147, 150);
+    let input = common::random(rows * ld, 3.0, 5);
+    for (act, f) in [
+        (0, f32::tanh as fn(f32) -> f32),
+        (1, |v: f32| v.max(0.0)),
+        (2, |v: f32| 1.0 / (1.0 + (-v).exp())),
+    ] {
+        let out = kernels.run(
+            vec![
+                host_kernels::bytes(&input, DType::F32),
+                host_kernels::poisoned(rows * ld * 4),
+            ],
+            &[launch(
+                "unary_naive_f32",
+                rows * cols,
+                vec![
+                    Arg::Buf(0),
+                    Arg::I32(ld as i32),
+                    Arg::Buf(1),
+                    Arg::I32(ld as i32),
+                    Arg::I32(rows as i32),
+                    Arg::I32(cols as i32),
+                    Arg::I32(act),
+                ],
+            )],
+        );
+        let got = host_kernels::values(&out[1], DType::F32);
+        for r in 0..rows {
+            for c in 0..ld {
+                let g = got[r * ld + c];
+                if c < cols {
+                    let w = f(input[r * ld + c]);
+                    assert!(
+                        (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                        "act {act} [{r}, {c}]: {g} vs {w}"
+                    );
+                } else {
+                    assert!(
+                        g.is_nan(),
+                        "act {act} wrote [{r}, {c}] past the view's columns"
+                    );
+                }
+            }
+        }
+    }
 }

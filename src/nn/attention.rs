@@ -10,11 +10,10 @@ use crate::io::TensorFile;
 use crate::nn::init;
 use crate::nn::Module;
 use crate::ops::algo::Algo;
-use crate::ops::attention::{self, check_key_lengths, Attended, Keys, Params, Score};
+use crate::ops::attention::{self, Attended, Keys, Params, Score};
 use crate::size;
 use crate::tensor::Tensor;
 use crate::DType;
-use std::sync::OnceLock;
 
 /// Parameters in state_dict order, that of the gradients' `params`.
 impl Module for Attention {
@@ -28,7 +27,7 @@ impl Module for Attention {
 
     fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
         // The CUDA state holds the parameters' addresses, and a caller may replace a tensor.
-        self.cuda = OnceLock::new();
+        self.state.reset();
         let p = &mut self.params;
         [
             ("query_proj.weight", p.w_q.as_mut()),
@@ -65,7 +64,7 @@ pub struct Attention {
     algo: Algo,
     /// Kernels, parameter addresses and scratch on CUDA, made on first use (and again after
     /// `parameters_mut`, which may replace a parameter); never on the CPU.
-    cuda: OnceLock<attention::OnDevice>,
+    state: attention::State,
     /// Dq when the parameters fix it (additive, general).
     query_size: Option<usize>,
     /// Dk when the parameters fix it (additive, general).
@@ -195,7 +194,7 @@ impl Attention {
             device: Device::Cpu,
             dtype: DType::F32,
             algo: Algo::Auto,
-            cuda: OnceLock::new(),
+            state: attention::State::default(),
             query_size,
             key_size,
         }
@@ -218,23 +217,8 @@ impl Attention {
         }
         self.device = device.clone();
         self.dtype = dtype;
-        self.on_device()?;
+        self.layer().prepare()?;
         Ok(self)
-    }
-
-    /// The CUDA state (kernels, the parameters' addresses, scratch), made when first asked
-    /// for; None on the CPU.
-    fn on_device(&self) -> Result<Option<&attention::OnDevice>> {
-        let Device::Cuda(dev) = &self.device else {
-            return Ok(None);
-        };
-        if self.cuda.get().is_none() {
-            // Two threads may both build it; either result is the same.
-            let _ = self
-                .cuda
-                .set(attention::OnDevice::new(dev, self.dtype, &self.params)?);
-        }
-        Ok(self.cuda.get())
     }
 
     /// Which CUDA path `attend` takes (`Auto` is the fused kernel); the CPU has one.
@@ -335,10 +319,20 @@ impl Attention {
     /// The width keys and queries are projected to: A (additive), Dq (general); None for dot
     /// scores, which use the keys as they are.
     pub fn projection_width(&self) -> Option<usize> {
-        match self.score {
-            Score::Additive => self.params.v.as_ref().map(|v| v.shape()[1]),
-            Score::General => self.query_size,
-            Score::Dot { .. } => None,
+        self.layer().projection_width()
+    }
+
+    /// The ops' view of this layer.
+    fn layer(&self) -> attention::Layer<'_> {
+        attention::Layer {
+            score: self.score,
+            params: &self.params,
+            device: &self.device,
+            dtype: self.dtype,
+            algo: self.algo,
+            state: &self.state,
+            query_size: self.query_size,
+            key_size: self.key_size,
         }
     }
 
@@ -351,28 +345,7 @@ impl Attention {
         values: Option<&Tensor>,
         lengths: Option<&[usize]>,
     ) -> Result<Keys> {
-        let lengths = self.check_source(keys, values, lengths)?;
-        let values = values.unwrap_or(keys);
-        let keys = keys.to(&self.device, self.dtype)?;
-        let values = values.to(&self.device, self.dtype)?;
-        match self.on_device()? {
-            None => Ok(Keys {
-                projected: attention::project_keys_cpu(self.score, &self.params, &keys)?,
-                values,
-                lengths,
-                device: None,
-            }),
-            Some(cuda) => {
-                let projected = cuda.project_keys(self.score, &keys)?;
-                let device = cuda.keys_on_device(&projected, &values, &lengths)?;
-                Ok(Keys {
-                    projected,
-                    values,
-                    lengths,
-                    device: Some(device),
-                })
-            }
-        }
+        attention::keys(&self.layer(), keys, values, lengths)
     }
 
     /// The gradients of Σ context ⊙ grad_context for attending `query` over `keys` (with
@@ -388,176 +361,13 @@ impl Attention {
         query: &Tensor,
         grad_context: &Tensor,
     ) -> Result<attention::AttentionGradients> {
-        // The forward's checks: shapes, lengths, the query's rank.
-        let lengths = self.check_source(keys, values, lengths)?;
-        let &[batch, len, dk] = keys.shape() else {
-            unreachable!("checked by check_source")
-        };
-        let (queries, single, dq) = self.check_query(batch, dk, query)?;
-        let dv = values.map_or(dk, |v| v.shape()[2]);
-        let context = if single {
-            vec![batch, dv]
-        } else {
-            vec![batch, queries, dv]
-        };
-        if grad_context.shape() != context {
-            let want = format!("{context:?}");
-            return Err(Error::shape("grad_context", want, grad_context.shape()));
-        }
-        let sizes = attention::Sizes {
-            batch,
-            queries,
-            keys: len,
-            dq,
-            dk,
-            dv,
-        };
-        if let Some(cuda) = self.on_device()? {
-            // Tensors already on the device in the layer's dtype are read in place.
-            let staged = |t: &Tensor| -> Result<Option<Tensor>> {
-                let in_place = t.dtype() == self.dtype && t.check_on(&self.device, "").is_ok();
-                (!in_place)
-                    .then(|| t.to(&self.device, self.dtype))
-                    .transpose()
-            };
-            let (q, k, g) = (staged(query)?, staged(keys)?, staged(grad_context)?);
-            let v = values.map(staged).transpose()?.flatten();
-            let call = attention::BackwardCall {
-                score: self.score,
-                query: q.as_ref().unwrap_or(query),
-                keys: k.as_ref().unwrap_or(keys),
-                values: values.map(|t| v.as_ref().unwrap_or(t)),
-                grad_context: g.as_ref().unwrap_or(grad_context),
-                lengths: &lengths,
-                sizes,
-            };
-            return cuda.backward(self.algo, &call, &self.params);
-        }
-        let param = |t: Option<&Tensor>| t.map_or(Ok(Vec::new()), Tensor::to_vec_f64);
-        let p = &self.params;
-        let p64 = attention::Params64 {
-            w_q: param(p.w_q.as_ref())?,
-            b_q: param(p.b_q.as_ref())?,
-            w_k: param(p.w_k.as_ref())?,
-            b_k: param(p.b_k.as_ref())?,
-            v: param(p.v.as_ref())?,
-        };
-        let values64 = values.map(Tensor::to_vec_f64).transpose()?;
-        let g = attention::backward_cpu(
-            self.score,
-            &p64,
-            &sizes,
-            &query.to_vec_f64()?,
-            &keys.to_vec_f64()?,
-            values64.as_deref(),
-            &lengths,
-            &grad_context.to_vec_f64()?,
-        )?;
-        let grads = [
-            g.params.w_q,
-            g.params.b_q,
-            g.params.w_k,
-            g.params.b_k,
-            g.params.v,
-        ];
-        let mut params = Vec::new();
-        for ((name, t), grad) in p.named().into_iter().zip(grads) {
-            if let Some(t) = t {
-                params.push((name.to_string(), Tensor::from_f64(&grad, t.shape())?));
-            }
-        }
-        Ok(attention::AttentionGradients {
-            query: Tensor::from_f64(&g.query, query.shape())?,
-            keys: Tensor::from_f64(&g.keys, keys.shape())?,
-            values: match (g.values, values) {
-                (Some(v), Some(t)) => Some(Tensor::from_f64(&v, t.shape())?),
-                _ => None,
-            },
-            params,
-        })
-    }
-
-    /// Checks a source as `keys` takes it; returns its key lengths (all L when absent).
-    fn check_source(
-        &self,
-        keys: &Tensor,
-        values: Option<&Tensor>,
-        lengths: Option<&[usize]>,
-    ) -> Result<Vec<usize>> {
-        let &[b, l, dk] = keys.shape() else {
-            return Err(Error::shape("keys", "[B, L, Dk]", keys.shape()));
-        };
-        if b == 0 || l == 0 || dk == 0 || self.key_size.is_some_and(|k| k != dk) {
-            let want = self
-                .key_size
-                .map_or("[B, L, Dk]".into(), |k| format!("[B, L, {k}]"));
-            let want = format!("{want} with B, L, Dk ≥ 1");
-            return Err(Error::shape("keys", want, keys.shape()));
-        }
-        if let Some(v) = values {
-            let ok = matches!(*v.shape(), [vb, vl, dv] if (vb, vl) == (b, l) && dv > 0);
-            if !ok {
-                let want = format!("[{b}, {l}, Dv] with Dv ≥ 1");
-                return Err(Error::shape("values", want, v.shape()));
-            }
-        }
-        check_key_lengths(lengths, b, l)
-    }
-
-    /// Checks a query ([B, Dq] or [B, Tq, Dq]) for `b` rows, Dq the layer's query size or else
-    /// `width` (dot scores: the keys'); returns (Tq, whether it has rank 2, Dq).
-    fn check_query(&self, b: usize, width: usize, query: &Tensor) -> Result<(usize, bool, usize)> {
-        let dq = self.query_size.unwrap_or(width);
-        match *query.shape() {
-            [qb, qd] if qb == b && qd == dq => Ok((1, true, dq)),
-            [qb, t, qd] if qb == b && qd == dq && t > 0 => Ok((t, false, dq)),
-            _ => {
-                let want = format!("[{b}, {dq}] or [{b}, Tq, {dq}]");
-                Err(Error::shape("query", want, query.shape()))
-            }
-        }
+        attention::backward(&self.layer(), keys, values, lengths, query, grad_context)
     }
 
     /// Attends `query` ([B, Dq], or [B, Tq, Dq] for many queries per row) over `keys`; the
     /// context (and the weights, when asked for) come back with the query's rank.
     pub fn attend(&self, keys: &Keys, query: &Tensor, want_weights: bool) -> Result<Attended> {
-        let (b, width) = (keys.batch(), keys.projected.shape()[2]);
-        // Keys made by another layer carry its projection width.
-        let own = self.projection_width();
-        if own.is_some_and(|k| k != width) {
-            let want = format!("keys projected to width {}", own.unwrap_or(0));
-            return Err(Error::shape("keys", want, keys.projected.shape()));
-        }
-        let (tq, single, dq) = self.check_query(b, width, query)?;
-        // Results of B·Tq·Dv and B·Tq·L elements: counts that must not overflow.
-        size::elements("context", &[b, tq, keys.value_size()])?;
-        size::elements("weights", &[b, tq, keys.len()])?;
-        let out = match self.on_device()? {
-            None => {
-                let query3 = query.to(&Device::Cpu, DType::F32)?.reshape(&[b, tq, dq])?;
-                attention::attend_cpu(self.score, &self.params, keys, &query3, want_weights)?
-            }
-            Some(cuda) => {
-                // A query already on the device in the layer's dtype is read in place.
-                let in_place =
-                    query.dtype() == self.dtype && query.check_on(&self.device, "query").is_ok();
-                let moved = (!in_place)
-                    .then(|| query.to(&self.device, self.dtype))
-                    .transpose()?;
-                let query = moved.as_ref().unwrap_or(query);
-                cuda.attend(self.algo, self.score, keys, query, tq, want_weights)?
-            }
-        };
-        if !single {
-            return Ok(out);
-        }
-        Ok(Attended {
-            context: out.context.reshape(&[b, keys.value_size()])?,
-            weights: out
-                .weights
-                .map(|w| w.reshape(&[b, keys.len()]))
-                .transpose()?,
-        })
+        attention::attend(&self.layer(), keys, query, want_weights)
     }
 }
 

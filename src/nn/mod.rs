@@ -1,6 +1,7 @@
 //! Layer objects that own their parameters.
 
 mod attention;
+mod grads;
 mod init;
 mod layers;
 mod linear;
@@ -9,7 +10,8 @@ pub(crate) mod recurrent;
 mod state_dict;
 
 pub use attention::{Attention, AttentionConfig};
+pub use grads::Grads;
 pub use layers::{Gru, GruConfig, Lstm, LstmConfig, LstmOutput, Rnn, RnnConfig, RnnOutput};
 pub use linear::{Embedding, Linear, LinearGradients};
-pub use module::{save_state_dict, Module};
+pub use module::{parameters_mut_of, parameters_of, save_state_dict, Module};
 pub use recurrent::{Recurrent, Spec as RecurrentSpec};

@@ -52,17 +52,37 @@ pub trait Module {
     }
 }
 
-/// Writes the parameters of `modules`, each under its prefix, to `path` as f32 safetensors
-/// (atomically): a state_dict PyTorch's `load_state_dict` reads.
-pub fn save_state_dict(path: impl AsRef<Path>, modules: &[(&str, &dyn Module)]) -> Result<()> {
-    let names: Vec<(String, &Tensor)> = modules
+/// The parameters of `children`, each name under its child's prefix: how a model made of
+/// layers implements `Module::parameters`.
+pub fn parameters_of<'a>(children: &[(&str, &'a dyn Module)]) -> Vec<(String, &'a Tensor)> {
+    children
         .iter()
         .flat_map(|(prefix, m)| {
             m.parameters()
                 .into_iter()
                 .map(move |(name, t)| (format!("{prefix}{name}"), t))
         })
-        .collect();
+        .collect()
+}
+
+/// As `parameters_of`, for `Module::parameters_mut`.
+pub fn parameters_mut_of<'a>(
+    children: Vec<(&str, &'a mut dyn Module)>,
+) -> Vec<(String, &'a mut Tensor)> {
+    children
+        .into_iter()
+        .flat_map(|(prefix, m)| {
+            m.parameters_mut()
+                .into_iter()
+                .map(move |(name, t)| (format!("{prefix}{name}"), t))
+        })
+        .collect()
+}
+
+/// Writes the parameters of `modules`, each under its prefix, to `path` as f32 safetensors
+/// (atomically): a state_dict PyTorch's `load_state_dict` reads.
+pub fn save_state_dict(path: impl AsRef<Path>, modules: &[(&str, &dyn Module)]) -> Result<()> {
+    let names = parameters_of(modules);
     let tensors: Vec<(&str, &Tensor)> = names.iter().map(|(n, t)| (n.as_str(), *t)).collect();
     save_f32(path, &tensors)
 }

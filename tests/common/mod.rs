@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod host_kernels;
 pub mod layers;
 
 use fused_rnn::{DType, Device};

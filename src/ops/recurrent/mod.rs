@@ -325,6 +325,20 @@ pub struct Gradients {
     pub params: Vec<DirectionGradients>,
 }
 
+impl Gradients {
+    /// The parameters' gradients in state_dict order, as `nn::Grads::add` takes them.
+    pub fn into_params(self) -> Vec<Tensor> {
+        self.params
+            .into_iter()
+            .flat_map(|d| {
+                [Some(d.w_ih), Some(d.w_hh), d.b_ih, d.b_hh, d.w_hr]
+                    .into_iter()
+                    .flatten()
+            })
+            .collect()
+    }
+}
+
 /// One layer-direction's weights widened to f64 (biases and projection when present).
 type Widened = [Option<Vec<f64>>; 5];
 

@@ -1,6 +1,9 @@
-//! Softmax cross-entropy over a vocabulary, loss and gradient in one pass per row.
+//! Softmax cross-entropy over a vocabulary, loss and gradient in one pass per row: the targets
+//! checked here, then `cpu.rs` (f64 sums) or `cuda.rs` (one launch for every row, one for the
+//! mean).
 
-use super::cuda;
+mod cpu;
+mod cuda;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -40,32 +43,5 @@ pub fn softmax_cross_entropy(logits: &Tensor, targets: &[i64], ignore: i64) -> R
         let (value, grad) = cuda::softmax_cross_entropy(logits, targets, ignore, rows)?;
         return Ok(Loss { value, rows, grad });
     }
-    let x = logits.host_slice::<f32>()?;
-    let scale = 1.0 / rows.max(1) as f64;
-    let mut grad = vec![0f32; n * vocab];
-    let mut total = 0f64;
-    // max(1): with no columns there are no rows to walk (every target was the ignore index).
-    for ((row, g), &t) in x
-        .chunks_exact(vocab.max(1))
-        .zip(grad.chunks_exact_mut(vocab.max(1)))
-        .zip(targets)
-    {
-        if t == ignore {
-            continue;
-        }
-        // log-sum-exp with the maximum subtracted, then softmax − one-hot, in one pass.
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-        let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-        let log_z = max + sum.ln();
-        total += log_z - row[t as usize] as f64;
-        for (gj, &v) in g.iter_mut().zip(row) {
-            *gj = ((v as f64 - log_z).exp() * scale) as f32;
-        }
-        g[t as usize] -= scale as f32;
-    }
-    Ok(Loss {
-        value: (total * scale) as f32,
-        rows,
-        grad: Tensor::from_vec(grad, &[n, vocab])?,
-    })
+    cpu::softmax_cross_entropy(logits, targets, ignore, rows)
 }

@@ -1,0 +1,80 @@
+//! The CPU reference: f32 parameters (their own master weights), sums in f64.
+
+use super::AdamHyper;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// `clip_grad_norm` over host f32 gradients.
+pub(super) fn clip_grad_norm(
+    grads: &mut [&mut Tensor],
+    max_norm: f32,
+    scale_for: impl Fn(f64, f32) -> Option<f64>,
+) -> Result<f32> {
+    let mut squares = 0f64;
+    for g in grads.iter() {
+        squares += g
+            .host_slice::<f32>()?
+            .iter()
+            .map(|&v| v as f64 * v as f64)
+            .sum::<f64>();
+    }
+    let norm = squares.sqrt();
+    if let Some(scale) = scale_for(norm, max_norm) {
+        for g in grads.iter_mut() {
+            g.host_slice_mut::<f32>()?
+                .iter_mut()
+                .for_each(|v| *v = (*v as f64 * scale) as f32);
+        }
+    }
+    Ok(norm as f32)
+}
+
+/// Zero first and second moments for `params`.
+pub(super) fn moments(params: &[&mut Tensor]) -> Vec<(Vec<f32>, Vec<f32>)> {
+    params
+        .iter()
+        .map(|p| (vec![0.0; p.numel()], vec![0.0; p.numel()]))
+        .collect()
+}
+
+/// One Adam step of host f32 parameters, as torch.optim.Adam / AdamW.
+pub(super) fn adam_step(
+    moments: &mut [(Vec<f32>, Vec<f32>)],
+    params: &mut [&mut Tensor],
+    grads: &[&Tensor],
+    h: &AdamHyper,
+) -> Result<()> {
+    if moments.len() != params.len() {
+        return Err(Error::Config(
+            "the parameters changed between Adam steps".into(),
+        ));
+    }
+    let (b1, b2) = h.betas;
+    let correct1 = 1.0 - (b1 as f64).powi(h.step as i32);
+    let correct2 = 1.0 - (b2 as f64).powi(h.step as i32);
+    for ((p, g), (m, v)) in params.iter_mut().zip(grads).zip(moments.iter_mut()) {
+        if p.shape() != g.shape() || m.len() != p.numel() {
+            return Err(Error::shape(
+                "gradient",
+                format!("{:?}", p.shape()),
+                g.shape(),
+            ));
+        }
+        let g = g.host_slice::<f32>()?;
+        let p = p.host_slice_mut::<f32>()?;
+        for ((pi, &gi), (mi, vi)) in p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut())) {
+            let mut grad = gi;
+            if h.decoupled {
+                *pi -= h.lr * h.weight_decay * *pi;
+            } else {
+                grad += h.weight_decay * *pi;
+            }
+            *mi = b1 * *mi + (1.0 - b1) * grad;
+            *vi = b2 * *vi + (1.0 - b2) * grad * grad;
+            let m_hat = *mi as f64 / correct1;
+            let v_hat = *vi as f64 / correct2;
+            *pi -= (h.lr as f64 * m_hat / (v_hat.sqrt() + h.eps as f64)) as f32;
+        }
+    }
+    Ok(())
+}
