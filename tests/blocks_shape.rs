@@ -4,10 +4,13 @@
 //!    autograd backward) on the CPU, and on CUDA where there is a GPU;
 //! 2. CUDA against the CPU in every dtype on odd sizes with poisoned outputs, device ids
 //!    out of range (zeros, then `check_errors`);
-//! 3. bad inputs: typed errors, never panics.
+//! 3. the kernels on the host (the generic emulation driver), launched as the launchers
+//!    launch them, against the CPU reference, ids out of range included;
+//! 4. bad inputs: typed errors, never panics.
 
 mod common;
 
+use common::host_kernels::{self, Arg, HostKernels, Launch};
 use fused_rnn::io::TensorFile;
 use fused_rnn::ops::concat::{concat, concat_backward, split, split_backward};
 use fused_rnn::ops::index_select::{index_select, index_select_backward};
@@ -351,7 +354,258 @@ fn cuda_inputs_on_two_devices_are_errors() {
 }
 
 // ---
-// 3. Bad inputs on the CPU (the checks run before any dispatch, so they are the CUDA ones).
+// 3. The kernels on the host (tests/common/host_kernels.rs), launched as the Rust launchers
+// launch them, against the CPU reference.
+
+/// One thread per element of `n` (`per_element` in src/device/launch.rs).
+fn per_element(entry: &str, n: usize, args: Vec<Arg>) -> Launch<'_> {
+    Launch {
+        entry,
+        grid: ((n as u32).div_ceil(256), 1),
+        threads: 256,
+        shared: 0,
+        args,
+    }
+}
+
+/// The launches of src/ops/concat/cuda.rs's `copy`: the non-empty pieces (buffers `pieces`,
+/// runs of `widths` per row) in groups of four, unused slots pointing at the whole with width
+/// 0; `split` 0 gathers into buffer `whole`, 1 scatters from it.
+fn concat_launches<'a>(
+    entry: &'a str,
+    rows: usize,
+    widths: &[usize],
+    whole: usize,
+    pieces: &[usize],
+    split: i32,
+) -> Vec<Launch<'a>> {
+    let mut column = 0;
+    let runs: Vec<(usize, usize, usize)> = pieces
+        .iter()
+        .zip(widths)
+        .filter_map(|(&buf, &w)| {
+            let run = (buf, w, column);
+            column += w;
+            (w > 0).then_some(run)
+        })
+        .collect();
+    let whole_width = widths.iter().sum::<usize>() as i32;
+    runs.chunks(4)
+        .map(|group| {
+            let mut args = vec![
+                Arg::Buf(whole),
+                Arg::I32(whole_width),
+                Arg::I32(group[0].2 as i32),
+                Arg::I32(rows as i32),
+            ];
+            for slot in 0..4 {
+                let (buf, w) = group.get(slot).map_or((whole, 0), |&(b, w, _)| (b, w));
+                args.extend([Arg::Buf(buf), Arg::I32(w as i32)]);
+            }
+            args.push(Arg::I32(split));
+            let width: usize = group.iter().map(|&(_, w, _)| w).sum();
+            per_element(entry, rows * width, args)
+        })
+        .collect()
+}
+
+#[test]
+fn concat_kernel_on_the_host_matches_the_cpu() {
+    let test = "concat_kernel_on_the_host_matches_the_cpu";
+    let entries: Vec<String> = DType::ALL
+        .iter()
+        .map(|d| format!("concat_copy_{}", d.name()))
+        .collect();
+    let names: Vec<&str> = entries.iter().map(|e| e.as_str()).collect();
+    let Some(kernels) = HostKernels::build(test, "concat", &names) else {
+        return;
+    };
+    // (piece shapes, dim): six pieces with an empty one (two launches, the empty piece in
+    // none), the decoder's last-dimension case over two blocks, dim 0.
+    let cases: Vec<(Vec<Vec<usize>>, usize)> = vec![
+        (
+            [1, 0, 2, 3, 1, 2].iter().map(|&n| vec![3, n, 5]).collect(),
+            1,
+        ),
+        (vec![vec![7, 33], vec![7, 1], vec![7, 9]], 1),
+        (vec![vec![2, 3, 7], vec![1, 3, 7], vec![4, 3, 7]], 0),
+    ];
+    for (entry, dtype) in entries.iter().zip(DType::ALL) {
+        for (case, (shapes, dim)) in cases.iter().enumerate() {
+            let what = format!("{entry} case {case}");
+            let pieces: Vec<Tensor> = shapes
+                .iter()
+                .enumerate()
+                .map(|(k, s)| random(s, dtype, 10 * case as u64 + k as u64))
+                .collect();
+            let refs: Vec<&Tensor> = pieces.iter().collect();
+            let whole = concat(&refs, *dim).unwrap();
+            let rows: usize = shapes[0][..*dim].iter().product();
+            let inner: usize = shapes[0][dim + 1..].iter().product();
+            let widths: Vec<usize> = shapes.iter().map(|s| s[*dim] * inner).collect();
+            let width = dtype.size_in_bytes();
+            let bufs: Vec<usize> = (1..=pieces.len()).collect();
+
+            // Gather: the pieces into a poisoned whole.
+            let mut buffers = vec![host_kernels::poisoned(whole.numel() * width)];
+            buffers.extend(pieces.iter().map(|p| host_kernels::bytes(&host(p), dtype)));
+            let launches = concat_launches(entry, rows, &widths, 0, &bufs, 0);
+            assert_eq!(
+                launches.len(),
+                widths.iter().filter(|&&w| w > 0).count().div_ceil(4)
+            );
+            let out = kernels.run(buffers, &launches);
+            assert_eq!(
+                host_kernels::values(&out[0], dtype),
+                host(&whole),
+                "{what}: gather"
+            );
+
+            // Scatter: the whole into poisoned pieces.
+            let mut buffers = vec![host_kernels::bytes(&host(&whole), dtype)];
+            buffers.extend(
+                pieces
+                    .iter()
+                    .map(|p| host_kernels::poisoned(p.numel() * width)),
+            );
+            let launches = concat_launches(entry, rows, &widths, 0, &bufs, 1);
+            let out = kernels.run(buffers, &launches);
+            for (k, p) in pieces.iter().enumerate() {
+                let got = host_kernels::values(&out[k + 1], dtype);
+                assert_eq!(got, host(p), "{what}: scatter piece {k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn index_select_kernels_on_the_host_match_the_cpu() {
+    let test = "index_select_kernels_on_the_host_match_the_cpu";
+    let entries: Vec<String> = ["index_select", "index_select_backward"]
+        .iter()
+        .flat_map(|op| DType::ALL.iter().map(move |d| format!("{op}_{}", d.name())))
+        .collect();
+    let names: Vec<&str> = entries.iter().map(|e| e.as_str()).collect();
+    let Some(kernels) = HostKernels::build(test, "index_select", &names) else {
+        return;
+    };
+    const CODE: i32 = 1;
+    // (source shape, dim, ids): beams (repeated rows), the middle and last dimensions.
+    let cases: Vec<(Vec<usize>, usize, Vec<i32>)> = vec![
+        (vec![7, 33], 0, vec![3, 0, 3, 6, 3, 1, 2]),
+        (vec![3, 7, 5], 1, vec![6, 6, 1, 0, 2]),
+        (vec![2, 3, 9], 2, vec![8, 0, 8, 8, 4, 1, 7]),
+    ];
+    for dtype in DType::ALL {
+        let (forward, backward) = (
+            format!("index_select_{}", dtype.name()),
+            format!("index_select_backward_{}", dtype.name()),
+        );
+        for (case, (shape, dim, values)) in cases.iter().enumerate() {
+            let what = format!("{dtype} case {case}");
+            let dim = *dim;
+            let x = random(shape, dtype, 5 + case as u64);
+            let y = index_select(&x, dim, &ids(values)).unwrap();
+            let g = random(y.shape(), dtype, 50 + case as u64);
+            let grad = index_select_backward(&g, dim, &ids(values), shape[dim]).unwrap();
+            let rows: usize = shape[..dim].iter().product();
+            let inner: usize = shape[dim + 1..].iter().product();
+            let sizes = [rows, shape[dim], values.len(), inner].map(|n| Arg::I32(n as i32));
+
+            // Forward into a poisoned y, then the backward into a zeroed f32 accumulator.
+            let buffers = vec![
+                host_kernels::bytes(&host(&x), dtype),
+                host_kernels::poisoned(y.numel() * dtype.size_in_bytes()),
+                host_kernels::bytes_i32(values),
+                host_kernels::bytes_i32(&[0; 4]),
+                host_kernels::bytes(&host(&g), dtype),
+                host_kernels::bytes(&vec![0.0; x.numel()], DType::F32),
+            ];
+            let mut forward_args = vec![Arg::Buf(0), Arg::Buf(1), Arg::Buf(2), Arg::Buf(3)];
+            forward_args.push(Arg::I32(CODE));
+            forward_args.extend(sizes);
+            let mut backward_args = vec![Arg::Buf(4), Arg::Buf(5), Arg::Buf(2), Arg::Buf(3)];
+            backward_args.push(Arg::I32(CODE + 1));
+            backward_args.extend(sizes);
+            let out = kernels.run(
+                buffers,
+                &[
+                    per_element(&forward, y.numel(), forward_args),
+                    per_element(&backward, g.numel(), backward_args),
+                ],
+            );
+            assert_eq!(host_kernels::values(&out[1], dtype), host(&y), "{what}");
+            assert_eq!(host_kernels::ints(&out[3]), [0; 4], "{what}: no error");
+            // The launcher converts the f32 accumulator to the dtype.
+            let acc = common::rounded(host_kernels::values(&out[5], DType::F32), dtype);
+            common::assert_close(
+                &format!("{what}: backward"),
+                &acc,
+                &host(&grad),
+                common::tolerance(dtype),
+            );
+        }
+
+        // Ids out of range, on either side: zeros (nothing added), one report, no access out
+        // of bounds (the driver's guard bytes).
+        let x = random(&[5, 7], dtype, 9);
+        let values = [1, 5, 4, -3, 0];
+        let good = [(0usize, 1usize), (2, 4), (4, 0)];
+        let g = random(&[5, 7], dtype, 10);
+        let sizes = [1, 5, 5, 7].map(Arg::I32);
+        let buffers = vec![
+            host_kernels::bytes(&host(&x), dtype),
+            host_kernels::poisoned(35 * dtype.size_in_bytes()),
+            host_kernels::bytes_i32(&values),
+            host_kernels::bytes_i32(&[0; 4]),
+            host_kernels::bytes(&host(&g), dtype),
+            host_kernels::bytes(&[0.0; 35], DType::F32),
+        ];
+        let mut forward_args = vec![Arg::Buf(0), Arg::Buf(1), Arg::Buf(2), Arg::Buf(3)];
+        forward_args.push(Arg::I32(CODE));
+        forward_args.extend(sizes);
+        let mut backward_args = vec![Arg::Buf(4), Arg::Buf(5), Arg::Buf(2), Arg::Buf(6)];
+        backward_args.push(Arg::I32(CODE + 1));
+        backward_args.extend(sizes);
+        let mut buffers_with_second_record = buffers;
+        buffers_with_second_record.push(host_kernels::bytes_i32(&[0; 4]));
+        let out = kernels.run(
+            buffers_with_second_record,
+            &[
+                per_element(&forward, 35, forward_args),
+                per_element(&backward, 35, backward_args),
+            ],
+        );
+        let (xs, y) = (host(&x), host_kernels::values(&out[1], dtype));
+        let (gs, acc) = (host(&g), host_kernels::values(&out[5], DType::F32));
+        for j in 0..5 {
+            let row = &y[j * 7..(j + 1) * 7];
+            match good.iter().find(|&&(at, _)| at == j) {
+                Some(&(_, id)) => {
+                    assert_eq!(row, &xs[id * 7..(id + 1) * 7], "{dtype}: row {j}");
+                    assert_eq!(&acc[id * 7..(id + 1) * 7], &gs[j * 7..(j + 1) * 7]);
+                }
+                None => assert!(row.iter().all(|&v| v == 0.0), "{dtype}: row {j}: {row:?}"),
+            }
+        }
+        for id in [2, 3] {
+            assert!(
+                acc[id * 7..(id + 1) * 7].iter().all(|&v| v == 0.0),
+                "{dtype}"
+            );
+        }
+        for (record, code) in [(&out[3], CODE), (&out[6], CODE + 1)] {
+            let record = host_kernels::ints(record);
+            assert!(
+                record == [code, 1, 5, 5] || record == [code, 3, -3, 5],
+                "{dtype}: error record {record:?}"
+            );
+        }
+    }
+}
+
+// ---
+// 4. Bad inputs on the CPU (the checks run before any dispatch, so they are the CUDA ones).
 
 #[test]
 fn bad_inputs_are_typed_errors() {
