@@ -2,6 +2,10 @@
 //! ptxas log, and embeds sources and images in `$OUT_DIR/kernels.rs`. Without NVRTC the build
 //! warns and embeds the sources only; the runtime then compiles them on first use. A real
 //! compile error fails the build.
+//!
+//! The same file gets the Rust side of what the kernels define: a typed id per entry point
+//! family (`ids::<file>::<OP_VARIANT>`, with the dtypes it is stamped for) read from the
+//! sources, and the codes of kernels/codes.cuh (`codes::NAME`), so neither is written twice.
 
 #[allow(dead_code)]
 #[path = "src/nvrtc/compile.rs"]
@@ -99,7 +103,115 @@ fn main() {
         .unwrap();
     }
     table.push_str("];\n");
+    table.push_str(&kernel_ids(&kernels));
+    table.push_str(&codes(&root.join("kernels/codes.cuh")));
     fs::write(out.join("kernels.rs"), table).unwrap();
+}
+
+const DTYPES: [(&str, &str); 3] = [("f32", "F32"), ("f16", "F16"), ("bf16", "BF16")];
+
+/// `ids::<file>::<OP_VARIANT>` for every entry point of every kernel file, and `ENTRIES`.
+/// An entry is `{op_variant}_{dtype}` written out, or `{op_variant}_##S` inside a macro that
+/// `FOR_EACH_DTYPE` (every dtype) or a direct `MACRO(f32, float)` (that one) stamps.
+fn kernel_ids(files: &[PathBuf]) -> String {
+    let mut ids = String::from("/// Every entry point family, by kernel file.\npub mod ids {\n");
+    let mut all = Vec::new();
+    for path in files {
+        let file = path.file_stem().unwrap().to_str().unwrap();
+        let source = fs::read_to_string(path).unwrap();
+        let mut families: Vec<(String, Vec<&str>)> = Vec::new();
+        let mut add =
+            |op: String, dtype: &'static str| match families.iter_mut().find(|f| f.0 == op) {
+                Some(f) if !f.1.contains(&dtype) => f.1.push(dtype),
+                Some(_) => {}
+                None => families.push((op, vec![dtype])),
+            };
+        let mut rest = source.as_str();
+        while let Some(at) = rest.find("__global__ void") {
+            let before = &source[..source.len() - rest.len() + at];
+            rest = &rest[at + "__global__ void".len()..];
+            let mut name = rest.trim_start();
+            if let Some(bounds) = name.strip_prefix("__launch_bounds__(") {
+                name = bounds[bounds.find(')').unwrap() + 1..].trim_start();
+            }
+            let end = name
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '#'))
+                .unwrap();
+            let name = &name[..end];
+            if let Some(op) = name.strip_suffix("_##S") {
+                // The macro this entry is defined in, and where it is stamped.
+                let define = before.rfind("#define ").expect("a stamping macro");
+                let macro_name: String = before[define + 8..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if source.contains(&format!("FOR_EACH_DTYPE({macro_name})")) {
+                    DTYPES.iter().for_each(|(d, _)| add(op.to_string(), d));
+                }
+                for (d, _) in DTYPES {
+                    if source.contains(&format!("\n{macro_name}({d},")) {
+                        add(op.to_string(), d);
+                    }
+                }
+            } else if let Some((op, d)) = DTYPES
+                .iter()
+                .find_map(|(d, _)| name.strip_suffix(&format!("_{d}")).map(|op| (op, *d)))
+            {
+                add(op.to_string(), d);
+            } else {
+                panic!("kernels/{file}.cu: entry point `{name}` is not {{op_variant}}_{{dtype}}");
+            }
+        }
+        writeln!(ids, "    pub mod {file} {{").unwrap();
+        for (op, dtypes) in &families {
+            let dtypes: Vec<String> = dtypes
+                .iter()
+                .map(|d| {
+                    let variant = DTYPES.iter().find(|(s, _)| s == d).unwrap().1;
+                    format!("crate::dtype::DType::{variant}")
+                })
+                .collect();
+            writeln!(
+                ids,
+                "        pub const {}: crate::device::kernels::Kernel = \
+                 crate::device::kernels::Kernel {{ file: {file:?}, op_variant: {op:?}, \
+                 dtypes: &[{}] }};",
+                op.to_uppercase(),
+                dtypes.join(", ")
+            )
+            .unwrap();
+            all.push(format!("ids::{file}::{}", op.to_uppercase()));
+        }
+        ids.push_str("    }\n");
+    }
+    ids.push_str("}\n\n/// Every entry point family of every kernel file.\n");
+    writeln!(
+        ids,
+        "pub static ENTRIES: &[Kernel] = &[{}];",
+        all.join(", ")
+    )
+    .unwrap();
+    ids
+}
+
+/// `codes::NAME` for every `#define NAME <integer>` of kernels/codes.cuh.
+fn codes(path: &Path) -> String {
+    let mut out = String::from(
+        "/// The codes and sizes kernels/codes.cuh defines for both sides.\npub mod codes {\n",
+    );
+    for line in fs::read_to_string(path).unwrap().lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("#define"), Some(name), Some(value), None) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            let value: i64 = value.parse().unwrap_or_else(|_| {
+                panic!("kernels/codes.cuh: {name} = {value} is not an integer")
+            });
+            writeln!(out, "    pub const {name}: i32 = {value};").unwrap();
+        }
+    }
+    out.push_str("}\n");
+    out
 }
 
 fn kernel_files(dir: &Path) -> Vec<PathBuf> {

@@ -4,10 +4,8 @@
 #define FUSED_RNN_ATTENTION_CUH
 #include "common.cuh"
 
-#define ATT_ADDITIVE 0
-#define ATT_PRODUCT 1
-
-#define ATT_THREADS 256
+// Score modes (ATT_ADDITIVE, ATT_PRODUCT) are in codes.cuh.
+#define ATT_THREADS BLOCK_THREADS
 #define ATT_WARPS (ATT_THREADS / 32)
 
 __device__ __forceinline__ float warp_sum(float x) {

@@ -6,6 +6,8 @@
 #ifndef FUSED_RNN_COMMON_CUH
 #define FUSED_RNN_COMMON_CUH
 
+#include "codes.cuh"
+
 struct __align__(2) f16 { unsigned short bits; };
 struct __align__(2) bf16 { unsigned short bits; };
 
@@ -46,10 +48,7 @@ template <> inline bf16 from_float<bf16>(float x) { return {emu::float_to_bf16(x
 #endif
 
 // ---
-// Activations. Codes match `Activation` on the Rust side.
-#define ACT_TANH 0
-#define ACT_RELU 1
-#define ACT_SIGMOID 2
+// Activations (codes in codes.cuh).
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
@@ -126,10 +125,10 @@ __device__ __forceinline__ void store_step(float value, const T* h_prev, T* h_ne
 #endif
 
 // ---
-// The device's error record (CudaDevice::check_errors, src/device/errors.rs): four ints
-// {code, position, index, limit}. A kernel that meets an index outside 0..limit in device
+// The device's error record (CudaDevice::check_errors, src/device/errors.rs): ERROR_RECORD_WORDS
+// ints {code, position, index, limit}. A kernel that meets an index outside 0..limit in device
 // memory (ids the host never saw) does not follow it; it reports it here, and the first report
-// since the last check wins. `code` says which kernel and tensor (ERROR_* in errors.rs, passed
+// since the last check wins. `code` says which kernel and tensor (ERROR_* of codes.cuh, passed
 // in by the launcher), `position` is the id's position in its tensor.
 __device__ __forceinline__ void report_bad_index(int* record, int code, int position, int index,
                                                  int limit) {

@@ -8,7 +8,7 @@
 // So a copy is, for every row r and every column c of a piece's run:
 //   whole[r · W + c_k + c] <-> piece_k[r · w_k + c]
 //
-// The pieces of one launch come as kernel parameters (up to CONCAT_PIECES of them, unused
+// The pieces of one launch come as kernel parameters (up to CONCAT_PIECES of codes.cuh, unused
 // slots with width 0), not as a table in device memory: a call uploads nothing and can be
 // captured in a CUDA graph, and the decoder's [embedding; context] (two pieces along the last
 // dimension) is one launch. More pieces take one launch per CONCAT_PIECES (the host passes
@@ -21,9 +21,6 @@
 // The backward of a concat is a split of its gradient and the other way round: the same
 // kernel.
 #include "common.cuh"
-
-// Pieces per launch; must match PIECES in src/ops/concat/cuda.rs.
-#define CONCAT_PIECES 4
 
 // ---
 #define CONCAT_COPY(S, T)                                                                        \

@@ -15,13 +15,6 @@
 //   store_masked_T        masked state update and output row (store_step in common.cuh)
 #include "common.cuh"
 
-#define OP_ADD 0
-#define OP_MUL 1
-#define OP_SUB 2
-#define OP_DTANH 3
-#define OP_DSIGMOID 4
-#define OP_DRELU 5
-
 extern "C" __global__ void gather_naive_f32(const float* xw, int ld_xw, float* tmp, int ld_tmp,
                                             const int* lengths, int batch, int cols, int st,
                                             int sb, int step, int reverse) {

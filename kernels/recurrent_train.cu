@@ -22,10 +22,6 @@
 //   mask_rows_f32, carry_masked_f32, scatter_rows_f32  the naive backward's masking ops
 #include "common.cuh"
 
-#define CELL_RNN 0
-#define CELL_LSTM 1
-#define CELL_GRU 2
-
 template <typename T>
 __device__ void train_step(int cell, int act_code, const float* __restrict__ xw,
                            const float* __restrict__ hh, const T* __restrict__ b_ih,

@@ -18,9 +18,8 @@
 //   cross_entropy_mean_f32     the mean of the rows' losses over the counted rows (one block)
 #include "common.cuh"
 
-// Elements per chunk; a multiple of the block size. Must match CHUNK in src/train/cuda.rs.
-#define TRAIN_CHUNK 2048
-#define TRAIN_THREADS 256
+// TRAIN_CHUNK (codes.cuh): elements per chunk, a multiple of the block size.
+#define TRAIN_THREADS BLOCK_THREADS
 #define TRAIN_WARPS (TRAIN_THREADS / 32)
 #define NEG_INF __int_as_float(0xff800000)
 

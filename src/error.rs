@@ -7,17 +7,26 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{tensor}: expected shape {expected}, got {got}")]
+    #[error("{tensor}: expected shape {expected}, got {got:?}")]
     Shape {
         tensor: String,
+        /// The expected shape, with names for the sizes that may vary (`[B, L, Dk]`).
         expected: String,
-        got: String,
+        got: Vec<usize>,
     },
     #[error("{tensor}: expected dtype {expected}, got {got}")]
     DType {
         tensor: String,
         expected: String,
         got: String,
+    },
+    /// An index (a token, a target, a row) outside the range it must fall in.
+    #[error("{tensor}[{position}] = {value} is outside 0..{limit}")]
+    Index {
+        tensor: String,
+        position: usize,
+        value: i64,
+        limit: usize,
     },
     #[error("{file}: missing tensor `{tensor}`")]
     MissingTensor { file: String, tensor: String },
@@ -43,15 +52,6 @@ pub enum Error {
         tensor: String,
         value: f32,
         index: Vec<usize>,
-    },
-    /// An index outside its range: `index` at `position` of tensor `tensor`, which must lie in
-    /// 0..`limit`.
-    #[error("{tensor}: index {index} at position {position} is outside 0..{limit}")]
-    Index {
-        tensor: String,
-        index: i64,
-        position: usize,
-        limit: usize,
     },
     /// A size past what can be computed or allowed: `needed` and `limit` say how much.
     #[error("{what} needs {needed}, more than {limit}")]
@@ -104,7 +104,7 @@ impl Error {
         Error::Shape {
             tensor: tensor.into(),
             expected: expected.as_ref().to_string(),
-            got: format!("{got:?}"),
+            got: got.to_vec(),
         }
     }
 }

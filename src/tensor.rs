@@ -39,10 +39,8 @@ pub struct Tensor {
 fn check_len(shape: &[usize], len: usize) -> Result<()> {
     let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
     if numel != Some(len) {
-        let numel = numel.map_or("more than usize::MAX".into(), |n| n.to_string());
-        return Err(Error::Config(format!(
-            "shape {shape:?} holds {numel} elements but the buffer has {len}"
-        )));
+        let want = format!("one of {len} elements (the buffer's)");
+        return Err(Error::shape("tensor", want, shape));
     }
     Ok(())
 }

@@ -11,6 +11,8 @@
 mod common;
 
 use common::host_kernels::{self, Arg, HostKernels, Launch};
+use fused_rnn::device::kernels::codes::{ERROR_INDEX_SELECT, ERROR_INDEX_SELECT_BACKWARD};
+use fused_rnn::device::kernels::ids;
 use fused_rnn::io::TensorFile;
 use fused_rnn::ops::concat::{concat, concat_backward, split, split_backward};
 use fused_rnn::ops::index_select::{index_select, index_select_backward};
@@ -30,7 +32,7 @@ fn random(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
     tensor(&common::random(n, 1.0, seed), shape, dtype)
 }
 
-fn ids(values: &[i32]) -> Indices {
+fn indices(values: &[i32]) -> Indices {
     Indices::from_vec(values.to_vec(), &[values.len()]).unwrap()
 }
 
@@ -244,7 +246,7 @@ fn cuda_index_select_matches_the_cpu() {
         for (case, (shape, dim, values)) in index_cases().into_iter().enumerate() {
             let what = |op: &str| format!("{op} case {case} ({dtype}, dim {dim})");
             let x = random(&shape, dtype, 7 + case as u64);
-            let host_ids = ids(&values);
+            let host_ids = indices(&values);
             let gpu_ids = host_ids.to(&dev).unwrap();
             let y = index_select(&x, dim, &host_ids).unwrap();
             let got = index_select(&x.to(&dev, dtype).unwrap(), dim, &gpu_ids).unwrap();
@@ -280,7 +282,7 @@ fn cuda_ids_out_of_range_give_zeros_and_a_recorded_error() {
         let x = random(&[5, 33], dtype, 3);
         let xs = host(&x);
         let x_gpu = x.to(&dev, dtype).unwrap();
-        let bad = ids(&[1, 5, 4, -3, 0]).to(&dev).unwrap();
+        let bad = indices(&[1, 5, 4, -3, 0]).to(&dev).unwrap();
         let y = host(&index_select(&x_gpu, 0, &bad).unwrap());
         for (j, id) in [1i32, 5, 4, -3, 0].into_iter().enumerate() {
             let row = &y[j * 33..(j + 1) * 33];
@@ -293,13 +295,13 @@ fn cuda_ids_out_of_range_give_zeros_and_a_recorded_error() {
         }
         match cuda.check_errors() {
             Err(Error::Index {
-                index,
+                value,
                 position,
                 limit: 5,
                 ..
             }) => assert!(
-                (index, position) == (5, 1) || (index, position) == (-3, 3),
-                "{dtype}: {index} at {position}"
+                (value, position) == (5, 1) || (value, position) == (-3, 3),
+                "{dtype}: {value} at {position}"
             ),
             other => panic!("{dtype}: expected an index error, got {other:?}"),
         }
@@ -335,7 +337,7 @@ fn cuda_inputs_on_two_devices_are_errors() {
     assert!(mismatch(concat(&[&gpu, &cpu], 0)));
     assert!(mismatch(concat(&[&cpu, &gpu], 1)));
     assert!(mismatch(split_backward(&[&gpu, &cpu], 0)));
-    let host_ids = ids(&[0, 2]);
+    let host_ids = indices(&[0, 2]);
     let gpu_ids = host_ids.to(&dev).unwrap();
     assert!(mismatch(index_select(&gpu, 0, &host_ids)));
     assert!(mismatch(index_select(&cpu, 0, &gpu_ids)));
@@ -414,7 +416,7 @@ fn concat_kernel_on_the_host_matches_the_cpu() {
     let test = "concat_kernel_on_the_host_matches_the_cpu";
     let entries: Vec<String> = DType::ALL
         .iter()
-        .map(|d| format!("concat_copy_{}", d.name()))
+        .map(|&d| ids::concat::CONCAT_COPY.entry_point(d))
         .collect();
     let names: Vec<&str> = entries.iter().map(|e| e.as_str()).collect();
     let Some(kernels) = HostKernels::build(test, "concat", &names) else {
@@ -481,15 +483,17 @@ fn concat_kernel_on_the_host_matches_the_cpu() {
 #[test]
 fn index_select_kernels_on_the_host_match_the_cpu() {
     let test = "index_select_kernels_on_the_host_match_the_cpu";
-    let entries: Vec<String> = ["index_select", "index_select_backward"]
-        .iter()
-        .flat_map(|op| DType::ALL.iter().map(move |d| format!("{op}_{}", d.name())))
-        .collect();
+    let entries: Vec<String> = [
+        ids::index_select::INDEX_SELECT,
+        ids::index_select::INDEX_SELECT_BACKWARD,
+    ]
+    .iter()
+    .flat_map(|k| DType::ALL.iter().map(move |&d| k.entry_point(d)))
+    .collect();
     let names: Vec<&str> = entries.iter().map(|e| e.as_str()).collect();
     let Some(kernels) = HostKernels::build(test, "index_select", &names) else {
         return;
     };
-    const CODE: i32 = 1;
     // (source shape, dim, ids): beams (repeated rows), the middle and last dimensions.
     let cases: Vec<(Vec<usize>, usize, Vec<i32>)> = vec![
         (vec![7, 33], 0, vec![3, 0, 3, 6, 3, 1, 2]),
@@ -498,16 +502,16 @@ fn index_select_kernels_on_the_host_match_the_cpu() {
     ];
     for dtype in DType::ALL {
         let (forward, backward) = (
-            format!("index_select_{}", dtype.name()),
-            format!("index_select_backward_{}", dtype.name()),
+            ids::index_select::INDEX_SELECT.entry_point(dtype),
+            ids::index_select::INDEX_SELECT_BACKWARD.entry_point(dtype),
         );
         for (case, (shape, dim, values)) in cases.iter().enumerate() {
             let what = format!("{dtype} case {case}");
             let dim = *dim;
             let x = random(shape, dtype, 5 + case as u64);
-            let y = index_select(&x, dim, &ids(values)).unwrap();
+            let y = index_select(&x, dim, &indices(values)).unwrap();
             let g = random(y.shape(), dtype, 50 + case as u64);
-            let grad = index_select_backward(&g, dim, &ids(values), shape[dim]).unwrap();
+            let grad = index_select_backward(&g, dim, &indices(values), shape[dim]).unwrap();
             let rows: usize = shape[..dim].iter().product();
             let inner: usize = shape[dim + 1..].iter().product();
             let sizes = [rows, shape[dim], values.len(), inner].map(|n| Arg::I32(n as i32));
@@ -522,10 +526,10 @@ fn index_select_kernels_on_the_host_match_the_cpu() {
                 host_kernels::bytes(&vec![0.0; x.numel()], DType::F32),
             ];
             let mut forward_args = vec![Arg::Buf(0), Arg::Buf(1), Arg::Buf(2), Arg::Buf(3)];
-            forward_args.push(Arg::I32(CODE));
+            forward_args.push(Arg::I32(ERROR_INDEX_SELECT));
             forward_args.extend(sizes);
             let mut backward_args = vec![Arg::Buf(4), Arg::Buf(5), Arg::Buf(2), Arg::Buf(3)];
-            backward_args.push(Arg::I32(CODE + 1));
+            backward_args.push(Arg::I32(ERROR_INDEX_SELECT_BACKWARD));
             backward_args.extend(sizes);
             let out = kernels.run(
                 buffers,
@@ -562,10 +566,10 @@ fn index_select_kernels_on_the_host_match_the_cpu() {
             host_kernels::bytes(&[0.0; 35], DType::F32),
         ];
         let mut forward_args = vec![Arg::Buf(0), Arg::Buf(1), Arg::Buf(2), Arg::Buf(3)];
-        forward_args.push(Arg::I32(CODE));
+        forward_args.push(Arg::I32(ERROR_INDEX_SELECT));
         forward_args.extend(sizes);
         let mut backward_args = vec![Arg::Buf(4), Arg::Buf(5), Arg::Buf(2), Arg::Buf(6)];
-        backward_args.push(Arg::I32(CODE + 1));
+        backward_args.push(Arg::I32(ERROR_INDEX_SELECT_BACKWARD));
         backward_args.extend(sizes);
         let mut buffers_with_second_record = buffers;
         buffers_with_second_record.push(host_kernels::bytes_i32(&[0; 4]));
@@ -594,7 +598,10 @@ fn index_select_kernels_on_the_host_match_the_cpu() {
                 "{dtype}"
             );
         }
-        for (record, code) in [(&out[3], CODE), (&out[6], CODE + 1)] {
+        for (record, code) in [
+            (&out[3], ERROR_INDEX_SELECT),
+            (&out[6], ERROR_INDEX_SELECT_BACKWARD),
+        ] {
             let record = host_kernels::ints(record);
             assert!(
                 record == [code, 1, 5, 5] || record == [code, 3, -3, 5],
@@ -646,17 +653,17 @@ fn bad_inputs_are_typed_errors() {
     split_err(concat_backward(&a, 0, &[1, 1]), "grad_y");
 
     // index_select: dim out of range, ids out of range (either end), ids not 1-D.
-    shape_err(index_select(&a, 2, &ids(&[0])), "x");
+    shape_err(index_select(&a, 2, &indices(&[0])), "x");
     for (values, position, index) in [
         (vec![0, 3], 1, 3i64),
         (vec![2, 1, -1], 2, -1),
         (vec![i32::MAX], 0, i32::MAX as i64),
         (vec![i32::MIN, 0], 0, i32::MIN as i64),
     ] {
-        match index_select(&a, 0, &ids(&values)) {
+        match index_select(&a, 0, &indices(&values)) {
             Err(Error::Index {
                 tensor,
-                index: i,
+                value: i,
                 position: p,
                 limit: 3,
             }) => {
@@ -669,16 +676,19 @@ fn bad_inputs_are_typed_errors() {
     shape_err(index_select(&a, 0, &square), "ids");
 
     // index_select_backward: grad_y's dim disagrees with the ids, ids past size_of_dim.
-    shape_err(index_select_backward(&a, 0, &ids(&[0, 1]), 3), "grad_y");
-    shape_err(index_select_backward(&a, 2, &ids(&[0, 1, 2]), 3), "grad_y");
+    shape_err(index_select_backward(&a, 0, &indices(&[0, 1]), 3), "grad_y");
+    shape_err(
+        index_select_backward(&a, 2, &indices(&[0, 1, 2]), 3),
+        "grad_y",
+    );
     assert!(matches!(
-        index_select_backward(&a, 0, &ids(&[0, 1, 4]), 5),
+        index_select_backward(&a, 0, &indices(&[0, 1, 4]), 5),
         Ok(t) if t.shape() == [5, 5]
     ));
     assert!(matches!(
-        index_select_backward(&a, 0, &ids(&[0, 1, 4]), 4),
+        index_select_backward(&a, 0, &indices(&[0, 1, 4]), 4),
         Err(Error::Index {
-            index: 4,
+            value: 4,
             position: 2,
             limit: 4,
             ..
@@ -705,14 +715,14 @@ fn zero_sizes_give_empty_results_on_the_cpu() {
     assert_eq!(halves[1].shape(), [0, 3]);
     assert!(split(&empty, 1, &[]).unwrap().is_empty());
 
-    let picked = index_select(&a, 1, &ids(&[])).unwrap();
+    let picked = index_select(&a, 1, &indices(&[])).unwrap();
     assert_eq!(picked.shape(), [3, 0]);
-    let grad = index_select_backward(&picked, 1, &ids(&[]), 5).unwrap();
+    let grad = index_select_backward(&picked, 1, &indices(&[]), 5).unwrap();
     assert_eq!(grad.shape(), [3, 5]);
     assert!(host(&grad).iter().all(|&v| v == 0.0));
     // Ids into an empty dimension are all out of range.
     assert!(matches!(
-        index_select(&empty, 1, &ids(&[0])),
+        index_select(&empty, 1, &indices(&[0])),
         Err(Error::Index { limit: 0, .. })
     ));
 }
@@ -727,9 +737,9 @@ fn the_cpu_keeps_every_dtype() {
         let back = split(&joined, 1, &[3, 7]).unwrap();
         assert_eq!(host(&back[0]), host(&a));
         assert_eq!(host(&back[1]), host(&b));
-        let y = index_select(&joined, 0, &ids(&[1, 1, 0])).unwrap();
+        let y = index_select(&joined, 0, &indices(&[1, 1, 0])).unwrap();
         assert_eq!(y.dtype(), dtype);
-        let g = index_select_backward(&y, 0, &ids(&[1, 1, 0]), 2).unwrap();
+        let g = index_select_backward(&y, 0, &indices(&[1, 1, 0]), 2).unwrap();
         assert_eq!(g.dtype(), dtype);
         // Row 1 picked twice: its gradient is twice the row (exact in every dtype).
         let (gv, jv) = (host(&g), host(&joined));

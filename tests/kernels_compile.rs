@@ -4,8 +4,9 @@
 
 mod common;
 
-use fused_rnn::device::kernels::KERNELS;
+use fused_rnn::device::kernels::{ENTRIES, KERNELS};
 use fused_rnn::nvrtc::{self, compile::parse_ptxas_log};
+use fused_rnn::DType;
 
 #[test]
 fn every_kernel_compiles_without_spills() {
@@ -40,29 +41,35 @@ fn every_kernel_compiles_without_spills() {
 }
 
 #[test]
-fn every_entry_point_is_stamped_for_every_dtype() {
+fn the_typed_kernel_ids_are_exactly_the_compiled_entry_points() {
     // Uses the ptxas statistics build.rs recorded, so it needs NVRTC at build time only.
     if KERNELS.iter().any(|k| k.functions.is_empty()) {
         let why = "the crate was built without NVRTC, so there are no precompiled entry points";
         if std::env::var("FUSED_RNN_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
             panic!("{why}");
         }
-        eprintln!("skipping every_entry_point_is_stamped_for_every_dtype: {why}");
+        eprintln!("skipping the_typed_kernel_ids_are_exactly_the_compiled_entry_points: {why}");
         return;
     }
-    for (file, op, dtypes) in common::ENTRY_POINTS {
-        let image = KERNELS
+    for image in KERNELS {
+        let mut compiled: Vec<&str> = image.functions.iter().map(|f| f.name).collect();
+        let mut ids: Vec<String> = ENTRIES
             .iter()
-            .find(|k| k.name == *file)
-            .expect("kernel file");
-        for &dtype in *dtypes {
-            let entry = fused_rnn::device::kernels::entry_point(op, dtype);
-            assert!(
-                image.functions.iter().any(|f| f.name == entry),
-                "{file}.cu: missing entry point {entry}"
-            );
-        }
+            .filter(|k| k.file == image.name)
+            .flat_map(|k| k.dtypes.iter().map(|&d| k.entry_point(d)))
+            .collect();
+        compiled.sort();
+        ids.sort();
+        assert_eq!(
+            compiled, ids,
+            "{}.cu: ids and compiled entry points",
+            image.name
+        );
     }
+    // The stamped ones carry every dtype, the hand-written ones theirs.
+    use fused_rnn::device::kernels::ids;
+    assert_eq!(ids::elementwise::LOAD_NAIVE.dtypes, DType::ALL);
+    assert_eq!(ids::train::CROSS_ENTROPY_MEAN.dtypes, [DType::F32]);
 }
 
 /// The shapes `benches/recurrent.rs` times persistently (cell, hidden, batch), besides the

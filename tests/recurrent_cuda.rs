@@ -431,11 +431,14 @@ fn loaded_kernels_use_no_local_memory() {
         return;
     };
     let cuda = device.as_cuda().unwrap();
-    for (file, op, dtypes) in common::ENTRY_POINTS {
-        for &dtype in *dtypes {
-            let entry = fused_rnn::device::kernels::entry_point(op, dtype);
-            let (regs, local) = cuda.function_resources(file, &entry).unwrap();
-            println!("{file}.cu {entry}: {regs} registers, {local} B local");
+    for kernel in fused_rnn::device::kernels::ENTRIES {
+        for &dtype in kernel.dtypes {
+            let entry = kernel.entry_point(dtype);
+            let (regs, local) = cuda.function_resources(kernel.file, &entry).unwrap();
+            println!(
+                "{}.cu {entry}: {regs} registers, {local} B local",
+                kernel.file
+            );
             assert!(regs > 0, "{entry}: no register count");
             assert_eq!(
                 local, 0,

@@ -34,9 +34,6 @@
 // out_ld elements (this direction's columns), lengths [B] in 1..=T.
 #include "common.cuh"
 
-#define CELL_RNN 0
-#define CELL_LSTM 1
-#define CELL_GRU 2
 
 #if !defined(CELL) || !defined(ACT) || !defined(HIDDEN) || !defined(BATCH) || !defined(UNITS) || \
     !defined(STORAGE) || !defined(TENSOR_CORES) || !defined(REG_STEPS) || !defined(SHARED_BYTES) || \

@@ -210,7 +210,7 @@ impl CudaDevice {
         Ok(buf)
     }
 
-    /// The device address of the error record (`errors::RECORD_WORDS` i32s) that kernels
+    /// The device address of the error record (ERROR_RECORD_WORDS i32s) that kernels
     /// report an out-of-range device-side index to.
     pub(crate) fn error_record(&self) -> u64 {
         super::dev_ptr(&self.errors, self.stream())
@@ -265,27 +265,34 @@ impl CudaDevice {
     /// `src`, a buffer of this device, in `dtype`: a copy when it is in that dtype already,
     /// else converted by the elementwise kernels (through f32 between two 16-bit types).
     pub(crate) fn convert_data(&self, src: &CudaData, dtype: DType) -> Result<CudaData> {
+        use kernels::ids::elementwise::{CONVERT_NAIVE as CONVERT, LOAD_NAIVE as LOAD};
         match (src.dtype(), dtype) {
             (from, to) if from == to => self.copy_data(src),
-            (DType::F32, to) => self.cast(src, "convert_naive", to, to),
-            (from, DType::F32) => self.cast(src, "load_naive", from, DType::F32),
+            (DType::F32, to) => self.cast(src, CONVERT, to, to),
+            (from, DType::F32) => self.cast(src, LOAD, from, DType::F32),
             (from, to) => {
-                let wide = self.cast(src, "load_naive", from, DType::F32)?;
-                self.cast(&wide, "convert_naive", to, to)
+                let wide = self.cast(src, LOAD, from, DType::F32)?;
+                self.cast(&wide, CONVERT, to, to)
             }
         }
     }
 
-    /// `src` through kernel `{op}_{kernel_dtype}` of elementwise.cu (`load_naive`: T → f32,
+    /// `src` through `kernel` of elementwise.cu in `kernel_dtype` (`load_naive`: T → f32,
     /// `convert_naive`: f32 → T) into a new buffer of `out`.
-    fn cast(&self, src: &CudaData, op: &str, kernel_dtype: DType, out: DType) -> Result<CudaData> {
+    fn cast(
+        &self,
+        src: &CudaData,
+        kernel: kernels::Kernel,
+        kernel_dtype: DType,
+        out: DType,
+    ) -> Result<CudaData> {
         let n = src.len();
         let count = i32::try_from(n).map_err(|_| Error::TooLarge {
             what: format!("a dtype conversion of {n} elements on the device"),
             needed: format!("{n} elements"),
             limit: "i32::MAX elements per launch".into(),
         })?;
-        let f = self.function("elementwise", op, kernel_dtype)?;
+        let f = self.function(kernel, kernel_dtype)?;
         let stream = self.stream();
         let dst = self.alloc_output_data(out, n)?;
         let y = super::data_ptr(&dst, stream);
@@ -366,15 +373,16 @@ impl CudaDevice {
         Ok(loaded)
     }
 
-    /// The entry point `{op_variant}_{dtype}` of kernel file `file`.
-    pub(crate) fn function(
-        &self,
-        file: &'static str,
-        op_variant: &str,
-        dtype: DType,
-    ) -> Result<CudaFunction> {
-        let (module, _) = self.module(file)?;
-        Ok(module.load_function(&kernels::entry_point(op_variant, dtype))?)
+    /// `kernel`'s entry point for `dtype`.
+    pub(crate) fn function(&self, kernel: kernels::Kernel, dtype: DType) -> Result<CudaFunction> {
+        if !kernel.dtypes.contains(&dtype) {
+            return Err(Error::Unsupported {
+                request: format!("kernel {} in {dtype}", kernel.op_variant),
+                reason: format!("it is built for {:?} only", kernel.dtypes),
+            });
+        }
+        let (module, _) = self.module(kernel.file)?;
+        Ok(module.load_function(&kernel.entry_point(dtype))?)
     }
 
     /// Registers per thread and local memory per thread (stack and spills) of entry point

@@ -1,11 +1,10 @@
 //! Launch geometry and the one launch macro. The elementwise, reduction, attention and training
-//! kernels run `THREADS` threads per block (the 256 of ATT_THREADS in kernels/attention.cu,
-//! TRAIN_THREADS in kernels/train.cu and the elementwise kernels' grids); the persistent kernel
-//! sizes its own blocks.
+//! kernels run `THREADS` threads per block (BLOCK_THREADS of kernels/codes.cuh, which
+//! ATT_THREADS and TRAIN_THREADS are); the persistent kernel sizes its own blocks.
 
 use cudarc::driver::LaunchConfig;
 
-pub(crate) const THREADS: u32 = 256;
+pub(crate) const THREADS: u32 = super::kernels::codes::BLOCK_THREADS as u32;
 
 /// One thread per element of `n`.
 pub(crate) fn per_element(n: usize) -> LaunchConfig {

@@ -1,6 +1,8 @@
 //! Elementwise activations, shared by the recurrent cells and the attention scores.
 
-/// Elementwise activations. Codes match `ACT_*` in kernels/common.cuh.
+use crate::device::kernels::codes;
+
+/// Elementwise activations (codes: `ACT_*` of kernels/codes.cuh).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Activation {
     Tanh,
@@ -11,9 +13,9 @@ pub(crate) enum Activation {
 impl Activation {
     pub fn code(self) -> i32 {
         match self {
-            Activation::Tanh => 0,
-            Activation::Relu => 1,
-            Activation::Sigmoid => 2,
+            Activation::Tanh => codes::ACT_TANH,
+            Activation::Relu => codes::ACT_RELU,
+            Activation::Sigmoid => codes::ACT_SIGMOID,
         }
     }
 

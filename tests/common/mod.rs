@@ -63,47 +63,6 @@ pub fn cxx_or_skip(test: &str) -> Option<String> {
     }
 }
 
-/// Every kernel entry point the Rust side launches, as (kernel file, op_variant, dtypes).
-pub const ENTRY_POINTS: &[(&str, &str, &[DType])] = &[
-    ("rnn", "rnn_step_fused", &DType::ALL),
-    ("lstm", "lstm_step_fused", &DType::ALL),
-    ("gru", "gru_step_fused", &DType::ALL),
-    ("elementwise", "gather_naive", &[DType::F32]),
-    ("elementwise", "unary_naive", &[DType::F32]),
-    ("elementwise", "binary_naive", &[DType::F32]),
-    ("elementwise", "add_bias_naive", &DType::ALL),
-    ("elementwise", "load_naive", &DType::ALL),
-    ("elementwise", "convert_naive", &DType::ALL),
-    ("elementwise", "store_masked", &DType::ALL),
-    ("attention", "attend_fused", &DType::ALL),
-    ("attention", "broadcast_add_naive", &DType::ALL),
-    ("attention", "masked_softmax_naive", &[DType::F32]),
-    ("attention_backward", "attend_backward_fused", &DType::ALL),
-    ("attention_backward", "attend_backward_combine", &DType::ALL),
-    ("attention_backward", "additive_backward_fused", &DType::ALL),
-    ("attention_backward", "additive_finish_fused", &DType::ALL),
-    (
-        "attention_backward",
-        "softmax_backward_naive",
-        &[DType::F32],
-    ),
-    ("attention_backward", "tanh_backward_naive", &[DType::F32]),
-    ("recurrent_train", "recurrent_train_step", &DType::ALL),
-    ("recurrent_train", "recurrent_backward_step", &[DType::F32]),
-    ("recurrent_train", "projection_backward", &[DType::F32]),
-    ("recurrent_train", "mask_rows", &[DType::F32]),
-    ("recurrent_train", "carry_masked", &[DType::F32]),
-    ("recurrent_train", "scatter_rows", &[DType::F32]),
-    ("train", "adam_step_fused", &DType::ALL),
-    ("train", "grad_norm_fused", &DType::ALL),
-    ("train", "grad_scale_fused", &DType::ALL),
-    ("train", "cross_entropy_fused", &DType::ALL),
-    ("train", "cross_entropy_mean", &[DType::F32]),
-    ("concat", "concat_copy", &DType::ALL),
-    ("index_select", "index_select", &DType::ALL),
-    ("index_select", "index_select_backward", &DType::ALL),
-];
-
 /// Tolerance relative to the reference's largest magnitude, per storage dtype.
 pub fn tolerance(dtype: DType) -> f32 {
     match dtype {

@@ -12,6 +12,7 @@
 //! (`KeysOnDevice`), and scratch lives in a workspace reused across calls.
 
 use super::{Attended, Keys, Params, Score};
+use crate::device::kernels::ids;
 use crate::device::launch::{launch, per_element, per_row};
 use crate::device::{
     allow_dynamic_shared, data_ptr, reading, Batched, CudaDevice, Device, MatRef, Op, Strided,
@@ -36,9 +37,7 @@ const BLOCKS_PER_SM: usize = 4;
 const MIN_CHUNK: usize = 32;
 const MAX_CHUNK: usize = 4096;
 
-/// Mode codes of `attend_fused` (kernels/attention.cu).
-const ATT_ADDITIVE: i32 = 0;
-const ATT_PRODUCT: i32 = 1;
+use crate::device::kernels::codes::{ATT_ADDITIVE, ATT_PRODUCT};
 
 /// The naive additive path's rows·len·width terms (the pre-activation it materialises), which
 /// its kernels index with i32: too many is an error that names the fused algorithm.
@@ -112,16 +111,16 @@ pub(crate) struct KeysOnDevice {
 impl OnDevice {
     /// `params` must be on `dev` in `dtype` and outlive the result.
     pub fn new(dev: &Arc<CudaDevice>, dtype: DType, params: &Params) -> Result<Self> {
-        let f = |file, name, dt| dev.function(file, name, dt);
+        let f = |kernel, dt| dev.function(kernel, dt);
         let kernels = Kernels {
-            fused: f("attention", "attend_fused", dtype)?,
-            combine: f("attention", "attend_combine", dtype)?,
-            broadcast_add: f("attention", "broadcast_add_naive", dtype)?,
-            softmax: f("attention", "masked_softmax_naive", DType::F32)?,
-            unary: f("elementwise", "unary_naive", DType::F32)?,
-            add_bias: f("elementwise", "add_bias_naive", dtype)?,
-            load: f("elementwise", "load_naive", dtype)?,
-            convert: f("elementwise", "convert_naive", dtype)?,
+            fused: f(ids::attention::ATTEND_FUSED, dtype)?,
+            combine: f(ids::attention::ATTEND_COMBINE, dtype)?,
+            broadcast_add: f(ids::attention::BROADCAST_ADD_NAIVE, dtype)?,
+            softmax: f(ids::attention::MASKED_SOFTMAX_NAIVE, DType::F32)?,
+            unary: f(ids::elementwise::UNARY_NAIVE, DType::F32)?,
+            add_bias: f(ids::elementwise::ADD_BIAS_NAIVE, dtype)?,
+            load: f(ids::elementwise::LOAD_NAIVE, dtype)?,
+            convert: f(ids::elementwise::CONVERT_NAIVE, dtype)?,
         };
         let mat = |t: &Option<Tensor>| -> Result<Option<MatRef>> {
             t.as_ref()

@@ -8,6 +8,7 @@
 //! one launch per `PIECES`; empty pieces take none.
 
 use super::Layout;
+use crate::device::kernels::{codes, ids};
 use crate::device::launch::{launch, per_element};
 use crate::device::{data_ptr, reading, CudaDevice};
 use crate::dtype::{CudaData, DType};
@@ -15,8 +16,9 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use cudarc::driver::CudaStream;
 
-/// Pieces per launch (CONCAT_PIECES in kernels/concat.cu).
-const PIECES: usize = 4;
+/// Pieces per launch (CONCAT_PIECES of kernels/codes.cuh; the launch below passes four).
+const PIECES: usize = codes::CONCAT_PIECES as usize;
+const _: () = assert!(PIECES == 4);
 
 /// Which way a copy runs (the kernel's `split` flag).
 #[derive(Clone, Copy)]
@@ -77,7 +79,7 @@ fn copy(
     pieces: &[u64],
     direction: Direction,
 ) -> Result<()> {
-    let f = dev.function("concat", "concat_copy", dtype)?;
+    let f = dev.function(ids::concat::CONCAT_COPY, dtype)?;
     let stream = dev.stream();
     // Non-empty pieces with their first column in the whole row; consecutive ones are
     // adjacent there, since the empty ones between them have no columns.

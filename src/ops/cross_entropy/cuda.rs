@@ -1,6 +1,7 @@
 //! The softmax cross-entropy's CUDA launcher (kernels/train.cu): every row's loss and gradient
 //! in one launch, and one for the mean.
 
+use crate::device::kernels::ids;
 use crate::device::launch::{blocks, launch};
 use crate::device::{data_ptr, dev_ptr, reading};
 use crate::dtype::DType;
@@ -40,8 +41,8 @@ pub(super) fn softmax_cross_entropy(
     let grad = dev.alloc_output_data(dtype, n * vocab)?;
     let losses = dev.alloc_output::<f32>(n)?;
     let mean = dev.alloc_output::<f32>(1)?;
-    let fused = dev.function("train", "cross_entropy_fused", dtype)?;
-    let combine = dev.function("train", "cross_entropy_mean", DType::F32)?;
+    let fused = dev.function(ids::train::CROSS_ENTROPY_FUSED, dtype)?;
+    let combine = dev.function(ids::train::CROSS_ENTROPY_MEAN, DType::F32)?;
     let (targets_ptr, grad_ptr) = (dev_ptr(&targets_dev, stream), data_ptr(&grad, stream));
     let (losses_ptr, mean_ptr) = (dev_ptr(&losses, stream), dev_ptr(&mean, stream));
     let (rows_i, vocab_i) = (n as i32, vocab as i32);

@@ -30,13 +30,17 @@ pub fn softmax_cross_entropy(logits: &Tensor, targets: &[i64], ignore: i64) -> R
     if targets.len() != n {
         return Err(Error::shape("targets", format!("[{n}]"), &[targets.len()]));
     }
-    if let Some(bad) = targets
+    if let Some((position, &value)) = targets
         .iter()
-        .find(|&&t| t != ignore && !(0..vocab as i64).contains(&t))
+        .enumerate()
+        .find(|(_, &t)| t != ignore && !(0..vocab as i64).contains(&t))
     {
-        return Err(Error::Config(format!(
-            "target {bad} is outside 0..{vocab} and not the ignore index {ignore}"
-        )));
+        return Err(Error::Index {
+            tensor: format!("targets (ignore index {ignore})"),
+            position,
+            value,
+            limit: vocab,
+        });
     }
     let rows = targets.iter().filter(|&&t| t != ignore).count();
     if logits.is_cuda() {

@@ -3,7 +3,8 @@
 //! the device's error record under `ERROR_INDEX_SELECT` / `ERROR_INDEX_SELECT_BACKWARD`.
 
 use super::Layout;
-use crate::device::errors::{ERROR_INDEX_SELECT, ERROR_INDEX_SELECT_BACKWARD};
+use crate::device::kernels::codes::{ERROR_INDEX_SELECT, ERROR_INDEX_SELECT_BACKWARD};
+use crate::device::kernels::ids;
 use crate::device::launch::{launch, per_element};
 use crate::device::{data_ptr, dev_ptr, reading};
 use crate::dtype::CudaData;
@@ -58,7 +59,7 @@ pub(super) fn index_select(
         return Err(empty_result("an index_select", shape));
     }
     let [rows, n_src, n_ids, inner] = sizes(l, x.numel(), n, "an index_select")?;
-    let f = dev.function("index_select", "index_select", dtype)?;
+    let f = dev.function(ids::index_select::INDEX_SELECT, dtype)?;
     let stream = dev.stream();
     let out = dev.alloc_output_data(dtype, n)?;
     let y = data_ptr(&out, stream);
@@ -67,7 +68,7 @@ pub(super) fn index_select(
     let (ids_ptr, _ids_read) = ids.cuda_slice()?.device_ptr(stream);
     reading(x.cuda_data()?, stream, |x| -> Result<()> {
         // SAFETY: x holds rows·n_src·inner and y rows·n_ids·inner elements of `dtype`, ids
-        // n_ids i32s, the error record RECORD_WORDS i32s; the kernel reads x only at ids it
+        // n_ids i32s, the error record ERROR_RECORD_WORDS i32s; the kernel reads x only at ids it
         // found inside 0..n_src, and the grid covers y's n elements.
         unsafe {
             launch!(stream, &f, per_element(n);
@@ -96,14 +97,14 @@ pub(super) fn index_select_backward(
     // The f32 accumulator starts at 0 (not poisoned: every entry is a sum, possibly empty).
     let acc = stream.alloc_zeros::<f32>(total)?;
     if n > 0 {
-        let f = dev.function("index_select", "index_select_backward", dtype)?;
+        let f = dev.function(ids::index_select::INDEX_SELECT_BACKWARD, dtype)?;
         let acc_ptr = dev_ptr(&acc, stream);
         let errors = dev.error_record();
         let code = ERROR_INDEX_SELECT_BACKWARD;
         let (ids_ptr, _ids_read) = ids.cuda_slice()?.device_ptr(stream);
         reading(grad_y.cuda_data()?, stream, |g| -> Result<()> {
             // SAFETY: grad_y holds rows·n_ids·inner elements of `dtype` (n, the grid), acc
-            // rows·n_src·inner f32s, ids n_ids i32s, the error record RECORD_WORDS i32s; the
+            // rows·n_src·inner f32s, ids n_ids i32s, the error record ERROR_RECORD_WORDS i32s; the
             // kernel adds into acc only at ids it found inside 0..n_src.
             unsafe {
                 launch!(stream, &f, per_element(n);

@@ -72,8 +72,8 @@ fn check_ids(ids: &Indices, device: &Device, limit: usize) -> Result<()> {
         {
             return Err(Error::Index {
                 tensor: "ids".into(),
-                index: id.into(),
                 position,
+                value: id.into(),
                 limit,
             });
         }

@@ -7,6 +7,7 @@
 //! only when an address in it changes (gradients in new buffers, say).
 
 use super::AdamHyper;
+use crate::device::kernels::{codes, ids};
 use crate::device::launch::{blocks, launch};
 use crate::device::{data_ptr, dev_ptr, CudaDevice, Device};
 use crate::dtype::DType;
@@ -15,8 +16,8 @@ use crate::tensor::Tensor;
 use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr};
 use std::sync::Arc;
 
-/// Elements per chunk (TRAIN_CHUNK in kernels/train.cu).
-const CHUNK: usize = 2048;
+/// Elements per chunk (TRAIN_CHUNK of kernels/codes.cuh).
+const CHUNK: usize = codes::TRAIN_CHUNK as usize;
 /// Blocks of the grid-stride norm and scale launches: enough to fill a large GPU, few enough
 /// that the host adds the norm's partial sums at no cost.
 const MAX_BLOCKS: usize = 1024;
@@ -119,7 +120,7 @@ pub(super) fn clip_grad_norm(
     let (slots_ptr, chunks_ptr) = (dev_ptr(&slots_dev, stream), dev_ptr(&chunks_dev, stream));
     let partial_ptr = dev_ptr(&partial, stream);
     let count = num_chunks as i32;
-    let norm_kernel = dev.function("train", "grad_norm_fused", dtype)?;
+    let norm_kernel = dev.function(ids::train::GRAD_NORM_FUSED, dtype)?;
     // SAFETY: every slot addresses a live gradient of `numel` elements of `dtype` on this device,
     // every chunk lies inside its tensor, and `partial` holds one f64 per block.
     unsafe {
@@ -129,7 +130,7 @@ pub(super) fn clip_grad_norm(
     let norm = partials.iter().sum::<f64>().sqrt();
     if let Some(scale) = scale_for(norm, max_norm) {
         let scale = scale as f32;
-        let scale_kernel = dev.function("train", "grad_scale_fused", dtype)?;
+        let scale_kernel = dev.function(ids::train::GRAD_SCALE_FUSED, dtype)?;
         // SAFETY: as for the norm; each element is read and written by one thread.
         unsafe {
             launch!(dev.stream(), &scale_kernel, blocks(grid); slots_ptr, chunks_ptr, count, scale);
@@ -184,7 +185,7 @@ impl AdamCuda {
             .collect();
         let stream = dev.stream();
         Ok(AdamCuda {
-            kernel: dev.function("train", "adam_step_fused", dtype)?,
+            kernel: dev.function(ids::train::ADAM_STEP_FUSED, dtype)?,
             shapes: views.iter().map(|p| p.shape().to_vec()).collect(),
             slots_dev: dev.upload(&slots)?,
             slots,

@@ -13,6 +13,7 @@
 use super::arena::{Arena, Buffers};
 use super::persistent::{self, Persistent};
 use super::{Activation, Algo, Call, Cell, Dims, Outputs};
+use crate::device::kernels::ids;
 use crate::device::launch::{launch, per_element};
 use crate::device::{
     begin_capture, data_ptr, dev_ptr, end_capture, fill_bytes_async, reading, replay, writing,
@@ -24,10 +25,7 @@ use crate::tensor::Tensor;
 use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, LaunchConfig, PushKernelArg};
 use std::sync::{Arc, Mutex};
 
-/// Binary op codes of `binary_naive_f32` (kernels/elementwise.cu).
-const OP_ADD: i32 = 0;
-const OP_MUL: i32 = 1;
-const OP_SUB: i32 = 2;
+use crate::device::kernels::codes::{OP_ADD, OP_MUL, OP_SUB};
 
 /// The address `elems` f32 elements past `base`.
 fn f32_at(base: u64, elems: usize) -> u64 {
@@ -67,27 +65,28 @@ struct NaiveKernels {
 
 impl Kernels {
     fn new(dev: &CudaDevice, cell: Cell, kind: StepKind, dtype: DType) -> Result<Self> {
-        let ew = |name: &str, dt: DType| dev.function("elementwise", name, dt);
+        use ids::elementwise as ew;
+        let f = |kernel, dt| dev.function(kernel, dt);
         let fused = match (kind == StepKind::Fused, cell) {
             (false, _) => None,
-            (true, Cell::Rnn(_)) => Some(dev.function("rnn", "rnn_step_fused", dtype)?),
-            (true, Cell::Lstm) => Some(dev.function("lstm", "lstm_step_fused", dtype)?),
-            (true, Cell::Gru) => Some(dev.function("gru", "gru_step_fused", dtype)?),
+            (true, Cell::Rnn(_)) => Some(dev.function(ids::rnn::RNN_STEP_FUSED, dtype)?),
+            (true, Cell::Lstm) => Some(dev.function(ids::lstm::LSTM_STEP_FUSED, dtype)?),
+            (true, Cell::Gru) => Some(dev.function(ids::gru::GRU_STEP_FUSED, dtype)?),
         };
         let naive = match kind {
             StepKind::Fused | StepKind::Persistent => None,
             StepKind::Naive => Some(NaiveKernels {
-                gather: ew("gather_naive", DType::F32)?,
-                unary: ew("unary_naive", DType::F32)?,
-                binary: ew("binary_naive", DType::F32)?,
-                add_bias: ew("add_bias_naive", dtype)?,
-                load: ew("load_naive", dtype)?,
-                convert: ew("convert_naive", dtype)?,
+                gather: f(ew::GATHER_NAIVE, DType::F32)?,
+                unary: f(ew::UNARY_NAIVE, DType::F32)?,
+                binary: f(ew::BINARY_NAIVE, DType::F32)?,
+                add_bias: f(ew::ADD_BIAS_NAIVE, dtype)?,
+                load: f(ew::LOAD_NAIVE, dtype)?,
+                convert: f(ew::CONVERT_NAIVE, dtype)?,
             }),
         };
         Ok(Kernels {
             fused,
-            store: ew("store_masked", dtype)?,
+            store: f(ew::STORE_MASKED, dtype)?,
             naive,
         })
     }

@@ -11,6 +11,7 @@ use cudarc::driver::CudaFunction;
 
 const SOURCE: &str = include_str!("../../../kernels/persistent/recurrent.cu");
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
+const CODES: &str = include_str!("../../../kernels/codes.cuh");
 /// THREADS in the kernel, and its warps.
 pub(crate) const THREADS: u32 = 256;
 const WARPS: usize = THREADS as usize / 32;
@@ -213,7 +214,8 @@ impl Spec {
         )
     }
 
-    /// The kernel source with this specialisation's defines and common.cuh inlined.
+    /// The kernel source with this specialisation's defines and common.cuh (with codes.cuh)
+    /// inlined.
     pub fn source(&self) -> String {
         let (cell, act) = match self.cell {
             Cell::Rnn(nl) => ("CELL_RNN", nl.activation().code()),
@@ -235,7 +237,10 @@ impl Spec {
             self.shared_bytes(),
             self.vec_stage() as i32,
             self.prefetch as i32,
-            SOURCE.replace("#include \"common.cuh\"", COMMON)
+            SOURCE.replace(
+                "#include \"common.cuh\"",
+                &COMMON.replace("#include \"codes.cuh\"", CODES)
+            )
         )
     }
 }

@@ -10,6 +10,7 @@ pub(super) use backward::backward;
 
 use super::arena::Arena;
 use super::{Call, Cell, Dims, Outputs};
+use crate::device::kernels::{codes, ids};
 use crate::device::launch::{launch, per_element};
 use crate::device::{data_ptr, dev_ptr, writing, CudaDevice, Lane, MatRef};
 use crate::dtype::{CudaData, DType};
@@ -18,12 +19,11 @@ use crate::tensor::Tensor;
 use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 
-/// Cell codes of kernels/recurrent_train.cu.
 fn cell_code(cell: Cell) -> i32 {
     match cell {
-        Cell::Rnn(_) => 0,
-        Cell::Lstm => 1,
-        Cell::Gru => 2,
+        Cell::Rnn(_) => codes::CELL_RNN,
+        Cell::Lstm => codes::CELL_LSTM,
+        Cell::Gru => codes::CELL_GRU,
     }
 }
 
@@ -120,8 +120,8 @@ struct Kernels {
 impl Kernels {
     fn new(dev: &CudaDevice, dtype: DType) -> Result<Self> {
         Ok(Kernels {
-            widen: dev.function("elementwise", "load_naive", dtype)?,
-            narrow: dev.function("elementwise", "convert_naive", dtype)?,
+            widen: dev.function(ids::elementwise::LOAD_NAIVE, dtype)?,
+            narrow: dev.function(ids::elementwise::CONVERT_NAIVE, dtype)?,
         })
     }
 
@@ -215,8 +215,8 @@ pub(super) fn forward_train(dev: &Arc<CudaDevice>, call: &Call<'_>) -> Result<(O
     let stream = dev.stream();
     let lane = &dev.lanes()[0];
     let kernels = Kernels::new(dev, dtype)?;
-    let step_fn = dev.function("recurrent_train", "recurrent_train_step", dtype)?;
-    let store_fn = dev.function("elementwise", "store_masked", dtype)?;
+    let step_fn = dev.function(ids::recurrent_train::RECURRENT_TRAIN_STEP, dtype)?;
+    let store_fn = dev.function(ids::elementwise::STORE_MASKED, dtype)?;
     let layout = Layout::new(cell, &dims);
     // Zeros: rows a short sequence never reaches enter the weight-gradient GEMMs (times zero).
     let reserve = stream.alloc_zeros::<f32>(layout.len.max(1))?;

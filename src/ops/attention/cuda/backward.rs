@@ -15,6 +15,7 @@
 //! sums and reductions are f32.
 
 use super::{naive_additive_terms, OnDevice, ATT_ADDITIVE, ATT_PRODUCT};
+use crate::device::kernels::ids;
 use crate::device::launch::{launch, per_element, per_row, THREADS};
 use crate::device::{
     copy_to_device_async, data_ptr, fill_words_async, reading, Batched, CudaDevice, MatRef, Op,
@@ -42,15 +43,15 @@ pub(super) struct Kernels {
 
 impl Kernels {
     fn load(dev: &CudaDevice, dtype: DType) -> Result<Self> {
-        let f = |file, name, dt| dev.function(file, name, dt);
+        let f = |kernel, dt| dev.function(kernel, dt);
         Ok(Kernels {
-            fused: f("attention_backward", "attend_backward_fused", dtype)?,
-            combine: f("attention_backward", "attend_backward_combine", dtype)?,
-            additive: f("attention_backward", "additive_backward_fused", dtype)?,
-            finish: f("attention_backward", "additive_finish_fused", dtype)?,
-            softmax: f("attention_backward", "softmax_backward_naive", DType::F32)?,
-            tanh: f("attention_backward", "tanh_backward_naive", DType::F32)?,
-            broadcast_add: f("attention", "broadcast_add_naive", DType::F32)?,
+            fused: f(ids::attention_backward::ATTEND_BACKWARD_FUSED, dtype)?,
+            combine: f(ids::attention_backward::ATTEND_BACKWARD_COMBINE, dtype)?,
+            additive: f(ids::attention_backward::ADDITIVE_BACKWARD_FUSED, dtype)?,
+            finish: f(ids::attention_backward::ADDITIVE_FINISH_FUSED, dtype)?,
+            softmax: f(ids::attention_backward::SOFTMAX_BACKWARD_NAIVE, DType::F32)?,
+            tanh: f(ids::attention_backward::TANH_BACKWARD_NAIVE, DType::F32)?,
+            broadcast_add: f(ids::attention::BROADCAST_ADD_NAIVE, DType::F32)?,
         })
     }
 }

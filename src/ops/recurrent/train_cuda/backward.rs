@@ -11,6 +11,7 @@
 
 use super::super::arena::Arena;
 use super::{act_code, cell_code, finished, slot_weights, upload_lengths, Kernels, Saved};
+use crate::device::kernels::ids;
 use crate::device::launch::{launch, per_element};
 use crate::device::{data_ptr, dev_ptr, reading, Batched, CudaDevice, Lane, MatRef, Op, Strided};
 use crate::dtype::DType;
@@ -515,14 +516,14 @@ pub(crate) fn backward(
     let naive_kernels = match naive {
         false => None,
         true => {
-            let f = |file, name| dev.function(file, name, DType::F32);
+            let f = |kernel| dev.function(kernel, DType::F32);
             Some(NaiveKernels {
-                gather: f("elementwise", "gather_naive")?,
-                unary: f("elementwise", "unary_naive")?,
-                binary: f("elementwise", "binary_naive")?,
-                mask: f("recurrent_train", "mask_rows")?,
-                carry: f("recurrent_train", "carry_masked")?,
-                scatter: f("recurrent_train", "scatter_rows")?,
+                gather: f(ids::elementwise::GATHER_NAIVE)?,
+                unary: f(ids::elementwise::UNARY_NAIVE)?,
+                binary: f(ids::elementwise::BINARY_NAIVE)?,
+                mask: f(ids::recurrent_train::MASK_ROWS)?,
+                carry: f(ids::recurrent_train::CARRY_MASKED)?,
+                scatter: f(ids::recurrent_train::SCATTER_ROWS)?,
             })
         }
     };
@@ -558,8 +559,8 @@ pub(crate) fn backward(
         dims,
         lengths: lengths_ptr,
         naive: naive_kernels,
-        step_fn: dev.function("recurrent_train", "recurrent_backward_step", DType::F32)?,
-        projection_fn: dev.function("recurrent_train", "projection_backward", DType::F32)?,
+        step_fn: dev.function(ids::recurrent_train::RECURRENT_BACKWARD_STEP, DType::F32)?,
+        projection_fn: dev.function(ids::recurrent_train::PROJECTION_BACKWARD, DType::F32)?,
         work,
     };
     let sw = slot_weights(weights, &dims, dev)?;
