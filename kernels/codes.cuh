@@ -34,6 +34,14 @@
 // Elements per chunk of the multi-tensor training kernels (train.cu).
 #define TRAIN_CHUNK 2048
 
+// Binary ops of binary_forward (pointwise.cu): y = a + b, y = a · b.
+#define POINTWISE_ADD 0
+#define POINTWISE_MUL 1
+
+// Reductions over one dimension (reduce.cu): the sum, or the sum over n (the mean).
+#define REDUCE_SUM 0
+#define REDUCE_MEAN 1
+
 // Pieces per launch of concat_copy (concat.cu): the pieces come as kernel parameters.
 #define CONCAT_PIECES 4
 

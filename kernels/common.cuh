@@ -124,6 +124,11 @@ __device__ __forceinline__ void store_step(float value, const T* h_prev, T* h_ne
 #define DYNAMIC_SHARED(T, name) T* name = (T*)emu::dynamic_shared()
 #endif
 
+// A grid-stride loop over 64-bit indices 0..n: any grid covers any n.
+#define GRID_STRIDE_LOOP(i, n)                                                                   \
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;       \
+         i < (n); i += (unsigned long long)gridDim.x * blockDim.x)
+
 // ---
 // The device's error record (CudaDevice::check_errors, src/device/errors.rs): ERROR_RECORD_WORDS
 // ints {code, position, index, limit}. A kernel that meets an index outside 0..limit in device

@@ -15,7 +15,8 @@
 // the first group's column `col0` in the whole row).
 //
 // Variants (entry points):
-//   concat_copy_T   one thread per element of the launch's pieces (rows × Σ w_k):
+//   concat_copy_T   a grid-stride loop over the launch's elements (rows × Σ w_k), 64-bit
+//                   counts and offsets; values are copied as stored (bit for bit):
 //                   split = 0 gathers the pieces into the whole (concat),
 //                   split = 1 scatters the whole into the pieces (split)
 // The backward of a concat is a split of its gradient and the other way round: the same
@@ -24,23 +25,23 @@
 
 // ---
 #define CONCAT_COPY(S, T)                                                                        \
-    extern "C" __global__ void concat_copy_##S(T* whole, int whole_width, int col0, int rows,    \
-                                               T* p0, int w0, T* p1, int w1, T* p2, int w2,      \
-                                               T* p3, int w3, int split) {                       \
-        long width = (long)w0 + w1 + w2 + w3;                                                    \
-        long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;                                  \
-        if (idx >= rows * width) return;                                                         \
-        long r = idx / width, c = idx - r * width;                                               \
-        /* The piece holding column c of this launch's run, and c within it. */                  \
-        T* piece = p0;                                                                           \
-        long w = w0;                                                                             \
-        long start = 0;                                                                          \
-        if (c >= start + w) { start += w; piece = p1; w = w1; }                                  \
-        if (c >= start + w) { start += w; piece = p2; w = w2; }                                  \
-        if (c >= start + w) { start += w; piece = p3; w = w3; }                                  \
-        long at_whole = r * whole_width + col0 + c;                                              \
-        long at_piece = r * w + (c - start);                                                     \
-        if (split) piece[at_piece] = whole[at_whole];                                            \
-        else whole[at_whole] = piece[at_piece];                                                  \
+    extern "C" __global__ void concat_copy_##S(                                                  \
+        T* whole, unsigned long long whole_width, unsigned long long col0,                       \
+        unsigned long long rows, T* p0, unsigned long long w0, T* p1, unsigned long long w1,     \
+        T* p2, unsigned long long w2, T* p3, unsigned long long w3, int split) {                 \
+        unsigned long long width = w0 + w1 + w2 + w3;                                           \
+        GRID_STRIDE_LOOP(idx, rows * width) {                                                    \
+            unsigned long long r = idx / width, c = idx - r * width;                             \
+            /* The piece holding column c of this launch's run, and c within it. */              \
+            T* piece = p0;                                                                       \
+            unsigned long long w = w0, start = 0;                                                \
+            if (c >= start + w) { start += w; piece = p1; w = w1; }                              \
+            if (c >= start + w) { start += w; piece = p2; w = w2; }                              \
+            if (c >= start + w) { start += w; piece = p3; w = w3; }                              \
+            unsigned long long at_whole = r * whole_width + col0 + c;                            \
+            unsigned long long at_piece = r * w + (c - start);                                   \
+            if (split) piece[at_piece] = whole[at_whole];                                        \
+            else whole[at_whole] = piece[at_piece];                                              \
+        }                                                                                        \
     }
 FOR_EACH_DTYPE(CONCAT_COPY)

@@ -15,8 +15,9 @@
 // device ids.)
 //
 // Variants (entry points):
-//   index_select_T            one thread per element of y
-//   index_select_backward_T   one thread per element of grad_y, f32 atomicAdd into an f32
+//   index_select_T            a grid-stride loop over y (64-bit counts; the ids and the size
+//                             of the selected dimension are i32)
+//   index_select_backward_T   a grid-stride loop over grad_y, f32 atomicAdd into an f32
 //                             accumulator [rows, n_src, inner] the host zeroed (and converts to
 //                             the storage dtype after, for 16-bit storage). The order of the
 //                             additions into one element is not fixed, so with repeated ids the
@@ -26,40 +27,39 @@
 // ---
 #define INDEX_SELECT(S, T)                                                                       \
     extern "C" __global__ void index_select_##S(const T* x, T* y, const int* ids, int* errors,   \
-                                                int error_code, int rows, int n_src, int n_ids,  \
-                                                int inner) {                                     \
-        long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;                                  \
-        long per_row = (long)n_ids * inner;                                                      \
-        if (idx >= rows * per_row) return;                                                       \
-        long r = idx / per_row, rest = idx - r * per_row;                                        \
-        int j = (int)(rest / inner);                                                             \
-        long i = rest - (long)j * inner;                                                         \
-        int id = ids[j];                                                                         \
-        if (id < 0 || id >= n_src) {                                                             \
-            report_bad_index(errors, error_code, j, id, n_src);                                  \
-            y[idx] = from_float<T>(0.f);                                                         \
-            return;                                                                              \
+                                                int error_code, unsigned long long rows,         \
+                                                int n_src, int n_ids, unsigned long long inner) { \
+        unsigned long long per_row = (unsigned long long)n_ids * inner;                          \
+        GRID_STRIDE_LOOP(idx, rows * per_row) {                                                  \
+            unsigned long long r = idx / per_row, rest = idx - r * per_row;                      \
+            int j = (int)(rest / inner);                                                         \
+            unsigned long long i = rest - (unsigned long long)j * inner;                         \
+            int id = ids[j];                                                                     \
+            if (id < 0 || id >= n_src) {                                                         \
+                report_bad_index(errors, error_code, j, id, n_src);                              \
+                y[idx] = from_float<T>(0.f);                                                     \
+            } else {                                                                             \
+                y[idx] = x[(r * n_src + id) * inner + i];                                        \
+            }                                                                                    \
         }                                                                                        \
-        y[idx] = x[(r * n_src + id) * inner + i];                                                \
     }
 FOR_EACH_DTYPE(INDEX_SELECT)
 
 // ---
 #define INDEX_SELECT_BACKWARD(S, T)                                                              \
     extern "C" __global__ void index_select_backward_##S(                                        \
-        const T* grad_y, float* acc, const int* ids, int* errors, int error_code, int rows,      \
-        int n_src, int n_ids, int inner) {                                                       \
-        long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;                                  \
-        long per_row = (long)n_ids * inner;                                                      \
-        if (idx >= rows * per_row) return;                                                       \
-        long r = idx / per_row, rest = idx - r * per_row;                                        \
-        int j = (int)(rest / inner);                                                             \
-        long i = rest - (long)j * inner;                                                         \
-        int id = ids[j];                                                                         \
-        if (id < 0 || id >= n_src) {                                                             \
-            report_bad_index(errors, error_code, j, id, n_src);                                  \
-            return;                                                                              \
+        const T* grad_y, float* acc, const int* ids, int* errors, int error_code,                \
+        unsigned long long rows, int n_src, int n_ids, unsigned long long inner) {               \
+        unsigned long long per_row = (unsigned long long)n_ids * inner;                          \
+        GRID_STRIDE_LOOP(idx, rows * per_row) {                                                  \
+            unsigned long long r = idx / per_row, rest = idx - r * per_row;                      \
+            int j = (int)(rest / inner);                                                         \
+            unsigned long long i = rest - (unsigned long long)j * inner;                         \
+            int id = ids[j];                                                                     \
+            if (id < 0 || id >= n_src)                                                           \
+                report_bad_index(errors, error_code, j, id, n_src);                              \
+            else                                                                                 \
+                atomicAdd(&acc[(r * n_src + id) * inner + i], to_float(grad_y[idx]));            \
         }                                                                                        \
-        atomicAdd(&acc[(r * n_src + id) * inner + i], to_float(grad_y[idx]));                    \
     }
 FOR_EACH_DTYPE(INDEX_SELECT_BACKWARD)

@@ -142,6 +142,8 @@ impl Indices {
             Device::Cpu => Indices::from_vec(self.to_vec()?, &self.shape),
             Device::Cuda(dev) => {
                 let data = match &self.storage {
+                    // The driver refuses zero-byte allocations.
+                    _ if self.numel() == 0 => dev.empty_slice::<i32>()?,
                     Storage::Cuda { data, .. } => dev.stream().clone_dtod(data)?,
                     Storage::Host(v) => dev.stream().clone_htod(v)?,
                 };

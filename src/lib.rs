@@ -9,6 +9,8 @@
 //! | training: `forward_train` / `backward` of every module | yes | yes | yes |
 //! | training: `nn::Linear`, `nn::Embedding` | yes | — | — |
 //! | training: `train` (cross-entropy, clipping, Adam/AdamW) | yes | yes | — |
+//! | blocks with backward: `ops::pointwise` (sigmoid, tanh, relu, add, mul), `ops::reduce` (sum, mean over a dim), `ops::dropout` | yes (every dtype) | yes | — |
+//! | blocks with backward: `ops::concat` (concat, split along any dim), `ops::index_select` (ids on the host or the device; `CudaDevice::check_errors` reports device ids out of range) | yes (every dtype) | yes | — |
 //!
 //! Every module takes layers, bidirectional, batch_first, bias, initial states and variable
 //! lengths, with nn.RNN's / nn.LSTM's / nn.GRU's semantics. Weights load from PyTorch

@@ -330,6 +330,9 @@ impl Tensor {
 }
 
 fn upload(dev: &Arc<CudaDevice>, host: &HostData) -> Result<CudaData> {
+    if host.is_empty() {
+        return dev.empty_data(host.dtype());
+    }
     crate::with_dtype!(host.dtype(), T => Ok(T::wrap_cuda(dev.upload(T::host(host).unwrap())?)))
 }
 

@@ -348,22 +348,48 @@ fn cuda_inputs_on_two_devices_are_errors() {
         concat(&[&gpu, &half], 0),
         Err(Error::DType { .. })
     ));
-    // Results CUDA tensors cannot hold are errors, not launches.
-    assert!(matches!(
-        split(&gpu, 1, &[5, 0]),
-        Err(Error::Unsupported { .. })
-    ));
+}
+
+#[test]
+fn cuda_zero_sizes_give_empty_results() {
+    let Some(dev) = common::cuda_or_skip("cuda_zero_sizes_give_empty_results") else {
+        return;
+    };
+    for dtype in DType::ALL {
+        let a = random(&[3, 5], dtype, 1);
+        let gpu = a.to(&dev, dtype).unwrap();
+        let pieces = split(&gpu, 1, &[0, 5, 0]).unwrap();
+        let shapes: Vec<&[usize]> = pieces.iter().map(|p| p.shape()).collect();
+        assert_eq!(shapes, [&[3, 0][..], &[3, 5], &[3, 0]], "{dtype}");
+        assert!(pieces.iter().all(|p| p.is_cuda() && p.dtype() == dtype));
+        assert_eq!(host(&pieces[1]), host(&a), "{dtype}");
+        let refs: Vec<&Tensor> = pieces.iter().collect();
+        let joined = concat(&refs, 1).unwrap();
+        assert_eq!(joined.shape(), [3, 5]);
+        assert_eq!(host(&joined), host(&a), "{dtype}");
+        let none = concat(&[&pieces[0], &pieces[2]], 1).unwrap();
+        assert_eq!(none.shape(), [3, 0]);
+        assert!(host(&none).is_empty());
+
+        let no_ids = indices(&[]).to(&dev).unwrap();
+        let picked = index_select(&gpu, 1, &no_ids).unwrap();
+        assert_eq!(picked.shape(), [3, 0]);
+        let grad = index_select_backward(&picked, 1, &no_ids, 5).unwrap();
+        assert_eq!((grad.shape(), grad.dtype()), (&[3, 5][..], dtype));
+        assert!(host(&grad).iter().all(|&v| v == 0.0), "{dtype}");
+    }
+    dev.as_cuda().unwrap().check_errors().unwrap();
 }
 
 // ---
 // 3. The kernels on the host (tests/common/host_kernels.rs), launched as the Rust launchers
 // launch them, against the CPU reference.
 
-/// One thread per element of `n` (`per_element` in src/device/launch.rs).
-fn per_element(entry: &str, n: usize, args: Vec<Arg>) -> Launch<'_> {
+/// A grid-stride launch over `n` elements (`grid_stride` in src/device/launch.rs).
+fn grid_stride(entry: &str, n: usize, args: Vec<Arg>) -> Launch<'_> {
     Launch {
         entry,
-        grid: ((n as u32).div_ceil(256), 1),
+        grid: (n.div_ceil(256).clamp(1, 1 << 16) as u32, 1),
         threads: 256,
         shared: 0,
         args,
@@ -391,22 +417,22 @@ fn concat_launches<'a>(
             (w > 0).then_some(run)
         })
         .collect();
-    let whole_width = widths.iter().sum::<usize>() as i32;
+    let whole_width = widths.iter().sum::<usize>() as u64;
     runs.chunks(4)
         .map(|group| {
             let mut args = vec![
                 Arg::Buf(whole),
-                Arg::I32(whole_width),
-                Arg::I32(group[0].2 as i32),
-                Arg::I32(rows as i32),
+                Arg::U64(whole_width),
+                Arg::U64(group[0].2 as u64),
+                Arg::U64(rows as u64),
             ];
             for slot in 0..4 {
                 let (buf, w) = group.get(slot).map_or((whole, 0), |&(b, w, _)| (b, w));
-                args.extend([Arg::Buf(buf), Arg::I32(w as i32)]);
+                args.extend([Arg::Buf(buf), Arg::U64(w as u64)]);
             }
             args.push(Arg::I32(split));
             let width: usize = group.iter().map(|&(_, w, _)| w).sum();
-            per_element(entry, rows * width, args)
+            grid_stride(entry, rows * width, args)
         })
         .collect()
 }
@@ -514,7 +540,12 @@ fn index_select_kernels_on_the_host_match_the_cpu() {
             let grad = index_select_backward(&g, dim, &indices(values), shape[dim]).unwrap();
             let rows: usize = shape[..dim].iter().product();
             let inner: usize = shape[dim + 1..].iter().product();
-            let sizes = [rows, shape[dim], values.len(), inner].map(|n| Arg::I32(n as i32));
+            let sizes = [
+                Arg::U64(rows as u64),
+                Arg::I32(shape[dim] as i32),
+                Arg::I32(values.len() as i32),
+                Arg::U64(inner as u64),
+            ];
 
             // Forward into a poisoned y, then the backward into a zeroed f32 accumulator.
             let buffers = vec![
@@ -534,8 +565,8 @@ fn index_select_kernels_on_the_host_match_the_cpu() {
             let out = kernels.run(
                 buffers,
                 &[
-                    per_element(&forward, y.numel(), forward_args),
-                    per_element(&backward, g.numel(), backward_args),
+                    grid_stride(&forward, y.numel(), forward_args),
+                    grid_stride(&backward, g.numel(), backward_args),
                 ],
             );
             assert_eq!(host_kernels::values(&out[1], dtype), host(&y), "{what}");
@@ -556,7 +587,7 @@ fn index_select_kernels_on_the_host_match_the_cpu() {
         let values = [1, 5, 4, -3, 0];
         let good = [(0usize, 1usize), (2, 4), (4, 0)];
         let g = random(&[5, 7], dtype, 10);
-        let sizes = [1, 5, 5, 7].map(Arg::I32);
+        let sizes = [Arg::U64(1), Arg::I32(5), Arg::I32(5), Arg::U64(7)];
         let buffers = vec![
             host_kernels::bytes(&host(&x), dtype),
             host_kernels::poisoned(35 * dtype.size_in_bytes()),
@@ -576,8 +607,8 @@ fn index_select_kernels_on_the_host_match_the_cpu() {
         let out = kernels.run(
             buffers_with_second_record,
             &[
-                per_element(&forward, 35, forward_args),
-                per_element(&backward, 35, backward_args),
+                grid_stride(&forward, 35, forward_args),
+                grid_stride(&backward, 35, backward_args),
             ],
         );
         let (xs, y) = (host(&x), host_kernels::values(&out[1], dtype));

@@ -266,6 +266,9 @@ impl CudaDevice {
     /// else converted by the elementwise kernels (through f32 between two 16-bit types).
     pub(crate) fn convert_data(&self, src: &CudaData, dtype: DType) -> Result<CudaData> {
         use kernels::ids::elementwise::{CONVERT_NAIVE as CONVERT, LOAD_NAIVE as LOAD};
+        if src.is_empty() {
+            return self.empty_data(dtype);
+        }
         match (src.dtype(), dtype) {
             (from, to) if from == to => self.copy_data(src),
             (DType::F32, to) => self.cast(src, CONVERT, to, to),
@@ -315,6 +318,21 @@ impl CudaDevice {
 
     pub(crate) fn alloc_output_data(&self, dtype: DType, len: usize) -> Result<CudaData> {
         crate::with_dtype!(dtype, T => Ok(T::wrap_cuda(self.alloc_output::<T>(len)?)))
+    }
+
+    /// The storage of a zero-size tensor: a slice of no elements. The driver refuses
+    /// zero-byte allocations (cuMemAlloc), so it owns a block of one element that nothing reads
+    /// or writes.
+    pub(crate) fn empty_data(&self, dtype: DType) -> Result<CudaData> {
+        crate::with_dtype!(dtype, T => Ok(T::wrap_cuda(self.empty_slice::<T>()?)))
+    }
+
+    /// A slice of no elements of any element type (`empty_data`'s storage; empty ids).
+    pub(crate) fn empty_slice<T: DeviceRepr>(&self) -> Result<CudaSlice<T>> {
+        let ptr = self.alloc_output::<T>(1)?.leak();
+        // SAFETY: `ptr` is a live allocation of this stream's context that the leaked slice
+        // gave up; the new slice (length 0, so no element is ever accessed) frees it.
+        Ok(unsafe { self.stream().upgrade_device_ptr::<T>(ptr, 0) })
     }
 
     /// The kernel module `file` (a `kernels/*.cu` stem), loaded once per device: the CUBIN when

@@ -24,6 +24,15 @@ pub(crate) fn blocks(count: usize) -> LaunchConfig {
     }
 }
 
+/// The most blocks of a grid-stride launch; past that its threads loop.
+pub(crate) const GRID_STRIDE_BLOCKS: usize = 1 << 16;
+
+/// A grid-stride launch over `n` elements (kernels with 64-bit `GRID_STRIDE_LOOP` indices):
+/// one thread per element up to `GRID_STRIDE_BLOCKS` blocks, so any `n` fits.
+pub(crate) fn grid_stride(n: usize) -> LaunchConfig {
+    blocks(n.div_ceil(THREADS as usize).clamp(1, GRID_STRIDE_BLOCKS))
+}
+
 /// `splits` blocks per row of `rows`, each with `shared_bytes` of dynamic shared memory.
 pub(crate) fn per_row(rows: usize, splits: usize, shared_bytes: usize) -> LaunchConfig {
     LaunchConfig {

@@ -9,10 +9,10 @@
 
 use super::Layout;
 use crate::device::kernels::{codes, ids};
-use crate::device::launch::{launch, per_element};
+use crate::device::launch::{grid_stride, launch};
 use crate::device::{data_ptr, reading, CudaDevice};
 use crate::dtype::{CudaData, DType};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::Tensor;
 use cudarc::driver::CudaStream;
 
@@ -27,29 +27,6 @@ enum Direction {
     Gather = 0,
     /// The whole into the pieces.
     Scatter = 1,
-}
-
-/// The error for a result CUDA tensors cannot hold.
-fn empty_result(what: &str, shape: &[usize]) -> Error {
-    Error::Unsupported {
-        request: format!("{what} of shape {shape:?} on CUDA"),
-        reason: "it has no elements, and CUDA tensors cannot be empty (CUDA refuses empty \
-                 allocations)"
-            .into(),
-    }
-}
-
-/// The kernels index with i32 counts: the whole must hold at most i32::MAX elements (then so
-/// does every piece, and every width and row count).
-fn check_count(what: &str, n: usize) -> Result<()> {
-    if n > i32::MAX as usize {
-        return Err(Error::TooLarge {
-            what: format!("{what} on CUDA"),
-            needed: format!("{n} elements"),
-            limit: format!("{} elements per launch", i32::MAX),
-        });
-    }
-    Ok(())
 }
 
 /// Runs `f` with the addresses of `data` for reading on `stream` (each read recorded after `f`
@@ -93,15 +70,14 @@ fn copy(
             (w > 0).then_some(run)
         })
         .collect();
-    // All fit i32: each is at most the whole's element count, checked by the callers.
-    let (rows, whole_width) = (layout.outer as i32, layout.whole_width() as i32);
+    let (rows, whole_width) = (layout.outer as u64, layout.whole_width() as u64);
     let split = direction as i32;
     for group in runs.chunks(PIECES) {
-        let col0 = group[0].2 as i32;
+        let col0 = group[0].2 as u64;
         // Unused slots: width 0, never dereferenced.
-        let mut slots = [(whole, 0i32); PIECES];
+        let mut slots = [(whole, 0u64); PIECES];
         for (slot, &(ptr, w, _)) in slots.iter_mut().zip(group) {
-            *slot = (ptr, w as i32);
+            *slot = (ptr, w as u64);
         }
         let width: usize = group.iter().map(|&(_, w, _)| w).sum();
         let [(p0, w0), (p1, w1), (p2, w2), (p3, w3)] = slots;
@@ -109,7 +85,7 @@ fn copy(
         // width (the layout the callers built from the tensors' shapes); the launch covers the
         // group's rows × width elements, columns col0..col0 + width of each whole row.
         unsafe {
-            launch!(stream, &f, per_element(layout.outer * width);
+            launch!(stream, &f, grid_stride(layout.outer * width);
                 whole, whole_width, col0, rows, p0, w0, p1, w1, p2, w2, p3, w3, split);
         }
     }
@@ -121,9 +97,8 @@ pub(super) fn concat(tensors: &[&Tensor], layout: &Layout, shape: &[usize]) -> R
     let dtype = tensors[0].dtype();
     let total = layout.outer * layout.whole_width();
     if total == 0 {
-        return Err(empty_result("a concat", shape));
+        return Tensor::from_cuda_data(dev.empty_data(dtype)?, shape, dev);
     }
-    check_count("a concat", total)?;
     let out = dev.alloc_output_data(dtype, total)?;
     let whole = data_ptr(&out, dev.stream());
     let data = tensors
@@ -139,18 +114,19 @@ pub(super) fn concat(tensors: &[&Tensor], layout: &Layout, shape: &[usize]) -> R
 pub(super) fn split(x: &Tensor, layout: &Layout, shapes: &[Vec<usize>]) -> Result<Vec<Tensor>> {
     let dev = x.cuda_device()?;
     let dtype = x.dtype();
-    check_count("a split", x.numel())?;
-    if let Some(shape) = shapes.iter().find(|s| s.iter().product::<usize>() == 0) {
-        return Err(empty_result("a split piece", shape));
-    }
     let outs = shapes
         .iter()
-        .map(|s| dev.alloc_output_data(dtype, s.iter().product()))
+        .map(|s| match s.iter().product() {
+            0 => dev.empty_data(dtype),
+            n => dev.alloc_output_data(dtype, n),
+        })
         .collect::<Result<Vec<_>>>()?;
     let pieces: Vec<u64> = outs.iter().map(|o| data_ptr(o, dev.stream())).collect();
-    reading(x.cuda_data()?, dev.stream(), |whole| {
-        copy(dev, dtype, whole, layout, &pieces, Direction::Scatter)
-    })?;
+    if x.numel() > 0 {
+        reading(x.cuda_data()?, dev.stream(), |whole| {
+            copy(dev, dtype, whole, layout, &pieces, Direction::Scatter)
+        })?;
+    }
     outs.into_iter()
         .zip(shapes)
         .map(|(data, shape)| Tensor::from_cuda_data(data, shape, dev))

@@ -12,9 +12,7 @@
 //! nothing uploaded or read back.
 //!
 //! Storage f32, f16 or bf16; values are copied exactly. All tensors of a call on one device in
-//! one dtype. A result with no elements is returned without launching on the CPU; CUDA tensors
-//! cannot hold zero elements here (CUDA refuses empty allocations), so such a result is
-//! `Error::Unsupported` on CUDA.
+//! one dtype. A result (or piece) with no elements is returned without launching.
 
 mod cpu;
 mod cuda;

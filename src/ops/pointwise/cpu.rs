@@ -1,0 +1,57 @@
+//! The CPU reference: f32 arithmetic on the values read in f32, written back in the inputs'
+//! dtype.
+
+use super::BinaryOp;
+use crate::error::Result;
+use crate::ops::activation::Activation;
+use crate::tensor::Tensor;
+
+/// The activation's gradient from its output `y` and the output's gradient `dy`, as
+/// `activation_derivative` in kernels/pointwise.cu.
+fn derivative(act: Activation, y: f32, dy: f32) -> f32 {
+    match act {
+        // `y <= 0 ? 0 : dy`: a NaN output passes the gradient on, as threshold_backward.
+        Activation::Relu => {
+            if y <= 0.0 {
+                0.0
+            } else {
+                dy
+            }
+        }
+        Activation::Sigmoid => dy * (1.0 - y) * y,
+        Activation::Tanh => dy * (1.0 - y * y),
+    }
+}
+
+pub(super) fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    let y: Vec<f32> = x.to_vec_f32()?.into_iter().map(|v| act.apply(v)).collect();
+    Tensor::from_f32(&y, x.shape(), x.dtype())
+}
+
+pub(super) fn activation_backward(y: &Tensor, dy: &Tensor, act: Activation) -> Result<Tensor> {
+    let dx: Vec<f32> = (y.to_vec_f32()?.into_iter())
+        .zip(dy.to_vec_f32()?)
+        .map(|(y, dy)| derivative(act, y, dy))
+        .collect();
+    Tensor::from_f32(&dx, y.shape(), y.dtype())
+}
+
+pub(super) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
+    let y: Vec<f32> = (a.to_vec_f32()?.into_iter())
+        .zip(b.to_vec_f32()?)
+        .map(|(a, b)| op.apply(a, b))
+        .collect();
+    Tensor::from_f32(&y, a.shape(), a.dtype())
+}
+
+pub(super) fn mul_backward(a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dy = dy.to_vec_f32()?;
+    let times = |t: &Tensor| -> Result<Tensor> {
+        let v: Vec<f32> = (t.to_vec_f32()?.into_iter())
+            .zip(&dy)
+            .map(|(v, g)| g * v)
+            .collect();
+        Tensor::from_f32(&v, t.shape(), t.dtype())
+    };
+    Ok((times(b)?, times(a)?))
+}
