@@ -40,6 +40,9 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod device;
 mod dtype;
 pub mod error;

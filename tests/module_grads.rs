@@ -180,3 +180,33 @@ fn gradients_that_do_not_meet_the_parameters_are_errors_naming_them() {
         assert_eq!(a.to_vec_f32().unwrap(), b.to_vec_f32().unwrap(), "{name}");
     }
 }
+
+#[test]
+fn a_parameter_replaced_by_one_of_another_shape_or_dtype_is_refused_before_any_work() {
+    let mut model = Model::random(3);
+    let x = Tensor::from_vec(common::random(2 * 3 * 5, 1.0, 1), &[2, 3, 5]).unwrap();
+    for (name, t) in model.encoder.parameters_mut() {
+        if name == "weight_hh_l0" {
+            *t = Tensor::from_vec(vec![0.5f32; 24 * 5], &[24, 5]).unwrap();
+        }
+    }
+    let err = model
+        .encoder
+        .forward(&x, None, None)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("weight_hh_l0"), "{err}");
+    let reserve_err = model.encoder.forward_train(&x, None, None).err();
+    assert!(reserve_err.is_some());
+
+    let keys = Tensor::from_vec(common::random(3 * 2 * 12, 1.0, 2), &[3, 2, 12]).unwrap();
+    for (_, t) in model.attention.parameters_mut() {
+        *t = Tensor::from_f32(&t.to_vec_f32().unwrap(), t.shape(), DType::F16).unwrap();
+    }
+    let err = model
+        .attention
+        .keys(&keys, None, None)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("key_proj.weight"), "{err}");
+}

@@ -242,12 +242,16 @@ impl CudaDevice {
     /// # Safety
     /// Both ranges must lie in live allocations of this context.
     pub(crate) unsafe fn copy_async(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
-        Ok(dr::memcpy_dtod_async(
-            dst,
-            src,
-            bytes,
-            self.stream().cu_stream(),
-        )?)
+        // SAFETY: the caller's contract (see # Safety) covers both `bytes`-byte ranges; the
+        // stream is this device's, live while `self` is.
+        unsafe {
+            Ok(dr::memcpy_dtod_async(
+                dst,
+                src,
+                bytes,
+                self.stream().cu_stream(),
+            )?)
+        }
     }
 
     /// A copy of `src`, a buffer of this device, made on the device's stream.

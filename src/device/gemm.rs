@@ -36,27 +36,33 @@ impl Lane {
         beta: f32,
     ) -> Result<()> {
         let alpha = 1.0f32;
-        result::gemm_ex(
-            *self.blas.handle(),
-            sys::cublasOperation_t::CUBLAS_OP_T,
-            sys::cublasOperation_t::CUBLAS_OP_N,
-            n as i32,
-            m as i32,
-            k as i32,
-            &alpha as *const f32 as *const _,
-            b.ptr as *const _,
-            cuda_type(b.dtype),
-            b.ld as i32,
-            a.ptr as *const _,
-            cuda_type(a.dtype),
-            a.ld as i32,
-            &beta as *const f32 as *const _,
-            c as *mut _,
-            sys::cudaDataType::CUDA_R_32F,
-            ldc as i32,
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )?;
+        // SAFETY: the caller's contract (see # Safety) covers the three device ranges cuBLAS
+        // reads and writes; `alpha` and `beta` are host scalars (cuBLAS's default pointer
+        // mode), live for the call, which reads them before it returns; the handle is this
+        // lane's, bound to its stream.
+        unsafe {
+            result::gemm_ex(
+                *self.blas.handle(),
+                sys::cublasOperation_t::CUBLAS_OP_T,
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha as *const f32 as *const _,
+                b.ptr as *const _,
+                cuda_type(b.dtype),
+                b.ld as i32,
+                a.ptr as *const _,
+                cuda_type(a.dtype),
+                a.ld as i32,
+                &beta as *const f32 as *const _,
+                c as *mut _,
+                sys::cudaDataType::CUDA_R_32F,
+                ldc as i32,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )?;
+        }
         Ok(())
     }
 }
@@ -116,31 +122,37 @@ impl Lane {
             Op::AsIs => sys::cublasOperation_t::CUBLAS_OP_N,
             Op::Transposed => sys::cublasOperation_t::CUBLAS_OP_T,
         };
-        result::gemm_strided_batched_ex(
-            *self.blas.handle(),
-            op(g.b_op),
-            op(g.a_op),
-            g.n as i32,
-            g.m as i32,
-            g.k as i32,
-            &alpha as *const f32 as *const _,
-            g.b.mat.ptr as *const _,
-            cuda_type(g.b.mat.dtype),
-            g.b.mat.ld as i32,
-            g.b.stride as i64,
-            g.a.mat.ptr as *const _,
-            cuda_type(g.a.mat.dtype),
-            g.a.mat.ld as i32,
-            g.a.stride as i64,
-            &g.beta as *const f32 as *const _,
-            g.c.mat.ptr as *mut _,
-            cuda_type(g.c.mat.dtype),
-            g.c.mat.ld as i32,
-            g.c.stride as i64,
-            g.count as i32,
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )?;
+        // SAFETY: the caller's contract (see # Safety) covers every matrix of the batch that
+        // cuBLAS reads or writes; `alpha` and `g.beta` are host scalars (cuBLAS's default
+        // pointer mode), live for the call, which reads them before it returns; the handle is
+        // this lane's, bound to its stream.
+        unsafe {
+            result::gemm_strided_batched_ex(
+                *self.blas.handle(),
+                op(g.b_op),
+                op(g.a_op),
+                g.n as i32,
+                g.m as i32,
+                g.k as i32,
+                &alpha as *const f32 as *const _,
+                g.b.mat.ptr as *const _,
+                cuda_type(g.b.mat.dtype),
+                g.b.mat.ld as i32,
+                g.b.stride as i64,
+                g.a.mat.ptr as *const _,
+                cuda_type(g.a.mat.dtype),
+                g.a.mat.ld as i32,
+                g.a.stride as i64,
+                &g.beta as *const f32 as *const _,
+                g.c.mat.ptr as *mut _,
+                cuda_type(g.c.mat.dtype),
+                g.c.mat.ld as i32,
+                g.c.stride as i64,
+                g.count as i32,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )?;
+        }
         Ok(())
     }
 }

@@ -43,8 +43,9 @@ pub(crate) fn per_row(rows: usize, splits: usize, shared_bytes: usize) -> Launch
 }
 
 /// Launches kernel `$f` with `$cfg` on `$stream`. Arguments must be places (the builder
-/// borrows them until the launch). Every call site is `unsafe`, with a `SAFETY:` line (or an
-/// `unsafe fn` contract) saying why the addresses and sizes are valid.
+/// borrows them until the launch). Every call site is in an `unsafe` block of its own (inside
+/// an `unsafe fn` too: the crate denies `unsafe_op_in_unsafe_fn`) with a `SAFETY:` line saying
+/// why the addresses and sizes are valid, or which `# Safety` contract of its function does.
 macro_rules! launch {
     ($stream:expr, $f:expr, $cfg:expr; $($arg:expr),+ $(,)?) => {{
         use cudarc::driver::PushKernelArg as _;

@@ -69,6 +69,8 @@ pub struct Attention {
     query_size: Option<usize>,
     /// Dk when the parameters fix it (additive, general).
     key_size: Option<usize>,
+    /// The parameters' shapes as built, in state_dict order.
+    shapes: Vec<Vec<usize>>,
 }
 
 /// A dimension of a parameter's expected shape: one fixed by another parameter, or any
@@ -188,7 +190,13 @@ impl Attention {
             Score::General => (params.w_k.as_ref().map(|t| t.shape()[0]), cols(&params.w_k)),
             Score::Dot { .. } => (None, None),
         };
+        let shapes = params
+            .named()
+            .into_iter()
+            .filter_map(|(_, t)| t.map(|t| t.shape().to_vec()))
+            .collect();
         Attention {
+            shapes,
             score,
             params,
             device: Device::Cpu,
@@ -322,6 +330,12 @@ impl Attention {
         self.layer().projection_width()
     }
 
+    /// The parameters as built (see `nn::module::check_parameters`).
+    fn check_parameters(&self) -> Result<()> {
+        let params = self.parameters();
+        super::module::check_parameters(&params, &self.shapes, &self.device, self.dtype)
+    }
+
     /// The ops' view of this layer.
     fn layer(&self) -> attention::Layer<'_> {
         attention::Layer {
@@ -345,6 +359,7 @@ impl Attention {
         values: Option<&Tensor>,
         lengths: Option<&[usize]>,
     ) -> Result<Keys> {
+        self.check_parameters()?;
         attention::keys(&self.layer(), keys, values, lengths)
     }
 
@@ -361,12 +376,14 @@ impl Attention {
         query: &Tensor,
         grad_context: &Tensor,
     ) -> Result<attention::AttentionGradients> {
+        self.check_parameters()?;
         attention::backward(&self.layer(), keys, values, lengths, query, grad_context)
     }
 
     /// Attends `query` ([B, Dq], or [B, Tq, Dq] for many queries per row) over `keys`; the
     /// context (and the weights, when asked for) come back with the query's rank.
     pub fn attend(&self, keys: &Keys, query: &Tensor, want_weights: bool) -> Result<Attended> {
+        self.check_parameters()?;
         attention::attend(&self.layer(), keys, query, want_weights)
     }
 }

@@ -52,6 +52,43 @@ pub trait Module {
     }
 }
 
+/// Checks that `params` are still what the layer was built with: as many, each of its shape
+/// in `shapes`, on `device` in `dtype`. `parameters_mut` hands out `&mut Tensor`s, and the
+/// kernels read the weights by address with the layer's sizes, so a tensor replaced by one of
+/// another shape, dtype or device must be refused before any work.
+pub(crate) fn check_parameters(
+    params: &[(String, &Tensor)],
+    shapes: &[Vec<usize>],
+    device: &crate::Device,
+    dtype: crate::DType,
+) -> Result<()> {
+    if params.len() != shapes.len() {
+        return Err(Error::Config(format!(
+            "the layer has {} parameters, built with {}",
+            params.len(),
+            shapes.len()
+        )));
+    }
+    for ((name, t), shape) in params.iter().zip(shapes) {
+        if t.shape() != shape.as_slice() {
+            return Err(Error::shape(
+                name,
+                format!("{shape:?} (as built)"),
+                t.shape(),
+            ));
+        }
+        if t.dtype() != dtype {
+            return Err(Error::DType {
+                tensor: name.clone(),
+                expected: format!("{dtype} (the layer's)"),
+                got: t.dtype().name().into(),
+            });
+        }
+        t.check_on(device, name)?;
+    }
+    Ok(())
+}
+
 /// The parameters of `children`, each name under its child's prefix: how a model made of
 /// layers implements `Module::parameters`.
 pub fn parameters_of<'a>(children: &[(&str, &'a dyn Module)]) -> Vec<(String, &'a Tensor)> {

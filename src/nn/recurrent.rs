@@ -5,6 +5,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::io::TensorFile;
+use crate::nn::module::check_parameters;
 use crate::nn::Module;
 use crate::ops::algo::Algo;
 use crate::ops::recurrent::{
@@ -403,6 +404,7 @@ impl Recurrent {
         grad_h_n: Option<&Tensor>,
         grad_c_n: Option<&Tensor>,
     ) -> Result<Gradients> {
+        self.check_weights()?;
         recurrent::backward(
             &self.device,
             self.algo,
@@ -431,6 +433,7 @@ impl Recurrent {
         lengths: Option<&[usize]>,
         run: impl FnOnce(&Call<'_>) -> Result<T>,
     ) -> Result<T> {
+        self.check_weights()?;
         let dims = self.dims(input)?;
         self.check_tensor(input, "input", None)?;
         self.check_tensor_opt(h0, "h0", &dims.state_shape())?;
@@ -445,6 +448,13 @@ impl Recurrent {
             c0,
             lengths: &lengths,
         })
+    }
+
+    /// The weights as the spec sizes them, on the layer's device in its dtype (see
+    /// `check_parameters`).
+    fn check_weights(&self) -> Result<()> {
+        let shapes: Vec<Vec<usize>> = self.spec.parameters().map(|(_, s)| s).collect();
+        check_parameters(&self.parameters(), &shapes, &self.device, self.dtype)
     }
 
     /// See the layers' `reserve_bytes` (usize::MAX when the count overflows).

@@ -37,7 +37,9 @@ pub fn compile(source: &str, name: &str, arch: &str) -> Result<Compiled, String>
     let src = CString::new(source).map_err(|_| format!("{name}: source contains a NUL byte"))?;
     let cname = CString::new(name).map_err(|_| format!("{name}: name contains a NUL byte"))?;
     let prog = result::create_program(&src, Some(&cname)).map_err(|e| format!("{name}: {e:?}"))?;
-    // SAFETY: `prog` is a live program from create_program; it is destroyed once below.
+    // SAFETY: `prog` is a live program from create_program, used only before it is destroyed
+    // (once, last); `cubin`'s contract holds: it runs only after compile_program succeeded for
+    // an `sm_` arch.
     unsafe {
         let compiled = result::compile_program(prog, &options(arch));
         let log = match result::get_program_log(prog) {
@@ -60,11 +62,15 @@ pub fn compile(source: &str, name: &str, arch: &str) -> Result<Compiled, String>
 /// `prog` must be a successfully compiled program for an `sm_` target.
 unsafe fn cubin(prog: sys::nvrtcProgram) -> Result<Vec<u8>, String> {
     let mut size = 0usize;
-    sys::nvrtcGetCUBINSize(prog, &mut size)
+    // SAFETY: `prog` is a live, compiled program (the caller's contract); `size` is valid for
+    // one write.
+    unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) }
         .result()
         .map_err(|e| format!("nvrtcGetCUBINSize: {e:?}"))?;
     let mut buf = vec![0u8; size];
-    sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char)
+    // SAFETY: `prog` as above; `buf` holds the `size` bytes NVRTC just reported for this
+    // program's CUBIN, which is all it writes.
+    unsafe { sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char) }
         .result()
         .map_err(|e| format!("nvrtcGetCUBIN: {e:?}"))?;
     Ok(buf)

@@ -42,7 +42,8 @@ impl PackedB {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F; the asserts above bound a and c.
+                // SAFETY: the CPU has AVX-512F; the asserts above bound a (read only when k > 0)
+                // and c as `avx512::matmul` requires.
                 return unsafe { avx512::matmul(self, m, a.as_ptr(), lda, c.as_mut_ptr(), ldc) };
             }
             if std::arch::is_x86_feature_detected!("avx2")
@@ -141,8 +142,8 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// The CPU has AVX-512F; a holds rows [r, r + MR) of k columns at stride lda and c the same
-    /// rows of n columns at stride ldc.
+    /// The CPU has AVX-512F; p < ⌈n/16⌉ and r + MR ≤ m; unless k is 0, a holds rows
+    /// [r, r + MR) of k columns at stride lda; c holds the same rows of n columns at stride ldc.
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn tile<const MR: usize, const NP: usize>(
@@ -155,16 +156,24 @@ mod avx512 {
         ldc: usize,
     ) {
         let k = b.k;
-        let panels = b.panels.as_ptr().add(p * k * LANES);
-        let a = a.add(r * lda);
+        // SAFETY: `panels` holds ⌈n/16⌉·k·16 values and p < ⌈n/16⌉ (the caller's contract), so
+        // the offset stays inside it (or one past its end when k is 0).
+        let panels = unsafe { b.panels.as_ptr().add(p * k * LANES) };
+        // Row r of a, only read when k > 0: wrapping, since with k = 0 `a` may be an empty
+        // slice's pointer that no offset may leave.
+        let a = a.wrapping_add(r * lda);
         let mut acc = [[_mm512_setzero_ps(); NP]; MR];
         for i in 0..k {
             let mut w = [_mm512_setzero_ps(); NP];
             for (q, w) in w.iter_mut().enumerate() {
-                *w = _mm512_loadu_ps(panels.add(q * k * LANES + i * LANES));
+                // SAFETY: for_each_tile gives p + q < ⌈n/16⌉, and i < k: the 16 values at
+                // (p + q)·k·16 + i·16 lie in `panels` (AVX-512F: the caller's contract).
+                *w = unsafe { _mm512_loadu_ps(panels.add(q * k * LANES + i * LANES)) };
             }
             for (row, acc_row) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*a.add(row * lda + i));
+                // SAFETY: k > 0 here, so by the caller's contract row r + row < m of a holds
+                // column i < k.
+                let x = _mm512_set1_ps(unsafe { *a.add(row * lda + i) });
                 for (s, &w) in acc_row.iter_mut().zip(&w) {
                     *s = _mm512_fmadd_ps(x, w, *s);
                 }
@@ -173,17 +182,23 @@ mod avx512 {
         for (row, acc_row) in acc.iter().enumerate() {
             for (q, &lanes) in acc_row.iter().enumerate() {
                 let col = (p + q) * LANES;
-                let dst = c.add((r + row) * ldc + col);
-                match b.n - col {
-                    LANES.. => _mm512_storeu_ps(dst, lanes),
-                    width => _mm512_mask_storeu_ps(dst, (1u16 << width) - 1, lanes),
+                // SAFETY: row r + row < m and col < n (p + q < ⌈n/16⌉), so the address is in
+                // c (the caller's contract); a full store writes columns [col, col + 16) only
+                // when col + 16 ≤ n, else the mask keeps the n - col < 16 columns that exist.
+                unsafe {
+                    let dst = c.add((r + row) * ldc + col);
+                    match b.n - col {
+                        LANES.. => _mm512_storeu_ps(dst, lanes),
+                        width => _mm512_mask_storeu_ps(dst, (1u16 << width) - 1, lanes),
+                    }
                 }
             }
         }
     }
 
     /// # Safety
-    /// As `tile`, for rows [0, m).
+    /// The CPU has AVX-512F; unless k is 0, a holds m rows of k columns at stride lda
+    /// ((m-1)·lda + k values); c holds m rows of n columns at stride ldc ((m-1)·ldc + n).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn matmul(
         b: &PackedB,
@@ -193,7 +208,9 @@ mod avx512 {
         c: *mut f32,
         ldc: usize,
     ) {
-        for_each_tile!(b, m, tile, a, lda, c, ldc);
+        // SAFETY: for_each_tile calls `tile` with r + MR ≤ m and p + NP ≤ ⌈n/16⌉; the CPU
+        // features and the extents of a and c are this function's own contract.
+        unsafe { for_each_tile!(b, m, tile, a, lda, c, ldc) };
     }
 }
 

@@ -85,6 +85,7 @@ impl Budgeted {
 unsafe impl GlobalAlloc for Budgeted {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match Self::admit(layout.size()) {
+            // SAFETY: `layout` comes from our caller under GlobalAlloc::alloc's contract.
             true => unsafe { System.alloc(layout) },
             false => std::ptr::null_mut(),
         }
@@ -92,6 +93,7 @@ unsafe impl GlobalAlloc for Budgeted {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match Self::admit(layout.size()) {
+            // SAFETY: as in `alloc`.
             true => unsafe { System.alloc_zeroed(layout) },
             false => std::ptr::null_mut(),
         }
@@ -99,6 +101,8 @@ unsafe impl GlobalAlloc for Budgeted {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         Self::release(layout.size());
+        // SAFETY: `ptr` came from System with `layout` (every block here does), the caller's
+        // contract.
         unsafe { System.dealloc(ptr, layout) }
     }
 
@@ -106,6 +110,8 @@ unsafe impl GlobalAlloc for Budgeted {
         if !Self::admit(new_size) {
             return std::ptr::null_mut();
         }
+        // SAFETY: `ptr` came from System with `layout`, and `new_size` is valid for it (the
+        // caller's contract).
         let moved = unsafe { System.realloc(ptr, layout, new_size) };
         // On failure the old block stays; either way one of the two sizes is not held.
         Self::release(if moved.is_null() {

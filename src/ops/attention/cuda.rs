@@ -147,7 +147,9 @@ impl OnDevice {
     /// y[rows, n] (f32, at `y`) = x[rows, k] · Wᵀ (+ b) for a weight W [n, k] at `w`.
     ///
     /// # Safety
-    /// `x` addresses rows·k elements of the layer's dtype, `y` rows·n f32, `b` n elements or 0.
+    /// `x` addresses rows·k elements of the layer's dtype (k = `w.ld`), `y` rows·n f32, `b` n
+    /// elements of the layer's dtype or is 0, and `w` is one of this layer's weights, [n, k];
+    /// all live on this device.
     unsafe fn linear(
         &self,
         x: u64,
@@ -163,10 +165,15 @@ impl OnDevice {
             ld: k,
             dtype: self.dtype,
         };
-        self.dev.lanes()[0].gemm_abt(rows, n, k, a, w, y, n, 0.0)?;
+        // SAFETY: the caller's contract (see # Safety): x [rows, k], w [n, k], y [rows, n] f32.
+        unsafe { self.dev.lanes()[0].gemm_abt(rows, n, k, a, w, y, n, 0.0)? };
         if b != 0 {
             let (ldy, rows_i, cols) = (n as i32, rows as i32, n as i32);
-            launch!(self.dev.stream(), &self.kernels.add_bias, per_element(rows * n); y, ldy, b, rows_i, cols);
+            // SAFETY: y holds rows·n f32 and b n elements (the caller's contract); one thread
+            // per element of rows·n.
+            unsafe {
+                launch!(self.dev.stream(), &self.kernels.add_bias, per_element(rows * n); y, ldy, b, rows_i, cols)
+            };
         }
         Ok(())
     }
@@ -174,11 +181,13 @@ impl OnDevice {
     /// f32 `src` (len elements) into a new buffer of the layer's dtype.
     ///
     /// # Safety
-    /// `src` addresses len f32 on this device.
+    /// `src` addresses len f32 in a live buffer on this device.
     unsafe fn convert(&self, src: u64, len: usize) -> Result<CudaData> {
         let out = self.dev.alloc_output_data(self.dtype, len)?;
         let (dst, n) = (data_ptr(&out, self.dev.stream()), len as i32);
-        launch!(self.dev.stream(), &self.kernels.convert, per_element(len); src, dst, n);
+        // SAFETY: src holds len f32 (the caller's contract); `out` was just allocated with
+        // len elements of the layer's dtype; one thread per element.
+        unsafe { launch!(self.dev.stream(), &self.kernels.convert, per_element(len); src, dst, n) };
         Ok(out)
     }
 
@@ -308,7 +317,9 @@ impl OnDevice {
     }
 
     /// # Safety
-    /// As `attend`'s.
+    /// As `attend`'s: `j.q` holds rows·k elements of the layer's dtype (rows·Dq: k is Dq for
+    /// products, and additive scores project it first); the source's projected keys B·L·K and
+    /// values B·L·Dv elements, its lengths B i32 in 1..=L; all live on this device.
     unsafe fn fused(
         &self,
         j: &Job<'_>,
@@ -333,7 +344,9 @@ impl OnDevice {
         // The query side: W_q q + b_q in f32 for additive scores; products read q as it is.
         let (qf, qt) = match (additive, self.w_q) {
             (true, Some(w)) => {
-                self.linear(j.q, j.rows, w, j.k, self.b_q, qf)?;
+                // SAFETY: q [rows, Dq] (the caller's contract) through W_q [A, Dq] (A = k) and
+                // b_q [A] (or 0) into qf, the workspace's first rows·k f32.
+                unsafe { self.linear(j.q, j.rows, w, j.k, self.b_q, qf)? };
                 (qf, 0u64)
             }
             _ => (0u64, j.q),
@@ -363,14 +376,28 @@ impl OnDevice {
             self.score_v,
             j.scale,
         );
-        launch!(self.dev.stream(), &self.kernels.fused, per_row(j.rows, splits, bytes);
-            qf, qt, kp, vals, v, scale, lengths, tq, len, k, dv, mode, chunk_i, splits_i,
-            partial, probs, ctx, w);
+        // SAFETY: the caller's contract covers q (qt, read when not additive), kp, vals and
+        // lengths; qf holds rows·k f32 (additive), v is the layer's score vector [A] (or 0),
+        // partial rows·splits·(2 + Dv) f32 and probs rows·L f32 in the workspace (0 when
+        // unused), ctx rows·Dv and w rows·L (or 0) of the layer's dtype, just allocated. Grid
+        // rows × splits, each block with `bytes` of shared memory, which allow_shared let it
+        // take.
+        unsafe {
+            launch!(self.dev.stream(), &self.kernels.fused, per_row(j.rows, splits, bytes);
+                qf, qt, kp, vals, v, scale, lengths, tq, len, k, dv, mode, chunk_i, splits_i,
+                partial, probs, ctx, w)
+        };
         if splits > 1 {
             // Padded: the compiler may load a few factors past the last in one wide read.
             let factors = 4 * (splits.next_multiple_of(4) + 4);
-            launch!(self.dev.stream(), &self.kernels.combine, per_row(j.rows, 1, factors);
-                partial, probs, lengths, tq, len, dv, chunk_i, splits_i, ctx, w);
+            // SAFETY: reads the partial sums (and probs) the fused launch wrote, writes ctx
+            // and w as above; one block per row, its shared memory the padded factors (more
+            // than the default 48 KiB only past ~50M keys, which the driver refuses as an
+            // error).
+            unsafe {
+                launch!(self.dev.stream(), &self.kernels.combine, per_row(j.rows, 1, factors);
+                    partial, probs, lengths, tq, len, dv, chunk_i, splits_i, ctx, w)
+            };
         }
         Ok((context, weights))
     }
@@ -394,7 +421,7 @@ impl OnDevice {
     }
 
     /// # Safety
-    /// As `attend`'s.
+    /// As `fused`.
     unsafe fn naive(
         &self,
         j: &Job<'_>,
@@ -421,53 +448,77 @@ impl OnDevice {
         if additive {
             // tanh(W_q q + b_q + kp) for every (row, key) [rows·L, A], then a GEMV with v.
             let w_q = self.w_q.expect("additive layers have query_proj");
-            self.linear(j.q, rows, w_q, k, self.b_q, qf)?;
+            // SAFETY: q [rows, Dq] (the caller's contract) through W_q [A, Dq] (A = k) and b_q
+            // into qf, the workspace's first rows·k f32.
+            unsafe { self.linear(j.q, rows, w_q, k, self.b_q, qf)? };
             let rows_i = rows as i32;
             let kp = j.keys.projected;
-            launch!(self.dev.stream(), &self.kernels.broadcast_add, per_element(terms); qf, kp, sum, rows_i, tq_i, len_i, k_i);
             let (n_rows, act) = ((rows * len) as i32, Activation::Tanh.code());
-            launch!(self.dev.stream(), &self.kernels.unary, per_element(terms); sum, k_i, sum, k_i, n_rows, k_i, act);
             let score_v = self.score_v;
-            launch!(self.dev.stream(), &self.kernels.load, per_element(k); score_v, v, k_i);
             let f32_mat = |ptr| MatRef {
                 ptr,
                 ld: k,
                 dtype: DType::F32,
             };
-            lane.gemm_abt(rows * len, 1, k, f32_mat(sum), f32_mat(v), e, 1, 0.0)?;
+            // SAFETY: sum = tanh(qf + kp) holds `terms` = rows·L·k f32 in the workspace, from
+            // qf [rows, k] and the keys' B·L·k (the caller's contract), one thread per term;
+            // the layer's score vector v (k elements of its dtype, live with the layer) is
+            // widened into the workspace's k f32 after qf; e [rows·L] f32 = sum · v.
+            unsafe {
+                launch!(self.dev.stream(), &self.kernels.broadcast_add, per_element(terms); qf, kp, sum, rows_i, tq_i, len_i, k_i);
+                launch!(self.dev.stream(), &self.kernels.unary, per_element(terms); sum, k_i, sum, k_i, n_rows, k_i, act);
+                launch!(self.dev.stream(), &self.kernels.load, per_element(k); score_v, v, k_i);
+                lane.gemm_abt(rows * len, 1, k, f32_mat(sum), f32_mat(v), e, 1, 0.0)?;
+            }
         } else {
             // Products: e[b] = Q[b] · KP[b]ᵀ, one batched GEMM over the rows' sources.
+            // SAFETY: per row b of the batch, Q[b] [Tq, k] of the query (rows = B·Tq, k = Dq)
+            // and KP[b] [L, k] of the keys (the caller's contract); e [B, Tq, L] f32 is the
+            // workspace's rows·L f32 at `e`.
+            unsafe {
+                lane.gemm_batched(&Batched {
+                    count: j.batch,
+                    m: j.tq,
+                    n: len,
+                    k,
+                    a: Strided::new(j.q, k, self.dtype, j.tq * k),
+                    a_op: Op::AsIs,
+                    b: Strided::new(j.keys.projected, k, self.dtype, len * k),
+                    b_op: Op::Transposed,
+                    c: Strided::new(e, len, DType::F32, j.tq * len),
+                    beta: 0.0,
+                })?
+            };
+        }
+        let (lengths, scale) = (j.keys.lengths, j.scale);
+        // SAFETY: e and p are the workspace's rows·L f32 each, lengths B i32 (the caller's
+        // contract); one block per row.
+        unsafe {
+            launch!(self.dev.stream(), &self.kernels.softmax, per_row(rows, 1, 0); e, p, lengths, tq_i, len_i, scale)
+        };
+        // The weights in the storage dtype are also the context GEMM's left operand.
+        // SAFETY: p holds rows·L f32.
+        let weights = unsafe { self.convert(p, rows * len)? };
+        let w = data_ptr(&weights, self.dev.stream());
+        // SAFETY: per row b of the batch, the weights [Tq, L] just converted and the values
+        // [L, Dv] (the caller's contract); ctx [B, Tq, Dv] f32 is the workspace's last
+        // rows·Dv f32.
+        unsafe {
             lane.gemm_batched(&Batched {
                 count: j.batch,
                 m: j.tq,
-                n: len,
-                k,
-                a: Strided::new(j.q, k, self.dtype, j.tq * k),
+                n: dv,
+                k: len,
+                a: Strided::new(w, len, self.dtype, j.tq * len),
                 a_op: Op::AsIs,
-                b: Strided::new(j.keys.projected, k, self.dtype, len * k),
-                b_op: Op::Transposed,
-                c: Strided::new(e, len, DType::F32, j.tq * len),
+                b: Strided::new(j.keys.values, dv, self.dtype, len * dv),
+                b_op: Op::AsIs,
+                c: Strided::new(ctx, dv, DType::F32, j.tq * dv),
                 beta: 0.0,
-            })?;
-        }
-        let (lengths, scale) = (j.keys.lengths, j.scale);
-        launch!(self.dev.stream(), &self.kernels.softmax, per_row(rows, 1, 0); e, p, lengths, tq_i, len_i, scale);
-        // The weights in the storage dtype are also the context GEMM's left operand.
-        let weights = self.convert(p, rows * len)?;
-        let w = data_ptr(&weights, self.dev.stream());
-        lane.gemm_batched(&Batched {
-            count: j.batch,
-            m: j.tq,
-            n: dv,
-            k: len,
-            a: Strided::new(w, len, self.dtype, j.tq * len),
-            a_op: Op::AsIs,
-            b: Strided::new(j.keys.values, dv, self.dtype, len * dv),
-            b_op: Op::AsIs,
-            c: Strided::new(ctx, dv, DType::F32, j.tq * dv),
-            beta: 0.0,
-        })?;
-        let context = self.convert(ctx, rows * dv)?;
+            })?
+        };
+        // SAFETY: ctx holds rows·Dv f32.
+        let context = unsafe { self.convert(ctx, rows * dv)? };
         Ok((context, want_weights.then_some(weights)))
     }
 }

@@ -406,7 +406,8 @@ impl Plan {
     ///
     /// # Safety
     /// `self.addr` must hold the addresses `Plan::new` took, of buffers sized for
-    /// `self.key.dims` and of weights of PyTorch's shapes for those dims, all still alive.
+    /// `self.key.dims` and of weights of PyTorch's shapes for those dims, all still alive;
+    /// `lanes` are lanes of the device those buffers live on.
     unsafe fn issue(&self, lanes: &[Lane; 2]) -> Result<()> {
         let dims = self.key.dims;
         // Persistent directions run side by side only when both grids fit on the GPU at once.
@@ -418,12 +419,17 @@ impl Plan {
         if self.persistent.is_some() {
             // Both lanes' failure flags start at 0 once per pass, so that a layer that gave up
             // is still reported after the layers that follow it.
-            fill_bytes_async(
-                &lanes[0].stream,
-                self.addr.lanes[0].sync,
-                0,
-                4 * 2 * persistent::SYNC_WORDS,
-            )?;
+            // SAFETY: a persistent plan's `sync` buffer holds 2·SYNC_WORDS u32 and lane 0's
+            // words start it (Plan::new), so both lanes' words are these 4·2·SYNC_WORDS bytes;
+            // the plan owns the buffer (the caller's contract: still alive).
+            unsafe {
+                fill_bytes_async(
+                    &lanes[0].stream,
+                    self.addr.lanes[0].sync,
+                    0,
+                    4 * 2 * persistent::SYNC_WORDS,
+                )?
+            };
         }
         for layer in 0..dims.layers {
             if forked {
@@ -431,7 +437,8 @@ impl Plan {
             }
             for dir in 0..dims.dirs {
                 let lane = if forked { &lanes[dir] } else { &lanes[0] };
-                self.issue_direction(lane, layer, dir)?;
+                // SAFETY: this function's own contract; layer < L and dir < D.
+                unsafe { self.issue_direction(lane, layer, dir)? };
             }
             if forked {
                 lanes[0].stream.join(&lanes[1].stream)?;
@@ -441,7 +448,7 @@ impl Plan {
     }
 
     /// # Safety
-    /// As `issue`.
+    /// As `issue`; `layer` < L and `dir` < D of `self.key.dims`.
     unsafe fn issue_direction(&self, lane: &Lane, layer: usize, dir: usize) -> Result<()> {
         let PlanKey { dims, dtype, .. } = self.key;
         let Dims {
@@ -494,11 +501,16 @@ impl Plan {
             reverse: dir as i32,
         };
         // x is [rows, in_w], w_ih [G·H, in_w], xw [rows, G·H] f32.
-        lane.gemm_abt(rows, gw, in_w, x, w.w_ih, la.xw, gw, 0.0)?;
+        // SAFETY: the caller's contract (see # Safety): x is the plan's input [rows, I] (layer
+        // 0) or the previous layer's output [rows, D·O], both in_w wide; w_ih is this slot's
+        // [G·H, in_w] weight; the lane's xw holds rows·G·H f32.
+        unsafe { lane.gemm_abt(rows, gw, in_w, x, w.w_ih, la.xw, gw, 0.0)? };
         if let Some(p) = &self.persistent {
             step.h_next = a.h_n + h_slot;
             step.c_next = if a.c_n == 0 { 0 } else { a.c_n + c_slot };
-            return self.persistent_direction(lane, la, w, &step, p, seq_len);
+            // SAFETY: as above; the plan is persistent, so Plan::new gave it persistent
+            // scratch (hbuf, sync), and `step` holds this slot's h0/c0 and h_n/c_n.
+            return unsafe { self.persistent_direction(lane, la, w, &step, p, seq_len) };
         }
         for s in 0..seq_len {
             let last = s + 1 == seq_len;
@@ -522,10 +534,18 @@ impl Plan {
                 dtype,
             };
             // h_prev [B, O], w_hh [G·H, O], hh [B, G·H] f32.
-            lane.gemm_abt(batch, gw, out, h_prev, w.w_hh, la.hh, gw, 0.0)?;
-            match self.key.kind {
-                StepKind::Naive => self.naive_step(lane, la, w, &step)?,
-                _ => self.fused_step(lane, la, w, &step)?,
+            // SAFETY: the caller's contract: h_prev is this slot of h0 (or of h_n) or one of the
+            // lane's ping buffers, each B·O elements; w_hh is [G·H, O]; hh holds B·G·H f32.
+            unsafe { lane.gemm_abt(batch, gw, out, h_prev, w.w_hh, la.hh, gw, 0.0)? };
+            // SAFETY: `step` addresses this step's buffers (see above): h_prev and h_next are
+            // B·O elements (h0 / ping / h_n slot), c_prev and c_next B·H (or 0 when not an
+            // LSTM), `out` this direction's columns of the layer output [rows, D·O]; the plan
+            // has naive scratch when its kind is Naive.
+            unsafe {
+                match self.key.kind {
+                    StepKind::Naive => self.naive_step(lane, la, w, &step)?,
+                    _ => self.fused_step(lane, la, w, &step)?,
+                }
             }
             step.h_prev = step.h_next;
             step.c_prev = step.c_next;
@@ -537,7 +557,8 @@ impl Plan {
     /// h_prev/c_prev and the h_n/c_n slots in h_next/c_next.
     ///
     /// # Safety
-    /// As `issue`; the plan was made with persistent scratch.
+    /// As `issue`; the plan was made with persistent scratch (`la.hbuf` 2·B·H f32, `la.sync`
+    /// SYNC_WORDS u32) and `p` is its kernel; `s` addresses this slot's buffers.
     unsafe fn persistent_direction(
         &self,
         lane: &Lane,
@@ -549,7 +570,9 @@ impl Plan {
     ) -> Result<()> {
         // The barrier counter starts at 0 for every launch (the failure flag once per pass).
         let (failed, counter) = (la.sync, la.sync + 4);
-        fill_bytes_async(&lane.stream, counter, 0, 4)?;
+        // SAFETY: the lane's SYNC_WORDS (2) sync words are live (the caller's contract); the
+        // counter is the second.
+        unsafe { fill_bytes_async(&lane.stream, counter, 0, 4)? };
         let seq_len = seq_len as i32;
         let cfg = LaunchConfig {
             grid_dim: (p.spec.blocks() as u32, 1, 1),
@@ -576,12 +599,18 @@ impl Plan {
         for arg in [&seq_len, &s.st, &s.sb, &s.out_ld, &s.reverse] {
             builder.arg(arg);
         }
-        builder.launch_cooperative(cfg)?;
+        // SAFETY: the caller's contract (see # Safety): every address is a live plan buffer or
+        // weight of the sizes the kernel was specialised to (persistent::prepare, for these
+        // dims and dtype); the arguments are pushed in the kernel's parameter order and types
+        // (u64 addresses, i32 scalars); `cfg` is the spec's grid and shared memory.
+        unsafe { builder.launch_cooperative(cfg)? };
         Ok(())
     }
 
     /// # Safety
-    /// As `issue`; `s` addresses this step's buffers.
+    /// As `issue`; `s` addresses this step's buffers: xw [rows, G·H] and hh [B, G·H] f32,
+    /// biases of G·H (or 0), h_prev and h_next [B, O], c_prev and c_next [B, H] (LSTM),
+    /// `out` a [rows, out_ld] output at this direction's columns, lengths [B] i32.
     unsafe fn fused_step(
         &self,
         lane: &Lane,
@@ -598,18 +627,30 @@ impl Plan {
         match self.key.cell {
             Cell::Rnn(nl) => {
                 let act = nl.activation().code();
-                launch!(lane.stream, f, per_element(n); s.xw, s.hh, s.b_ih, s.b_hh, s.h_prev, s.h_next, s.out,
-                    s.lengths, s.batch, s.hidden, s.st, s.sb, s.out_ld, s.step, s.reverse, act);
+                // SAFETY: the caller's contract (see # Safety) covers every address; one thread
+                // per element of the B·H state.
+                unsafe {
+                    launch!(lane.stream, f, per_element(n); s.xw, s.hh, s.b_ih, s.b_hh, s.h_prev, s.h_next, s.out,
+                        s.lengths, s.batch, s.hidden, s.st, s.sb, s.out_ld, s.step, s.reverse, act)
+                };
             }
             Cell::Gru => {
-                launch!(lane.stream, f, per_element(n); s.xw, s.hh, s.b_ih, s.b_hh, s.h_prev, s.h_next, s.out,
-                    s.lengths, s.batch, s.hidden, s.st, s.sb, s.out_ld, s.step, s.reverse);
+                // SAFETY: as for the RNN.
+                unsafe {
+                    launch!(lane.stream, f, per_element(n); s.xw, s.hh, s.b_ih, s.b_hh, s.h_prev, s.h_next, s.out,
+                        s.lengths, s.batch, s.hidden, s.st, s.sb, s.out_ld, s.step, s.reverse)
+                };
             }
             Cell::Lstm => {
-                launch!(lane.stream, f, per_element(n); s.xw, s.hh, s.b_ih, s.b_hh, s.c_prev, s.c_next, s.h_prev,
-                    s.h_next, s.out, la.proj, s.lengths, s.batch, s.hidden, s.st, s.sb,
-                    s.out_ld, s.step, s.reverse);
-                self.project(lane, la, w, s)?;
+                // SAFETY: as for the RNN; `la.proj` is the lane's [B, H] pre-projection buffer
+                // when the LSTM is projected (0 and unused otherwise).
+                unsafe {
+                    launch!(lane.stream, f, per_element(n); s.xw, s.hh, s.b_ih, s.b_hh, s.c_prev, s.c_next, s.h_prev,
+                        s.h_next, s.out, la.proj, s.lengths, s.batch, s.hidden, s.st, s.sb,
+                        s.out_ld, s.step, s.reverse)
+                };
+                // SAFETY: `project` has this function's contract.
+                unsafe { self.project(lane, la, w, s)? };
             }
         }
         Ok(())
@@ -636,17 +677,24 @@ impl Plan {
             dtype: self.key.dtype,
         };
         // proj [B, H], w_hr [O, H], result [B, O] f32 in hh (which holds B·4H ≥ B·O).
-        lane.gemm_abt(batch, out, hidden, proj, w_hr, la.hh, out, 0.0)?;
-        launch!(lane.stream, &self.kernels.store, per_element(batch * out); la.hh, s.out_size, s.h_prev,
-            s.h_next, s.out, s.lengths, s.batch, s.out_size, s.st, s.sb, s.out_ld, s.step,
-            s.reverse);
+        // SAFETY: the caller's contract: a projected plan gave the lane `proj` [B, H]; w_hr is
+        // this slot's [O, H] weight; hh holds B·4H f32 and O < H (PyTorch's proj_size rule).
+        unsafe { lane.gemm_abt(batch, out, hidden, proj, w_hr, la.hh, out, 0.0)? };
+        // SAFETY: reads the B·O f32 just written to hh; h_prev, h_next [B, O] and `out` as in
+        // `fused_step`'s contract; one thread per element of B·O.
+        unsafe {
+            launch!(lane.stream, &self.kernels.store, per_element(batch * out); la.hh, s.out_size, s.h_prev,
+                s.h_next, s.out, s.lengths, s.batch, s.out_size, s.st, s.sb, s.out_ld, s.step,
+                s.reverse)
+        };
         Ok(())
     }
 
     /// The same step as one kernel per elementwise op over f32 scratch.
     ///
     /// # Safety
-    /// As `fused_step`; the plan was made with naive scratch.
+    /// As `fused_step`; the plan was made with naive scratch (`la.tmp` [B, G·H], `la.tmp2` and
+    /// `la.tmp3` [B, H], all f32).
     unsafe fn naive_step(
         &self,
         lane: &Lane,
@@ -664,6 +712,9 @@ impl Plan {
         let state32 = s.batch * s.hidden;
         let state = state32 as usize;
         let null = 0u64;
+        // The helpers below launch on views the calls in this function choose: every one is a
+        // [B, cols] window (cols ≤ its leading dimension) of tmp, tmp2, tmp3 or hh (f32 scratch
+        // of the sizes in # Safety) or, for `store`, of this step's states and output.
         // y[:, cols] = act(x[:, cols]) on a [B, ld] view.
         let unary = |x: u64,
                      ldx: i32,
@@ -673,30 +724,51 @@ impl Plan {
                      act: Activation|
          -> Result<()> {
             let code = act.code();
-            launch!(lane.stream, &k.unary, per_element(batch * cols as usize); x, ldx, y, ldy, s.batch, cols, code);
+            // SAFETY: x and y are [B, cols] views of f32 scratch (see above), one thread per
+            // element.
+            unsafe {
+                launch!(lane.stream, &k.unary, per_element(batch * cols as usize); x, ldx, y, ldy, s.batch, cols, code)
+            };
             Ok(())
         };
         // y = a op b on [B, cols] views.
         let binary = |a: u64, lda: i32, b: u64, ldb: i32, y: u64, ldy: i32, cols: i32, op: i32| {
-            launch!(lane.stream, &k.binary, per_element(batch * cols as usize); a, lda, b, ldb, y, ldy, s.batch,
-                cols, op);
+            // SAFETY: a, b and y are [B, cols] views of f32 scratch (see above), one thread per
+            // element.
+            unsafe {
+                launch!(lane.stream, &k.binary, per_element(batch * cols as usize); a, lda, b, ldb, y, ldy, s.batch,
+                    cols, op)
+            };
             Ok::<(), Error>(())
         };
         let add_bias = |y: u64, bias: u64| -> Result<()> {
             if bias != 0 {
-                launch!(lane.stream, &k.add_bias, per_element(batch * gw); y, s.gate_width, bias, s.batch,
-                    s.gate_width);
+                // SAFETY: y is tmp or hh ([B, G·H] f32) and `bias` a live G·H bias of the slot
+                // (the caller's contract), one thread per element.
+                unsafe {
+                    launch!(lane.stream, &k.add_bias, per_element(batch * gw); y, s.gate_width, bias, s.batch,
+                        s.gate_width)
+                };
             }
             Ok(())
         };
         // Masked store of a [B, cols] f32 value (leading dimension ld) into a state and output.
         let store = |value: u64, ld: i32, prev: u64, next: u64, out: u64, cols: i32| {
-            launch!(lane.stream, &self.kernels.store, per_element(batch * cols as usize); value, ld, prev, next,
-                out, s.lengths, s.batch, cols, s.st, s.sb, s.out_ld, s.step, s.reverse);
+            // SAFETY: `value` is a [B, cols] f32 scratch view; prev and next are this step's
+            // [B, cols] states and `out` its output columns (or 0: no output), as the calls
+            // below pass them (the caller's contract); one thread per element.
+            unsafe {
+                launch!(lane.stream, &self.kernels.store, per_element(batch * cols as usize); value, ld, prev, next,
+                    out, s.lengths, s.batch, cols, s.st, s.sb, s.out_ld, s.step, s.reverse)
+            };
             Ok::<(), Error>(())
         };
-        launch!(lane.stream, &k.gather, per_element(batch * gw); s.xw, s.gate_width, tmp, s.gate_width, s.lengths,
-            s.batch, s.gate_width, s.st, s.sb, s.step, s.reverse);
+        // SAFETY: gathers this step's rows of xw ([rows, G·H] f32) into tmp ([B, G·H] f32);
+        // one thread per element of B·G·H.
+        unsafe {
+            launch!(lane.stream, &k.gather, per_element(batch * gw); s.xw, s.gate_width, tmp, s.gate_width, s.lengths,
+                s.batch, s.gate_width, s.st, s.sb, s.step, s.reverse)
+        };
         let (gw32, h32) = (s.gate_width, s.hidden);
         match self.key.cell {
             Cell::Rnn(nl) => {
@@ -714,7 +786,11 @@ impl Plan {
                 unary(gate(0), gw32, gate(0), gw32, 2 * h32, Activation::Sigmoid)?;
                 unary(gate(2), gw32, gate(2), gw32, h32, Activation::Tanh)?;
                 unary(gate(3), gw32, gate(3), gw32, h32, Activation::Sigmoid)?;
-                launch!(lane.stream, &k.load, per_element(state); s.c_prev, tmp2, state32);
+                // SAFETY: c_prev holds B·H elements of the storage dtype (the caller's
+                // contract) and tmp2 B·H f32.
+                unsafe {
+                    launch!(lane.stream, &k.load, per_element(state); s.c_prev, tmp2, state32)
+                };
                 binary(gate(1), gw32, tmp2, h32, tmp2, h32, h32, OP_MUL)?; // f ⊙ c
                 binary(gate(0), gw32, gate(2), gw32, gate(0), gw32, h32, OP_MUL)?; // i ⊙ g
                 binary(tmp2, h32, gate(0), gw32, tmp2, h32, h32, OP_ADD)?; // c'
@@ -723,8 +799,13 @@ impl Plan {
                 binary(gate(3), gw32, tmp3, h32, tmp3, h32, h32, OP_MUL)?; // o ⊙ tanh(c')
                 match w.w_hr {
                     Some(_) => {
-                        launch!(lane.stream, &k.convert, per_element(state); tmp3, la.proj, state32);
-                        self.project(lane, la, w, s)?;
+                        // SAFETY: tmp3 holds B·H f32 and a projected plan's `la.proj` B·H of
+                        // the storage dtype; `project` has `fused_step`'s contract, which this
+                        // function's includes.
+                        unsafe {
+                            launch!(lane.stream, &k.convert, per_element(state); tmp3, la.proj, state32);
+                            self.project(lane, la, w, s)?;
+                        }
                     }
                     None => store(tmp3, h32, s.h_prev, s.h_next, s.out, h32)?,
                 }
@@ -738,7 +819,11 @@ impl Plan {
                 binary(tmp, gw32, h_n, gw32, h_n, gw32, h32, OP_MUL)?; // r ⊙ (W_hn h + b_hn)
                 binary(x_n, gw32, h_n, gw32, x_n, gw32, h32, OP_ADD)?;
                 unary(x_n, gw32, x_n, gw32, h32, Activation::Tanh)?; // n
-                launch!(lane.stream, &k.load, per_element(state); s.h_prev, tmp2, state32);
+                                                                     // SAFETY: h_prev holds B·H (= B·O for a GRU) elements of the storage dtype (the
+                                                                     // caller's contract) and tmp2 B·H f32.
+                unsafe {
+                    launch!(lane.stream, &k.load, per_element(state); s.h_prev, tmp2, state32)
+                };
                 binary(tmp2, h32, x_n, gw32, tmp2, h32, h32, OP_SUB)?; // h − n
                 binary(f32_at(tmp, hidden), gw32, tmp2, h32, tmp2, h32, h32, OP_MUL)?; // z ⊙ (h − n)
                 binary(x_n, gw32, tmp2, h32, tmp2, h32, h32, OP_ADD)?; // h'
@@ -753,9 +838,11 @@ impl Plan {
         let stream = dev.stream();
         let dims = self.key.dims;
         let esize = self.key.dtype.size_in_bytes();
-        // SAFETY (copies and fills): the call was checked to match the plan's dims and dtype,
-        // so each source has exactly as many elements as its plan buffer.
+        // The call was checked to match the plan's dims and dtype, so each source has exactly
+        // as many elements as its plan buffer.
         let copy_in = |dst: &CudaData, src: &Tensor| -> Result<()> {
+            // SAFETY: `src` (checked, see above) and the plan buffer `dst` both hold dst.len()
+            // elements of the plan's dtype on this device.
             reading(src.cuda_data()?, stream, |ptr| unsafe {
                 dev.copy_async(data_ptr(dst, stream), ptr, dst.len() * esize)
             })

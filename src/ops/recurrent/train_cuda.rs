@@ -128,20 +128,24 @@ impl Kernels {
     /// y [n] f32 = x [n] T.
     ///
     /// # Safety
-    /// `x` and `y` address n elements each on the lane's device.
+    /// `x` (n elements of the storage dtype) and `y` (n f32) must lie in live buffers on the
+    /// lane's device.
     unsafe fn widen(&self, lane: &Lane, x: u64, y: u64, n: usize) -> Result<()> {
         let n32 = n as i32;
-        launch!(lane.stream, &self.widen, per_element(n); x, y, n32);
+        // SAFETY: the caller's contract (see # Safety); one thread per element of n.
+        unsafe { launch!(lane.stream, &self.widen, per_element(n); x, y, n32) };
         Ok(())
     }
 
     /// y [n] T = x [n] f32.
     ///
     /// # Safety
-    /// As `widen`.
+    /// `x` (n f32) and `y` (n elements of the storage dtype) must lie in live buffers on the
+    /// lane's device.
     unsafe fn narrow(&self, lane: &Lane, x: u64, y: u64, n: usize) -> Result<()> {
         let n32 = n as i32;
-        launch!(lane.stream, &self.narrow, per_element(n); x, y, n32);
+        // SAFETY: the caller's contract (see # Safety); one thread per element of n.
+        unsafe { launch!(lane.stream, &self.narrow, per_element(n); x, y, n32) };
         Ok(())
     }
 }
@@ -293,71 +297,91 @@ pub(super) fn forward_train(dev: &Arc<CudaDevice>, call: &Call<'_>) -> Result<(O
             l => outs[(l - 1) % 2].1,
         };
         let out = outs[layer % 2].1;
-        // SAFETY (this loop): every address is a live buffer allocated above (the caller's
-        // tensors were copied, after being checked against `dims`), each sized for the shapes
-        // passed with it.
+        // Every address below is a live buffer allocated above (the caller's tensors were
+        // copied after being checked against `dims`) or a weight checked against `dims`, each
+        // sized for the shapes passed with it, as each SAFETY line says.
+        // SAFETY: x is the copied input [rows, I] (layer 0) or the previous layer's output
+        // [rows, D·O], rows·in elements either way; the reserve's input part holds as many f32.
         unsafe {
             kernels.widen(
                 lane,
                 x,
                 saved.at(saved.layout.inputs[layer], stream),
                 rows * input,
-            )?;
-            for dir in 0..dirs {
-                let slot = layer * dirs + dir;
-                let w = &weights[slot];
-                let sl = saved.layout.slots[slot];
-                let (act, hprev) = (saved.at(sl.act, stream), saved.at(sl.hprev, stream));
-                let aux = sl.aux.map_or(0, |o| saved.at(o, stream));
-                let m = sl.m.map_or(0, |o| saved.at(o, stream));
-                let x_mat = MatRef {
-                    ptr: x,
-                    ld: input,
+            )?
+        };
+        for dir in 0..dirs {
+            let slot = layer * dirs + dir;
+            let w = &weights[slot];
+            let sl = saved.layout.slots[slot];
+            let (act, hprev) = (saved.at(sl.act, stream), saved.at(sl.hprev, stream));
+            let aux = sl.aux.map_or(0, |o| saved.at(o, stream));
+            let m = sl.m.map_or(0, |o| saved.at(o, stream));
+            let x_mat = MatRef {
+                ptr: x,
+                ld: input,
+                dtype,
+            };
+            // SAFETY: x [rows, in] (above), w_ih this slot's [G·H, in] weight, xw rows·G·H f32.
+            unsafe { lane.gemm_abt(rows, gw, input, x_mat, w.w_ih, xw_ptr, gw, 0.0)? };
+            let out_dir = out + esize * (dir * out_size) as u64;
+            let h_first = h0 + esize * (slot * batch * out_size) as u64;
+            let c_first = match c0 {
+                0 => 0,
+                p => p + esize * (slot * batch * hidden) as u64,
+            };
+            let reverse = dir as i32;
+            for s in 0..seq_len {
+                let (h_prev, c_prev) = match s {
+                    0 => (h_first, c_first),
+                    _ => (ping_h[(s + 1) % 2], ping_c[(s + 1) % 2]),
+                };
+                let (h_next, c_next) = (ping_h[s % 2], ping_c[s % 2]);
+                let h_mat = MatRef {
+                    ptr: h_prev,
+                    ld: out_size,
                     dtype,
                 };
-                lane.gemm_abt(rows, gw, input, x_mat, w.w_ih, xw_ptr, gw, 0.0)?;
-                let out_dir = out + esize * (dir * out_size) as u64;
-                let h_first = h0 + esize * (slot * batch * out_size) as u64;
-                let c_first = match c0 {
-                    0 => 0,
-                    p => p + esize * (slot * batch * hidden) as u64,
-                };
-                let reverse = dir as i32;
-                for s in 0..seq_len {
-                    let (h_prev, c_prev) = match s {
-                        0 => (h_first, c_first),
-                        _ => (ping_h[(s + 1) % 2], ping_c[(s + 1) % 2]),
-                    };
-                    let (h_next, c_next) = (ping_h[s % 2], ping_c[s % 2]);
-                    let h_mat = MatRef {
-                        ptr: h_prev,
-                        ld: out_size,
-                        dtype,
-                    };
-                    lane.gemm_abt(batch, gw, out_size, h_mat, w.w_hh, hh_ptr, gw, 0.0)?;
-                    let s32 = s as i32;
+                // SAFETY: h_prev is this slot of h0 (slot < L·D) or a ping buffer, B·O
+                // elements; w_hh is [G·H, O]; hh holds B·max(G·H, O) f32.
+                unsafe { lane.gemm_abt(batch, gw, out_size, h_mat, w.w_hh, hh_ptr, gw, 0.0)? };
+                let s32 = s as i32;
+                // SAFETY: xw [rows, G·H] and hh [B, G·H] f32; biases of G·H (or 0); c_prev,
+                // c_next [B, H] (LSTM, else 0), h_prev, h_next [B, O]; out_dir this
+                // direction's columns of the [rows, D·O] output; proj [B, H] (projected, else
+                // 0); act, aux, hprev and m this slot's reserve parts ([rows, G·H], [rows, H],
+                // [rows, O], [rows, H]; 0 when absent); lengths [B] i32. One thread per B·H.
+                unsafe {
                     launch!(lane.stream, &step_fn, per_element(batch * hidden); cell32, act32, xw_ptr, hh_ptr,
                         w.b_ih, w.b_hh, c_prev, c_next, h_prev, h_next, out_dir, proj_ptr, act,
                         aux, hprev, m, lengths_ptr, b32, h32, o32, st32, sb32, ld32, s32,
-                        reverse);
-                    if let Some(w_hr) = w.w_hr {
-                        let p_mat = MatRef {
-                            ptr: proj_ptr,
-                            ld: hidden,
-                            dtype,
-                        };
+                        reverse)
+                };
+                if let Some(w_hr) = w.w_hr {
+                    let p_mat = MatRef {
+                        ptr: proj_ptr,
+                        ld: hidden,
+                        dtype,
+                    };
+                    // SAFETY: a projected LSTM has proj [B, H]; w_hr is [O, H]; hh holds
+                    // B·max(G·H, O) f32 ≥ B·O. The store reads those B·O f32 and writes
+                    // h_next [B, O] and out_dir's columns, one thread per element.
+                    unsafe {
                         lane.gemm_abt(batch, out_size, hidden, p_mat, w_hr, hh_ptr, out_size, 0.0)?;
                         launch!(lane.stream, &store_fn, per_element(batch * out_size); hh_ptr, o32, h_prev, h_next,
                             out_dir, lengths_ptr, b32, o32, st32, sb32, ld32, s32, reverse);
                     }
                 }
-                let last = (seq_len - 1) % 2;
-                let h_slot = h_n_ptr + esize * (slot * batch * out_size) as u64;
-                dev.copy_async(h_slot, ping_h[last], batch * out_size * esize as usize)?;
-                if let Some((_, c_n_ptr)) = &c_n {
-                    let c_slot = c_n_ptr + esize * (slot * batch * hidden) as u64;
-                    dev.copy_async(c_slot, ping_c[last], batch * hidden * esize as usize)?;
-                }
+            }
+            let last = (seq_len - 1) % 2;
+            let h_slot = h_n_ptr + esize * (slot * batch * out_size) as u64;
+            // SAFETY: slot < L·D, so B·O elements at h_slot lie in h_n [L·D, B, O]; the last
+            // step wrote ping_h[last], B·O elements.
+            unsafe { dev.copy_async(h_slot, ping_h[last], batch * out_size * esize as usize)? };
+            if let Some((_, c_n_ptr)) = &c_n {
+                let c_slot = c_n_ptr + esize * (slot * batch * hidden) as u64;
+                // SAFETY: as for h, with c_n [L·D, B, H] and ping_c[last] of B·H elements.
+                unsafe { dev.copy_async(c_slot, ping_c[last], batch * hidden * esize as usize)? };
             }
         }
     }

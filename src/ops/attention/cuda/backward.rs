@@ -268,30 +268,40 @@ impl OnDevice {
     /// layer's dtype, general keys projected into `kp_t` [B·L, Dq].
     ///
     /// # Safety
-    /// As `backward`'s, with `qp`, `kp` and `kp_t` sized as above for the kind.
+    /// As `backward`'s (the job's query B·Tq·Dq and keys B·L·Dk elements of the layer's dtype,
+    /// live on this device), with `qp`, `kp` and `kp_t` sized as above for the kind.
     unsafe fn sides(&self, j: &Job<'_>, qp: u64, kp: u64, kp_t: u64) -> Result<(u64, u64)> {
         let keys_rows = j.s.batch * j.s.keys;
         match j.score {
             Score::Additive => {
                 let w_q = self.w_q.expect("additive layers have query_proj");
                 let w_k = self.w_k.expect("additive layers have key_proj");
-                self.linear(j.q, j.rows, w_q, j.width, self.b_q, qp)?;
-                self.linear(j.k, keys_rows, w_k, j.width, self.b_k, kp)?;
+                // SAFETY: the caller's contract: q [rows, Dq] through W_q [A, Dq] into qp
+                // [rows, A] f32, k [B·L, Dk] through W_k [A, Dk] into kp [B·L, A] f32 (A =
+                // width); the biases are the layer's [A] (or 0).
+                unsafe {
+                    self.linear(j.q, j.rows, w_q, j.width, self.b_q, qp)?;
+                    self.linear(j.k, keys_rows, w_k, j.width, self.b_k, kp)?;
+                }
                 Ok((qp, kp))
             }
             Score::General => {
                 let w_k = self.w_k.expect("general layers have key_proj");
                 let (dt, s) = (self.dtype, &j.s);
-                self.dev.lanes()[0].gemm_batched(&single(
-                    keys_rows,
-                    s.dq,
-                    s.dk,
-                    mat(j.k, s.dk, dt),
-                    Op::AsIs,
-                    w_k,
-                    Op::Transposed,
-                    mat(kp_t, s.dq, dt),
-                ))?;
+                // SAFETY: kp_t [B·L, Dq] = k [B·L, Dk] · W_kᵀ, W_k the layer's [Dq, Dk]; the
+                // caller's contract covers k and kp_t.
+                unsafe {
+                    self.dev.lanes()[0].gemm_batched(&single(
+                        keys_rows,
+                        s.dq,
+                        s.dk,
+                        mat(j.k, s.dk, dt),
+                        Op::AsIs,
+                        w_k,
+                        Op::Transposed,
+                        mat(kp_t, s.dq, dt),
+                    ))?
+                };
                 Ok((j.q, kp_t))
             }
             Score::Dot { .. } => Ok((j.q, j.k)),
@@ -299,7 +309,10 @@ impl OnDevice {
     }
 
     /// # Safety
-    /// As `backward`'s.
+    /// As `backward`'s: the job's query B·Tq·Dq, keys B·L·Dk, values B·L·Dv and grad B·Tq·Dv
+    /// elements of the layer's dtype, live on this device; its outputs (0 where not wanted)
+    /// the same sizes as the inputs and parameters they are the gradients of; lengths B values
+    /// in 1..=L.
     unsafe fn backward_fused(&self, kern: &Kernels, j: &Job<'_>) -> Result<()> {
         let (s, dt, f32) = (&j.s, self.dtype, DType::F32);
         let (rows, width, len) = (j.rows, j.width, s.keys);
@@ -328,17 +341,24 @@ impl OnDevice {
         let (_ws, base) = self.workspace(lay.floats)?;
         let at = |floats: usize| base + 4 * floats as u64;
         let lengths = at(lengths);
-        self.upload_lengths(j.lengths, lengths)?;
+        // From here on every `at(...)` is a region `lay` sized above in the workspace, which
+        // holds lay.floats f32 and stays this call's while `_ws` is held.
+        // SAFETY: `lengths` is a region of B floats, room for B i32.
+        unsafe { self.upload_lengths(j.lengths, lengths)? };
         let (qs, ks) = if general {
             // e = q·(W k) = (q W)·k: projecting the queries (rows) rather than the keys (B·L
             // rows) shrinks the projection and both of its gradients' GEMMs alike.
             let w = self.w_k.expect("general layers have key_proj");
             let (q, u) = (mat(j.q, s.dq, dt), mat(at(u), s.dk, dt));
             let lane = &self.dev.lanes()[0];
-            lane.gemm_batched(&single(rows, s.dk, s.dq, q, Op::AsIs, w, Op::AsIs, u))?;
+            // SAFETY: u [rows, Dk] (its region) = q [rows, Dq] (the caller's contract) · W_k,
+            // the layer's [Dq, Dk].
+            unsafe { lane.gemm_batched(&single(rows, s.dk, s.dq, q, Op::AsIs, w, Op::AsIs, u))? };
             (u.ptr, j.k)
         } else {
-            self.sides(j, at(qp), at(kp), 0)?
+            // SAFETY: additive: qp [rows, A] and kp [B·L, A] f32 regions; dot scores use
+            // neither (kp_t is only for the naive general path).
+            unsafe { self.sides(j, at(qp), at(kp), 0)? }
         };
         // The scores' operand width: A, Dk for the projected query, Dq = Dk for dot scores.
         let width = if general { s.dk } else { width };
@@ -358,13 +378,23 @@ impl OnDevice {
         let [tq, len_i, k, dv] = [s.queries, len, width, s.dv].map(|x| x as i32);
         let [chunk_i, splits_i] = [chunk, splits].map(|x| x as i32);
         let (v, score_v, grad, scale, partial) = (j.v, self.score_v, j.grad, j.scale, at(partial));
-        launch!(self.dev.stream(), &kern.fused, per_row(rows, splits, bytes);
-            qf, kf, qt, kt, v, score_v, grad, scale, lengths, tq, len_i, k, dv, mode, chunk_i,
-            splits_i, e, dp, partial, probs, dsf, dst);
+        // SAFETY: the query and key sides are qp/kp [·, A] f32 (additive), u [rows, Dk] and
+        // the keys [B·L, Dk] (general) or the query and keys (dot), `width` wide; values, grad
+        // and lengths as the caller's contract and above; e, dp [rows, L] f32, partial
+        // [rows, splits, 3] f32 (when split), probs [rows, L] and ds_t [rows, L] (products)
+        // regions; grid rows × splits with `bytes` of shared memory, allowed above.
+        unsafe {
+            launch!(self.dev.stream(), &kern.fused, per_row(rows, splits, bytes);
+                qf, kf, qt, kt, v, score_v, grad, scale, lengths, tq, len_i, k, dv, mode, chunk_i,
+                splits_i, e, dp, partial, probs, dsf, dst)
+        };
         if splits > 1 {
             let ds_scale = if additive { 1.0f32 } else { scale };
-            launch!(self.dev.stream(), &kern.combine, per_row(rows, 1, 0);
-                e, dp, partial, lengths, tq, len_i, chunk_i, splits_i, ds_scale, probs, dsf, dst);
+            // SAFETY: the same regions as the fused launch, one block per row.
+            unsafe {
+                launch!(self.dev.stream(), &kern.combine, per_row(rows, 1, 0);
+                    e, dp, partial, lengths, tq, len_i, chunk_i, splits_i, ds_scale, probs, dsf, dst)
+            };
         }
 
         if additive {
@@ -375,29 +405,45 @@ impl OnDevice {
                 block_dim: (THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            launch!(self.dev.stream(), &kern.additive, grid;
-                qf, kf, dsf, score_v, lengths, tq, len_i, k, chunk_i, splits_i, dkp, dq_part,
-                sums);
+            // SAFETY: reads qp, kp [·, A] f32 and ds (in dp) [rows, L] f32; writes dkp
+            // [B·L, A], dq_part [key_splits, rows, A] f32 and sums [B, key_splits, 2, A] f32
+            // (their regions); score_v is the layer's [A]; grid B × key_splits.
+            unsafe {
+                launch!(self.dev.stream(), &kern.additive, grid;
+                    qf, kf, dsf, score_v, lengths, tq, len_i, k, chunk_i, splits_i, dkp, dq_part,
+                    sums)
+            };
             let dq_blocks = (rows * width).div_ceil(THREADS as usize);
             let grid = dq_blocks + (2 * width).div_ceil(32);
             let [rows_i, parts, dq_blocks] =
                 [rows, s.batch * key_splits, dq_blocks].map(|x| x as i32);
             let (b_q, b_k, d_score) = (j.out.b_q, j.out.b_k, j.out.score_v);
-            launch!(self.dev.stream(), &kern.finish, per_row(grid, 1, 0);
-                dq_part, sums, rows_i, k, splits_i, parts, dq_blocks, dqp, b_q, b_k, d_score);
-            self.additive_tail(j, dqp, dkp)?;
+            // SAFETY: sums the partials above into dqp [rows, A] (its region) and the [A]
+            // gradients of b_q, b_k (0 without biases) and the score vector, which the caller
+            // allocated with their parameters' sizes.
+            unsafe {
+                launch!(self.dev.stream(), &kern.finish, per_row(grid, 1, 0);
+                    dq_part, sums, rows_i, k, splits_i, parts, dq_blocks, dqp, b_q, b_k, d_score)
+            };
+            // SAFETY: dqp [rows, A] and dkp [B·L, A] in the layer's dtype (their regions).
+            unsafe { self.additive_tail(j, dqp, dkp)? };
         } else {
             let (dqs, dk) = (if general { at(du) } else { j.out.dq }, j.out.dk);
-            self.product_tail(j, at(ds_t), qt, kt, width, dqs, dk)?;
+            // SAFETY: ds_t [rows, L]; qs, kt the query and key sides of `width` columns
+            // (above); dqs is du [rows, Dk] (general) or the query's gradient [rows, Dq], dk
+            // the keys' gradient [B·L, Dk] (Dk = width for products).
+            unsafe { self.product_tail(j, at(ds_t), qt, kt, width, dqs, dk)? };
             if general {
-                self.general_tail(j, dqs, true)?;
+                // SAFETY: du [rows, Dk] was just written.
+                unsafe { self.general_tail(j, dqs, true)? };
             }
         }
-        self.values_tail(j, probs)
+        // SAFETY: probs [rows, L] in the layer's dtype (its region).
+        unsafe { self.values_tail(j, probs) }
     }
 
     /// # Safety
-    /// As `backward`'s.
+    /// As `backward_fused`.
     unsafe fn backward_naive(&self, kern: &Kernels, j: &Job<'_>) -> Result<()> {
         let (s, dt, f32) = (&j.s, self.dtype, DType::F32);
         let (rows, width, len) = (j.rows, j.width, s.keys);
@@ -437,8 +483,12 @@ impl OnDevice {
         let (_ws, base) = self.workspace(lay.floats)?;
         let at = |floats: usize| base + 4 * floats as u64;
         let lengths = at(lengths);
-        self.upload_lengths(j.lengths, lengths)?;
-        let (qs, ks) = self.sides(j, at(qp), at(kp), at(kp_t))?;
+        // From here on every `at(...)` is a region `lay` sized above in the workspace, which
+        // holds lay.floats f32 and stays this call's while `_ws` is held.
+        // SAFETY: `lengths` is a region of B floats, room for B i32.
+        unsafe { self.upload_lengths(j.lengths, lengths)? };
+        // SAFETY: qp [rows, A] and kp [B·L, A] f32 (additive), kp_t [B·L, Dq] (general).
+        let (qs, ks) = unsafe { self.sides(j, at(qp), at(kp), at(kp_t))? };
         let lane = &self.dev.lanes()[0];
         let [tq, len_i, k] = [s.queries, len, width].map(|x| x as i32);
         let (e, p, dp, ds) = (at(e), at(p), at(dp), at(ds));
@@ -447,53 +497,73 @@ impl OnDevice {
         // The scores, as the forward's naive chain computes them.
         if additive {
             let rows_i = rows as i32;
-            launch!(self.dev.stream(), &kern.broadcast_add, per_element(terms); qs, ks, u, rows_i, tq, len_i, k);
             let (n_rows, act) = ((rows * len) as i32, Activation::Tanh.code());
-            launch!(self.dev.stream(), &self.kernels.unary, per_element(terms); u, k, u, k, n_rows, k, act);
             let score_v = self.score_v;
-            launch!(self.dev.stream(), &self.kernels.load, per_element(width); score_v, vf, k);
-            lane.gemm_abt(
-                rows * len,
-                1,
-                width,
-                mat(u, width, f32),
-                mat(vf, width, f32),
-                e,
-                1,
-                0.0,
-            )?;
+            // SAFETY: u = tanh(qp + kp) fills its region of `terms` = rows·L·A f32 from qp
+            // [rows, A] and kp [B·L, A] f32, one thread per term; the layer's score vector
+            // ([A] of its dtype, live with the layer) widens into vf [A] f32; e [rows·L] f32
+            // = u · vf.
+            unsafe {
+                launch!(self.dev.stream(), &kern.broadcast_add, per_element(terms); qs, ks, u, rows_i, tq, len_i, k);
+                launch!(self.dev.stream(), &self.kernels.unary, per_element(terms); u, k, u, k, n_rows, k, act);
+                launch!(self.dev.stream(), &self.kernels.load, per_element(width); score_v, vf, k);
+                lane.gemm_abt(
+                    rows * len,
+                    1,
+                    width,
+                    mat(u, width, f32),
+                    mat(vf, width, f32),
+                    e,
+                    1,
+                    0.0,
+                )?;
+            }
         } else {
+            // SAFETY: per batch row, the query [Tq, Dq] (width = Dq) times the key side
+            // [L, Dq] (kp_t for general scores, the keys for dot scores, Dk = Dq) into e
+            // [Tq, L] f32 (its region).
+            unsafe {
+                lane.gemm_batched(&Batched {
+                    count: s.batch,
+                    m: s.queries,
+                    n: len,
+                    k: width,
+                    a: Strided::new(qs, width, dt, s.queries * width),
+                    a_op: Op::AsIs,
+                    b: Strided::new(ks, width, dt, len * width),
+                    b_op: Op::Transposed,
+                    c: Strided::new(e, len, f32, s.queries * len),
+                    beta: 0.0,
+                })?
+            };
+        }
+        let scale = j.scale;
+        // SAFETY: e and p are [rows, L] f32 regions, lengths B i32; one block per row.
+        unsafe {
+            launch!(self.dev.stream(), &self.kernels.softmax, per_row(rows, 1, 0); e, p, lengths, tq, len_i, scale)
+        };
+        // dp_b = dctx_b · values_bᵀ, then ds.
+        // SAFETY: per batch row, grad [Tq, Dv] times the values [L, Dv] (the caller's
+        // contract) into dp [Tq, L] f32 (its region); the softmax backward reads p and dp and
+        // writes ds, [rows, L] f32 regions, one block per row.
+        unsafe {
             lane.gemm_batched(&Batched {
                 count: s.batch,
                 m: s.queries,
                 n: len,
-                k: width,
-                a: Strided::new(qs, width, dt, s.queries * width),
+                k: s.dv,
+                a: Strided::new(j.grad, s.dv, dt, s.queries * s.dv),
                 a_op: Op::AsIs,
-                b: Strided::new(ks, width, dt, len * width),
+                b: Strided::new(j.v, s.dv, dt, len * s.dv),
                 b_op: Op::Transposed,
-                c: Strided::new(e, len, f32, s.queries * len),
+                c: Strided::new(dp, len, f32, s.queries * len),
                 beta: 0.0,
             })?;
+            launch!(self.dev.stream(), &kern.softmax, per_row(rows, 1, 0); p, dp, ds, lengths, tq, len_i, scale);
         }
-        let scale = j.scale;
-        launch!(self.dev.stream(), &self.kernels.softmax, per_row(rows, 1, 0); e, p, lengths, tq, len_i, scale);
-        // dp_b = dctx_b · values_bᵀ, then ds.
-        lane.gemm_batched(&Batched {
-            count: s.batch,
-            m: s.queries,
-            n: len,
-            k: s.dv,
-            a: Strided::new(j.grad, s.dv, dt, s.queries * s.dv),
-            a_op: Op::AsIs,
-            b: Strided::new(j.v, s.dv, dt, len * s.dv),
-            b_op: Op::Transposed,
-            c: Strided::new(dp, len, f32, s.queries * len),
-            beta: 0.0,
-        })?;
-        launch!(self.dev.stream(), &kern.softmax, per_row(rows, 1, 0); p, dp, ds, lengths, tq, len_i, scale);
         let p_t = if half {
-            self.convert_into(p, at(p_t), rows * len)?
+            // SAFETY: p [rows, L] f32 into the p_t region, rows·L of the layer's dtype.
+            unsafe { self.convert_into(p, at(p_t), rows * len)? }
         } else {
             p
         };
@@ -501,46 +571,56 @@ impl OnDevice {
         if additive {
             let ones = at(ones);
             let n_ones = rows.max(keys_rows);
-            fill_words_async(self.dev.stream(), ones, 1f32.to_bits(), n_ones)?;
+            // SAFETY: the ones region holds max(rows, B·L) f32 words.
+            unsafe { fill_words_async(self.dev.stream(), ones, 1f32.to_bits(), n_ones)? };
             // d tanh = ds ⊗ v (an outer product), then through tanh.
-            lane.gemm_abt(
-                rows * len,
-                width,
-                1,
-                mat(ds, 1, f32),
-                mat(vf, 1, f32),
-                du,
-                width,
-                0.0,
-            )?;
             let n = terms as i32;
-            launch!(self.dev.stream(), &kern.tanh, per_element(terms); du, u, du, n);
+            // SAFETY: du [rows·L, A] f32 (its region of `terms`) = ds [rows·L, 1] · vf [A, 1]ᵀ,
+            // then through tanh with u (also `terms` f32), one thread per term.
+            unsafe {
+                lane.gemm_abt(
+                    rows * len,
+                    width,
+                    1,
+                    mat(ds, 1, f32),
+                    mat(vf, 1, f32),
+                    du,
+                    width,
+                    0.0,
+                )?;
+                launch!(self.dev.stream(), &kern.tanh, per_element(terms); du, u, du, n);
+            }
             // dqp sums over the keys, dkp over the queries.
             let (dqp, dkp) = (at(dqp), at(dkp));
-            lane.gemm_batched(&Batched {
-                count: rows,
-                m: 1,
-                n: width,
-                k: len,
-                a: Strided::new(ones, len, f32, 0),
-                a_op: Op::AsIs,
-                b: Strided::new(du, width, f32, len * width),
-                b_op: Op::AsIs,
-                c: Strided::new(dqp, width, f32, width),
-                beta: 0.0,
-            })?;
-            lane.gemm_batched(&Batched {
-                count: s.batch,
-                m: 1,
-                n: len * width,
-                k: s.queries,
-                a: Strided::new(ones, s.queries, f32, 0),
-                a_op: Op::AsIs,
-                b: Strided::new(du, len * width, f32, s.queries * len * width),
-                b_op: Op::AsIs,
-                c: Strided::new(dkp, len * width, f32, len * width),
-                beta: 0.0,
-            })?;
+            // SAFETY: per row, ones [1, L] (stride 0) · du's [L, A] into dqp's [1, A]; per
+            // batch row, ones [1, Tq] · du's [Tq, L·A] into dkp's [1, L·A]: du holds
+            // rows·L·A = B·Tq·L·A f32, dqp rows·A and dkp B·L·A f32, ones ≥ max(L, Tq).
+            unsafe {
+                lane.gemm_batched(&Batched {
+                    count: rows,
+                    m: 1,
+                    n: width,
+                    k: len,
+                    a: Strided::new(ones, len, f32, 0),
+                    a_op: Op::AsIs,
+                    b: Strided::new(du, width, f32, len * width),
+                    b_op: Op::AsIs,
+                    c: Strided::new(dqp, width, f32, width),
+                    beta: 0.0,
+                })?;
+                lane.gemm_batched(&Batched {
+                    count: s.batch,
+                    m: 1,
+                    n: len * width,
+                    k: s.queries,
+                    a: Strided::new(ones, s.queries, f32, 0),
+                    a_op: Op::AsIs,
+                    b: Strided::new(du, len * width, f32, s.queries * len * width),
+                    b_op: Op::AsIs,
+                    c: Strided::new(dkp, len * width, f32, len * width),
+                    beta: 0.0,
+                })?;
+            }
             // The score vector's gradient Σ ds·u over every (row, key), the biases' the sums
             // of dqp and dkp over their rows: f32 out (cuBLAS writes no half from f32 operands),
             // converted for half dtypes.
@@ -554,51 +634,70 @@ impl OnDevice {
                     continue;
                 }
                 let c = if half { at(small + i * width) } else { out };
-                lane.gemm_batched(&single(
-                    1,
-                    width,
-                    n,
-                    mat(x, n, f32),
-                    Op::AsIs,
-                    mat(y, width, f32),
-                    Op::AsIs,
-                    mat(c, width, f32),
-                ))?;
-                if half {
-                    self.convert_into(c, out, width)?;
+                // SAFETY: c [1, A] f32 (the `small` region's i-th A, or the [A] gradient
+                // itself when the dtype is f32) = x [1, n] · y [n, A]: ds and u (n = rows·L),
+                // or ones and dqp (n = rows) or dkp (n = B·L), all f32 regions of ≥ n and n·A.
+                // Then, for half dtypes, into the gradient ([A] of the layer's dtype).
+                unsafe {
+                    lane.gemm_batched(&single(
+                        1,
+                        width,
+                        n,
+                        mat(x, n, f32),
+                        Op::AsIs,
+                        mat(y, width, f32),
+                        Op::AsIs,
+                        mat(c, width, f32),
+                    ))?;
+                    if half {
+                        self.convert_into(c, out, width)?;
+                    }
                 }
             }
             let (dqp, dkp) = if half {
-                (
-                    self.convert_into(dqp, at(dqp_t), rows * width)?,
-                    self.convert_into(dkp, at(dkp_h), keys_rows * width)?,
-                )
+                // SAFETY: dqp [rows, A] and dkp [B·L, A] f32 into their half regions of the
+                // same counts.
+                unsafe {
+                    (
+                        self.convert_into(dqp, at(dqp_t), rows * width)?,
+                        self.convert_into(dkp, at(dkp_h), keys_rows * width)?,
+                    )
+                }
             } else {
                 (dqp, dkp)
             };
-            self.additive_tail(j, dqp, dkp)?;
+            // SAFETY: dqp [rows, A] and dkp [B·L, A] in the layer's dtype.
+            unsafe { self.additive_tail(j, dqp, dkp)? };
         } else {
             let ds = if half {
-                self.convert_into(ds, at(ds_t), rows * len)?
+                // SAFETY: ds [rows, L] f32 into the ds_t region, rows·L of the layer's dtype.
+                unsafe { self.convert_into(ds, at(ds_t), rows * len)? }
             } else {
                 ds
             };
             let dkp = if general { at(dkp_t) } else { j.out.dk };
-            self.product_tail(j, ds, qs, ks, s.dq, j.out.dq, dkp)?;
+            // SAFETY: ds [rows, L]; qs the query [rows, Dq], ks the key side [B·L, Dq] (kp_t
+            // or the keys, Dk = Dq for dot scores); the query's gradient [rows, Dq] and dkp
+            // the kp_t gradient region [B·L, Dq] or the keys' gradient [B·L, Dk].
+            unsafe { self.product_tail(j, ds, qs, ks, s.dq, j.out.dq, dkp)? };
             if general {
-                self.general_tail(j, dkp, false)?;
+                // SAFETY: dkp_t [B·L, Dq] was just written.
+                unsafe { self.general_tail(j, dkp, false)? };
             }
         }
-        self.values_tail(j, p_t)
+        // SAFETY: p_t [rows, L] in the layer's dtype (p itself when that is f32).
+        unsafe { self.values_tail(j, p_t) }
     }
 
     /// f32 `src` (n elements) into `dst` in the layer's dtype; returns `dst`.
     ///
     /// # Safety
-    /// `src` addresses n f32 and `dst` room for n elements of the layer's dtype.
+    /// `src` addresses n f32 and `dst` room for n elements of the layer's dtype, both live on
+    /// this device.
     unsafe fn convert_into(&self, src: u64, dst: u64, n: usize) -> Result<u64> {
         let n_i = n as i32;
-        launch!(self.dev.stream(), &self.kernels.convert, per_element(n); src, dst, n_i);
+        // SAFETY: the caller's contract (see # Safety); one thread per element.
+        unsafe { launch!(self.dev.stream(), &self.kernels.convert, per_element(n); src, dst, n_i) };
         Ok(dst)
     }
 
@@ -619,27 +718,33 @@ impl OnDevice {
         ];
         for (dy, rows, w, x, n, dx, dw) in sides {
             let dy = mat(dy, a, dt);
-            lane.gemm_batched(&single(
-                rows,
-                n,
-                a,
-                dy,
-                Op::AsIs,
-                w,
-                Op::AsIs,
-                mat(dx, n, dt),
-            ))?;
-            let x = mat(x, n, dt);
-            lane.gemm_batched(&single(
-                a,
-                n,
-                rows,
-                dy,
-                Op::Transposed,
-                x,
-                Op::AsIs,
-                mat(dw, n, dt),
-            ))?;
+            // SAFETY: dx [rows, n] = dy [rows, A] · W [A, n] and dW [A, n] = dyᵀ · x [rows, n],
+            // for the query side (rows = B·Tq, n = Dq) and the key side (B·L, Dk): dy is the
+            // caller's dqp or dkp, W the layer's weight, x the job's query or keys and dx, dW
+            // the gradients allocated with their sizes (the caller's contract).
+            unsafe {
+                lane.gemm_batched(&single(
+                    rows,
+                    n,
+                    a,
+                    dy,
+                    Op::AsIs,
+                    w,
+                    Op::AsIs,
+                    mat(dx, n, dt),
+                ))?;
+                let x = mat(x, n, dt);
+                lane.gemm_batched(&single(
+                    a,
+                    n,
+                    rows,
+                    dy,
+                    Op::Transposed,
+                    x,
+                    Op::AsIs,
+                    mat(dw, n, dt),
+                ))?;
+            }
         }
         Ok(())
     }
@@ -664,30 +769,34 @@ impl OnDevice {
         let (tq, len) = (s.queries, s.keys);
         let lane = &self.dev.lanes()[0];
         let ds = Strided::new(ds, len, dt, tq * len);
-        lane.gemm_batched(&Batched {
-            count: s.batch,
-            m: tq,
-            n: w,
-            k: len,
-            a: ds,
-            a_op: Op::AsIs,
-            b: Strided::new(kp, w, dt, len * w),
-            b_op: Op::AsIs,
-            c: Strided::new(dqs, w, dt, tq * w),
-            beta: 0.0,
-        })?;
-        lane.gemm_batched(&Batched {
-            count: s.batch,
-            m: len,
-            n: w,
-            k: tq,
-            a: ds,
-            a_op: Op::Transposed,
-            b: Strided::new(qs, w, dt, tq * w),
-            b_op: Op::AsIs,
-            c: Strided::new(dkp, w, dt, len * w),
-            beta: 0.0,
-        })
+        // SAFETY: per batch row, ds [Tq, L] (stride Tq·L), kp [L, w] and qs [Tq, w], and the
+        // results dqs [Tq, w] and dkp [L, w], as the caller's contract sizes them.
+        unsafe {
+            lane.gemm_batched(&Batched {
+                count: s.batch,
+                m: tq,
+                n: w,
+                k: len,
+                a: ds,
+                a_op: Op::AsIs,
+                b: Strided::new(kp, w, dt, len * w),
+                b_op: Op::AsIs,
+                c: Strided::new(dqs, w, dt, tq * w),
+                beta: 0.0,
+            })?;
+            lane.gemm_batched(&Batched {
+                count: s.batch,
+                m: len,
+                n: w,
+                k: tq,
+                a: ds,
+                a_op: Op::Transposed,
+                b: Strided::new(qs, w, dt, tq * w),
+                b_op: Op::AsIs,
+                c: Strided::new(dkp, w, dt, len * w),
+                beta: 0.0,
+            })
+        }
     }
 
     /// General scores, back through W [Dq, Dk]: with the key side projected (kp = k·Wᵀ, `dy`
@@ -704,50 +813,60 @@ impl OnDevice {
         if query_side {
             let (du, q) = (mat(dy, s.dk, dt), mat(j.q, s.dq, dt));
             let dq = mat(j.out.dq, s.dq, dt);
-            lane.gemm_batched(&single(
-                j.rows,
-                s.dq,
-                s.dk,
-                du,
-                Op::AsIs,
-                w,
-                Op::Transposed,
-                dq,
-            ))?;
-            lane.gemm_batched(&single(
-                s.dq,
-                s.dk,
-                j.rows,
-                q,
-                Op::Transposed,
-                du,
-                Op::AsIs,
-                dw,
-            ))
+            // SAFETY: dq [rows, Dq] = du [rows, Dk] · Wᵀ and dW [Dq, Dk] = qᵀ · du, with W the
+            // layer's [Dq, Dk], q the job's query and dq, dW gradients of their sizes (the
+            // caller's contract).
+            unsafe {
+                lane.gemm_batched(&single(
+                    j.rows,
+                    s.dq,
+                    s.dk,
+                    du,
+                    Op::AsIs,
+                    w,
+                    Op::Transposed,
+                    dq,
+                ))?;
+                lane.gemm_batched(&single(
+                    s.dq,
+                    s.dk,
+                    j.rows,
+                    q,
+                    Op::Transposed,
+                    du,
+                    Op::AsIs,
+                    dw,
+                ))
+            }
         } else {
             let keys_rows = s.batch * s.keys;
             let (dkp, k) = (mat(dy, s.dq, dt), mat(j.k, s.dk, dt));
             let dk = mat(j.out.dk, s.dk, dt);
-            lane.gemm_batched(&single(
-                keys_rows,
-                s.dk,
-                s.dq,
-                dkp,
-                Op::AsIs,
-                w,
-                Op::AsIs,
-                dk,
-            ))?;
-            lane.gemm_batched(&single(
-                s.dq,
-                s.dk,
-                keys_rows,
-                dkp,
-                Op::Transposed,
-                k,
-                Op::AsIs,
-                dw,
-            ))
+            // SAFETY: dk [B·L, Dk] = dkp [B·L, Dq] · W and dW [Dq, Dk] = dkpᵀ · k, with W the
+            // layer's [Dq, Dk], k the job's keys and dk, dW gradients of their sizes (the
+            // caller's contract).
+            unsafe {
+                lane.gemm_batched(&single(
+                    keys_rows,
+                    s.dk,
+                    s.dq,
+                    dkp,
+                    Op::AsIs,
+                    w,
+                    Op::AsIs,
+                    dk,
+                ))?;
+                lane.gemm_batched(&single(
+                    s.dq,
+                    s.dk,
+                    keys_rows,
+                    dkp,
+                    Op::Transposed,
+                    k,
+                    Op::AsIs,
+                    dw,
+                ))
+            }
         }
     }
 
@@ -762,17 +881,22 @@ impl OnDevice {
             0 => (j.out.dk, 1.0),
             dv => (dv, 0.0),
         };
-        self.dev.lanes()[0].gemm_batched(&Batched {
-            count: s.batch,
-            m: s.keys,
-            n: s.dv,
-            k: s.queries,
-            a: Strided::new(p, s.keys, dt, s.queries * s.keys),
-            a_op: Op::Transposed,
-            b: Strided::new(j.grad, s.dv, dt, s.queries * s.dv),
-            b_op: Op::AsIs,
-            c: Strided::new(c, s.dv, dt, s.keys * s.dv),
-            beta,
-        })
+        // SAFETY: per batch row, pᵀ [L, Tq] of p [Tq, L] (the caller's) times grad [Tq, Dv]
+        // into the values' gradient [L, Dv] — or added into the keys' [L, Dk] when the keys
+        // are the values (then Dk = Dv); both allocated with their inputs' sizes.
+        unsafe {
+            self.dev.lanes()[0].gemm_batched(&Batched {
+                count: s.batch,
+                m: s.keys,
+                n: s.dv,
+                k: s.queries,
+                a: Strided::new(p, s.keys, dt, s.queries * s.keys),
+                a_op: Op::Transposed,
+                b: Strided::new(j.grad, s.dv, dt, s.queries * s.dv),
+                b_op: Op::AsIs,
+                c: Strided::new(c, s.dv, dt, s.keys * s.dv),
+                beta,
+            })
+        }
     }
 }

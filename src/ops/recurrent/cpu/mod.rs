@@ -176,17 +176,22 @@ impl SharedBuf {
     }
 
     /// # Safety
-    /// No thread writes the buffer until the next barrier.
+    /// The slice `new` took is still alive and no thread writes it until the next barrier.
     unsafe fn all(&self) -> &[f32] {
-        std::slice::from_raw_parts(self.ptr, self.len)
+        // SAFETY: `ptr` and `len` come from a live slice (the caller's contract: the buffer
+        // outlives the scoped threads), and nobody writes it while the result is used.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
     /// # Safety
-    /// Only this thread touches `[start, start + len)` until the next barrier.
+    /// The slice `new` took is still alive and only this thread touches `[start, start + len)`
+    /// until the next barrier.
     #[allow(clippy::mut_from_ref)]
     unsafe fn part(&self, start: usize, len: usize) -> &mut [f32] {
-        assert!(start + len <= self.len);
-        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+        assert!(start.checked_add(len).is_some_and(|end| end <= self.len));
+        // SAFETY: the assert keeps [start, start + len) inside the live slice `new` took; the
+        // caller's contract makes this thread its only user until the next barrier.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
     }
 }
 
@@ -228,7 +233,8 @@ impl Steps<'_> {
         let _guards = (self.projected.guard(), self.barrier.guard());
         self.project();
         if self.projected.wait() == Met::All && w < self.workers {
-            // SAFETY: nobody writes xw any more.
+            // SAFETY: every thread has passed `projected`, so nobody writes xw any more; xw
+            // outlives the scoped threads.
             self.steps(unsafe { self.xw.all() });
         }
     }
@@ -279,10 +285,11 @@ impl Steps<'_> {
             |t: usize, b: usize, c: usize| (t * st + b * sb) * width + self.dir * out + c;
         for s in 0..seq_len {
             let (cur, next) = (&self.h[s % 2], &self.h[1 - s % 2]);
-            // SAFETY (every SharedBuf access below): h_{t-1} is only read this step; a chunk's
-            // ticket gives its units of h_t, c and pre_proj, and its output columns, to this
-            // thread alone, and in the projection phase its columns of h_t; pre_proj is read
-            // by all only after a barrier.
+            // The SharedBuf accesses below: h_{t-1} is only read this step; a chunk's ticket
+            // gives its units of h_t, c and pre_proj, and its output columns, to this thread
+            // alone, and in the projection phase its columns of h_t; pre_proj is read by all
+            // only after a barrier. Every buffer outlives the scoped threads.
+            // SAFETY: nobody writes h_{t-1} this step (see above).
             let h_prev = unsafe { cur.all() };
             for k in take(&self.tickets[1 + 2 * s], self.units.len()) {
                 let units = self.units[k].clone();
@@ -297,9 +304,12 @@ impl Steps<'_> {
                 for b in 0..batch {
                     let time = step_time(s, self.lengths[b], reverse);
                     let target = if p.w_hr.is_some() {
+                        // SAFETY: chunk k's units of row b of pre_proj are this thread's
+                        // until the barrier (see above).
                         unsafe { self.pre_proj.part(b * hidden + units.start, hs) }
                     } else {
                         // Rows that have ended keep their state.
+                        // SAFETY: chunk k's units of row b of h_t are this thread's this step.
                         let h = unsafe { next.part(b * out + units.start, hs) };
                         h.copy_from_slice(&h_prev[b * out + units.start..][..hs]);
                         h
@@ -313,10 +323,13 @@ impl Steps<'_> {
                             rec: &rec[b * lg..][..lg],
                             b_hn,
                             h: target,
+                            // SAFETY: chunk k's units of row b of c are this thread's.
                             c: unsafe { self.c.part(b * hidden + units.start, hs) },
                         },
                     );
                     if p.w_hr.is_none() {
+                        // SAFETY: this direction's columns of chunk k at (t, b) are written by
+                        // this thread alone (no other step or direction shares them).
                         unsafe { self.output.part(output_at(t, b, units.start), hs) }
                             .copy_from_slice(target);
                     }
@@ -326,6 +339,7 @@ impl Steps<'_> {
                 if self.barrier.wait() == Met::Abandoned {
                     return;
                 }
+                // SAFETY: past the barrier nobody writes pre_proj until the next step.
                 let pre_proj = unsafe { self.pre_proj.all() };
                 for k in take(&self.tickets[2 + 2 * s], self.columns.len()) {
                     let cols = self.columns[k].clone();
@@ -333,10 +347,13 @@ impl Steps<'_> {
                     let projected = &mut projected[..batch * n];
                     w_hr[k].matmul(batch, pre_proj, hidden, projected, n);
                     for b in 0..batch {
+                        // SAFETY: column chunk k of row b of h_t is this thread's this phase.
                         let h = unsafe { next.part(b * out + cols.start, n) };
                         match step_time(s, self.lengths[b], reverse) {
                             Some(t) => {
                                 h.copy_from_slice(&projected[b * n..][..n]);
+                                // SAFETY: column chunk k of (t, b) in this direction's output
+                                // columns is written by this thread alone.
                                 unsafe { self.output.part(output_at(t, b, cols.start), n) }
                                     .copy_from_slice(h);
                             }

@@ -33,7 +33,8 @@ fn f32_mat(ptr: u64, ld: usize) -> MatRef {
 /// C[m, n] (f32, leading dimension n) = op(A)·op(B) + beta·C.
 ///
 /// # Safety
-/// As `Lane::gemm_batched` for one matrix each.
+/// As `Lane::gemm_batched` for one matrix each: `a` and `b` hold op(A) [m, k] and op(B) [k, n]
+/// at their leading dimensions, and `c` m·n f32, all in live buffers on the lane's device.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm(
     lane: &Lane,
@@ -46,18 +47,22 @@ unsafe fn gemm(
     beta: f32,
 ) -> Result<()> {
     let one = |mat: MatRef| Strided { mat, stride: 0 };
-    lane.gemm_batched(&Batched {
-        count: 1,
-        m,
-        n,
-        k,
-        a: one(a),
-        a_op,
-        b: one(b),
-        b_op,
-        c: one(f32_mat(c, n)),
-        beta,
-    })
+    // SAFETY: a batch of one (stride 0) is exactly the three matrices the caller's contract
+    // covers; c is f32 with leading dimension n.
+    unsafe {
+        lane.gemm_batched(&Batched {
+            count: 1,
+            m,
+            n,
+            k,
+            a: one(a),
+            a_op,
+            b: one(b),
+            b_op,
+            c: one(f32_mat(c, n)),
+            beta,
+        })
+    }
 }
 
 /// The address `elems` f32 elements past `base`.
@@ -164,7 +169,9 @@ impl Backward<'_> {
     /// Backpropagates one layer-direction.
     ///
     /// # Safety
-    /// Every address of `s` and `self.work` is a live f32 buffer of the size its comment states.
+    /// Every address of `s` and `self.work` is a live f32 buffer of the size its comment states
+    /// (0 only where a part is absent: no projection, not an LSTM or GRU, not naive), on the
+    /// device of `self.lane`; `self.lengths` holds B i32 lengths.
     unsafe fn slot(&self, s: &Slot) -> Result<()> {
         let d = self.dims;
         let (b, h, o, gw, rows) = (d.batch, d.hidden, d.out_size, d.gate_width(), d.rows());
@@ -202,7 +209,10 @@ impl Backward<'_> {
             }
         }
         for (ptr, elems) in zero {
-            self.dev.fill_async(ptr, 0, 4 * elems)?;
+            // SAFETY: each pair is one of the caller's buffers (see # Safety) and its f32 size:
+            // dgate(_h) [rows, G·H], the gradients [G·H, in], [G·H, O], [G·H], [O, H], dh_rows
+            // [rows, O]; the projection's only when w_hr is present.
+            unsafe { self.dev.fill_async(ptr, 0, 4 * elems)? };
         }
         let (dy_ld, b32, h32, o32) = ((d.dirs * o) as i32, b as i32, h as i32, o as i32);
         let (st, sb) = d.strides();
@@ -212,46 +222,66 @@ impl Backward<'_> {
             let (dh, dh_next) = (s.dh[cur], s.dh[1 - cur]);
             let s32 = step as i32;
             if s.w_hr != 0 {
-                launch!(lane.stream, &self.projection_fn, per_element(b * o); dh, s.dy, dy_ld, w.dht, w.dh_rows,
-                    dh_next, self.lengths, b32, o32, st32, sb32, s32, s.reverse);
-                gemm(
-                    lane,
-                    (b, h, o),
-                    f32_mat(w.dht, o),
-                    Op::AsIs,
-                    f32_mat(s.w_hr, h),
-                    Op::AsIs,
-                    w.dm,
-                    0.0,
-                )?;
+                // SAFETY: the caller's contract (see # Safety): dh and dh_next [B, O], dy this
+                // direction's columns of [rows, D·O], dht [B, O], dh_rows [rows, O] (present
+                // with the projection); one thread per element of B·O. Then dm [B, H] =
+                // dht [B, O] · w_hr [O, H].
+                unsafe {
+                    launch!(lane.stream, &self.projection_fn, per_element(b * o); dh, s.dy, dy_ld, w.dht, w.dh_rows,
+                        dh_next, self.lengths, b32, o32, st32, sb32, s32, s.reverse);
+                    gemm(
+                        lane,
+                        (b, h, o),
+                        f32_mat(w.dht, o),
+                        Op::AsIs,
+                        f32_mat(s.w_hr, h),
+                        Op::AsIs,
+                        w.dm,
+                        0.0,
+                    )?;
+                }
             }
             match &self.naive {
                 None => {
                     let (cell32, act32) = (cell_code(self.cell), act_code(self.cell));
                     let dm = if s.w_hr != 0 { w.dm } else { 0 };
                     let gh = if gru { w.dgate_h } else { 0 };
-                    launch!(lane.stream, &self.step_fn, per_element(b * h); cell32, act32, s.act, s.aux, s.hprev,
-                        s.c0, s.dy, dy_ld, dh, dh_next, s.dc, dm, w.dgate, gh, w.dstep,
-                        self.lengths, b32, h32, st32, sb32, s32, s.reverse);
+                    // SAFETY: the caller's contract: the slot's saved act [rows, G·H], aux and
+                    // m [rows, H] (0 when absent), hprev [rows, O], c0 [B, H] (LSTM), dy as
+                    // above, dh and dh_next [B, O], dc [B, H], dm [B, H] (or 0), dgate and
+                    // dgate_h [rows, G·H] (dgate_h a GRU's only, else 0), dstep [B, G·H];
+                    // one thread per element of B·H.
+                    unsafe {
+                        launch!(lane.stream, &self.step_fn, per_element(b * h); cell32, act32, s.act, s.aux, s.hprev,
+                            s.c0, s.dy, dy_ld, dh, dh_next, s.dc, dm, w.dgate, gh, w.dstep,
+                            self.lengths, b32, h32, st32, sb32, s32, s.reverse)
+                    };
                 }
-                Some(k) => self.naive_step(k, s, step, dh, dh_next)?,
+                // SAFETY: `naive_step` has this function's contract; self.naive is set, so the
+                // naive scratch (tmp, x_t, dx_t, dstep_h) was allocated.
+                Some(k) => unsafe { self.naive_step(k, s, step, dh, dh_next)? },
             }
             // dh_{t-1} += W_hhᵀ · (this step's hidden-side gate gradients).
-            gemm(
-                lane,
-                (b, o, gw),
-                f32_mat(dstep_h, gw),
-                Op::AsIs,
-                f32_mat(s.w_hh, o),
-                Op::AsIs,
-                dh_next,
-                1.0,
-            )?;
+            // SAFETY: dstep_h is dstep or the naive GRU's dstep_h, [B, G·H]; w_hh is the f32
+            // [G·H, O] weight; dh_next [B, O] (the caller's contract).
+            unsafe {
+                gemm(
+                    lane,
+                    (b, o, gw),
+                    f32_mat(dstep_h, gw),
+                    Op::AsIs,
+                    f32_mat(s.w_hh, o),
+                    Op::AsIs,
+                    dh_next,
+                    1.0,
+                )?
+            };
             cur = 1 - cur;
         }
         if cur == 1 {
             // dh0 is expected in dh[0].
-            self.dev.copy_async(s.dh[0], s.dh[1], 4 * b * o)?;
+            // SAFETY: both dh buffers hold B·O f32 (the caller's contract).
+            unsafe { self.dev.copy_async(s.dh[0], s.dh[1], 4 * b * o)? };
         }
         if self.naive.is_some() {
             return Ok(());
@@ -267,17 +297,23 @@ impl Backward<'_> {
             dh: w.dh_rows,
             m: s.m,
         };
-        self.weight_gradients(s, &every_row, 0.0)?;
-        gemm(
-            lane,
-            (rows, s.input, gw),
-            f32_mat(w.dgate, gw),
-            Op::AsIs,
-            f32_mat(s.w_ih, s.input),
-            Op::AsIs,
-            s.dx,
-            1.0,
-        )
+        // SAFETY: `every_row` addresses `rows` rows of each operand: dgate and dgate_h
+        // [rows, G·H], x [rows, in], hprev [rows, O], dh_rows [rows, O] and m [rows, H] (the
+        // last two with a projection only); the rest is this function's contract.
+        unsafe { self.weight_gradients(s, &every_row, 0.0)? };
+        // SAFETY: dx [rows, in] += dgate [rows, G·H] · w_ih [G·H, in] (the caller's contract).
+        unsafe {
+            gemm(
+                lane,
+                (rows, s.input, gw),
+                f32_mat(w.dgate, gw),
+                Op::AsIs,
+                f32_mat(s.w_ih, s.input),
+                Op::AsIs,
+                s.dx,
+                1.0,
+            )
+        }
     }
 
     /// g = Σ over `r`'s rows of each parameter gradient's product (+ beta·g): W_ih's and the
@@ -285,7 +321,9 @@ impl Backward<'_> {
     /// the projected h's gradient.
     ///
     /// # Safety
-    /// As `slot`; `r` addresses `r.rows` rows of each operand.
+    /// As `slot`; `r` addresses `r.rows` rows of each operand (dgate and dgate_h [·, G·H], x
+    /// [·, in], hprev [·, O], and with a projection dh [·, O] and m [·, H]), and `r.rows` ≤
+    /// max(rows, B), the length of `work.ones`.
     unsafe fn weight_gradients(&self, s: &Slot, r: &GradientRows, beta: f32) -> Result<()> {
         let d = self.dims;
         let (h, o, gw) = (d.hidden, d.out_size, d.gate_width());
@@ -298,29 +336,37 @@ impl Backward<'_> {
         ];
         for (g, n, dgate, right) in products {
             let left = f32_mat(dgate, gw);
-            gemm(
-                self.lane,
-                (gw, n, r.rows),
-                left,
-                Op::Transposed,
-                right,
-                Op::AsIs,
-                g,
-                beta,
-            )?;
+            // SAFETY: g [G·H, n] += dgateᵀ [G·H, rows] · right [rows, n], where right is x
+            // [rows, in], hprev [rows, O] or the ones (a [rows, 1] column, ld 1); the gradient
+            // buffers hold G·H·n f32 (the caller's contract).
+            unsafe {
+                gemm(
+                    self.lane,
+                    (gw, n, r.rows),
+                    left,
+                    Op::Transposed,
+                    right,
+                    Op::AsIs,
+                    g,
+                    beta,
+                )?
+            };
         }
         if s.w_hr != 0 {
             let (left, right) = (f32_mat(r.dh, o), f32_mat(r.m, h));
-            gemm(
-                self.lane,
-                (o, h, r.rows),
-                left,
-                Op::Transposed,
-                right,
-                Op::AsIs,
-                s.g_w_hr,
-                beta,
-            )?;
+            // SAFETY: g_w_hr [O, H] += dhᵀ [O, rows] · m [rows, H] (the caller's contract).
+            unsafe {
+                gemm(
+                    self.lane,
+                    (o, h, r.rows),
+                    left,
+                    Op::Transposed,
+                    right,
+                    Op::AsIs,
+                    s.g_w_hr,
+                    beta,
+                )?
+            };
         }
         Ok(())
     }
@@ -330,7 +376,8 @@ impl Backward<'_> {
     /// gradient and of the input's gradient.
     ///
     /// # Safety
-    /// As `slot`.
+    /// As `slot`, with the naive scratch allocated: tmp 8 × [B, max(G·H, O)], x_t and dx_t
+    /// [B, widest layer input], dstep_h [B, G·H]; `step` < T.
     unsafe fn naive_step(
         &self,
         k: &NaiveKernels,
@@ -347,32 +394,55 @@ impl Backward<'_> {
         let (b32, st32, sb32, s32) = (b as i32, st as i32, sb as i32, step as i32);
         let lengths = self.lengths;
         let rev = s.reverse;
+        // The helpers below launch on the views this function's calls choose, each within a
+        // buffer of the caller's contract: a saved [rows, ld] part of the reserve for
+        // `gather`'s source, else [B, cols] windows (cols ≤ ld) of the [B, ·] scratch, the
+        // step gradients or dh / dc.
         // y [B, cols] = this step's rows of src [rows, ld] (0 for ended rows).
         let gather = |src: u64, ld: usize, y: u64, cols: usize| -> Result<()> {
             let (ld32, c32) = (ld as i32, cols as i32);
-            launch!(lane.stream, &k.gather, per_element(b * cols); src, ld32, y, c32, lengths, b32, c32, st32, sb32,
-                s32, rev);
+            // SAFETY: src is a [rows, ld] f32 part of the reserve or dy, y a [B, cols] f32
+            // buffer (see above); one thread per element of B·cols.
+            unsafe {
+                launch!(lane.stream, &k.gather, per_element(b * cols); src, ld32, y, c32, lengths, b32, c32, st32, sb32,
+                    s32, rev)
+            };
             Ok(())
         };
         // y = a op c on [B, cols] views with leading dimensions.
         let binary = |a: (u64, usize), c: (u64, usize), y: (u64, usize), cols: usize, op: i32| {
             let (la, lc, ly, c32) = (a.1 as i32, c.1 as i32, y.1 as i32, cols as i32);
-            launch!(lane.stream, &k.binary, per_element(b * cols); a.0, la, c.0, lc, y.0, ly, b32, c32, op);
+            // SAFETY: a, c and y are [B, cols] f32 views at their leading dimensions (see
+            // above); one thread per element of B·cols.
+            unsafe {
+                launch!(lane.stream, &k.binary, per_element(b * cols); a.0, la, c.0, lc, y.0, ly, b32, c32, op)
+            };
             Ok::<(), crate::error::Error>(())
         };
         let tanh = |x: u64, y: u64, cols: usize| -> Result<()> {
             let (c32, act) = (cols as i32, crate::ops::recurrent::Activation::Tanh.code());
-            launch!(lane.stream, &k.unary, per_element(b * cols); x, c32, y, c32, b32, c32, act);
+            // SAFETY: x and y are [B, cols] f32 scratch (see above); one thread per element.
+            unsafe {
+                launch!(lane.stream, &k.unary, per_element(b * cols); x, c32, y, c32, b32, c32, act)
+            };
             Ok(())
         };
         let mask = |y: u64, ld: usize, cols: usize| -> Result<()> {
             let (ld32, c32) = (ld as i32, cols as i32);
-            launch!(lane.stream, &k.mask, per_element(b * cols); y, ld32, lengths, b32, c32, s32, rev);
+            // SAFETY: y is a [B, ld] f32 step gradient (see above); one thread per element of
+            // B·cols.
+            unsafe {
+                launch!(lane.stream, &k.mask, per_element(b * cols); y, ld32, lengths, b32, c32, s32, rev)
+            };
             Ok(())
         };
         let carry = |value: u64, prev: u64, out: u64, cols: usize| -> Result<()> {
             let c32 = cols as i32;
-            launch!(lane.stream, &k.carry, per_element(b * cols); value, prev, out, lengths, b32, c32, s32, rev);
+            // SAFETY: value (or 0: none), prev and out are [B, cols] f32 (scratch, dh or dc;
+            // see above); one thread per element of B·cols.
+            unsafe {
+                launch!(lane.stream, &k.carry, per_element(b * cols); value, prev, out, lengths, b32, c32, s32, rev)
+            };
             Ok(())
         };
         let [g, aux, hp, dy, dht, t1, t2, t3] = w.tmp;
@@ -402,11 +472,16 @@ impl Backward<'_> {
                 gather(s.aux, h, aux, h)?;
                 // c_{t-1}: the previous step's c (every row running now ran then), or c0.
                 match step {
-                    0 => self.dev.copy_async(t3, s.c0, 4 * b * h)?,
+                    // SAFETY: t3 holds B·max(G·H, O) ≥ B·H f32 and the slot's c0 B·H f32.
+                    0 => unsafe { self.dev.copy_async(t3, s.c0, 4 * b * h)? },
                     _ => {
                         let (ld32, c32, p32) = (h as i32, h as i32, s32 - 1);
-                        launch!(lane.stream, &k.gather, per_element(b * h); s.aux, ld32, t3, c32, lengths, b32,
-                            c32, st32, sb32, p32, rev);
+                        // SAFETY: gathers step − 1's rows of aux [rows, H] into t3 (≥ B·H
+                        // f32); one thread per element of B·H.
+                        unsafe {
+                            launch!(lane.stream, &k.gather, per_element(b * h); s.aux, ld32, t3, c32, lengths, b32,
+                                c32, st32, sb32, p32, rev)
+                        };
                     }
                 }
                 tanh(aux, t1, h)?; // tanh(c_t)
@@ -461,20 +536,26 @@ impl Backward<'_> {
             dh: w.dht,
             m: aux,
         };
-        self.weight_gradients(s, &step_rows, 1.0)?;
-        gemm(
-            lane,
-            (b, s.input, gw),
-            f32_mat(ds, gw),
-            Op::AsIs,
-            f32_mat(s.w_ih, s.input),
-            Op::AsIs,
-            w.dx_t,
-            0.0,
-        )?;
-        let (ld32, c32) = (s.input as i32, s.input as i32);
-        launch!(lane.stream, &k.scatter, per_element(b * s.input); w.dx_t, s.dx, ld32, lengths, b32, c32, st32,
-            sb32, s32, rev);
+        // SAFETY: `step_rows` addresses B rows of each operand (B ≤ max(rows, B)): ds and dsh
+        // [B, G·H], x_t [B, in], hp [B, O] (tmp, ≥ B·O), dht [B, O], aux [B, H] (tmp, ≥ B·H).
+        unsafe { self.weight_gradients(s, &step_rows, 1.0)? };
+        // SAFETY: dx_t [B, in] (x_t's size, in ≤ widest) = ds [B, G·H] · w_ih [G·H, in]; the
+        // scatter adds its rows into this step's rows of dx [rows, in], one thread per element.
+        unsafe {
+            gemm(
+                lane,
+                (b, s.input, gw),
+                f32_mat(ds, gw),
+                Op::AsIs,
+                f32_mat(s.w_ih, s.input),
+                Op::AsIs,
+                w.dx_t,
+                0.0,
+            )?;
+            let (ld32, c32) = (s.input as i32, s.input as i32);
+            launch!(lane.stream, &k.scatter, per_element(b * s.input); w.dx_t, s.dx, ld32, lengths, b32, c32, st32,
+                sb32, s32, rev);
+        }
         Ok(())
     }
 }
@@ -564,120 +645,135 @@ pub(crate) fn backward(
         work,
     };
     let sw = slot_weights(weights, &dims, dev)?;
-    // SAFETY (the rest): every address is a live buffer allocated here, in the reserve (laid
-    // out for `dims`, which the caller checked against the weights) or of a caller tensor
-    // checked against `dims`, each used with the sizes it was allocated for.
-    unsafe {
-        let widen = |scratch: &mut Arena<'_>, t: Option<&Tensor>, n: usize| -> Result<u64> {
-            let y = scratch.f32(n)?;
-            match t {
-                // Read in stream order: the caller may free the tensor once this returns.
-                Some(t) => reading(t.cuda_data()?, stream, |src| kernels.widen(lane, src, y, n))?,
-                None => dev.fill_async(y, 0, 4 * n)?,
-            }
-            Ok(y)
-        };
-        // The f32 copy of a weight (the GEMMs take f32 operands with the f32 gradients).
-        let weight32 = |scratch: &mut Arena<'_>, m: MatRef, n: usize| -> Result<u64> {
-            let y = scratch.f32(n)?;
-            kernels.widen(lane, m.ptr, y, n)?;
-            Ok(y)
-        };
-        let states = layers * dirs * b;
-        let dh_all = widen(&mut scratch, grad_h_n, states * o)?;
-        let dc_all = match lstm {
-            true => widen(&mut scratch, grad_c_n, states * h)?,
-            false => scratch.f32_zeros(b * h)?,
-        };
-        let dh_spare = scratch.f32(b * o)?;
-        // dY of the layer being run, and the dX it makes (the next layer's dY).
-        let mut dy = widen(&mut scratch, Some(grad_output), rows * dirs * o)?;
-        let mut params: Vec<Option<DirectionGradients>> =
-            (0..layers * dirs).map(|_| None).collect();
-        let mut input_grad = None;
-        for layer in (0..layers).rev() {
-            let input = dims.layer_input(layer);
-            let dx = scratch.f32_zeros(rows * input)?;
-            let x = saved.at(saved.layout.inputs[layer], stream);
-            for dir in 0..dirs {
-                let slot = layer * dirs + dir;
-                let sl = saved.layout.slots[slot];
-                let w = &sw[slot];
-                let s = Slot {
-                    reverse: dir as i32,
-                    dy: at(dy, dir * o),
-                    x,
-                    dx,
-                    input,
-                    act: saved.at(sl.act, stream),
-                    aux: sl.aux.map_or(0, |a| saved.at(a, stream)),
-                    hprev: saved.at(sl.hprev, stream),
-                    m: sl.m.map_or(0, |a| saved.at(a, stream)),
-                    c0: match saved.layout.c0 {
-                        Some(c0) if lstm => saved.at(c0 + slot * b * h, stream),
-                        _ => 0,
-                    },
-                    w_ih: weight32(&mut scratch, w.w_ih, gw * input)?,
-                    w_hh: weight32(&mut scratch, w.w_hh, gw * o)?,
-                    w_hr: match w.w_hr {
-                        Some(m) => weight32(&mut scratch, m, o * h)?,
-                        None => 0,
-                    },
-                    dh: [at(dh_all, slot * b * o), dh_spare],
-                    dc: if lstm {
-                        at(dc_all, slot * b * h)
-                    } else {
-                        dc_all
-                    },
-                    g_w_ih: scratch.f32(gw * input)?,
-                    g_w_hh: scratch.f32(gw * o)?,
-                    g_b_ih: scratch.f32(gw)?,
-                    g_b_hh: scratch.f32(gw)?,
-                    g_w_hr: scratch.f32(o * h)?,
-                };
-                run.slot(&s)?;
-                let narrow = |src: u64, like: &Tensor| -> Result<Tensor> {
-                    let out = dev.alloc_output_data(dtype, like.numel())?;
-                    kernels.narrow(lane, src, data_ptr(&out, stream), like.numel())?;
-                    finished(dev, out, like.shape())
-                };
-                let wt = &weights[slot];
-                params[slot] = Some(DirectionGradients {
-                    w_ih: narrow(s.g_w_ih, &wt.w_ih)?,
-                    w_hh: narrow(s.g_w_hh, &wt.w_hh)?,
-                    b_ih: wt.b_ih.as_ref().map(|t| narrow(s.g_b_ih, t)).transpose()?,
-                    b_hh: wt.b_hh.as_ref().map(|t| narrow(s.g_b_hh, t)).transpose()?,
-                    w_hr: wt.w_hr.as_ref().map(|t| narrow(s.g_w_hr, t)).transpose()?,
-                });
-            }
-            dy = dx;
-            if layer == 0 {
-                input_grad = Some(dx);
-            }
+    // Every address below is a live buffer allocated here, in the reserve (laid out for
+    // `dims`, which the caller checked against the weights) or of a caller tensor checked
+    // against `dims` (and the reserve's dtype), each used with the sizes it was allocated for.
+    let widen = |scratch: &mut Arena<'_>, t: Option<&Tensor>, n: usize| -> Result<u64> {
+        let y = scratch.f32(n)?;
+        match t {
+            // Read in stream order: the caller may free the tensor once this returns.
+            // SAFETY: every call passes n = the tensor's element count (a gradient checked
+            // against `dims` in the reserve's dtype); y was just allocated with n f32.
+            Some(t) => reading(t.cuda_data()?, stream, |src| unsafe {
+                kernels.widen(lane, src, y, n)
+            })?,
+            // SAFETY: y was just allocated with n f32.
+            None => unsafe { dev.fill_async(y, 0, 4 * n)? },
         }
-        let to_tensor = |src: u64, shape: &[usize]| -> Result<Tensor> {
-            let n = shape.iter().product();
-            let out = dev.alloc_output_data(dtype, n)?;
-            kernels.narrow(lane, src, data_ptr(&out, stream), n)?;
-            finished(dev, out, shape)
-        };
-        let input_shape = match dims.batch_first {
-            true => [b, dims.seq_len, dims.input_size],
-            false => [dims.seq_len, b, dims.input_size],
-        };
-        let grads = Gradients {
-            input: to_tensor(input_grad.expect("at least one layer"), &input_shape)?,
-            h0: to_tensor(dh_all, &dims.state_shape())?,
-            c0: lstm
-                .then(|| to_tensor(dc_all, &dims.cell_shape()))
-                .transpose()?,
-            params: params
-                .into_iter()
-                .map(|p| p.expect("every slot ran"))
-                .collect(),
-        };
-        drop(scratch);
-        drop(lengths_buf);
-        Ok(grads)
+        Ok(y)
+    };
+    // The f32 copy of a weight (the GEMMs take f32 operands with the f32 gradients).
+    let weight32 = |scratch: &mut Arena<'_>, m: MatRef, n: usize| -> Result<u64> {
+        let y = scratch.f32(n)?;
+        // SAFETY: every call passes a weight of n elements (its shape checked against `dims`,
+        // its dtype against the reserve's); y was just allocated with n f32.
+        unsafe { kernels.widen(lane, m.ptr, y, n)? };
+        Ok(y)
+    };
+    let states = layers * dirs * b;
+    let dh_all = widen(&mut scratch, grad_h_n, states * o)?;
+    let dc_all = match lstm {
+        true => widen(&mut scratch, grad_c_n, states * h)?,
+        false => scratch.f32_zeros(b * h)?,
+    };
+    let dh_spare = scratch.f32(b * o)?;
+    // dY of the layer being run, and the dX it makes (the next layer's dY).
+    let mut dy = widen(&mut scratch, Some(grad_output), rows * dirs * o)?;
+    let mut params: Vec<Option<DirectionGradients>> = (0..layers * dirs).map(|_| None).collect();
+    let mut input_grad = None;
+    for layer in (0..layers).rev() {
+        let input = dims.layer_input(layer);
+        let dx = scratch.f32_zeros(rows * input)?;
+        let x = saved.at(saved.layout.inputs[layer], stream);
+        for dir in 0..dirs {
+            let slot = layer * dirs + dir;
+            let sl = saved.layout.slots[slot];
+            let w = &sw[slot];
+            let s = Slot {
+                reverse: dir as i32,
+                dy: at(dy, dir * o),
+                x,
+                dx,
+                input,
+                act: saved.at(sl.act, stream),
+                aux: sl.aux.map_or(0, |a| saved.at(a, stream)),
+                hprev: saved.at(sl.hprev, stream),
+                m: sl.m.map_or(0, |a| saved.at(a, stream)),
+                c0: match saved.layout.c0 {
+                    Some(c0) if lstm => saved.at(c0 + slot * b * h, stream),
+                    _ => 0,
+                },
+                w_ih: weight32(&mut scratch, w.w_ih, gw * input)?,
+                w_hh: weight32(&mut scratch, w.w_hh, gw * o)?,
+                w_hr: match w.w_hr {
+                    Some(m) => weight32(&mut scratch, m, o * h)?,
+                    None => 0,
+                },
+                dh: [at(dh_all, slot * b * o), dh_spare],
+                dc: if lstm {
+                    at(dc_all, slot * b * h)
+                } else {
+                    dc_all
+                },
+                g_w_ih: scratch.f32(gw * input)?,
+                g_w_hh: scratch.f32(gw * o)?,
+                g_b_ih: scratch.f32(gw)?,
+                g_b_hh: scratch.f32(gw)?,
+                g_w_hr: scratch.f32(o * h)?,
+            };
+            // SAFETY: every address of `s` and `run.work` is a buffer of the size `Slot` and
+            // `Work` state: dy [rows, D·O] (at this direction's columns), x and dx
+            // [rows, in], the reserve's parts of this slot (laid out for `dims`), the f32
+            // weights and gradients just allocated, dh this slot of dh_all [L·D, B, O] and
+            // dh_spare [B, O], dc this slot of dc_all [L·D, B, H] (or [B, H] zeros); `run`'s
+            // scratch was allocated above for `dims` (the naive part when `naive`), and its
+            // lengths hold B i32.
+            unsafe { run.slot(&s)? };
+            let narrow = |src: u64, like: &Tensor| -> Result<Tensor> {
+                let out = dev.alloc_output_data(dtype, like.numel())?;
+                // SAFETY: src is the f32 gradient of the parameter `like` (as many elements);
+                // `out` was just allocated with like.numel() elements of the storage dtype.
+                unsafe { kernels.narrow(lane, src, data_ptr(&out, stream), like.numel())? };
+                finished(dev, out, like.shape())
+            };
+            let wt = &weights[slot];
+            params[slot] = Some(DirectionGradients {
+                w_ih: narrow(s.g_w_ih, &wt.w_ih)?,
+                w_hh: narrow(s.g_w_hh, &wt.w_hh)?,
+                b_ih: wt.b_ih.as_ref().map(|t| narrow(s.g_b_ih, t)).transpose()?,
+                b_hh: wt.b_hh.as_ref().map(|t| narrow(s.g_b_hh, t)).transpose()?,
+                w_hr: wt.w_hr.as_ref().map(|t| narrow(s.g_w_hr, t)).transpose()?,
+            });
+        }
+        dy = dx;
+        if layer == 0 {
+            input_grad = Some(dx);
+        }
     }
+    let to_tensor = |src: u64, shape: &[usize]| -> Result<Tensor> {
+        let n = shape.iter().product();
+        let out = dev.alloc_output_data(dtype, n)?;
+        // SAFETY: every call passes an f32 buffer of the shape's element count (dx of layer 0
+        // [rows, I], dh_all [L·D, B, O], dc_all [L·D, B, H]); `out` was just allocated with n.
+        unsafe { kernels.narrow(lane, src, data_ptr(&out, stream), n)? };
+        finished(dev, out, shape)
+    };
+    let input_shape = match dims.batch_first {
+        true => [b, dims.seq_len, dims.input_size],
+        false => [dims.seq_len, b, dims.input_size],
+    };
+    let grads = Gradients {
+        input: to_tensor(input_grad.expect("at least one layer"), &input_shape)?,
+        h0: to_tensor(dh_all, &dims.state_shape())?,
+        c0: lstm
+            .then(|| to_tensor(dc_all, &dims.cell_shape()))
+            .transpose()?,
+        params: params
+            .into_iter()
+            .map(|p| p.expect("every slot ran"))
+            .collect(),
+    };
+    drop(scratch);
+    drop(lengths_buf);
+    Ok(grads)
 }
