@@ -4,9 +4,11 @@
 pub(crate) mod activation;
 pub mod algo;
 pub mod attention;
+pub mod concat;
 pub mod cross_entropy;
 pub mod dropout;
 pub(crate) mod gemm_cpu;
+pub mod index_select;
 pub mod log_softmax;
 pub(crate) mod math_cpu;
 pub mod optim;
