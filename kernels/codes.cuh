@@ -47,4 +47,15 @@
 #define REDUCE_SUM 0
 #define REDUCE_MEAN 1
 
+// Pieces per launch of concat_copy (concat.cu): the pieces come as kernel parameters.
+#define CONCAT_PIECES 4
+
+// The device's error record (common.cuh's report_bad_index, CudaDevice::check_errors): its
+// size in i32 words, and the codes naming what met an index out of range.
+#define ERROR_RECORD_WORDS 4
+#define ERROR_INDEX_SELECT 1
+#define ERROR_INDEX_SELECT_BACKWARD 2
+#define ERROR_EMBEDDING 3
+#define ERROR_EMBEDDING_BACKWARD 4
+
 #endif

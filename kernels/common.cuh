@@ -129,6 +129,21 @@ __device__ __forceinline__ void store_step(float value, const T* h_prev, T* h_ne
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;       \
          i < (n); i += (unsigned long long)gridDim.x * blockDim.x)
 
+// ---
+// The device's error record (CudaDevice::check_errors, src/device/errors.rs): ERROR_RECORD_WORDS
+// ints {code, position, index, limit}. A kernel that meets an index outside 0..limit in device
+// memory (ids the host never saw) does not follow it; it reports it here, and the first report
+// since the last check wins. `code` says which kernel and tensor (ERROR_* of codes.cuh, passed
+// in by the launcher), `position` is the id's position in its tensor.
+__device__ __forceinline__ void report_bad_index(int* record, int code, int position, int index,
+                                                 int limit) {
+    if (atomicCAS(record, 0, code) == 0) {
+        record[1] = position;
+        record[2] = index;
+        record[3] = limit;
+    }
+}
+
 // Stamps `MACRO(suffix, type)` once per storage dtype; entry points are `{op}_{variant}_{suffix}`.
 #define FOR_EACH_DTYPE(MACRO) MACRO(f32, float) MACRO(f16, f16) MACRO(bf16, bf16)
 

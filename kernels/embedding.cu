@@ -4,19 +4,21 @@
 // Shapes: weight [vocab, dim]; ids [n] (any shape, flattened); y, dy [n, dim]; acc [vocab, dim]
 // f32. Storage dtype T for weight, y and dy; arithmetic in f32.
 //
-// Ids are not checked against the vocabulary before these kernels run (that would need a read
-// back to the host): an id outside [0, vocab) gathers a row of zeros and scatters nothing, and
-// no kernel reads or writes outside its buffers. `embedding_check_ids` sets a flag the host
-// reads when the caller asks (ops::embedding::check_ids).
+// The ids live in device memory, where the host never checked them: an id outside 0..vocab is
+// never followed. Its output row gets zeros (the backward adds nothing for it) and the first
+// such id is written to the device's error record (`report_bad_index`, which
+// CudaDevice::check_errors reads). (Host ids are checked on the host; these kernels take only
+// device ids.)
 //
 // Variants (entry points):
-//   embedding_gather_T          y[i, :] = weight[ids[i], :] (zeros for an id out of range)
-//   embedding_scatter_T         acc[ids[i], :] += dy[i, :], f32 atomics into an f32 accumulator
-//                               the host zeroed; the padding id (−1: none) and ids out of range
-//                               add nothing
-//   embedding_check_ids_f32     *bad = 1 when some id is outside [0, vocab) (ids are i32 whatever
-//                               the suffix, which the kernel loader always adds)
-// The gather and scatter grids are (⌈dim / 256⌉, id blocks), each block striding over ids.
+//   embedding_gather_T     y[i, :] = weight[ids[i], :]
+//   embedding_scatter_T    acc[ids[i], :] += dy[i, :], f32 atomics into an f32 accumulator the
+//                          host zeroed (converted to the storage dtype after, for 16-bit
+//                          storage); the padding id (−1: none) adds nothing. The order of the
+//                          additions into one element is not fixed, so with repeated ids the
+//                          result may differ in its last bits from run to run.
+// Both grids are (⌈dim / BLOCK_THREADS⌉, id blocks), each block striding over the ids; the
+// thread of column 0 reports a bad id.
 #include "common.cuh"
 
 __device__ __forceinline__ bool in_vocab(int id, int vocab) { return id >= 0 && id < vocab; }
@@ -26,13 +28,18 @@ __device__ __forceinline__ bool in_vocab(int id, int vocab) { return id >= 0 && 
 
 #define EMBEDDING_GATHER(S, T)                                                                   \
     extern "C" __global__ void embedding_gather_##S(const T* weight, const int* ids, T* y,       \
-                                                    int n, int dim, int vocab) {                 \
+                                                    int* errors, int error_code, int n,          \
+                                                    int dim, int vocab) {                        \
         int e = blockIdx.x * blockDim.x + threadIdx.x;                                           \
         if (e >= dim) return;                                                                    \
         for (long i = blockIdx.y; i < n; i += gridDim.y) {                                       \
             int id = ids[i];                                                                     \
-            y[i * dim + e] =                                                                     \
-                in_vocab(id, vocab) ? weight[(long)id * dim + e] : from_float<T>(0.f);           \
+            if (in_vocab(id, vocab)) {                                                           \
+                y[i * dim + e] = weight[(long)id * dim + e];                                     \
+            } else {                                                                             \
+                if (e == 0) report_bad_index(errors, error_code, (int)i, id, vocab);             \
+                y[i * dim + e] = from_float<T>(0.f);                                             \
+            }                                                                                    \
         }                                                                                        \
     }
 FOR_EACH_DTYPE(EMBEDDING_GATHER)
@@ -42,21 +49,17 @@ FOR_EACH_DTYPE(EMBEDDING_GATHER)
 
 #define EMBEDDING_SCATTER(S, T)                                                                  \
     extern "C" __global__ void embedding_scatter_##S(const T* dy, const int* ids, float* acc,    \
-                                                     int n, int dim, int vocab, int padding) {   \
+                                                     int* errors, int error_code, int n,         \
+                                                     int dim, int vocab, int padding) {          \
         int e = blockIdx.x * blockDim.x + threadIdx.x;                                           \
         if (e >= dim) return;                                                                    \
         for (long i = blockIdx.y; i < n; i += gridDim.y) {                                       \
             int id = ids[i];                                                                     \
-            if (!in_vocab(id, vocab) || id == padding) continue;                                 \
-            atomicAdd(&acc[(long)id * dim + e], to_float(dy[i * dim + e]));                      \
+            if (!in_vocab(id, vocab)) {                                                          \
+                if (e == 0) report_bad_index(errors, error_code, (int)i, id, vocab);             \
+            } else if (id != padding) {                                                          \
+                atomicAdd(&acc[(long)id * dim + e], to_float(dy[i * dim + e]));                  \
+            }                                                                                    \
         }                                                                                        \
     }
 FOR_EACH_DTYPE(EMBEDDING_SCATTER)
-
-// ---
-// Validation
-
-extern "C" __global__ void embedding_check_ids_f32(const int* ids, int n, int vocab, int* bad) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n && !in_vocab(ids[i], vocab)) atomicExch(bad, 1);
-}

@@ -11,6 +11,7 @@
 //! | training: `train` (cross-entropy, clipping, Adam/AdamW) | yes | yes | — |
 //! | blocks with backward: `ops::pointwise` (sigmoid, tanh, relu, add, mul), `ops::reduce` (sum, mean over a dim), `ops::dropout` | yes (every dtype) | yes | — |
 //! | blocks: `ops::log_softmax` (with backward), `ops::top_k` (`argmax`, `top_k` with k ≤ 64 on CUDA; no backward) | yes (every dtype) | yes | — |
+//! | blocks with backward: `ops::concat` (concat, split along any dim), `ops::index_select` (ids on the host or the device; `CudaDevice::check_errors` reports device ids out of range) | yes (every dtype) | yes | — |
 //!
 //! Every module takes layers, bidirectional, batch_first, bias, initial states and variable
 //! lengths, with nn.RNN's / nn.LSTM's / nn.GRU's semantics. Weights load from PyTorch

@@ -6,11 +6,20 @@
 mod common;
 
 use common::host_kernels::{self, Arg, HostKernels, Launch};
+use fused_rnn::device::kernels::codes::{
+    ERROR_EMBEDDING, ERROR_EMBEDDING_BACKWARD, ERROR_RECORD_WORDS, LINEAR_GRAD_COLS,
+    LINEAR_GRAD_ROWS,
+};
+use fused_rnn::device::kernels::ids;
 use fused_rnn::io::TensorFile;
 use fused_rnn::nn::{Embedding, Linear};
 use fused_rnn::ops::{embedding, linear};
 use fused_rnn::{DType, Device, Error, Indices, Tensor};
 use std::path::PathBuf;
+
+/// The bias gradient's block (columns × row lanes), as the launcher sizes it.
+const GRAD_COLS: usize = LINEAR_GRAD_COLS as usize;
+const GRAD_ROWS: usize = LINEAR_GRAD_ROWS as usize;
 
 fn host(t: &Tensor) -> Vec<f32> {
     t.to_vec_f32().unwrap()
@@ -360,14 +369,15 @@ fn cuda_embedding_matches_cpu_on_every_dtype() {
             let want = embedding::backward(&ids, &g, vocab, pad).unwrap();
             let tol = common::tolerance(dtype);
             failures.extend(common::mismatch(&name, &host(&dw), &host(&want), tol));
-            assert!(embedding::check_ids(&ids_d, vocab).is_ok(), "{name}");
         }
     }
+    // Every id was in range: nothing was reported.
+    dev.as_cuda().unwrap().check_errors().unwrap();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// CUDA ids outside the vocabulary: zero rows and no gradient, never an access out of bounds,
-/// and `check_ids` names the first.
+/// and the device's error record names one of them (forward and backward apart).
 #[test]
 fn cuda_embedding_ids_out_of_range_are_zero_rows_and_a_checked_error() {
     let test = "cuda_embedding_ids_out_of_range_are_zero_rows_and_a_checked_error";
@@ -397,24 +407,36 @@ fn cuda_embedding_ids_out_of_range_are_zero_rows_and_a_checked_error() {
         DType::F32,
     );
     let g = tensor(&common::random(8 * dim, 1.0, 2), &[2, 4, dim], DType::F32);
+    let cuda = dev.as_cuda().unwrap();
+    cuda.check_errors().unwrap();
+    // The first report wins, and blocks run in any order: any bad id may be the one named.
+    let reported = |what: &str, want: &str| match cuda.check_errors() {
+        Err(Error::Index {
+            tensor,
+            position,
+            value,
+            limit,
+        }) => {
+            assert_eq!((tensor.as_str(), limit), (want, vocab), "{what}");
+            assert!(
+                bad(raw[position]) && raw[position] as i64 == value,
+                "{what}: {position}"
+            );
+        }
+        other => panic!("{what}: expected a bad id reported, got {other:?}"),
+    };
     let y = embedding::forward(&w.to(&dev, DType::F32).unwrap(), &ids_d).unwrap();
     assert_eq!(
         host(&y),
         masked(host(&embedding::forward(&w, &fixed).unwrap()))
     );
+    reported("forward", "embedding ids");
+    cuda.check_errors().unwrap();
     let g_masked = tensor(&masked(host(&g)), &[2, 4, dim], DType::F32);
     let dw = embedding::backward(&ids_d, &g.to(&dev, DType::F32).unwrap(), vocab, Some(2)).unwrap();
     let want = embedding::backward(&fixed, &g_masked, vocab, Some(2)).unwrap();
     close("backward", &dw, &want, common::tolerance(DType::F32));
-    match embedding::check_ids(&ids_d, vocab) {
-        Err(Error::Index {
-            tensor,
-            position: 1,
-            value: -1,
-            limit: 6,
-        }) => assert_eq!(tensor, "ids"),
-        other => panic!("expected the first bad id, got {other:?}"),
-    }
+    reported("backward", "embedding_backward ids");
     // Mixed devices.
     let cpu_w = w;
     assert!(matches!(
@@ -437,9 +459,10 @@ fn cuda_embedding_ids_out_of_range_are_zero_rows_and_a_checked_error() {
 #[test]
 fn linear_kernels_match_cpu_on_the_host() {
     let test = "linear_kernels_match_cpu_on_the_host";
-    let entries: Vec<String> = ["linear_bias", "linear_bias_grad"]
+    let (bias_kernel, grad_kernel) = (ids::linear::LINEAR_BIAS, ids::linear::LINEAR_BIAS_GRAD);
+    let entries: Vec<String> = DType::ALL
         .iter()
-        .flat_map(|op| DType::ALL.map(|d| format!("{op}_{d}")))
+        .flat_map(|&d| [bias_kernel.entry_point(d), grad_kernel.entry_point(d)])
         .collect();
     let names: Vec<&str> = entries.iter().map(String::as_str).collect();
     let Some(kernels) = HostKernels::build(test, "linear", &names) else {
@@ -465,7 +488,7 @@ fn linear_kernels_match_cpu_on_the_host() {
             let acc = host(&linear::forward(&x, &w, None).unwrap());
             let want = linear::forward(&x, &w, b.as_ref()).unwrap();
             let forward = Launch {
-                entry: &format!("linear_bias_{dtype}"),
+                entry: &bias_kernel.entry_point(dtype),
                 grid: (output.div_ceil(256) as u32, rows.min(65535) as u32),
                 threads: 256,
                 shared: 0,
@@ -501,10 +524,10 @@ fn linear_kernels_match_cpu_on_the_host() {
                     host_kernels::poisoned(output * size),
                 ],
                 &[Launch {
-                    entry: &format!("linear_bias_grad_{dtype}"),
-                    grid: (output.div_ceil(32) as u32, 1),
+                    entry: &grad_kernel.entry_point(dtype),
+                    grid: (output.div_ceil(GRAD_COLS) as u32, 1),
                     threads: 256,
-                    shared: 32 * 8 * 4,
+                    shared: GRAD_COLS * GRAD_ROWS * 4,
                     args: vec![
                         Arg::Buf(0),
                         Arg::Buf(1),
@@ -519,16 +542,19 @@ fn linear_kernels_match_cpu_on_the_host() {
     }
 }
 
-/// The gather, the scatter into an f32 accumulator and the ids' check, against the CPU
-/// reference, ids out of range included.
+/// The gather and the scatter into an f32 accumulator against the CPU reference, ids out of
+/// range included (skipped, and one of them in the error record).
 #[test]
 fn embedding_kernels_match_cpu_on_the_host() {
     let test = "embedding_kernels_match_cpu_on_the_host";
-    let mut entries: Vec<String> = ["embedding_gather", "embedding_scatter"]
+    let (gather, scatter) = (
+        ids::embedding::EMBEDDING_GATHER,
+        ids::embedding::EMBEDDING_SCATTER,
+    );
+    let entries: Vec<String> = DType::ALL
         .iter()
-        .flat_map(|op| DType::ALL.map(|d| format!("{op}_{d}")))
+        .flat_map(|&d| [gather.entry_point(d), scatter.entry_point(d)])
         .collect();
-    entries.push("embedding_check_ids_f32".into());
     let names: Vec<&str> = entries.iter().map(String::as_str).collect();
     let Some(kernels) = HostKernels::build(test, "embedding", &names) else {
         return;
@@ -549,21 +575,19 @@ fn embedding_kernels_match_cpu_on_the_host() {
             ids[5] = i32::MIN;
         }
         let bad = |id: i32| !(0..vocab as i32).contains(&id);
+        // The reference: bad ids replaced by 0, their output rows and gradient rows zeroed.
         let fixed: Vec<i32> = ids.iter().map(|&i| if bad(i) { 0 } else { i }).collect();
+        let fixed = Indices::from_vec(fixed, &[n]).unwrap();
         let keep: Vec<f32> = ids
             .iter()
             .flat_map(|&i| std::iter::repeat_n(if bad(i) { 0.0 } else { 1.0 }, dim))
             .collect();
-        let fixed = Indices::from_vec(fixed, &[n]).unwrap();
+        let masked = |v: &[f32]| -> Vec<f32> { v.iter().zip(&keep).map(|(a, k)| a * k).collect() };
         for dtype in DType::ALL {
             let name = format!("V {vocab} E {dim} n {n} {dtype}");
             let size = dtype.size_in_bytes();
             let w = common::rounded(common::random(vocab * dim, 1.0, 7), dtype);
-            let g: Vec<f32> = common::rounded(common::random(n * dim, 1.0, 8), dtype)
-                .iter()
-                .zip(&keep)
-                .map(|(g, k)| g * k)
-                .collect();
+            let g = common::rounded(common::random(n * dim, 1.0, 8), dtype);
             let (n_i, dim_i, vocab_i) = (n as i32, dim as i32, vocab as i32);
             let out = kernels.run(
                 vec![
@@ -572,11 +596,12 @@ fn embedding_kernels_match_cpu_on_the_host() {
                     host_kernels::poisoned(n * dim * size),
                     host_kernels::bytes(&g, dtype),
                     vec![0; vocab * dim * 4],
-                    host_kernels::bytes_i32(&[0]),
+                    host_kernels::bytes_i32(&[0; ERROR_RECORD_WORDS as usize]),
+                    host_kernels::bytes_i32(&[0; ERROR_RECORD_WORDS as usize]),
                 ],
                 &[
                     Launch {
-                        entry: &format!("embedding_gather_{dtype}"),
+                        entry: &gather.entry_point(dtype),
                         grid: grid(n, dim),
                         threads: 256,
                         shared: 0,
@@ -584,13 +609,15 @@ fn embedding_kernels_match_cpu_on_the_host() {
                             Arg::Buf(0),
                             Arg::Buf(1),
                             Arg::Buf(2),
+                            Arg::Buf(5),
+                            Arg::I32(ERROR_EMBEDDING),
                             Arg::I32(n_i),
                             Arg::I32(dim_i),
                             Arg::I32(vocab_i),
                         ],
                     },
                     Launch {
-                        entry: &format!("embedding_scatter_{dtype}"),
+                        entry: &scatter.entry_point(dtype),
                         grid: grid(n, dim),
                         threads: 256,
                         shared: 0,
@@ -598,37 +625,38 @@ fn embedding_kernels_match_cpu_on_the_host() {
                             Arg::Buf(3),
                             Arg::Buf(1),
                             Arg::Buf(4),
+                            Arg::Buf(6),
+                            Arg::I32(ERROR_EMBEDDING_BACKWARD),
                             Arg::I32(n_i),
                             Arg::I32(dim_i),
                             Arg::I32(vocab_i),
                             Arg::I32(pad.map_or(-1, |p| p as i32)),
                         ],
                     },
-                    Launch {
-                        entry: "embedding_check_ids_f32",
-                        grid: (n.div_ceil(256) as u32, 1),
-                        threads: 256,
-                        shared: 0,
-                        args: vec![Arg::Buf(1), Arg::I32(n_i), Arg::I32(vocab_i), Arg::Buf(5)],
-                    },
                 ],
             );
             let table = tensor(&w, &[vocab, dim], DType::F32);
-            let want: Vec<f32> = host(&embedding::forward(&table, &fixed).unwrap())
-                .iter()
-                .zip(&keep)
-                .map(|(v, k)| v * k)
-                .collect();
+            let want = masked(&host(&embedding::forward(&table, &fixed).unwrap()));
             assert_eq!(host_kernels::values(&out[2], dtype), want, "{name}: gather");
-            let grad = tensor(&g, &[n, dim], DType::F32);
+            let grad = tensor(&masked(&g), &[n, dim], DType::F32);
             let want = embedding::backward(&fixed, &grad, vocab, pad).unwrap();
             let got = host_kernels::values(&out[4], DType::F32);
             common::assert_close(&format!("{name}: scatter"), &got, &host(&want), 2e-5);
-            assert_eq!(
-                host_kernels::ints(&out[5]),
-                [with_bad as i32],
-                "{name}: check"
-            );
+            for (record, code) in [
+                (&out[5], ERROR_EMBEDDING),
+                (&out[6], ERROR_EMBEDDING_BACKWARD),
+            ] {
+                let record = host_kernels::ints(record);
+                if with_bad {
+                    // {code, position, id, vocab}: blocks run in any order, any bad id may win.
+                    let p = record[1] as usize;
+                    assert_eq!(record[0], code, "{name}: {record:?}");
+                    assert!(bad(ids[p]) && record[2] == ids[p], "{name}: {record:?}");
+                    assert_eq!(record[3], vocab_i, "{name}: {record:?}");
+                } else {
+                    assert_eq!(record, [0; 4], "{name}: nothing reported");
+                }
+            }
         }
     }
 }
@@ -731,11 +759,6 @@ fn bad_embedding_inputs_are_typed_errors() {
             "grad_y {bad:?}"
         );
     }
-    assert!(embedding::check_ids(&good, 6).is_ok());
-    index(
-        embedding::check_ids(&good, 5).map(|_| f32s(&[1])),
-        (1, 5, 5),
-    );
     // The layer: a padding index outside the table, a gradient of another width or dtype.
     assert!(matches!(
         Embedding::random(4, 2, Some(4), &Device::Cpu, DType::F32, 1),

@@ -83,6 +83,8 @@ pub struct CudaDevice {
     poison: AtomicBool,
     /// Set by `set_cublaslt(false)`: the GEMMs with a fused epilogue run on cuBLAS instead.
     no_cublaslt: AtomicBool,
+    /// The error record kernels report bad device-side indices to (see `errors`).
+    errors: CudaSlice<i32>,
 }
 
 /// 0xFF bytes are NaN in f32, f16 and bf16.
@@ -137,6 +139,7 @@ impl CudaDevice {
         }
         let ctx = stream.context().clone();
         let second = ctx.new_stream()?;
+        let errors = stream.alloc_zeros::<i32>(super::errors::RECORD_WORDS)?;
         Ok(CudaDevice {
             compute_capability: ctx.compute_capability()?,
             card: ctx.name()?,
@@ -148,6 +151,7 @@ impl CudaDevice {
             jit: Mutex::new(HashMap::new()),
             poison: AtomicBool::new(false),
             no_cublaslt: AtomicBool::new(false),
+            errors,
         })
     }
 
@@ -225,6 +229,29 @@ impl CudaDevice {
             unsafe { self.fill_async(ptr, POISON_BYTE, len.max(1) * std::mem::size_of::<T>())? };
         }
         Ok(buf)
+    }
+
+    /// The device address of the error record (ERROR_RECORD_WORDS i32s) that kernels
+    /// report an out-of-range device-side index to.
+    pub(crate) fn error_record(&self) -> u64 {
+        super::dev_ptr(&self.errors, self.stream())
+    }
+
+    /// Waits for the work enqueued on the device's stream, then returns the first out-of-range
+    /// index a kernel met in device memory since the last check (`Error::Index`: which ids,
+    /// the position, the value and the range) and clears the record; Ok when there was none.
+    /// Kernels never follow such an index (their outputs say what they did instead: zeros for
+    /// `ops::index_select`), so this is the one place the mistake shows; call it where a
+    /// decoding loop reads its stop flag, or after a step.
+    pub fn check_errors(&self) -> Result<()> {
+        let record = self.stream().clone_dtoh(&self.errors)?;
+        let found = super::errors::decode(&record);
+        if record.first().is_some_and(|&code| code != 0) {
+            let ptr = self.error_record();
+            // SAFETY: `ptr` addresses the record, RECORD_WORDS i32s of this device.
+            unsafe { self.fill_async(ptr, 0, super::errors::RECORD_WORDS * 4)? };
+        }
+        found
     }
 
     pub(crate) fn poisoning(&self) -> bool {

@@ -3,6 +3,7 @@
 
 mod cuda;
 mod driver;
+pub(crate) mod errors;
 mod gemm;
 mod gemm_lt;
 mod jit;

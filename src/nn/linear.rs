@@ -115,8 +115,9 @@ impl Embedding {
         })
     }
 
-    /// [ids.shape.., E] for ids on the table's device. On CUDA, ids outside the vocabulary
-    /// give rows of zeros instead of an error (`ops::embedding::check_ids` checks them).
+    /// [ids.shape.., E] for ids on the table's device. On CUDA an id outside the vocabulary
+    /// gives a row of zeros, and `CudaDevice::check_errors` reports it later (the host never
+    /// reads CUDA ids; see `ops::embedding`).
     pub fn forward(&self, ids: &Indices) -> Result<Tensor> {
         embedding::forward(&self.weight, ids)
     }

@@ -4,10 +4,12 @@
 pub(crate) mod activation;
 pub mod algo;
 pub mod attention;
+pub mod concat;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod embedding;
 pub(crate) mod gemm_cpu;
+pub mod index_select;
 pub mod linear;
 pub mod log_softmax;
 pub(crate) mod math_cpu;

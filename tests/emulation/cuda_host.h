@@ -278,6 +278,10 @@ inline float __shfl_xor_sync(unsigned mask, float x, int lane_mask) {
 inline int atomicExch(int* p, int v) { return std::atomic_ref<int>(*p).exchange(v); }
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline int atomicCAS(int* p, int compare, int v) {
+    std::atomic_ref<int>(*p).compare_exchange_strong(compare, v);
+    return compare;
+}
 
 // A block is one OS thread, its CUDA threads fibers on it, and every launch starts new threads:
 // a thread-local variable is exactly one block's shared variable.

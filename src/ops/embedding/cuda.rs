@@ -1,8 +1,10 @@
-//! CUDA launchers for kernels/embedding.cu: the gather, the scatter into a zeroed f32
-//! accumulator (then converted to the dtype), and the ids' range check.
+//! CUDA launchers for kernels/embedding.cu: the gather, and the scatter into a zeroed f32
+//! accumulator (then converted to the dtype). A bad id is skipped and reported to the device's
+//! error record under `ERROR_EMBEDDING` / `ERROR_EMBEDDING_BACKWARD`.
 
+use crate::device::kernels::codes::{ERROR_EMBEDDING, ERROR_EMBEDDING_BACKWARD};
 use crate::device::kernels::ids;
-use crate::device::launch::{launch, per_element, THREADS};
+use crate::device::launch::{launch, THREADS};
 use crate::device::{data_ptr, reading, CudaDevice};
 use crate::dtype::{CudaData, DType};
 use crate::error::{Error, Result};
@@ -58,11 +60,15 @@ pub(super) fn forward(
     let stream = dev.stream();
     let yp = data_ptr(&y, stream);
     let f = dev.function(ids::embedding::EMBEDDING_GATHER, dtype)?;
+    let (errors, code) = (dev.error_record(), ERROR_EMBEDDING);
     let (idp, _read_ids) = ids.cuda_slice()?.device_ptr(stream);
     reading(weight.cuda_data()?, stream, |wp| -> Result<()> {
-        // SAFETY: the weight holds vocab·dim elements, the ids n i32, y n·dim elements; the
-        // kernel reads a row only for an id in [0, vocab) and writes y[i, e] for i < n, e < dim.
-        unsafe { launch!(stream, &f, grid(n, dim); wp, idp, yp, n_i, dim_i, vocab_i) };
+        // SAFETY: the weight holds vocab·dim elements, the ids n i32s, y n·dim elements, the
+        // error record ERROR_RECORD_WORDS i32s; the kernel reads a row only for an id it found
+        // inside 0..vocab and writes y[i, e] for i < n, e < dim.
+        unsafe {
+            launch!(stream, &f, grid(n, dim); wp, idp, yp, errors, code, n_i, dim_i, vocab_i)
+        };
         Ok(())
     })?;
     Tensor::from_cuda_data(y, shape, dev)
@@ -96,12 +102,15 @@ pub(super) fn backward(
     unsafe { dev.fill_async(accp, 0, 4 * len)? };
     if n > 0 {
         let f = dev.function(ids::embedding::EMBEDDING_SCATTER, dtype)?;
+        let (errors, code) = (dev.error_record(), ERROR_EMBEDDING_BACKWARD);
         let (idp, _read_ids) = ids.cuda_slice()?.device_ptr(stream);
         reading(grad_y.cuda_data()?, stream, |gp| -> Result<()> {
-            // SAFETY: grad_y holds n·dim elements, the ids n i32, acc vocab·dim f32; the kernel
-            // adds into row id only for an id in [0, vocab).
+            // SAFETY: grad_y holds n·dim elements, the ids n i32s, acc vocab·dim f32s, the error
+            // record ERROR_RECORD_WORDS i32s; the kernel adds into row id only for an id it
+            // found inside 0..vocab.
             unsafe {
-                launch!(stream, &f, grid(n, dim); gp, idp, accp, n_i, dim_i, vocab_i, padding)
+                launch!(stream, &f, grid(n, dim);
+                        gp, idp, accp, errors, code, n_i, dim_i, vocab_i, padding)
             };
             Ok(())
         })?;
@@ -112,23 +121,4 @@ pub(super) fn backward(
         _ => dev.convert_data(&acc, dtype)?,
     };
     Tensor::from_cuda_data(out, &[vocab, dim], dev)
-}
-
-/// Whether some CUDA id is outside [0, vocab): one kernel, then the flag read back.
-pub(super) fn any_out_of_range(dev: &Arc<CudaDevice>, ids: &Indices, vocab: usize) -> Result<bool> {
-    let n = ids.numel();
-    if n == 0 {
-        return Ok(false);
-    }
-    let n_i = check_i32("ids", n)?;
-    // A vocabulary past i32::MAX flags id i32::MAX too; the caller rechecks flagged ids exactly.
-    let vocab_i = i32::try_from(vocab).unwrap_or(i32::MAX);
-    let stream = dev.stream();
-    let flag = dev.upload(&[0i32])?;
-    let flagp = crate::device::dev_ptr(&flag, stream);
-    let f = dev.function(ids::embedding::EMBEDDING_CHECK_IDS, DType::F32)?;
-    let (idp, _read_ids) = ids.cuda_slice()?.device_ptr(stream);
-    // SAFETY: the ids hold n i32 and the flag one; the kernel reads ids[i] for i < n.
-    unsafe { launch!(stream, &f, per_element(n); idp, n_i, vocab_i, flagp) };
-    Ok(stream.clone_dtoh(&flag)?[0] != 0)
 }

@@ -2,12 +2,17 @@
 //! every id (y [ids.shape.., E]); `backward` sums grad_y's rows per id into a [V, E] gradient,
 //! the padding id's row left zero (F.embedding's `padding_idx`).
 //!
-//! Ids are `Indices` (i32) on the weight's device. On the CPU an id outside [0, V) is an error
-//! before any work. On CUDA the ids are not read back before the kernels run (that would wait
-//! for the device on every call): an id out of range gathers a row of zeros and adds no
-//! gradient, and nothing is read or written out of bounds. `check_ids` gives the CPU's error
-//! for CUDA ids too (one small kernel and a read back of a flag); call it where ids come from
-//! outside (a data set, a user) rather than from the model's own argmax.
+//! Ids are `Indices` (i32) on the weight's device. Host ids are checked on the host before
+//! anything runs: an id outside 0..V is `Error::Index` naming its position (in the flattened
+//! ids) and value. CUDA ids are never read by the host (a decoding loop keeps its tokens on the
+//! device): the kernels do not follow a bad id — its output row is zeros and the backward adds
+//! nothing for it — and record it in the device's error record, which
+//! `CudaDevice::check_errors` turns into the same `Error::Index` (one small read, where the
+//! caller chooses).
+//!
+//! The backward on CUDA adds with f32 atomics into an f32 accumulator (converted to the dtype
+//! at the end), so with repeated ids the order of additions, and the last bits of the result,
+//! may vary between runs. The CPU sums in f64.
 
 mod cpu;
 mod cuda;
@@ -45,7 +50,7 @@ fn out_of_range(position: usize, id: i32, vocab: usize) -> Error {
     }
 }
 
-/// The first id outside [0, vocab) of host ids, as an error.
+/// `Error::Index` for the first id outside 0..vocab of host ids.
 fn check_host_ids(ids: &[i32], vocab: usize) -> Result<()> {
     match ids
         .iter()
@@ -53,21 +58,6 @@ fn check_host_ids(ids: &[i32], vocab: usize) -> Result<()> {
     {
         Some(flat) => Err(out_of_range(flat, ids[flat], vocab)),
         None => Ok(()),
-    }
-}
-
-/// `Error::Index` for the first id outside [0, vocab) (its position in the flattened ids). Host ids are checked here;
-/// CUDA ids by a kernel whose one-flag result is read back (this waits for the device).
-pub fn check_ids(ids: &Indices, vocab: usize) -> Result<()> {
-    match ids.device() {
-        Device::Cpu => check_host_ids(ids.host_slice()?, vocab),
-        Device::Cuda(dev) => {
-            if cuda::any_out_of_range(&dev, ids, vocab)? {
-                check_host_ids(&ids.to_vec()?, vocab)
-            } else {
-                Ok(())
-            }
-        }
     }
 }
 
@@ -80,7 +70,7 @@ fn table(weight: &Tensor) -> Result<(usize, usize)> {
 }
 
 /// y [ids.shape.., E]: row ids[i] of weight [V, E] for every id. The ids on the weight's
-/// device (see the module's notes for ids out of range).
+/// device (see the module's notes for ids out of range on CUDA).
 pub fn forward(weight: &Tensor, ids: &Indices) -> Result<Tensor> {
     let (vocab, dim) = table(weight)?;
     let device = weight.device();
