@@ -25,8 +25,20 @@
 //! softmax, context), split across blocks and combined.
 //!
 //! Every layer implements `nn::Module` (parameters by PyTorch name, `load_state_dict` under a
-//! prefix, `nn::save_state_dict`). Any shape a caller can build gives `Ok` or `Err`, never a
-//! panic; sizes are counted with checked arithmetic and large buffers allocated fallibly.
+//! prefix, `nn::save_state_dict`); a model composes its layers' parameters under prefixes
+//! (`nn::parameters_of`), gathers gradients by name (`nn::Grads`) and steps them with one
+//! optimiser call (`train::Adam::step_module`). Any shape a caller can build gives `Ok` or
+//! `Err`, never a panic; sizes are counted with checked arithmetic and large buffers allocated
+//! fallibly.
+//!
+//! Every op (`ops::*`) checks its arguments in `mod.rs`, then dispatches on the device of its
+//! tensors to `cpu.rs` (the reference) or `cuda.rs` (launchers); ops never import each other,
+//! and `nn` layers own parameters and call ops. A CUDA tensor carries its device; another
+//! crate's buffers come in owned (`Tensor::from_cuda_slice`) or lent for a call
+//! (`Tensor::borrow_cuda_slice`). Integer ids (tokens, beam rows, `argmax` results) are
+//! `Indices`, on the host or the device. Kernels are named by typed ids generated from their
+//! sources (`device::kernels::ids`), and the codes both sides use are written once
+//! (kernels/codes.cuh → `device::kernels::codes`).
 //!
 //! # Quick start
 //! ```no_run

@@ -1,16 +1,19 @@
-//! A small training run on the CPU: an LSTM encoder–decoder with general attention learns to
-//! reverse digit sequences (lengths 3 to 6, padded), trained end to end through every backward
-//! pass (embeddings, both LSTMs, attention, the output layer, cross-entropy) with clipping and
-//! Adam, one optimiser call over every named parameter. The loss must fall from ~ln 10 to well
-//! below it, and the trained model's state_dict must round-trip through safetensors.
+//! A small training run on the CPU, written only against the public API: an LSTM
+//! encoder–decoder with general attention learns to reverse digit sequences (lengths 3 to 6,
+//! padded), trained end to end through every backward pass (embeddings, both LSTMs, attention,
+//! the concatenation, the output layer, cross-entropy) with clipping and Adam, one optimiser
+//! call over every parameter by name. The loss must fall from ~ln 10 to well below it, and the
+//! trained model's state_dict must round-trip through safetensors.
 
 use fused_rnn::io::TensorFile;
 use fused_rnn::nn::{
-    save_state_dict, Attention, AttentionConfig, Embedding, Linear, Lstm, LstmConfig, LstmOutput,
-    Module,
+    parameters_mut_of, parameters_of, save_state_dict, Attention, AttentionConfig, Embedding,
+    Grads, Linear, Lstm, LstmConfig, LstmOutput, Module,
 };
 use fused_rnn::ops::attention::Score;
-use fused_rnn::train::{clip_grad_norm, softmax_cross_entropy, Adam};
+use fused_rnn::ops::concat::{concat, concat_backward};
+use fused_rnn::ops::pointwise::add;
+use fused_rnn::train::{softmax_cross_entropy, Adam};
 use fused_rnn::{DType, Device, Indices, Reserve, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -58,25 +61,6 @@ fn ids(tokens: &[usize]) -> Indices {
     Indices::from_usize(tokens, &[BATCH, MAX_LEN]).unwrap()
 }
 
-/// [B, T, H] halves of a [B·T, 2H] tensor's rows, and back.
-fn split_halves(x: &Tensor, h: usize) -> (Vec<f32>, Vec<f32>) {
-    let v = x.to_vec_f32().unwrap();
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for row in v.chunks_exact(2 * h) {
-        a.extend_from_slice(&row[..h]);
-        b.extend_from_slice(&row[h..]);
-    }
-    (a, b)
-}
-
-fn concat_halves(a: &Tensor, b: &Tensor, h: usize) -> Vec<f32> {
-    let (a, b) = (a.to_vec_f32().unwrap(), b.to_vec_f32().unwrap());
-    a.chunks_exact(h)
-        .zip(b.chunks_exact(h))
-        .flat_map(|(x, y)| x.iter().chain(y).copied())
-        .collect()
-}
-
 /// The model: embeddings, an LSTM encoder and decoder, general attention over the encoder's
 /// outputs and a linear layer over [decoder output; context].
 struct Model {
@@ -122,30 +106,6 @@ impl Model {
         }
     }
 
-    /// Every layer with its state_dict prefix.
-    fn modules(&self) -> [(&'static str, &dyn Module); 6] {
-        [
-            ("enc_emb.", &self.enc_emb),
-            ("dec_emb.", &self.dec_emb),
-            ("encoder.", &self.encoder),
-            ("decoder.", &self.decoder),
-            ("attention.", &self.attention),
-            ("output.", &self.output),
-        ]
-    }
-
-    /// The same, mutable.
-    fn modules_mut(&mut self) -> [(&'static str, &mut dyn Module); 6] {
-        [
-            ("enc_emb.", &mut self.enc_emb),
-            ("dec_emb.", &mut self.dec_emb),
-            ("encoder.", &mut self.encoder),
-            ("decoder.", &mut self.decoder),
-            ("attention.", &mut self.attention),
-            ("output.", &mut self.output),
-        ]
-    }
-
     fn forward(&self, b: &Batch) -> Pass {
         let src = self.enc_emb.forward(&ids(&b.source)).unwrap();
         let (enc, enc_reserve) = self
@@ -167,11 +127,10 @@ impl Model {
             .attend(&keys, &dec.output, false)
             .unwrap()
             .context;
-        let features = Tensor::from_vec(
-            concat_halves(&dec.output, &context, HIDDEN),
-            &[BATCH * MAX_LEN, 2 * HIDDEN],
-        )
-        .unwrap();
+        let features = concat(&[&dec.output, &context], 2)
+            .unwrap()
+            .reshape(&[BATCH * MAX_LEN, 2 * HIDDEN])
+            .unwrap();
         let logits = self.output.forward(&features).unwrap();
         Pass {
             enc,
@@ -184,9 +143,33 @@ impl Model {
     }
 }
 
+/// The model's state_dict: every layer's parameters under its prefix.
+impl Module for Model {
+    fn parameters(&self) -> Vec<(String, &Tensor)> {
+        parameters_of(&[
+            ("enc_emb.", &self.enc_emb),
+            ("dec_emb.", &self.dec_emb),
+            ("encoder.", &self.encoder),
+            ("decoder.", &self.decoder),
+            ("attention.", &self.attention),
+            ("output.", &self.output),
+        ])
+    }
+
+    fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        parameters_mut_of(vec![
+            ("enc_emb.", &mut self.enc_emb),
+            ("dec_emb.", &mut self.dec_emb),
+            ("encoder.", &mut self.encoder),
+            ("decoder.", &mut self.decoder),
+            ("attention.", &mut self.attention),
+            ("output.", &mut self.output),
+        ])
+    }
+}
+
 #[test]
 fn an_encoder_decoder_with_attention_learns_to_reverse_sequences() {
-    let cpu = Device::Cpu;
     let mut model = Model::random(1);
     let mut adam = Adam::new(0.01);
     let mut rng = StdRng::seed_from_u64(7);
@@ -200,9 +183,12 @@ fn an_encoder_decoder_with_attention_learns_to_reverse_sequences() {
         last = loss.value;
         // Backward, from the loss to the embeddings.
         let out_g = m.output.backward(&pass.features, &loss.grad).unwrap();
-        let (d_dec, d_ctx) = split_halves(&out_g.input, HIDDEN);
         let hidden_shape = [BATCH, MAX_LEN, HIDDEN];
-        let d_ctx = Tensor::from_vec(d_ctx, &hidden_shape).unwrap();
+        let mut halves = concat_backward(&out_g.input, 1, &[HIDDEN, HIDDEN])
+            .unwrap()
+            .into_iter()
+            .map(|h| h.reshape(&hidden_shape).unwrap());
+        let (d_dec, d_ctx) = (halves.next().unwrap(), halves.next().unwrap());
         let att_g = m
             .attention
             .backward(
@@ -213,12 +199,8 @@ fn an_encoder_decoder_with_attention_learns_to_reverse_sequences() {
                 &d_ctx,
             )
             .unwrap();
-        let d_dec: Vec<f32> = d_dec
-            .iter()
-            .zip(att_g.query.to_vec_f32().unwrap())
-            .map(|(a, q)| a + q)
-            .collect();
-        let d_dec = Tensor::from_vec(d_dec, &hidden_shape).unwrap();
+        let d_dec = add(&d_dec, &att_g.query).unwrap();
+        assert_eq!(d_dec.shape(), hidden_shape);
         let dec_g = m
             .decoder
             .backward(&pass.dec_reserve, &d_dec, None, None)
@@ -237,28 +219,24 @@ fn an_encoder_decoder_with_attention_learns_to_reverse_sequences() {
             .backward(&ids(&b.decoder_in), &dec_g.input)
             .unwrap();
         let d_enc_emb = m.enc_emb.backward(&ids(&b.source), &enc_g.input).unwrap();
-        // Update: every gradient in the order `modules` lists the parameters.
-        let mut grads: Vec<Tensor> = vec![d_enc_emb, d_dec_emb];
-        for g in [&enc_g, &dec_g] {
-            grads.extend(
-                g.params
-                    .iter()
-                    .flat_map(|p| p.tensors())
-                    .map(|t| t.to(&cpu, DType::F32).unwrap()),
-            );
-        }
-        grads.extend(att_g.params.into_iter().map(|(_, t)| t));
-        grads.push(out_g.weight);
-        grads.extend(out_g.bias);
-        let mut grad_refs: Vec<&mut Tensor> = grads.iter_mut().collect();
-        clip_grad_norm(&mut grad_refs, 1.0).unwrap();
+        // Every gradient by its parameter's name, in whatever order the passes made them.
+        let mut grads = Grads::new();
+        let att_params = att_g.params.into_iter().map(|(_, t)| t);
+        grads
+            .add("output.", &m.output, out_g.into_params())
+            .unwrap();
+        grads.add("attention.", &m.attention, att_params).unwrap();
+        grads
+            .add("decoder.", &m.decoder, dec_g.into_params())
+            .unwrap();
+        grads
+            .add("encoder.", &m.encoder, enc_g.into_params())
+            .unwrap();
+        grads.add("dec_emb.", &m.dec_emb, [d_dec_emb]).unwrap();
+        grads.add("enc_emb.", &m.enc_emb, [d_enc_emb]).unwrap();
+        grads.clip_norm(1.0).unwrap();
         // One optimiser call over every named parameter of the model.
-        let mut params: Vec<&mut Tensor> = Vec::new();
-        for (_, module) in model.modules_mut() {
-            params.extend(module.parameters_mut().into_iter().map(|(_, t)| t));
-        }
-        let grad_refs: Vec<&Tensor> = grads.iter().collect();
-        adam.step(&mut params, &grad_refs).unwrap();
+        adam.step_module(&mut model, &grads).unwrap();
         if step % 50 == 0 {
             println!("step {step}: loss {:.4}", loss.value);
         }
@@ -279,12 +257,10 @@ fn an_encoder_decoder_with_attention_learns_to_reverse_sequences() {
         "fused-rnn-seq2seq-{}.safetensors",
         std::process::id()
     ));
-    save_state_dict(&path, &model.modules()).unwrap();
+    save_state_dict(&path, &[("", &model)]).unwrap();
     let file = TensorFile::load(&path).unwrap();
     let mut loaded = Model::random(100);
-    for (prefix, module) in loaded.modules_mut() {
-        module.load_state_dict(&file, prefix).unwrap();
-    }
+    loaded.load_state_dict(&file, "").unwrap();
     std::fs::remove_file(&path).unwrap();
     let b = batch(&mut rng);
     let (want, got) = (model.forward(&b).logits, loaded.forward(&b).logits);

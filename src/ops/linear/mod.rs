@@ -25,6 +25,14 @@ pub struct LinearGradients {
     pub bias: Option<Tensor>,
 }
 
+impl LinearGradients {
+    /// The parameters' gradients in state_dict order (weight, bias), as `nn::Grads::add`
+    /// takes them.
+    pub fn into_params(self) -> Vec<Tensor> {
+        std::iter::once(self.weight).chain(self.bias).collect()
+    }
+}
+
 /// The product's sizes and the leading dimensions of x (y's shape is `lead` + [out]).
 struct Checked {
     sizes: LinearSizes,
