@@ -14,7 +14,7 @@
 #             the input side prefetched; registers alone; staging and prefetch alone; all three
 #             mostly in shared memory past a 48-register budget), racecheck on the small shapes,
 #             and the persistent bench of each
-# MEMCHECK_TESTS narrows the memcheck part to some test binaries.
+# MEMCHECK_TESTS and MEMCHECK_BLOCKS narrow the memcheck part to some test binaries.
 # PARTS (default "tests memcheck torch bench-recurrent bench-persistent bench-attention") picks
 # what runs.
 set -uo pipefail
@@ -69,9 +69,14 @@ if want tests; then
 fi
 if want memcheck; then
     # recurrent_cuda's small rows cover every feature; the large ones only add sanitizer time.
-    for t in ${MEMCHECK_TESTS:-recurrent_cuda attention_cuda train_cuda}; do
+    for t in ${MEMCHECK_TESTS:-recurrent_cuda attention_cuda train_cuda tensor_device}; do
         step "memcheck test-$t" "$out/sanitizer.log" 300 env FUSED_RNN_TEST_MAX_HIDDEN=33 \
             compute-sanitizer --tool memcheck --error-exitcode 1 "$bundle/test-$t" --test-threads=1
+    done
+    # The building blocks' CUDA tests (their names hold "cuda"; the rest run on the host).
+    for t in ${MEMCHECK_BLOCKS:-blocks_linear blocks_pointwise blocks_reduce blocks_dropout blocks_shape blocks_select}; do
+        step "memcheck test-$t" "$out/sanitizer.log" 200 \
+            compute-sanitizer --tool memcheck --error-exitcode 1 "$bundle/test-$t" --test-threads=1 cuda
     done
     # Shared-memory races in the persistent kernel (a small GRU, picked by Auto).
     step "racecheck persistent" "$out/sanitizer.log" 200 \
