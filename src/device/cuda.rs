@@ -78,6 +78,8 @@ pub struct CudaDevice {
     compute_capability: (i32, i32),
     card: String,
     modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, LoadedVia)>>,
+    /// Entry points looked up once (a decoding loop asks for the same ones every step).
+    functions: Mutex<HashMap<(&'static str, &'static str, DType), CudaFunction>>,
     /// Run-time specialisations by key (see `jit`).
     pub(super) jit: Mutex<HashMap<u64, Arc<CudaModule>>>,
     poison: AtomicBool,
@@ -148,6 +150,7 @@ impl CudaDevice {
             queue: Mutex::new(()),
             ctx,
             modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
             jit: Mutex::new(HashMap::new()),
             poison: AtomicBool::new(false),
             no_cublaslt: AtomicBool::new(false),
@@ -423,8 +426,14 @@ impl CudaDevice {
                 reason: format!("it is built for {:?} only", kernel.dtypes),
             });
         }
+        let key = (kernel.file, kernel.op_variant, dtype);
+        if let Some(f) = self.functions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(f.clone());
+        }
         let (module, _) = self.module(kernel.file)?;
-        Ok(module.load_function(&kernel.entry_point(dtype))?)
+        let f = module.load_function(&kernel.entry_point(dtype))?;
+        let mut functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(functions.entry(key).or_insert(f).clone())
     }
 
     /// Registers per thread and local memory per thread (stack and spills) of entry point
