@@ -25,22 +25,31 @@
 #include "common.cuh"
 
 // ---
+// The offset in the source [rows, n_src, inner] of entry idx of the selection [rows, n_ids,
+// inner], or -1 for a bad id (recorded under error_code).
+__device__ __forceinline__ long long selected_offset(unsigned long long idx, const int* ids,
+                                                     int* errors, int error_code, int n_src,
+                                                     int n_ids, unsigned long long inner) {
+    unsigned long long per_row = (unsigned long long)n_ids * inner;
+    unsigned long long r = idx / per_row, rest = idx - r * per_row;
+    int j = (int)(rest / inner);
+    unsigned long long i = rest - (unsigned long long)j * inner;
+    int id = ids[j];
+    if (id < 0 || id >= n_src) {
+        report_bad_index(errors, error_code, j, id, n_src);
+        return -1;
+    }
+    return (long long)((r * n_src + id) * inner + i);
+}
+
+// ---
 #define INDEX_SELECT(S, T)                                                                       \
     extern "C" __global__ void index_select_##S(const T* x, T* y, const int* ids, int* errors,   \
                                                 int error_code, unsigned long long rows,         \
                                                 int n_src, int n_ids, unsigned long long inner) { \
-        unsigned long long per_row = (unsigned long long)n_ids * inner;                          \
-        GRID_STRIDE_LOOP(idx, rows * per_row) {                                                  \
-            unsigned long long r = idx / per_row, rest = idx - r * per_row;                      \
-            int j = (int)(rest / inner);                                                         \
-            unsigned long long i = rest - (unsigned long long)j * inner;                         \
-            int id = ids[j];                                                                     \
-            if (id < 0 || id >= n_src) {                                                         \
-                report_bad_index(errors, error_code, j, id, n_src);                              \
-                y[idx] = from_float<T>(0.f);                                                     \
-            } else {                                                                             \
-                y[idx] = x[(r * n_src + id) * inner + i];                                        \
-            }                                                                                    \
+        GRID_STRIDE_LOOP(idx, rows * n_ids * inner) {                                            \
+            long long from = selected_offset(idx, ids, errors, error_code, n_src, n_ids, inner); \
+            y[idx] = from < 0 ? from_float<T>(0.f) : x[from];                                    \
         }                                                                                        \
     }
 FOR_EACH_DTYPE(INDEX_SELECT)
@@ -50,16 +59,10 @@ FOR_EACH_DTYPE(INDEX_SELECT)
     extern "C" __global__ void index_select_backward_##S(                                        \
         const T* grad_y, float* acc, const int* ids, int* errors, int error_code,                \
         unsigned long long rows, int n_src, int n_ids, unsigned long long inner) {               \
-        unsigned long long per_row = (unsigned long long)n_ids * inner;                          \
-        GRID_STRIDE_LOOP(idx, rows * per_row) {                                                  \
-            unsigned long long r = idx / per_row, rest = idx - r * per_row;                      \
-            int j = (int)(rest / inner);                                                         \
-            unsigned long long i = rest - (unsigned long long)j * inner;                         \
-            int id = ids[j];                                                                     \
-            if (id < 0 || id >= n_src)                                                           \
-                report_bad_index(errors, error_code, j, id, n_src);                              \
-            else                                                                                 \
-                atomicAdd(&acc[(r * n_src + id) * inner + i], to_float(grad_y[idx]));            \
+        GRID_STRIDE_LOOP(idx, rows * n_ids * inner) {                                            \
+            long long to = selected_offset(idx, ids, errors, error_code, n_src, n_ids, inner);   \
+            if (to >= 0)                                                                         \
+                atomicAdd(&acc[to], to_float(grad_y[idx]));                                      \
         }                                                                                        \
     }
 FOR_EACH_DTYPE(INDEX_SELECT_BACKWARD)

@@ -42,11 +42,7 @@ fn check_len(shape: &[usize], len: usize) -> Result<()> {
 impl Indices {
     /// Host ids.
     pub fn from_vec(values: Vec<i32>, shape: &[usize]) -> Result<Self> {
-        check_len(shape, values.len())?;
-        Ok(Indices {
-            shape: shape.to_vec(),
-            storage: Storage::Host(values),
-        })
+        Indices::new(shape, Storage::Host(values))
     }
 
     /// Host ids from `usize`s (each must fit an i32).
@@ -68,13 +64,20 @@ impl Indices {
         shape: &[usize],
         device: &Arc<CudaDevice>,
     ) -> Result<Self> {
-        check_len(shape, data.len())?;
+        let device = device.clone();
+        Indices::new(shape, Storage::Cuda { data, device })
+    }
+
+    /// `storage` as ids of `shape`, which must hold as many elements.
+    fn new(shape: &[usize], storage: Storage) -> Result<Self> {
+        let len = match &storage {
+            Storage::Host(v) => v.len(),
+            Storage::Cuda { data, .. } => data.len(),
+        };
+        check_len(shape, len)?;
         Ok(Indices {
             shape: shape.to_vec(),
-            storage: Storage::Cuda {
-                data,
-                device: device.clone(),
-            },
+            storage,
         })
     }
 
@@ -133,6 +136,44 @@ impl Indices {
                 expected: "cuda".into(),
                 got: "cpu".into(),
             }),
+        }
+    }
+
+    /// Checks that these ids live on `device` (the same CUDA context for CUDA devices); `name`
+    /// names them in the error.
+    pub(crate) fn check_on(&self, device: &Device, name: &str) -> Result<()> {
+        let ok = match (&self.storage, device) {
+            (Storage::Host(_), Device::Cpu) => true,
+            (Storage::Cuda { data, .. }, Device::Cuda(dev)) => dev.owns(data.context()),
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::DeviceMismatch {
+                expected: device.name(),
+                got: format!("{name} on {}", self.device().name()),
+            })
+        }
+    }
+
+    /// Checks host ids against 0..`limit`: `Error::Index` names the first one outside it (its
+    /// flat position and value) and `name`. CUDA ids are not read (the kernels check them).
+    pub(crate) fn check_host_range(&self, limit: usize, name: &str) -> Result<()> {
+        let Storage::Host(ids) = &self.storage else {
+            return Ok(());
+        };
+        match ids
+            .iter()
+            .position(|&id| usize::try_from(id).map_or(true, |id| id >= limit))
+        {
+            Some(position) => Err(Error::Index {
+                tensor: name.into(),
+                position,
+                value: ids[position].into(),
+                limit,
+            }),
+            None => Ok(()),
         }
     }
 

@@ -71,12 +71,7 @@ impl Tensor {
         shape: &[usize],
         device: &Arc<CudaDevice>,
     ) -> Result<Self> {
-        if slice.context().cu_ctx() != device.context().cu_ctx() {
-            return Err(Error::DeviceMismatch {
-                expected: device.name(),
-                got: "a buffer of another CUDA context".into(),
-            });
-        }
+        check_context(slice.context(), device)?;
         Tensor::from_cuda_data(T::wrap_cuda(slice), shape, device)
     }
 
@@ -105,12 +100,7 @@ impl Tensor {
         shape: &[usize],
         device: &Arc<CudaDevice>,
     ) -> Result<Borrowed<'a, T>> {
-        if slice.context().cu_ctx() != device.context().cu_ctx() {
-            return Err(Error::DeviceMismatch {
-                expected: device.name(),
-                got: "a buffer of another CUDA context".into(),
-            });
-        }
+        check_context(slice.context(), device)?;
         let count = crate::size::elements("borrowed view", shape)?;
         if offset
             .checked_add(count)
@@ -337,12 +327,23 @@ fn upload(dev: &Arc<CudaDevice>, host: &HostData) -> Result<CudaData> {
 }
 
 fn same_context(data: &CudaData, dev: &CudaDevice) -> bool {
-    let ctx = match data {
+    dev.owns(match data {
         CudaData::F32(s) => s.context(),
         CudaData::F16(s) => s.context(),
         CudaData::BF16(s) => s.context(),
-    };
-    ctx.cu_ctx() == dev.context().cu_ctx()
+    })
+}
+
+/// A caller's buffer must be of `device`'s context.
+fn check_context(ctx: &cudarc::driver::CudaContext, device: &CudaDevice) -> Result<()> {
+    if device.owns(ctx) {
+        Ok(())
+    } else {
+        Err(Error::DeviceMismatch {
+            expected: device.name(),
+            got: "a buffer of another CUDA context".into(),
+        })
+    }
 }
 
 /// A caller's device buffer lent as a tensor (`Tensor::borrow_cuda_slice`); use it as a

@@ -460,12 +460,8 @@ fn cuda_embedding_ids_out_of_range_are_zero_rows_and_a_checked_error() {
 fn linear_kernels_match_cpu_on_the_host() {
     let test = "linear_kernels_match_cpu_on_the_host";
     let (bias_kernel, grad_kernel) = (ids::linear::LINEAR_BIAS, ids::linear::LINEAR_BIAS_GRAD);
-    let entries: Vec<String> = DType::ALL
-        .iter()
-        .flat_map(|&d| [bias_kernel.entry_point(d), grad_kernel.entry_point(d)])
-        .collect();
-    let names: Vec<&str> = entries.iter().map(String::as_str).collect();
-    let Some(kernels) = HostKernels::build(test, "linear", &names) else {
+    let kernels = [bias_kernel, grad_kernel];
+    let Some(kernels) = HostKernels::build_every_dtype(test, "linear", &kernels) else {
         return;
     };
     // (rows, in, out, bias)
@@ -551,12 +547,8 @@ fn embedding_kernels_match_cpu_on_the_host() {
         ids::embedding::EMBEDDING_GATHER,
         ids::embedding::EMBEDDING_SCATTER,
     );
-    let entries: Vec<String> = DType::ALL
-        .iter()
-        .flat_map(|&d| [gather.entry_point(d), scatter.entry_point(d)])
-        .collect();
-    let names: Vec<&str> = entries.iter().map(String::as_str).collect();
-    let Some(kernels) = HostKernels::build(test, "embedding", &names) else {
+    let Some(kernels) = HostKernels::build_every_dtype(test, "embedding", &[gather, scatter])
+    else {
         return;
     };
     let grid = |n: usize, dim: usize| (dim.div_ceil(256) as u32, n.min(65535) as u32);

@@ -255,6 +255,17 @@ fn pointwise_kernels_on_the_host_match_the_cpu() {
             let bt = Tensor::from_f32(&b, &[n], dtype).unwrap();
             let (binary, mul_backward) =
                 (format!("binary_forward_{d}"), format!("mul_backward_{d}"));
+            // binary_forward of buffers 0 and 1 into `out` with `code`.
+            let binary_into = |out: usize, code: i32| {
+                let args = vec![
+                    Arg::Buf(0),
+                    Arg::Buf(1),
+                    Arg::Buf(out),
+                    count,
+                    Arg::I32(code),
+                ];
+                grid_stride(&binary, n, blocks, args)
+            };
             let out = kernels.run(
                 vec![
                     host_kernels::bytes(&x, dtype),
@@ -266,24 +277,8 @@ fn pointwise_kernels_on_the_host_match_the_cpu() {
                     host_kernels::poisoned(n * width),
                 ],
                 &[
-                    grid_stride(&binary, n, blocks, {
-                        vec![
-                            Arg::Buf(0),
-                            Arg::Buf(1),
-                            Arg::Buf(3),
-                            count,
-                            Arg::I32(codes::POINTWISE_ADD),
-                        ]
-                    }),
-                    grid_stride(&binary, n, blocks, {
-                        vec![
-                            Arg::Buf(0),
-                            Arg::Buf(1),
-                            Arg::Buf(4),
-                            count,
-                            Arg::I32(codes::POINTWISE_MUL),
-                        ]
-                    }),
+                    binary_into(3, codes::POINTWISE_ADD),
+                    binary_into(4, codes::POINTWISE_MUL),
                     grid_stride(&mul_backward, n, blocks, {
                         let bufs = (0..2).chain(2..3).chain(5..7).map(Arg::Buf);
                         bufs.chain([count]).collect()

@@ -166,6 +166,19 @@ fn data(n: usize, scale: f32, ties: bool, seed: u64) -> Vec<f32> {
     v
 }
 
+/// Special values in the rows of a [6, 33] `x`: −inf among finite values, all −inf, NaNs, +inf,
+/// ±0 (equal maxima), a NaN last.
+fn special_values(x: &mut [f32]) {
+    x[2] = f32::NEG_INFINITY;
+    x[33..66].fill(f32::NEG_INFINITY);
+    x[66 + 5] = f32::NAN;
+    x[66 + 20] = f32::NAN;
+    x[99 + 3] = f32::INFINITY;
+    x[132..165].fill(0.0);
+    x[132 + 4] = -0.0;
+    x[165 + 32] = f32::NAN;
+}
+
 /// The expected top-k of a host f32 row-major [rows, cols], by the documented order
 /// (descending, NaN first, ties by lower index), from a stable sort.
 fn stable_top_k(x: &[f32], cols: usize, k: usize) -> Vec<i32> {
@@ -325,14 +338,7 @@ fn cuda_matches_cpu_on_odd_sizes_every_dtype() {
         let g = data(2 * 3 * 33, 1.0, false, 8);
         check_cuda_case(&dev, &x, &g, &[2, 3, 33], dtype);
         let mut x = data(6 * 33, 2.0, true, 9);
-        x[2] = f32::NEG_INFINITY;
-        x[33..66].fill(f32::NEG_INFINITY);
-        x[66 + 5] = f32::NAN;
-        x[66 + 20] = f32::NAN;
-        x[99 + 3] = f32::INFINITY;
-        x[132..165].fill(0.0);
-        x[132 + 4] = -0.0;
-        x[165 + 32] = f32::NAN;
+        special_values(&mut x);
         let g = data(6 * 33, 1.0, false, 10);
         check_cuda_case(&dev, &x, &g, &[6, 33], dtype);
     }
@@ -420,12 +426,8 @@ fn log_softmax_kernels_on_the_host() {
         ids::log_softmax::LOG_SOFTMAX_FUSED,
         ids::log_softmax::LOG_SOFTMAX_BACKWARD_FUSED,
     );
-    let entries: Vec<String> = DType::ALL
-        .iter()
-        .flat_map(|&d| [fwd_kernel.entry_point(d), bwd_kernel.entry_point(d)])
-        .collect();
-    let names: Vec<&str> = entries.iter().map(|s| s.as_str()).collect();
-    let Some(kernels) = HostKernels::build(test, "log_softmax", &names) else {
+    let both = [fwd_kernel, bwd_kernel];
+    let Some(kernels) = HostKernels::build_every_dtype(test, "log_softmax", &both) else {
         return;
     };
     let mut seed = 500;
@@ -502,18 +504,8 @@ fn top_k_kernels_on_the_host() {
         ids::top_k::TOP_K_LIST4,
         ids::top_k::TOP_K_LIST16,
     );
-    let entries: Vec<String> = DType::ALL
-        .iter()
-        .flat_map(|&d| {
-            [
-                argmax_kernel.entry_point(d),
-                list4.entry_point(d),
-                list16.entry_point(d),
-            ]
-        })
-        .collect();
-    let names: Vec<&str> = entries.iter().map(|s| s.as_str()).collect();
-    let Some(kernels) = HostKernels::build(test, "top_k", &names) else {
+    let all = [argmax_kernel, list4, list16];
+    let Some(kernels) = HostKernels::build_every_dtype(test, "top_k", &all) else {
         return;
     };
     let mut seed = 900;
@@ -534,14 +526,7 @@ fn top_k_kernels_on_the_host() {
             let n = rows * cols;
             let mut x = common::rounded(data(n, 6.0, ties, seed), dtype);
             if special {
-                x[2] = f32::NEG_INFINITY;
-                x[33..66].fill(f32::NEG_INFINITY);
-                x[66 + 5] = f32::NAN;
-                x[66 + 20] = f32::NAN;
-                x[99 + 3] = f32::INFINITY;
-                x[132..165].fill(0.0);
-                x[132 + 4] = -0.0;
-                x[165 + 32] = f32::NAN;
+                special_values(&mut x);
             }
             let ks: Vec<usize> = HOST_KS.iter().copied().filter(|&k| k <= cols).collect();
             // Buffer 0: x; 1: argmax; then values and indices per k.

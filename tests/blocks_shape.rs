@@ -509,15 +509,11 @@ fn concat_kernel_on_the_host_matches_the_cpu() {
 #[test]
 fn index_select_kernels_on_the_host_match_the_cpu() {
     let test = "index_select_kernels_on_the_host_match_the_cpu";
-    let entries: Vec<String> = [
+    let both = [
         ids::index_select::INDEX_SELECT,
         ids::index_select::INDEX_SELECT_BACKWARD,
-    ]
-    .iter()
-    .flat_map(|k| DType::ALL.iter().map(move |&d| k.entry_point(d)))
-    .collect();
-    let names: Vec<&str> = entries.iter().map(|e| e.as_str()).collect();
-    let Some(kernels) = HostKernels::build(test, "index_select", &names) else {
+    ];
+    let Some(kernels) = HostKernels::build_every_dtype(test, "index_select", &both) else {
         return;
     };
     // (source shape, dim, ids): beams (repeated rows), the middle and last dimensions.

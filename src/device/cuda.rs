@@ -179,6 +179,11 @@ impl CudaDevice {
         &self.ctx
     }
 
+    /// Whether `ctx` is this device's context (a buffer of `ctx` is usable here).
+    pub(crate) fn owns(&self, ctx: &CudaContext) -> bool {
+        ctx.cu_ctx() == self.ctx.cu_ctx()
+    }
+
     /// The stream every call is ordered on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.lanes[0].stream

@@ -2,6 +2,7 @@
 //! generic driver tests/emulation/launch_main.cpp: a test lays out its buffers, lists its
 //! launches as the Rust launcher makes them, and reads the buffers back.
 
+use fused_rnn::device::kernels::Kernel;
 use fused_rnn::DType;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,6 +80,16 @@ impl HostKernels {
             dir,
             entries: entries.iter().map(|e| e.to_string()).collect(),
         })
+    }
+
+    /// Every dtype's entry point of `kernels` (of kernels/`file`.cu) built as `build` does.
+    pub fn build_every_dtype(test: &str, file: &str, kernels: &[Kernel]) -> Option<Self> {
+        let entries: Vec<String> = kernels
+            .iter()
+            .flat_map(|k| DType::ALL.iter().map(move |&d| k.entry_point(d)))
+            .collect();
+        let names: Vec<&str> = entries.iter().map(String::as_str).collect();
+        HostKernels::build(test, file, &names)
     }
 
     /// Runs `launches` in order on `buffers` and returns the buffers afterwards; panics with the

@@ -1,7 +1,6 @@
 //! The CPU reference: rows copied by id; the gradient summed per id in f64 and rounded to
 //! grad_y's dtype. Ids are checked before any work.
 
-use super::check_host_ids;
 use crate::error::Result;
 use crate::indices::Indices;
 use crate::size;
@@ -14,8 +13,8 @@ pub(super) fn forward(
     dim: usize,
     shape: &[usize],
 ) -> Result<Tensor> {
+    ids.check_host_range(vocab, "ids")?;
     let host = ids.host_slice()?;
-    check_host_ids(host, vocab)?;
     let w = weight.to_vec_f32()?;
     let mut y = size::zeros::<f32>("the embedding's output", host.len() * dim)?;
     if dim > 0 {
@@ -34,8 +33,8 @@ pub(super) fn backward(
     dim: usize,
     padding_idx: Option<usize>,
 ) -> Result<Tensor> {
+    ids.check_host_range(vocab, "ids")?;
     let host = ids.host_slice()?;
-    check_host_ids(host, vocab)?;
     let mut sums = size::zeros::<f64>("the weight's gradient", vocab * dim)?;
     if dim > 0 {
         let g = grad_y.to_vec_f32()?;

@@ -25,6 +25,15 @@ fn check_i32(what: &str, v: usize) -> Result<i32> {
     })
 }
 
+/// (n, dim, vocab) as the kernels take them.
+fn sizes(n: usize, dim: usize, vocab: usize) -> Result<(i32, i32, i32)> {
+    Ok((
+        check_i32("ids", n)?,
+        check_i32("width", dim)?,
+        check_i32("vocabulary", vocab)?,
+    ))
+}
+
 /// Grid (⌈dim / 256⌉, id blocks) for `n` ids of `dim` values.
 fn grid(n: usize, dim: usize) -> LaunchConfig {
     LaunchConfig {
@@ -47,11 +56,7 @@ pub(super) fn forward(
     shape: &[usize],
 ) -> Result<Tensor> {
     let n = ids.numel();
-    let (n_i, dim_i, vocab_i) = (
-        check_i32("ids", n)?,
-        check_i32("width", dim)?,
-        check_i32("vocabulary", vocab)?,
-    );
+    let (n_i, dim_i, vocab_i) = sizes(n, dim, vocab)?;
     let dtype = weight.dtype();
     if n * dim == 0 {
         return Tensor::from_cuda_data(dev.empty_data(dtype)?, shape, dev);
@@ -83,11 +88,7 @@ pub(super) fn backward(
     padding_idx: Option<usize>,
 ) -> Result<Tensor> {
     let n = ids.numel();
-    let (n_i, dim_i, vocab_i) = (
-        check_i32("ids", n)?,
-        check_i32("width", dim)?,
-        check_i32("vocabulary", vocab)?,
-    );
+    let (n_i, dim_i, vocab_i) = sizes(n, dim, vocab)?;
     // padding_idx < vocab ≤ i32::MAX (checked by `backward`); −1 never matches an id in range.
     let padding = padding_idx.map_or(-1, |p| p as i32);
     let dtype = grad_y.dtype();

@@ -23,44 +23,6 @@ use crate::indices::Indices;
 use crate::size;
 use crate::tensor::Tensor;
 
-/// Ids on `device` (the same CUDA context for CUDA devices).
-fn check_ids_on(ids: &Indices, device: &Device) -> Result<()> {
-    let same = match (&ids.device(), device) {
-        (Device::Cpu, Device::Cpu) => true,
-        (Device::Cuda(a), Device::Cuda(b)) => a.context().cu_ctx() == b.context().cu_ctx(),
-        _ => false,
-    };
-    if same {
-        Ok(())
-    } else {
-        Err(Error::DeviceMismatch {
-            expected: device.name(),
-            got: format!("ids on {}", ids.device().name()),
-        })
-    }
-}
-
-/// The error for id `id` at flat position `position` of the ids.
-fn out_of_range(position: usize, id: i32, vocab: usize) -> Error {
-    Error::Index {
-        tensor: "ids".into(),
-        position,
-        value: id.into(),
-        limit: vocab,
-    }
-}
-
-/// `Error::Index` for the first id outside 0..vocab of host ids.
-fn check_host_ids(ids: &[i32], vocab: usize) -> Result<()> {
-    match ids
-        .iter()
-        .position(|&id| usize::try_from(id).map_or(true, |id| id >= vocab))
-    {
-        Some(flat) => Err(out_of_range(flat, ids[flat], vocab)),
-        None => Ok(()),
-    }
-}
-
 /// (V, E) of a table [V, E].
 fn table(weight: &Tensor) -> Result<(usize, usize)> {
     match *weight.shape() {
@@ -74,7 +36,7 @@ fn table(weight: &Tensor) -> Result<(usize, usize)> {
 pub fn forward(weight: &Tensor, ids: &Indices) -> Result<Tensor> {
     let (vocab, dim) = table(weight)?;
     let device = weight.device();
-    check_ids_on(ids, &device)?;
+    ids.check_on(&device, "ids")?;
     let shape = [ids.shape(), &[dim]].concat();
     size::elements("output", &shape)?;
     match device {
@@ -108,7 +70,7 @@ pub fn backward(
         )));
     }
     let device = grad_y.device();
-    check_ids_on(ids, &device)?;
+    ids.check_on(&device, "ids")?;
     size::elements("the weight's gradient", &[vocab, dim])?;
     match device {
         Device::Cpu => cpu::backward(ids, grad_y, vocab, dim, padding_idx),

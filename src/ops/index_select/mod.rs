@@ -39,46 +39,14 @@ pub(crate) struct Layout {
     pub inner: usize,
 }
 
-/// Checks that `ids` are on `device` (one CUDA context for CUDA ids).
-fn check_ids_on(ids: &Indices, device: &Device) -> Result<()> {
-    let same = match (device, &ids.device()) {
-        (Device::Cpu, Device::Cpu) => true,
-        (Device::Cuda(a), Device::Cuda(b)) => a.context().cu_ctx() == b.context().cu_ctx(),
-        _ => false,
-    };
-    if same {
-        Ok(())
-    } else {
-        Err(Error::DeviceMismatch {
-            expected: device.name(),
-            got: format!("{} (ids)", ids.device().name()),
-        })
-    }
-}
-
 /// Checks the ids' rank (0-D or 1-D, as torch.index_select) and device, and host ids' values
 /// against 0..`limit`.
 fn check_ids(ids: &Indices, device: &Device, limit: usize) -> Result<()> {
     if ids.shape().len() > 1 {
         return Err(Error::shape("ids", "[n] (1-D)", ids.shape()));
     }
-    check_ids_on(ids, device)?;
-    if let Device::Cpu = device {
-        let host = ids.host_slice()?;
-        if let Some((position, &id)) = host
-            .iter()
-            .enumerate()
-            .find(|(_, &id)| usize::try_from(id).map_or(true, |id| id >= limit))
-        {
-            return Err(Error::Index {
-                tensor: "ids".into(),
-                position,
-                value: id.into(),
-                limit,
-            });
-        }
-    }
-    Ok(())
+    ids.check_on(device, "ids")?;
+    ids.check_host_range(limit, "ids")
 }
 
 /// `shape` with `dim` checked against its rank.

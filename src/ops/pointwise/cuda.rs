@@ -1,7 +1,7 @@
 //! CUDA launchers of kernels/pointwise.cu: one grid-stride launch per call, 64-bit counts.
 
 use super::BinaryOp;
-use crate::device::kernels::ids;
+use crate::device::kernels::{ids, Kernel};
 use crate::device::launch::{grid_stride, launch};
 use crate::device::{data_ptr, reading, CudaDevice};
 use crate::dtype::CudaData;
@@ -47,23 +47,7 @@ pub(super) fn activation_backward(
     dy: &Tensor,
     act: Activation,
 ) -> Result<Tensor> {
-    let n = y.numel();
-    if n == 0 {
-        return empty(dev, y);
-    }
-    let f = dev.function(ids::pointwise::ACTIVATION_BACKWARD, y.dtype())?;
-    let stream = dev.stream();
-    let (out, dx) = output(dev, y)?;
-    let (count, code) = (n as u64, act.code());
-    reading(y.cuda_data()?, stream, |y| {
-        reading(dy.cuda_data()?, stream, |dy| -> Result<()> {
-            // SAFETY: y, dy (checked to share y's device, dtype and shape) and dx (allocated
-            // above) hold n elements of the kernel's dtype; the kernel touches indices < n.
-            unsafe { launch!(stream, &f, grid_stride(n); y, dy, dx, count, code) };
-            Ok(())
-        })
-    })?;
-    Tensor::from_cuda_data(out, y.shape(), dev)
+    two_inputs(dev, ids::pointwise::ACTIVATION_BACKWARD, y, dy, act.code())
 }
 
 /// `a` and `b` are on `dev` in one dtype and shape (checked by the caller).
@@ -73,14 +57,26 @@ pub(super) fn binary(
     b: &Tensor,
     op: BinaryOp,
 ) -> Result<Tensor> {
+    two_inputs(dev, ids::pointwise::BINARY_FORWARD, a, b, op.code())
+}
+
+/// `kernel` (a, b, out, count, code) over `a` and `b`, on `dev` in one dtype and shape
+/// (checked by the caller), into a new tensor of `a`'s shape.
+fn two_inputs(
+    dev: &Arc<CudaDevice>,
+    kernel: Kernel,
+    a: &Tensor,
+    b: &Tensor,
+    code: i32,
+) -> Result<Tensor> {
     let n = a.numel();
     if n == 0 {
         return empty(dev, a);
     }
-    let f = dev.function(ids::pointwise::BINARY_FORWARD, a.dtype())?;
+    let f = dev.function(kernel, a.dtype())?;
     let stream = dev.stream();
     let (out, y) = output(dev, a)?;
-    let (count, code) = (n as u64, op.code());
+    let count = n as u64;
     reading(a.cuda_data()?, stream, |a| {
         reading(b.cuda_data()?, stream, |b| -> Result<()> {
             // SAFETY: a, b (checked to share a's device, dtype and shape) and y (allocated

@@ -769,33 +769,24 @@ impl OnDevice {
         let (tq, len) = (s.queries, s.keys);
         let lane = &self.dev.lanes()[0];
         let ds = Strided::new(ds, len, dt, tq * len);
+        // c [m, w] = op(ds) [m, k] · b [k, w] per batch row.
+        let times = |a_op: Op, m: usize, k: usize, b: u64, c: u64| Batched {
+            count: s.batch,
+            m,
+            n: w,
+            k,
+            a: ds,
+            a_op,
+            b: Strided::new(b, w, dt, k * w),
+            b_op: Op::AsIs,
+            c: Strided::new(c, w, dt, m * w),
+            beta: 0.0,
+        };
         // SAFETY: per batch row, ds [Tq, L] (stride Tq·L), kp [L, w] and qs [Tq, w], and the
         // results dqs [Tq, w] and dkp [L, w], as the caller's contract sizes them.
         unsafe {
-            lane.gemm_batched(&Batched {
-                count: s.batch,
-                m: tq,
-                n: w,
-                k: len,
-                a: ds,
-                a_op: Op::AsIs,
-                b: Strided::new(kp, w, dt, len * w),
-                b_op: Op::AsIs,
-                c: Strided::new(dqs, w, dt, tq * w),
-                beta: 0.0,
-            })?;
-            lane.gemm_batched(&Batched {
-                count: s.batch,
-                m: len,
-                n: w,
-                k: tq,
-                a: ds,
-                a_op: Op::Transposed,
-                b: Strided::new(qs, w, dt, tq * w),
-                b_op: Op::AsIs,
-                c: Strided::new(dkp, w, dt, len * w),
-                beta: 0.0,
-            })
+            lane.gemm_batched(&times(Op::AsIs, tq, len, kp, dqs))?;
+            lane.gemm_batched(&times(Op::Transposed, len, tq, qs, dkp))
         }
     }
 
