@@ -432,7 +432,12 @@ impl CudaDevice {
             });
         }
         let key = (kernel.file, kernel.op_variant, dtype);
-        if let Some(f) = self.functions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(f) = self
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(f.clone());
         }
         let (module, _) = self.module(kernel.file)?;
