@@ -6,19 +6,22 @@ use cudarc::driver::LaunchConfig;
 
 pub(crate) const THREADS: u32 = super::kernels::codes::BLOCK_THREADS as u32;
 
+/// A grid dimension of `count`. Launchers check their sizes against the kernels' i32 indices
+/// first; a count past u32 anyway becomes u32::MAX, which the driver refuses with an error,
+/// rather than a wrapped count that would leave elements unwritten.
+fn dim(count: usize) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
 /// One thread per element of `n`.
 pub(crate) fn per_element(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: ((n as u32).div_ceil(THREADS), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    blocks(n.div_ceil(THREADS as usize))
 }
 
 /// `count` blocks (a grid-stride or one-block-per-chunk kernel).
 pub(crate) fn blocks(count: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (count as u32, 1, 1),
+        grid_dim: (dim(count), 1, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
@@ -36,9 +39,9 @@ pub(crate) fn grid_stride(n: usize) -> LaunchConfig {
 /// `splits` blocks per row of `rows`, each with `shared_bytes` of dynamic shared memory.
 pub(crate) fn per_row(rows: usize, splits: usize, shared_bytes: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (rows as u32, splits as u32, 1),
+        grid_dim: (dim(rows), dim(splits), 1),
         block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: shared_bytes as u32,
+        shared_mem_bytes: dim(shared_bytes),
     }
 }
 
@@ -55,3 +58,23 @@ macro_rules! launch {
     }};
 }
 pub(crate) use launch;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_cover_every_element_and_never_wrap() {
+        for n in [1, 255, 256, 257, 1 << 20] {
+            let g = per_element(n).grid_dim.0 as usize;
+            assert!(
+                g * THREADS as usize >= n && (g - 1) * (THREADS as usize) < n,
+                "{n}"
+            );
+        }
+        // 2^32 + 1 elements wrap to 1 in u32; the grid must not shrink to match.
+        let huge = per_element((1usize << 32) * THREADS as usize + 1);
+        assert_eq!(huge.grid_dim.0, u32::MAX);
+        assert_eq!(per_row(usize::MAX, 2, 0).grid_dim, (u32::MAX, 2, 1));
+    }
+}
