@@ -210,3 +210,22 @@ fn a_parameter_replaced_by_one_of_another_shape_or_dtype_is_refused_before_any_w
         .expect("refused");
     assert!(err.to_string().contains("key_proj.weight"), "{err}");
 }
+
+#[test]
+fn a_shared_parameters_gradients_accumulate() {
+    let a = Tensor::from_vec(vec![1f32, 2.0, 3.0], &[3]).unwrap();
+    let b = Tensor::from_vec(vec![0.5f32, -2.0, 4.0], &[3]).unwrap();
+    let mut grads = Grads::new();
+    grads.accumulate("embedding.weight", a).unwrap();
+    grads.accumulate("embedding.weight", b).unwrap();
+    assert_eq!(grads.len(), 1);
+    let sum = grads.get("embedding.weight").unwrap().to_vec_f32().unwrap();
+    assert_eq!(sum, [1.5, 0.0, 7.0]);
+    let wrong = Tensor::from_vec(vec![1f32; 4], &[4]).unwrap();
+    let err = grads.accumulate("embedding.weight", wrong).unwrap_err();
+    assert!(err.to_string().contains("embedding.weight"), "{err}");
+    assert_eq!(
+        grads.get("embedding.weight").unwrap().to_vec_f32().unwrap(),
+        sum
+    );
+}

@@ -4,7 +4,7 @@
 
 use super::Module;
 use crate::error::{quoted, Error, Result};
-use crate::ops::optim;
+use crate::ops::{optim, pointwise};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 
@@ -20,13 +20,13 @@ impl Grads {
         Grads::default()
     }
 
-    /// The gradient of parameter `name`; each name once (sum a shared parameter's gradients
-    /// before adding them).
+    /// The gradient of parameter `name`; each name once (`accumulate` sums the gradients of a
+    /// parameter used in several places).
     pub fn insert(&mut self, name: impl Into<String>, grad: Tensor) -> Result<()> {
         let name = name.into();
         if self.index.contains_key(&name) {
             return Err(Error::Config(format!(
-                "a second gradient for {}: sum a shared parameter's gradients first",
+                "a second gradient for {}: accumulate sums a shared parameter's gradients",
                 quoted(&name)
             )));
         }
@@ -63,6 +63,25 @@ impl Grads {
             self.insert(name, g)?;
         }
         Ok(())
+    }
+
+    /// Adds `grad` to the gradient of `name` (on its device, in its dtype), or inserts it when
+    /// there is none yet: a parameter used in several places (a shared embedding, a layer
+    /// applied twice) gets the sum of its uses' gradients.
+    pub fn accumulate(&mut self, name: impl Into<String>, grad: Tensor) -> Result<()> {
+        let name = name.into();
+        match self.index.get(&name) {
+            None => self.insert(name, grad),
+            Some(&k) => {
+                let held = &mut self.tensors[k];
+                if grad.shape() != held.shape() {
+                    let want = format!("{:?} (the gradient held)", held.shape());
+                    return Err(Error::shape(name, want, grad.shape()));
+                }
+                *held = pointwise::add(held, &grad)?;
+                Ok(())
+            }
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Tensor> {
