@@ -331,9 +331,11 @@ impl Attention {
     }
 
     /// The parameters as built (see `nn::module::check_parameters`).
+    /// Runs at every decoding step, so it allocates nothing.
     fn check_parameters(&self) -> Result<()> {
-        let params = self.parameters();
-        super::module::check_parameters(&params, &self.shapes, &self.device, self.dtype)
+        let named = self.params.named().into_iter();
+        let params = named.filter_map(|(name, t)| t.map(|t| (name, t)));
+        super::module::check_parameters(params, &self.shapes, &self.device, self.dtype)
     }
 
     /// The ops' view of this layer.

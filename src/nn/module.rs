@@ -56,20 +56,22 @@ pub trait Module {
 /// in `shapes`, on `device` in `dtype`. `parameters_mut` hands out `&mut Tensor`s, and the
 /// kernels read the weights by address with the layer's sizes, so a tensor replaced by one of
 /// another shape, dtype or device must be refused before any work.
-pub(crate) fn check_parameters(
-    params: &[(String, &Tensor)],
+pub(crate) fn check_parameters<'a, N: AsRef<str>>(
+    params: impl IntoIterator<Item = (N, &'a Tensor)>,
     shapes: &[Vec<usize>],
     device: &crate::Device,
     dtype: crate::DType,
 ) -> Result<()> {
-    if params.len() != shapes.len() {
-        return Err(Error::Config(format!(
-            "the layer has {} parameters, built with {}",
-            params.len(),
-            shapes.len()
-        )));
-    }
-    for ((name, t), shape) in params.iter().zip(shapes) {
+    let mut count = 0;
+    for (name, t) in params {
+        let name = name.as_ref();
+        let Some(shape) = shapes.get(count) else {
+            return Err(Error::Config(format!(
+                "the layer has more parameters than the {} it was built with",
+                shapes.len()
+            )));
+        };
+        count += 1;
         if t.shape() != shape.as_slice() {
             return Err(Error::shape(
                 name,
@@ -79,12 +81,18 @@ pub(crate) fn check_parameters(
         }
         if t.dtype() != dtype {
             return Err(Error::DType {
-                tensor: name.clone(),
+                tensor: name.into(),
                 expected: format!("{dtype} (the layer's)"),
                 got: t.dtype().name().into(),
             });
         }
         t.check_on(device, name)?;
+    }
+    if count != shapes.len() {
+        return Err(Error::Config(format!(
+            "the layer has {count} parameters, built with {}",
+            shapes.len()
+        )));
     }
     Ok(())
 }

@@ -454,7 +454,7 @@ impl Recurrent {
     /// `check_parameters`).
     fn check_weights(&self) -> Result<()> {
         let shapes: Vec<Vec<usize>> = self.spec.parameters().map(|(_, s)| s).collect();
-        check_parameters(&self.parameters(), &shapes, &self.device, self.dtype)
+        check_parameters(self.parameters(), &shapes, &self.device, self.dtype)
     }
 
     /// See the layers' `reserve_bytes` (usize::MAX when the count overflows).
