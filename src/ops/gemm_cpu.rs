@@ -43,12 +43,33 @@ fn parallelism(m: usize, n: usize, k: usize, max_threads: usize) -> gemm::Parall
 /// c[m, n] = a[k, m]ᵀ · b[k, n] (c overwritten), all row-major and dense: a gradient summed
 /// over the k rows, read in place instead of transposed first.
 pub(crate) fn gemm_atb<T: Scalar>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &mut [T]) {
+    gemm_atb_strided(m, n, k, a, m, b, n, c);
+}
+
+/// As `gemm_atb`, with a's and b's rows `lda` and `ldb` apart (the leading columns of wider
+/// row-major matrices); c stays dense.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_atb_strided<T: Scalar>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    lda: usize,
+    b: &[T],
+    ldb: usize,
+    c: &mut [T],
+) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(a.len() >= k * m && b.len() >= k * n && c.len() >= m * n);
-    // SAFETY: the assert bounds every element the strides reach. Element (i, j) of c is at
-    // i·n + j, (i, l) of aᵀ at l·m + i, (l, j) of b at l·n + j. gemm computes
+    assert!(lda >= m && ldb >= n && c.len() >= m * n);
+    assert!(k == 0 || (a.len() >= (k - 1) * lda + m && b.len() >= (k - 1) * ldb + n));
+    if k == 0 {
+        c[..m * n].fill(T::default());
+        return;
+    }
+    // SAFETY: the asserts bound every element the strides reach. Element (i, j) of c is at
+    // i·n + j, (i, l) of aᵀ at l·lda + i, (l, j) of b at l·ldb + j. gemm computes
     // dst = alpha·dst + beta·lhs·rhs; dst is not read (alpha unused).
     unsafe {
         gemm::gemm(
@@ -60,11 +81,11 @@ pub(crate) fn gemm_atb<T: Scalar>(m: usize, n: usize, k: usize, a: &[T], b: &[T]
             n as isize,
             false,
             a.as_ptr(),
-            m as isize,
+            lda as isize,
             1,
             b.as_ptr(),
             1,
-            n as isize,
+            ldb as isize,
             T::default(),
             T::ONE,
             false,
