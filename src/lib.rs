@@ -61,6 +61,7 @@ mod dtype;
 pub mod error;
 mod indices;
 pub mod io;
+pub mod models;
 pub mod nn;
 pub mod nvrtc;
 pub mod ops;

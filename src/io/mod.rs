@@ -3,5 +3,5 @@
 mod safetensors_file;
 mod temporary;
 
-pub use safetensors_file::{save_f32, TensorFile};
+pub use safetensors_file::{save, save_f32, Data, TensorFile};
 pub use temporary::{abandon_writes, Abandoned};

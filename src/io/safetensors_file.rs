@@ -230,12 +230,49 @@ impl TensorFile {
     }
 }
 
-/// The safetensors header for `tensors` stored as f32, in order, padded to 8 bytes.
-fn header(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
+/// A tensor to write: a floating tensor (stored as f32) or int64 values with their shape.
+#[derive(Clone, Copy)]
+pub enum Data<'a> {
+    Float(&'a Tensor),
+    Int(&'a [i64], &'a [usize]),
+}
+
+impl Data<'_> {
+    fn shape(&self) -> &[usize] {
+        match self {
+            Data::Float(t) => t.shape(),
+            Data::Int(_, shape) => shape,
+        }
+    }
+
+    fn numel(&self) -> usize {
+        match self {
+            Data::Float(t) => t.numel(),
+            Data::Int(values, _) => values.len(),
+        }
+    }
+}
+
+/// The safetensors header for `tensors` (f32 or i64), in order, with `metadata`, padded to 8
+/// bytes.
+fn header(tensors: &[(&str, Data)], metadata: &[(String, String)]) -> Result<Vec<u8>> {
     let mut entries = serde_json::Map::new();
     let mut offset = 0usize;
     for (name, t) in tensors {
-        let end = size::bytes(name, t.numel(), 4)?
+        if let Data::Int(values, shape) = t {
+            if size::elements(name, shape)? != values.len() {
+                return Err(Error::shape(
+                    *name,
+                    format!("{} values", values.len()),
+                    shape,
+                ));
+            }
+        }
+        let (dtype, width) = match t {
+            Data::Float(_) => ("F32", 4),
+            Data::Int(..) => ("I64", 8),
+        };
+        let end = size::bytes(name, t.numel(), width)?
             .checked_add(offset)
             .ok_or_else(|| Error::TooLarge {
                 what: "the output file".into(),
@@ -243,7 +280,7 @@ fn header(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
                 limit: "a count can hold (2^64)".into(),
             })?;
         let entry =
-            serde_json::json!({"dtype": "F32", "shape": t.shape(), "data_offsets": [offset, end]});
+            serde_json::json!({"dtype": dtype, "shape": t.shape(), "data_offsets": [offset, end]});
         // A repeated name or the format's own key would make a file nothing can read.
         if *name == "__metadata__" || entries.insert(name.to_string(), entry).is_some() {
             return Err(Error::Config(format!(
@@ -252,6 +289,13 @@ fn header(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
             )));
         }
         offset = end;
+    }
+    if !metadata.is_empty() {
+        let map: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        entries.insert("__metadata__".into(), serde_json::Value::Object(map));
     }
     let mut json = serde_json::to_vec(&entries).expect("a map of strings and numbers");
     json.resize(json.len().next_multiple_of(8), b' ');
@@ -272,8 +316,19 @@ fn write_f32s(out: &mut impl Write, values: &[f32]) -> std::io::Result<()> {
 /// Writes tensors as f32 (converting from any dtype and device) to `path`, atomically: the
 /// file appears whole or not at all, and an existing file is replaced only by a complete one.
 pub fn save_f32(path: impl AsRef<Path>, tensors: &[(&str, &Tensor)]) -> Result<()> {
+    let data: Vec<(&str, Data)> = tensors.iter().map(|(n, t)| (*n, Data::Float(t))).collect();
+    save(path, &data, &[])
+}
+
+/// As `save_f32`, with int64 tensors beside the floating ones and `metadata` in the header
+/// (what a checkpoint's vocabulary and configuration travel in).
+pub fn save(
+    path: impl AsRef<Path>,
+    tensors: &[(&str, Data)],
+    metadata: &[(String, String)],
+) -> Result<()> {
     let path = path.as_ref();
-    let header = header(tensors)?;
+    let header = header(tensors, metadata)?;
     let tmp = Temporary::create(path)?;
     let write_err = |source| Error::Write {
         path: path.to_path_buf(),
@@ -284,9 +339,14 @@ pub fn save_f32(path: impl AsRef<Path>, tensors: &[(&str, &Tensor)]) -> Result<(
         .and_then(|()| out.write_all(&header))
         .map_err(write_err)?;
     for (_, t) in tensors {
-        let written = match t.host_slice::<f32>() {
-            Ok(values) => write_f32s(&mut out, values),
-            Err(_) => write_f32s(&mut out, &t.to_vec_f32()?),
+        let written = match t {
+            Data::Float(t) => match t.host_slice::<f32>() {
+                Ok(values) => write_f32s(&mut out, values),
+                Err(_) => write_f32s(&mut out, &t.to_vec_f32()?),
+            },
+            Data::Int(values, _) => values.chunks(1 << 13).try_for_each(|c| {
+                out.write_all(&c.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
+            }),
         };
         written.map_err(write_err)?;
     }
@@ -315,6 +375,18 @@ mod tests {
         save_f32(&path, &[("a", &t), ("b", &t)]).unwrap();
         let file = TensorFile::load(&path).unwrap();
         assert_eq!(file.float("b").unwrap().to_vec_f32().unwrap(), [1.5, -2.0]);
+        let ids = [3i64, -1, 1 << 40];
+        let meta = [("vocab".to_string(), "[\"a\"]".to_string())];
+        save(
+            &path,
+            &[("t", Data::Float(&t)), ("ids", Data::Int(&ids, &[1, 3]))],
+            &meta,
+        )
+        .unwrap();
+        let file = TensorFile::load(&path).unwrap();
+        assert_eq!(file.ints("ids").unwrap(), (ids.to_vec(), vec![1, 3]));
+        assert_eq!(file.metadata("vocab"), Some("[\"a\"]"));
+        assert!(save(&path, &[("ids", Data::Int(&ids, &[2, 2]))], &[]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

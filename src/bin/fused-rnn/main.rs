@@ -4,9 +4,12 @@
 //! (SIGINT, SIGTERM, SIGHUP), after removing any output file still being written. A
 //! file-size limit (`ulimit -f`) fails the write instead of killing the process mid-file.
 
+mod caption;
+mod decoder;
 mod limits;
 mod run;
 
+use caption::{caption, CaptionOptions};
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use fused_rnn::device::{driver_version, kernels, Device};
@@ -31,8 +34,11 @@ struct Cli {
 enum Command {
     /// The device, driver, NVRTC and every kernel (precompiled or not, registers, spills).
     Info,
-    /// Run a PyTorch RNN, LSTM or GRU module (state_dict in safetensors) on an input file.
+    /// Run a PyTorch RNN, LSTM, GRU, attention or show-attend-tell decoder module (state_dict
+    /// in safetensors) on an input file.
     Run(RunOptions),
+    /// Caption region features with a show-attend-tell decoder (greedy or beam search).
+    Caption(CaptionOptions),
     /// A small forward pass on the GPU when there is one, else the CPU; prints what it used.
     Demo,
 }
@@ -59,6 +65,9 @@ fn main() -> ExitCode {
                 eprintln!("algo: {dispatch}");
             }
         }),
+        Command::Caption(options) => guard_output()
+            .and_then(|()| caption(&options))
+            .map(|reason| eprintln!("{reason}")),
         Command::Demo => demo(),
     };
     match result {

@@ -7,10 +7,11 @@
 //! Every check runs before any work: the tensors' names, shapes and values (non-finite inputs
 //! are refused unless `allow_nonfinite`), and the result's size against `max_output`.
 
+use crate::decoder::run_decoder;
 use crate::limits::{self, ByteSize};
 use fused_rnn::error::{quoted, Error, Result};
 use fused_rnn::io::{save_f32, TensorFile};
-use fused_rnn::nn::{Attention, Recurrent, RecurrentSpec as Spec};
+use fused_rnn::nn::{holds_decoder, Attention, Recurrent, RecurrentSpec as Spec};
 use fused_rnn::{Algo, Cell, DType, Device, Nonlinearity, Tensor};
 use std::path::PathBuf;
 
@@ -129,6 +130,9 @@ fn read_lengths(file: &TensorFile) -> Result<Option<Vec<usize>>> {
 /// `weights` for attention. Every check happens before the output file is created.
 pub fn run(opts: &RunOptions) -> Result<RunReport> {
     let weights = TensorFile::load(&opts.weights)?;
+    if holds_decoder(&weights, "") {
+        return run_decoder(opts, &weights);
+    }
     // Recurrent state_dicts name their tensors weight_ih_l{k}, ...; anything else is attention.
     if !weights.contains("weight_ih_l0") && !weights.contains("weight_hh_l0") {
         return run_attention(opts, &weights);
@@ -243,7 +247,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
 
 /// Tensor `name` of `file` as a host f32 tensor; a non-finite value is an error unless
 /// `--allow-nonfinite`.
-fn finite(opts: &RunOptions, file: &TensorFile, name: &str) -> Result<Tensor> {
+pub(crate) fn finite(opts: &RunOptions, file: &TensorFile, name: &str) -> Result<Tensor> {
     let t = file.float(name)?;
     if !opts.allow_nonfinite {
         Error::check_finite(name, t.host_slice::<f32>()?, t.shape())
@@ -412,7 +416,7 @@ fn check_attention_result(
 }
 
 /// Refuses a tensor of `file` that is not in `allowed`, what `module` takes.
-fn only(file: &TensorFile, allowed: &[&str], module: &str) -> Result<()> {
+pub(crate) fn only(file: &TensorFile, allowed: &[&str], module: &str) -> Result<()> {
     match file.names().find(|n| !allowed.contains(n)) {
         Some(stray) => Err(Error::Config(format!(
             "{}: unexpected tensor {} ({module} takes {})",
@@ -425,7 +429,11 @@ fn only(file: &TensorFile, allowed: &[&str], module: &str) -> Result<()> {
 }
 
 /// The `--grad` file, checked to hold only the tensors in `allowed`.
-fn load_grads(opts: &RunOptions, allowed: &[&str], module: &str) -> Result<Option<TensorFile>> {
+pub(crate) fn load_grads(
+    opts: &RunOptions,
+    allowed: &[&str],
+    module: &str,
+) -> Result<Option<TensorFile>> {
     let Some(path) = &opts.grad else {
         return Ok(None);
     };
@@ -436,7 +444,10 @@ fn load_grads(opts: &RunOptions, allowed: &[&str], module: &str) -> Result<Optio
 
 /// The device of this run, why, and its storage dtype (`choose_device`); a CUDA `--algo` on
 /// the CPU is an error.
-fn training_device(opts: &RunOptions, training: bool) -> Result<(Device, String, DType)> {
+pub(crate) fn training_device(
+    opts: &RunOptions,
+    training: bool,
+) -> Result<(Device, String, DType)> {
     let (device, reason, dtype) = choose_device(opts, training)?;
     // The CPU has one path: a CUDA algorithm asked for cannot be honoured there.
     if !device.is_cuda() && opts.algo != Algo::Auto {

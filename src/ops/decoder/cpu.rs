@@ -912,7 +912,7 @@ fn log_softmax<T: Real>(row: &mut [T]) {
         sum += (x - max).exp().to_f64();
     }
     let shift = max + T::from_f64(sum.ln());
-    row.iter_mut().for_each(|x| *x = *x - shift);
+    row.iter_mut().for_each(|x| *x -= shift);
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! however long the captions are. Greedy is a beam of one.
 
 use super::Search;
+use std::cmp::Ordering::Greater;
 use crate::ops::real::Real;
 
 /// A live hypothesis: the row of the next step's input.
@@ -167,7 +168,8 @@ impl Beams {
 fn best<T: Real>(row: &[T], k: usize) -> Vec<usize> {
     let mut top: Vec<usize> = Vec::with_capacity(k + 1);
     for (i, &x) in row.iter().enumerate() {
-        if top.len() == k && !(x > row[top[k - 1]]) {
+        let beats_last = top.len() < k || x.partial_cmp(&row[top[k - 1]]) == Some(Greater);
+        if !beats_last {
             continue;
         }
         let at = top.partition_point(|&j| row[j] >= x);

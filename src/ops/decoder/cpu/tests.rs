@@ -286,9 +286,9 @@ fn greedy_decoding_agrees_with_teacher_forcing_its_own_tokens() {
         let steps = lengths.iter().max().unwrap() - 1;
         let tf = forward(&w, &features, &case.lens, &captions, &lengths, steps).unwrap();
         let (v, l) = (case.dims.vocab, case.len);
-        for b in 0..batch {
+        for (b, &n) in lengths.iter().enumerate() {
             let mut score = 0.0;
-            for t in 0..lengths[b] - 1 {
+            for t in 0..n - 1 {
                 let mut row = tf.logits[(t * batch + b) * v..][..v].to_vec();
                 log_softmax(&mut row);
                 let tok = found.tokens[b * max_len + t] as usize;
@@ -302,7 +302,7 @@ fn greedy_decoding_agrees_with_teacher_forcing_its_own_tokens() {
                 }
             }
             assert!((score as f32 - found.scores[b]).abs() < 1e-5);
-            for t in lengths[b] - 1..max_len {
+            for t in n - 1..max_len {
                 assert!(found.alphas[(b * max_len + t) * l..][..l]
                     .iter()
                     .all(|&a| a == 0.0));
