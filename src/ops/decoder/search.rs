@@ -3,8 +3,8 @@
 //! however long the captions are. Greedy is a beam of one.
 
 use super::Search;
-use std::cmp::Ordering::Greater;
 use crate::ops::real::Real;
+use std::cmp::Ordering::Greater;
 
 /// A live hypothesis: the row of the next step's input.
 pub(super) struct Hyp {
