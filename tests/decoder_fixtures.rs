@@ -282,6 +282,9 @@ fn the_run_and_caption_commands_match_pytorch() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A tensor to write: name, shape, values.
+type Named = (&'static str, Vec<usize>, Data);
+
 #[test]
 fn bad_decoder_input_is_one_line_and_no_output() {
     let dir = common::scratch("decoder-bad");
@@ -304,7 +307,7 @@ fn bad_decoder_input_is_one_line_and_no_output() {
     };
     let lengths = |n: i64| ("lengths", vec![b], Data::I64(vec![n; b]));
     let y = dir.join("y.safetensors");
-    let cases: Vec<(&str, Vec<(&str, Vec<usize>, Data)>, &[&str])> = vec![
+    let cases: Vec<(&str, Vec<Named>, &[&str])> = vec![
         (
             "unknown token",
             vec![features(), caption_ids(3, 17), lengths(5)],
