@@ -16,7 +16,7 @@ each step, as its caption.py does), `hoisted` computes encoder_att(f) once per b
 
 Sizes: CPU (default) B = 32, L = 49, D = 128, A = H = E = 128, V = 1000, T = 16;
 --large: B = 64, L = 196, D = 512, A = H = E = 512, V = 10000, T = 20.
-Caption lengths are drawn (seeded) uniformly from 2..=T with row 0 at T; --full-length makes
+Caption lengths are 2 + 7b mod (T − 1) for row b, row 0 at T (as benches/decoder.rs); --full-length makes
 every caption T long. Each measurement: --warmup steps, then the median of --steps steps, each
 timed with perf_counter (after a CUDA synchronize on --device cuda).
 
@@ -112,7 +112,8 @@ def make_batch(s: dict, device: str, full_length: bool, seed: int = 0):
     if full_length:
         lengths = torch.full((s["B"],), s["T"], dtype=torch.int64)
     else:
-        lengths = torch.randint(2, s["T"] + 1, (s["B"],), generator=g)
+        # The same lengths as benches/decoder.rs: 2 + 7b mod (T - 1), row 0 at T.
+        lengths = torch.tensor([2 + (7 * b) % (s["T"] - 1) for b in range(s["B"])])
         lengths[0] = s["T"]
     captions = torch.randint(2, s["V"], (s["B"], s["T"]), generator=g)
     captions[:, 0] = START_TOKEN

@@ -255,21 +255,14 @@ fn step<T: Real>(
 /// `alpha` [L] (zero past them).
 fn attend<T: Real>(w: &Weights<T>, keys: &Keys<T>, b: usize, q: &[T], alpha: &mut [T]) {
     let (a, len, n) = (w.dims.attention, keys.len, keys.lens[b]);
-    let mut u = vec![T::default(); a];
-    let mut max = None::<T>;
-    for (l, score) in alpha.iter_mut().enumerate().take(n) {
+    for (l, e) in alpha.iter_mut().enumerate().take(n) {
         let p = &keys.p[(b * len + l) * a..][..a];
-        for k in 0..a {
-            u[k] = apply(w.act, p[k] + q[k]);
-        }
-        let e = dot(&u, &w.w_fa) + w.b_fa;
-        *score = e;
-        max = Some(match max {
-            Some(m) if m >= e => m,
-            _ => e,
-        });
+        *e = match w.act {
+            Activation::Relu => score(p, q, &w.w_fa, |x| apply(Activation::Relu, x)),
+            _ => score(p, q, &w.w_fa, T::tanh),
+        } + w.b_fa;
     }
-    let max = max.unwrap_or_default();
+    let max = largest(&alpha[..n]);
     let mut sum = T::default();
     for s in alpha[..n].iter_mut() {
         *s = (*s - max).exp();
@@ -278,6 +271,47 @@ fn attend<T: Real>(w: &Weights<T>, keys: &Keys<T>, b: usize, q: &[T], alpha: &mu
     let inv = T::ONE / sum;
     alpha[..n].iter_mut().for_each(|s| *s *= inv);
     alpha[n..].fill(T::default());
+}
+
+/// Σ_k w_k · act(p_k + q_k) in eight partial sums (so that it vectorises), `act` inlined.
+#[inline(always)]
+fn score<T: Real>(p: &[T], q: &[T], w: &[T], act: impl Fn(T) -> T) -> T {
+    let mut acc = [T::default(); 8];
+    let head = p.len() / 8 * 8;
+    for ((p, q), w) in p[..head]
+        .chunks_exact(8)
+        .zip(q[..head].chunks_exact(8))
+        .zip(w[..head].chunks_exact(8))
+    {
+        for k in 0..8 {
+            acc[k] += w[k] * act(p[k] + q[k]);
+        }
+    }
+    for k in head..p.len() {
+        acc[k - head] += w[k] * act(p[k] + q[k]);
+    }
+    acc.iter().fold(T::default(), |s, &x| s + x)
+}
+
+/// The largest value (NaN ignored unless it comes first); zero for none. In eight lanes, so
+/// that it vectorises.
+fn largest<T: Real>(values: &[T]) -> T {
+    let Some(&first) = values.first() else {
+        return T::default();
+    };
+    let mut lanes = [first; 8];
+    let head = values.len() / 8 * 8;
+    for x in values[..head].chunks_exact(8) {
+        for k in 0..8 {
+            if x[k] > lanes[k] {
+                lanes[k] = x[k];
+            }
+        }
+    }
+    values[head..]
+        .iter()
+        .chain(&lanes)
+        .fold(first, |m, &x| if x > m { x } else { m })
 }
 
 #[inline(always)]
@@ -899,18 +933,19 @@ pub(crate) fn decode<T: Real>(
 
 /// A row of logits into log-probabilities, in place.
 fn log_softmax<T: Real>(row: &mut [T]) {
-    let max = row
-        .iter()
-        .copied()
-        .fold(None::<T>, |m, x| match m {
-            Some(m) if m >= x => Some(m),
-            _ => Some(x),
-        })
-        .unwrap_or_default();
-    let mut sum = 0f64;
-    for &x in row.iter() {
-        sum += (x - max).exp().to_f64();
+    let max = largest(row);
+    // Eight partial sums of the exponentials: they vectorise, and each sums V/8 terms.
+    let mut acc = [T::default(); 8];
+    let head = row.len() / 8 * 8;
+    for x in row[..head].chunks_exact(8) {
+        for k in 0..8 {
+            acc[k] += (x[k] - max).exp();
+        }
     }
+    for (k, &x) in row[head..].iter().enumerate() {
+        acc[k] += (x - max).exp();
+    }
+    let sum: f64 = acc.iter().map(|a| a.to_f64()).sum();
     let shift = max + T::from_f64(sum.ln());
     row.iter_mut().for_each(|x| *x -= shift);
 }
