@@ -5,13 +5,19 @@
 //!     penalty), backward and Adam: one training step of `models::Captioner` on features;
 //!   cpu_decoder_greedy_f32 / cpu_decoder_beam3_f32: decoding 15 tokens for 32 images.
 //! Compare with `python3 scripts/torch_decoder_bench.py --threads 2` (and `--greedy`).
+//! On CUDA (when a GPU is present) at B 64, L 196, D 512, A = H = E = 512, V 10000, T 20, all
+//! captions full length, f32: {fused|naive}_decoder_train_step_f32 (as above, on the device)
+//! and fused_decoder_greedy_f32 (19 tokens for 64 images); compare with
+//! `python3 scripts/torch_decoder_bench.py --device cuda --large --full-length` (and `--greedy`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fused_rnn::models::{Captioner, CaptionerConfig, Input, Vocab};
 use fused_rnn::nn::AttentionActivation;
 use fused_rnn::train::Adam;
-use fused_rnn::{DType, Device, Indices, Tensor};
+use fused_rnn::{Algo, DType, Device, Indices, Tensor};
 use std::time::Duration;
+
+mod common;
 
 const B: usize = 32;
 const L: usize = 49;
@@ -86,5 +92,64 @@ fn decoder(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decoder);
+fn decoder_cuda(c: &mut Criterion) {
+    let Some((device, cuda)) = common::cuda_or_skip("the CUDA decoder benchmarks") else {
+        return;
+    };
+    let (b, l, d, h, v, t) = (64, 196, 512, 512, 10_000, 20);
+    let vocab = Vocab::new((4..v).map(|w| format!("w{w}"))).unwrap();
+    let config = CaptionerConfig {
+        image: None,
+        features: d,
+        attention: h,
+        hidden: h,
+        embed: h,
+        activation: AttentionActivation::Relu,
+    };
+    let features = Tensor::from_vec(values(b * l * d, 3), &[b, l, d])
+        .unwrap()
+        .to(&device, DType::F32)
+        .unwrap();
+    let lengths = vec![t; b];
+    let ids: Vec<usize> = (0..b * t)
+        .map(|k| if k % t == 0 { 1 } else { 4 + k * 31 % (v - 4) })
+        .collect();
+    let captions = Indices::from_usize(&ids, &[b, t]).unwrap();
+    let size = format!("B{b}_L{l}_D{d}_H{h}_V{v}_T{t}");
+    let mut group = c.benchmark_group(format!("decoder_cuda ({})", cuda.card()));
+    common::gpu_settings(&mut group, Duration::from_secs(2));
+    group.throughput(Throughput::Elements((b * (t - 1)) as u64));
+    for algo in [Algo::Fused, Algo::Naive] {
+        let mut model = Captioner::random(config, vocab.clone(), &device, DType::F32, 1)
+            .unwrap()
+            .with_algo(algo);
+        let mut adam = Adam::new(4e-4);
+        let id = BenchmarkId::new(format!("{}_decoder_train_step_f32", algo.name()), &size);
+        group.bench_function(id, |bench| {
+            common::on_gpu(bench, &cuda, || {
+                model
+                    .train_step(
+                        Input::Features(&features),
+                        &captions,
+                        &lengths,
+                        &mut adam,
+                        1.0,
+                        None,
+                    )
+                    .unwrap();
+            })
+        });
+    }
+    let model = Captioner::random(config, vocab, &device, DType::F32, 1).unwrap();
+    group.throughput(Throughput::Elements(b as u64));
+    let id = BenchmarkId::new("fused_decoder_greedy_f32", &size);
+    group.bench_function(id, |bench| {
+        common::on_gpu(bench, &cuda, || {
+            model.caption(Input::Features(&features), t - 1, 1).unwrap();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decoder, decoder_cuda);
 criterion_main!(benches);

@@ -9,6 +9,8 @@
 #             forward and (--grad) gradients against float64 autograd
 #   bench-attention-backward  attention backward fused vs naive, then PyTorch autograd
 #   bench-training  forward + backward on CUDA, fused vs naive, then PyTorch (cuDNN) training
+#   bench-decoder  the attention decoder's training step and greedy decoding, fused vs naive,
+#             then PyTorch's eager loop of the same model (scripts/torch_decoder_bench.py)
 #   persistent-variants  the persistent tests under each FUSED_RNN_PERSISTENT variant of
 #             $PERSISTENT_VARIANTS (default: W_hh in registers, h staged by 16-byte loads and
 #             the input side prefetched; registers alone; staging and prefetch alone; all three
@@ -69,7 +71,7 @@ if want tests; then
 fi
 if want memcheck; then
     # recurrent_cuda's small rows cover every feature; the large ones only add sanitizer time.
-    for t in ${MEMCHECK_TESTS:-recurrent_cuda attention_cuda train_cuda tensor_device}; do
+    for t in ${MEMCHECK_TESTS:-recurrent_cuda attention_cuda train_cuda tensor_device decoder_cuda}; do
         step "memcheck test-$t" "$out/sanitizer.log" 300 env FUSED_RNN_TEST_MAX_HIDDEN=33 \
             compute-sanitizer --tool memcheck --error-exitcode 1 "$bundle/test-$t" --test-threads=1
     done
@@ -126,6 +128,14 @@ if want bench-training; then
         "$bundle/bench-training" --bench --noplot recurrent_train_cuda
     step "bench training torch cuDNN" "$out/bench.log" 120 \
         python3 scripts/torch_gpu_bench.py --train --json "$out/torch_train.json"
+fi
+if want bench-decoder; then
+    step "bench decoder fused vs naive" "$out/bench.log" 200 \
+        "$bundle/bench-decoder" --bench --noplot decoder_cuda
+    step "bench decoder torch eager (training step)" "$out/bench.log" 120 \
+        python3 scripts/torch_decoder_bench.py --device cuda --large
+    step "bench decoder torch eager (greedy)" "$out/bench.log" 120 \
+        python3 scripts/torch_decoder_bench.py --device cuda --large --greedy
 fi
 if want bench-attention-backward; then
     step "bench attention backward fused vs naive" "$out/bench.log" 100 \

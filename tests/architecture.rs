@@ -1,12 +1,20 @@
 //! The house rules of src/, read from the sources: data flows one way (no two files reach each
-//! other except a module and its own submodules), no op imports another op, and nothing
-//! outside src/device/ touches the CUDA driver's raw layers.
+//! other except a module and its own submodules), no op imports another op, the models reach
+//! the ops only through `nn` and `train`, and nothing outside src/device/ touches the CUDA
+//! driver's raw layers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Modules beside the ops that several ops share (vocabulary and CPU math), not ops.
-const SHARED_BESIDE_OPS: &[&str] = &["activation", "algo", "gemm_cpu", "math_cpu", "packed_gemm"];
+const SHARED_BESIDE_OPS: &[&str] = &[
+    "activation",
+    "algo",
+    "gemm_cpu",
+    "math_cpu",
+    "packed_gemm",
+    "real",
+];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -220,6 +228,29 @@ fn no_op_imports_another_op() {
     assert!(
         bad.is_empty(),
         "ops importing other ops:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn models_use_nn_and_train_not_the_ops_or_the_device_layer() {
+    let mut all = Vec::new();
+    files(&src().join("models"), &mut all);
+    assert!(all.len() >= 3, "the models are read");
+    let mut bad = Vec::new();
+    for file in &all {
+        let text = std::fs::read_to_string(file).unwrap();
+        for p in paths(&text, &module_of(file)) {
+            // The `Device` type itself is shared vocabulary, like `Tensor`.
+            let device_internals = p[0] == "device" && p.len() > 2;
+            if p[0] == "ops" || device_internals {
+                bad.push(format!("{}: {}", file.display(), p.join("::")));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "models reaching past nn and train:\n{}",
         bad.join("\n")
     );
 }

@@ -14,6 +14,7 @@ use crate::nn::{
 };
 use crate::tensor::Tensor;
 use crate::train::Adam;
+use crate::Algo;
 use std::path::Path;
 
 const KIND: &str = "captioner";
@@ -129,6 +130,12 @@ impl Captioner {
 
     pub fn vocab(&self) -> &Vocab {
         &self.vocab
+    }
+
+    /// Chooses the decoder's CUDA implementation (`AttentionDecoder::with_algo`).
+    pub fn with_algo(mut self, algo: Algo) -> Self {
+        self.decoder = self.decoder.with_algo(algo);
+        self
     }
 
     pub fn decoder(&self) -> &AttentionDecoder {

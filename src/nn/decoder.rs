@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::indices::Indices;
 use crate::io::TensorFile;
 use crate::nn::Module;
+use crate::ops::algo::Algo;
 use crate::ops::decoder::{self, Params, NAMES};
 use crate::tensor::Tensor;
 
@@ -42,6 +43,7 @@ impl DecoderConfig {
 
 pub struct AttentionDecoder {
     config: DecoderConfig,
+    algo: Algo,
     /// In `ops::decoder::NAMES` order.
     params: Vec<Tensor>,
 }
@@ -98,7 +100,11 @@ impl AttentionDecoder {
                 Tensor::from_f32(&values, shape, dtype)?.to(device, dtype)
             })
             .collect::<Result<_>>()?;
-        Ok(AttentionDecoder { config, params })
+        Ok(AttentionDecoder {
+            config,
+            algo: Algo::Auto,
+            params,
+        })
     }
 
     /// The decoder under `prefix` of a state_dict: sizes from the shapes, the attention
@@ -155,10 +161,18 @@ impl AttentionDecoder {
         self.params[0].dtype()
     }
 
+    /// Chooses the CUDA implementation: `Auto` and `Fused` run the fused step, `Naive` one
+    /// operation per line of the PyTorch code (for comparison). Ignored on the CPU.
+    pub fn with_algo(mut self, algo: Algo) -> Self {
+        self.algo = algo;
+        self
+    }
+
     fn view(&self) -> Params<'_> {
         Params {
             tensors: std::array::from_fn(|i| &self.params[i]),
             activation: self.config.activation,
+            algo: self.algo,
         }
     }
 

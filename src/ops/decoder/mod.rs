@@ -19,9 +19,11 @@
 //!
 //! `nn::AttentionDecoder` owns the parameters and hands the ops a `Params` view; here the
 //! arguments are checked and the work dispatched to `cpu.rs` (f32 for speed, f64 for the
-//! reference, one generic body). `search.rs` holds greedy and beam search.
+//! reference, one generic body) or `cuda.rs` (teacher forcing, its backward and the search).
+//! `search.rs` holds the CPU's greedy and beam search bookkeeping.
 
 mod cpu;
+mod cuda;
 mod search;
 
 use crate::device::Device;
@@ -29,6 +31,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::indices::Indices;
 use crate::ops::activation::Activation;
+use crate::ops::algo::Algo;
 use crate::size;
 use crate::tensor::Tensor;
 
@@ -177,15 +180,23 @@ fn dims2(name: &str, t: &Tensor) -> Result<[usize; 2]> {
     }
 }
 
-/// A view of the decoder's parameters (in `NAMES` order) and its attention nonlinearity.
+/// A view of the decoder's parameters (in `NAMES` order), its attention nonlinearity and the
+/// CUDA algorithm (`Fused` for `Auto`; `Naive` is PyTorch's op-by-op chain, for comparison).
 pub struct Params<'a> {
     pub tensors: [&'a Tensor; 19],
     pub activation: AttentionActivation,
+    pub algo: Algo,
 }
 
 impl Params<'_> {
     /// The sizes, every shape checked, and the parameters' device and dtype (one for all).
     fn check(&self) -> Result<(Dims, Device, DType)> {
+        if self.algo == Algo::Persistent {
+            return Err(Error::Unsupported {
+                request: "Algo::Persistent for the attention decoder".into(),
+                reason: "it runs fused or naive".into(),
+            });
+        }
         let dims = Dims::infer(&self.tensors)?;
         let first = self.tensors[0];
         let (device, dtype) = (first.device(), first.dtype());
@@ -272,13 +283,21 @@ pub struct Forward {
 pub struct Saved {
     dims: Dims,
     dtype: DType,
-    run: cpu::Run<f32>,
+    run: Run,
+}
+
+enum Run {
+    Cpu(Box<cpu::Run<f32>>),
+    Cuda(Box<cuda::Run>),
 }
 
 impl Saved {
     /// (B, S, L): rows, steps and keys of the forward that made it.
     pub fn shape(&self) -> (usize, usize, usize) {
-        (self.run.batch, self.run.steps, self.run.keys)
+        match &self.run {
+            Run::Cpu(r) => (r.batch, r.steps, r.keys),
+            Run::Cuda(r) => (r.batch, r.steps, r.keys),
+        }
     }
 }
 
@@ -304,26 +323,45 @@ pub fn forward(
 ) -> Result<Forward> {
     let (dims, device, dtype) = params.check()?;
     let keys = check_keys(&dims, &device, features, key_lengths)?;
-    let steps = check_captions(&dims, &keys, captions, lengths)?;
-    if device.is_cuda() {
-        return Err(cuda_not_yet());
+    let (steps, ids) = check_captions(&dims, &keys, captions, lengths)?;
+    let (b, l, v) = (keys.batch, keys.len, dims.vocab);
+    if let Device::Cuda(dev) = &device {
+        let weights = cuda::Weights::new(dev, params, dims)?;
+        let out = match params.algo {
+            Algo::Naive => {
+                weights.forward_naive(keys.features, &keys.lengths, &ids, lengths, steps)?
+            }
+            _ => weights.forward(keys.features, &keys.lengths, &ids, lengths, steps)?,
+        };
+        return Ok(Forward {
+            logits: out.logits.to(&device, dtype)?,
+            alphas: out.alphas.to(&device, dtype)?,
+            saved: keep.then_some(Saved {
+                dims,
+                dtype,
+                run: Run::Cuda(Box::new(out.run)),
+            }),
+        });
     }
     let weights = cpu::Weights::<f32>::new(params, dims)?;
     let run = cpu::forward(
         &weights,
         &keys.features.to_vec_f32()?,
         &keys.lengths,
-        captions.host_slice()?,
+        &ids,
         lengths,
         steps,
     )?;
-    let (b, l, v) = (keys.batch, keys.len, dims.vocab);
     let logits = Tensor::from_f32(&run.logits_batch_major()?, &[b, steps, v], dtype)?;
     let alphas = Tensor::from_f32(&run.alphas_batch_major()?, &[b, steps, l], dtype)?;
     Ok(Forward {
         logits,
         alphas,
-        saved: keep.then_some(Saved { dims, dtype, run }),
+        saved: keep.then_some(Saved {
+            dims,
+            dtype,
+            run: Run::Cpu(Box::new(run)),
+        }),
     })
 }
 
@@ -352,27 +390,45 @@ pub fn backward(
         ));
     }
     grad_logits.check_on(&device, "grad_logits")?;
-    let grad_alphas = grad_alphas
-        .map(|g| {
-            if g.shape() != [b, s, l] {
-                return Err(Error::shape(
-                    "grad_alphas",
-                    format!("{:?}", [b, s, l]),
-                    g.shape(),
-                ));
-            }
-            g.check_on(&device, "grad_alphas")?;
-            g.to_vec_f32()
-        })
-        .transpose()?;
+    if let Some(g) = grad_alphas {
+        if g.shape() != [b, s, l] {
+            let want = format!("{:?}", [b, s, l]);
+            return Err(Error::shape("grad_alphas", want, g.shape()));
+        }
+        g.check_on(&device, "grad_alphas")?;
+    }
+    let dtype = saved.dtype;
+    let run = match &saved.run {
+        Run::Cpu(run) => run,
+        Run::Cuda(run) => {
+            let Device::Cuda(dev) = &device else {
+                return Err(Error::DeviceMismatch {
+                    expected: "the CUDA device the forward ran on".into(),
+                    got: "the CPU (the decoder's parameters)".into(),
+                });
+            };
+            let weights = cuda::Weights::new(dev, params, dims)?;
+            let (features, grads) = match run.is_naive() {
+                true => weights.backward_naive(run, grad_logits, grad_alphas)?,
+                false => weights.backward(run, grad_logits, grad_alphas)?,
+            };
+            return Ok(Gradients {
+                features: features.to(&device, dtype)?,
+                params: grads
+                    .iter()
+                    .map(|g| g.to(&device, dtype))
+                    .collect::<Result<_>>()?,
+            });
+        }
+    };
+    let grad_alphas = grad_alphas.map(Tensor::to_vec_f32).transpose()?;
     let weights = cpu::Weights::<f32>::new(params, dims)?;
     let grads = cpu::backward(
         &weights,
-        &saved.run,
+        run,
         &grad_logits.to_vec_f32()?,
         grad_alphas.as_deref(),
     )?;
-    let dtype = saved.dtype;
     let features = Tensor::from_f32(&grads.features, &[b, l, dims.features], dtype)?;
     let params = grads
         .params
@@ -422,6 +478,9 @@ impl Decoded {
 /// none is live or after `max_len` tokens (live ones then count as finished). The answer is the
 /// finished hypothesis with the highest total; ties go to the one finished first, then to the
 /// better-ranked. Ties between candidates go to the lower (hypothesis rank, token).
+///
+/// On CUDA the whole search stays on the device (beam ≤ 64): one int is read back per step
+/// (whether any hypothesis lives) and the history once at the end.
 pub fn decode(
     params: &Params,
     features: &Tensor,
@@ -450,8 +509,15 @@ pub fn decode(
         "the decoded attention",
         &[keys.batch, search.beam, search.max_len, keys.len],
     )?;
-    if device.is_cuda() {
-        return Err(cuda_not_yet());
+    if let Device::Cuda(dev) = &device {
+        let weights = cuda::Weights::new(dev, params, dims)?;
+        let found = weights.decode(keys.features, &keys.lengths, search)?;
+        return Ok(Decoded {
+            tokens: found.tokens,
+            scores: found.scores,
+            alphas: found.alphas.to(&device, dtype)?,
+            max_len: search.max_len,
+        });
     }
     let weights = cpu::Weights::<f32>::new(params, dims)?;
     let found = cpu::decode(
@@ -473,14 +539,16 @@ pub fn decode(
     })
 }
 
-/// The steps S = max(lengths) − 1, after checking captions [B, T] and lengths (each in 2..=T)
-/// and every id the decoder reads (positions below lengths − 1) against the vocabulary.
+/// The steps S = max(lengths) − 1 and the ids on the host, after checking captions [B, T] and
+/// lengths (each in 2..=T) and every id the decoder reads (positions below lengths − 1)
+/// against the vocabulary. Teacher forcing's ids are read on the host whatever their device:
+/// they are checked before any work.
 fn check_captions(
     dims: &Dims,
     keys: &Keys,
     captions: &Indices,
     lengths: &[usize],
-) -> Result<usize> {
+) -> Result<(usize, Vec<i32>)> {
     let &[batch, t] = captions.shape() else {
         return Err(Error::shape("captions", "[B, T]", captions.shape()));
     };
@@ -500,10 +568,7 @@ fn check_captions(
             "lengths[{b}] = {n} is outside 2..={t} (a caption holds <start> and <end>)"
         )));
     }
-    if captions.is_cuda() {
-        return Err(cuda_not_yet());
-    }
-    let ids = captions.host_slice()?;
+    let ids = captions.to_vec()?;
     for (b, &n) in lengths.iter().enumerate() {
         for (i, &id) in ids[b * t..b * t + n - 1].iter().enumerate() {
             if id < 0 || id as usize >= dims.vocab {
@@ -516,12 +581,5 @@ fn check_captions(
             }
         }
     }
-    Ok(lengths.iter().max().map_or(0, |&n| n - 1))
-}
-
-fn cuda_not_yet() -> Error {
-    Error::Unsupported {
-        request: "the attention decoder on CUDA".into(),
-        reason: "it runs on the CPU only so far".into(),
-    }
+    Ok((lengths.iter().max().map_or(0, |&n| n - 1), ids))
 }
