@@ -871,8 +871,8 @@ impl Weights {
         Ok((features, params))
     }
 
-    /// encoder_att's gradients for dp [B·L, A] (added to dw_ea and db_ea with `beta`... as
-    /// given: beta 0 overwrites, 1 adds), and its share of the keys' gradient added to df.
+    /// encoder_att's gradients for dp [B·L, A] into dw_ea and db_ea (`beta` 0 overwrites them,
+    /// 1 adds to them), and its share of the keys' gradient added to df.
     fn encoder_att_backward(
         &self,
         run: &Run,
