@@ -4,6 +4,66 @@
 //! reaches 1 in f32); exp is Cephes' range reduction and polynomial, with the rounding done by
 //! adding 1.5·2²³ so that no libm call is left.
 
+use crate::ops::gemm_cpu::Scalar;
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+/// The float types the CPU training paths compute in: f32 (the default, with the activations
+/// below) and f64 (the reference the f32 path is checked against).
+pub(crate) trait Real:
+    Scalar
+    + Send
+    + Sync
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+{
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn tanh(self) -> Self;
+    fn sigmoid(self) -> Self;
+}
+
+impl Real for f32 {
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline(always)]
+    fn tanh(self) -> Self {
+        tanh(self)
+    }
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        sigmoid(self)
+    }
+}
+
+impl Real for f64 {
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn tanh(self) -> Self {
+        f64::tanh(self)
+    }
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        1.0 / (1.0 + (-self).exp())
+    }
+}
+
 /// tanh(x) to within 5e-7 absolute and relative; NaN stays NaN.
 #[inline(always)]
 pub(crate) fn tanh(x: f32) -> f32 {

@@ -16,6 +16,7 @@ pub(crate) mod math_cpu;
 pub mod optim;
 pub(crate) mod packed_gemm;
 pub mod pointwise;
+pub mod precision;
 pub mod recurrent;
 pub mod reduce;
 pub mod top_k;
