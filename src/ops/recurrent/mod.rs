@@ -19,7 +19,6 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 pub(crate) use crate::ops::activation::Activation;
 use crate::ops::algo::Algo;
-use crate::ops::math_cpu::Real;
 use crate::ops::precision::Precision;
 use crate::size;
 use crate::tensor::Tensor;
@@ -366,7 +365,7 @@ impl Gradients {
 }
 
 /// The types the CPU trains in, read from and written to f32 host tensors.
-trait Host: Real {
+trait Host: bptt_cpu::StepGemm {
     /// `t`'s values: borrowed when it already holds this type.
     fn values(t: &Tensor) -> Result<Cow<'_, [Self]>>;
     fn tensor(values: Vec<Self>, shape: &[usize]) -> Result<Tensor>;
@@ -444,6 +443,7 @@ fn net<'a, T: Host>(
         dims,
         lengths,
         params,
+        threads: None,
     }
 }
 
