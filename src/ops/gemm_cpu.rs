@@ -213,6 +213,10 @@ pub(crate) fn transpose<T: Scalar>(w: &[T], rows: usize, cols: usize) -> Vec<T> 
     const TILE: usize = 32;
     assert!(w.len() >= rows * cols);
     let mut t = vec![T::default(); rows * cols];
+    // An empty matrix may still have 2^40 rows to step through.
+    if t.is_empty() {
+        return t;
+    }
     for r0 in (0..rows).step_by(TILE) {
         for c0 in (0..cols).step_by(TILE) {
             for r in r0..(r0 + TILE).min(rows) {
