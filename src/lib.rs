@@ -74,5 +74,6 @@ pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use indices::Indices;
 pub use ops::algo::Algo;
+pub use ops::precision::Precision;
 pub use ops::recurrent::{Cell, Gradients, Nonlinearity, Outputs, Reserve};
 pub use tensor::Tensor;

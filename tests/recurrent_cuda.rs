@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::layers::{inputs, Case, Inputs, Kind, Layer};
+use common::layers::{inputs, upstream, Case, Inputs, Kind, Layer};
 use fused_rnn::nn::{Gru, GruConfig, Lstm, LstmConfig, Rnn, RnnConfig};
-use fused_rnn::{Algo, DType, Device, Error, Nonlinearity, Tensor};
+use fused_rnn::{Algo, DType, Device, Error, Nonlinearity, Precision, Tensor};
 
 /// (kind, I, H, layers, bidirectional, batch_first, T, B, lengths, h0, bias)
 type Row = (
@@ -224,35 +224,6 @@ fn fused_naive_and_persistent_match_cpu_for_every_cell_and_dtype() {
     }
 }
 
-/// Random gradients of the output, h_n and c_n (c_n's for an LSTM), or only the output's.
-fn upstream(c: &Case, seed: u64, with_state: bool) -> Vec<Tensor> {
-    let dirs = if c.bidirectional { 2 } else { 1 };
-    let o = c.out_size();
-    let output = if c.batch_first {
-        [c.b, c.t, dirs * o]
-    } else {
-        [c.t, c.b, dirs * o]
-    };
-    let shapes = [
-        output.to_vec(),
-        vec![c.layers * dirs, c.b, o],
-        vec![c.layers * dirs, c.b, c.h],
-    ];
-    let count = match (with_state, c.kind) {
-        (false, _) => 1,
-        (true, Kind::Lstm { .. }) => 3,
-        (true, _) => 2,
-    };
-    shapes[..count]
-        .iter()
-        .enumerate()
-        .map(|(k, shape)| {
-            let n = shape.iter().product();
-            Tensor::from_vec(common::random(n, 1.0, seed + k as u64), shape).unwrap()
-        })
-        .collect()
-}
-
 /// Training on the GPU (fused and naive backward) against the CPU's, on the same rounded
 /// parameters, inputs and upstream gradients; the first mismatch of each dtype and algorithm.
 fn check_training(device: &Device, c: &Case, seed: u64) -> Vec<String> {
@@ -290,7 +261,8 @@ fn check_training(device: &Device, c: &Case, seed: u64) -> Vec<String> {
         let cpu_up: Vec<Tensor> = gpu_up.iter().map(on_cpu).collect();
         let reference = base
             .to(device, dtype, Algo::Fused)
-            .to(&cpu, DType::F32, Algo::Auto);
+            .to(&cpu, DType::F32, Algo::Auto)
+            .with_precision(Precision::F64);
         let want = reference.train(&cpu_inputs, &cpu_up);
         // f32 against the CPU's f64; the half types round every state they store.
         let tol = match dtype {

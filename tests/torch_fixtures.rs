@@ -8,6 +8,10 @@ mod common;
 use fused_rnn::io::TensorFile;
 use fused_rnn::{Algo, DType};
 
+/// The recurrent modules' gradients, computed in f32 (`Precision::F32`), against float64
+/// autograd: a fraction of the case's largest gradient.
+const GRAD_TOL: f32 = 1e-4;
+
 /// `device` is `--device`'s value.
 fn check_fixtures(kind: &str, device: &str, algo: Algo, tol: f32) {
     let dir = common::fixtures(kind);
@@ -64,16 +68,32 @@ fn check_fixtures(kind: &str, device: &str, algo: Algo, tol: f32) {
         let mut produced: Vec<&str> = got.names().collect();
         produced.sort();
         assert_eq!(produced, tensors, "{name}");
+        let values = |file: &TensorFile, tensor: &str| {
+            let t = file.float(tensor).unwrap_or_else(|e| panic!("{name}: {e}"));
+            (t.shape().to_vec(), t.to_vec_f32().unwrap())
+        };
+        // The recurrent modules train in f32: their gradients are held to GRAD_TOL of the
+        // case's largest gradient. A gradient that is a sum cancelling to a small fraction of
+        // its terms cannot be held to its own magnitude in f32 (in tanh_h1_b1, weight_hh's
+        // is 2.7e-5 from terms near 3e-2; PyTorch's float32 misses it by 1.8e-3 of itself).
+        let recurrent_grads = kind == "grad" && got.names().any(|n| n.starts_with("weight_ih"));
+        let grad_scale = tensors
+            .iter()
+            .filter(|t| t.ends_with(".grad"))
+            .map(|t| common::largest(&values(&expected, t).1))
+            .fold(0f32, f32::max);
         for tensor in tensors {
-            let g = got.float(tensor).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let e = expected.float(tensor).unwrap();
-            assert_eq!(g.shape(), e.shape(), "{name}: {tensor} shape");
-            common::assert_close(
-                &format!("{name} ({device}, {}): {tensor}", algo.name()),
-                &g.to_vec_f32().unwrap(),
-                &e.to_vec_f32().unwrap(),
-                tol,
-            );
+            let (g_shape, g) = values(&got, tensor);
+            let (e_shape, e) = values(&expected, tensor);
+            assert_eq!(g_shape, e_shape, "{name}: {tensor} shape");
+            let what = format!("{name} ({device}, {}): {tensor}", algo.name());
+            let failure = match recurrent_grads && tensor.ends_with(".grad") {
+                true => common::mismatch_at_scale(&what, &g, &e, GRAD_TOL, grad_scale),
+                false => common::mismatch(&what, &g, &e, tol),
+            };
+            if let Some(failure) = failure {
+                panic!("{failure}");
+            }
         }
     }
     std::fs::remove_dir_all(&out_dir).ok();

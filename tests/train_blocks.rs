@@ -5,7 +5,7 @@ mod common;
 
 use fused_rnn::nn::{Embedding, Linear, Module};
 use fused_rnn::train::{clip_grad_norm, softmax_cross_entropy, Adam};
-use fused_rnn::{DType, Device, Indices, Tensor};
+use fused_rnn::{DType, Device, Indices, Precision, Tensor};
 
 fn t(v: Vec<f32>, shape: &[usize]) -> Tensor {
     Tensor::from_vec(v, shape).unwrap()
@@ -166,12 +166,18 @@ fn reserve_bytes_is_known_before_the_call() {
     config.num_layers = 2;
     config.bidirectional = true;
     config.proj_size = 2;
-    let lstm = Lstm::random(config, &Device::Cpu, DType::F32, 1).unwrap();
     let (t_len, b) = (4, 3);
-    let expected = lstm.reserve_bytes(t_len, b);
     let x = t(common::random(t_len * b * 3, 1.0, 2), &[t_len, b, 3]);
-    let (_, reserve) = lstm.forward_train(&x, None, None).unwrap();
-    // The CPU keeps f64.
-    assert_eq!(8 * reserve.len(), expected);
-    assert!(expected > 0);
+    let f32_layer = Lstm::random(config, &Device::Cpu, DType::F32, 1).unwrap();
+    let f64_layer = f32_layer
+        .to(&Device::Cpu, DType::F32)
+        .unwrap()
+        .with_precision(Precision::F64);
+    for (lstm, each) in [(f32_layer, 4), (f64_layer, 8)] {
+        let expected = lstm.reserve_bytes(t_len, b);
+        let (_, reserve) = lstm.forward_train(&x, None, None).unwrap();
+        assert_eq!(reserve.bytes(), expected);
+        assert_eq!(each * reserve.len(), expected);
+        assert!(expected > 0);
+    }
 }

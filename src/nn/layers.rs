@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::io::TensorFile;
 use crate::nn::Module;
 use crate::ops::algo::Algo;
+use crate::ops::precision::Precision;
 use crate::ops::recurrent::{Cell, Gradients, Nonlinearity, Outputs, Reserve};
 use crate::tensor::Tensor;
 
@@ -224,6 +225,13 @@ macro_rules! layer_common {
             /// Chooses the CUDA implementation (ignored on the CPU).
             pub fn with_algo(mut self, algo: Algo) -> Self {
                 self.inner.set_algo(algo);
+                self
+            }
+
+            /// What the CPU computes `forward_train` and `backward` in: f32 by default,
+            /// `Precision::F64` for the float64 reference (ignored on CUDA).
+            pub fn with_precision(mut self, precision: Precision) -> Self {
+                self.inner.set_precision(precision);
                 self
             }
 

@@ -8,6 +8,7 @@ use crate::io::TensorFile;
 use crate::nn::module::check_parameters;
 use crate::nn::Module;
 use crate::ops::algo::Algo;
+use crate::ops::precision::Precision;
 use crate::ops::recurrent::{
     self, check_lengths, Call, Cell, Dims, DirectionWeights, Gradients, Outputs, PlanCache, Reserve,
 };
@@ -113,8 +114,13 @@ impl Spec {
     ) -> Result<usize> {
         let dims = self.dims(seq_len, batch);
         dims.check_sizes(training)?;
+        // The command line trains in the default precision.
         Ok(recurrent::host_work_bytes(
-            device, self.cell, &dims, training,
+            device,
+            Precision::default(),
+            self.cell,
+            &dims,
+            training,
         ))
     }
 
@@ -225,6 +231,7 @@ pub struct Recurrent {
     device: Device,
     dtype: DType,
     algo: Algo,
+    precision: Precision,
     weights: Vec<DirectionWeights>,
     /// CUDA graphs of recent forward shapes, replayed instead of relaunching every step.
     plans: PlanCache,
@@ -337,6 +344,7 @@ impl Recurrent {
             device: device.clone(),
             dtype,
             algo: Algo::Auto,
+            precision: Precision::default(),
             weights,
             plans: PlanCache::default(),
         })
@@ -345,11 +353,16 @@ impl Recurrent {
     pub fn to(&self, device: &Device, dtype: DType) -> Result<Self> {
         let mut copy = Self::copied(self.spec, &self.weights, device, dtype)?;
         copy.algo = self.algo;
+        copy.precision = self.precision;
         Ok(copy)
     }
 
     pub fn set_algo(&mut self, algo: Algo) {
         self.algo = algo;
+    }
+
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     pub fn device(&self) -> &Device {
@@ -391,7 +404,7 @@ impl Recurrent {
     ) -> Result<(Outputs, Reserve)> {
         self.checked(input, h0, c0, lengths, |call| {
             call.dims.check_sizes(true)?;
-            recurrent::forward_train(&self.device, call)
+            recurrent::forward_train(&self.device, self.precision, call)
         })
     }
 
@@ -461,7 +474,7 @@ impl Recurrent {
     pub fn reserve_bytes(&self, seq_len: usize, batch: usize) -> usize {
         let dims = self.dims_for(seq_len, batch);
         match dims.check_sizes(true) {
-            Ok(()) => recurrent::reserve_bytes(&self.device, self.spec.cell, &dims),
+            Ok(()) => recurrent::reserve_bytes(&self.device, self.precision, self.spec.cell, &dims),
             Err(_) => usize::MAX,
         }
     }

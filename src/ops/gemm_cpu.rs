@@ -227,12 +227,24 @@ pub(crate) fn linear_backward<T: Scalar>(
     Ok((dx, dw, db))
 }
 
-/// The transpose of a row-major [rows, cols] matrix.
+/// The transpose of a row-major [rows, cols] matrix, in tiles: element by element, every
+/// write to the transpose touches another cache line, and for a [1024, 256] weight that cost
+/// a millisecond.
 pub(crate) fn transpose<T: Scalar>(w: &[T], rows: usize, cols: usize) -> Vec<T> {
+    const TILE: usize = 32;
+    assert!(w.len() >= rows * cols);
     let mut t = vec![T::default(); rows * cols];
-    for (r, row) in w.chunks_exact(cols.max(1)).take(rows).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            t[c * rows + r] = v;
+    // An empty matrix may still have 2^40 rows to step through.
+    if t.is_empty() {
+        return t;
+    }
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    t[c * rows + r] = w[r * cols + c];
+                }
+            }
         }
     }
     t
@@ -267,6 +279,15 @@ mod tests {
             transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3),
             [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
         );
+        // Several tiles, partial ones at both edges.
+        let (rows, cols) = (37, 70);
+        let w: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let t = transpose(&w, rows, cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(t[c * rows + r], w[r * cols + c], "({r}, {c})");
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,140 @@
 //! reaches 1 in f32); exp is Cephes' range reduction and polynomial, with the rounding done by
 //! adding 1.5·2²³ so that no libm call is left.
 
+use crate::ops::gemm_cpu::Scalar;
+use std::ops::{Add, Div, Mul, MulAssign, Neg, Sub, SubAssign};
+
+/// The float types the CPU paths compute in: f32 (the default, with the activations below)
+/// and f64 (the reference the f32 path is checked against). One generic body serves both, so
+/// the reference checks the very code that runs.
+pub(crate) trait Real:
+    Scalar
+    + Send
+    + Sync
+    + PartialOrd
+    + std::fmt::Debug
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + SubAssign
+    + MulAssign
+{
+    fn from_f32(v: f32) -> Self;
+    fn from_f64(v: f64) -> Self;
+    fn to_f32(self) -> f32;
+    fn to_f64(self) -> f64;
+    fn exp(self) -> Self;
+    fn tanh(self) -> Self;
+    fn sigmoid(self) -> Self;
+}
+
+impl Real for f32 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        exp(self)
+    }
+    #[inline(always)]
+    fn tanh(self) -> Self {
+        tanh(self)
+    }
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        sigmoid(self)
+    }
+}
+
+impl Real for f64 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v as f64
+    }
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    #[inline(always)]
+    fn tanh(self) -> Self {
+        f64::tanh(self)
+    }
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        1.0 / (1.0 + (-self).exp())
+    }
+}
+
+/// The column sums of `rows` [n, width] row-major, added into `sums`, accumulated in f64 so
+/// that a bias gradient over thousands of rows keeps f32 accuracy where its terms cancel.
+pub(crate) fn add_column_sums<T: Real>(sums: &mut [T], rows: &[T], width: usize) {
+    let mut acc: Vec<f64> = sums.iter().map(|s| s.to_f64()).collect();
+    for row in rows.chunks_exact(width.max(1)) {
+        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v.to_f64());
+    }
+    sums.iter_mut()
+        .zip(acc)
+        .for_each(|(s, a)| *s = T::from_f64(a));
+}
+
+/// Σ a_i b_i, in eight interleaved partial sums: they vectorise (a single running sum may not
+/// be reordered), and each sums an eighth of the terms.
+#[inline(always)]
+pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let mut acc = [T::default(); 8];
+    let (head, tail) = (n / 8 * 8, n % 8);
+    for (x, y) in a[..head].chunks_exact(8).zip(b[..head].chunks_exact(8)) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    for k in 0..tail {
+        acc[k] += a[head + k] * b[head + k];
+    }
+    let (lo, hi) = acc.split_at(4);
+    let mut s = T::default();
+    for k in 0..4 {
+        s += lo[k] + hi[k];
+    }
+    s
+}
+
+/// y += alpha · x.
+#[inline(always)]
+pub(crate) fn axpy<T: Real>(y: &mut [T], alpha: T, x: &[T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
+    }
+}
+
 /// tanh(x) to within 5e-7 absolute and relative; NaN stays NaN.
 #[inline(always)]
 pub(crate) fn tanh(x: f32) -> f32 {

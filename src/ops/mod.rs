@@ -17,7 +17,7 @@ pub(crate) mod math_cpu;
 pub mod optim;
 pub(crate) mod packed_gemm;
 pub mod pointwise;
-pub(crate) mod real;
+pub mod precision;
 pub mod recurrent;
 pub mod reduce;
 pub mod top_k;

@@ -2,7 +2,7 @@
 //! that compare a device's results with the CPU's.
 
 use fused_rnn::nn::{Gru, GruConfig, Lstm, LstmConfig, Module, Rnn, RnnConfig};
-use fused_rnn::{Algo, Cell, DType, Device, Nonlinearity, Tensor};
+use fused_rnn::{Algo, Cell, DType, Device, Nonlinearity, Precision, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
@@ -90,6 +90,15 @@ impl Layer {
             Layer::Rnn(l) => Layer::Rnn(l.to(device, dtype).unwrap().with_algo(algo)),
             Layer::Lstm(l) => Layer::Lstm(l.to(device, dtype).unwrap().with_algo(algo)),
             Layer::Gru(l) => Layer::Gru(l.to(device, dtype).unwrap().with_algo(algo)),
+        }
+    }
+
+    /// What the CPU trains this layer in.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        match self {
+            Layer::Rnn(l) => Layer::Rnn(l.with_precision(precision)),
+            Layer::Lstm(l) => Layer::Lstm(l.with_precision(precision)),
+            Layer::Gru(l) => Layer::Gru(l.with_precision(precision)),
         }
     }
 
@@ -213,4 +222,33 @@ pub fn inputs(c: &Case, seed: u64, with_state: bool, lengths: Option<Vec<usize>>
     let h0 = with_state.then(|| state(c.out_size(), seed + 1));
     let c0 = (with_state && matches!(c.kind, Kind::Lstm { .. })).then(|| state(c.h, seed + 2));
     (x, h0, c0, lengths)
+}
+
+/// Random gradients of the output, h_n and c_n (c_n's for an LSTM), or only the output's.
+pub fn upstream(c: &Case, seed: u64, with_state: bool) -> Vec<Tensor> {
+    let dirs = if c.bidirectional { 2 } else { 1 };
+    let o = c.out_size();
+    let output = if c.batch_first {
+        [c.b, c.t, dirs * o]
+    } else {
+        [c.t, c.b, dirs * o]
+    };
+    let shapes = [
+        output.to_vec(),
+        vec![c.layers * dirs, c.b, o],
+        vec![c.layers * dirs, c.b, c.h],
+    ];
+    let count = match (with_state, c.kind) {
+        (false, _) => 1,
+        (true, Kind::Lstm { .. }) => 3,
+        (true, _) => 2,
+    };
+    shapes[..count]
+        .iter()
+        .enumerate()
+        .map(|(k, shape)| {
+            let n = shape.iter().product();
+            Tensor::from_vec(super::random(n, 1.0, seed + k as u64), shape).unwrap()
+        })
+        .collect()
 }

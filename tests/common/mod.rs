@@ -82,10 +82,25 @@ pub fn assert_close(what: &str, got: &[f32], reference: &[f32], tol: f32) {
 /// `assert_close`'s check, returning the first failing element's description instead of
 /// panicking (for a test that reports every failing case at once).
 pub fn mismatch(what: &str, got: &[f32], reference: &[f32], tol: f32) -> Option<String> {
+    mismatch_at_scale(what, got, reference, tol, largest(reference))
+}
+
+/// The largest magnitude in `values`.
+pub fn largest(values: &[f32]) -> f32 {
+    values.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// `mismatch` with the scale given: |got − ref| ≤ tol·scale + tol·|ref|.
+pub fn mismatch_at_scale(
+    what: &str,
+    got: &[f32],
+    reference: &[f32],
+    tol: f32,
+    scale: f32,
+) -> Option<String> {
     if got.len() != reference.len() {
         return Some(format!("{what}: length differs"));
     }
-    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
     got.iter()
         .zip(reference)
         .enumerate()

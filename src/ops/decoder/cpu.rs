@@ -8,7 +8,7 @@ use super::{Dims, Params, Search};
 use crate::error::Result;
 use crate::ops::activation::Activation;
 use crate::ops::gemm_cpu::{gemm_ab, gemm_atb, gemm_atb_strided, transpose};
-use crate::ops::real::{add_column_sums, axpy, dot, Real};
+use crate::ops::math_cpu::{add_column_sums, axpy, dot, Real};
 use crate::size;
 
 /// The parameters converted to `T`, in the layouts the products want.

@@ -3,7 +3,7 @@
 //! however long the captions are. Greedy is a beam of one.
 
 use super::Search;
-use crate::ops::real::Real;
+use crate::ops::math_cpu::Real;
 use std::cmp::Ordering::Greater;
 
 /// A live hypothesis: the row of the next step's input.

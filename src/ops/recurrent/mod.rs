@@ -19,8 +19,10 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 pub(crate) use crate::ops::activation::Activation;
 use crate::ops::algo::Algo;
+use crate::ops::precision::Precision;
 use crate::size;
 use crate::tensor::Tensor;
+use std::borrow::Cow;
 
 /// The Elman RNN's nonlinearity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -157,13 +159,13 @@ impl Dims {
         vec![self.layers * self.dirs, self.batch, self.out_size]
     }
 
-    /// Checks that every buffer of a pass (and, `training`, the f64 reserve) has an element
+    /// Checks that every buffer of a pass (and, `training`, an f64 reserve) has an element
     /// and byte count that fits in usize, so that the sizes computed from these dims cannot
     /// overflow.
     pub fn check_sizes(&self, training: bool) -> Result<()> {
         let rows = size::elements("input rows", &[self.seq_len, self.batch])?;
         // Saturating: a saturated count fails the checked product below. A training slot keeps
-        // a step's gates, h, c and the projection's h (what `bptt_cpu::Saved` counts), and
+        // a step's gates, h, c and the projection's h (what `bptt_cpu::saved_len` counts), and
         // each layer its input.
         let widest = (self.gate_width())
             .saturating_add(self.hidden.saturating_mul(3))
@@ -248,9 +250,8 @@ pub struct Outputs {
 
 /// What a training-mode forward keeps for `backward` (like cuDNN's reserve space): each
 /// layer's input and, per layer-direction, step and row, the gate activations and the states.
-/// The CPU keeps them in f64: it computes training in f64 from f32 storage, so that gradients
-/// summed over many steps keep f32 accuracy even where their terms cancel. CUDA keeps them in
-/// f32 on the device, whatever the storage dtype.
+/// The CPU keeps them in the layer's `Precision` (the backward computes in the precision of
+/// the reserve it is given); CUDA keeps them in f32 on the device, whatever the storage dtype.
 pub struct Reserve {
     cell: Cell,
     dims: Dims,
@@ -259,17 +260,28 @@ pub struct Reserve {
 }
 
 enum Saved {
-    Cpu(bptt_cpu::Saved),
+    Cpu32(bptt_cpu::Saved<f32>),
+    Cpu64(bptt_cpu::Saved<f64>),
     Cuda(train_cuda::Saved),
 }
 
 impl Reserve {
-    /// Elements kept (f64 on the CPU, f32 on CUDA), known before the call from the shape alone.
+    /// Elements kept (f32 on CUDA; on the CPU in the precision it was made in, see `bytes`),
+    /// known before the call from the shape alone.
     pub fn len(&self) -> usize {
         match self.saved {
-            Saved::Cpu(_) => bptt_cpu::Saved::len_for(self.cell, &self.dims),
+            Saved::Cpu32(_) | Saved::Cpu64(_) => bptt_cpu::saved_len(self.cell, &self.dims),
             Saved::Cuda(_) => train_cuda::Saved::len_for(self.cell, &self.dims),
         }
+    }
+
+    /// Bytes kept: `len` times 4, or 8 for a CPU reserve made in `Precision::F64`.
+    pub fn bytes(&self) -> usize {
+        let each = match self.saved {
+            Saved::Cpu64(_) => 8,
+            Saved::Cpu32(_) | Saved::Cuda(_) => 4,
+        };
+        each * self.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -277,21 +289,34 @@ impl Reserve {
     }
 }
 
-/// Bytes a training-mode forward of `dims` keeps on `device` (what `Reserve::len` counts).
-pub(crate) fn reserve_bytes(device: &Device, cell: Cell, dims: &Dims) -> usize {
+/// Bytes a training-mode forward of `dims` keeps on `device` in `precision` (what
+/// `Reserve::bytes` counts).
+pub(crate) fn reserve_bytes(
+    device: &Device,
+    precision: Precision,
+    cell: Cell,
+    dims: &Dims,
+) -> usize {
     match device {
-        Device::Cpu => 8 * bptt_cpu::Saved::len_for(cell, dims),
+        Device::Cpu => precision.bytes() * bptt_cpu::saved_len(cell, dims),
         Device::Cuda(_) => 4 * train_cuda::Saved::len_for(cell, dims),
     }
 }
 
 /// Host bytes a pass of `dims` (checked by `Dims::check_sizes`) uses besides its inputs and
 /// results: on the CPU one layer-direction's input projection and the layer output between
-/// layers (forward) or the f64 reserve (training); CUDA keeps its buffers on the device.
-pub(crate) fn host_work_bytes(device: &Device, cell: Cell, dims: &Dims, training: bool) -> usize {
+/// layers (forward) or the reserve (training, in `precision`); CUDA keeps its buffers on the
+/// device.
+pub(crate) fn host_work_bytes(
+    device: &Device,
+    precision: Precision,
+    cell: Cell,
+    dims: &Dims,
+    training: bool,
+) -> usize {
     match (device, training) {
         (Device::Cuda(_), _) => 0,
-        (Device::Cpu, true) => reserve_bytes(device, cell, dims),
+        (Device::Cpu, true) => reserve_bytes(device, precision, cell, dims),
         (Device::Cpu, false) => 4 * dims.rows() * (dims.gate_width() + dims.dirs * dims.out_size),
     }
 }
@@ -339,40 +364,78 @@ impl Gradients {
     }
 }
 
-/// One layer-direction's weights widened to f64 (biases and projection when present).
-type Widened = [Option<Vec<f64>>; 5];
+/// The types the CPU trains in, read from and written to f32 host tensors.
+trait Host: bptt_cpu::StepGemm {
+    /// `t`'s values: borrowed when it already holds this type.
+    fn values(t: &Tensor) -> Result<Cow<'_, [Self]>>;
+    fn tensor(values: Vec<Self>, shape: &[usize]) -> Result<Tensor>;
+}
 
-fn widen(weights: &[DirectionWeights]) -> Result<Vec<Widened>> {
-    let opt = |t: &Option<Tensor>| t.as_ref().map(Tensor::to_vec_f64).transpose();
+impl Host for f32 {
+    fn values(t: &Tensor) -> Result<Cow<'_, [f32]>> {
+        match t.host_slice::<f32>() {
+            Ok(v) => Ok(Cow::Borrowed(v)),
+            Err(_) => t.to_vec_f32().map(Cow::Owned),
+        }
+    }
+
+    fn tensor(values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_vec(values, shape)
+    }
+}
+
+impl Host for f64 {
+    fn values(t: &Tensor) -> Result<Cow<'_, [f64]>> {
+        t.to_vec_f64().map(Cow::Owned)
+    }
+
+    fn tensor(values: Vec<f64>, shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_f64(&values, shape)
+    }
+}
+
+/// One layer-direction's weights in `T` (biases and projection when present).
+struct Weights<'a, T: Clone + 'static> {
+    w_ih: Cow<'a, [T]>,
+    w_hh: Cow<'a, [T]>,
+    b_ih: Option<Cow<'a, [T]>>,
+    b_hh: Option<Cow<'a, [T]>>,
+    w_hr: Option<Cow<'a, [T]>>,
+}
+
+fn weights_in<T: Host>(weights: &[DirectionWeights]) -> Result<Vec<Weights<'_, T>>> {
+    fn opt<T: Host>(t: &Option<Tensor>) -> Result<Option<Cow<'_, [T]>>> {
+        t.as_ref().map(T::values).transpose()
+    }
     weights
         .iter()
         .map(|w| {
-            Ok([
-                Some(w.w_ih.to_vec_f64()?),
-                Some(w.w_hh.to_vec_f64()?),
-                opt(&w.b_ih)?,
-                opt(&w.b_hh)?,
-                opt(&w.w_hr)?,
-            ])
+            Ok(Weights {
+                w_ih: T::values(&w.w_ih)?,
+                w_hh: T::values(&w.w_hh)?,
+                b_ih: opt(&w.b_ih)?,
+                b_hh: opt(&w.b_hh)?,
+                w_hr: opt(&w.w_hr)?,
+            })
         })
         .collect()
 }
 
-/// The BPTT network over widened weights.
-fn net<'a>(
+/// The BPTT network over `weights`.
+fn net<'a, T: Host>(
     cell: Cell,
     dims: Dims,
-    weights: &'a [Widened],
+    weights: &'a [Weights<'_, T>],
     lengths: &'a [usize],
-) -> bptt_cpu::Net<'a> {
+) -> bptt_cpu::Net<'a, T> {
     let params = weights
         .iter()
-        .map(|[w_ih, w_hh, b_ih, b_hh, w_hr]| bptt_cpu::Params {
-            w_ih: w_ih.as_deref().expect("always widened"),
-            w_hh: w_hh.as_deref().expect("always widened"),
-            b_ih: b_ih.as_deref(),
-            b_hh: b_hh.as_deref(),
-            w_hr: w_hr.as_deref(),
+        .map(|w| bptt_cpu::Params {
+            w_ih: &w.w_ih,
+            w_hh: &w.w_hh,
+            b_ih: w.b_ih.as_deref(),
+            b_hh: w.b_hh.as_deref(),
+            w_hr: w.w_hr.as_deref(),
         })
         .collect();
     bptt_cpu::Net {
@@ -380,12 +443,83 @@ fn net<'a>(
         dims,
         lengths,
         params,
+        threads: None,
     }
 }
 
+/// The CPU's training-mode forward in `T`.
+fn cpu_forward_train<T: Host>(call: &Call<'_>) -> Result<(Outputs, bptt_cpu::Saved<T>)> {
+    let weights = weights_in::<T>(call.weights)?;
+    let net = net(call.cell, call.dims, &weights, call.lengths);
+    let x = T::values(call.input)?;
+    let h0 = call.h0.map(T::values).transpose()?;
+    let c0 = call.c0.map(T::values).transpose()?;
+    let (f, saved) = net.forward_train(&x, h0.as_deref(), c0.as_deref());
+    let dims = call.dims;
+    let outputs = Outputs {
+        output: T::tensor(f.output, &dims.output_shape())?,
+        h_n: T::tensor(f.h_n, &dims.state_shape())?,
+        c_n: (call.cell == Cell::Lstm)
+            .then(|| T::tensor(f.c_n, &dims.cell_shape()))
+            .transpose()?,
+    };
+    Ok((outputs, saved))
+}
+
+/// The CPU's backward in `T` (the reserve's).
+fn cpu_backward<T: Host>(
+    reserve: &Reserve,
+    saved: &bptt_cpu::Saved<T>,
+    weights: &[DirectionWeights],
+    grad_output: &Tensor,
+    grad_h_n: Option<&Tensor>,
+    grad_c_n: Option<&Tensor>,
+) -> Result<Gradients> {
+    let dims = reserve.dims;
+    let converted = weights_in::<T>(weights)?;
+    let net = net(reserve.cell, dims, &converted, &reserve.lengths);
+    let g = net.backward(
+        saved,
+        &T::values(grad_output)?,
+        grad_h_n.map(T::values).transpose()?.as_deref(),
+        grad_c_n.map(T::values).transpose()?.as_deref(),
+    );
+    let input_shape = match dims.batch_first {
+        true => vec![dims.batch, dims.seq_len, dims.input_size],
+        false => vec![dims.seq_len, dims.batch, dims.input_size],
+    };
+    let params = g
+        .params
+        .into_iter()
+        .zip(weights)
+        .map(|(p, w)| {
+            let like = |v: Vec<T>, t: &Tensor| T::tensor(v, t.shape());
+            Ok(DirectionGradients {
+                w_ih: like(p.w_ih, &w.w_ih)?,
+                w_hh: like(p.w_hh, &w.w_hh)?,
+                b_ih: w.b_ih.as_ref().map(|t| like(p.b_ih, t)).transpose()?,
+                b_hh: w.b_hh.as_ref().map(|t| like(p.b_hh, t)).transpose()?,
+                w_hr: w.w_hr.as_ref().map(|t| like(p.w_hr, t)).transpose()?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(Gradients {
+        input: T::tensor(g.input, &input_shape)?,
+        h0: T::tensor(g.h0, &dims.state_shape())?,
+        c0: (reserve.cell == Cell::Lstm)
+            .then(|| T::tensor(g.c0, &dims.cell_shape()))
+            .transpose()?,
+        params,
+    })
+}
+
 /// The forward pass in training mode: the same results as `forward`, and the `Reserve` that
-/// `backward` needs.
-pub(crate) fn forward_train(device: &Device, call: &Call<'_>) -> Result<(Outputs, Reserve)> {
+/// `backward` needs. The CPU computes in `precision`.
+pub(crate) fn forward_train(
+    device: &Device,
+    precision: Precision,
+    call: &Call<'_>,
+) -> Result<(Outputs, Reserve)> {
     call.input.check_on(device, "input")?;
     for (name, t) in [("h0", call.h0), ("c0", call.c0)] {
         if let Some(t) = t {
@@ -402,32 +536,29 @@ pub(crate) fn forward_train(device: &Device, call: &Call<'_>) -> Result<(Outputs
         };
         return Ok((outputs, reserve));
     }
-    let weights = widen(call.weights)?;
-    let net = net(call.cell, call.dims, &weights, call.lengths);
-    let x = call.input.to_vec_f64()?;
-    let h0 = call.h0.map(|t| t.to_vec_f64()).transpose()?;
-    let c0 = call.c0.map(|t| t.to_vec_f64()).transpose()?;
-    let (f, saved) = net.forward_train(&x, h0.as_deref(), c0.as_deref());
-    let dims = call.dims;
-    let outputs = Outputs {
-        output: Tensor::from_f64(&f.output, &dims.output_shape())?,
-        h_n: Tensor::from_f64(&f.h_n, &dims.state_shape())?,
-        c_n: (call.cell == Cell::Lstm)
-            .then(|| Tensor::from_f64(&f.c_n, &dims.cell_shape()))
-            .transpose()?,
+    let (outputs, saved) = match precision {
+        Precision::F32 => {
+            let (outputs, saved) = cpu_forward_train::<f32>(call)?;
+            (outputs, Saved::Cpu32(saved))
+        }
+        Precision::F64 => {
+            let (outputs, saved) = cpu_forward_train::<f64>(call)?;
+            (outputs, Saved::Cpu64(saved))
+        }
     };
     let reserve = Reserve {
         cell: call.cell,
-        dims,
+        dims: call.dims,
         lengths: call.lengths.to_vec(),
-        saved: Saved::Cpu(saved),
+        saved,
     };
     Ok((outputs, reserve))
 }
 
 /// The gradients of Σ output ⊙ grad_output + Σ h_n ⊙ grad_h_n (+ Σ c_n ⊙ grad_c_n) for the
 /// training-mode forward that made `reserve`, with the same weights. On CUDA, `Algo::Naive`
-/// runs the naive backward, any other the fused one.
+/// runs the naive backward, any other the fused one; the CPU computes in the reserve's
+/// precision.
 pub(crate) fn backward(
     device: &Device,
     algo: Algo,
@@ -483,8 +614,13 @@ pub(crate) fn backward(
             t.check_on(device, name)?;
         }
     }
-    let saved = match (&reserve.saved, device) {
-        (Saved::Cpu(saved), Device::Cpu) => saved,
+    match (&reserve.saved, device) {
+        (Saved::Cpu32(saved), Device::Cpu) => {
+            cpu_backward(reserve, saved, weights, grad_output, grad_h_n, grad_c_n)
+        }
+        (Saved::Cpu64(saved), Device::Cpu) => {
+            cpu_backward(reserve, saved, weights, grad_output, grad_h_n, grad_c_n)
+        }
         (Saved::Cuda(saved), Device::Cuda(dev)) => {
             if let Some(w) = weights.iter().find(|w| w.w_ih.dtype() != saved.dtype()) {
                 return Err(Error::Config(format!(
@@ -506,7 +642,7 @@ pub(crate) fn backward(
                     _ => {}
                 }
             }
-            return train_cuda::backward(
+            train_cuda::backward(
                 dev,
                 algo == Algo::Naive,
                 reserve.cell,
@@ -517,49 +653,12 @@ pub(crate) fn backward(
                 grad_output,
                 grad_h_n,
                 grad_c_n,
-            );
+            )
         }
-        _ => {
-            return Err(Error::Config(
-                "the reserve was made on another device than the module's".into(),
-            ))
-        }
-    };
-    let widened = widen(weights)?;
-    let net = net(reserve.cell, dims, &widened, &reserve.lengths);
-    let g = net.backward(
-        saved,
-        &grad_output.to_vec_f64()?,
-        grad_h_n.map(|t| t.to_vec_f64()).transpose()?.as_deref(),
-        grad_c_n.map(|t| t.to_vec_f64()).transpose()?.as_deref(),
-    );
-    let input_shape = match dims.batch_first {
-        true => vec![dims.batch, dims.seq_len, dims.input_size],
-        false => vec![dims.seq_len, dims.batch, dims.input_size],
-    };
-    let params = g
-        .params
-        .into_iter()
-        .zip(weights)
-        .map(|(p, w)| {
-            let like = |v: &[f64], t: &Tensor| Tensor::from_f64(v, t.shape());
-            Ok(DirectionGradients {
-                w_ih: like(&p.w_ih, &w.w_ih)?,
-                w_hh: like(&p.w_hh, &w.w_hh)?,
-                b_ih: w.b_ih.as_ref().map(|t| like(&p.b_ih, t)).transpose()?,
-                b_hh: w.b_hh.as_ref().map(|t| like(&p.b_hh, t)).transpose()?,
-                w_hr: w.w_hr.as_ref().map(|t| like(&p.w_hr, t)).transpose()?,
-            })
-        })
-        .collect::<Result<_>>()?;
-    Ok(Gradients {
-        input: Tensor::from_f64(&g.input, &input_shape)?,
-        h0: Tensor::from_f64(&g.h0, &dims.state_shape())?,
-        c0: lstm
-            .then(|| Tensor::from_f64(&g.c0, &dims.cell_shape()))
-            .transpose()?,
-        params,
-    })
+        _ => Err(Error::Config(
+            "the reserve was made on another device than the module's".into(),
+        )),
+    }
 }
 
 /// Runs the forward pass on `device`. `plans` caches the CUDA graphs of the layer the weights
