@@ -1,7 +1,9 @@
-//! The CPU reference: f32 logits, sums in f64.
+//! The CPU reference: f32 logits, each exponential once (the vectorised f32 exp, within 3e-7
+//! relative), sums in f64.
 
 use super::Loss;
 use crate::error::Result;
+use crate::ops::math_cpu::exp;
 use crate::tensor::Tensor;
 
 /// The loss and gradient of host logits [n, vocab] whose targets were checked and of which
@@ -26,14 +28,15 @@ pub(super) fn softmax_cross_entropy(
         if t == ignore {
             continue;
         }
-        // log-sum-exp with the maximum subtracted, then softmax − one-hot, in one pass.
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-        let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-        let log_z = max + sum.ln();
-        total += log_z - row[t as usize] as f64;
+        // e^(x − max) into the gradient row, its sum, then softmax − one-hot.
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         for (gj, &v) in g.iter_mut().zip(row) {
-            *gj = ((v as f64 - log_z).exp() * scale) as f32;
+            *gj = exp(v - max);
         }
+        let sum: f64 = g.iter().map(|&e| e as f64).sum();
+        total += max as f64 + sum.ln() - row[t as usize] as f64;
+        let factor = (scale / sum) as f32;
+        g.iter_mut().for_each(|gj| *gj *= factor);
         g[t as usize] -= scale as f32;
     }
     Ok(Loss {

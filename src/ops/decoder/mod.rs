@@ -287,16 +287,17 @@ pub struct Saved {
 }
 
 enum Run {
-    Cpu(Box<cpu::Run<f32>>),
-    Cuda(Box<cuda::Run>),
+    /// The run and the parameters in the layouts it used (the backward reads the same).
+    Cpu(Box<(cpu::Run<f32>, cpu::Weights<f32>)>),
+    Cuda(Box<(cuda::Run, cuda::Weights)>),
 }
 
 impl Saved {
     /// (B, S, L): rows, steps and keys of the forward that made it.
     pub fn shape(&self) -> (usize, usize, usize) {
         match &self.run {
-            Run::Cpu(r) => (r.batch, r.steps, r.keys),
-            Run::Cuda(r) => (r.batch, r.steps, r.keys),
+            Run::Cpu(r) => (r.0.batch, r.0.steps, r.0.keys),
+            Run::Cuda(r) => (r.0.batch, r.0.steps, r.0.keys),
         }
     }
 }
@@ -339,7 +340,7 @@ pub fn forward(
             saved: keep.then_some(Saved {
                 dims,
                 dtype,
-                run: Run::Cuda(Box::new(out.run)),
+                run: Run::Cuda(Box::new((out.run, weights))),
             }),
         });
     }
@@ -360,14 +361,15 @@ pub fn forward(
         saved: keep.then_some(Saved {
             dims,
             dtype,
-            run: Run::Cpu(Box::new(run)),
+            run: Run::Cpu(Box::new((run, weights))),
         }),
     })
 }
 
 /// The gradients for a training `forward` given grad_logits [B, S, V] and optionally
-/// grad_alphas [B, S, L] (both ignored past each row's steps), with the parameters the forward
-/// ran with.
+/// grad_alphas [B, S, L] (both ignored past each row's steps). The forward kept the parameters
+/// as it read them (f32, in its layouts), so the gradients are those of the forward that ran;
+/// `params` must still be the decoder's (same sizes and device).
 pub fn backward(
     params: &Params,
     saved: &Saved,
@@ -398,16 +400,16 @@ pub fn backward(
         g.check_on(&device, "grad_alphas")?;
     }
     let dtype = saved.dtype;
-    let run = match &saved.run {
-        Run::Cpu(run) => run,
-        Run::Cuda(run) => {
-            let Device::Cuda(dev) = &device else {
+    let (run, weights) = match &saved.run {
+        Run::Cpu(kept) => (&kept.0, &kept.1),
+        Run::Cuda(kept) => {
+            let (run, weights) = (&kept.0, &kept.1);
+            if !device.is_cuda() {
                 return Err(Error::DeviceMismatch {
                     expected: "the CUDA device the forward ran on".into(),
                     got: "the CPU (the decoder's parameters)".into(),
                 });
-            };
-            let weights = cuda::Weights::new(dev, params, dims)?;
+            }
             let (features, grads) = match run.is_naive() {
                 true => weights.backward_naive(run, grad_logits, grad_alphas)?,
                 false => weights.backward(run, grad_logits, grad_alphas)?,
@@ -422,9 +424,8 @@ pub fn backward(
         }
     };
     let grad_alphas = grad_alphas.map(Tensor::to_vec_f32).transpose()?;
-    let weights = cpu::Weights::<f32>::new(params, dims)?;
     let grads = cpu::backward(
-        &weights,
+        weights,
         run,
         &grad_logits.to_vec_f32()?,
         grad_alphas.as_deref(),
