@@ -41,6 +41,7 @@ fn decoder(c: &mut Criterion) {
         hidden: H,
         embed: H,
         activation: AttentionActivation::Relu,
+        dropout: 0.0,
     };
     let mut model = Captioner::random(config, vocab, &Device::Cpu, DType::F32, 1).unwrap();
     let features = Tensor::from_vec(values(B * L * D, 3), &[B, L, D]).unwrap();
@@ -105,6 +106,7 @@ fn decoder_cuda(c: &mut Criterion) {
         hidden: h,
         embed: h,
         activation: AttentionActivation::Relu,
+        dropout: 0.0,
     };
     let features = Tensor::from_vec(values(b * l * d, 3), &[b, l, d])
         .unwrap()

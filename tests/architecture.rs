@@ -13,6 +13,7 @@ const SHARED_BESIDE_OPS: &[&str] = &[
     "gemm_cpu",
     "math_cpu",
     "packed_gemm",
+    "philox",
     "precision",
 ];
 

@@ -108,6 +108,7 @@ fn a_tiny_captioner_learns_to_name_glyphs_left_to_right() {
         hidden: 32,
         embed: 8,
         activation: AttentionActivation::Relu,
+        dropout: 0.1,
     };
     let mut model = Captioner::random(config, vocab.clone(), &Device::Cpu, DType::F32, 1).unwrap();
     let scenes = Scenes::new();
@@ -212,6 +213,7 @@ fn a_tiny_seq2seq_learns_to_reverse_digits_with_either_encoder() {
             hidden: 32,
             embed: 12,
             activation: AttentionActivation::Tanh,
+            dropout: 0.0,
         };
         let mut model = Seq2Seq::random(
             config,

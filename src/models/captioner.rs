@@ -39,6 +39,8 @@ pub struct CaptionerConfig {
     pub hidden: usize,
     pub embed: usize,
     pub activation: AttentionActivation,
+    /// Dropout on the states `fc` reads, in training (`DecoderWithAttention`'s; 0 for none).
+    pub dropout: f32,
 }
 
 /// A decoded caption.
@@ -116,6 +118,7 @@ impl Captioner {
                 activation: config.activation,
                 start: Some(START),
                 end: Some(END),
+                dropout: config.dropout,
             },
             device,
             dtype,

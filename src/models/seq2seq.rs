@@ -35,6 +35,9 @@ pub struct Seq2SeqConfig {
     pub embed: usize,
     #[serde(with = "activation_name")]
     pub activation: AttentionActivation,
+    /// Dropout on the states the decoder's `fc` reads, in training.
+    #[serde(default)]
+    pub dropout: f32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -163,6 +166,7 @@ impl Seq2Seq {
                 activation: config.activation,
                 start: Some(START),
                 end: Some(END),
+                dropout: config.dropout,
             },
             device,
             dtype,

@@ -9,8 +9,10 @@ use crate::indices::Indices;
 use crate::io::TensorFile;
 use crate::nn::Module;
 use crate::ops::algo::Algo;
+use crate::ops::decoder::Dropout;
 use crate::ops::decoder::{self, Params, NAMES};
 use crate::tensor::Tensor;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use crate::ops::decoder::{
     AttentionActivation, Decoded, Dims as DecoderDims, Forward as DecoderForward,
@@ -25,6 +27,9 @@ pub struct DecoderConfig {
     /// The `<start>` and `<end>` token ids, when known (a state_dict's metadata may omit them).
     pub start: Option<usize>,
     pub end: Option<usize>,
+    /// The probability of dropping each state `fc` reads in training (`DecoderWithAttention`'s
+    /// `dropout`; 0 for none).
+    pub dropout: f32,
 }
 
 impl DecoderConfig {
@@ -37,6 +42,7 @@ impl DecoderConfig {
         for (key, id) in [("start_token", self.start), ("end_token", self.end)] {
             m.extend(id.map(|id| (key.to_string(), id.to_string())));
         }
+        m.push(("dropout".into(), self.dropout.to_string()));
         m
     }
 }
@@ -44,6 +50,9 @@ impl DecoderConfig {
 pub struct AttentionDecoder {
     config: DecoderConfig,
     algo: Algo,
+    /// The next training forward's dropout seed: one per call, from the construction seed, so
+    /// that a run repeats exactly.
+    draws: AtomicU64,
     /// In `ops::decoder::NAMES` order.
     params: Vec<Tensor>,
 }
@@ -103,6 +112,7 @@ impl AttentionDecoder {
         Ok(AttentionDecoder {
             config,
             algo: Algo::Auto,
+            draws: AtomicU64::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             params,
         })
     }
@@ -138,11 +148,27 @@ impl AttentionDecoder {
                 ))
             })
         };
+        let dropout = match file.metadata("dropout") {
+            None => 0.0,
+            Some(text) => text
+                .trim()
+                .parse()
+                .ok()
+                .filter(|p| (0.0..1.0).contains(p))
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "{}: metadata `dropout` = {} is not a probability below 1",
+                        file.path().display(),
+                        crate::error::quoted(text)
+                    ))
+                })?,
+        };
         let config = DecoderConfig {
             dims,
             activation,
             start: token("start_token")?,
             end: token("end_token")?,
+            dropout,
         };
         let mut decoder = AttentionDecoder::random(config, device, dtype, 0)?;
         decoder.load_state_dict(file, prefix)?;
@@ -159,6 +185,13 @@ impl AttentionDecoder {
 
     pub fn dtype(&self) -> DType {
         self.params[0].dtype()
+    }
+
+    /// Sets the training dropout before `fc` (p in [0, 1)).
+    pub fn with_dropout(mut self, p: f32) -> Result<Self> {
+        self.config.dropout = p;
+        check_tokens(&self.config)?;
+        Ok(self)
     }
 
     /// Chooses the CUDA implementation: `Auto` and `Fused` run the fused step, `Naive` one
@@ -179,7 +212,7 @@ impl AttentionDecoder {
     /// The teacher-forced decoder: logits [B, S, V] and alphas [B, S, L] for captions [B, T]
     /// (ids beginning with `<start>`) with `lengths` counting `<start>` and `<end>`, over keys
     /// `features` [B, L, D] (the first key_lengths[b] of row b; all when none). With `train`,
-    /// keeps what `backward` needs.
+    /// keeps what `backward` needs and applies the configured dropout (a new mask per call).
     pub fn forward(
         &self,
         features: &Tensor,
@@ -188,6 +221,13 @@ impl AttentionDecoder {
         lengths: &[usize],
         train: bool,
     ) -> Result<DecoderForward> {
+        let dropout = match train && self.config.dropout > 0.0 {
+            true => {
+                let seed = self.draws.fetch_add(1, Ordering::Relaxed);
+                Some(Dropout::new(self.config.dropout, seed)?)
+            }
+            false => None,
+        };
         decoder::forward(
             &self.view(),
             features,
@@ -195,6 +235,7 @@ impl AttentionDecoder {
             captions,
             lengths,
             train,
+            dropout,
         )
     }
 
@@ -239,6 +280,12 @@ impl AttentionDecoder {
 }
 
 fn check_tokens(config: &DecoderConfig) -> Result<()> {
+    if !(0.0..1.0).contains(&config.dropout) {
+        return Err(Error::Config(format!(
+            "dropout {} is outside [0, 1)",
+            config.dropout
+        )));
+    }
     let v = config.dims.vocab;
     for (what, id) in [("start_token", config.start), ("end_token", config.end)] {
         let Some(id) = id else { continue };

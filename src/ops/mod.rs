@@ -16,6 +16,7 @@ pub mod log_softmax;
 pub(crate) mod math_cpu;
 pub mod optim;
 pub(crate) mod packed_gemm;
+pub(crate) mod philox;
 pub mod pointwise;
 pub mod precision;
 pub mod recurrent;

@@ -4,11 +4,12 @@
 //! one product over every step.
 
 use super::search::{Beams, Finished};
-use super::{Dims, Params, Search};
+use super::{Dims, Dropout, Params, Search};
 use crate::error::Result;
 use crate::ops::activation::Activation;
 use crate::ops::gemm_cpu::{gemm_ab, gemm_atb, gemm_atb_strided, transpose};
 use crate::ops::math_cpu::{add_column_sums, axpy, dot, Real};
+use crate::ops::philox::for_each_factor;
 use crate::size;
 
 /// The parameters converted to `T`, in the layouts the products want.
@@ -371,6 +372,8 @@ pub(crate) struct Run<T> {
     /// the keys' projection [B, L, A] and mean [B, D]
     p: Vec<T>,
     mean: Vec<T>,
+    /// With dropout: the dropped states fc read [S, B, H], and the mask's rate and seed.
+    dropped: Option<(Vec<T>, Dropout)>,
 }
 
 impl<T: Real> Run<T> {
@@ -412,6 +415,7 @@ pub(crate) fn forward<T: Real>(
     captions: &[i32],
     lengths: &[usize],
     steps: usize,
+    dropout: Option<Dropout>,
 ) -> Result<Run<T>> {
     let Dims {
         features: d,
@@ -500,7 +504,16 @@ pub(crate) fn forward<T: Real>(
             }
         }
     }
-    let mut logits = affine(&hs[batch * h..], &w.w_fc_t, &w.b_fc, rows, h);
+    // fc(dropout(h)): the mask of each element's flat index in the time-major [S·B, H] block.
+    let dropped = dropout.map(|drop| {
+        let mut hd = hs[batch * h..].to_vec();
+        for_each_factor(hd.len(), drop.rate, drop.seed, |i, k| {
+            hd[i] *= T::from_f32(k)
+        });
+        (hd, drop)
+    });
+    let h_fc = dropped.as_ref().map_or(&hs[batch * h..], |(hd, _)| &hd[..]);
+    let mut logits = affine(h_fc, &w.w_fc_t, &w.b_fc, rows, h);
     for t in 0..steps {
         for b in 0..batch {
             if t >= row_steps[b] {
@@ -529,6 +542,7 @@ pub(crate) fn forward<T: Real>(
         x,
         p,
         mean,
+        dropped,
     })
 }
 
@@ -588,8 +602,17 @@ pub(crate) fn backward<T: Real>(
         T::default(),
         usize::MAX,
     );
+    let h_fc = match &run.dropped {
+        Some((hd, drop)) => {
+            for_each_factor(dh_out.len(), drop.rate, drop.seed, |i, k| {
+                dh_out[i] *= T::from_f32(k)
+            });
+            &hd[..]
+        }
+        None => &run.h[batch * h..],
+    };
     let mut dw_fc = alloc(v * h)?;
-    gemm_atb(v, h, rows, &dlogits, &run.h[batch * h..], &mut dw_fc);
+    gemm_atb(v, h, rows, &dlogits, h_fc, &mut dw_fc);
     let mut db_fc = alloc(v)?;
     add_column_sums(&mut db_fc, &dlogits, v);
     drop(dlogits);

@@ -269,6 +269,25 @@ fn check_keys<'a>(
     })
 }
 
+/// Dropout before `fc` in training (`fc(dropout(h))`): each element of the time-major states
+/// [S, B, H] kept with probability 1 − p by the mask of `ops::dropout` for `seed` (the same on
+/// the CPU and on CUDA), and scaled by 1 / (1 − p).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dropout {
+    pub(crate) rate: crate::ops::philox::Rate,
+    pub(crate) seed: u64,
+}
+
+impl Dropout {
+    /// Dropping with probability `p` (in [0, 1]) by the mask of `seed`.
+    pub fn new(p: f32, seed: u64) -> Result<Self> {
+        Ok(Dropout {
+            rate: crate::ops::philox::Rate::new(p)?,
+            seed,
+        })
+    }
+}
+
 /// What a teacher-forced forward returns.
 pub struct Forward {
     /// [B, S, V] with S = max(lengths) − 1; zero past each row's lengths − 1 steps.
@@ -313,7 +332,7 @@ pub struct Gradients {
 /// The teacher-forced decoder over `captions` [B, T] (ids; row b reads its first
 /// lengths[b] − 1 as inputs), `lengths` (each in 2..=T, counting `<start>` and `<end>`), keys
 /// `features` [B, L, D] with optional `key_lengths` (each in 1..=L). With `keep`, the
-/// activations are kept for `backward`.
+/// activations are kept for `backward`; `dropout` drops the states `fc` reads.
 pub fn forward(
     params: &Params,
     features: &Tensor,
@@ -321,6 +340,7 @@ pub fn forward(
     captions: &Indices,
     lengths: &[usize],
     keep: bool,
+    dropout: Option<Dropout>,
 ) -> Result<Forward> {
     let (dims, device, dtype) = params.check()?;
     let keys = check_keys(&dims, &device, features, key_lengths)?;
@@ -329,10 +349,15 @@ pub fn forward(
     if let Device::Cuda(dev) = &device {
         let weights = cuda::Weights::new(dev, params, dims)?;
         let out = match params.algo {
-            Algo::Naive => {
-                weights.forward_naive(keys.features, &keys.lengths, &ids, lengths, steps)?
-            }
-            _ => weights.forward(keys.features, &keys.lengths, &ids, lengths, steps)?,
+            Algo::Naive => weights.forward_naive(
+                keys.features,
+                &keys.lengths,
+                &ids,
+                lengths,
+                steps,
+                dropout,
+            )?,
+            _ => weights.forward(keys.features, &keys.lengths, &ids, lengths, steps, dropout)?,
         };
         return Ok(Forward {
             logits: out.logits.to(&device, dtype)?,
@@ -352,6 +377,7 @@ pub fn forward(
         &ids,
         lengths,
         steps,
+        dropout,
     )?;
     let logits = Tensor::from_f32(&run.logits_batch_major()?, &[b, steps, v], dtype)?;
     let alphas = Tensor::from_f32(&run.alphas_batch_major()?, &[b, steps, l], dtype)?;

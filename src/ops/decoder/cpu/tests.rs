@@ -23,6 +23,8 @@ struct Case {
     len: usize,
     lengths: Vec<usize>,
     t: usize,
+    /// Dropout before fc (its mask fixed by a seed).
+    dropout: Option<f32>,
 }
 
 impl Case {
@@ -40,6 +42,7 @@ impl Case {
             len: 4,
             lengths: vec![4, 2, 3],
             t: 5,
+            dropout: None,
         }
     }
 
@@ -109,6 +112,9 @@ fn upstream(case: &Case, seed: u64) -> (Vec<f32>, Vec<f32>) {
 
 fn run<T: Real>(case: &Case, p: &[Vec<f64>], features: &[f32]) -> (Weights<T>, Run<T>) {
     let w = Weights::from_values(&to::<T>(p), case.dims, case.act);
+    let dropout = case
+        .dropout
+        .map(|p| super::super::Dropout::new(p, 11).unwrap());
     let r = forward(
         &w,
         features,
@@ -116,6 +122,7 @@ fn run<T: Real>(case: &Case, p: &[Vec<f64>], features: &[f32]) -> (Weights<T>, R
         &case.captions(),
         &case.lengths,
         case.steps(),
+        dropout,
     )
     .unwrap();
     (w, r)
@@ -123,12 +130,27 @@ fn run<T: Real>(case: &Case, p: &[Vec<f64>], features: &[f32]) -> (Weights<T>, R
 
 #[test]
 fn f64_gradients_match_central_differences() {
-    for act in [Activation::Relu, Activation::Tanh] {
-        let case = Case::small(act);
+    for (act, dropout) in [(Activation::Relu, None), (Activation::Tanh, Some(0.4))] {
+        let case = Case {
+            dropout,
+            ..Case::small(act)
+        };
         let p = case.params(10);
         let features = case.features(3);
         let (gl, ga) = upstream(&case, 20);
         let (w, r) = run::<f64>(&case, &p, &features);
+        if dropout.is_some() {
+            let kept = run::<f64>(
+                &Case {
+                    dropout: None,
+                    ..Case::small(act)
+                },
+                &p,
+                &features,
+            )
+            .1;
+            assert_ne!(r.logits, kept.logits, "dropout changes the logits");
+        }
         let grads = backward(&w, &r, &gl, Some(&ga)).unwrap();
         let eps = 1e-6;
         let at = |p: &[Vec<f64>], f: &[f32]| loss(&run::<f64>(&case, p, f).1, &gl, &ga);
@@ -193,6 +215,7 @@ fn f32_matches_f64_on_odd_sizes() {
         len: 49,
         lengths: vec![9, 2, 6, 9, 4],
         t: 11,
+        dropout: Some(0.25),
     };
     let p = case.params(40);
     let features = case.features(41);
@@ -248,6 +271,7 @@ fn greedy_decoding_agrees_with_teacher_forcing_its_own_tokens() {
         len: 7,
         lengths: vec![],
         t: 0,
+        dropout: None,
     };
     let mut p = case.params(50);
     // Scale fc up so the argmax is clear.
@@ -284,7 +308,7 @@ fn greedy_decoding_agrees_with_teacher_forcing_its_own_tokens() {
             lengths.push(toks.len() + 1);
         }
         let steps = lengths.iter().max().unwrap() - 1;
-        let tf = forward(&w, &features, &case.lens, &captions, &lengths, steps).unwrap();
+        let tf = forward(&w, &features, &case.lens, &captions, &lengths, steps, None).unwrap();
         let (v, l) = (case.dims.vocab, case.len);
         for (b, &n) in lengths.iter().enumerate() {
             let mut score = 0.0;
@@ -328,6 +352,7 @@ fn a_beam_that_keeps_everything_finds_the_best_caption() {
         len: 3,
         lengths: vec![],
         t: 0,
+        dropout: None,
     };
     let mut p = case.params(60);
     p[17].iter_mut().for_each(|x| *x *= 3.0);
@@ -364,7 +389,7 @@ fn a_beam_that_keeps_everything_finds_the_best_caption() {
         .collect();
     let lengths: Vec<usize> = captions.iter().map(|c| c.len() + 1).collect();
     let many: Vec<f32> = (0..rows).flat_map(|_| features.iter().copied()).collect();
-    let tf = forward(&w, &many, &vec![3; rows], &ids, &lengths, max_len).unwrap();
+    let tf = forward(&w, &many, &vec![3; rows], &ids, &lengths, max_len, None).unwrap();
     let score = |r: usize| -> f64 {
         (0..captions[r].len())
             .map(|t| {

@@ -11,7 +11,7 @@
 //! full_att's bias shifts every score of a row alike, which the softmax cancels: the kernels
 //! leave it out, and its gradient is the sum of the scores' gradients (zero but for rounding).
 
-use super::{Dims, Params, Search};
+use super::{Dims, Dropout, Params, Search};
 use crate::device::kernels::ids::{decoder as k, decoder_search as search};
 use crate::device::launch::{grid_stride, launch, per_row};
 use crate::device::{dev_ptr, Batched, CudaDevice, Lane, Op, Strided};
@@ -140,6 +140,7 @@ struct Kernels {
     row_top: CudaFunction,
     select: CudaFunction,
     reorder: CudaFunction,
+    dropout: CudaFunction,
 }
 
 impl Kernels {
@@ -161,6 +162,7 @@ impl Kernels {
             row_top: f(search::SEARCH_ROW_TOP)?,
             select: f(search::SEARCH_SELECT)?,
             reorder: f(search::SEARCH_REORDER)?,
+            dropout: f(crate::device::kernels::ids::dropout::DROPOUT_APPLY)?,
         })
     }
 }
@@ -308,12 +310,21 @@ pub(crate) struct Run {
     /// The naive path's attention activations act(encoder_att(f) + decoder_att(h)) per step
     /// [S, B, L, A] (as autograd keeps them); none on the fused path, which recomputes them.
     u: Option<Buf>,
+    /// With dropout: the dropped states fc read [S, B, H], and the mask's rate and seed.
+    dropped: Option<(Buf, Dropout)>,
 }
 
 impl Run {
     /// Whether the naive path made it (its backward must be the naive one).
     pub fn is_naive(&self) -> bool {
         self.u.is_some()
+    }
+
+    /// The states `fc` read [S·B, H]: dropped, or the LSTM's.
+    fn fc_input(&self, h: usize) -> u64 {
+        self.dropped
+            .as_ref()
+            .map_or(self.h.at(self.batch * h), |(hd, _)| hd.ptr)
     }
 }
 
@@ -427,7 +438,35 @@ impl Weights {
             x,
             logits: Buf::new(dev, rows * v)?,
             u: naive.then(|| Buf::new(dev, rows * len * a)).transpose()?,
+            dropped: None,
         })
+    }
+
+    /// y = x · mask / (1 − p) over n f32 (the mask of `ops::dropout`; y may be x).
+    fn drop(&self, x: u64, y: u64, n: usize, drop: Dropout) -> Result<()> {
+        let stream = self.dev.stream();
+        let (count, seed, threshold, scale) =
+            (n as u64, drop.seed, drop.rate.threshold, drop.rate.scale);
+        // SAFETY: x and y hold n f32 each (the callers' buffers); a thread per group of four.
+        unsafe {
+            launch!(stream, &self.kernels.dropout, grid_stride(n.div_ceil(4)); x, y, count, seed, threshold, scale)
+        };
+        Ok(())
+    }
+
+    /// With dropout, the dropped copy of the states `fc` reads [S·B, H] (kept in the run);
+    /// the address `fc` reads either way.
+    fn dropped_states(&self, run: &mut Run, dropout: Option<Dropout>) -> Result<u64> {
+        let (rows, h) = (run.steps * run.batch, self.dims.hidden);
+        let states = run.h.at(run.batch * h);
+        let Some(drop) = dropout else {
+            return Ok(states);
+        };
+        let hd = Buf::new(&self.dev, rows * h)?;
+        self.drop(states, hd.ptr, rows * h, drop)?;
+        let ptr = hd.ptr;
+        run.dropped = Some((hd, drop));
+        Ok(ptr)
     }
 
     /// The outputs of a finished run, batch-major.
@@ -448,6 +487,7 @@ impl Weights {
         captions: &[i32],
         lengths: &[usize],
         steps: usize,
+        dropout: Option<Dropout>,
     ) -> Result<Forward> {
         let Dims {
             features: d,
@@ -456,7 +496,7 @@ impl Weights {
             embed: e,
             vocab: v,
         } = self.dims;
-        let run = self.start(features, lens, captions, lengths, steps, false)?;
+        let mut run = self.start(features, lens, captions, lengths, steps, false)?;
         let dev = &self.dev;
         let stream = dev.stream();
         let lane = self.lane();
@@ -545,7 +585,8 @@ impl Weights {
                     xgp, gcp, gp, bl, cp, cn, hn, ap, i_b, i_h, i_w)
             };
         }
-        self.linear((hs.at(batch * h), h), rows, 17, (v, h), run.logits.ptr)?;
+        let states = self.dropped_states(&mut run, dropout)?;
+        self.linear((states, h), rows, 17, (v, h), run.logits.ptr)?;
         self.finish(run)
     }
 
@@ -611,12 +652,15 @@ impl Weights {
             lane,
             (v, h, rows),
             (dlogits.ptr, v, Op::Transposed),
-            (run.h.at(batch * h), h, Op::AsIs),
+            (run.fc_input(h), h, Op::AsIs),
             (dw_fc.ptr, h),
             0.0,
         )?;
         let db_fc = Buf::new(dev, v)?;
         self.column_sums(dlogits.ptr, rows, v, v, db_fc.ptr, false)?;
+        if let Some((_, drop)) = &run.dropped {
+            self.drop(dh_out.ptr, dh_out.ptr, rows * h, *drop)?;
+        }
 
         // Through time.
         let dst = Buf::new(dev, rows.max(1) * w)?;

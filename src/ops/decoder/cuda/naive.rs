@@ -5,7 +5,7 @@
 //! two GEMMs and its gates, and fc. The backward mirrors autograd: per step every one of those
 //! backwards, weight gradients included. It shares the fused path's buffers and its tail.
 
-use super::{gemm, int, Accumulated, Buf, Forward, Run, Weights, F};
+use super::{gemm, int, Accumulated, Buf, Dropout, Forward, Run, Weights, F};
 use crate::device::kernels::codes::{ACT_SIGMOID, OP_DRELU, OP_DSIGMOID, OP_DTANH, OP_MUL};
 use crate::device::kernels::ids;
 use crate::device::launch::{grid_stride, launch, per_element, per_row};
@@ -133,6 +133,7 @@ impl Weights {
         captions: &[i32],
         lengths: &[usize],
         steps: usize,
+        dropout: Option<Dropout>,
     ) -> Result<Forward> {
         let super::Dims {
             features: d,
@@ -141,7 +142,7 @@ impl Weights {
             embed: e,
             vocab: v,
         } = self.dims;
-        let run = self.start(features, lens, captions, lengths, steps, true)?;
+        let mut run = self.start(features, lens, captions, lengths, steps, true)?;
         let k = self.naive()?;
         let dev = &self.dev;
         let stream = dev.stream();
@@ -242,14 +243,13 @@ impl Weights {
                 launch!(stream, &self.kernels.cell, grid_stride(batch * h);
                     null, gip, ghp, bl, c_prev, cn, hn, ap, i_b, i_h, i_4h)
             };
-            // preds = fc(h), per step.
-            self.linear(
-                (run.h.at(r * h + batch * h), h),
-                batch,
-                17,
-                (v, h),
-                run.logits.at(r * v),
-            )?;
+        }
+        // preds = fc(dropout(h)), per step.
+        let states = self.dropped_states(&mut run, dropout)?;
+        for t in 0..steps {
+            let r = t * batch;
+            let state = states + (r * h * F) as u64;
+            self.linear((state, h), batch, 17, (v, h), run.logits.at(r * v))?;
         }
         self.finish(run)
     }
@@ -286,7 +286,33 @@ impl Weights {
         let (dw_fa, db_fa) = (z(a)?, z(1)?);
         let (df, dh, dc) = (z(batch * len * d)?, z(batch * h)?, z(batch * h)?);
         let dx_emb = z(rows * e)?;
-        let dh_out = Buf::new(dev, batch * h)?;
+        // fc per step, then dropout's mask over every step's states at once.
+        let dh_out = Buf::new(dev, rows * h)?;
+        let states = run.fc_input(h);
+        for t in 0..steps {
+            let (r, dlog) = (t * batch, dlogits.at(t * batch * v));
+            gemm(
+                lane,
+                (batch, h, v),
+                (dlog, v, Op::AsIs),
+                (self.p[17].ptr, h, Op::AsIs),
+                (dh_out.at(r * h), h),
+                0.0,
+            )?;
+            let state = states + (r * h * F) as u64;
+            gemm(
+                lane,
+                (v, h, batch),
+                (dlog, v, Op::Transposed),
+                (state, h, Op::AsIs),
+                (dw_fc.ptr, h),
+                1.0,
+            )?;
+            self.column_sums(dlog, batch, v, v, db_fc.ptr, true)?;
+        }
+        if let Some((_, drop)) = &run.dropped {
+            self.drop(dh_out.ptr, dh_out.ptr, rows * h, *drop)?;
+        }
         let dg = Buf::new(dev, batch * 4 * h)?;
         let dx = Buf::new(dev, batch * (e + d))?;
         let (dgate, dawe, dgp) = (
@@ -313,28 +339,9 @@ impl Weights {
         // Accumulating GEMM outputs and column sums.
         for t in (0..steps).rev() {
             let (r, t32) = (t * batch, t as i32);
-            let (h_prev, h_t) = (run.h.at(r * h), run.h.at(r * h + batch * h));
-            let dlog = dlogits.at(r * v);
-            // preds = fc(h)
-            gemm(
-                lane,
-                (batch, h, v),
-                (dlog, v, Op::AsIs),
-                (self.p[17].ptr, h, Op::AsIs),
-                (dh_out.ptr, h),
-                0.0,
-            )?;
-            gemm(
-                lane,
-                (v, h, batch),
-                (dlog, v, Op::Transposed),
-                (h_t, h, Op::AsIs),
-                (dw_fc.ptr, h),
-                1.0,
-            )?;
-            self.column_sums(dlog, batch, v, v, db_fc.ptr, true)?;
+            let h_prev = run.h.at(r * h);
             // The cell.
-            let (dho, dhp, dcp, ap) = (dh_out.ptr, dh.ptr, dc.ptr, run.acts.at(r * 4 * h));
+            let (dho, dhp, dcp, ap) = (dh_out.at(r * h), dh.ptr, dc.ptr, run.acts.at(r * 4 * h));
             let (cp, cn, sp, dgp_) = (
                 run.c.at(r * h),
                 run.c.at(r * h + batch * h),
