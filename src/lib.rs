@@ -12,6 +12,8 @@
 //! | blocks with backward: `ops::pointwise` (sigmoid, tanh, relu, add, mul), `ops::reduce` (sum, mean over a dim), `ops::dropout` | yes (every dtype) | yes | — |
 //! | blocks: `ops::log_softmax` (with backward), `ops::top_k` (`argmax`, `top_k` with k ≤ 64 on CUDA; no backward) | yes (every dtype) | yes | — |
 //! | blocks with backward: `ops::concat` (concat, split along any dim), `ops::index_select` (ids on the host or the device; `CudaDevice::check_errors` reports device ids out of range) | yes (every dtype) | yes | — |
+//! | `nn::AttentionDecoder` (show-attend-tell): teacher forcing, backward, dropout, greedy and beam search | yes | yes (f32 math) | yes (teacher forcing and backward) |
+//! | `models::Captioner` (patch encoder or region features), `models::Seq2Seq` (bi-LSTM/GRU encoder), checkpoints | yes | yes | — |
 //!
 //! Every module takes layers, bidirectional, batch_first, bias, initial states and variable
 //! lengths, with nn.RNN's / nn.LSTM's / nn.GRU's semantics. Weights load from PyTorch
@@ -23,6 +25,10 @@
 //! NVRTC at run time; `Algo::Auto` takes it where it was measured faster. Attention computes a source's key side once
 //! (`Attention::keys`); each decoding step is then one fused pass over the keys (scores, masked
 //! softmax, context), split across blocks and combined.
+//!
+//! The model layer (`models`) composes the layers into a show-attend-tell captioner and a
+//! seq2seq translator on one attention decoder (`DecoderWithAttention`'s names), with the
+//! paper's loss, training steps, greedy and beam search, and safetensors checkpoints.
 //!
 //! Every layer implements `nn::Module` (parameters by PyTorch name, `load_state_dict` under a
 //! prefix, `nn::save_state_dict`); a model composes its layers' parameters under prefixes

@@ -1,26 +1,41 @@
-//! Attention's backward on the CPU, in f64: the gradients of Σ context ⊙ grad_context with
-//! respect to the query, the keys, the values and the parameters. The scores and weights are
-//! recomputed from the inputs (as flash attention does) rather than kept from the forward:
-//! they cost one pass over the keys, and a decoder then keeps nothing per step.
+//! Attention's backward on the CPU: the gradients of Σ context ⊙ grad_context with respect to
+//! the query, the keys, the values and the parameters. The scores and weights are recomputed
+//! from the inputs (as flash attention does) rather than kept from the forward: they cost one
+//! pass over the keys, and a decoder then keeps nothing per step. It computes in f32 (the path
+//! that runs; the score vector's gradient, a sum over every query and key, in f64) or f64 (the
+//! reference the tests hold it to), one generic body.
 
 use super::Score;
 use crate::error::Result;
 use crate::ops::gemm_cpu::{linear, linear_backward, LinearSizes};
+use crate::ops::math_cpu::{dot, Real};
 
 /// A bias that may be absent (empty).
-fn bias(b: &[f64]) -> Option<&[f64]> {
+fn bias<T>(b: &[T]) -> Option<&[T]> {
     (!b.is_empty()).then_some(b)
 }
 
-/// The parameters in f64, PyTorch's shapes: w_q [A, Dq], b_q [A], w_k [A, Dk] (additive) or
+/// The parameters, PyTorch's shapes: w_q [A, Dq], b_q [A], w_k [A, Dk] (additive) or
 /// [Dq, Dk] (general), b_k [A], v [A]; empty when the kind has none.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Params64 {
-    pub w_q: Vec<f64>,
-    pub b_q: Vec<f64>,
-    pub w_k: Vec<f64>,
-    pub b_k: Vec<f64>,
-    pub v: Vec<f64>,
+#[derive(Debug, Clone)]
+pub(crate) struct Params<T> {
+    pub w_q: Vec<T>,
+    pub b_q: Vec<T>,
+    pub w_k: Vec<T>,
+    pub b_k: Vec<T>,
+    pub v: Vec<T>,
+}
+
+impl<T> Default for Params<T> {
+    fn default() -> Self {
+        Params {
+            w_q: Vec::new(),
+            b_q: Vec::new(),
+            w_k: Vec::new(),
+            b_k: Vec::new(),
+            v: Vec::new(),
+        }
+    }
 }
 
 /// Sizes of one call.
@@ -56,22 +71,18 @@ impl Sizes {
 
 /// The gradients, in the inputs' and parameters' shapes (parameters the kind lacks are empty).
 #[derive(Debug, Clone)]
-pub(crate) struct Grads {
-    pub query: Vec<f64>,
-    pub keys: Vec<f64>,
+pub(crate) struct Grads<T> {
+    pub query: Vec<T>,
+    pub keys: Vec<T>,
     /// None when the values are the keys (their gradient is then in `keys`).
-    pub values: Option<Vec<f64>>,
-    pub params: Params64,
+    pub values: Option<Vec<T>>,
+    pub params: Params<T>,
 }
 
 /// The key side and query side of `score`: (kp [B·L, K], qp [B·Tq, K], K).
-fn sides(
-    score: Score,
-    p: &Params64,
-    s: &Sizes,
-    q: &[f64],
-    k: &[f64],
-) -> Result<(Vec<f64>, Vec<f64>, usize)> {
+type Sides<T> = (Vec<T>, Vec<T>, usize);
+
+fn sides<T: Real>(score: Score, p: &Params<T>, s: &Sizes, q: &[T], k: &[T]) -> Result<Sides<T>> {
     Ok(match score {
         Score::Additive => {
             let a = p.v.len();
@@ -84,35 +95,40 @@ fn sides(
     })
 }
 
-fn score_of(score: Score, p: &Params64, qp: &[f64], kp: &[f64]) -> f64 {
+fn score_of<T: Real>(score: Score, p: &Params<T>, qp: &[T], kp: &[T]) -> T {
     match score {
-        Score::Additive => qp
-            .iter()
-            .zip(kp)
-            .zip(&p.v)
-            .map(|((a, b), v)| v * (a + b).tanh())
-            .sum(),
-        Score::General => qp.iter().zip(kp).map(|(a, b)| a * b).sum(),
-        Score::Dot { scale } => scale as f64 * qp.iter().zip(kp).map(|(a, b)| a * b).sum::<f64>(),
+        Score::Additive => {
+            let mut e = T::default();
+            for ((&a, &b), &v) in qp.iter().zip(kp).zip(&p.v) {
+                e += v * (a + b).tanh();
+            }
+            e
+        }
+        Score::General => dot(qp, kp),
+        Score::Dot { scale } => T::from_f32(scale) * dot(qp, kp),
     }
 }
 
 /// The masked softmax weights of one query over its row's first n keys, into `w` (reused).
-fn weights(score: Score, p: &Params64, qp: &[f64], kp_row: &[f64], n: usize, w: &mut Vec<f64>) {
+fn weights<T: Real>(score: Score, p: &Params<T>, qp: &[T], kp_row: &[T], n: usize, w: &mut Vec<T>) {
     let width = qp.len();
     w.clear();
     w.extend((0..n).map(|j| score_of(score, p, qp, &kp_row[j * width..(j + 1) * width])));
-    let max = w.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
+    let max = w.iter().fold(
+        T::from_f64(f64::NEG_INFINITY),
+        |m, &x| if x > m { x } else { m },
+    );
     w.iter_mut().for_each(|x| *x = (*x - max).exp());
-    let total: f64 = w.iter().sum();
-    w.iter_mut().for_each(|x| *x /= total);
+    let total = w.iter().fold(0f64, |t, x| t + x.to_f64());
+    let inv = T::from_f64(1.0 / total);
+    w.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// The context [B·Tq, Dv] (for the finite-difference checks; `backward` recomputes what it needs).
 #[cfg(test)]
 pub(crate) fn context(
     score: Score,
-    p: &Params64,
+    p: &Params<f64>,
     s: &Sizes,
     q: &[f64],
     k: &[f64],
@@ -141,21 +157,22 @@ pub(crate) fn context(
 
 /// The gradients of Σ context ⊙ grad_context. `values` None: the keys are the values.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward(
+pub(crate) fn backward<T: Real>(
     score: Score,
-    p: &Params64,
+    p: &Params<T>,
     s: &Sizes,
-    q: &[f64],
-    k: &[f64],
-    values: Option<&[f64]>,
+    q: &[T],
+    k: &[T],
+    values: Option<&[T]>,
     lengths: &[usize],
-    grad_context: &[f64],
-) -> Result<Grads> {
+    grad_context: &[T],
+) -> Result<Grads<T>> {
     let v = values.unwrap_or(k);
     let (kp, qp, width) = sides(score, p, s, q, k)?;
-    let (mut dkp, mut dqp) = (vec![0.0; kp.len()], vec![0.0; qp.len()]);
-    let mut dv = vec![0.0; v.len()];
-    let mut dscore_v = vec![0.0; p.v.len()];
+    let (mut dkp, mut dqp) = (vec![T::default(); kp.len()], vec![T::default(); qp.len()]);
+    let mut dv = vec![T::default(); v.len()];
+    // A sum over every query and key: kept in f64.
+    let mut dscore_v = vec![0f64; p.v.len()];
     let (mut w, mut dw) = (Vec::new(), Vec::new());
     for b in 0..s.batch {
         let n = lengths[b];
@@ -167,11 +184,8 @@ pub(crate) fn backward(
             let dctx = &grad_context[r * s.dv..(r + 1) * s.dv];
             // d weight_j = dctx · v_j; through the softmax, de_j = w_j (dw_j − Σ w dw).
             dw.clear();
-            dw.extend((0..n).map(|j| {
-                let vj = &v[(b * s.keys + j) * s.dv..][..s.dv];
-                dctx.iter().zip(vj).map(|(a, c)| a * c).sum::<f64>()
-            }));
-            let mean: f64 = w.iter().zip(&dw).map(|(a, c)| a * c).sum();
+            dw.extend((0..n).map(|j| dot(dctx, &v[(b * s.keys + j) * s.dv..][..s.dv])));
+            let mean = dot(&w, &dw);
             for j in 0..n {
                 let de = w[j] * (dw[j] - mean);
                 let vrow = &mut dv[(b * s.keys + j) * s.dv..][..s.dv];
@@ -183,16 +197,16 @@ pub(crate) fn backward(
                     Score::Additive => {
                         for a in 0..width {
                             let u = (qr[a] + kj[a]).tanh();
-                            dscore_v[a] += de * u;
-                            let da = de * p.v[a] * (1.0 - u * u);
+                            dscore_v[a] += (de * u).to_f64();
+                            let da = de * p.v[a] * (T::ONE - u * u);
                             dq[a] += da;
                             dkj[a] += da;
                         }
                     }
                     Score::General | Score::Dot { .. } => {
                         let scale = match score {
-                            Score::Dot { scale } => scale as f64,
-                            _ => 1.0,
+                            Score::Dot { scale } => T::from_f32(scale),
+                            _ => T::ONE,
                         };
                         for a in 0..width {
                             dq[a] += scale * de * kj[a];
@@ -205,19 +219,19 @@ pub(crate) fn backward(
     }
     // Back through the projections: dx = dy · W, dW = dyᵀ · x, db = Σ dy, each one GEMM.
     // Back through the projections (a kind's missing bias gets no gradient).
-    let mut grads = Params64::default();
+    let mut grads = Params::default();
     let (dq, mut dk) = match score {
         Score::Additive => {
             let a = p.v.len();
             let (has_bq, has_bk) = (!p.b_q.is_empty(), !p.b_k.is_empty());
             let (dq, dw_q, db_q) = linear_backward(&dqp, q, &p.w_q, s.query_side(a), has_bq)?;
             let (dk, dw_k, db_k) = linear_backward(&dkp, k, &p.w_k, s.key_side(a), has_bk)?;
-            grads = Params64 {
+            grads = Params {
                 w_q: dw_q,
                 b_q: db_q.unwrap_or_default(),
                 w_k: dw_k,
                 b_k: db_k.unwrap_or_default(),
-                v: dscore_v,
+                v: dscore_v.into_iter().map(T::from_f64).collect(),
             };
             (dq, dk)
         }
@@ -231,7 +245,7 @@ pub(crate) fn backward(
     let values = match values {
         Some(_) => Some(dv),
         None => {
-            dk.iter_mut().zip(&dv).for_each(|(a, b)| *a += b);
+            dk.iter_mut().zip(&dv).for_each(|(a, &b)| *a += b);
             None
         }
     };
@@ -281,25 +295,25 @@ mod tests {
                 };
                 let a = 5;
                 let mut p = match score {
-                    Score::Additive => Params64 {
+                    Score::Additive => Params {
                         w_q: random(&mut rng, a * dq),
                         b_q: random(&mut rng, a),
                         w_k: random(&mut rng, a * dk),
                         b_k: random(&mut rng, a),
                         v: random(&mut rng, a),
                     },
-                    Score::General => Params64 {
+                    Score::General => Params {
                         w_k: random(&mut rng, dq * dk),
                         ..Default::default()
                     },
-                    Score::Dot { .. } => Params64::default(),
+                    Score::Dot { .. } => Params::default(),
                 };
                 let mut q = random(&mut rng, s.batch * queries * dq);
                 let mut keys = random(&mut rng, s.batch * s.keys * dk);
                 let mut values = random(&mut rng, s.batch * s.keys * dv);
                 let lengths = [6, 1, 4];
                 let g = random(&mut rng, s.batch * queries * dv);
-                let loss = |p: &Params64, q: &[f64], keys: &[f64], values: &[f64]| {
+                let loss = |p: &Params<f64>, q: &[f64], keys: &[f64], values: &[f64]| {
                     let v = if with_values { values } else { keys };
                     let ctx = context(score, p, &s, q, keys, v, &lengths);
                     ctx.iter().zip(&g).map(|(a, b)| a * b).sum::<f64>()
@@ -348,6 +362,85 @@ mod tests {
                 fd!(p.w_k, "w_k", gp.w_k);
                 fd!(p.b_k, "b_k", gp.b_k);
                 fd!(p.v, "v", gp.v);
+            }
+        }
+    }
+
+    /// The f32 path against the f64 reference on odd sizes with long rows of keys: every
+    /// gradient within 1e-4 of its largest magnitude.
+    #[test]
+    fn f32_matches_f64_for_every_kind() {
+        let kinds = [Score::Additive, Score::General, Score::Dot { scale: 0.3 }];
+        for (k, &score) in kinds.iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64(100 + k as u64);
+            let dq = 17;
+            let dk = if score == Score::Additive || score == Score::General {
+                13
+            } else {
+                dq
+            };
+            let s = Sizes {
+                batch: 3,
+                queries: 2,
+                keys: 333,
+                dq,
+                dk,
+                dv: 9,
+            };
+            let a = 11;
+            let p = match score {
+                Score::Additive => Params {
+                    w_q: random(&mut rng, a * dq),
+                    b_q: random(&mut rng, a),
+                    w_k: random(&mut rng, a * dk),
+                    b_k: random(&mut rng, a),
+                    v: random(&mut rng, a),
+                },
+                Score::General => Params {
+                    w_k: random(&mut rng, dq * dk),
+                    ..Default::default()
+                },
+                Score::Dot { .. } => Params::default(),
+            };
+            let q = random(&mut rng, s.batch * s.queries * dq);
+            let keys = random(&mut rng, s.batch * s.keys * dk);
+            let values = random(&mut rng, s.batch * s.keys * s.dv);
+            let g = random(&mut rng, s.batch * s.queries * s.dv);
+            let lengths = [333, 1, 200];
+            let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+            let p32 = Params {
+                w_q: f32s(&p.w_q),
+                b_q: f32s(&p.b_q),
+                w_k: f32s(&p.w_k),
+                b_k: f32s(&p.b_k),
+                v: f32s(&p.v),
+            };
+            let g64 = backward(score, &p, &s, &q, &keys, Some(&values), &lengths, &g).unwrap();
+            let (q32, k32, v32, gr32) = (f32s(&q), f32s(&keys), f32s(&values), f32s(&g));
+            let g32 = backward(score, &p32, &s, &q32, &k32, Some(&v32), &lengths, &gr32).unwrap();
+            let pairs = [
+                ("query", &g32.query, &g64.query),
+                ("keys", &g32.keys, &g64.keys),
+                (
+                    "values",
+                    g32.values.as_ref().unwrap(),
+                    g64.values.as_ref().unwrap(),
+                ),
+                ("w_q", &g32.params.w_q, &g64.params.w_q),
+                ("b_q", &g32.params.b_q, &g64.params.b_q),
+                ("w_k", &g32.params.w_k, &g64.params.w_k),
+                ("b_k", &g32.params.b_k, &g64.params.b_k),
+                ("v", &g32.params.v, &g64.params.v),
+            ];
+            for (name, got, want) in pairs {
+                let scale = want.iter().fold(1e-30f64, |m, x| m.max(x.abs()));
+                let worst = got
+                    .iter()
+                    .zip(want.iter())
+                    .map(|(&a, &b)| (a as f64 - b).abs() / scale)
+                    .fold(0.0, f64::max);
+                assert_eq!(got.len(), want.len());
+                assert!(worst < 1e-4, "{score:?} {name}: {worst:e}");
             }
         }
     }

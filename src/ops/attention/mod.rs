@@ -6,8 +6,8 @@
 //! or W K) is computed once per source (`Keys`) and reused by every decoding step.
 //!
 //! `nn::Attention` owns the parameters and hands its ops a `Layer` view; here the arguments
-//! are checked and the work dispatched: `cpu.rs` and `backward_cpu.rs` (the reference, f64
-//! backward), `cuda.rs` and `cuda/backward.rs` (fused and naive launchers).
+//! are checked and the work dispatched: `cpu.rs` and `backward_cpu.rs` (the reference; the
+//! backward in f32, or f64 in its tests), `cuda.rs` and `cuda/backward.rs` (fused and naive launchers).
 
 mod backward_cpu;
 mod cpu;
@@ -134,7 +134,7 @@ fn check_key_lengths(lengths: Option<&[usize]>, batch: usize, len: usize) -> Res
     Ok(lengths.to_vec())
 }
 
-use backward_cpu::{backward as backward_cpu, Params64, Sizes};
+use backward_cpu::{backward as backward_cpu, Params as CpuParams, Sizes};
 use cpu::{attend as attend_cpu, project_keys as project_keys_cpu};
 
 /// What `Attention::backward` returns: the gradients of Σ context ⊙ grad_context.
@@ -333,25 +333,25 @@ pub(crate) fn backward(
         };
         return cuda.backward(layer.algo, &call, layer.params);
     }
-    let param = |t: Option<&Tensor>| t.map_or(Ok(Vec::new()), Tensor::to_vec_f64);
+    let param = |t: Option<&Tensor>| t.map_or(Ok(Vec::new()), Tensor::to_vec_f32);
     let p = layer.params;
-    let p64 = Params64 {
+    let p32 = CpuParams {
         w_q: param(p.w_q.as_ref())?,
         b_q: param(p.b_q.as_ref())?,
         w_k: param(p.w_k.as_ref())?,
         b_k: param(p.b_k.as_ref())?,
         v: param(p.v.as_ref())?,
     };
-    let values64 = values.map(Tensor::to_vec_f64).transpose()?;
+    let values32 = values.map(Tensor::to_vec_f32).transpose()?;
     let g = backward_cpu(
         layer.score,
-        &p64,
+        &p32,
         &sizes,
-        &query.to_vec_f64()?,
-        &keys.to_vec_f64()?,
-        values64.as_deref(),
+        &query.to_vec_f32()?,
+        &keys.to_vec_f32()?,
+        values32.as_deref(),
         &lengths,
-        &grad_context.to_vec_f64()?,
+        &grad_context.to_vec_f32()?,
     )?;
     let grads = [
         g.params.w_q,
@@ -363,14 +363,14 @@ pub(crate) fn backward(
     let mut params = Vec::new();
     for ((name, t), grad) in p.named().into_iter().zip(grads) {
         if let Some(t) = t {
-            params.push((name.to_string(), Tensor::from_f64(&grad, t.shape())?));
+            params.push((name.to_string(), Tensor::from_vec(grad, t.shape())?));
         }
     }
     Ok(AttentionGradients {
-        query: Tensor::from_f64(&g.query, query.shape())?,
-        keys: Tensor::from_f64(&g.keys, keys.shape())?,
+        query: Tensor::from_vec(g.query, query.shape())?,
+        keys: Tensor::from_vec(g.keys, keys.shape())?,
         values: match (g.values, values) {
-            (Some(v), Some(t)) => Some(Tensor::from_f64(&v, t.shape())?),
+            (Some(v), Some(t)) => Some(Tensor::from_vec(v, t.shape())?),
             _ => None,
         },
         params,
