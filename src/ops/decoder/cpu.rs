@@ -877,13 +877,15 @@ pub(crate) fn decode<T: Real>(
     let mut x = alloc(most * e)?;
     let mut logp = alloc(most * v)?;
     let mut beams = Beams::new(batch, search, len, v);
+    let mut image = Vec::with_capacity(most);
     loop {
         let live = beams.live();
         let rows = live.len();
         if rows == 0 {
             break;
         }
-        let image: Vec<usize> = live.iter().map(|hyp| hyp.image).collect();
+        image.clear();
+        image.extend(live.iter().map(|hyp| hyp.image));
         for (r, hyp) in live.iter().enumerate() {
             x[r * e..(r + 1) * e].copy_from_slice(&w.emb[hyp.token * e..][..e]);
         }

@@ -40,6 +40,9 @@ pub(super) struct Beams {
     slots: Vec<usize>,
     done: Vec<Vec<Done>>,
     history: Vec<Choices>,
+    /// Scratch reused every step: an image's candidates (score, rank·V + token), a row's best.
+    candidates: Vec<(f64, usize)>,
+    top: Vec<usize>,
 }
 
 /// tokens [N, max_len] (−1 after the caption), scores [N], alphas [N, max_len, L].
@@ -65,7 +68,9 @@ impl Beams {
                 .collect(),
             slots: vec![search.beam; images],
             done: (0..images).map(|_| Vec::new()).collect(),
-            history: Vec::new(),
+            history: Vec::with_capacity(search.max_len),
+            candidates: Vec::new(),
+            top: Vec::new(),
         }
     }
 
@@ -97,10 +102,12 @@ impl Beams {
                     .count();
             let k = self.slots[image];
             // The best k of all extensions come from each hypothesis' own best k.
-            let mut candidates: Vec<(f64, usize)> = Vec::new();
+            let candidates = &mut self.candidates;
+            candidates.clear();
             for (rank, row) in (first..end).enumerate() {
                 let base = self.live[row].score;
-                for token in best(&logp[row * v..(row + 1) * v], k) {
+                best(&logp[row * v..(row + 1) * v], k, &mut self.top);
+                for &token in &self.top {
                     candidates.push((base + logp[row * v + token].to_f64(), rank * v + token));
                 }
             }
@@ -164,9 +171,9 @@ impl Beams {
     }
 }
 
-/// The `k` highest entries of `row`, ties to the lower index (NaN never chosen).
-fn best<T: Real>(row: &[T], k: usize) -> Vec<usize> {
-    let mut top: Vec<usize> = Vec::with_capacity(k + 1);
+/// The `k` highest entries of `row` into `top`, ties to the lower index (NaN never chosen).
+fn best<T: Real>(row: &[T], k: usize, top: &mut Vec<usize>) {
+    top.clear();
     for (i, &x) in row.iter().enumerate() {
         let beats_last = top.len() < k || x.partial_cmp(&row[top[k - 1]]) == Some(Greater);
         if !beats_last {
@@ -178,7 +185,6 @@ fn best<T: Real>(row: &[T], k: usize) -> Vec<usize> {
             top.truncate(k);
         }
     }
-    top
 }
 
 #[cfg(test)]
@@ -188,9 +194,11 @@ mod tests {
     #[test]
     fn best_keeps_the_highest_with_ties_to_the_lower_index() {
         let row = [0.5f32, 2.0, 2.0, f32::NAN, -1.0, 3.0, 2.0];
-        assert_eq!(best(&row, 3), [5, 1, 2]);
-        assert_eq!(best(&row, 1), [5]);
-        assert_eq!(best(&row, 10), [5, 1, 2, 6, 0, 4]);
+        let mut top = Vec::new();
+        for (k, want) in [(3, &[5, 1, 2][..]), (1, &[5]), (10, &[5, 1, 2, 6, 0, 4])] {
+            best(&row, k, &mut top);
+            assert_eq!(top, want);
+        }
     }
 
     /// Two images, beam 2, vocabulary 3 with end = 2: the bookkeeping by hand.

@@ -1063,6 +1063,7 @@ impl Weights {
         let ldx = int("input width", e + d)?;
         let (one, null, zero, t0) = (1i32, 0u64, 0f32, 0i32);
         let warps = crate::device::launch::THREADS as usize / 32;
+        let mut flag = [0i32; 1];
 
         for step in 0..max_len {
             let (emb, tp, xp) = (self.p[6].ptr, tokens.1, x.ptr);
@@ -1168,7 +1169,9 @@ impl Weights {
             self.reorder(&h_new, parent.1, rows_d.1, &hs, (i_n, i_k, i_h))?;
             self.reorder(&c_new, parent.1, rows_d.1, &cs, (i_n, i_k, i_h))?;
             std::mem::swap(&mut scores, &mut next_scores);
-            if stream.clone_dtoh(&live_count.0)?[0] == 0 {
+            // The one read per step (pageable memory: the copy waits for the step).
+            stream.memcpy_dtoh(&live_count.0, &mut flag[..])?;
+            if flag[0] == 0 {
                 break;
             }
         }
