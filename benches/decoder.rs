@@ -7,7 +7,7 @@
 //! Compare with `python3 scripts/torch_decoder_bench.py --threads 2` (and `--greedy`).
 //! On CUDA (when a GPU is present) at B 64, L 196, D 512, A = H = E = 512, V 10000, T 20, all
 //! captions full length, f32: {fused|naive}_decoder_train_step_f32 (as above, on the device)
-//! and fused_decoder_greedy_f32 (19 tokens for 64 images); compare with
+//! and {fused|naive}_decoder_greedy_f32 (up to 19 tokens for 64 images); compare with
 //! `python3 scripts/torch_decoder_bench.py --device cuda --large --full-length` (and `--greedy`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -142,14 +142,18 @@ fn decoder_cuda(c: &mut Criterion) {
             })
         });
     }
-    let model = Captioner::random(config, vocab, &device, DType::F32, 1).unwrap();
     group.throughput(Throughput::Elements(b as u64));
-    let id = BenchmarkId::new("fused_decoder_greedy_f32", &size);
-    group.bench_function(id, |bench| {
-        common::on_gpu(bench, &cuda, || {
-            model.caption(Input::Features(&features), t - 1, 1).unwrap();
-        })
-    });
+    for algo in [Algo::Fused, Algo::Naive] {
+        let model = Captioner::random(config, vocab.clone(), &device, DType::F32, 1)
+            .unwrap()
+            .with_algo(algo);
+        let id = BenchmarkId::new(format!("{}_decoder_greedy_f32", algo.name()), &size);
+        group.bench_function(id, |bench| {
+            common::on_gpu(bench, &cuda, || {
+                model.caption(Input::Features(&features), t - 1, 1).unwrap();
+            })
+        });
+    }
     group.finish();
 }
 

@@ -507,7 +507,8 @@ impl Decoded {
 /// better-ranked. Ties between candidates go to the lower (hypothesis rank, token).
 ///
 /// On CUDA the whole search stays on the device (beam ≤ 64): one int is read back per step
-/// (whether any hypothesis lives) and the history once at the end.
+/// (whether any hypothesis lives) and the history once at the end; `Algo::Naive` runs each
+/// step the naive way.
 pub fn decode(
     params: &Params,
     features: &Tensor,

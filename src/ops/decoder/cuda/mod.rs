@@ -1064,6 +1064,11 @@ impl Weights {
         let (one, null, zero, t0) = (1i32, 0u64, 0f32, 0i32);
         let warps = crate::device::launch::THREADS as usize / 32;
         let mut flag = [0i32; 1];
+        let naive = self
+            .naive
+            .is_some()
+            .then(|| naive::SearchScratch::new(self, n, rows, len))
+            .transpose()?;
 
         for step in 0..max_len {
             let (emb, tp, xp) = (self.p[6].ptr, tokens.1, x.ptr);
@@ -1071,66 +1076,86 @@ impl Weights {
             unsafe {
                 launch!(stream, &self.kernels.gather, grid_stride(rows * e); emb, tp, null, xp, one, i_r, i_e, ldx)
             };
-            gemm(
-                lane,
-                (rows, 4 * h, e),
-                (x.ptr, e + d, Op::AsIs),
-                (self.p[7].ptr, e + d, Op::Transposed),
-                (xg.ptr, 4 * h),
-                0.0,
-            )?;
-            gemm(
-                lane,
-                (rows, w, h),
-                (hs.ptr, h, Op::AsIs),
-                (self.w_st.ptr, h, Op::Transposed),
-                (g.ptr, w),
-                0.0,
-            )?;
-            let (gp, b_da, b_fb, pp, fp, w_fa) = (
-                g.ptr,
-                self.p[3].ptr,
-                self.p[16].ptr,
-                p.ptr,
-                f.ptr,
-                self.p[4].ptr,
-            );
-            let (qo, ao, wo, go, co, ip, act) = (
-                q.ptr,
-                alpha.ptr,
-                awe.ptr,
-                gate.ptr,
-                x.at(e),
-                image_d.1,
-                self.act,
-            );
-            // SAFETY: g R·W f32; p, f N·L·A and N·L·D; image R ids < N; outputs R rows.
-            unsafe {
-                launch!(stream, &self.kernels.attend, per_row(rows, 1, (a + len) * F);
-                    gp, b_da, b_fb, pp, fp, w_fa, zero, lp, null, ip, t0,
-                    i_r, i_l, i_d, i_a, i_h, act, qo, ao, wo, go, co, ldx)
-            };
-            gemm(
-                lane,
-                (rows, 4 * h, d),
-                (x.at(e), e + d, Op::AsIs),
-                (self.p[7].at(e), e + d, Op::Transposed),
-                (gc.ptr, 4 * h),
-                0.0,
-            )?;
-            let (xgp, gcp, bl, cp, cn, hn) = (
-                xg.ptr,
-                gc.ptr,
-                self.b_lstm.ptr,
-                cs.ptr,
-                c_new.ptr,
-                h_new.ptr,
-            );
-            // SAFETY: R rows of 4H (xg, gc), W (g), H (c, h) f32; the bias 4H.
-            unsafe {
-                launch!(stream, &self.kernels.cell, grid_stride(rows * h);
-                    xgp, gcp, gp, bl, cp, cn, hn, null, i_r, i_h, i_w)
-            };
+            match &naive {
+                Some(scratch) => {
+                    let step = naive::SearchStep {
+                        rows,
+                        beam: kb,
+                        len,
+                        x: x.ptr,
+                        h: hs.ptr,
+                        c: cs.ptr,
+                        f: f.ptr,
+                        lens: lp,
+                        h_new: h_new.ptr,
+                        c_new: c_new.ptr,
+                        alpha: alpha.ptr,
+                    };
+                    self.naive_search_step(&step, scratch)?;
+                }
+                None => {
+                    gemm(
+                        lane,
+                        (rows, 4 * h, e),
+                        (x.ptr, e + d, Op::AsIs),
+                        (self.p[7].ptr, e + d, Op::Transposed),
+                        (xg.ptr, 4 * h),
+                        0.0,
+                    )?;
+                    gemm(
+                        lane,
+                        (rows, w, h),
+                        (hs.ptr, h, Op::AsIs),
+                        (self.w_st.ptr, h, Op::Transposed),
+                        (g.ptr, w),
+                        0.0,
+                    )?;
+                    let (gp, b_da, b_fb, pp, fp, w_fa) = (
+                        g.ptr,
+                        self.p[3].ptr,
+                        self.p[16].ptr,
+                        p.ptr,
+                        f.ptr,
+                        self.p[4].ptr,
+                    );
+                    let (qo, ao, wo, go, co, ip, act) = (
+                        q.ptr,
+                        alpha.ptr,
+                        awe.ptr,
+                        gate.ptr,
+                        x.at(e),
+                        image_d.1,
+                        self.act,
+                    );
+                    // SAFETY: g R·W f32; p, f N·L·A and N·L·D; image R ids < N; outputs R rows.
+                    unsafe {
+                        launch!(stream, &self.kernels.attend, per_row(rows, 1, (a + len) * F);
+                            gp, b_da, b_fb, pp, fp, w_fa, zero, lp, null, ip, t0,
+                            i_r, i_l, i_d, i_a, i_h, act, qo, ao, wo, go, co, ldx)
+                    };
+                    gemm(
+                        lane,
+                        (rows, 4 * h, d),
+                        (x.at(e), e + d, Op::AsIs),
+                        (self.p[7].at(e), e + d, Op::Transposed),
+                        (gc.ptr, 4 * h),
+                        0.0,
+                    )?;
+                    let (xgp, gcp, bl, cp, cn, hn) = (
+                        xg.ptr,
+                        gc.ptr,
+                        self.b_lstm.ptr,
+                        cs.ptr,
+                        c_new.ptr,
+                        h_new.ptr,
+                    );
+                    // SAFETY: R rows of 4H (xg, gc), W (g), H (c, h) f32; the bias 4H.
+                    unsafe {
+                        launch!(stream, &self.kernels.cell, grid_stride(rows * h);
+                            xgp, gcp, gp, bl, cp, cn, hn, null, i_r, i_h, i_w)
+                    };
+                }
+            }
             self.linear((h_new.ptr, h), rows, 17, (v, h), logits.ptr)?;
             let (lg, rp, tv, ti) = (logits.ptr, rows_d.1, top_v.ptr, top_i.1);
             // SAFETY: logits R·V f32, rows N ints, top_v/top_i R·K.

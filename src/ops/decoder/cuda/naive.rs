@@ -543,3 +543,145 @@ impl Weights {
         )
     }
 }
+
+/// The naive decoding step's scratch for R = N·K hypotheses over N images.
+pub(super) struct SearchScratch {
+    att1: Buf,
+    att2: Buf,
+    z: Buf,
+    u: Buf,
+    scores: Buf,
+    awe: Buf,
+    gp: Buf,
+    gate: Buf,
+    gi: Buf,
+    gh: Buf,
+}
+
+impl SearchScratch {
+    pub fn new(w: &Weights, images: usize, rows: usize, len: usize) -> Result<Self> {
+        let super::Dims {
+            features: d,
+            attention: a,
+            hidden: h,
+            ..
+        } = w.dims;
+        let b = |n: usize| Buf::new(&w.dev, n);
+        Ok(SearchScratch {
+            att1: b(images * len * a)?,
+            att2: b(rows * a)?,
+            z: b(rows * len * a)?,
+            u: b(rows * len * a)?,
+            scores: b(rows * len)?,
+            awe: b(rows * d)?,
+            gp: b(rows * d)?,
+            gate: b(rows * d)?,
+            gi: b(rows * 4 * h)?,
+            gh: b(rows * 4 * h)?,
+        })
+    }
+}
+
+/// One decoding step's operands: `rows` hypotheses, `beam` per image, each row's input
+/// [embedding; ·] in `x` (the context goes into its last D columns), its state h, c, the keys
+/// f [N, L, D] with their lengths per image, and where the new state and attention go.
+pub(super) struct SearchStep {
+    pub rows: usize,
+    pub beam: usize,
+    pub len: usize,
+    pub x: u64,
+    pub h: u64,
+    pub c: u64,
+    pub f: u64,
+    pub lens: u64,
+    pub h_new: u64,
+    pub c_new: u64,
+    pub alpha: u64,
+}
+
+impl Weights {
+    /// The decoder's step for every hypothesis the naive way (caption.py's loop with the
+    /// decoder's own lines): encoder_att(f) again, then one operation per line, as
+    /// `forward_naive` runs a step.
+    pub(super) fn naive_search_step(&self, s: &SearchStep, t: &SearchScratch) -> Result<()> {
+        let super::Dims {
+            features: d,
+            attention: a,
+            hidden: h,
+            embed: e,
+            ..
+        } = self.dims;
+        let k = self.naive()?;
+        let stream = self.dev.stream();
+        let lane = self.lane();
+        let (rows, beam, len) = (s.rows, s.beam, s.len);
+        let images = rows / beam;
+        self.linear((s.f, d), images * len, 0, (a, d), t.att1.ptr)?;
+        self.linear((s.h, h), rows, 2, (a, h), t.att2.ptr)?;
+        let (i_r, i_k, i_l, i_a) = (
+            int("rows", rows)?,
+            int("beam", beam)?,
+            int("keys", len)?,
+            int("attention size", a)?,
+        );
+        let (qp, kp, zp) = (t.att2.ptr, t.att1.ptr, t.z.ptr);
+        // SAFETY: att2 R·A, att1 N·L·A, z R·L·A f32; row r reads image r / K.
+        unsafe {
+            launch!(stream, &k.broadcast_add, per_element(rows * len * a); qp, kp, zp, i_r, i_k, i_l, i_a)
+        };
+        self.unary((t.z.ptr, a), (t.u.ptr, a), rows * len, a, self.act)?;
+        gemm(
+            lane,
+            (rows * len, 1, a),
+            (t.u.ptr, a, Op::AsIs),
+            (self.p[4].ptr, a, Op::Transposed),
+            (t.scores.ptr, 1),
+            0.0,
+        )?;
+        let (sp, ap, lp, unit) = (t.scores.ptr, s.alpha, s.lens, 1f32);
+        // SAFETY: scores and alpha R·L f32; lens N ints (row r's at r / K).
+        unsafe { launch!(stream, &k.softmax, per_row(rows, 1, 0); sp, ap, lp, i_k, i_l, unit) };
+        self.batched(
+            images,
+            (beam, d, len),
+            ((s.alpha, len, beam * len), Op::AsIs),
+            ((s.f, d, len * d), Op::AsIs),
+            (t.awe.ptr, d, beam * d),
+            0.0,
+        )?;
+        self.linear((s.h, h), rows, 15, (d, h), t.gp.ptr)?;
+        self.unary((t.gp.ptr, d), (t.gate.ptr, d), rows, d, ACT_SIGMOID)?;
+        self.binary(
+            (t.gate.ptr, d),
+            (t.awe.ptr, d),
+            (s.x + (e * F) as u64, e + d),
+            (rows, d),
+            OP_MUL,
+        )?;
+        gemm(
+            lane,
+            (rows, 4 * h, e + d),
+            (s.x, e + d, Op::AsIs),
+            (self.p[7].ptr, e + d, Op::Transposed),
+            (t.gi.ptr, 4 * h),
+            0.0,
+        )?;
+        gemm(
+            lane,
+            (rows, 4 * h, h),
+            (s.h, h, Op::AsIs),
+            (self.p[8].ptr, h, Op::Transposed),
+            (t.gh.ptr, 4 * h),
+            0.0,
+        )?;
+        let (null, gip, ghp, bl) = (0u64, t.gi.ptr, t.gh.ptr, self.b_lstm.ptr);
+        let (cp, cn, hn) = (s.c, s.c_new, s.h_new);
+        let (i_h, i_4h) = (int("hidden size", h)?, int("gate width", 4 * h)?);
+        // SAFETY: gi, gh R·4H f32, the bias 4H, c, c_new, h_new R·H.
+        unsafe {
+            launch!(stream, &self.kernels.cell, grid_stride(rows * h);
+                null, gip, ghp, bl, cp, cn, hn, null, i_r, i_h, i_4h)
+        };
+        Ok(())
+    }
+}
