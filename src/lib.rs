@@ -65,6 +65,7 @@
 pub mod device;
 mod dtype;
 pub mod error;
+pub mod eval;
 mod indices;
 pub mod io;
 pub mod models;
