@@ -28,7 +28,9 @@
 //!
 //! The model layer (`models`) composes the layers into a show-attend-tell captioner and a
 //! seq2seq translator on one attention decoder (`DecoderWithAttention`'s names), with the
-//! paper's loss, training steps, greedy and beam search, and safetensors checkpoints.
+//! paper's loss, training steps, greedy and beam search, and safetensors checkpoints; `eval`
+//! scores captions (BLEU-1..4 as the COCO caption evaluation computes it, exact match, word
+//! error rate, attention localisation).
 //!
 //! Every layer implements `nn::Module` (parameters by PyTorch name, `load_state_dict` under a
 //! prefix, `nn::save_state_dict`); a model composes its layers' parameters under prefixes
