@@ -111,6 +111,9 @@ if want torch; then
     step "fresh torch gradients, cuda f32" "$out/torch.log" 150 \
         python3 scripts/check_against_torch.py --bin "$bundle/fused-rnn" --device cuda \
         --kinds rnn,lstm,gru,attention --count 6 --tol 1e-4 --grad
+    step "fresh torch decoder cases, cuda f32" "$out/torch.log" 150 \
+        python3 scripts/check_decoder_against_torch.py --bin "$bundle/fused-rnn" --device cuda \
+        --count 8 --tol 1e-4
 fi
 if want bench-recurrent; then
     step "bench recurrent fused vs naive" "$out/bench.log" 200 "$bundle/bench-recurrent" --bench --noplot
