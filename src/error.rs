@@ -46,6 +46,10 @@ pub enum Error {
     },
     #[error("{}: not a valid safetensors file ({reason})", path.display())]
     Format { path: PathBuf, reason: String },
+    /// A data set file, or an entry in one, that cannot be used: `location` names the file
+    /// (and the entry), `reason` what is wrong.
+    #[error("{location}: {reason}")]
+    Data { location: String, reason: String },
     /// A value that is not finite where finite values are required; `index` is its position.
     #[error("{tensor}: contains {value} at {index:?}")]
     NonFinite {

@@ -64,6 +64,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod data;
 pub mod device;
 mod dtype;
 pub mod error;

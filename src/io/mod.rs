@@ -4,4 +4,5 @@ mod safetensors_file;
 mod temporary;
 
 pub use safetensors_file::{save, save_f32, Data, TensorFile};
+pub(crate) use temporary::Temporary;
 pub use temporary::{abandon_writes, Abandoned};

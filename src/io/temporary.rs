@@ -66,7 +66,7 @@ fn interrupted(target: &Path) -> Error {
 }
 
 /// A file being written under a temporary name; removed when dropped unless persisted.
-pub(super) struct Temporary {
+pub(crate) struct Temporary {
     path: PathBuf,
     file: File,
     /// Where it goes: the target, or the file a symbolic link there points to.

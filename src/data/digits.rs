@@ -1,0 +1,229 @@
+//! The bundled handwritten digits: the UCI "Optical Recognition of Handwritten Digits" test
+//! set (E. Alpaydin, C. Kaynak, 1998; CC BY 4.0; data/digits/README.md), 1,797 images of 8×8
+//! pixels with values 0..=16, as scikit-learn ships it (`digits.csv.gz`: one row per image, 64
+//! pixel values row by row, then the label 0..=9).
+//!
+//! The file is checked against its sha256 before it is read, so every copy gives the same
+//! digits, and a corrupted, truncated or different file is an error, never a panic.
+
+use crate::error::{one_line, Error, Result};
+use flate2::read::GzDecoder;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The sha256 of `data/digits/digits.csv.gz` (scikit-learn 1.9.1's copy).
+pub const SHA256: &str = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22";
+
+/// Images in the file.
+pub const COUNT: usize = 1797;
+
+/// Pixels per image (8×8).
+pub const PIXELS: usize = 64;
+
+/// The largest pixel value.
+pub const MAX_VALUE: u8 = 16;
+
+/// The file's path inside the crate.
+const RELATIVE: &str = "data/digits/digits.csv.gz";
+
+/// A file larger than this is not the digits (the real one is 57,523 bytes).
+const MAX_FILE: u64 = 1 << 20;
+
+/// The environment variable that overrides [`default_path`].
+pub const PATH_VARIABLE: &str = "FUSED_RNN_DIGITS";
+
+/// The bundled file in the crate's source tree (`data/digits/digits.csv.gz` under the crate
+/// root at build time).
+pub fn bundled_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(RELATIVE)
+}
+
+/// Where to read the digits from: `$FUSED_RNN_DIGITS` when set; else the bundled file; else,
+/// when the crate's source tree has moved (a binary run elsewhere), `data/digits/digits.csv.gz`
+/// under the working directory if it is there. Whichever it is, [`load`] checks its hash.
+pub fn default_path() -> PathBuf {
+    if let Some(path) = std::env::var_os(PATH_VARIABLE) {
+        return PathBuf::from(path);
+    }
+    let bundled = bundled_path();
+    if !bundled.is_file() && Path::new(RELATIVE).is_file() {
+        return PathBuf::from(RELATIVE);
+    }
+    bundled
+}
+
+/// The 1,797 digits: pixels 0..=16 and labels 0..=9, in the file's order (an image's index
+/// is its instance id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Digits {
+    /// [COUNT, 64], row by row.
+    pixels: Vec<u8>,
+    labels: Vec<u8>,
+}
+
+impl Digits {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Image `i`'s 64 pixels (0..=16), row by row; None past the end.
+    pub fn image(&self, i: usize) -> Option<&[u8]> {
+        self.pixels.get(i * PIXELS..(i + 1) * PIXELS)
+    }
+
+    /// Image `i`'s label 0..=9; None past the end.
+    pub fn label(&self, i: usize) -> Option<u8> {
+        self.labels.get(i).copied()
+    }
+
+    pub fn labels(&self) -> &[u8] {
+        &self.labels
+    }
+}
+
+/// The digits at [`default_path`].
+pub fn load_default() -> Result<Digits> {
+    load(default_path())
+}
+
+/// The digits at `path`, after checking the file's sha256 against [`SHA256`].
+pub fn load(path: impl AsRef<Path>) -> Result<Digits> {
+    let path = path.as_ref();
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let location = || format!("digits {}", one_line(&path.display().to_string()));
+    let file = std::fs::File::open(path).map_err(io)?;
+    // Read at most one byte past the limit: a device or a huge file is refused, not read.
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(Error::Data {
+            location: location(),
+            reason: format!("larger than {MAX_FILE} bytes: not the digits file"),
+        });
+    }
+    let hash = hex(&Sha256::digest(&bytes));
+    if hash != SHA256 {
+        return Err(Error::Data {
+            location: location(),
+            reason: format!(
+                "sha256 {hash}, expected {SHA256} (a corrupted, truncated or different file)"
+            ),
+        });
+    }
+    parse(&bytes).map_err(|reason| Error::Data {
+        location: location(),
+        reason,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The digits in gzip-compressed CSV `bytes`; the reason when they are not exactly
+/// [`COUNT`] rows of 64 pixels 0..=16 and a label 0..=9.
+fn parse(bytes: &[u8]) -> std::result::Result<Digits, String> {
+    let mut text = String::new();
+    GzDecoder::new(bytes)
+        .take(MAX_FILE * 8)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("not a gzip-compressed text file ({e})"))?;
+    let mut pixels = Vec::with_capacity(COUNT * PIXELS);
+    let mut labels = Vec::with_capacity(COUNT);
+    for (n, line) in text.lines().enumerate() {
+        let row = n + 1;
+        let values = line
+            .split(',')
+            .map(|v| v.trim().parse::<u8>())
+            .collect::<std::result::Result<Vec<u8>, _>>()
+            .map_err(|e| format!("row {row}: not a list of small integers ({e})"))?;
+        if values.len() != PIXELS + 1 {
+            return Err(format!(
+                "row {row}: {} values, expected {} (64 pixels and a label)",
+                values.len(),
+                PIXELS + 1
+            ));
+        }
+        if let Some(v) = values[..PIXELS].iter().find(|&&v| v > MAX_VALUE) {
+            return Err(format!(
+                "row {row}: pixel value {v} outside 0..={MAX_VALUE}"
+            ));
+        }
+        let label = values[PIXELS];
+        if label > 9 {
+            return Err(format!("row {row}: label {label} outside 0..=9"));
+        }
+        pixels.extend_from_slice(&values[..PIXELS]);
+        labels.push(label);
+    }
+    if labels.len() != COUNT {
+        return Err(format!("{} rows, expected {COUNT}", labels.len()));
+    }
+    Ok(Digits { pixels, labels })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+
+    fn gz(text: &str) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(text.as_bytes()).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn row(pixel: u8, label: u8) -> String {
+        let mut v = vec![pixel.to_string(); PIXELS];
+        v.push(label.to_string());
+        v.join(",")
+    }
+
+    #[test]
+    fn the_parser_reads_rows_and_refuses_malformed_ones() {
+        let good: Vec<String> = (0..COUNT)
+            .map(|i| row((i % 17) as u8, (i % 10) as u8))
+            .collect();
+        let digits = parse(&gz(&(good.join("\n") + "\n"))).unwrap();
+        assert_eq!(digits.len(), COUNT);
+        assert_eq!(digits.label(13), Some(3));
+        assert_eq!(digits.image(13).unwrap(), &[13u8; PIXELS]);
+        assert_eq!(digits.image(COUNT), None);
+
+        let with = |i: usize, bad: String| {
+            let mut rows = good.clone();
+            rows[i] = bad;
+            parse(&gz(&rows.join("\n"))).unwrap_err()
+        };
+        assert_eq!(with(4, row(17, 1)), "row 5: pixel value 17 outside 0..=16");
+        assert_eq!(with(0, row(1, 10)), "row 1: label 10 outside 0..=9");
+        assert!(with(2, "1,2,x".into()).starts_with("row 3: not a list of small integers"));
+        assert_eq!(
+            with(6, "1,2,3".into()),
+            "row 7: 3 values, expected 65 (64 pixels and a label)"
+        );
+        assert_eq!(
+            parse(&gz(&good[..10].join("\n"))).unwrap_err(),
+            "10 rows, expected 1797"
+        );
+        // A gzip stream cut short, and bytes that are not gzip at all.
+        let whole = gz(&good.join("\n"));
+        assert!(parse(&whole[..whole.len() / 2])
+            .unwrap_err()
+            .starts_with("not a gzip-compressed text file"));
+        assert!(parse(b"0,0,0")
+            .unwrap_err()
+            .starts_with("not a gzip-compressed text file"));
+    }
+}
