@@ -1,10 +1,12 @@
-//! `fused-rnn`: device and kernel information, running PyTorch RNN modules, and a demo.
+//! `fused-rnn`: device and kernel information, running PyTorch modules (RNNs, attention, the
+//! show-attend-tell decoder), captioning, the bundled data sets, and a demo.
 //!
 //! Errors print one line (text from files escaped) and exit with code 2; so does an interrupt
 //! (SIGINT, SIGTERM, SIGHUP), after removing any output file still being written. A
 //! file-size limit (`ulimit -f`) fails the write instead of killing the process mid-file.
 
 mod caption;
+mod data;
 mod decoder;
 mod limits;
 mod run;
@@ -12,6 +14,7 @@ mod run;
 use caption::{caption, CaptionOptions};
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
+use data::{data, DataCommand};
 use fused_rnn::device::{driver_version, kernels, Device};
 use fused_rnn::error::one_line;
 use fused_rnn::nn::{Rnn, RnnConfig};
@@ -39,6 +42,9 @@ enum Command {
     Run(RunOptions),
     /// Caption region features with a show-attend-tell decoder (greedy or beam search).
     Caption(CaptionOptions),
+    /// Write a bundled data set in the formats the captioning commands read.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// A small forward pass on the GPU when there is one, else the CPU; prints what it used.
     Demo,
 }
@@ -68,6 +74,9 @@ fn main() -> ExitCode {
         Command::Caption(options) => guard_output()
             .and_then(|()| caption(&options))
             .map(|reason| eprintln!("{reason}")),
+        Command::Data(command) => guard_output()
+            .and_then(|()| data(&command))
+            .map(|line| println!("{line}")),
         Command::Demo => demo(),
     };
     match result {
