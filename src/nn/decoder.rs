@@ -10,7 +10,7 @@ use crate::io::TensorFile;
 use crate::nn::Module;
 use crate::ops::algo::Algo;
 use crate::ops::decoder::Dropout;
-use crate::ops::decoder::{self, Params, NAMES};
+use crate::ops::decoder::{self, Graphs, Params, NAMES};
 use crate::tensor::Tensor;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -53,6 +53,8 @@ pub struct AttentionDecoder {
     /// The next training forward's dropout seed: one per call, from the construction seed, so
     /// that a run repeats exactly.
     draws: AtomicU64,
+    /// The fused CUDA loop captured per shape.
+    graphs: Graphs,
     /// In `ops::decoder::NAMES` order.
     params: Vec<Tensor>,
 }
@@ -113,6 +115,7 @@ impl AttentionDecoder {
             config,
             algo: Algo::Auto,
             draws: AtomicU64::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            graphs: Graphs::default(),
             params,
         })
     }
@@ -187,6 +190,12 @@ impl AttentionDecoder {
         self.params[0].dtype()
     }
 
+    /// How many shapes' fused CUDA loops replay a captured graph, and why any others do not
+    /// (nothing on the CPU).
+    pub fn graph_capture_status(&self) -> (usize, Vec<String>) {
+        self.graphs.status()
+    }
+
     /// Sets the training dropout before `fc` (p in [0, 1)).
     pub fn with_dropout(mut self, p: f32) -> Result<Self> {
         self.config.dropout = p;
@@ -206,6 +215,7 @@ impl AttentionDecoder {
             tensors: std::array::from_fn(|i| &self.params[i]),
             activation: self.config.activation,
             algo: self.algo,
+            graphs: Some(&self.graphs),
         }
     }
 

@@ -26,6 +26,8 @@ mod cpu;
 mod cuda;
 mod search;
 
+pub use cuda::Graphs;
+
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -186,6 +188,9 @@ pub struct Params<'a> {
     pub tensors: [&'a Tensor; 19],
     pub activation: AttentionActivation,
     pub algo: Algo,
+    /// The layer's captured loops (the fused CUDA forward replays one per shape); none runs
+    /// the loop as launches.
+    pub graphs: Option<&'a Graphs>,
 }
 
 impl Params<'_> {
@@ -357,7 +362,15 @@ pub fn forward(
                 steps,
                 dropout,
             )?,
-            _ => weights.forward(keys.features, &keys.lengths, &ids, lengths, steps, dropout)?,
+            _ => weights.forward(
+                keys.features,
+                &keys.lengths,
+                &ids,
+                lengths,
+                steps,
+                dropout,
+                params.graphs,
+            )?,
         };
         return Ok(Forward {
             logits: out.logits.to(&device, dtype)?,

@@ -22,7 +22,11 @@ use crate::tensor::Tensor;
 use cudarc::driver::{CudaFunction, CudaSlice};
 use std::sync::Arc;
 
+mod graph;
 mod naive;
+
+pub use graph::Graphs;
+use graph::Loop;
 
 const F: usize = std::mem::size_of::<f32>();
 
@@ -480,6 +484,7 @@ impl Weights {
 
     /// The fused teacher-forced forward: per step the stacked GEMM, `decoder_attend`, the
     /// context's GEMM and `decoder_cell`; the embedding's share and `fc` over every step.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         features: &Tensor,
@@ -488,6 +493,7 @@ impl Weights {
         lengths: &[usize],
         steps: usize,
         dropout: Option<Dropout>,
+        graphs: Option<&Graphs>,
     ) -> Result<Forward> {
         let Dims {
             features: d,
@@ -498,19 +504,10 @@ impl Weights {
         } = self.dims;
         let mut run = self.start(features, lens, captions, lengths, steps, false)?;
         let dev = &self.dev;
-        let stream = dev.stream();
         let lane = self.lane();
         let (batch, len) = (run.batch, run.keys);
         let w = 4 * h + a + d;
         let rows = steps * batch;
-        let (i_b, i_l, i_d, i_a, i_h) = (
-            int("batch", batch)?,
-            int("keys", len)?,
-            int("key size", d)?,
-            int("attention size", a)?,
-            int("hidden size", h)?,
-        );
-        let ldx = int("input width", e + d)?;
         let (lp, sp) = (run.lens.1, run.row_steps.1);
         let (hs, cs, x, p, f) = (&run.h, &run.c, &run.x, &run.p, &run.f);
         let (acts, q, alpha, awe, gate) = (&run.acts, &run.q, &run.alpha, &run.awe, &run.gate);
@@ -526,64 +523,30 @@ impl Weights {
 
         let g = Buf::new(dev, batch * w)?;
         let gc = Buf::new(dev, batch * 4 * h)?;
-        let attend_shared = (a + len) * F;
-        let no_image = 0u64;
-        let zero = 0f32;
-        for t in 0..steps {
-            let (t32, r) = (t as i32, t * batch);
-            gemm(
-                lane,
-                (batch, w, h),
-                (hs.at(r * h), h, Op::AsIs),
-                (self.w_st.ptr, h, Op::Transposed),
-                (g.ptr, w),
-                0.0,
-            )?;
-            let (gp, b_da, b_fb, pp, fp, w_fa) = (
-                g.ptr,
-                self.p[3].ptr,
-                self.p[16].ptr,
-                p.ptr,
-                f.ptr,
-                self.p[4].ptr,
-            );
-            let (qo, ao, wo, go, co) = (
-                q.at(r * a),
-                alpha.at(r * len),
-                awe.at(r * d),
-                gate.at(r * d),
-                x.at(r * (e + d) + e),
-            );
-            let act = self.act;
-            // SAFETY: g holds B·W f32; the parameters their shapes; p, f B·L·A and B·L·D; the
-            // outputs are step t's rows of S·B-row buffers; ctx lands in x's row t, column E.
-            unsafe {
-                launch!(stream, &self.kernels.attend, per_row(batch, 1, attend_shared);
-                    gp, b_da, b_fb, pp, fp, w_fa, zero, lp, sp, no_image, t32,
-                    i_b, i_l, i_d, i_a, i_h, act, qo, ao, wo, go, co, ldx)
-            };
-            gemm(
-                lane,
-                (batch, 4 * h, d),
-                (x.at(r * (e + d) + e), e + d, Op::AsIs),
-                (self.p[7].at(e), e + d, Op::Transposed),
-                (gc.ptr, 4 * h),
-                0.0,
-            )?;
-            let (xgp, gcp, bl) = (xg.at(r * 4 * h), gc.ptr, self.b_lstm.ptr);
-            let (cp, cn, hn, ap) = (
-                cs.at(r * h),
-                cs.at(r * h + batch * h),
-                hs.at(r * h + batch * h),
-                acts.at(r * 4 * h),
-            );
-            let i_w = int("stacked width", w)?;
-            // SAFETY: xg and acts rows of step t (B·4H f32 each), gc B·4H, g B·W, the bias 4H,
-            // c and h of steps t and t + 1 (B·H f32 each).
-            unsafe {
-                launch!(stream, &self.kernels.cell, grid_stride(batch * h);
-                    xgp, gcp, gp, bl, cp, cn, hn, ap, i_b, i_h, i_w)
-            };
+        let l = Loop {
+            batch,
+            len,
+            steps,
+            x: x.ptr,
+            xg: xg.ptr,
+            p: p.ptr,
+            f: f.ptr,
+            lens: lp,
+            row_steps: sp,
+            h: hs.ptr,
+            c: cs.ptr,
+            acts: acts.ptr,
+            q: q.ptr,
+            alpha: alpha.ptr,
+            awe: awe.ptr,
+            gate: gate.ptr,
+            g: g.ptr,
+            gc: gc.ptr,
+            weights: self.loop_weights(),
+        };
+        match graphs {
+            Some(graphs) => graphs.run(self, &l)?,
+            None => self.issue_loop(lane, &l)?,
         }
         let states = self.dropped_states(&mut run, dropout)?;
         self.linear((states, h), rows, 17, (v, h), run.logits.ptr)?;
