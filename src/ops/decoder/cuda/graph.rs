@@ -80,11 +80,52 @@ impl Weights {
             embed: e,
             ..
         } = self.dims;
-        let (batch, len) = (l.batch, l.len);
+        let batch = l.batch;
+        for t in 0..l.steps {
+            let r = t * batch;
+            let step = Step {
+                rows: batch,
+                len: l.len,
+                t: t as i32,
+                h_prev: at(l.h, r * h),
+                c_prev: at(l.c, r * h),
+                h_new: at(l.h, r * h + batch * h),
+                c_new: at(l.c, r * h + batch * h),
+                x: at(l.x, r * (e + d)),
+                xg: at(l.xg, r * 4 * h),
+                q: at(l.q, r * a),
+                alpha: at(l.alpha, r * l.len),
+                awe: at(l.awe, r * d),
+                gate: at(l.gate, r * d),
+                acts: at(l.acts, r * 4 * h),
+                p: l.p,
+                f: l.f,
+                lens: l.lens,
+                row_steps: l.row_steps,
+                image: 0,
+                g: l.g,
+                gc: l.gc,
+            };
+            self.fused_step(lane, l.weights, &step)?;
+        }
+        Ok(())
+    }
+
+    /// One fused step on `lane`: the stacked GEMM, `decoder_attend`, the context's GEMM and
+    /// `decoder_cell`.
+    pub(super) fn fused_step(&self, lane: &Lane, ws: LoopWeights, s: &Step) -> Result<()> {
+        let super::Dims {
+            features: d,
+            attention: a,
+            hidden: h,
+            embed: e,
+            ..
+        } = self.dims;
+        let (rows, len) = (s.rows, s.len);
         let w = 4 * h + a + d;
         let stream = &lane.stream;
-        let (i_b, i_l, i_d, i_a, i_h, i_w) = (
-            int("batch", batch)?,
+        let (i_r, i_l, i_d, i_a, i_h, i_w) = (
+            int("rows", rows)?,
             int("keys", len)?,
             int("key size", d)?,
             int("attention size", a)?,
@@ -92,59 +133,73 @@ impl Weights {
             int("stacked width", w)?,
         );
         let ldx = int("input width", e + d)?;
-        let ws = l.weights;
-        let (no_image, zero, act) = (0u64, 0f32, self.act);
-        for t in 0..l.steps {
-            let (t32, r) = (t as i32, t * batch);
-            let h_prev = at(l.h, r * h);
-            gemm(
-                lane,
-                (batch, w, h),
-                (h_prev, h, Op::AsIs),
-                (ws.w_st, h, Op::Transposed),
-                (l.g, w),
-                0.0,
-            )?;
-            let (gp, pp, fp, lp, sp) = (l.g, l.p, l.f, l.lens, l.row_steps);
-            let (qo, ao, wo, go) = (
-                at(l.q, r * a),
-                at(l.alpha, r * len),
-                at(l.awe, r * d),
-                at(l.gate, r * d),
-            );
-            let co = at(l.x, r * (e + d) + e);
-            let (b_da, b_fb, w_fa) = (ws.b_da, ws.b_fb, ws.w_fa);
-            // SAFETY: g holds B·W f32; the weights their shapes; p, f B·L·A and B·L·D; the
-            // outputs are step t's rows of S·B-row buffers; ctx lands in x's row t, column E.
-            unsafe {
-                launch!(stream, &self.kernels.attend, per_row(batch, 1, (a + len) * F);
-                    gp, b_da, b_fb, pp, fp, w_fa, zero, lp, sp, no_image, t32,
-                    i_b, i_l, i_d, i_a, i_h, act, qo, ao, wo, go, co, ldx)
-            };
-            gemm(
-                lane,
-                (batch, 4 * h, d),
-                (co, e + d, Op::AsIs),
-                (at(ws.w_ih, e), e + d, Op::Transposed),
-                (l.gc, 4 * h),
-                0.0,
-            )?;
-            let (xgp, gcp, bl) = (at(l.xg, r * 4 * h), l.gc, ws.b_lstm);
-            let (cp, cn, hn, ap) = (
-                at(l.c, r * h),
-                at(l.c, r * h + batch * h),
-                at(l.h, r * h + batch * h),
-                at(l.acts, r * 4 * h),
-            );
-            // SAFETY: xg and acts rows of step t (B·4H f32 each), gc B·4H, g B·W, the bias 4H,
-            // c and h of steps t and t + 1 (B·H f32 each).
-            unsafe {
-                launch!(stream, &self.kernels.cell, grid_stride(batch * h);
-                    xgp, gcp, gp, bl, cp, cn, hn, ap, i_b, i_h, i_w)
-            };
-        }
+        let (zero, act) = (0f32, self.act);
+        gemm(
+            lane,
+            (rows, w, h),
+            (s.h_prev, h, Op::AsIs),
+            (ws.w_st, h, Op::Transposed),
+            (s.g, w),
+            0.0,
+        )?;
+        let (gp, pp, fp, lp, sp, ip, t) = (s.g, s.p, s.f, s.lens, s.row_steps, s.image, s.t);
+        let (qo, ao, wo, go) = (s.q, s.alpha, s.awe, s.gate);
+        let co = at(s.x, e);
+        let (b_da, b_fb, w_fa) = (ws.b_da, ws.b_fb, ws.w_fa);
+        // SAFETY: g holds rows·W f32; the weights their shapes; p, f the images' L·A and L·D
+        // (row r's image r, or image[r]); the outputs `rows` rows; ctx lands in x at column E.
+        unsafe {
+            launch!(stream, &self.kernels.attend, per_row(rows, 1, (a + len) * F);
+                gp, b_da, b_fb, pp, fp, w_fa, zero, lp, sp, ip, t,
+                i_r, i_l, i_d, i_a, i_h, act, qo, ao, wo, go, co, ldx)
+        };
+        gemm(
+            lane,
+            (rows, 4 * h, d),
+            (co, e + d, Op::AsIs),
+            (at(ws.w_ih, e), e + d, Op::Transposed),
+            (s.gc, 4 * h),
+            0.0,
+        )?;
+        let (xgp, gcp, bl) = (s.xg, s.gc, ws.b_lstm);
+        let (cp, cn, hn, ap) = (s.c_prev, s.c_new, s.h_new, s.acts);
+        // SAFETY: xg, gc and acts (when kept) rows·4H f32, g rows·W, the bias 4H, c and h
+        // rows·H each.
+        unsafe {
+            launch!(stream, &self.kernels.cell, grid_stride(rows * h);
+                xgp, gcp, gp, bl, cp, cn, hn, ap, i_r, i_h, i_w)
+        };
         Ok(())
     }
+}
+
+/// One fused step's addresses for `rows` rows: the state in and out, the step's input rows
+/// x [rows, E + D] (the context written at column E) and the embedding's share of the gates
+/// xg [rows, 4H], the outputs, the keys p and f with their lengths, and scratch g, gc.
+/// `acts` 0 keeps no gate activations; `row_steps` 0 makes every row active (else row r runs
+/// while t < row_steps[r]); `image` 0 makes row r attend image r (else image[r]).
+pub(super) struct Step {
+    pub rows: usize,
+    pub len: usize,
+    pub t: i32,
+    pub h_prev: u64,
+    pub c_prev: u64,
+    pub h_new: u64,
+    pub c_new: u64,
+    pub x: u64,
+    pub xg: u64,
+    pub q: u64,
+    pub alpha: u64,
+    pub awe: u64,
+    pub gate: u64,
+    pub acts: u64,
+    pub p: u64,
+    pub f: u64,
+    pub lens: u64,
+    pub row_steps: u64,
+    pub image: u64,
+    pub g: u64,
+    pub gc: u64,
 }
 
 /// A captured graph. Its executable may be launched from any thread; the cache's mutex

@@ -26,7 +26,7 @@ mod graph;
 mod naive;
 
 pub use graph::Graphs;
-use graph::Loop;
+use graph::{Loop, Step};
 
 const F: usize = std::mem::size_of::<f32>();
 
@@ -953,23 +953,19 @@ impl Weights {
                 reason: "the device search keeps at most 64 hypotheses per image".into(),
             });
         }
-        let (i_n, i_k, i_l, i_d, i_a, i_h, i_e, i_v, i_r) = (
+        let (i_n, i_k, i_l, i_d, i_h, i_e, i_v, i_r) = (
             int("batch", n)?,
             int("beam", kb)?,
             int("keys", len)?,
             int("key size", d)?,
-            int("attention size", a)?,
             int("hidden size", h)?,
             int("embedding size", e)?,
             int("vocabulary", v)?,
             int("hypotheses", rows)?,
         );
         int("attention history", max_len * rows * len)?;
-        let (i_w, i_end, i_max) = (
-            int("stacked width", w)?,
-            int("end", s.end)?,
-            int("max_len", max_len)?,
-        );
+        int("stacked rows", rows * w)?;
+        let (i_end, i_max) = (int("end", s.end)?, int("max_len", max_len)?);
         let lens_d = ints(dev, lens)?;
         let image: Vec<usize> = (0..rows).map(|r| r / kb).collect();
         let image_d = ints(dev, &image)?;
@@ -1024,7 +1020,7 @@ impl Weights {
         let hist_alpha = Buf::zeroed(dev, max_len * rows * len)?;
         let live_count = filled(dev, 1, 0)?;
         let ldx = int("input width", e + d)?;
-        let (one, null, zero, t0) = (1i32, 0u64, 0f32, 0i32);
+        let (one, null) = (1i32, 0u64);
         let warps = crate::device::launch::THREADS as usize / 32;
         let mut flag = [0i32; 1];
         let naive = self
@@ -1065,58 +1061,30 @@ impl Weights {
                         (xg.ptr, 4 * h),
                         0.0,
                     )?;
-                    gemm(
-                        lane,
-                        (rows, w, h),
-                        (hs.ptr, h, Op::AsIs),
-                        (self.w_st.ptr, h, Op::Transposed),
-                        (g.ptr, w),
-                        0.0,
-                    )?;
-                    let (gp, b_da, b_fb, pp, fp, w_fa) = (
-                        g.ptr,
-                        self.p[3].ptr,
-                        self.p[16].ptr,
-                        p.ptr,
-                        f.ptr,
-                        self.p[4].ptr,
-                    );
-                    let (qo, ao, wo, go, co, ip, act) = (
-                        q.ptr,
-                        alpha.ptr,
-                        awe.ptr,
-                        gate.ptr,
-                        x.at(e),
-                        image_d.1,
-                        self.act,
-                    );
-                    // SAFETY: g R·W f32; p, f N·L·A and N·L·D; image R ids < N; outputs R rows.
-                    unsafe {
-                        launch!(stream, &self.kernels.attend, per_row(rows, 1, (a + len) * F);
-                            gp, b_da, b_fb, pp, fp, w_fa, zero, lp, null, ip, t0,
-                            i_r, i_l, i_d, i_a, i_h, act, qo, ao, wo, go, co, ldx)
+                    let step = Step {
+                        rows,
+                        len,
+                        t: 0,
+                        h_prev: hs.ptr,
+                        c_prev: cs.ptr,
+                        h_new: h_new.ptr,
+                        c_new: c_new.ptr,
+                        x: x.ptr,
+                        xg: xg.ptr,
+                        q: q.ptr,
+                        alpha: alpha.ptr,
+                        awe: awe.ptr,
+                        gate: gate.ptr,
+                        acts: 0,
+                        p: p.ptr,
+                        f: f.ptr,
+                        lens: lp,
+                        row_steps: 0,
+                        image: image_d.1,
+                        g: g.ptr,
+                        gc: gc.ptr,
                     };
-                    gemm(
-                        lane,
-                        (rows, 4 * h, d),
-                        (x.at(e), e + d, Op::AsIs),
-                        (self.p[7].at(e), e + d, Op::Transposed),
-                        (gc.ptr, 4 * h),
-                        0.0,
-                    )?;
-                    let (xgp, gcp, bl, cp, cn, hn) = (
-                        xg.ptr,
-                        gc.ptr,
-                        self.b_lstm.ptr,
-                        cs.ptr,
-                        c_new.ptr,
-                        h_new.ptr,
-                    );
-                    // SAFETY: R rows of 4H (xg, gc), W (g), H (c, h) f32; the bias 4H.
-                    unsafe {
-                        launch!(stream, &self.kernels.cell, grid_stride(rows * h);
-                            xgp, gcp, gp, bl, cp, cn, hn, null, i_r, i_h, i_w)
-                    };
+                    self.fused_step(lane, self.loop_weights(), &step)?;
                 }
             }
             self.linear((h_new.ptr, h), rows, 17, (v, h), logits.ptr)?;
