@@ -43,6 +43,9 @@ pub(super) struct Beams {
     /// Scratch reused every step: an image's candidates (score, rank·V + token), a row's best.
     candidates: Vec<(f64, usize)>,
     top: Vec<usize>,
+    /// The next step's live list, built while `live` is read, and each one's parent row.
+    next: Vec<Hyp>,
+    parents: Vec<usize>,
 }
 
 /// tokens [N, max_len] (−1 after the caption), scores [N], alphas [N, max_len, L].
@@ -71,6 +74,8 @@ impl Beams {
             history: Vec::with_capacity(search.max_len),
             candidates: Vec::new(),
             top: Vec::new(),
+            next: Vec::new(),
+            parents: Vec::new(),
         }
     }
 
@@ -81,7 +86,7 @@ impl Beams {
 
     /// Extends the live hypotheses given each one's log-probabilities `logp` [rows, V] and
     /// attention `alpha` [rows, L]. Returns, for each new live hypothesis, the row it extends.
-    pub fn advance<T: Real>(&mut self, logp: &[T], alpha: &[T]) -> Vec<usize> {
+    pub fn advance<T: Real>(&mut self, logp: &[T], alpha: &[T]) -> &[usize] {
         let (v, l) = (self.vocab, self.keys);
         let step = self.history.len();
         let last = step + 1 == self.search.max_len;
@@ -90,8 +95,9 @@ impl Beams {
             token: Vec::new(),
             alpha: Vec::new(),
         };
-        let mut live = Vec::new();
-        let mut parents = Vec::new();
+        let mut live = std::mem::take(&mut self.next);
+        live.clear();
+        self.parents.clear();
         let mut first = 0;
         while first < self.live.len() {
             let image = self.live[first].image;
@@ -130,14 +136,14 @@ impl Beams {
                         score,
                         entry: Some(entry),
                     });
-                    parents.push(row);
+                    self.parents.push(row);
                 }
             }
             first = end;
         }
         self.history.push(choices);
-        self.live = live;
-        parents
+        self.next = std::mem::replace(&mut self.live, live);
+        &self.parents
     }
 
     /// Each image's best finished hypothesis, read back through the steps.
