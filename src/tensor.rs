@@ -255,6 +255,22 @@ impl Tensor {
         Ok(self.to_host_data()?.to_f32())
     }
 
+    /// The values as f32: borrowed from a host f32 tensor, else converted.
+    pub(crate) fn f32_values(&self) -> Result<std::borrow::Cow<'_, [f32]>> {
+        match self.host_slice::<f32>() {
+            Ok(v) => Ok(std::borrow::Cow::Borrowed(v)),
+            Err(_) => self.to_vec_f32().map(std::borrow::Cow::Owned),
+        }
+    }
+
+    /// A host tensor of `values` in `dtype`: the vector itself for f32, else rounded.
+    pub(crate) fn from_f32_vec(values: Vec<f32>, shape: &[usize], dtype: DType) -> Result<Self> {
+        match dtype {
+            DType::F32 => Tensor::from_vec(values, shape),
+            _ => Tensor::from_f32(&values, shape, dtype),
+        }
+    }
+
     /// The values widened to f64 (the CPU's training and reference sums run in f64).
     pub(crate) fn to_vec_f64(&self) -> Result<Vec<f64>> {
         Ok(self.to_vec_f32()?.into_iter().map(f64::from).collect())

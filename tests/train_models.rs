@@ -17,12 +17,7 @@ const SLOTS: usize = 3;
 const SIDE: usize = 4;
 
 fn shape() -> ImageShape {
-    ImageShape {
-        channels: 1,
-        height: SIDE,
-        width: SIDE * SLOTS,
-        patch: SIDE,
-    }
+    ImageShape::patches(1, SIDE, SIDE * SLOTS, SIDE)
 }
 
 /// Images of 1 × 4 × 12 pixels: each of three slots holds one of five fixed 4×4 glyphs or

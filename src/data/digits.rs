@@ -111,7 +111,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<Digits> {
             reason: format!("larger than {MAX_FILE} bytes: not the digits file"),
         });
     }
-    let hash = hex(&Sha256::digest(&bytes));
+    let hash = sha256_hex(&bytes);
     if hash != SHA256 {
         return Err(Error::Data {
             location: location(),
@@ -126,8 +126,12 @@ pub fn load(path: impl AsRef<Path>) -> Result<Digits> {
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The sha256 of `bytes` in lower-case hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The digits in gzip-compressed CSV `bytes`; the reason when they are not exactly

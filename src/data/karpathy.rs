@@ -13,9 +13,8 @@ use super::captions::{
 use super::scenes::{BoundingBox, Scene, SceneGenerator, TEST_SCENES, TEST_SEED};
 use super::split::Split;
 use crate::error::{quoted, Error, Result};
-use crate::io::Temporary;
+use crate::io::write_atomically;
 use serde::{Deserialize, Serialize};
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// The file name [`write_digits_dataset`] writes.
@@ -223,21 +222,4 @@ fn write_png(path: &Path, scene: &Scene) -> Result<()> {
             )
             .map_err(std::io::Error::other)
     })
-}
-
-/// Writes `path` through `write` into a temporary file beside it, synced, then renamed.
-fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut BufWriter<&std::fs::File>) -> std::io::Result<()>,
-) -> Result<()> {
-    let tmp = Temporary::create(path)?;
-    let failed = |source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut out = BufWriter::new(tmp.file());
-    write(&mut out).and_then(|()| out.flush()).map_err(failed)?;
-    drop(out);
-    tmp.file().sync_all().map_err(failed)?;
-    tmp.persist(path)
 }

@@ -5,7 +5,9 @@
 //!   captioned left to right ("three seven one"), with each digit's box; a fixed test set.
 //! - [`karpathy`], [`coco`]: caption data sets in the Karpathy split format and as COCO caption
 //!   annotations, read into [`CaptionedImage`]s; [`write_digits_dataset`] writes the scenes as
-//!   PNG files and a Karpathy file, so one loader serves both.
+//!   PNG files and a Karpathy file, so one loader serves both; [`open`] reads either kind
+//!   from a folder.
+//! - [`augment`]: random small warps of training images.
 //! - [`images`]: PNG and JPEG files resized to (H, W), as grey or RGB f32 pixels in [0, 1].
 //! - [`tokenize`], [`build_vocab`]: caption words and a vocabulary of them.
 //! - [`dates`]: dates written in many human formats, to translate into ISO 8601.
@@ -25,10 +27,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod augment;
 mod captions;
 pub mod coco;
 pub mod dates;
 pub mod digits;
+mod folder;
 pub mod images;
 pub mod karpathy;
 pub mod scenes;
@@ -36,6 +40,7 @@ mod split;
 mod tokens;
 
 pub use captions::{CaptionedImage, LabelledBox};
+pub use folder::open;
 pub use karpathy::{write_digits_dataset, DatasetSizes};
 pub use split::Split;
 pub use tokens::{build_vocab, tokenize};

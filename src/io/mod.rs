@@ -4,5 +4,4 @@ mod safetensors_file;
 mod temporary;
 
 pub use safetensors_file::{save, save_f32, Data, TensorFile};
-pub(crate) use temporary::Temporary;
-pub use temporary::{abandon_writes, Abandoned};
+pub use temporary::{abandon_writes, write_atomically, Abandoned};

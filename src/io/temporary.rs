@@ -170,3 +170,22 @@ impl Drop for Temporary {
         }
     }
 }
+
+/// Writes `path` through `write` into a temporary file beside it, synced, then renamed into
+/// place: a reader never sees a half-written file, and an interrupt leaves none behind.
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&File>) -> std::io::Result<()>,
+) -> Result<()> {
+    use std::io::Write;
+    let tmp = Temporary::create(path)?;
+    let failed = |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut out = std::io::BufWriter::new(tmp.file());
+    write(&mut out).and_then(|()| out.flush()).map_err(failed)?;
+    drop(out);
+    tmp.file().sync_all().map_err(failed)?;
+    tmp.persist(path)
+}

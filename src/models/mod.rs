@@ -2,6 +2,7 @@
 //! decoder, trained and decoded through `nn` and `train` only, and saved as one safetensors
 //! checkpoint with PyTorch names.
 
+pub mod bundled;
 mod captioner;
 mod checkpoint;
 mod loss;

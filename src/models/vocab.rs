@@ -2,6 +2,7 @@
 //! `<end>` 2, `<unk>` 3), saved in a checkpoint's metadata as a JSON list.
 
 use crate::error::{quoted, Error, Result};
+use crate::indices::Indices;
 use std::collections::HashMap;
 
 pub const PAD: usize = 0;
@@ -76,6 +77,22 @@ impl Vocab {
         ids.extend(words.iter().map(|w| self.id(w.as_ref())));
         ids.push(END);
         ids
+    }
+
+    /// Captions as ids [B, T] (each `encode`d, padded with `<pad>` to the longest) with their
+    /// lengths, as `Captioner::train_step` takes them.
+    pub fn encode_batch<S: AsRef<str>>(
+        &self,
+        captions: &[Vec<S>],
+    ) -> Result<(Indices, Vec<usize>)> {
+        let encoded: Vec<Vec<usize>> = captions.iter().map(|c| self.encode(c)).collect();
+        let t = encoded.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = vec![PAD; encoded.len() * t];
+        for (row, e) in ids.chunks_exact_mut(t.max(1)).zip(&encoded) {
+            row[..e.len()].copy_from_slice(e);
+        }
+        let lengths = encoded.iter().map(Vec::len).collect();
+        Ok((Indices::from_usize(&ids, &[encoded.len(), t])?, lengths))
     }
 
     /// The words of `ids` up to `<end>`, without the specials `<start>` and `<pad>`.

@@ -68,6 +68,11 @@ impl Linear {
     pub fn backward(&self, x: &Tensor, grad_y: &Tensor) -> Result<LinearGradients> {
         linear::backward(x, &self.weight, self.bias.is_some(), grad_y)
     }
+
+    /// The parameters' gradients only (state_dict order), for a layer whose input needs none.
+    pub fn param_backward(&self, x: &Tensor, grad_y: &Tensor) -> Result<Vec<Tensor>> {
+        linear::param_backward(x, &self.weight, self.bias.is_some(), grad_y)
+    }
 }
 
 impl Module for Linear {

@@ -1,8 +1,12 @@
 //! `nn::PatchEncoder`: an image encoder small enough to train end to end with a captioner on a
-//! CPU. The image is cut into P×P patches; each patch's pixels, beside a one-hot of its
-//! position, go through one linear layer and a ReLU, giving one key [D] per patch (the regions
-//! an attention decoder looks at). The one-hot's columns of the weight are a learned position
-//! embedding: without it a context Σ α_l f_l could not tell the decoder where it looked.
+//! CPU. The image is cut into P×P patches, one region each. A region reads the W×W window
+//! centred on its patch (W ≥ P, zeros beyond the image): its pixels, beside a one-hot of its
+//! position, go through one linear layer and a ReLU, giving one key [D] per region (what an
+//! attention decoder looks at). It is a convolution of kernel W and stride P. Windows wider
+//! than the patch let a region see a whole object that straddles a patch border, which is
+//! what lets a region name the object under it. The one-hot's columns of the weight are a
+//! learned position embedding: without it a context Σ α_l f_l could not tell the decoder where
+//! it looked.
 
 use crate::device::Device;
 use crate::dtype::DType;
@@ -13,26 +17,46 @@ use crate::size;
 use crate::tensor::Tensor;
 
 /// The images an encoder takes: channels × height × width pixels, cut into patch × patch
-/// squares (height and width multiples of patch).
+/// squares (height and width multiples of patch), each region reading the window × window
+/// square centred on its patch (window ≥ patch, the difference even).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageShape {
     pub channels: usize,
     pub height: usize,
     pub width: usize,
     pub patch: usize,
+    pub window: usize,
 }
 
 impl ImageShape {
+    /// Regions that read their own patch only.
+    pub fn patches(channels: usize, height: usize, width: usize, patch: usize) -> Self {
+        ImageShape {
+            channels,
+            height,
+            width,
+            patch,
+            window: patch,
+        }
+    }
+
     pub fn check(&self) -> Result<()> {
         let ImageShape {
             channels: c,
             height: h,
             width: w,
             patch: p,
+            window: k,
         } = *self;
         if c == 0 || p == 0 || h == 0 || w == 0 || h % p != 0 || w % p != 0 {
             return Err(Error::Config(format!(
                 "images of {c}×{h}×{w} cannot be cut into {p}×{p} patches"
+            )));
+        }
+        if k < p || (k - p) % 2 != 0 || k > 4 * p {
+            return Err(Error::Config(format!(
+                "a {k}×{k} window cannot be centred on a {p}×{p} patch (at least the patch, at \
+                 most 4 times it, the difference even)"
             )));
         }
         Ok(())
@@ -53,15 +77,15 @@ impl ImageShape {
         self.channels * self.height * self.width
     }
 
-    /// The encoder's input width per patch: its pixels and the position one-hot.
+    /// The encoder's input width per region: its window's pixels and the position one-hot.
     fn inputs(&self) -> usize {
-        self.channels * self.patch * self.patch + self.regions()
+        self.channels * self.window * self.window + self.regions()
     }
 }
 
 pub struct PatchEncoder {
     shape: ImageShape,
-    /// [D, C·P·P + L] and [D]
+    /// [D, C·W·W + L] and [D]
     proj: Linear,
 }
 
@@ -119,22 +143,33 @@ impl PatchEncoder {
         let n = images.len() / per;
         Error::check_finite("images", images, &[n, per])?;
         let (device, dtype) = (self.proj.weight.device(), self.proj.weight.dtype());
-        let input = Tensor::from_f32(&self.rows(images, n)?, &[n * l, self.shape.inputs()], dtype)?
-            .to(&device, dtype)?;
+        let input =
+            Tensor::from_f32_vec(self.rows(images, n)?, &[n * l, self.shape.inputs()], dtype)?;
+        let input = match device {
+            Device::Cpu => input,
+            Device::Cuda(_) => input.to(&device, dtype)?,
+        };
         let output = relu(&self.proj.forward(&input)?)?;
-        let keys = output.to(&device, dtype)?.reshape(&[n, l, self.dim()])?;
-        Ok((keys, train.then_some(Patches { input, output })))
+        let shape = [n, l, self.dim()];
+        if !train {
+            return Ok((output.reshape(&shape)?, None));
+        }
+        let keys = output.to(&device, dtype)?.reshape(&shape)?;
+        Ok((keys, Some(Patches { input, output })))
     }
 
-    /// Each patch's pixels (channel, row, column) then its position one-hot: [N·L, C·P·P + L].
+    /// Each region's window (channel, row, column; zeros off the image), then its position
+    /// one-hot: [N·L, C·W·W + L].
     fn rows(&self, images: &[f32], n: usize) -> Result<Vec<f32>> {
         let ImageShape {
             channels: c,
             height: h,
             width: w,
             patch: p,
+            window: k,
         } = self.shape;
         let (gy, gx) = self.shape.grid();
+        let pad = (k - p) / 2;
         let width = self.shape.inputs();
         let mut out = size::zeros(
             "the patches",
@@ -145,16 +180,30 @@ impl PatchEncoder {
                 .chunks_exact_mut(width)
                 .enumerate()
             {
-                let (py, px) = (l / gx, l % gx);
-                let mut k = 0;
+                // The window's top-left corner, pad before the patch's.
+                let (y0, x0) = (
+                    (l / gx * p) as isize - pad as isize,
+                    (l % gx * p) as isize - pad as isize,
+                );
+                // The window's columns that fall on the image.
+                let (c0, c1) = (
+                    (-x0).max(0) as usize,
+                    (w as isize - x0).clamp(0, k as isize) as usize,
+                );
                 for ch in 0..c {
-                    for y in 0..p {
-                        let src = ((img * c + ch) * h + py * p + y) * w + px * p;
-                        row[k..k + p].copy_from_slice(&images[src..src + p]);
-                        k += p;
+                    for dy in 0..k {
+                        let y = y0 + dy as isize;
+                        if y < 0 || y >= h as isize || c0 >= c1 {
+                            continue;
+                        }
+                        let src = ((img * c + ch) * h + y as usize) * w;
+                        let dst = (ch * k + dy) * k;
+                        let from = (x0 + c0 as isize) as usize;
+                        row[dst + c0..dst + c1]
+                            .copy_from_slice(&images[src + from..src + from + c1 - c0]);
                     }
                 }
-                row[c * p * p + l] = 1.0;
+                row[c * k * k + l] = 1.0;
             }
         }
         Ok(out)
@@ -174,6 +223,73 @@ impl PatchEncoder {
             .to(&grad_keys.device(), grad_keys.dtype())?
             .reshape(&rows)?;
         let g = relu_backward(&saved.output, &g)?;
-        Ok(self.proj.backward(&saved.input, &g)?.into_params())
+        self.proj.param_backward(&saved.input, &g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every entry of `rows` against the definition: window pixel (ch, dy, dx) of region
+    /// (gy, gx) is image pixel (ch, gy·P − pad + dy, gx·P − pad + dx), zero off the image.
+    #[test]
+    fn windows_are_centred_on_their_patches_with_zeros_outside() {
+        let shape = ImageShape {
+            channels: 2,
+            height: 6,
+            width: 9,
+            patch: 3,
+            window: 5,
+        };
+        let enc = PatchEncoder::random(shape, 4, &Device::Cpu, DType::F32, 1).unwrap();
+        let n = 2;
+        let images: Vec<f32> = (0..n * shape.pixels()).map(|v| v as f32 + 1.0).collect();
+        let rows = enc.rows(&images, n).unwrap();
+        let (gy, gx) = shape.grid();
+        let (k, pad, width) = (5, 1isize, shape.inputs());
+        for img in 0..n {
+            for l in 0..gy * gx {
+                let row = &rows[(img * gy * gx + l) * width..][..width];
+                for ch in 0..2 {
+                    for dy in 0..k {
+                        for dx in 0..k {
+                            let y = (l / gx * 3) as isize - pad + dy as isize;
+                            let x = (l % gx * 3) as isize - pad + dx as isize;
+                            let want = if (0..6).contains(&y) && (0..9).contains(&x) {
+                                images[((img * 2 + ch) * 6 + y as usize) * 9 + x as usize]
+                            } else {
+                                0.0
+                            };
+                            assert_eq!(
+                                row[(ch * k + dy) * k + dx],
+                                want,
+                                "{img} {l} {ch} {dy} {dx}"
+                            );
+                        }
+                    }
+                }
+                let one_hot = &row[2 * k * k..];
+                assert!(one_hot
+                    .iter()
+                    .enumerate()
+                    .all(|(j, &v)| v == f32::from(j == l)));
+            }
+        }
+    }
+
+    #[test]
+    fn windows_that_cannot_be_centred_are_refused() {
+        let bad = |window| {
+            ImageShape {
+                window,
+                ..ImageShape::patches(1, 8, 8, 4)
+            }
+            .check()
+        };
+        assert!(bad(4).is_ok() && bad(8).is_ok());
+        for w in [2, 5, 18] {
+            assert!(bad(w).unwrap_err().to_string().contains("window"), "{w}");
+        }
     }
 }

@@ -197,6 +197,13 @@ pub(crate) fn linear_backward<T: Scalar>(
     s: LinearSizes,
     with_bias: bool,
 ) -> Result<LinearGradients<T>> {
+    let dx = linear_input_grad(dy, w, s)?;
+    let (dw, db) = linear_param_grads(dy, x, s, with_bias)?;
+    Ok((dx, dw, db))
+}
+
+/// dx [rows, k] = dy [rows, n] · W [n, k].
+pub(crate) fn linear_input_grad<T: Scalar>(dy: &[T], w: &[T], s: LinearSizes) -> Result<Vec<T>> {
     let LinearSizes { rows, k, n } = s;
     let mut dx = size::zeros("the input gradient", size::elements("dx", &[rows, k])?)?;
     gemm_ab(
@@ -212,6 +219,17 @@ pub(crate) fn linear_backward<T: Scalar>(
         T::default(),
         usize::MAX,
     );
+    Ok(dx)
+}
+
+/// dW [n, k] = dyᵀ · x and, `with_bias`, db [n] = Σ dy over the rows.
+pub(crate) fn linear_param_grads<T: Scalar>(
+    dy: &[T],
+    x: &[T],
+    s: LinearSizes,
+    with_bias: bool,
+) -> Result<(Vec<T>, Option<Vec<T>>)> {
+    let LinearSizes { rows, k, n } = s;
     let mut dw = size::zeros("the weight gradient", size::elements("dW", &[n, k])?)?;
     gemm_atb(n, k, rows, dy, x, &mut dw);
     let db = match with_bias {
@@ -224,7 +242,7 @@ pub(crate) fn linear_backward<T: Scalar>(
         }
         false => None,
     };
-    Ok((dx, dw, db))
+    Ok((dw, db))
 }
 
 /// The transpose of a row-major [rows, cols] matrix, in tiles: element by element, every

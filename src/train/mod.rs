@@ -8,4 +8,4 @@ mod optim;
 
 pub use crate::ops::cross_entropy::{softmax_cross_entropy, Loss};
 pub use crate::ops::optim::clip_grad_norm;
-pub use optim::Adam;
+pub use optim::{Adam, AdamSnapshot};

@@ -25,6 +25,13 @@ pub struct Adam {
     state: Option<AdamState>,
 }
 
+/// Adam's state between steps, as [`Adam::snapshot`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdamSnapshot {
+    pub steps: u32,
+    pub moments: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
 impl Adam {
     /// torch.optim.Adam's defaults with learning rate `lr`.
     pub fn new(lr: f32) -> Self {
@@ -71,6 +78,34 @@ impl Adam {
         let ordered = grads.for_module(&names)?;
         let mut tensors: Vec<&mut Tensor> = params.iter_mut().map(|(_, t)| &mut **t).collect();
         self.step(&mut tensors, &ordered)
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u32 {
+        self.steps
+    }
+
+    /// What resuming needs: the step count and every parameter's (first, second) moments in
+    /// the order `step` takes them (empty before the first step).
+    pub fn snapshot(&self) -> Result<AdamSnapshot> {
+        Ok(AdamSnapshot {
+            steps: self.steps,
+            moments: optim::moments(self.state.as_ref())?.unwrap_or_default(),
+        })
+    }
+
+    /// Continues from `snapshot` for `module`'s parameters (checked against their sizes).
+    pub fn restore(&mut self, module: &mut dyn Module, snapshot: AdamSnapshot) -> Result<()> {
+        self.state = match snapshot.moments.is_empty() {
+            true => None,
+            false => {
+                let mut params = module.parameters_mut();
+                let tensors: Vec<&mut Tensor> = params.iter_mut().map(|(_, t)| &mut **t).collect();
+                Some(optim::restore(&tensors, snapshot.moments)?)
+            }
+        };
+        self.steps = snapshot.steps;
+        Ok(())
     }
 
     /// The f32 master weights of parameter `index` (in the order `step` takes them), when this

@@ -1,28 +1,59 @@
-//! The `caption` command: region features in, decoded captions out (greedy or beam search on a
-//! show-attend-tell decoder).
+//! The `caption` command. On images (the default: the bundled captioner on the digit scenes'
+//! test set) it prints captions and scores and writes COCO results (`caption_images`); on
+//! region features (`--features`) it decodes them with a show-attend-tell decoder and writes
+//! the tokens.
 
 use crate::decoder::{counts, features};
 use crate::limits::{self, ByteSize};
 use crate::run::DeviceChoice;
+use fused_rnn::data::Split;
 use fused_rnn::error::{Error, Result};
 use fused_rnn::io::{save, Data, TensorFile};
 use fused_rnn::nn::{holds_decoder, AttentionDecoder, Search};
-use fused_rnn::{DType, Device, Tensor};
-use std::path::PathBuf;
+use fused_rnn::{DType, Tensor};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CaptionOptions {
-    /// A decoder's state_dict (`DecoderWithAttention`'s names, at the top level or under
-    /// `decoder.`), in safetensors.
+    /// On images, a checkpoint of `train caption` (default: the bundled digit captioner). With
+    /// --features, a decoder's state_dict (`DecoderWithAttention`'s names, at the top level or
+    /// under `decoder.`).
     #[arg(long)]
-    pub weights: PathBuf,
-    /// `features` [N, L, D] or [N, h, w, D], optional int64 `key_lengths` [N].
+    pub weights: Option<PathBuf>,
+    /// The images: `digits` (the bundled digit scenes) or a data set folder (a Karpathy file
+    /// `dataset_*.json` or COCO files `captions_<split>*.json`, with the images).
+    #[arg(long, default_value = crate::corpus::DIGITS, conflicts_with_all = ["images", "features"])]
+    pub data: String,
+    /// The split of --data to caption.
+    #[arg(long, default_value = "test")]
+    pub split: Split,
+    /// Caption these image files (PNG or JPEG) instead of a data set.
+    #[arg(long, num_args = 1.., conflicts_with = "features")]
+    pub images: Vec<PathBuf>,
+    /// Caption at most this many images of the split.
     #[arg(long)]
-    pub features: PathBuf,
-    /// Receives int64 `tokens` [N, max_len] (−1 after `<end>`), `scores` [N] and, for greedy
-    /// decoding, `alphas` [N, max_len, L].
-    #[arg(long)]
-    pub output: PathBuf,
+    pub limit: Option<usize>,
+    /// The captions in the COCO results format, `[{"image_id", "caption"}]`.
+    #[arg(long, default_value = "results.json")]
+    pub results: PathBuf,
+    /// The references in the COCO caption annotation format (when the images have them).
+    #[arg(long, default_value = "references.json")]
+    pub references: PathBuf,
+    /// Write a page, DIR/index.html, showing every image with its caption and each word's
+    /// attention.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Captions printed beside their references.
+    #[arg(long, default_value_t = 5)]
+    pub show: usize,
+    /// Region features `features` [N, L, D] or [N, h, w, D], optional int64 `key_lengths` [N],
+    /// to decode instead of images (needs --weights and --output).
+    #[arg(long, requires_all = ["weights", "output"])]
+    pub features: Option<PathBuf>,
+    /// With --features: receives int64 `tokens` [N, max_len] (−1 after `<end>`), `scores` [N]
+    /// and, for greedy decoding, `alphas` [N, max_len, L].
+    #[arg(long, requires = "features")]
+    pub output: Option<PathBuf>,
     /// Hypotheses kept per image (1: greedy).
     #[arg(long, default_value_t = 1)]
     pub beam: usize,
@@ -46,9 +77,25 @@ pub struct CaptionOptions {
     pub max_output: Option<ByteSize>,
 }
 
-/// Decodes every row of `--features` and writes the captions; returns why the device was used.
-pub fn caption(opts: &CaptionOptions) -> Result<String> {
-    let weights = TensorFile::load(&opts.weights)?;
+/// Captions images or decodes features, as the options say; for features, returns why the
+/// device was used (captioning images says so as it starts).
+pub fn caption(opts: &CaptionOptions) -> Result<Option<String>> {
+    match (&opts.features, &opts.weights, &opts.output) {
+        (Some(features), Some(weights), Some(output)) => {
+            caption_features(opts, features, weights, output).map(Some)
+        }
+        _ => crate::caption_images::caption_images(opts).map(|()| None),
+    }
+}
+
+/// Decodes every row of `features` and writes the captions to `output`.
+fn caption_features(
+    opts: &CaptionOptions,
+    features_file: &Path,
+    weights: &Path,
+    output: &Path,
+) -> Result<String> {
+    let weights = TensorFile::load(weights)?;
     let prefix = ["", "decoder."]
         .into_iter()
         .find(|p| holds_decoder(&weights, p))
@@ -59,15 +106,7 @@ pub fn caption(opts: &CaptionOptions) -> Result<String> {
                 weights.path().display()
             ))
         })?;
-    let (device, reason) = opts.device.open()?;
-    let dtype = match (&device, opts.dtype) {
-        (Device::Cpu, Some(d)) if d != DType::F32 => {
-            return Err(Error::Config(format!(
-                "--dtype {d} needs CUDA; the CPU computes in f32 ({reason})"
-            )))
-        }
-        (_, d) => d.unwrap_or(DType::F32),
-    };
+    let (device, dtype, reason) = opts.device.open_for(opts.dtype)?;
     let decoder = AttentionDecoder::from_state_dict(&weights, prefix, &device, dtype)?;
     let config = decoder.config();
     let missing = |what: &str, flag: &str| {
@@ -87,7 +126,7 @@ pub fn caption(opts: &CaptionOptions) -> Result<String> {
         max_len: opts.max_len,
         beam: opts.beam,
     };
-    let inputs = TensorFile::load(&opts.features)?;
+    let inputs = TensorFile::load(features_file)?;
     if let Some(stray) = inputs
         .names()
         .find(|n| !["features", "key_lengths"].contains(n))
@@ -128,6 +167,6 @@ pub fn caption(opts: &CaptionOptions) -> Result<String> {
     if opts.beam == 1 {
         out.push(("alphas", Data::Float(&found.alphas)));
     }
-    save(&opts.output, &out, &[])?;
+    save(output, &out, &[])?;
     Ok(reason)
 }

@@ -6,10 +6,16 @@
 //! file-size limit (`ulimit -f`) fails the write instead of killing the process mid-file.
 
 mod caption;
+mod caption_images;
+mod corpus;
 mod data;
 mod decoder;
 mod limits;
+mod report;
 mod run;
+mod scores;
+mod train;
+mod translate;
 
 use caption::{caption, CaptionOptions};
 use clap::error::ErrorKind;
@@ -21,6 +27,8 @@ use fused_rnn::nn::{Rnn, RnnConfig};
 use fused_rnn::{Algo, DType, Result, Tensor};
 use run::{run, RunOptions};
 use std::process::ExitCode;
+use train::{train, TrainCommand};
+use translate::{translate, TranslateOptions};
 
 #[derive(Parser)]
 #[command(
@@ -40,8 +48,15 @@ enum Command {
     /// Run a PyTorch RNN, LSTM, GRU, attention or show-attend-tell decoder module (state_dict
     /// in safetensors) on an input file.
     Run(RunOptions),
-    /// Caption region features with a show-attend-tell decoder (greedy or beam search).
+    /// Caption images with a trained captioner (by default the bundled one, on the digit
+    /// scenes' test set) and score them; or decode region features with a decoder.
     Caption(CaptionOptions),
+    /// Translate dates as people write them into ISO 8601 (by default with the bundled
+    /// translator; no text scores the held-out test dates).
+    Translate(TranslateOptions),
+    /// Train a captioner or the date translator.
+    #[command(subcommand)]
+    Train(TrainCommand),
     /// Write a bundled data set in the formats the captioning commands read.
     #[command(subcommand)]
     Data(DataCommand),
@@ -50,6 +65,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version print and exit 0; no subcommand prints the help and exits 2.
@@ -73,10 +89,14 @@ fn main() -> ExitCode {
         }),
         Command::Caption(options) => guard_output()
             .and_then(|()| caption(&options))
-            .map(|reason| eprintln!("{reason}")),
+            .map(|reason| reason.iter().for_each(|r| eprintln!("{r}"))),
         Command::Data(command) => guard_output()
             .and_then(|()| data(&command))
             .map(|line| println!("{line}")),
+        Command::Translate(options) => translate(&options),
+        Command::Train(command) => guard_output()
+            .and_then(|()| train(&command))
+            .map(|line| eprintln!("{line}")),
         Command::Demo => demo(),
     };
     match result {
@@ -85,6 +105,18 @@ fn main() -> ExitCode {
             eprintln!("error: {}", one_line(&e.to_string()));
             ExitCode::from(2)
         }
+    }
+}
+
+/// Keeps freed memory in the heap instead of returning large blocks to the system: a training
+/// step frees and allocates the same megabytes each time, and a fresh mapping pays a page fault
+/// for every 4 KiB of them.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
     }
 }
 

@@ -51,6 +51,18 @@ impl DeviceChoice {
             }
         }
     }
+
+    /// The device, the storage dtype (f32 unless `dtype` names another, which needs CUDA: the
+    /// CPU computes in f32 only) and why the device was chosen.
+    pub fn open_for(self, dtype: Option<DType>) -> Result<(Device, DType, String)> {
+        let (device, reason) = self.open()?;
+        match (&device, dtype) {
+            (Device::Cpu, Some(d)) if d != DType::F32 => Err(Error::Config(format!(
+                "--dtype {d} needs CUDA; the CPU computes in f32 ({reason})"
+            ))),
+            (_, d) => Ok((device, d.unwrap_or(DType::F32), reason)),
+        }
+    }
 }
 
 /// The options of `run`, which are also the CLI's flags.

@@ -1,14 +1,10 @@
-//! The CPU reference: the products in f64 over the f32 values of the storage, rounded back to
-//! the inputs' dtype.
+//! The CPU path: the products in f32 through `gemm_cpu` (f16 and bf16 widened to f32),
+//! results rounded to the inputs' dtype.
 
-use super::LinearGradients;
+use super::Computed;
 use crate::error::Result;
 use crate::ops::gemm_cpu::{self, LinearSizes};
 use crate::tensor::Tensor;
-
-fn narrow(values: &[f64]) -> Vec<f32> {
-    values.iter().map(|&v| v as f32).collect()
-}
 
 pub(super) fn forward(
     x: &Tensor,
@@ -17,31 +13,33 @@ pub(super) fn forward(
     sizes: LinearSizes,
     shape: &[usize],
 ) -> Result<Tensor> {
-    let b = bias.map(Tensor::to_vec_f64).transpose()?;
-    let y = gemm_cpu::linear(&x.to_vec_f64()?, &weight.to_vec_f64()?, b.as_deref(), sizes)?;
-    Tensor::from_f32(&narrow(&y), shape, x.dtype())
+    let b = bias.map(Tensor::f32_values).transpose()?;
+    let y = gemm_cpu::linear(&x.f32_values()?, &weight.f32_values()?, b.as_deref(), sizes)?;
+    Tensor::from_f32_vec(y, shape, x.dtype())
 }
 
+/// The gradients; the input's only when `input_grad`.
 pub(super) fn backward(
     x: &Tensor,
     weight: &Tensor,
     has_bias: bool,
     grad_y: &Tensor,
     sizes: LinearSizes,
-) -> Result<LinearGradients> {
+    input_grad: bool,
+) -> Result<Computed> {
     let dtype = x.dtype();
-    let (dx, dw, db) = gemm_cpu::linear_backward(
-        &grad_y.to_vec_f64()?,
-        &x.to_vec_f64()?,
-        &weight.to_vec_f64()?,
-        sizes,
-        has_bias,
-    )?;
-    Ok(LinearGradients {
-        input: Tensor::from_f32(&narrow(&dx), x.shape(), dtype)?,
-        weight: Tensor::from_f32(&narrow(&dw), weight.shape(), dtype)?,
+    let dy = grad_y.to_vec_f32()?;
+    let dx = input_grad
+        .then(|| gemm_cpu::linear_input_grad(&dy, &weight.to_vec_f32()?, sizes))
+        .transpose()?;
+    let (dw, db) = gemm_cpu::linear_param_grads(&dy, &x.to_vec_f32()?, sizes, has_bias)?;
+    Ok(Computed {
+        input: dx
+            .map(|dx| Tensor::from_f32(&dx, x.shape(), dtype))
+            .transpose()?,
+        weight: Tensor::from_f32(&dw, weight.shape(), dtype)?,
         bias: db
-            .map(|db| Tensor::from_f32(&narrow(&db), &[sizes.n], dtype))
+            .map(|db| Tensor::from_f32(&db, &[sizes.n], dtype))
             .transpose()?,
     })
 }

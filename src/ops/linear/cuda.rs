@@ -3,7 +3,7 @@
 //! scratch followed by `linear_bias` (kernels/linear.cu). Backward: dx = dy·W and dW = dyᵀ·x as
 //! cuBLAS GEMMs, db as `linear_bias_grad` (deterministic column sums).
 
-use super::LinearGradients;
+use super::Computed;
 use crate::device::kernels::{codes, ids};
 use crate::device::launch::{launch, THREADS};
 use crate::device::{data_ptr, reading, Batched, CudaDevice, LinearLt, MatRef, Op, Strided};
@@ -197,15 +197,19 @@ pub(super) fn backward(
     has_bias: bool,
     grad_y: &Tensor,
     s: LinearSizes,
-) -> Result<LinearGradients> {
+    input_grad: bool,
+) -> Result<Computed> {
     check_i32(s)?;
     let LinearSizes { rows, k, n } = s;
     let dtype = x.dtype();
-    let dx = output(dev, dtype, rows * k)?;
+    let dx = input_grad
+        .then(|| output(dev, dtype, rows * k))
+        .transpose()?;
     let dw = output(dev, dtype, n * k)?;
     let db = has_bias.then(|| output(dev, dtype, n)).transpose()?;
     let stream = dev.stream();
-    let (dxp, dwp) = (data_ptr(&dx, stream), data_ptr(&dw, stream));
+    let dxp = dx.as_ref().map(|dx| data_ptr(dx, stream));
+    let dwp = data_ptr(&dw, stream);
     let dbp = db.as_ref().map(|db| data_ptr(db, stream));
     let bytes = dtype.size_in_bytes();
     let mat = |ptr, ld| MatRef { ptr, ld, dtype };
@@ -218,7 +222,7 @@ pub(super) fn backward(
                 // `backward`), dx rows·k, dW n·k, db n; every size fits i32.
                 unsafe {
                     // dx [rows, k] = dy [rows, n] · W [n, k]
-                    if rows * k > 0 {
+                    if let (Some(dxp), true) = (dxp, rows * k > 0) {
                         match n {
                             0 => dev.fill_async(dxp, 0, rows * k * bytes)?,
                             _ => lane.gemm_batched(&single(
@@ -254,8 +258,8 @@ pub(super) fn backward(
         })
     })?;
     let tensor = |data, shape: &[usize]| Tensor::from_cuda_data(data, shape, dev);
-    Ok(LinearGradients {
-        input: tensor(dx, x.shape())?,
+    Ok(Computed {
+        input: dx.map(|dx| tensor(dx, x.shape())).transpose()?,
         weight: tensor(dw, weight.shape())?,
         bias: db.map(|db| tensor(db, &[n])).transpose()?,
     })

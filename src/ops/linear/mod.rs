@@ -1,7 +1,7 @@
 //! A fully connected layer, PyTorch's nn.Linear: y = x Wᵀ + b for x [..., in], W [out, in],
 //! b [out], y [..., out]; and its backward, dx = dy W, dW = dyᵀ x, db = Σ dy over the rows.
 //!
-//! The CPU runs the products in f64 (`gemm_cpu`), CUDA one cuBLASLt GEMM with the bias in its
+//! The CPU runs the products in f32 (`gemm_cpu`), CUDA one cuBLASLt GEMM with the bias in its
 //! epilogue for the forward (cuBLAS and a bias kernel where cuBLASLt has no algorithm), two
 //! cuBLAS GEMMs and a column-sum kernel for the backward; f32 arithmetic, storage in the
 //! inputs' dtype.
@@ -101,6 +101,40 @@ pub fn backward(
     has_bias: bool,
     grad_y: &Tensor,
 ) -> Result<LinearGradients> {
+    let g = gradients(x, weight, has_bias, grad_y, true)?;
+    Ok(LinearGradients {
+        input: g.input.expect("asked for"),
+        weight: g.weight,
+        bias: g.bias,
+    })
+}
+
+/// The weight's and (when `has_bias`) the bias's gradients only, in state_dict order: for a
+/// layer that reads the data, whose input needs no gradient, one product fewer.
+pub fn param_backward(
+    x: &Tensor,
+    weight: &Tensor,
+    has_bias: bool,
+    grad_y: &Tensor,
+) -> Result<Vec<Tensor>> {
+    let g = gradients(x, weight, has_bias, grad_y, false)?;
+    Ok(std::iter::once(g.weight).chain(g.bias).collect())
+}
+
+/// What the backends compute: the input's gradient only when asked.
+struct Computed {
+    input: Option<Tensor>,
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+fn gradients(
+    x: &Tensor,
+    weight: &Tensor,
+    has_bias: bool,
+    grad_y: &Tensor,
+    input_grad: bool,
+) -> Result<Computed> {
     let c = check(x, weight)?;
     let shape = c.out_shape();
     if grad_y.shape() != shape.as_slice() {
@@ -108,7 +142,7 @@ pub fn backward(
     }
     same_place(x, grad_y, "grad_y")?;
     match x.device() {
-        Device::Cpu => cpu::backward(x, weight, has_bias, grad_y, c.sizes),
-        Device::Cuda(dev) => cuda::backward(&dev, x, weight, has_bias, grad_y, c.sizes),
+        Device::Cpu => cpu::backward(x, weight, has_bias, grad_y, c.sizes, input_grad),
+        Device::Cuda(dev) => cuda::backward(&dev, x, weight, has_bias, grad_y, c.sizes, input_grad),
     }
 }

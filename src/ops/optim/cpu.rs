@@ -1,4 +1,4 @@
-//! The CPU reference: f32 parameters (their own master weights), sums in f64.
+//! The CPU path: f32 parameters (their own master weights), the norm's sum in f64.
 
 use super::AdamHyper;
 use crate::error::{Error, Result};
@@ -50,8 +50,10 @@ pub(super) fn adam_step(
         ));
     }
     let (b1, b2) = h.betas;
-    let correct1 = 1.0 - (b1 as f64).powi(h.step as i32);
-    let correct2 = 1.0 - (b2 as f64).powi(h.step as i32);
+    // torch's form: p -= (lr / c1) · m / (√v / √c2 + eps), the bias corrections c1, c2 in f64
+    // once per step, the per-element work in f32 (vectorised).
+    let step_size = (h.lr as f64 / (1.0 - (b1 as f64).powi(h.step as i32))) as f32;
+    let root_c2 = (1.0 - (b2 as f64).powi(h.step as i32)).sqrt() as f32;
     for ((p, g), (m, v)) in params.iter_mut().zip(grads).zip(moments.iter_mut()) {
         if p.shape() != g.shape() || m.len() != p.numel() {
             return Err(Error::shape(
@@ -62,18 +64,19 @@ pub(super) fn adam_step(
         }
         let g = g.host_slice::<f32>()?;
         let p = p.host_slice_mut::<f32>()?;
-        for ((pi, &gi), (mi, vi)) in p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut())) {
-            let mut grad = gi;
-            if h.decoupled {
-                *pi -= h.lr * h.weight_decay * *pi;
-            } else {
-                grad += h.weight_decay * *pi;
-            }
-            *mi = b1 * *mi + (1.0 - b1) * grad;
-            *vi = b2 * *vi + (1.0 - b2) * grad * grad;
-            let m_hat = *mi as f64 / correct1;
-            let v_hat = *vi as f64 / correct2;
-            *pi -= (h.lr as f64 * m_hat / (v_hat.sqrt() + h.eps as f64)) as f32;
+        let (decay, coupled) = match h.decoupled {
+            true => (1.0 - h.lr * h.weight_decay, 0.0),
+            false => (1.0, h.weight_decay),
+        };
+        let (eps, n) = (h.eps, p.len());
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        for i in 0..n {
+            let grad = g[i] + coupled * p[i];
+            let mi = b1 * m[i] + (1.0 - b1) * grad;
+            let vi = b2 * v[i] + (1.0 - b2) * grad * grad;
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = p[i] * decay - step_size * mi / (vi.sqrt() / root_c2 + eps);
         }
     }
     Ok(())

@@ -301,6 +301,36 @@ impl AdamCuda {
         let view = master.slice(start..start + slot.numel as usize);
         Ok(Some(self.dev.stream().clone_dtoh(&view)?))
     }
+
+    /// Every parameter's (first, second) moments, read back.
+    pub fn moments(&self) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        let stream = self.dev.stream();
+        let (m, v) = (stream.clone_dtoh(&self.m)?, stream.clone_dtoh(&self.v)?);
+        Ok(self
+            .slots
+            .iter()
+            .map(|s| {
+                let r = s.state as usize..(s.state + s.numel) as usize;
+                (m[r.clone()].to_vec(), v[r].to_vec())
+            })
+            .collect())
+    }
+
+    /// Writes `moments` (checked against the parameters' sizes by the caller).
+    pub fn set_moments(&mut self, moments: &[(Vec<f32>, Vec<f32>)]) -> Result<()> {
+        let flat = |pick: fn(&(Vec<f32>, Vec<f32>)) -> &Vec<f32>| -> Vec<f32> {
+            let mut all: Vec<f32> = moments
+                .iter()
+                .flat_map(|p| pick(p).iter().copied())
+                .collect();
+            all.resize(all.len().max(1), 0.0);
+            all
+        };
+        let stream = self.dev.stream();
+        stream.memcpy_htod(&flat(|p| &p.0), &mut self.m)?;
+        stream.memcpy_htod(&flat(|p| &p.1), &mut self.v)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,48 @@ pub(crate) fn adam_step(
 
 /// The f32 master weights of parameter `index`, when `state` steps f16 or bf16 parameters on
 /// CUDA; None otherwise.
+/// Every parameter's (first, second) moments, in the order of the steps' parameters; None
+/// before the first step.
+pub(crate) fn moments(state: Option<&AdamState>) -> Result<Option<Vec<(Vec<f32>, Vec<f32>)>>> {
+    match state {
+        None => Ok(None),
+        Some(AdamState::Cpu(m)) => Ok(Some(m.clone())),
+        Some(AdamState::Cuda(c)) => c.moments().map(Some),
+    }
+}
+
+/// State for `params` holding `moments` (one pair per parameter, each of its size), on the
+/// parameters' device.
+pub(crate) fn restore(
+    params: &[&mut Tensor],
+    moments: Vec<(Vec<f32>, Vec<f32>)>,
+) -> Result<AdamState> {
+    if moments.len() != params.len() {
+        return Err(Error::Config(format!(
+            "optimizer state for {} parameters, the model has {}",
+            moments.len(),
+            params.len()
+        )));
+    }
+    for (k, (p, (m, v))) in params.iter().zip(&moments).enumerate() {
+        if m.len() != p.numel() || v.len() != p.numel() {
+            return Err(Error::Config(format!(
+                "optimizer state of parameter {k}: {} and {} values for {} elements",
+                m.len(),
+                v.len(),
+                p.numel()
+            )));
+        }
+    }
+    if params.iter().any(|p| p.is_cuda()) {
+        let mut c = cuda::AdamCuda::new(params)?;
+        c.set_moments(&moments)?;
+        Ok(AdamState::Cuda(Box::new(c)))
+    } else {
+        Ok(AdamState::Cpu(moments))
+    }
+}
+
 pub(crate) fn master_weights(state: Option<&AdamState>, index: usize) -> Result<Option<Vec<f32>>> {
     match state {
         Some(AdamState::Cuda(c)) => c.master(index),

@@ -1,0 +1,554 @@
+//! `train caption`: a show-attend-tell captioner (patch encoder and attention decoder, trained
+//! together) on the digit scenes or a caption data set, with a progress bar, evaluation on the
+//! validation split at intervals, atomic checkpoints and resuming.
+//!
+//! Beside the checkpoint `CKPT` it keeps `CKPT.state`: Adam's moments and the run's position
+//! (step, seed, schedule), which `--resume` continues from. The learning rate falls linearly
+//! from `--lr` to `--lr-end` over the budget. On the CPU the same flags give the same
+//! checkpoint, byte for byte, when the budget is counted in steps or epochs (a budget in
+//! minutes stops wherever the clock says).
+
+use crate::corpus::{Batch, Batches, Corpus, Example};
+use crate::run::DeviceChoice;
+use crate::scores::score;
+use fused_rnn::data::images::Channels;
+use fused_rnn::data::Split;
+use fused_rnn::error::{Error, Result};
+use fused_rnn::io::{save, Data, TensorFile};
+use fused_rnn::models::{Captioner, CaptionerConfig, Input, StepReport};
+use fused_rnn::nn::{AttentionActivation, ImageShape, Module};
+use fused_rnn::train::{Adam, AdamSnapshot};
+use fused_rnn::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TrainCommand {
+    /// Train a captioner on images and their captions.
+    Caption(TrainCaption),
+    /// Train the date translator (human-written dates to ISO 8601).
+    Translate(crate::translate::TrainTranslate),
+}
+
+/// How long to train: one of minutes, epochs or steps (default 10 minutes).
+#[derive(Debug, Clone, clap::Args)]
+#[group(multiple = false)]
+pub struct Budget {
+    /// Train for this many minutes of wall-clock time.
+    #[arg(long)]
+    pub minutes: Option<f64>,
+    /// Train for this many passes over the training images (the digit scenes: 10,000 scenes
+    /// an epoch).
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Train for this many optimizer steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+}
+
+/// What every training command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// The checkpoint to write (and, with --resume, to continue from).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub budget: Budget,
+    /// Examples per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// The learning rate at the start, falling linearly to --lr-end.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr_end: f32,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Evaluate on the validation split (and write the checkpoint) every this many steps.
+    #[arg(long, default_value_t = 2000)]
+    pub eval_every: u64,
+    /// Continue the run whose checkpoint is --out (its model, optimizer and schedule).
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Storage dtype on CUDA (default f32); the CPU computes in f32 only.
+    #[arg(long)]
+    pub dtype: Option<DType>,
+    /// Clip the gradients' global norm to this.
+    #[arg(long, default_value_t = 5.0)]
+    pub clip: f32,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainCaption {
+    /// `digits` (the bundled digit scenes, generated as training goes) or a data set folder: a
+    /// Karpathy file `dataset_*.json` or COCO files `captions_<split>*.json`, with the images.
+    #[arg(long, default_value = crate::corpus::DIGITS)]
+    pub data: String,
+    #[command(flatten)]
+    pub common: Common,
+    /// Validation images evaluated.
+    #[arg(long, default_value_t = 500)]
+    pub eval_images: usize,
+    /// The model's input size HxW (default: the first training image's, cut to whole patches).
+    #[arg(long, value_parser = parse_size)]
+    pub image: Option<(usize, usize)>,
+    /// Regions are patch×patch squares of the image...
+    #[arg(long, default_value_t = 8)]
+    pub patch: usize,
+    /// ...each reading the window×window square centred on it.
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+    /// D: the encoder's output per region.
+    #[arg(long, default_value_t = 128)]
+    pub features: usize,
+    #[arg(long, default_value_t = 128)]
+    pub attention: usize,
+    #[arg(long, default_value_t = 128)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 64)]
+    pub embed: usize,
+    /// Dropout before the decoder's output layer.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f32,
+    /// Words seen fewer times in the training captions become `<unk>`.
+    #[arg(long, default_value_t = 1)]
+    pub min_count: usize,
+    /// The weight of the doubly stochastic attention penalty.
+    #[arg(long, default_value_t = 1.0)]
+    pub alpha_c: f32,
+    /// How far training images are randomly warped (`data::augment`; 0 for not at all).
+    #[arg(long, default_value_t = 1.0)]
+    pub augment: f32,
+}
+
+fn parse_size(text: &str) -> std::result::Result<(usize, usize), String> {
+    let bad = || format!("`{text}` is not a size HxW (like 48x96)");
+    let (h, w) = text.split_once(['x', 'X']).ok_or_else(bad)?;
+    match (h.parse(), w.parse()) {
+        (Ok(h), Ok(w)) if h > 0 && w > 0 => Ok((h, w)),
+        _ => Err(bad()),
+    }
+}
+
+pub fn train(command: &TrainCommand) -> Result<String> {
+    match command {
+        TrainCommand::Caption(opts) => train_caption(opts),
+        TrainCommand::Translate(opts) => crate::translate::train_translate(opts),
+    }
+}
+
+/// Where a run stands: what `CKPT.state` records beside the optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    pub step: u64,
+    pub seed: u64,
+    pub batch: usize,
+    /// Seconds trained before this session (a resumed run's minutes count them).
+    pub seconds: f64,
+    pub lr: f32,
+    pub lr_end: f32,
+}
+
+/// The budget as a fraction done, from the position.
+pub struct Schedule {
+    budget: Budget,
+    per_epoch: u64,
+}
+
+impl Schedule {
+    pub fn new(budget: &Budget, per_epoch: u64) -> Result<Self> {
+        let bad = |what: &str| Err(Error::Config(format!("{what} must be positive")));
+        match (budget.minutes, budget.epochs, budget.steps) {
+            (Some(m), _, _) if !(m > 0.0 && m.is_finite()) => return bad("--minutes"),
+            (_, Some(e), _) if !(e > 0.0 && e.is_finite()) => return bad("--epochs"),
+            (_, _, Some(0)) => return bad("--steps"),
+            _ => {}
+        }
+        let mut budget = budget.clone();
+        if budget.epochs.is_none() && budget.steps.is_none() {
+            budget.minutes = Some(budget.minutes.unwrap_or(10.0));
+        }
+        Ok(Schedule { budget, per_epoch })
+    }
+
+    /// The share of the budget spent after `step` steps of `batch` in `seconds`.
+    pub fn done(&self, step: u64, batch: usize, seconds: f64) -> f64 {
+        let b = &self.budget;
+        let share = match (b.minutes, b.epochs, b.steps) {
+            (Some(m), _, _) => seconds / (m * 60.0),
+            (_, Some(e), _) => (step * batch as u64) as f64 / (e * self.per_epoch as f64),
+            (_, _, Some(s)) => step as f64 / s as f64,
+            _ => 1.0,
+        };
+        share.clamp(0.0, 1.0)
+    }
+}
+
+pub fn bar(what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(1000);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} [{{elapsed_precise}}] {{bar:30}} {{percent:>3}}% ETA {{eta}} {{msg}}"
+        ))
+        .expect("a valid template"),
+    );
+    bar
+}
+
+/// The state file beside checkpoint `out`.
+pub fn state_path(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".state");
+    PathBuf::from(name)
+}
+
+/// Writes the optimizer's moments and the position beside the checkpoint.
+pub fn save_state(out: &Path, adam: &Adam, position: Position) -> Result<()> {
+    let snapshot = adam.snapshot()?;
+    let mut tensors = Vec::new();
+    for (k, (m, v)) in snapshot.moments.iter().enumerate() {
+        tensors.push((format!("m.{k}"), Tensor::from_vec(m.clone(), &[m.len()])?));
+        tensors.push((format!("v.{k}"), Tensor::from_vec(v.clone(), &[v.len()])?));
+    }
+    let data: Vec<(&str, Data)> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), Data::Float(t)))
+        .collect();
+    let meta = vec![
+        (
+            "position".to_string(),
+            serde_json::to_string(&position).expect("plain numbers"),
+        ),
+        ("adam_steps".to_string(), snapshot.steps.to_string()),
+    ];
+    save(state_path(out), &data, &meta)
+}
+
+/// The optimizer state and position saved beside checkpoint `out`.
+pub fn load_state(out: &Path, lr: f32) -> Result<(Adam, Position, AdamSnapshot)> {
+    let path = state_path(out);
+    let file = TensorFile::load(&path)?;
+    let bad = |what: &str| Error::Config(format!("{}: {what}", path.display()));
+    let position: Position = serde_json::from_str(
+        file.metadata("position")
+            .ok_or_else(|| bad("no `position` metadata"))?,
+    )
+    .map_err(|e| bad(&format!("malformed `position` ({e})")))?;
+    let steps: u32 = file
+        .metadata("adam_steps")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no `adam_steps` metadata"))?;
+    let count = file.names().count() / 2;
+    let mut moments = Vec::with_capacity(count);
+    for k in 0..count {
+        let m = file.float(&format!("m.{k}"))?.to_vec_f32()?;
+        let v = file.float(&format!("v.{k}"))?.to_vec_f32()?;
+        moments.push((m, v));
+    }
+    Ok((Adam::new(lr), position, AdamSnapshot { steps, moments }))
+}
+
+/// A model being trained: one step, an evaluation line, its checkpoint.
+pub trait Task {
+    /// One optimizer step on examples from position `start` of the run's stream.
+    fn step(&mut self, start: u64, batch: usize, adam: &mut Adam) -> Result<StepReport>;
+    /// How the model does on the validation split, as a line.
+    fn evaluate(&self) -> Result<String>;
+    fn save(&self, out: &Path) -> Result<()>;
+}
+
+/// Makes the model (new, or the checkpoint at --out when resuming) and its optimizer and
+/// position; `fresh` builds a new model on the device.
+pub fn start<M>(
+    common: &Common,
+    device: &Device,
+    dtype: DType,
+    load: impl FnOnce(&Path, &Device, DType) -> Result<M>,
+    fresh: impl FnOnce() -> Result<M>,
+    module: impl Fn(&mut M) -> &mut dyn Module,
+) -> Result<(M, Adam, Position)> {
+    if common.batch == 0 {
+        return Err(Error::Config("--batch must be at least 1".into()));
+    }
+    if common.resume {
+        let mut model = load(&common.out, device, dtype)?;
+        let (mut adam, position, snapshot) = load_state(&common.out, common.lr)?;
+        adam.restore(module(&mut model), snapshot)?;
+        return Ok((model, adam, position));
+    }
+    let position = Position {
+        step: 0,
+        seed: common.seed,
+        batch: common.batch,
+        seconds: 0.0,
+        lr: common.lr,
+        lr_end: common.lr_end,
+    };
+    Ok((fresh()?, Adam::new(common.lr), position))
+}
+
+/// Trains `task` from `position` until the budget is spent, evaluating and writing the
+/// checkpoint every --eval-every steps and at the end.
+pub fn run(
+    what: &str,
+    task: &mut dyn Task,
+    common: &Common,
+    mut adam: Adam,
+    mut position: Position,
+    per_epoch: u64,
+) -> Result<String> {
+    let schedule = Schedule::new(&common.budget, per_epoch)?;
+    let bar = bar(what);
+    let started = Instant::now();
+    let seconds = |p: &Position| p.seconds + started.elapsed().as_secs_f64();
+    // Since the last evaluation: when, tokens, summed loss, steps.
+    let mut since = (Instant::now(), 0usize, 0f64, 0usize);
+    let line = |task: &dyn Task,
+                position: &Position,
+                since: &(Instant, usize, f64, usize)|
+     -> Result<String> {
+        let train = match since.3 {
+            0 => String::new(),
+            n => format!("train loss {:.4}, ", since.2 / n as f64),
+        };
+        Ok(format!(
+            "step {} ({} examples, {:.0} s): {train}{}",
+            position.step,
+            position.step * position.batch as u64,
+            seconds(position),
+            task.evaluate()?
+        ))
+    };
+    loop {
+        let done = schedule.done(position.step, position.batch, seconds(&position));
+        bar.set_position((done * 1000.0) as u64);
+        if done >= 1.0 {
+            break;
+        }
+        adam.lr = position.lr + (position.lr_end - position.lr) * done as f32;
+        let report = task.step(
+            position.step * position.batch as u64,
+            position.batch,
+            &mut adam,
+        )?;
+        if !report.loss.is_finite() {
+            return Err(Error::Config(format!(
+                "the loss is {} at step {}: lower --lr",
+                report.loss, position.step
+            )));
+        }
+        position.step += 1;
+        since.1 += report.tokens;
+        since.2 += f64::from(report.cross_entropy);
+        since.3 += 1;
+        let elapsed = since.0.elapsed().as_secs_f64();
+        if elapsed >= 0.5 {
+            bar.set_message(format!(
+                "step {} loss {:.4} {:.0} tokens/s",
+                position.step,
+                since.2 / since.3 as f64,
+                since.1 as f64 / elapsed
+            ));
+        }
+        if position.step % common.eval_every.max(1) == 0 {
+            let text = line(task, &position, &since)?;
+            since = (Instant::now(), 0, 0.0, 0);
+            bar.suspend(|| eprintln!("{text}"));
+            let at = Position {
+                seconds: seconds(&position),
+                ..position
+            };
+            task.save(&common.out)?;
+            save_state(&common.out, &adam, at)?;
+        }
+    }
+    bar.finish_and_clear();
+    position.seconds = seconds(&position);
+    if since.3 > 0 || position.step == 0 {
+        eprintln!("{}", line(task, &position, &since)?);
+    }
+    task.save(&common.out)?;
+    save_state(&common.out, &adam, position)?;
+    Ok(format!("wrote {}", common.out.display()))
+}
+
+/// The captioner with its training batches and validation images.
+struct CaptionTask {
+    model: Captioner,
+    batches: Arc<Batches>,
+    /// The next batch, made on another thread while the step runs: (its start, the thread).
+    next: Option<(u64, JoinHandle<Result<Batch>>)>,
+    val: Vec<Example>,
+    shape: ImageShape,
+    alpha_c: f32,
+    clip: f32,
+}
+
+impl Task for CaptionTask {
+    fn step(&mut self, start: u64, size: usize, adam: &mut Adam) -> Result<StepReport> {
+        let batch = match self.next.take() {
+            Some((at, thread)) if at == start => thread.join().expect("batches do not panic")?,
+            _ => self.batches.get(start, size)?,
+        };
+        let batches = Arc::clone(&self.batches);
+        let after = start + size as u64;
+        self.next = Some((after, std::thread::spawn(move || batches.get(after, size))));
+        let (ids, lengths) = self.model.vocab().encode_batch(&batch.captions)?;
+        self.model.train_step(
+            Input::Pixels(&batch.pixels),
+            &ids,
+            &lengths,
+            adam,
+            self.alpha_c,
+            Some(self.clip),
+        )
+    }
+
+    fn evaluate(&self) -> Result<String> {
+        let captions = caption_all(&self.model, &self.val, self.shape)?;
+        let scores = score(&captions, &self.val, self.shape)?;
+        let refs: Vec<Vec<String>> = self.val.iter().map(|e| e.references[0].clone()).collect();
+        let pixels: Vec<f32> = self
+            .val
+            .iter()
+            .flat_map(|e| e.pixels.iter().copied())
+            .collect();
+        let (ids, lengths) = self.model.vocab().encode_batch(&refs)?;
+        let loss = self
+            .model
+            .loss(Input::Pixels(&pixels), &ids, &lengths, 0.0)?
+            .cross_entropy;
+        Ok(format!("validation loss {loss:.4}, {scores}"))
+    }
+
+    fn save(&self, out: &Path) -> Result<()> {
+        self.model.save(out)
+    }
+}
+
+fn train_caption(opts: &TrainCaption) -> Result<String> {
+    let common = &opts.common;
+    let corpus = Corpus::open(&opts.data)?;
+    let (device, dtype, reason) = common.device.open_for(common.dtype)?;
+    eprintln!("{reason}; training on {}", corpus.describe());
+    let fresh = || -> Result<Captioner> {
+        let (height, width, channels) = match opts.image {
+            Some((h, w)) => (h, w, corpus.native_size()?.2),
+            None => corpus.native_size()?,
+        };
+        let patch = opts.patch.max(1);
+        let shape = ImageShape {
+            channels: match channels {
+                Channels::Grey => 1,
+                Channels::Rgb => 3,
+            },
+            height: (height / patch).max(1) * patch,
+            width: (width / patch).max(1) * patch,
+            patch,
+            window: opts.window,
+        };
+        let config = CaptionerConfig {
+            image: Some(shape),
+            features: opts.features,
+            attention: opts.attention,
+            hidden: opts.hidden,
+            embed: opts.embed,
+            activation: AttentionActivation::Relu,
+            dropout: opts.dropout,
+        };
+        Captioner::random(
+            config,
+            corpus.vocab(opts.min_count)?,
+            &device,
+            dtype,
+            common.seed,
+        )
+    };
+    let (model, adam, position) = start(
+        common,
+        &device,
+        dtype,
+        |p, d, t| Captioner::load(p, d, t),
+        fresh,
+        |m| m as &mut dyn Module,
+    )?;
+    let shape = model.image_shape().ok_or_else(|| {
+        Error::Config(format!(
+            "{}: the model reads features, not images",
+            common.out.display()
+        ))
+    })?;
+    let mut batches = Batches::new(&corpus, shape, position.seed)?;
+    batches.augment = opts.augment;
+    let val = corpus.examples(Split::Val, shape, opts.eval_images)?;
+    let params: usize = model.parameters().iter().map(|(_, t)| t.numel()).sum();
+    let dims = model.decoder().config().dims;
+    eprintln!(
+        "model: {}×{}×{} images in {p}×{p} patches seen through {k}×{k} windows, D={} H={} V={}, \
+         {params} parameters; batch {}, {} validation images",
+        shape.channels,
+        shape.height,
+        shape.width,
+        dims.features,
+        dims.hidden,
+        dims.vocab,
+        position.batch,
+        val.len(),
+        p = shape.patch,
+        k = shape.window,
+    );
+    let per_epoch = batches.epoch();
+    let mut task = CaptionTask {
+        model,
+        batches: Arc::new(batches),
+        next: None,
+        val,
+        shape,
+        alpha_c: opts.alpha_c,
+        clip: common.clip,
+    };
+    run(
+        "train caption",
+        &mut task,
+        common,
+        adam,
+        position,
+        per_epoch,
+    )
+}
+
+/// Greedy captions of every example, in chunks.
+pub fn caption_all(
+    model: &Captioner,
+    examples: &[Example],
+    shape: ImageShape,
+) -> Result<Vec<fused_rnn::models::Caption>> {
+    caption_with(model, examples, shape, 1, MAX_CAPTION)
+}
+
+/// The longest caption the evaluation decodes, `<end>` included.
+pub const MAX_CAPTION: usize = 20;
+
+/// Captions of every example by greedy (`beam` 1) or beam search, 256 images at a time.
+pub fn caption_with(
+    model: &Captioner,
+    examples: &[Example],
+    shape: ImageShape,
+    beam: usize,
+    max_len: usize,
+) -> Result<Vec<fused_rnn::models::Caption>> {
+    let mut out = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(256) {
+        let mut pixels = Vec::with_capacity(chunk.len() * shape.pixels());
+        for e in chunk {
+            pixels.extend_from_slice(&e.pixels);
+        }
+        out.extend(model.caption(Input::Pixels(&pixels), max_len, beam)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,247 @@
+//! `translate` and `train translate`: the seq2seq model (a bidirectional recurrent encoder over
+//! characters, the attention decoder) turning dates as people write them ("Thursday, November
+//! 26, 2026", "11/26/26", "26.11.2026") into ISO 8601 ("2026-11-26"). Training examples are
+//! generated as it goes (`data::dates`); held-out dates score it.
+
+use crate::run::DeviceChoice;
+use crate::train::{run, start, Common, Task};
+use fused_rnn::data::dates::{self, DatePair};
+use fused_rnn::data::Split;
+use fused_rnn::error::{one_line, quoted, Error, Result};
+use fused_rnn::eval::{exact_match, Share};
+use fused_rnn::models::{
+    bundled, Caption, EncoderCell, Seq2Seq, Seq2SeqConfig, Sources, StepReport,
+};
+use fused_rnn::nn::{AttentionActivation, Module};
+use fused_rnn::train::Adam;
+use fused_rnn::DType;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The held-out examples' seed (validation and test).
+const HELD_OUT_SEED: u64 = 2_026_112_602;
+
+/// The longest text `translate` takes, in characters.
+const MAX_TEXT: usize = 64;
+
+/// An ISO date's characters and `<end>`.
+const MAX_TARGET: usize = 11;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TranslateOptions {
+    /// Dates to translate; none scores the held-out test dates.
+    pub texts: Vec<String>,
+    /// A checkpoint of `train translate` (default: the bundled one).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Held-out test dates scored when no text is given.
+    #[arg(long, default_value_t = 1000)]
+    pub count: usize,
+    /// Hypotheses kept (1: greedy).
+    #[arg(long, default_value_t = 1)]
+    pub beam: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long)]
+    pub dtype: Option<DType>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainTranslate {
+    #[command(flatten)]
+    pub common: Common,
+    /// The encoder's cell.
+    #[arg(long, default_value = "gru", value_parser = parse_cell)]
+    pub cell: EncoderCell,
+    #[arg(long, default_value_t = 32)]
+    pub source_embed: usize,
+    /// The encoder's hidden size per direction.
+    #[arg(long, default_value_t = 64)]
+    pub encoder_hidden: usize,
+    #[arg(long, default_value_t = 64)]
+    pub attention: usize,
+    #[arg(long, default_value_t = 128)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 16)]
+    pub embed: usize,
+    /// Validation dates evaluated.
+    #[arg(long, default_value_t = 1000)]
+    pub eval_examples: usize,
+}
+
+fn parse_cell(text: &str) -> std::result::Result<EncoderCell, String> {
+    match text {
+        "lstm" => Ok(EncoderCell::Lstm),
+        "gru" => Ok(EncoderCell::Gru),
+        _ => Err(format!("`{text}` is not a cell (lstm or gru)")),
+    }
+}
+
+/// Source ids of each text (a character outside the vocabulary is `<unk>`).
+fn sources(model: &Seq2Seq, texts: &[&str]) -> Result<Sources> {
+    let rows: Vec<Vec<usize>> = texts
+        .iter()
+        .map(|t| {
+            dates::source_tokens(t)
+                .iter()
+                .map(|c| model.source_vocab().id(c))
+                .collect()
+        })
+        .collect();
+    Sources::new(&rows)
+}
+
+fn translations(model: &Seq2Seq, texts: &[&str], beam: usize) -> Result<Vec<Caption>> {
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(500) {
+        out.extend(model.translate(&sources(model, chunk)?, MAX_TARGET, beam)?);
+    }
+    Ok(out)
+}
+
+/// Exact matches of the translations of `pairs` against their ISO dates.
+fn exact(model: &Seq2Seq, pairs: &[DatePair], beam: usize) -> Result<(Share, Vec<Caption>)> {
+    let texts: Vec<&str> = pairs.iter().map(|p| p.source.as_str()).collect();
+    let found = translations(model, &texts, beam)?;
+    let candidates: Vec<Vec<String>> = found.iter().map(|c| c.words.clone()).collect();
+    let references: Vec<Vec<Vec<String>>> = pairs
+        .iter()
+        .map(|p| vec![dates::target_tokens(&p.target)])
+        .collect();
+    Ok((exact_match(&candidates, &references)?, found))
+}
+
+pub fn translate(opts: &TranslateOptions) -> Result<()> {
+    let (device, dtype, reason) = opts.device.open_for(opts.dtype)?;
+    println!("{reason}");
+    let weights = match &opts.weights {
+        Some(w) => w.clone(),
+        None => bundled::TRANSLATOR.checked()?,
+    };
+    let model = Seq2Seq::load(&weights, &device, dtype)?;
+    if opts.texts.is_empty() {
+        let pairs = dates::examples(HELD_OUT_SEED, Split::Test, 0..opts.count as u64);
+        let started = Instant::now();
+        let (share, found) = exact(&model, &pairs, opts.beam)?;
+        let seconds = started.elapsed().as_secs_f64();
+        for (p, c) in pairs.iter().zip(&found).take(5) {
+            println!(
+                "  {:<32} → {}   (reference {})",
+                p.source,
+                c.words.concat(),
+                p.target
+            );
+        }
+        println!(
+            "{} held-out test dates in {seconds:.2} s: exact {:.1}% ({}/{})",
+            pairs.len(),
+            100.0 * share.rate(),
+            share.hits,
+            share.total
+        );
+        return Ok(());
+    }
+    for text in &opts.texts {
+        let chars = text.chars().count();
+        if text.trim().is_empty() || chars > MAX_TEXT {
+            return Err(Error::Config(format!(
+                "{}: a date is 1 to {MAX_TEXT} characters (this is {chars})",
+                quoted(&one_line(text))
+            )));
+        }
+    }
+    let texts: Vec<&str> = opts.texts.iter().map(|t| t.trim()).collect();
+    for (text, c) in texts.iter().zip(translations(&model, &texts, opts.beam)?) {
+        println!("{text} → {}", c.words.concat());
+    }
+    Ok(())
+}
+
+struct DateTask {
+    model: Seq2Seq,
+    seed: u64,
+    val: Vec<DatePair>,
+    clip: f32,
+}
+
+impl Task for DateTask {
+    fn step(&mut self, start: u64, batch: usize, adam: &mut Adam) -> Result<StepReport> {
+        let pairs = dates::examples(self.seed, Split::Train, start..start + batch as u64);
+        let texts: Vec<&str> = pairs.iter().map(|p| p.source.as_str()).collect();
+        let src = sources(&self.model, &texts)?;
+        let targets: Vec<Vec<String>> = pairs
+            .iter()
+            .map(|p| dates::target_tokens(&p.target))
+            .collect();
+        let (ids, lengths) = self.model.target_vocab().encode_batch(&targets)?;
+        self.model
+            .train_step(&src, &ids, &lengths, adam, Some(self.clip))
+    }
+
+    fn evaluate(&self) -> Result<String> {
+        let (share, _) = exact(&self.model, &self.val, 1)?;
+        Ok(format!(
+            "{} validation dates: exact {:.1}% ({}/{})",
+            self.val.len(),
+            100.0 * share.rate(),
+            share.hits,
+            share.total
+        ))
+    }
+
+    fn save(&self, out: &Path) -> Result<()> {
+        self.model.save(out)
+    }
+}
+
+pub fn train_translate(opts: &TrainTranslate) -> Result<String> {
+    let common = &opts.common;
+    let (device, dtype, reason) = common.device.open_for(common.dtype)?;
+    eprintln!("{reason}; training on dates in {} formats", dates::FORMATS);
+    let fresh = || {
+        let config = Seq2SeqConfig {
+            source_embed: opts.source_embed,
+            encoder_hidden: opts.encoder_hidden,
+            encoder_cell: opts.cell,
+            attention: opts.attention,
+            hidden: opts.hidden,
+            embed: opts.embed,
+            activation: AttentionActivation::Relu,
+            dropout: 0.0,
+        };
+        Seq2Seq::random(
+            config,
+            dates::source_vocab()?,
+            dates::target_vocab()?,
+            &device,
+            dtype,
+            common.seed,
+        )
+    };
+    let (model, adam, position) = start(
+        common,
+        &device,
+        dtype,
+        |p, d, t| Seq2Seq::load(p, d, t),
+        fresh,
+        |m| m as &mut dyn Module,
+    )?;
+    let params: usize = model.parameters().iter().map(|(_, t)| t.numel()).sum();
+    eprintln!("model: {params} parameters; batch {}", position.batch);
+    let mut task = DateTask {
+        seed: position.seed,
+        val: dates::examples(HELD_OUT_SEED, Split::Val, 0..opts.eval_examples as u64),
+        model,
+        clip: common.clip,
+    };
+    // An epoch of dates: every training date once.
+    let per_epoch = dates::dates(Split::Train).len() as u64;
+    run(
+        "train translate",
+        &mut task,
+        common,
+        adam,
+        position,
+        per_epoch,
+    )
+}
