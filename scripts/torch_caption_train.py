@@ -10,9 +10,10 @@ region's 16x16 window (stride 8, zero padding 4: a 6x12 grid on 48x96) beside a 
 its position, D = 128; sgrvinod's DecoderWithAttention (scripts/show_attend_tell.py) with
 A = H = 128, E = 64, no dropout. Training: batch 16, Adam, the learning rate falling linearly
 from 3e-3 to 1e-4 over the minutes, cross-entropy plus the attention penalty (alpha_c = 1),
-gradients clipped to global norm 5, each training image warped by a random affine map drawn
-as fused-rnn's data::augment draws it (rotation up to 0.14 rad, scales 1 +- 0.1, shear
-+- 0.15, shift +- 1/24 of the height; bilinear, edges extended).
+gradients clipped to global norm 5, each training image warped as fused-rnn's data::augment
+warps it: a random affine map (rotation up to 0.14 rad, scales 1 +- 0.1, shear +- 0.15, shift
++- 1/24 of the height) plus an elastic field (offsets up to 1/32 of the height at grid corners
+1/6 of the height apart, bilinear between them); bilinear sampling, edges extended.
 
 Evaluation: greedy captions (at most 20 tokens) of the test split, exact-caption accuracy.
 
@@ -90,6 +91,14 @@ def warp(x, gen):
     theta[:, 1, 1] = d
     theta[:, 1, 2] = -(c * tx + d * ty) * 2 / (h - 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=True)
+    # The elastic field: offsets in pixels at corners h/6 apart, interpolated, in grid units.
+    cell = h / 6
+    gy, gx = math.ceil(h / cell) + 1, math.ceil(w / cell) + 1
+    corners = (torch.rand(b, 2, gy, gx, generator=gen) * 2 - 1) * (h / 32)
+    span = ((gy - 1) * cell, (gx - 1) * cell)  # the pixels the corners cover
+    field = F.interpolate(corners, size=(round(span[0]) + 1, round(span[1]) + 1), mode="bilinear",
+                          align_corners=True)[:, :, :h, :w]
+    grid = grid + torch.stack([field[:, 0] * 2 / (w - 1), field[:, 1] * 2 / (h - 1)], dim=3)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 

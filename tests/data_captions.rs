@@ -284,3 +284,68 @@ fn written_digit_scenes_read_back_through_the_karpathy_reader() {
     assert_eq!(index, [6, 3, 5]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A data set folder is recognised by its files: one Karpathy file, or COCO files named by
+/// split with their images in the folder named after them (or beside them).
+#[test]
+fn folders_open_by_what_they_hold() {
+    let root = fixtures();
+    let dir = common::scratch("data-open");
+    let copy_images = |to: &std::path::Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(root.join("images")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    };
+    let karpathy_dir = dir.join("karpathy");
+    copy_images(&karpathy_dir.join("images"));
+    std::fs::copy(
+        root.join("dataset_tiny.json"),
+        karpathy_dir.join("dataset_tiny.json"),
+    )
+    .unwrap();
+    let set = fused_rnn::data::open(&karpathy_dir).unwrap();
+    assert_eq!(
+        set,
+        karpathy::read(root.join("dataset_tiny.json"), &root)
+            .unwrap()
+            .into_iter()
+            .map(|mut i| {
+                i.path = karpathy_dir.join(i.path.strip_prefix(&root).unwrap());
+                i
+            })
+            .collect::<Vec<_>>()
+    );
+    // COCO: the split from the name, the images in the folder named after the file.
+    let coco_dir = dir.join("coco");
+    copy_images(&coco_dir.join("val_tiny"));
+    std::fs::copy(
+        root.join("captions_tiny.json"),
+        coco_dir.join("captions_val_tiny.json"),
+    )
+    .unwrap();
+    let set = fused_rnn::data::open(&coco_dir).unwrap();
+    assert_eq!(set.len(), 2);
+    assert!(set.iter().all(|i| i.split == Split::Val));
+    assert_eq!(set[0].path, coco_dir.join("val_tiny").join("colour.jpg"));
+    // Neither kind, two Karpathy files, a COCO file naming no split: one-line errors.
+    let refused = |d: &std::path::Path| fused_rnn::data::open(d).unwrap_err().to_string();
+    let empty = dir.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert!(refused(&empty).contains("no caption data set"));
+    std::fs::copy(
+        root.join("dataset_tiny.json"),
+        karpathy_dir.join("dataset_more.json"),
+    )
+    .unwrap();
+    assert!(refused(&karpathy_dir).contains("2 Karpathy split files"));
+    std::fs::rename(
+        coco_dir.join("captions_val_tiny.json"),
+        coco_dir.join("captions_2014.json"),
+    )
+    .unwrap();
+    assert!(refused(&coco_dir).contains("names no split"));
+    assert!(refused(&dir.join("absent")).contains("absent"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -181,3 +181,48 @@ fn reserve_bytes_is_known_before_the_call() {
         assert!(expected > 0);
     }
 }
+
+/// Adam resumed from a snapshot takes the same steps as the optimizer it was read from.
+#[test]
+fn adam_resumes_from_a_snapshot() {
+    let mut a = Linear::random(6, 4, true, &Device::Cpu, DType::F32, 3).unwrap();
+    let grads = |seed: u64| -> fused_rnn::nn::Grads {
+        let mut g = fused_rnn::nn::Grads::new();
+        let w = t(common::random(24, 1.0, seed), &[4, 6]);
+        let b = t(common::random(4, 1.0, seed + 1), &[4]);
+        g.add(
+            "",
+            &Linear::random(6, 4, true, &Device::Cpu, DType::F32, 3).unwrap(),
+            vec![w, b],
+        )
+        .unwrap();
+        g
+    };
+    let mut adam = Adam::new(0.01);
+    for s in 0..3 {
+        adam.step_module(&mut a, &grads(10 + s)).unwrap();
+    }
+    let snapshot = adam.snapshot().unwrap();
+    assert_eq!(snapshot.steps, 3);
+    assert_eq!(snapshot.moments.len(), 2);
+    let mut b = Linear::random(6, 4, true, &Device::Cpu, DType::F32, 99).unwrap();
+    for ((_, to), (_, from)) in b.parameters_mut().into_iter().zip(a.parameters()) {
+        *to = from.to(&Device::Cpu, DType::F32).unwrap();
+    }
+    let mut resumed = Adam::new(0.01);
+    resumed.restore(&mut b, snapshot.clone()).unwrap();
+    for s in 3..6 {
+        adam.step_module(&mut a, &grads(10 + s)).unwrap();
+        resumed.step_module(&mut b, &grads(10 + s)).unwrap();
+    }
+    for ((_, x), (_, y)) in a.parameters().into_iter().zip(b.parameters()) {
+        assert_eq!(host(x), host(y));
+    }
+    // A snapshot for other parameters is refused.
+    let mut other = Linear::random(5, 4, true, &Device::Cpu, DType::F32, 1).unwrap();
+    let err = Adam::new(0.01)
+        .restore(&mut other, snapshot)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("optimizer state"), "{err}");
+}

@@ -1,5 +1,7 @@
 //! Training-time augmentation: each image warped by a small random affine map (rotation,
-//! scale per axis, shear, shift) about its centre, sampled bilinearly with the edges
+//! scale per axis, shear, shift) about its centre plus a smooth random displacement field (an
+//! elastic distortion, as Simard et al. 2003 use on handwriting: random offsets at the corners
+//! of a coarse grid, interpolated bilinearly between them), sampled bilinearly with the edges
 //! extended. A captioner that learns its words from a few hundred examples of each (the digit
 //! scenes' training pool holds about 125 of each digit) otherwise learns those examples; the
 //! warps make new ones, and the caption stays true.
@@ -12,6 +14,11 @@ const ROTATION: f32 = 0.14;
 const SCALE: f32 = 0.1;
 const SHEAR: f32 = 0.15;
 const SHIFT: f32 = 1.0 / 24.0;
+
+/// The elastic field at strength 1: offsets up to 1/32 of the image's height at grid corners
+/// 1/6 of the height apart.
+const ELASTIC: f32 = 1.0 / 32.0;
+const ELASTIC_CELL: f32 = 1.0 / 6.0;
 
 /// Warps each image of `pixels` ([N, C, H, W] in place) by its own random map at `strength`
 /// (0: unchanged) drawn from `rng`.
@@ -28,8 +35,17 @@ pub fn warp(
         return;
     }
     let mut source = vec![0f32; per];
+    let cell = (ELASTIC_CELL * height as f32).max(1.0);
+    let (gy, gx) = (
+        (height as f32 / cell).ceil() as usize + 1,
+        (width as f32 / cell).ceil() as usize + 1,
+    );
+    let mut field = vec![0f32; 2 * gy * gx];
     let mut draw = |bound: f32| rng.random_range(-bound..=bound) * strength;
     for image in pixels.chunks_exact_mut(per) {
+        for f in field.iter_mut() {
+            *f = draw(ELASTIC * height as f32);
+        }
         let (angle, sx, sy, shear) = (
             draw(ROTATION),
             1.0 + draw(SCALE),
@@ -52,9 +68,17 @@ pub fn warp(
                 plane[y as usize * width + x as usize]
             };
             for y in 0..height {
+                let (ry, fy) = split(y as f32 / cell, gy);
                 for x in 0..width {
+                    let (rx, fx) = split(x as f32 / cell, gx);
+                    let corner = |k: usize, r: usize, c: usize| field[(k * gy + r) * gx + c];
+                    let offset = |k: usize| {
+                        (corner(k, ry, rx) * (1.0 - fx) + corner(k, ry, rx + 1) * fx) * (1.0 - fy)
+                            + (corner(k, ry + 1, rx) * (1.0 - fx) + corner(k, ry + 1, rx + 1) * fx)
+                                * fy
+                    };
                     let (u, v) = (x as f32 - cx - tx, y as f32 - cy - ty);
-                    let (xs, ys) = (a * u + b * v + cx, c * u + d * v + cy);
+                    let (xs, ys) = (a * u + b * v + cx + offset(0), c * u + d * v + cy + offset(1));
                     let (x0, y0) = (xs.floor(), ys.floor());
                     let (fx, fy) = (xs - x0, ys - y0);
                     let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1.0) * fx;
@@ -64,6 +88,13 @@ pub fn warp(
             }
         }
     }
+}
+
+/// A grid coordinate as (the cell, the fraction across it), the cell kept below `corners - 1`.
+#[inline(always)]
+fn split(at: f32, corners: usize) -> (usize, f32) {
+    let cell = (at.floor() as usize).min(corners.saturating_sub(2));
+    (cell, at - cell as f32)
 }
 
 #[cfg(test)]

@@ -17,13 +17,13 @@ pub struct Bundled {
 /// The captioner of the digit scenes.
 pub const CAPTIONER: Bundled = Bundled {
     relative: "data/checkpoints/captioner-digits.safetensors",
-    sha256: "",
+    sha256: "76bb986c84479365f150515606ffd9a2a0ba1f624d28c6f5013ba6f0453eb8c6",
 };
 
 /// The date translator.
 pub const TRANSLATOR: Bundled = Bundled {
     relative: "data/checkpoints/translator-dates.safetensors",
-    sha256: "",
+    sha256: "41dd14fc07b5f498ba32104e6e99f4b060e6a2ff9eb1e9d606f4a74cc99a8518",
 };
 
 /// A bundled file larger than this is not one of ours (each is under 10 MB).

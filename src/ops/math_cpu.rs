@@ -95,6 +95,44 @@ impl Real for f64 {
     }
 }
 
+/// Defines `$name` to run `$body` (a function of the same arguments) compiled for the widest
+/// vector extension this CPU has: the build targets baseline x86-64, whose SSE2 leaves most of
+/// the vector width unused. Only what `$body` inlines is compiled wider, so its helpers are
+/// `#[inline(always)]`.
+macro_rules! widest {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident<$t:ident: $bound:path>($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $body:ident;) => {
+        $(#[$meta])*
+        $vis fn $name<$t: $bound>($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx512<$t: $bound>($($arg: $ty),*) -> $ret {
+                    $body::<$t>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx2<$t: $bound>($($arg: $ty),*) -> $ret {
+                    $body::<$t>($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features the function is compiled for.
+                    return unsafe { avx512::<$t>($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { avx2::<$t>($($arg),*) };
+                }
+            }
+            $body::<$t>($($arg),*)
+        }
+    };
+}
+pub(crate) use widest;
+
+
 /// The column sums of `rows` [n, width] row-major, added into `sums`, accumulated in f64 so
 /// that a bias gradient over thousands of rows keeps f32 accuracy where its terms cancel.
 pub(crate) fn add_column_sums<T: Real>(sums: &mut [T], rows: &[T], width: usize) {

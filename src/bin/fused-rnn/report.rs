@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// How much of a pixel the heat map covers at the word's peak.
-const HEAT: f32 = 0.75;
+const HEAT: f32 = 0.7;
 
 pub fn write(
     dir: &Path,
@@ -123,7 +123,7 @@ fn colour(pixels: &[f32], shape: ImageShape) -> Vec<u8> {
         .collect()
 }
 
-/// The image dimmed under a heat map of `map` (one weight per region): RGB [H, W, 3].
+/// The image under a heat map of `map` (one weight per region): RGB [H, W, 3].
 fn heat(grey: &[f32], map: &[f32], shape: ImageShape) -> Vec<u8> {
     let (h, w, p) = (shape.height, shape.width, shape.patch as f32);
     let (rows, cols) = shape.grid();
@@ -142,16 +142,12 @@ fn heat(grey: &[f32], map: &[f32], shape: ImageShape) -> Vec<u8> {
             let at = |r: usize, c: usize| map[r * cols + c];
             let a = (at(r0, c0) * (1.0 - fx) + at(r0, c1) * fx) * (1.0 - fy)
                 + (at(r1, c0) * (1.0 - fx) + at(r1, c1) * fx) * fy;
-            let a = (a / peak).clamp(0.0, 1.0) * HEAT;
-            // "hot": black, red, yellow, white as the weight grows.
-            let hot = [
-                (3.0 * a).min(1.0),
-                (3.0 * a - 1.0).clamp(0.0, 1.0),
-                (3.0 * a - 2.0).clamp(0.0, 1.0),
-            ];
-            let base = 0.6 * grey[y * w + x];
+            let a = (a / peak).clamp(0.0, 1.0);
+            // Red turning yellow as the weight grows, over the image in grey.
+            let hot = [(2.0 * a).min(1.0), (2.0 * a - 1.0).max(0.0), 0.0];
+            let (alpha, base) = (HEAT * a, grey[y * w + x]);
             for c in hot {
-                let v = base * (1.0 - a) + c.max(a) * a;
+                let v = base * (1.0 - alpha) + c * alpha;
                 out.push((v.clamp(0.0, 1.0) * 255.0).round() as u8);
             }
         }

@@ -20,6 +20,7 @@ use fused_rnn::nn::{AttentionActivation, ImageShape, Module};
 use fused_rnn::train::{Adam, AdamSnapshot};
 use fused_rnn::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -143,7 +144,7 @@ pub fn train(command: &TrainCommand) -> Result<String> {
 }
 
 /// Where a run stands: what `CKPT.state` records beside the optimizer.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     pub step: u64,
     pub seed: u64,
@@ -152,6 +153,8 @@ pub struct Position {
     pub seconds: f64,
     pub lr: f32,
     pub lr_end: f32,
+    /// The sha256 of the checkpoint written with this state.
+    pub checkpoint: String,
 }
 
 /// The budget as a fraction done, from the position.
@@ -272,12 +275,17 @@ pub fn start<M>(
     fresh: impl FnOnce() -> Result<M>,
     module: impl Fn(&mut M) -> &mut dyn Module,
 ) -> Result<(M, Adam, Position)> {
-    if common.batch == 0 {
-        return Err(Error::Config("--batch must be at least 1".into()));
-    }
     if common.resume {
         let mut model = load(&common.out, device, dtype)?;
         let (mut adam, position, snapshot) = load_state(&common.out, common.lr)?;
+        if sha256_of(&common.out)? != position.checkpoint {
+            return Err(Error::Config(format!(
+                "{} does not belong to {} (the run stopped between writing them): start again \
+                 without --resume",
+                state_path(&common.out).display(),
+                common.out.display()
+            )));
+        }
         adam.restore(module(&mut model), snapshot)?;
         return Ok((model, adam, position));
     }
@@ -288,6 +296,7 @@ pub fn start<M>(
         seconds: 0.0,
         lr: common.lr,
         lr_end: common.lr_end,
+        checkpoint: String::new(),
     };
     Ok((fresh()?, Adam::new(common.lr), position))
 }
@@ -308,6 +317,7 @@ pub fn run(
     let seconds = |p: &Position| p.seconds + started.elapsed().as_secs_f64();
     // Since the last evaluation: when, tokens, summed loss, steps.
     let mut since = (Instant::now(), 0usize, 0f64, 0usize);
+    // `position.seconds` counts the time to this step.
     let line = |task: &dyn Task,
                 position: &Position,
                 since: &(Instant, usize, f64, usize)|
@@ -317,10 +327,10 @@ pub fn run(
             n => format!("train loss {:.4}, ", since.2 / n as f64),
         };
         Ok(format!(
-            "step {} ({} examples, {:.0} s): {train}{}",
+            "step {} ({} examples, {:.1} s): {train}{}",
             position.step,
             position.step * position.batch as u64,
-            seconds(position),
+            position.seconds,
             task.evaluate()?
         ))
     };
@@ -356,25 +366,46 @@ pub fn run(
             ));
         }
         if position.step % common.eval_every.max(1) == 0 {
-            let text = line(task, &position, &since)?;
-            since = (Instant::now(), 0, 0.0, 0);
-            bar.suspend(|| eprintln!("{text}"));
             let at = Position {
                 seconds: seconds(&position),
-                ..position
+                ..position.clone()
             };
-            task.save(&common.out)?;
-            save_state(&common.out, &adam, at)?;
+            let text = line(task, &at, &since)?;
+            since = (Instant::now(), 0, 0.0, 0);
+            checkpoint(task, &adam, &common.out, at)?;
+            // Said once written: a run stopped after this line resumes from this step.
+            bar.suspend(|| eprintln!("{text}"));
         }
     }
     bar.finish_and_clear();
     position.seconds = seconds(&position);
-    if since.3 > 0 || position.step == 0 {
-        eprintln!("{}", line(task, &position, &since)?);
+    let text = (since.3 > 0 || position.step == 0)
+        .then(|| line(task, &position, &since))
+        .transpose()?;
+    checkpoint(task, &adam, &common.out, position)?;
+    if let Some(text) = text {
+        eprintln!("{text}");
     }
-    task.save(&common.out)?;
-    save_state(&common.out, &adam, position)?;
     Ok(format!("wrote {}", common.out.display()))
+}
+
+/// Writes the model, then the state that names the model's bytes by their sha256: a run
+/// stopped between the two writes leaves a pair that `--resume` refuses.
+fn checkpoint(task: &dyn Task, adam: &Adam, out: &Path, mut position: Position) -> Result<()> {
+    task.save(out)?;
+    position.checkpoint = sha256_of(out)?;
+    save_state(out, adam, position)
+}
+
+fn sha256_of(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// The captioner with its training batches and validation images.
@@ -431,11 +462,25 @@ impl Task for CaptionTask {
     }
 }
 
+/// Refuses flags that cannot make a run, before anything starts.
+pub fn check(common: &Common) -> Result<()> {
+    if common.batch == 0 {
+        return Err(Error::Config("--batch must be at least 1".into()));
+    }
+    Schedule::new(&common.budget, 1).map(|_| ())
+}
+
 fn train_caption(opts: &TrainCaption) -> Result<String> {
     let common = &opts.common;
+    check(common)?;
+    let p = opts.patch.max(1);
+    ImageShape {
+        window: opts.window,
+        ..ImageShape::patches(1, p, p, p)
+    }
+    .check()?;
     let corpus = Corpus::open(&opts.data)?;
     let (device, dtype, reason) = common.device.open_for(common.dtype)?;
-    eprintln!("{reason}; training on {}", corpus.describe());
     let fresh = || -> Result<Captioner> {
         let (height, width, channels) = match opts.image {
             Some((h, w)) => (h, w, corpus.native_size()?.2),
@@ -486,6 +531,7 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
     let mut batches = Batches::new(&corpus, shape, position.seed)?;
     batches.augment = opts.augment;
     let val = corpus.examples(Split::Val, shape, opts.eval_images)?;
+    eprintln!("{reason}; training on {}", corpus.describe());
     let params: usize = model.parameters().iter().map(|(_, t)| t.numel()).sum();
     let dims = model.decoder().config().dims;
     eprintln!(

@@ -196,8 +196,8 @@ impl Task for DateTask {
 
 pub fn train_translate(opts: &TrainTranslate) -> Result<String> {
     let common = &opts.common;
+    crate::train::check(common)?;
     let (device, dtype, reason) = common.device.open_for(common.dtype)?;
-    eprintln!("{reason}; training on dates in {} formats", dates::FORMATS);
     let fresh = || {
         let config = Seq2SeqConfig {
             source_embed: opts.source_embed,
@@ -227,6 +227,7 @@ pub fn train_translate(opts: &TrainTranslate) -> Result<String> {
         |m| m as &mut dyn Module,
     )?;
     let params: usize = model.parameters().iter().map(|(_, t)| t.numel()).sum();
+    eprintln!("{reason}; training on dates in {} formats", dates::FORMATS);
     eprintln!("model: {params} parameters; batch {}", position.batch);
     let mut task = DateTask {
         seed: position.seed,

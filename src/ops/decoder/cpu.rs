@@ -8,7 +8,7 @@ use super::{Dims, Dropout, Params, Search};
 use crate::error::Result;
 use crate::ops::activation::Activation;
 use crate::ops::gemm_cpu::{gemm_ab, gemm_atb, gemm_atb_strided, transpose};
-use crate::ops::math_cpu::{add_column_sums, axpy, dot, Real};
+use crate::ops::math_cpu::{add_column_sums, axpy, dot, widest, Real};
 use crate::ops::philox::for_each_factor;
 use crate::size;
 
@@ -102,6 +102,7 @@ impl<T: Real> Weights<T> {
 }
 
 /// y [rows, n] = x [rows, k] · wt [k, n] + bias.
+#[inline(always)]
 fn affine<T: Real>(x: &[T], wt: &[T], bias: &[T], rows: usize, k: usize) -> Vec<T> {
     let n = bias.len();
     let mut y: Vec<T> = bias.iter().copied().cycle().take(rows * n).collect();
@@ -166,6 +167,7 @@ struct StepOut<'a, T> {
 /// embedding's share of the gates and leaves holding their activations (i, f, g, o);
 /// `stacked` [R, 4H + A + D] is scratch.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn step<T: Real>(
     w: &Weights<T>,
     keys: &Keys<T>,
@@ -254,6 +256,7 @@ fn step<T: Real>(
 
 /// The scores of row b's keys for projected query q [A], softmaxed over its valid keys into
 /// `alpha` [L] (zero past them).
+#[inline(always)]
 fn attend<T: Real>(w: &Weights<T>, keys: &Keys<T>, b: usize, q: &[T], alpha: &mut [T]) {
     let (a, len, n) = (w.dims.attention, keys.len, keys.lens[b]);
     for (l, e) in alpha.iter_mut().enumerate().take(n) {
@@ -296,6 +299,7 @@ fn score<T: Real>(p: &[T], q: &[T], w: &[T], act: impl Fn(T) -> T) -> T {
 
 /// The largest value (NaN ignored unless it comes first); zero for none. In eight lanes, so
 /// that it vectorises.
+#[inline(always)]
 fn largest<T: Real>(values: &[T]) -> T {
     let Some(&first) = values.first() else {
         return T::default();
@@ -407,8 +411,22 @@ impl<T: Real> Run<T> {
     }
 }
 
-/// The teacher-forced forward over `captions` [B, T] (checked by the caller) for `steps` steps.
-pub(crate) fn forward<T: Real>(
+widest! {
+    /// The teacher-forced forward over `captions` [B, T] (checked by the caller) for `steps`
+    /// steps.
+    pub(crate) fn forward<T: Real>(
+        w: &Weights<T>,
+        features: &[f32],
+        lens: &[usize],
+        captions: &[i32],
+        lengths: &[usize],
+        steps: usize,
+        dropout: Option<Dropout>,
+    ) -> Result<Run<T>> = forward_body;
+}
+
+#[inline(always)]
+fn forward_body<T: Real>(
     w: &Weights<T>,
     features: &[f32],
     lens: &[usize],
@@ -552,9 +570,19 @@ pub(crate) struct Grads<T> {
     pub params: Vec<Vec<T>>,
 }
 
-/// Backpropagation through the teacher-forced run for grad_logits [B, S, V] and grad_alphas
-/// [B, S, L] (both batch-major, as the outputs).
-pub(crate) fn backward<T: Real>(
+widest! {
+    /// Backpropagation through the teacher-forced run for grad_logits [B, S, V] and
+    /// grad_alphas [B, S, L] (both batch-major, as the outputs).
+    pub(crate) fn backward<T: Real>(
+        w: &Weights<T>,
+        run: &Run<T>,
+        grad_logits: &[f32],
+        grad_alphas: Option<&[f32]>,
+    ) -> Result<Grads<T>> = backward_body;
+}
+
+#[inline(always)]
+fn backward_body<T: Real>(
     w: &Weights<T>,
     run: &Run<T>,
     grad_logits: &[f32],
@@ -837,8 +865,18 @@ pub(crate) struct Found {
     pub alphas: Vec<f32>,
 }
 
-/// Greedy or beam search for every row of `features` [N, L, D].
-pub(crate) fn decode<T: Real>(
+widest! {
+    /// Greedy or beam search for every row of `features` [N, L, D].
+    pub(crate) fn decode<T: Real>(
+        w: &Weights<T>,
+        features: &[f32],
+        lens: &[usize],
+        search: Search,
+    ) -> Result<Found> = decode_body;
+}
+
+#[inline(always)]
+fn decode_body<T: Real>(
     w: &Weights<T>,
     features: &[f32],
     lens: &[usize],
@@ -957,6 +995,7 @@ pub(crate) fn decode<T: Real>(
 }
 
 /// A row of logits into log-probabilities, in place.
+#[inline(always)]
 fn log_softmax<T: Real>(row: &mut [T]) {
     let max = largest(row);
     // Eight partial sums of the exponentials: they vectorise, and each sums V/8 terms.

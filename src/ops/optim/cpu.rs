@@ -2,6 +2,7 @@
 
 use super::AdamHyper;
 use crate::error::{Error, Result};
+use crate::ops::math_cpu::{widest, Real};
 use crate::tensor::Tensor;
 
 /// `clip_grad_norm` over host f32 gradients.
@@ -68,16 +69,48 @@ pub(super) fn adam_step(
             true => (1.0 - h.lr * h.weight_decay, 0.0),
             false => (1.0, h.weight_decay),
         };
-        let (eps, n) = (h.eps, p.len());
-        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
-        for i in 0..n {
-            let grad = g[i] + coupled * p[i];
-            let mi = b1 * m[i] + (1.0 - b1) * grad;
-            let vi = b2 * v[i] + (1.0 - b2) * grad * grad;
-            m[i] = mi;
-            v[i] = vi;
-            p[i] = p[i] * decay - step_size * mi / (vi.sqrt() / root_c2 + eps);
-        }
+        let n = p.len();
+        let hyper = Update {
+            b1,
+            b2,
+            eps: h.eps,
+            decay,
+            coupled,
+            step_size,
+            root_c2,
+        };
+        update::<f32>(p, &g[..n], &mut m[..n], &mut v[..n], hyper);
     }
     Ok(())
+}
+
+/// One Adam step's per-element factors.
+#[derive(Clone, Copy)]
+struct Update {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    decay: f32,
+    coupled: f32,
+    step_size: f32,
+    root_c2: f32,
+}
+
+widest! {
+    /// The update of parameters `p` with gradients `g` and moments `m`, `v` (one length).
+    fn update<T: Real>(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], u: Update) -> () = update_body;
+}
+
+#[inline(always)]
+fn update_body<T: Real>(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], u: Update) {
+    let n = p.len().min(g.len()).min(m.len()).min(v.len());
+    let (p, g, m, v) = (&mut p[..n], &g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        let grad = g[i] + u.coupled * p[i];
+        let mi = u.b1 * m[i] + (1.0 - u.b1) * grad;
+        let vi = u.b2 * v[i] + (1.0 - u.b2) * grad * grad;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * u.decay - u.step_size * mi / (vi.sqrt() / u.root_c2 + u.eps);
+    }
 }

@@ -1,0 +1,359 @@
+//! `fused-rnn train caption` and `train translate` as a user runs them: a few hundred steps
+//! lower the validation loss, the same flags give the same checkpoint byte for byte, a run
+//! stopped and resumed ends where an unbroken one does, a data set never seen before (other
+//! images, other words) trains without code changes, and bad flags are one line and exit 2.
+
+mod common;
+
+use common::cli::bin;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+
+/// A small captioner, so that the tests' (lightly optimised) build trains it quickly.
+const SMALL: [&str; 10] = [
+    "--features",
+    "32",
+    "--attention",
+    "32",
+    "--hidden",
+    "32",
+    "--embed",
+    "16",
+    "--batch",
+    "8",
+];
+
+/// Runs `fused-rnn` with `args`, asserting success; its stderr.
+fn ok(args: &[&str]) -> String {
+    let out = bin().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    stderr
+}
+
+/// The number after `key` on each evaluation line ("step N (...): ..., validation loss X, ...").
+fn values(stderr: &str, key: &str) -> Vec<f64> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("step "))
+        .map(|l| {
+            let rest = &l[l.find(key).unwrap_or_else(|| panic!("{key} in {l}")) + key.len()..];
+            let number: String = rest
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            number.parse().unwrap()
+        })
+        .collect()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn caption_training_lowers_the_validation_loss_and_repeats_exactly() {
+    let dir = common::scratch("cli-train-caption");
+    let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    let train = |out: &Path| {
+        let mut args = vec![
+            "train",
+            "caption",
+            "--steps",
+            "300",
+            "--eval-every",
+            "100",
+            "--eval-images",
+            "100",
+        ];
+        args.extend(SMALL);
+        args.extend(["--out", path(out)]);
+        ok(&args)
+    };
+    let stderr = train(&a);
+    let losses = values(&stderr, "validation loss");
+    assert_eq!(losses.len(), 3, "{stderr}");
+    // Below ln 14 = 2.64 (uniform over the vocabulary), and down at each evaluation.
+    assert!(
+        losses[0] < 2.6 && losses[1] < losses[0] && losses[2] < losses[1],
+        "{losses:?}"
+    );
+    assert!(losses[2] < losses[0] - 0.05, "{losses:?}");
+    train(&b);
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    assert_eq!(bytes(&a), bytes(&b), "the same flags, the same checkpoint");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_stopped_run_resumes_to_the_same_checkpoint() {
+    let dir = common::scratch("cli-train-resume");
+    let (whole, broken) = (
+        dir.join("whole.safetensors"),
+        dir.join("broken.safetensors"),
+    );
+    let args = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = ["train", "caption", "--steps", "240", "--eval-every", "80"]
+            .iter()
+            .chain(SMALL.iter())
+            .map(|s| s.to_string())
+            .collect();
+        a.extend([
+            "--eval-images".into(),
+            "20".into(),
+            "--out".into(),
+            path(out).into(),
+        ]);
+        a
+    };
+    ok(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    // Killed once the step-80 checkpoint is written (its line follows the write), long before
+    // the next one.
+    let mut child = bin()
+        .args(args(&broken))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stderr.split(b'\n').map(|l| l.unwrap()) {
+        let line = String::from_utf8_lossy(&line).into_owned();
+        seen.push(line.clone());
+        if line.contains("step 80 ") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen.iter().any(|l| l.contains("step 80 ")), "{seen:?}");
+    let mut resumed = args(&broken);
+    resumed.push("--resume".into());
+    let stderr = ok(&resumed.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(stderr.contains("step 240 "), "{stderr}");
+    assert!(
+        !stderr.contains("step 80 ") && stderr.contains("step 160 "),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&broken).unwrap(),
+        "stopped and resumed ends where the unbroken run does"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Writes a Karpathy data set of coloured shapes the digit scenes never show: RGB images of
+/// 24×40 holding a red, green or blue square, cross or bar; captions "a red cross", "one
+/// green bar", ...
+fn shapes_dataset(dir: &Path, train: usize, val: usize) {
+    use image::ImageEncoder;
+    use rand::{Rng, SeedableRng};
+    let colours = [
+        ("red", [230u8, 40, 40]),
+        ("green", [40, 200, 60]),
+        ("blue", [50, 80, 230]),
+    ];
+    let shapes = ["square", "cross", "bar"];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    std::fs::create_dir_all(dir.join("pics")).unwrap();
+    let mut images = Vec::new();
+    for i in 0..train + val {
+        let (name, rgb) = colours[rng.random_range(0..3)];
+        let shape = shapes[rng.random_range(0..3)];
+        let (x0, y0) = (rng.random_range(2..28usize), rng.random_range(2..12usize));
+        let mut pixels = vec![20u8; 24 * 40 * 3];
+        for y in 0..10 {
+            for x in 0..10 {
+                let on = match shape {
+                    "square" => true,
+                    "cross" => x == y || x + y == 9 || x + 1 == y || x == y + 1,
+                    _ => (4..6).contains(&y),
+                };
+                if on {
+                    let p = ((y0 + y) * 40 + x0 + x) * 3;
+                    pixels[p..p + 3].copy_from_slice(&rgb);
+                }
+            }
+        }
+        let file = format!("s{i}.png");
+        let mut bytes = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut bytes)
+            .write_image(&pixels, 40, 24, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        std::fs::write(dir.join("pics").join(&file), bytes).unwrap();
+        let article = if rng.random_bool(0.5) { "a" } else { "one" };
+        images.push(serde_json::json!({
+            "filepath": "pics",
+            "filename": file,
+            "imgid": 1000 + i,
+            "split": if i < train { "train" } else { "val" },
+            "sentences": [{"raw": format!("{article} {name} {shape}.")}],
+        }));
+    }
+    let json = serde_json::json!({"dataset": "shapes", "images": images});
+    std::fs::write(dir.join("dataset_shapes.json"), json.to_string()).unwrap();
+}
+
+#[test]
+fn a_data_set_never_seen_before_trains_without_changes() {
+    let dir = common::scratch("cli-train-shapes");
+    shapes_dataset(&dir.join("data"), 200, 40);
+    let out = dir.join("shapes.safetensors");
+    let mut args = vec![
+        "train",
+        "caption",
+        "--steps",
+        "1000",
+        "--eval-every",
+        "500",
+        "--eval-images",
+        "40",
+        "--data",
+    ];
+    let data = dir.join("data");
+    args.extend([path(&data), "--out", path(&out)]);
+    args.extend(SMALL);
+    let stderr = ok(&args);
+    assert!(
+        stderr.contains("3×24×40 images"),
+        "the colour and size of the data: {stderr}"
+    );
+    let losses = values(&stderr, "validation loss");
+    assert!(losses[1] < 0.5 * losses[0].max(1.0), "{losses:?}");
+    // The colour and the shape are named ("a"/"one" is a coin toss, so exact captions are
+    // not expected): each caption's last two words.
+    let results = dir.join("results.json");
+    ok(&[
+        "caption",
+        "--weights",
+        path(&out),
+        "--data",
+        path(&data),
+        "--split",
+        "val",
+        "--results",
+        path(&results),
+        "--references",
+        path(&dir.join("refs.json")),
+    ]);
+    let found: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    assert_eq!(found.len(), 40);
+    let refs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("refs.json")).unwrap()).unwrap();
+    let truth = |id: &serde_json::Value| -> String {
+        let a = refs["annotations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| &a["image_id"] == id)
+            .unwrap();
+        let words: Vec<&str> = a["caption"].as_str().unwrap().split(' ').collect();
+        words[1..].join(" ")
+    };
+    let right = found
+        .iter()
+        .filter(|r| {
+            let words: Vec<&str> = r["caption"].as_str().unwrap().split(' ').collect();
+            words.len() == 3 && words[1..].join(" ") == truth(&r["image_id"]).trim_end_matches('.')
+        })
+        .count();
+    assert!(
+        right >= 36,
+        "{right} of 40 captions name the colour and shape: {found:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn translation_training_learns_held_out_dates() {
+    let dir = common::scratch("cli-train-translate");
+    let out = dir.join("dates.safetensors");
+    let stderr = ok(&[
+        "train",
+        "translate",
+        "--steps",
+        "600",
+        "--batch",
+        "32",
+        "--eval-every",
+        "300",
+        "--eval-examples",
+        "200",
+        "--out",
+        path(&out),
+    ]);
+    let exact = values(&stderr, "validation dates: exact");
+    assert!(exact[1] >= 90.0, "{stderr}");
+    let out = bin()
+        .args([
+            "translate",
+            "--weights",
+            path(&out),
+            "26 nov 2026",
+            "2026/11/26",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("26 nov 2026 → 2026-11-26"), "{stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_training_flags_are_one_line_and_exit_2() {
+    let dir = common::scratch("cli-train-bad");
+    let out = dir.join("x.safetensors");
+    let o = path(&out);
+    for (args, mentions) in [
+        (
+            vec!["train", "caption", "--out", o, "--batch", "0"],
+            "--batch",
+        ),
+        (
+            vec!["train", "caption", "--out", o, "--steps", "0"],
+            "--steps",
+        ),
+        (
+            vec!["train", "caption", "--out", o, "--minutes=-1"],
+            "--minutes",
+        ),
+        (
+            vec![
+                "train", "caption", "--out", o, "--steps", "5", "--epochs", "1",
+            ],
+            "cannot be used",
+        ),
+        (
+            vec!["train", "caption", "--out", o, "--data", "/no/such/dir"],
+            "/no/such/dir",
+        ),
+        (
+            vec!["train", "caption", "--out", o, "--resume"],
+            "x.safetensors",
+        ),
+        (
+            vec!["train", "caption", "--out", o, "--window", "9"],
+            "window",
+        ),
+        (
+            vec!["train", "translate", "--out", o, "--cell", "rnn"],
+            "cell",
+        ),
+        (vec!["translate", "--weights", o, ""], "no such file"),
+    ] {
+        let run = bin().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.to_lowercase().contains(&mentions.to_lowercase()),
+            "{args:?}: {stderr}"
+        );
+        assert!(!out.exists(), "{args:?} wrote a checkpoint");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
