@@ -273,6 +273,10 @@ fn bad_caption_input_is_one_line_and_writes_nothing() {
         ),
         (vec!["caption", "--beam", "0"], "beam"),
         (vec!["translate", &"9".repeat(65)], "64 characters"),
+        (
+            vec!["translate", "26 ноя 2026"],
+            "does not know the character",
+        ),
     ] {
         let out = run(&args, &dir);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -62,9 +62,9 @@ fn caption_training_lowers_the_validation_loss_and_repeats_exactly() {
             "train",
             "caption",
             "--steps",
-            "300",
+            "600",
             "--eval-every",
-            "100",
+            "200",
             "--eval-images",
             "100",
         ];

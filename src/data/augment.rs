@@ -78,7 +78,10 @@ pub fn warp(
                                 * fy
                     };
                     let (u, v) = (x as f32 - cx - tx, y as f32 - cy - ty);
-                    let (xs, ys) = (a * u + b * v + cx + offset(0), c * u + d * v + cy + offset(1));
+                    let (xs, ys) = (
+                        a * u + b * v + cx + offset(0),
+                        c * u + d * v + cy + offset(1),
+                    );
                     let (x0, y0) = (xs.floor(), ys.floor());
                     let (fx, fy) = (xs - x0, ys - y0);
                     let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1.0) * fx;

@@ -132,7 +132,6 @@ macro_rules! widest {
 }
 pub(crate) use widest;
 
-
 /// The column sums of `rows` [n, width] row-major, added into `sums`, accumulated in f64 so
 /// that a bias gradient over thousands of rows keeps f32 accuracy where its terms cancel.
 pub(crate) fn add_column_sums<T: Real>(sums: &mut [T], rows: &[T], width: usize) {

@@ -2,7 +2,7 @@
 
 use crate::error::Result;
 use crate::nn::{Grads, Module};
-use crate::ops::optim::{self, AdamHyper, AdamState};
+use crate::ops::optim::{self, AdamHyper, AdamState, Moments};
 use crate::tensor::Tensor;
 
 /// Adam (Kingma & Ba) with bias correction, as torch.optim.Adam; with `decoupled` weight decay
@@ -29,7 +29,7 @@ pub struct Adam {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdamSnapshot {
     pub steps: u32,
-    pub moments: Vec<(Vec<f32>, Vec<f32>)>,
+    pub moments: Moments,
 }
 
 impl Adam {

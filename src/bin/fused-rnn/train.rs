@@ -365,7 +365,7 @@ pub fn run(
                 since.1 as f64 / elapsed
             ));
         }
-        if position.step % common.eval_every.max(1) == 0 {
+        if position.step.is_multiple_of(common.eval_every.max(1)) {
             let at = Position {
                 seconds: seconds(&position),
                 ..position.clone()

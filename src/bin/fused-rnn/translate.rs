@@ -10,7 +10,7 @@ use fused_rnn::data::Split;
 use fused_rnn::error::{one_line, quoted, Error, Result};
 use fused_rnn::eval::{exact_match, Share};
 use fused_rnn::models::{
-    bundled, Caption, EncoderCell, Seq2Seq, Seq2SeqConfig, Sources, StepReport,
+    bundled, Caption, EncoderCell, Seq2Seq, Seq2SeqConfig, Sources, StepReport, UNKNOWN,
 };
 use fused_rnn::nn::{AttentionActivation, Module};
 use fused_rnn::train::Adam;
@@ -147,6 +147,18 @@ pub fn translate(opts: &TranslateOptions) -> Result<()> {
             return Err(Error::Config(format!(
                 "{}: a date is 1 to {MAX_TEXT} characters (this is {chars})",
                 quoted(&one_line(text))
+            )));
+        }
+        let vocab = model.source_vocab();
+        if let Some(c) = dates::source_tokens(text.trim())
+            .iter()
+            .find(|c| vocab.id(c) == UNKNOWN)
+        {
+            return Err(Error::Config(format!(
+                "{}: the translator does not know the character {} (it reads letters, digits, \
+                 spaces and , . / -)",
+                quoted(&one_line(text)),
+                quoted(c)
             )));
         }
     }

@@ -303,7 +303,7 @@ impl AdamCuda {
     }
 
     /// Every parameter's (first, second) moments, read back.
-    pub fn moments(&self) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+    pub fn moments(&self) -> Result<super::Moments> {
         let stream = self.dev.stream();
         let (m, v) = (stream.clone_dtoh(&self.m)?, stream.clone_dtoh(&self.v)?);
         Ok(self
@@ -318,17 +318,14 @@ impl AdamCuda {
 
     /// Writes `moments` (checked against the parameters' sizes by the caller).
     pub fn set_moments(&mut self, moments: &[(Vec<f32>, Vec<f32>)]) -> Result<()> {
-        let flat = |pick: fn(&(Vec<f32>, Vec<f32>)) -> &Vec<f32>| -> Vec<f32> {
-            let mut all: Vec<f32> = moments
-                .iter()
-                .flat_map(|p| pick(p).iter().copied())
-                .collect();
-            all.resize(all.len().max(1), 0.0);
-            all
-        };
+        let mut m: Vec<f32> = moments.iter().flat_map(|p| p.0.iter().copied()).collect();
+        let mut v: Vec<f32> = moments.iter().flat_map(|p| p.1.iter().copied()).collect();
+        // The buffers hold at least one element.
+        m.resize(m.len().max(1), 0.0);
+        v.resize(v.len().max(1), 0.0);
         let stream = self.dev.stream();
-        stream.memcpy_htod(&flat(|p| &p.0), &mut self.m)?;
-        stream.memcpy_htod(&flat(|p| &p.1), &mut self.v)?;
+        stream.memcpy_htod(&m, &mut self.m)?;
+        stream.memcpy_htod(&v, &mut self.v)?;
         Ok(())
     }
 }

@@ -81,9 +81,11 @@ pub(crate) fn adam_step(
 
 /// The f32 master weights of parameter `index`, when `state` steps f16 or bf16 parameters on
 /// CUDA; None otherwise.
-/// Every parameter's (first, second) moments, in the order of the steps' parameters; None
-/// before the first step.
-pub(crate) fn moments(state: Option<&AdamState>) -> Result<Option<Vec<(Vec<f32>, Vec<f32>)>>> {
+/// Every parameter's (first, second) moments, in the order of the steps' parameters.
+pub type Moments = Vec<(Vec<f32>, Vec<f32>)>;
+
+/// The moments; None before the first step.
+pub(crate) fn moments(state: Option<&AdamState>) -> Result<Option<Moments>> {
     match state {
         None => Ok(None),
         Some(AdamState::Cpu(m)) => Ok(Some(m.clone())),
@@ -93,10 +95,7 @@ pub(crate) fn moments(state: Option<&AdamState>) -> Result<Option<Vec<(Vec<f32>,
 
 /// State for `params` holding `moments` (one pair per parameter, each of its size), on the
 /// parameters' device.
-pub(crate) fn restore(
-    params: &[&mut Tensor],
-    moments: Vec<(Vec<f32>, Vec<f32>)>,
-) -> Result<AdamState> {
+pub(crate) fn restore(params: &[&mut Tensor], moments: Moments) -> Result<AdamState> {
     if moments.len() != params.len() {
         return Err(Error::Config(format!(
             "optimizer state for {} parameters, the model has {}",
