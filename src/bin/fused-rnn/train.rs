@@ -18,7 +18,7 @@ use fused_rnn::io::{save, Data, TensorFile};
 use fused_rnn::models::{Captioner, CaptionerConfig, Input, StepReport};
 use fused_rnn::nn::{AttentionActivation, ImageShape, Module};
 use fused_rnn::train::{Adam, AdamSnapshot};
-use fused_rnn::{DType, Device, Tensor};
+use fused_rnn::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -265,18 +265,15 @@ pub trait Task {
     fn save(&self, out: &Path) -> Result<()>;
 }
 
-/// Makes the model (new, or the checkpoint at --out when resuming) and its optimizer and
-/// position; `fresh` builds a new model on the device.
-pub fn start<M>(
+/// Makes the model (`load`ed from the checkpoint at --out when resuming, else `fresh`), its
+/// optimizer and its position.
+pub fn start<M: Module>(
     common: &Common,
-    device: &Device,
-    dtype: DType,
-    load: impl FnOnce(&Path, &Device, DType) -> Result<M>,
+    load: impl FnOnce(&Path) -> Result<M>,
     fresh: impl FnOnce() -> Result<M>,
-    module: impl Fn(&mut M) -> &mut dyn Module,
 ) -> Result<(M, Adam, Position)> {
     if common.resume {
-        let mut model = load(&common.out, device, dtype)?;
+        let mut model = load(&common.out)?;
         let (mut adam, position, snapshot) = load_state(&common.out, common.lr)?;
         if sha256_of(&common.out)? != position.checkpoint {
             return Err(Error::Config(format!(
@@ -286,7 +283,7 @@ pub fn start<M>(
                 common.out.display()
             )));
         }
-        adam.restore(module(&mut model), snapshot)?;
+        adam.restore(&mut model, snapshot)?;
         return Ok((model, adam, position));
     }
     let position = Position {
@@ -514,14 +511,7 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
             common.seed,
         )
     };
-    let (model, adam, position) = start(
-        common,
-        &device,
-        dtype,
-        |p, d, t| Captioner::load(p, d, t),
-        fresh,
-        |m| m as &mut dyn Module,
-    )?;
+    let (model, adam, position) = start(common, |p| Captioner::load(p, &device, dtype), fresh)?;
     let shape = model.image_shape().ok_or_else(|| {
         Error::Config(format!(
             "{}: the model reads features, not images",

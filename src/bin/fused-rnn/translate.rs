@@ -230,14 +230,7 @@ pub fn train_translate(opts: &TrainTranslate) -> Result<String> {
             common.seed,
         )
     };
-    let (model, adam, position) = start(
-        common,
-        &device,
-        dtype,
-        |p, d, t| Seq2Seq::load(p, d, t),
-        fresh,
-        |m| m as &mut dyn Module,
-    )?;
+    let (model, adam, position) = start(common, |p| Seq2Seq::load(p, &device, dtype), fresh)?;
     let params: usize = model.parameters().iter().map(|(_, t)| t.numel()).sum();
     eprintln!("{reason}; training on dates in {} formats", dates::FORMATS);
     eprintln!("model: {params} parameters; batch {}", position.batch);
