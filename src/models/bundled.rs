@@ -17,7 +17,7 @@ pub struct Bundled {
 /// The captioner of the digit scenes.
 pub const CAPTIONER: Bundled = Bundled {
     relative: "data/checkpoints/captioner-digits.safetensors",
-    sha256: "76bb986c84479365f150515606ffd9a2a0ba1f624d28c6f5013ba6f0453eb8c6",
+    sha256: "f50fb40e5649ccfb0c9d2a69047763a98dba2f50626e48ca6eadf06c28f55411",
 };
 
 /// The date translator.
