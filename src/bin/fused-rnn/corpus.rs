@@ -12,6 +12,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// `--data`'s name for the bundled digit scenes.
 pub const DIGITS: &str = "digits";
@@ -210,7 +211,8 @@ pub struct Batches {
 
 enum Source {
     Scenes(SceneGenerator),
-    Images(Vec<Example>),
+    /// The images and the last epoch's order (shuffled once per epoch, not per batch).
+    Images(Vec<Example>, Mutex<(u64, Vec<usize>)>),
 }
 
 /// One batch: pixels [B, C, H, W] and one caption's words per image.
@@ -232,6 +234,7 @@ impl Batches {
                     .into_iter()
                     .map(|i| load(i, shape))
                     .collect::<Result<_>>()?,
+                Mutex::new((0, Vec::new())),
             ),
         };
         Ok(Batches {
@@ -247,7 +250,7 @@ impl Batches {
     pub fn epoch(&self) -> u64 {
         match &self.source {
             Source::Scenes(_) => DIGIT_EPOCH,
-            Source::Images(images) => images.len() as u64,
+            Source::Images(images, _) => images.len() as u64,
         }
     }
 
@@ -265,20 +268,19 @@ impl Batches {
                     batch.captions.push(words(&scene.words()));
                 }
             }
-            Source::Images(images) => {
+            Source::Images(images, order) => {
                 let n = images.len() as u64;
-                let mut order: Option<(u64, Vec<usize>)> = None;
+                let mut order = order.lock().unwrap_or_else(|e| e.into_inner());
                 for k in start..start + size as u64 {
                     let epoch = k / n;
-                    if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                    if order.0 != epoch || order.1.is_empty() {
                         let mut o: Vec<usize> = (0..images.len()).collect();
                         o.shuffle(&mut StdRng::seed_from_u64(
                             self.seed ^ epoch.wrapping_mul(0x9e37_79b9),
                         ));
-                        order = Some((epoch, o));
+                        *order = (epoch, o);
                     }
-                    let (_, o) = order.as_ref().expect("just set");
-                    let image = &images[o[(k % n) as usize]];
+                    let image = &images[order.1[(k % n) as usize]];
                     let mut rng = StdRng::seed_from_u64(self.seed.wrapping_add(k));
                     let caption = &image.references[rng.random_range(0..image.references.len())];
                     batch.pixels.extend_from_slice(&image.pixels);

@@ -163,10 +163,36 @@ pub fn translate(opts: &TranslateOptions) -> Result<()> {
         }
     }
     let texts: Vec<&str> = opts.texts.iter().map(|t| t.trim()).collect();
-    for (text, c) in texts.iter().zip(translations(&model, &texts, opts.beam)?) {
+    let found = translations(&model, &texts, opts.beam)?;
+    // A text in none of the formats can come out as no date at all: say so, not print it.
+    for (text, c) in texts.iter().zip(&found) {
+        let iso = c.words.concat();
+        if !is_date(&iso) {
+            return Err(Error::Config(format!(
+                "{}: not read as a date (the translator gave {})",
+                quoted(&one_line(text)),
+                quoted(&iso)
+            )));
+        }
+    }
+    for (text, c) in texts.iter().zip(&found) {
         println!("{text} → {}", c.words.concat());
     }
     Ok(())
+}
+
+/// Whether `iso` is YYYY-MM-DD naming a real day.
+fn is_date(iso: &str) -> bool {
+    let parts: Vec<&str> = iso.split('-').collect();
+    match parts.as_slice() {
+        [y, m, d] if y.len() == 4 && m.len() == 2 && d.len() == 2 => {
+            match (y.parse(), m.parse(), d.parse()) {
+                (Ok(y), Ok(m), Ok(d)) => dates::Date::new(y, m, d).is_ok(),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
 }
 
 struct DateTask {
