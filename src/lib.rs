@@ -64,6 +64,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod data;
 pub mod device;
 mod dtype;

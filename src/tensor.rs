@@ -250,6 +250,43 @@ impl Tensor {
         Ok(())
     }
 
+    /// Overwrites the values in place with `src`'s (same shape, dtype and device), keeping the
+    /// buffer and every address taken of it; on CUDA a copy on the device's stream.
+    pub(crate) fn assign(&mut self, src: &Tensor) -> Result<()> {
+        if src.shape != self.shape {
+            return Err(Error::shape(
+                "values",
+                format!("{:?}", self.shape),
+                &src.shape,
+            ));
+        }
+        if src.dtype() != self.dtype() {
+            return Err(Error::DType {
+                tensor: "values".into(),
+                expected: self.dtype().name().into(),
+                got: src.dtype().name().into(),
+            });
+        }
+        match (&mut self.storage, &src.storage) {
+            (Storage::Host(h), Storage::Host(from)) => *h = from.clone(),
+            (Storage::Cuda { data, device }, Storage::Cuda { data: from, .. })
+                if same_context(from, device) =>
+            {
+                crate::with_dtype!(data.dtype(), T => {
+                    let to = T::cuda_mut(data).expect("the storage's own dtype");
+                    let from = T::cuda(from).expect("checked: the same dtype");
+                    device.stream().memcpy_dtod(from, to)?;
+                })
+            }
+            _ => {
+                return Err(Error::Config(
+                    "values on another device than the tensor they replace".into(),
+                ))
+            }
+        }
+        Ok(())
+    }
+
     /// All values as f32 on the host (copies from the device and waits for it).
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         Ok(self.to_host_data()?.to_f32())

@@ -97,8 +97,7 @@ const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// Fails unless the driver library can be opened (cudarc panics on a missing library).
 fn require_libcuda() -> Result<()> {
-    // SAFETY: only probes whether the library can be opened.
-    if unsafe { sys::is_culib_present() } {
+    if super::libraries::present(super::libraries::DRIVER) {
         Ok(())
     } else {
         Err(Error::NoCuda(
@@ -135,8 +134,7 @@ impl CudaDevice {
     /// Runs everything on `stream`, so that a crate that owns the stream orders our work with
     /// its own without extra synchronisation (`Device::from` wraps it).
     pub fn with_stream(stream: Arc<CudaStream>) -> Result<Self> {
-        // SAFETY: only probes whether the library can be opened.
-        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        if !super::libraries::present(super::libraries::CUBLAS) {
             return Err(Error::NoCuda("libcublas was not found".into()));
         }
         let ctx = stream.context().clone();

@@ -31,9 +31,8 @@ impl BlasLt {
     /// A handle with a workspace of `workspace_bytes` on `stream`'s device, or None when
     /// libcublasLt is missing (the linear forward then runs on cuBLAS and a bias kernel).
     pub(super) fn new(stream: &Arc<CudaStream>, workspace_bytes: usize) -> Result<Option<Self>> {
-        // SAFETY: only probes whether the library can be opened (cudarc panics on a missing
-        // library otherwise).
-        if !unsafe { sys::is_culib_present() } {
+        // cudarc panics on a missing library.
+        if !super::libraries::present(super::libraries::CUBLAS_LT) {
             return Ok(None);
         }
         stream.context().bind_to_thread()?;

@@ -8,6 +8,7 @@ mod gemm;
 mod gemm_lt;
 mod jit;
 pub(crate) mod launch;
+pub(crate) mod libraries;
 pub(crate) use gemm::{Batched, Op, Strided};
 pub(crate) use gemm_lt::LinearLt;
 pub use jit::{cache_file, JitModule, JitOrigin};

@@ -61,7 +61,7 @@ impl RnnConfig {
         }
     }
 
-    fn spec(&self) -> Spec {
+    pub(crate) fn spec(&self) -> Spec {
         Spec {
             cell: Cell::Rnn(self.nonlinearity),
             input_size: self.input_size,
@@ -89,7 +89,7 @@ impl LstmConfig {
         }
     }
 
-    fn spec(&self) -> Spec {
+    pub(crate) fn spec(&self) -> Spec {
         Spec {
             cell: Cell::Lstm,
             input_size: self.input_size,
@@ -116,7 +116,7 @@ impl GruConfig {
         }
     }
 
-    fn spec(&self) -> Spec {
+    pub(crate) fn spec(&self) -> Spec {
         Spec {
             cell: Cell::Gru,
             input_size: self.input_size,

@@ -3,7 +3,7 @@
 
 use crate::device::Device;
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::io::TensorFile;
 use crate::nn::module::check_parameters;
 use crate::nn::Module;
@@ -355,6 +355,34 @@ impl Recurrent {
         copy.algo = self.algo;
         copy.precision = self.precision;
         Ok(copy)
+    }
+
+    /// Copies `values` (one per parameter, in state_dict order, each shaped as built, on this
+    /// module's device in its dtype) into the parameters in place: their buffers stay, and with
+    /// them the CUDA graphs captured over them.
+    pub(crate) fn assign_parameters(&mut self, values: &[&Tensor]) -> Result<()> {
+        let mut params = self.weights.iter_mut().flat_map(|w| {
+            [Some(&mut w.w_ih), Some(&mut w.w_hh)]
+                .into_iter()
+                .chain([w.b_ih.as_mut(), w.b_hh.as_mut(), w.w_hr.as_mut()])
+                .flatten()
+        });
+        let mut count = 0;
+        for (value, (name, _)) in values.iter().zip(self.spec.parameters()) {
+            let Some(param) = params.next() else { break };
+            param
+                .assign(value)
+                .map_err(|e| Error::Config(format!("{}: {e}", quoted(&name))))?;
+            count += 1;
+        }
+        if count != values.len() || params.next().is_some() {
+            return Err(Error::Config(format!(
+                "{} values for the parameters of {}",
+                values.len(),
+                self.spec
+            )));
+        }
+        Ok(())
     }
 
     pub fn set_algo(&mut self, algo: Algo) {

@@ -25,8 +25,8 @@ pub fn ensure_loaded() -> Result<Option<PathBuf>> {
         .get_or_init(|| {
             let dirs = search_dirs();
             let found = locate::preload(&dirs);
-            // SAFETY: only probes whether the library can be opened.
-            if found.is_some() || unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            if found.is_some() || crate::device::libraries::present(crate::device::libraries::NVRTC)
+            {
                 Ok(found)
             } else {
                 let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();

@@ -76,6 +76,13 @@ pub(crate) struct Saved<T> {
     slots: Vec<SlotSaved<T>>,
 }
 
+impl<T> Saved<T> {
+    /// The LSTM's c_t of layer-direction `slot` after every step [rows, H] (empty otherwise).
+    pub(crate) fn cell_states(&self, slot: usize) -> &[T] {
+        &self.slots[slot].c
+    }
+}
+
 /// Elements a training-mode forward keeps for `dims` (known before the call).
 pub(crate) fn saved_len(cell: Cell, dims: &Dims) -> usize {
     let rows = dims.rows();

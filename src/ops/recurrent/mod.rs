@@ -287,6 +287,40 @@ impl Reserve {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The LSTM's cell state after every step of layer-direction `slot` (layer · D + direction),
+    /// shaped like one direction's output: [T, B, H], or [B, T, H] when batch_first; f32, on
+    /// `device` (the one that made the reserve). Steps past a row's length are unspecified.
+    /// None for the other cells.
+    pub fn cell_states(&self, device: &Device, slot: usize) -> Result<Option<Tensor>> {
+        let d = &self.dims;
+        if self.cell != Cell::Lstm || slot >= d.layers * d.dirs {
+            return Ok(None);
+        }
+        let shape = match d.batch_first {
+            true => [d.batch, d.seq_len, d.hidden],
+            false => [d.seq_len, d.batch, d.hidden],
+        };
+        let t = match (&self.saved, device) {
+            (Saved::Cpu32(s), _) => Tensor::from_vec(s.cell_states(slot).to_vec(), &shape)?,
+            (Saved::Cpu64(s), _) => {
+                let v = s.cell_states(slot).iter().map(|&x| x as f32).collect();
+                Tensor::from_vec(v, &shape)?
+            }
+            (Saved::Cuda(s), Device::Cuda(dev)) => {
+                let Some(c) = s.cell_states(slot, d.rows(), d.hidden, dev.stream())? else {
+                    return Ok(None);
+                };
+                Tensor::from_cuda_slice(c, &shape, dev)?
+            }
+            (Saved::Cuda(_), Device::Cpu) => {
+                return Err(Error::Config(
+                    "a CUDA reserve read with the CPU as its device".into(),
+                ))
+            }
+        };
+        Ok(Some(t))
+    }
 }
 
 /// Bytes a training-mode forward of `dims` keeps on `device` in `precision` (what

@@ -110,6 +110,24 @@ impl Saved {
     }
 }
 
+impl Saved {
+    /// The LSTM's c_t of layer-direction `slot` after every step [rows, H], copied out (f32);
+    /// None for the other cells.
+    pub fn cell_states(
+        &self,
+        slot: usize,
+        rows: usize,
+        hidden: usize,
+        stream: &Arc<cudarc::driver::CudaStream>,
+    ) -> Result<Option<CudaSlice<f32>>> {
+        let Some(offset) = self.layout.slots[slot].aux else {
+            return Ok(None);
+        };
+        let view = self.buf.slice(offset..offset + rows * hidden);
+        Ok(Some(stream.clone_dtod(&view)?))
+    }
+}
+
 /// The kernels both passes use.
 struct Kernels {
     /// T → f32 (`load_naive_T`) and f32 → T (`convert_naive_T`).

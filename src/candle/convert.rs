@@ -1,0 +1,244 @@
+//! Between candle and this crate: devices, dtypes and values. On the CPU values are copied
+//! (our CPU path computes in f32); on CUDA candle's buffers are lent in place and our results
+//! handed back as candle storage, with no copy either way.
+
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::tensor::Tensor;
+use candle_core as candle;
+
+/// Our error as candle's.
+pub(crate) fn wrap(e: crate::Error) -> candle::Error {
+    candle::Error::wrap(e)
+}
+
+/// A candle error of ours, one line.
+pub(crate) fn refuse(message: impl Into<String>) -> candle::Error {
+    candle::Error::Msg(message.into())
+}
+
+/// Our device for a candle device: the CPU, or (feature `candle-cuda`) one device per candle
+/// CUDA device, on candle's own stream.
+pub(crate) fn device(d: &candle::Device) -> candle::Result<Device> {
+    match d {
+        candle::Device::Cpu => Ok(Device::Cpu),
+        #[cfg(feature = "candle-cuda")]
+        candle::Device::Cuda(cuda) => cuda::device(cuda).map(Device::Cuda),
+        other => Err(refuse(format!(
+            "fused-rnn runs candle tensors on the CPU{}, not on {other:?}",
+            if cfg!(feature = "candle-cuda") {
+                " and CUDA"
+            } else {
+                " (CUDA needs the feature candle-cuda)"
+            }
+        ))),
+    }
+}
+
+/// Our dtype for a candle dtype, where we have it.
+pub(crate) fn dtype(d: candle::DType) -> candle::Result<DType> {
+    match d {
+        candle::DType::F32 => Ok(DType::F32),
+        candle::DType::F16 => Ok(DType::F16),
+        candle::DType::BF16 => Ok(DType::BF16),
+        other => Err(refuse(format!(
+            "fused-rnn layers take f32, f16 or bf16 tensors, not {other:?}"
+        ))),
+    }
+}
+
+/// Our view of `count` elements of a contiguous candle storage from element `offset`, shaped
+/// `shape`: a host copy, or candle's CUDA buffer lent in place.
+pub(crate) enum Piece<'a> {
+    Owned(Tensor),
+    #[cfg(feature = "candle-cuda")]
+    F32(crate::tensor::Borrowed<'a, f32>),
+    #[cfg(feature = "candle-cuda")]
+    F16(crate::tensor::Borrowed<'a, half::f16>),
+    #[cfg(feature = "candle-cuda")]
+    BF16(crate::tensor::Borrowed<'a, half::bf16>),
+    /// Ties the lifetime when CUDA is not built.
+    #[cfg(not(feature = "candle-cuda"))]
+    #[allow(dead_code)]
+    Never(std::marker::PhantomData<&'a ()>),
+}
+
+impl std::ops::Deref for Piece<'_> {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        match self {
+            Piece::Owned(t) => t,
+            #[cfg(feature = "candle-cuda")]
+            Piece::F32(t) => t,
+            #[cfg(feature = "candle-cuda")]
+            Piece::F16(t) => t,
+            #[cfg(feature = "candle-cuda")]
+            Piece::BF16(t) => t,
+            #[cfg(not(feature = "candle-cuda"))]
+            Piece::Never(_) => unreachable!("never built"),
+        }
+    }
+}
+
+/// A host piece: `shape`'s elements of an f32 storage from `offset` on.
+pub(crate) fn host_piece(
+    storage: &candle::CpuStorage,
+    offset: usize,
+    shape: &[usize],
+) -> candle::Result<Piece<'static>> {
+    let values = storage.as_slice::<f32>()?;
+    let count: usize = shape.iter().product();
+    let part = values.get(offset..offset + count).ok_or_else(|| {
+        refuse(format!(
+            "a storage of {} values read at {offset}+{count}",
+            values.len()
+        ))
+    })?;
+    Ok(Piece::Owned(
+        Tensor::from_vec(part.to_vec(), shape).map_err(wrap)?,
+    ))
+}
+
+/// Our view of `shape`'s elements of a contiguous candle storage from element `offset`
+/// (`layout`'s start added): a copy on the host (which must hold f32), candle's buffer lent in
+/// place on CUDA.
+pub(crate) fn piece<'a>(
+    storage: &'a candle::Storage,
+    layout: &candle::Layout,
+    offset: usize,
+    shape: &[usize],
+    device: &Device,
+) -> candle::Result<Piece<'a>> {
+    if !layout.is_contiguous() {
+        return Err(refuse("a strided tensor where a contiguous one is needed"));
+    }
+    let offset = layout.start_offset() + offset;
+    match storage {
+        candle::Storage::Cpu(s) => host_piece(s, offset, shape),
+        #[cfg(feature = "candle-cuda")]
+        candle::Storage::Cuda(s) => cuda::piece(s, offset, shape, device),
+        _ => {
+            let _ = device;
+            Err(refuse("fused-rnn takes CPU and CUDA tensors"))
+        }
+    }
+}
+
+/// A candle tensor holding our `t` (no gradient), on `device`: a host copy in f32, or our
+/// CUDA buffer handed over in its dtype.
+pub(crate) fn to_candle(t: Tensor, device: &candle::Device) -> candle::Result<candle::Tensor> {
+    let shape = t.shape().to_vec();
+    let storage = to_storage(t, device)?;
+    Ok(candle::Tensor::from_storage(
+        storage,
+        shape,
+        candle::op::BackpropOp::none(),
+        false,
+    ))
+}
+
+/// As `to_candle`, the storage alone (what a custom op returns): f32 on the host.
+pub(crate) fn to_storage(t: Tensor, device: &candle::Device) -> candle::Result<candle::Storage> {
+    match device {
+        candle::Device::Cpu => Ok(candle::Storage::Cpu(candle::CpuStorage::F32(
+            t.to_vec_f32().map_err(wrap)?,
+        ))),
+        #[cfg(feature = "candle-cuda")]
+        candle::Device::Cuda(d) => cuda::storage(t, d).map(candle::Storage::Cuda),
+        other => Err(refuse(format!("fused-rnn does not run on {other:?}"))),
+    }
+}
+
+#[cfg(feature = "candle-cuda")]
+pub(crate) mod cuda {
+    //! One of our devices per candle CUDA device, made once on candle's stream, and candle's
+    //! buffers lent to it.
+
+    use super::{refuse, wrap, Piece};
+    use crate::device::{CudaDevice, Device};
+    use crate::tensor::Tensor;
+    use candle_core as candle;
+    use candle_core::backend::BackendDevice;
+    use std::sync::{Arc, Mutex};
+
+    /// Ours for `cuda`, made on its stream the first time it is asked for.
+    pub(crate) fn device(cuda: &candle::CudaDevice) -> candle::Result<Arc<CudaDevice>> {
+        static MADE: Mutex<Vec<(candle::DeviceLocation, Arc<CudaDevice>)>> = Mutex::new(Vec::new());
+        let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+        let here = cuda.location();
+        if let Some((_, d)) = made
+            .iter()
+            .find(|(at, d)| *at == here && Arc::ptr_eq(d.stream(), &cuda.cuda_stream()))
+        {
+            return Ok(d.clone());
+        }
+        let ours = Arc::new(CudaDevice::with_stream(cuda.cuda_stream()).map_err(wrap)?);
+        made.push((here, ours.clone()));
+        Ok(ours)
+    }
+
+    /// `shape`'s elements of `storage` from `offset`, lent in place.
+    pub(crate) fn piece<'a>(
+        storage: &'a candle::CudaStorage,
+        offset: usize,
+        shape: &[usize],
+        device: &Device,
+    ) -> candle::Result<Piece<'a>> {
+        let Device::Cuda(dev) = device else {
+            return Err(refuse("a CUDA tensor for a layer on the CPU"));
+        };
+        let lend = |e| wrap(e);
+        Ok(match storage.dtype() {
+            candle::DType::F32 => Piece::F32(
+                Tensor::borrow_cuda_slice(storage.as_cuda_slice::<f32>()?, offset, shape, dev)
+                    .map_err(lend)?,
+            ),
+            candle::DType::F16 => Piece::F16(
+                Tensor::borrow_cuda_slice(
+                    storage.as_cuda_slice::<half::f16>()?,
+                    offset,
+                    shape,
+                    dev,
+                )
+                .map_err(lend)?,
+            ),
+            candle::DType::BF16 => Piece::BF16(
+                Tensor::borrow_cuda_slice(
+                    storage.as_cuda_slice::<half::bf16>()?,
+                    offset,
+                    shape,
+                    dev,
+                )
+                .map_err(lend)?,
+            ),
+            other => {
+                return Err(refuse(format!(
+                    "fused-rnn takes f32, f16 or bf16, not {other:?}"
+                )))
+            }
+        })
+    }
+
+    /// Our CUDA tensor handed to candle as its storage, buffer and all.
+    pub(crate) fn storage(
+        t: Tensor,
+        d: &candle::CudaDevice,
+    ) -> candle::Result<candle::CudaStorage> {
+        use crate::dtype::DType;
+        Ok(match t.dtype() {
+            DType::F32 => candle::CudaStorage::wrap_cuda_slice(
+                t.into_cuda_slice::<f32>().map_err(wrap)?,
+                d.clone(),
+            ),
+            DType::F16 => candle::CudaStorage::wrap_cuda_slice(
+                t.into_cuda_slice::<half::f16>().map_err(wrap)?,
+                d.clone(),
+            ),
+            DType::BF16 => candle::CudaStorage::wrap_cuda_slice(
+                t.into_cuda_slice::<half::bf16>().map_err(wrap)?,
+                d.clone(),
+            ),
+            other => return Err(refuse(format!("a result in {other}"))),
+        })
+    }
+}

@@ -1,0 +1,446 @@
+//! `fused_rnn::candle` on the CPU: the drop-in layers against candle-nn's own (every method of
+//! `candle_nn::rnn::RNN`), the PyTorch-style layers against the PyTorch fixtures (outputs, and
+//! gradients through candle's `backward()`), training with a candle optimiser, and bad input.
+#![cfg(feature = "candle")]
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::rnn::RNN;
+use candle_nn::{LSTMConfig, Optimizer, VarBuilder, VarMap};
+use fused_rnn::io::TensorFile;
+use fused_rnn::nn::{GruConfig, LstmConfig, RecurrentSpec, RnnConfig};
+use fused_rnn::Cell;
+use std::collections::HashMap;
+use std::path::Path;
+
+const CPU: Device = Device::Cpu;
+
+/// Largest |a − b| over |b|'s largest (1 when that is below 1).
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+        / scale
+}
+
+/// Values that are not zero and not all alike (never test on zeros).
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &CPU).unwrap()
+}
+
+#[test]
+fn drop_in_lstm_equals_candle_nn_in_every_rnn_method() {
+    let (b, t, i, h) = (3, 7, 5, 9);
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &CPU);
+    let theirs = candle_nn::lstm(i, h, LSTMConfig::default(), vb.pp("enc")).unwrap();
+    let ours = fused_rnn::candle::lstm(i, h, LSTMConfig::default(), vb.pp("enc")).unwrap();
+    // Their biases start at zero: give every parameter values before comparing.
+    for (k, var) in map.all_vars().iter().enumerate() {
+        var.set(&random(var.dims(), 10 + k as u64)).unwrap();
+    }
+    let x = random(&[b, t, i], 1);
+
+    let zero = ours.zero_state(b).unwrap();
+    let their_zero = theirs.zero_state(b).unwrap();
+    assert_eq!(zero.h.dims(), their_zero.h.dims());
+    assert_eq!(
+        zero.c.to_vec2::<f32>().unwrap(),
+        their_zero.c.to_vec2::<f32>().unwrap()
+    );
+
+    let (s_ours, s_theirs) = (ours.seq(&x).unwrap(), theirs.seq(&x).unwrap());
+    assert_eq!(s_ours.len(), t);
+    for (k, (a, b)) in s_ours.iter().zip(&s_theirs).enumerate() {
+        assert!(max_diff(&a.h, &b.h) < 1e-5, "seq h at step {k}");
+        assert!(max_diff(&a.c, &b.c) < 1e-5, "seq c at step {k}");
+    }
+    let stacked = ours.states_to_tensor(&s_ours).unwrap();
+    assert_eq!(stacked.dims(), &[b, t, h]);
+    assert!(max_diff(&stacked, &theirs.states_to_tensor(&s_theirs).unwrap()) < 1e-5);
+
+    let init = candle_nn::rnn::LSTMState::new(random(&[b, h], 2), random(&[b, h], 3));
+    let (a, b_) = (
+        ours.seq_init(&x, &init).unwrap(),
+        theirs.seq_init(&x, &init).unwrap(),
+    );
+    for (k, (p, q)) in a.iter().zip(&b_).enumerate() {
+        assert!(max_diff(&p.h, &q.h) < 1e-5, "seq_init h at step {k}");
+        assert!(max_diff(&p.c, &q.c) < 1e-5, "seq_init c at step {k}");
+    }
+    let x0 = x.narrow(1, 2, 1).unwrap().squeeze(1).unwrap();
+    let (p, q) = (
+        ours.step(&x0, &init).unwrap(),
+        theirs.step(&x0, &init).unwrap(),
+    );
+    assert!(
+        max_diff(&p.h, &q.h) < 1e-5 && max_diff(&p.c, &q.c) < 1e-5,
+        "step"
+    );
+}
+
+#[test]
+fn drop_in_lstm_reads_candles_names_for_any_layer_and_direction() {
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &CPU);
+    let config = LSTMConfig {
+        layer_idx: 2,
+        direction: candle_nn::rnn::Direction::Backward,
+        ..LSTMConfig::default()
+    };
+    fused_rnn::candle::lstm(4, 6, config, vb.pp("rnn")).unwrap();
+    let mut names: Vec<String> = map.data().lock().unwrap().keys().cloned().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "rnn.bias_hh_l2_reverse",
+            "rnn.bias_ih_l2_reverse",
+            "rnn.weight_hh_l2_reverse",
+            "rnn.weight_ih_l2_reverse"
+        ]
+    );
+}
+
+#[test]
+fn drop_in_gru_equals_candle_nn_in_every_rnn_method() {
+    let (b, t, i, h) = (4, 6, 7, 5);
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &CPU);
+    let config = candle_nn::GRUConfig::default();
+    let theirs = candle_nn::gru(i, h, config, vb.pp("g")).unwrap();
+    let ours = fused_rnn::candle::gru(i, h, config, vb.pp("g")).unwrap();
+    for (k, var) in map.all_vars().iter().enumerate() {
+        var.set(&random(var.dims(), 20 + k as u64)).unwrap();
+    }
+    let x = random(&[b, t, i], 4);
+    assert_eq!(ours.zero_state(b).unwrap().h.dims(), &[b, h]);
+    let (s_ours, s_theirs) = (ours.seq(&x).unwrap(), theirs.seq(&x).unwrap());
+    for (k, (a, b)) in s_ours.iter().zip(&s_theirs).enumerate() {
+        assert!(max_diff(&a.h, &b.h) < 1e-5, "seq h at step {k}");
+    }
+    // candle-nn concatenates a GRU's states along dimension 1; so do we.
+    let cat = ours.states_to_tensor(&s_ours).unwrap();
+    assert_eq!(cat.dims(), &[b, t * h]);
+    assert!(max_diff(&cat, &theirs.states_to_tensor(&s_theirs).unwrap()) < 1e-5);
+    let init = candle_nn::rnn::GRUState {
+        h: random(&[b, h], 5),
+    };
+    let (a, b_) = (
+        ours.seq_init(&x, &init).unwrap(),
+        theirs.seq_init(&x, &init).unwrap(),
+    );
+    for (k, (p, q)) in a.iter().zip(&b_).enumerate() {
+        assert!(max_diff(&p.h, &q.h) < 1e-5, "seq_init at step {k}");
+    }
+    let x0 = x.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+    let (p, q) = (
+        ours.step(&x0, &init).unwrap(),
+        theirs.step(&x0, &init).unwrap(),
+    );
+    assert!(max_diff(&p.h, &q.h) < 1e-5, "step");
+}
+
+/// A fixture case's tensors, its module's sizes, and the parameters as candle variables.
+struct Case {
+    name: String,
+    spec: RecurrentSpec,
+    input: HashMap<String, Tensor>,
+    expected: HashMap<String, Tensor>,
+    grad: Option<HashMap<String, Tensor>>,
+    params: HashMap<String, Var>,
+}
+
+fn load_case(dir: &Path) -> Case {
+    let read = |f: &str| candle_core::safetensors::load(dir.join(f), &CPU).unwrap();
+    let spec =
+        RecurrentSpec::infer(&TensorFile::load(dir.join("weights.safetensors")).unwrap()).unwrap();
+    let params = read("weights.safetensors")
+        .into_iter()
+        .map(|(k, t)| (k, Var::from_tensor(&t).unwrap()))
+        .collect();
+    let grad_file = dir.join("grad.safetensors");
+    Case {
+        name: dir.display().to_string(),
+        spec,
+        input: read("input.safetensors"),
+        expected: read("expected.safetensors"),
+        grad: grad_file.is_file().then(|| read("grad.safetensors")),
+        params,
+    }
+}
+
+/// What a layer returned: output, h_n and, for an LSTM, c_n.
+type Returned = (Tensor, Tensor, Option<Tensor>);
+
+/// Builds the case's module over candle tensors and runs it on `input`.
+fn run_case(case: &Case, input: &Tensor, h0: Option<&Tensor>, c0: Option<&Tensor>) -> Returned {
+    let tensors = case
+        .params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &CPU);
+    let s = &case.spec;
+    let lengths: Option<Vec<usize>> = case.input.get("lengths").map(|l| {
+        l.to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|v| v as usize)
+            .collect()
+    });
+    let lengths = lengths.as_deref();
+    match s.cell {
+        Cell::Lstm => {
+            let config = LstmConfig {
+                input_size: s.input_size,
+                hidden_size: s.hidden_size,
+                proj_size: s.proj_size,
+                num_layers: s.num_layers,
+                bias: s.bias,
+                batch_first: s.batch_first,
+                bidirectional: s.bidirectional,
+            };
+            let layer = fused_rnn::candle::Lstm::new(config, vb).unwrap();
+            let state = h0.zip(c0);
+            let out = layer.forward(input, state, lengths).unwrap();
+            (out.output, out.h_n, Some(out.c_n))
+        }
+        Cell::Gru => {
+            let config = GruConfig {
+                input_size: s.input_size,
+                hidden_size: s.hidden_size,
+                num_layers: s.num_layers,
+                bias: s.bias,
+                batch_first: s.batch_first,
+                bidirectional: s.bidirectional,
+            };
+            let out = fused_rnn::candle::Gru::new(config, vb)
+                .unwrap()
+                .forward(input, h0, lengths)
+                .unwrap();
+            (out.output, out.h_n, None)
+        }
+        Cell::Rnn(nonlinearity) => {
+            let config = RnnConfig {
+                input_size: s.input_size,
+                hidden_size: s.hidden_size,
+                num_layers: s.num_layers,
+                nonlinearity,
+                bias: s.bias,
+                batch_first: s.batch_first,
+                bidirectional: s.bidirectional,
+            };
+            let out = fused_rnn::candle::Rnn::new(config, vb)
+                .unwrap()
+                .forward(input, h0, lengths)
+                .unwrap();
+            (out.output, out.h_n, None)
+        }
+    }
+}
+
+fn cases(kind: &str) -> Vec<Case> {
+    let mut dirs: Vec<_> = std::fs::read_dir(common::fixtures(kind))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 7, "expected the {kind} fixtures");
+    // The attention cases among the gradients are not recurrent modules.
+    dirs.retain(|d| {
+        !d.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("attn_")
+    });
+    dirs.iter().map(|d| load_case(d)).collect()
+}
+
+#[test]
+fn layers_over_candle_tensors_equal_the_pytorch_fixtures() {
+    let mut checked = 0;
+    for kind in ["lstm", "gru", "rnn"] {
+        for case in cases(kind) {
+            let (output, h_n, c_n) = run_case(
+                &case,
+                &case.input["input"],
+                case.input.get("h0"),
+                case.input.get("c0"),
+            );
+            let e = &case.expected;
+            assert!(
+                max_diff(&output, &e["output"]) < 1e-5,
+                "{}: output",
+                case.name
+            );
+            assert!(max_diff(&h_n, &e["h_n"]) < 1e-5, "{}: h_n", case.name);
+            if let Some(c_n) = c_n {
+                assert!(max_diff(&c_n, &e["c_n"]) < 1e-5, "{}: c_n", case.name);
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "{checked} cases");
+}
+
+#[test]
+fn gradients_through_candle_backward_equal_pytorch_autograd() {
+    let mut checked = 0;
+    for case in cases("grad") {
+        let grad = case
+            .grad
+            .as_ref()
+            .expect("every gradient case has grad.safetensors");
+        let input = Var::from_tensor(&case.input["input"]).unwrap();
+        let h0 = case.input.get("h0").map(|t| Var::from_tensor(t).unwrap());
+        let c0 = case.input.get("c0").map(|t| Var::from_tensor(t).unwrap());
+        let (output, h_n, c_n) = run_case(
+            &case,
+            input.as_tensor(),
+            h0.as_ref().map(|v| v.as_tensor()),
+            c0.as_ref().map(|v| v.as_tensor()),
+        );
+        let dot = |a: &Tensor, name: &str| -> Option<Tensor> {
+            grad.get(name).map(|g| (a * g).unwrap().sum_all().unwrap())
+        };
+        let mut loss = dot(&output, "grad_output").expect("grad_output");
+        for term in [
+            dot(&h_n, "grad_h_n"),
+            c_n.as_ref().and_then(|c| dot(c, "grad_c_n")),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            loss = (loss + term).unwrap();
+        }
+        let grads = loss.backward().unwrap();
+        let mut wants: Vec<(String, &Tensor)> = vec![("input".into(), input.as_tensor())];
+        wants.extend(h0.iter().map(|v| ("h0".to_string(), v.as_tensor())));
+        wants.extend(c0.iter().map(|v| ("c0".to_string(), v.as_tensor())));
+        wants.extend(case.params.iter().map(|(k, v)| (k.clone(), v.as_tensor())));
+        // As the CLI's fixture test: a fraction of the case's largest gradient.
+        let scale = case
+            .expected
+            .iter()
+            .filter(|(k, _)| k.ends_with(".grad"))
+            .map(|(_, t)| {
+                t.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .fold(1e-6f32, f32::max);
+        for (name, var) in wants {
+            let want = &case.expected[&format!("{name}.grad")];
+            let got = grads
+                .get(var)
+                .unwrap_or_else(|| panic!("{}: no gradient for {name}", case.name));
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = diff.to_scalar::<f32>().unwrap() / scale;
+            assert!(diff < 1e-4, "{}: {name}.grad off by {diff}", case.name);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "{checked} gradients");
+}
+
+#[test]
+fn a_candle_optimiser_trains_a_layer() {
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &CPU);
+    let mut config = LstmConfig::new(3, 8);
+    config.num_layers = 2;
+    config.bidirectional = true;
+    config.batch_first = true;
+    let layer = fused_rnn::candle::Lstm::new(config, vb.pp("lstm")).unwrap();
+    let head = candle_nn::linear(16, 1, vb.pp("head")).unwrap();
+    let mut opt = candle_nn::AdamW::new_lr(map.all_vars(), 2e-2).unwrap();
+    // Regress the sum of each sequence's first feature, lengths varying.
+    let x = random(&[6, 5, 3], 7);
+    let lengths = [5, 3, 1, 4, 5, 2];
+    let mask: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&l| (0..5).map(move |t| if t < l { 1.0 } else { 0.0 }))
+        .collect();
+    let mask = Tensor::from_vec(mask, (6, 5), &CPU).unwrap();
+    let target = (x.narrow(2, 0, 1).unwrap().squeeze(2).unwrap() * &mask)
+        .unwrap()
+        .sum(1)
+        .unwrap();
+    let loss = |_: ()| {
+        let out = layer.forward(&x, None, Some(&lengths)).unwrap();
+        let last = out.h_n.narrow(0, 2, 2).unwrap(); // the top layer's two directions
+        let last = Tensor::cat(&[last.get(0).unwrap(), last.get(1).unwrap()], 1).unwrap();
+        let y = candle_nn::Module::forward(&head, &last)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
+        (y - &target).unwrap().sqr().unwrap().mean_all().unwrap()
+    };
+    let first = loss(()).to_scalar::<f32>().unwrap();
+    for _ in 0..60 {
+        opt.backward_step(&loss(())).unwrap();
+    }
+    let last = loss(()).to_scalar::<f32>().unwrap();
+    assert!(last < first * 0.2, "loss {first} -> {last}");
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &CPU);
+    let layer = fused_rnn::candle::Lstm::new(LstmConfig::new(3, 4), vb).unwrap();
+    let x = random(&[5, 2, 3], 1);
+    let wrong_width = random(&[5, 2, 4], 1);
+    let err = layer
+        .forward(&wrong_width, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("input"), "{err}");
+    let err = layer
+        .forward(&x.to_dtype(DType::F64).unwrap(), None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("F64"), "{err}");
+    let err = layer
+        .forward(&x, None, Some(&[5, 9]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("length"), "{err}");
+    let bad_h0 = random(&[1, 3, 4], 2);
+    let c0 = random(&[1, 2, 4], 3);
+    let err = layer
+        .forward(&x, Some((&bad_h0, &c0)), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("h0"), "{err}");
+    let err =
+        fused_rnn::candle::Lstm::new(LstmConfig::new(3, 0), VarBuilder::zeros(DType::F32, &CPU))
+            .err()
+            .expect("hidden size 0 refused")
+            .to_string();
+    assert!(err.contains("hidden_size"), "{err}");
+}
