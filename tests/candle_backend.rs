@@ -1,6 +1,7 @@
 //! `fused_rnn::candle` on the CPU: the drop-in layers against candle-nn's own (every method of
-//! `candle_nn::rnn::RNN`), the PyTorch-style layers against the PyTorch fixtures (outputs, and
-//! gradients through candle's `backward()`), training with a candle optimiser, and bad input.
+//! `candle_nn::rnn::RNN`), the PyTorch-style layers and attention against the PyTorch fixtures
+//! (outputs, and gradients through candle's `backward()`), training with a candle optimiser,
+//! and bad input.
 #![cfg(feature = "candle")]
 
 mod common;
@@ -443,4 +444,139 @@ fn bad_input_is_an_error_not_a_panic() {
             .expect("hidden size 0 refused")
             .to_string();
     assert!(err.contains("hidden_size"), "{err}");
+}
+
+/// An attention fixture's layer config, from its weights and input (None for the cases with a
+/// bias on one projection only, which `AttentionConfig` cannot express).
+fn attention_config(
+    weights: &HashMap<String, Tensor>,
+    meta: &TensorFile,
+    input: &HashMap<String, Tensor>,
+) -> Option<fused_rnn::nn::AttentionConfig> {
+    use fused_rnn::ops::attention::Score;
+    let dims = |name: &str| weights[name].dims().to_vec();
+    let dk = *input["keys"].dims().last().unwrap();
+    let dq = *input["query"].dims().last().unwrap();
+    let (score, attention_size, bias) = match meta.metadata("kind").unwrap() {
+        "additive" => {
+            let (qb, kb) = (
+                weights.contains_key("query_proj.bias"),
+                weights.contains_key("key_proj.bias"),
+            );
+            if qb != kb {
+                return None;
+            }
+            (Score::Additive, dims("query_proj.weight")[0], qb)
+        }
+        "general" => (Score::General, 0, false),
+        _ => {
+            let scale = meta.metadata("scale").map_or(1.0, |s| s.parse().unwrap());
+            (Score::Dot { scale }, 0, false)
+        }
+    };
+    Some(fused_rnn::nn::AttentionConfig {
+        score,
+        query_size: dq,
+        key_size: dk,
+        attention_size,
+        bias,
+    })
+}
+
+#[test]
+fn attention_over_candle_tensors_equals_pytorch_with_gradients() {
+    let (mut forward, mut gradients) = (0, 0);
+    for kind in ["attention", "grad"] {
+        let mut dirs: Vec<_> = std::fs::read_dir(common::fixtures(kind))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let case = p.file_name().unwrap().to_str().unwrap();
+                p.is_dir() && (kind == "attention" || case.starts_with("attn_"))
+            })
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            let name = dir.display().to_string();
+            let read = |f: &str| candle_core::safetensors::load(dir.join(f), &CPU).unwrap();
+            let weights = read("weights.safetensors");
+            let meta = TensorFile::load(dir.join("weights.safetensors")).unwrap();
+            let input = read("input.safetensors");
+            let expected = read("expected.safetensors");
+            let Some(config) = attention_config(&weights, &meta, &input) else {
+                assert!(
+                    name.contains("bias"),
+                    "{name}: only one-sided biases are left out"
+                );
+                continue;
+            };
+            let vars: HashMap<String, Var> = weights
+                .iter()
+                .map(|(k, t)| (k.clone(), Var::from_tensor(t).unwrap()))
+                .collect();
+            let tensors = vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+                .collect();
+            let layer = fused_rnn::candle::Attention::new(
+                config,
+                VarBuilder::from_tensors(tensors, DType::F32, &CPU),
+            )
+            .unwrap();
+            let (query, keys) = (
+                Var::from_tensor(&input["query"]).unwrap(),
+                Var::from_tensor(&input["keys"]).unwrap(),
+            );
+            let values = input.get("values").map(|v| Var::from_tensor(v).unwrap());
+            let lengths: Option<Vec<usize>> = input.get("lengths").map(|l| {
+                l.to_vec1::<i64>()
+                    .unwrap()
+                    .into_iter()
+                    .map(|v| v as usize)
+                    .collect()
+            });
+            let out = layer
+                .forward(
+                    query.as_tensor(),
+                    keys.as_tensor(),
+                    values.as_ref().map(|v| v.as_tensor()),
+                    lengths.as_deref(),
+                )
+                .unwrap();
+            assert!(
+                max_diff(&out.context, &expected["context"]) < 1e-5,
+                "{name}: context"
+            );
+            if let Some(w) = expected.get("weights") {
+                assert!(max_diff(&out.weights, w) < 1e-5, "{name}: weights");
+            }
+            forward += 1;
+            if kind == "grad" {
+                let grad = read("grad.safetensors");
+                let loss = (&out.context * &grad["grad_context"])
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let grads = loss.backward().unwrap();
+                let mut wants: Vec<(String, &Tensor)> = vec![
+                    ("query".into(), query.as_tensor()),
+                    ("keys".into(), keys.as_tensor()),
+                ];
+                wants.extend(values.iter().map(|v| ("values".to_string(), v.as_tensor())));
+                wants.extend(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor())));
+                for (what, var) in wants {
+                    let want = &expected[&format!("{what}.grad")];
+                    let got = grads
+                        .get(var)
+                        .unwrap_or_else(|| panic!("{name}: no gradient for {what}"));
+                    assert!(max_diff(got, want) < 1e-5, "{name}: {what}.grad");
+                    gradients += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        forward >= 12 && gradients >= 10,
+        "{forward} forward cases, {gradients} gradients"
+    );
 }

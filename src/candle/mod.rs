@@ -3,6 +3,7 @@
 //! - [`lstm`] and [`gru`] take candle-nn's arguments and weight names and implement
 //!   `candle_nn::rnn::RNN`; `seq` is one fused pass instead of a loop of steps. Switching a
 //!   program is a change of import.
+//! - [`Attention`]: additive, general or dot scores with key-length masks.
 //! - [`Lstm`], [`Gru`] and [`Rnn`] are PyTorch's modules over candle tensors: layers, both
 //!   directions, batch_first, the LSTM projection, h0/c0, variable lengths, f16/bf16; their
 //!   parameters load from a `VarBuilder` under PyTorch's names.
@@ -30,10 +31,12 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+mod attention;
 mod convert;
 mod layers;
 mod recurrent;
 mod rnn;
 
+pub use attention::{Attended, Attention};
 pub use layers::{Gru, Lstm, LstmOutput, Rnn, RnnOutput};
 pub use rnn::{gru, lstm, GRU, LSTM};

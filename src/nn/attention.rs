@@ -320,6 +320,28 @@ impl Attention {
         Ok(Self::on_host(score, params))
     }
 
+    /// Copies `values` (one per parameter, in state_dict order, shaped as built, on this
+    /// layer's device in its dtype) into the parameters in place: their buffers stay, and with
+    /// them the CUDA state that holds their addresses.
+    pub(crate) fn assign_parameters(&mut self, values: &[&Tensor]) -> Result<()> {
+        let p = &mut self.params;
+        let params: Vec<&mut Tensor> = [&mut p.w_q, &mut p.b_q, &mut p.w_k, &mut p.b_k, &mut p.v]
+            .into_iter()
+            .filter_map(Option::as_mut)
+            .collect();
+        if params.len() != values.len() {
+            return Err(Error::Config(format!(
+                "{} values for the {} parameters of the attention layer",
+                values.len(),
+                params.len()
+            )));
+        }
+        for (param, value) in params.into_iter().zip(values) {
+            param.assign(value)?;
+        }
+        Ok(())
+    }
+
     pub fn score(&self) -> Score {
         self.score
     }
