@@ -74,6 +74,21 @@ fn drop_in_lstm_equals_candle_nn_in_every_rnn_method() {
         assert!(max_diff(&a.h, &b.h) < 1e-5, "seq h at step {k}");
         assert!(max_diff(&a.c, &b.c) < 1e-5, "seq c at step {k}");
     }
+    // The same from plain tensors, which need no gradient: the pass runs outside the graph.
+    let plain = map
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    let plain = VarBuilder::from_tensors(plain, DType::F32, &CPU);
+    let untracked = fused_rnn::candle::lstm(i, h, LSTMConfig::default(), plain.pp("enc")).unwrap();
+    for (k, (a, b)) in untracked.seq(&x).unwrap().iter().zip(&s_theirs).enumerate() {
+        assert!(!a.h.track_op(), "untracked h");
+        assert!(max_diff(&a.h, &b.h) < 1e-5, "untracked seq h at step {k}");
+        assert!(max_diff(&a.c, &b.c) < 1e-5, "untracked seq c at step {k}");
+    }
     let stacked = ours.states_to_tensor(&s_ours).unwrap();
     assert_eq!(stacked.dims(), &[b, t, h]);
     assert!(max_diff(&stacked, &theirs.states_to_tensor(&s_theirs).unwrap()) < 1e-5);
@@ -192,12 +207,22 @@ fn load_case(dir: &Path) -> Case {
 /// What a layer returned: output, h_n and, for an LSTM, c_n.
 type Returned = (Tensor, Tensor, Option<Tensor>);
 
-/// Builds the case's module over candle tensors and runs it on `input`.
-fn run_case(case: &Case, input: &Tensor, h0: Option<&Tensor>, c0: Option<&Tensor>) -> Returned {
+/// Builds the case's module over candle tensors and runs it on `input`: with its parameters
+/// as variables (`tracked`: the pass enters candle's graph) or as plain tensors.
+fn run_case(
+    case: &Case,
+    tracked: bool,
+    input: &Tensor,
+    h0: Option<&Tensor>,
+    c0: Option<&Tensor>,
+) -> Returned {
     let tensors = case
         .params
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .map(|(k, v)| {
+            let t = v.as_tensor();
+            (k.clone(), if tracked { t.clone() } else { t.detach() })
+        })
         .collect();
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &CPU);
     let s = &case.spec;
@@ -283,21 +308,21 @@ fn layers_over_candle_tensors_equal_the_pytorch_fixtures() {
     let mut checked = 0;
     for kind in ["lstm", "gru", "rnn"] {
         for case in cases(kind) {
-            let (output, h_n, c_n) = run_case(
-                &case,
-                &case.input["input"],
-                case.input.get("h0"),
-                case.input.get("c0"),
-            );
-            let e = &case.expected;
-            assert!(
-                max_diff(&output, &e["output"]) < 1e-5,
-                "{}: output",
-                case.name
-            );
-            assert!(max_diff(&h_n, &e["h_n"]) < 1e-5, "{}: h_n", case.name);
-            if let Some(c_n) = c_n {
-                assert!(max_diff(&c_n, &e["c_n"]) < 1e-5, "{}: c_n", case.name);
+            for tracked in [false, true] {
+                let (output, h_n, c_n) = run_case(
+                    &case,
+                    tracked,
+                    &case.input["input"],
+                    case.input.get("h0"),
+                    case.input.get("c0"),
+                );
+                let e = &case.expected;
+                let name = format!("{} (tracked: {tracked})", case.name);
+                assert!(max_diff(&output, &e["output"]) < 1e-5, "{name}: output");
+                assert!(max_diff(&h_n, &e["h_n"]) < 1e-5, "{name}: h_n");
+                if let Some(c_n) = c_n {
+                    assert!(max_diff(&c_n, &e["c_n"]) < 1e-5, "{name}: c_n");
+                }
             }
             checked += 1;
         }
@@ -318,6 +343,7 @@ fn gradients_through_candle_backward_equal_pytorch_autograd() {
         let c0 = case.input.get("c0").map(|t| Var::from_tensor(t).unwrap());
         let (output, h_n, c_n) = run_case(
             &case,
+            true,
             input.as_tensor(),
             h0.as_ref().map(|v| v.as_tensor()),
             c0.as_ref().map(|v| v.as_tensor()),
@@ -579,4 +605,36 @@ fn attention_over_candle_tensors_equals_pytorch_with_gradients() {
         forward >= 12 && gradients >= 10,
         "{forward} forward cases, {gradients} gradients"
     );
+}
+
+#[test]
+fn half_precision_layers_run_on_the_cpu_in_f32_and_answer_in_their_dtype() {
+    let config = {
+        let mut c = LstmConfig::new(6, 10);
+        c.bidirectional = true;
+        c
+    };
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &CPU);
+    let full = fused_rnn::candle::Lstm::new(config, vb).unwrap();
+    let x = random(&[4, 3, 6], 9);
+    let want = full.forward(&x, None, Some(&[4, 2, 1])).unwrap();
+    for dtype in [DType::BF16, DType::F16] {
+        let tensors = full
+            .parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.to_dtype(dtype).unwrap()))
+            .collect();
+        let half =
+            fused_rnn::candle::Lstm::new(config, VarBuilder::from_tensors(tensors, dtype, &CPU))
+                .unwrap();
+        let got = half
+            .forward(&x.to_dtype(dtype).unwrap(), None, Some(&[4, 2, 1]))
+            .unwrap();
+        assert_eq!(got.output.dtype(), dtype);
+        let got = got.output.to_dtype(DType::F32).unwrap();
+        assert!(max_diff(&got, &want.output) < 2e-2, "{dtype:?}");
+        let err = half.forward(&x, None, None).unwrap_err().to_string();
+        assert!(err.contains("F32"), "{err}");
+    }
 }
