@@ -638,3 +638,78 @@ fn half_precision_layers_run_on_the_cpu_in_f32_and_answer_in_their_dtype() {
         assert!(err.contains("F32"), "{err}");
     }
 }
+
+/// The same layers on candle's CUDA tensors against the CPU, outputs and gradients.
+#[cfg(feature = "candle-cuda")]
+#[test]
+fn cuda_layers_equal_the_cpu_with_gradients() {
+    if common::cuda_or_skip("cuda_layers_equal_the_cpu_with_gradients").is_none() {
+        return;
+    }
+    let gpu = Device::new_cuda(0).unwrap();
+    let mut config = LstmConfig::new(5, 12);
+    config.num_layers = 2;
+    config.bidirectional = true;
+    let map = VarMap::new();
+    let cpu_layer =
+        fused_rnn::candle::Lstm::new(config, VarBuilder::from_varmap(&map, DType::F32, &CPU))
+            .unwrap();
+    let on_gpu: HashMap<String, Tensor> = cpu_layer
+        .parameters()
+        .into_iter()
+        .map(|(n, t)| {
+            (
+                n,
+                Var::from_tensor(&t.to_device(&gpu).unwrap())
+                    .unwrap()
+                    .as_tensor()
+                    .clone(),
+            )
+        })
+        .collect();
+    let gpu_layer = fused_rnn::candle::Lstm::new(
+        config,
+        VarBuilder::from_tensors(on_gpu.clone(), DType::F32, &gpu),
+    )
+    .unwrap();
+    let x = Var::from_tensor(&random(&[7, 3, 5], 11)).unwrap();
+    let xg = Var::from_tensor(&x.to_device(&gpu).unwrap()).unwrap();
+    let lengths = [7, 4, 1];
+    let a = cpu_layer
+        .forward(x.as_tensor(), None, Some(&lengths))
+        .unwrap();
+    let b = gpu_layer
+        .forward(xg.as_tensor(), None, Some(&lengths))
+        .unwrap();
+    let host = |t: &Tensor| t.to_device(&CPU).unwrap();
+    assert!(max_diff(&host(&b.output), &a.output) < 1e-4, "output");
+    assert!(max_diff(&host(&b.c_n), &a.c_n) < 1e-4, "c_n");
+    let ga = a
+        .output
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gb = b
+        .output
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(
+        max_diff(
+            &host(gb.get(xg.as_tensor()).unwrap()),
+            ga.get(x.as_tensor()).unwrap()
+        ) < 1e-4,
+        "input grad"
+    );
+    for (name, t) in cpu_layer.parameters() {
+        let want = ga.get(&t).unwrap();
+        let got = host(gb.get(&on_gpu[&name]).unwrap());
+        assert!(max_diff(&got, want) < 1e-4, "{name} grad");
+    }
+}

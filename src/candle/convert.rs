@@ -158,22 +158,19 @@ pub(crate) mod cuda {
     use crate::device::{CudaDevice, Device};
     use crate::tensor::Tensor;
     use candle_core as candle;
-    use candle_core::backend::BackendDevice;
+    use candle_core::backend::BackendStorage;
     use std::sync::{Arc, Mutex};
 
     /// Ours for `cuda`, made on its stream the first time it is asked for.
     pub(crate) fn device(cuda: &candle::CudaDevice) -> candle::Result<Arc<CudaDevice>> {
-        static MADE: Mutex<Vec<(candle::DeviceLocation, Arc<CudaDevice>)>> = Mutex::new(Vec::new());
+        static MADE: Mutex<Vec<Arc<CudaDevice>>> = Mutex::new(Vec::new());
         let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
-        let here = cuda.location();
-        if let Some((_, d)) = made
-            .iter()
-            .find(|(at, d)| *at == here && Arc::ptr_eq(d.stream(), &cuda.cuda_stream()))
-        {
+        let stream = cuda.cuda_stream();
+        if let Some(d) = made.iter().find(|d| Arc::ptr_eq(d.stream(), &stream)) {
             return Ok(d.clone());
         }
-        let ours = Arc::new(CudaDevice::with_stream(cuda.cuda_stream()).map_err(wrap)?);
-        made.push((here, ours.clone()));
+        let ours = Arc::new(CudaDevice::with_stream(stream).map_err(wrap)?);
+        made.push(ours.clone());
         Ok(ours)
     }
 
@@ -238,7 +235,74 @@ pub(crate) mod cuda {
                 t.into_cuda_slice::<half::bf16>().map_err(wrap)?,
                 d.clone(),
             ),
-            other => return Err(refuse(format!("a result in {other}"))),
         })
+    }
+}
+
+#[cfg(all(test, feature = "candle-cuda"))]
+mod tests {
+    use super::*;
+    use cudarc::driver::DevicePtr;
+
+    /// candle's CUDA device 0, or None after saying why (a failure under
+    /// FUSED_RNN_REQUIRE_GPU=1).
+    fn gpu() -> Option<candle::Device> {
+        match crate::Device::cuda(0).map(|_| candle::Device::new_cuda(0)) {
+            Ok(Ok(d)) => Some(d),
+            Ok(Err(e)) => panic!("a CUDA device that candle cannot open: {e}"),
+            Err(e) if std::env::var("FUSED_RNN_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+                panic!("FUSED_RNN_REQUIRE_GPU=1 but no GPU: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping: {e}");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn candles_buffers_are_lent_and_ours_handed_back_without_a_copy() {
+        let Some(gpu) = gpu() else { return };
+        let candle::Device::Cuda(cuda) = &gpu else {
+            unreachable!()
+        };
+        let ours = device(&gpu).unwrap();
+        let stream = cuda.cuda_stream();
+        let x = candle::Tensor::arange(0f32, 24.0, &gpu)
+            .unwrap()
+            .reshape((2, 3, 4))
+            .unwrap();
+        let (storage, layout) = x.storage_and_layout();
+        let candle::Storage::Cuda(s) = &*storage else {
+            unreachable!()
+        };
+        let theirs = s.as_cuda_slice::<f32>().unwrap().device_ptr(&stream).0;
+        let view = piece(&storage, layout, 4, &[5], &ours).unwrap();
+        let lent = view.cuda_slice::<f32>().unwrap().device_ptr(&stream).0;
+        assert_eq!(
+            lent,
+            theirs + 16,
+            "the view reads candle's buffer at element 4"
+        );
+        assert_eq!(view.to_vec_f32().unwrap(), [4.0, 5.0, 6.0, 7.0, 8.0]);
+        drop(view);
+        drop(storage);
+
+        let made = Tensor::from_vec(vec![1f32, 2.0, 3.0], &[3])
+            .unwrap()
+            .to(&ours, DType::F32)
+            .unwrap();
+        let before = made.cuda_slice::<f32>().unwrap().device_ptr(&stream).0;
+        let back = to_candle(made, &gpu).unwrap();
+        let (storage, _) = back.storage_and_layout();
+        let candle::Storage::Cuda(s) = &*storage else {
+            unreachable!()
+        };
+        assert_eq!(
+            s.as_cuda_slice::<f32>().unwrap().device_ptr(&stream).0,
+            before
+        );
+        drop(storage);
+        assert_eq!(back.to_vec1::<f32>().unwrap(), [1.0, 2.0, 3.0]);
     }
 }
