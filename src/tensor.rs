@@ -268,6 +268,10 @@ impl Tensor {
             });
         }
         match (&mut self.storage, &src.storage) {
+            // Into the buffer it has: fresh pages would fault on first write.
+            (Storage::Host(HostData::F32(h)), Storage::Host(HostData::F32(from))) => {
+                h.copy_from_slice(from)
+            }
             (Storage::Host(h), Storage::Host(from)) => *h = from.clone(),
             (Storage::Cuda { data, device }, Storage::Cuda { data: from, .. })
                 if same_context(from, device) =>
@@ -285,6 +289,14 @@ impl Tensor {
             }
         }
         Ok(())
+    }
+
+    /// The values as f32 on the host: a host f32 tensor's own buffer, moved out; else a copy.
+    pub(crate) fn into_f32_vec(self) -> Result<Vec<f32>> {
+        match self.storage {
+            Storage::Host(HostData::F32(v)) => Ok(v),
+            _ => self.to_vec_f32(),
+        }
     }
 
     /// All values as f32 on the host (copies from the device and waits for it).

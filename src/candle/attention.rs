@@ -4,7 +4,7 @@
 //! layer in place and runs the fused pass, and when anything needs a gradient the pass is one
 //! custom op whose backward is ours (scores recomputed, nothing kept).
 
-use super::convert::{self, piece, refuse, to_candle, to_storage, wrap, Piece};
+use super::convert::{self, piece, refuse, to_candle, to_storage, wrap, Piece, Scratch};
 use crate::device::Device;
 use crate::nn::{self, AttentionConfig, Module};
 use crate::tensor::Tensor;
@@ -31,6 +31,7 @@ pub struct Attention {
     device: candle::Device,
     dtype: candle::DType,
     core: Arc<Mutex<nn::Attention>>,
+    scratch: Arc<Scratch>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -83,6 +84,7 @@ impl Attention {
             device,
             dtype,
             core: Arc::new(Mutex::new(core)),
+            scratch: Arc::default(),
         })
     }
 
@@ -160,6 +162,7 @@ impl Attention {
         let (rows, queries) = (b, tq.unwrap_or(1));
         let op = AttendOp {
             core: self.core.clone(),
+            scratch: self.scratch.clone(),
             shapes: OpShapes {
                 query: q.dims().to_vec(),
                 keys: k.dims().to_vec(),
@@ -222,6 +225,7 @@ struct OpShapes {
 /// the parameters flattened into one); its result holds the context, then the weights.
 struct AttendOp {
     core: Arc<Mutex<nn::Attention>>,
+    scratch: Arc<Scratch>,
     shapes: OpShapes,
     lengths: Option<Vec<usize>>,
     device: candle::Device,
@@ -293,7 +297,7 @@ impl CustomOp3 for AttendOp {
         let args = [(s1, l1), (s2, l2), (s3, l3)];
         let view = |arg: usize, offset: usize, shape: &[usize]| {
             let (s, l) = args[arg];
-            convert::host_piece(s, l.start_offset() + offset, shape)
+            convert::host_piece(s, l.start_offset() + offset, shape, &self.scratch)
         };
         let packed = self.forward(view)?;
         let n = packed.numel();
@@ -348,12 +352,12 @@ impl CustomOp3 for AttendOp {
         let guards: Vec<_> = args.iter().map(|t| t.storage_and_layout()).collect();
         let view = |arg: usize, offset: usize, shape: &[usize]| {
             let (s, l) = &guards[arg];
-            piece(s, l, offset, shape, &ours)
+            piece(s, l, offset, shape, &ours, &self.scratch)
         };
         let (q, k, v, params) = self.views(view)?;
         let grad = grad_res.contiguous()?;
         let (gs, gl) = grad.storage_and_layout();
-        let g_context = piece(&gs, gl, 0, &self.shapes.context, &ours)?;
+        let g_context = piece(&gs, gl, 0, &self.shapes.context, &ours, &self.scratch)?;
         let mut core = lock(&self.core);
         let refs: Vec<&Tensor> = params.iter().map(|p| &**p).collect();
         core.assign_parameters(&refs).map_err(wrap)?;

@@ -80,11 +80,48 @@ impl std::ops::Deref for Piece<'_> {
     }
 }
 
-/// A host piece: `shape`'s elements of an f32 storage from `offset` on.
+/// Host buffers kept between calls for the copies of candle's values: a copy into a buffer
+/// that has held values before writes pages already mapped, where a fresh allocation of
+/// megabytes faults on every 4 KiB.
+#[derive(Default)]
+pub(crate) struct Scratch(std::sync::Mutex<Vec<Vec<f32>>>);
+
+/// Buffers a `Scratch` keeps at most.
+const KEPT: usize = 16;
+
+impl Scratch {
+    /// A buffer holding `values`: the smallest kept one they fit in, else the largest, grown.
+    fn filled(&self, values: &[f32]) -> Vec<f32> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let fits = |v: &Vec<f32>| v.capacity() >= values.len();
+        let pick = (0..kept.len())
+            .filter(|&k| fits(&kept[k]))
+            .min_by_key(|&k| kept[k].capacity())
+            .or_else(|| (0..kept.len()).max_by_key(|&k| kept[k].capacity()));
+        let mut v = pick.map(|k| kept.swap_remove(k)).unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(values);
+        v
+    }
+
+    /// Keeps the host buffers of `pieces` for later calls.
+    pub(crate) fn keep<'a>(&self, pieces: impl IntoIterator<Item = Piece<'a>>) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for piece in pieces {
+            if let (Piece::Owned(t), true) = (piece, kept.len() < KEPT) {
+                kept.extend(t.into_f32_vec().ok());
+            }
+        }
+    }
+}
+
+/// A host piece: `shape`'s elements of an f32 storage from `offset` on, copied into one of
+/// `scratch`'s buffers.
 pub(crate) fn host_piece(
     storage: &candle::CpuStorage,
     offset: usize,
     shape: &[usize],
+    scratch: &Scratch,
 ) -> candle::Result<Piece<'static>> {
     let values = storage.as_slice::<f32>()?;
     let count: usize = shape.iter().product();
@@ -95,7 +132,7 @@ pub(crate) fn host_piece(
         ))
     })?;
     Ok(Piece::Owned(
-        Tensor::from_vec(part.to_vec(), shape).map_err(wrap)?,
+        Tensor::from_vec(scratch.filled(part), shape).map_err(wrap)?,
     ))
 }
 
@@ -108,13 +145,14 @@ pub(crate) fn piece<'a>(
     offset: usize,
     shape: &[usize],
     device: &Device,
+    scratch: &Scratch,
 ) -> candle::Result<Piece<'a>> {
     if !layout.is_contiguous() {
         return Err(refuse("a strided tensor where a contiguous one is needed"));
     }
     let offset = layout.start_offset() + offset;
     match storage {
-        candle::Storage::Cpu(s) => host_piece(s, offset, shape),
+        candle::Storage::Cpu(s) => host_piece(s, offset, shape, scratch),
         #[cfg(feature = "candle-cuda")]
         candle::Storage::Cuda(s) => cuda::piece(s, offset, shape, device),
         _ => {
@@ -141,7 +179,7 @@ pub(crate) fn to_candle(t: Tensor, device: &candle::Device) -> candle::Result<ca
 pub(crate) fn to_storage(t: Tensor, device: &candle::Device) -> candle::Result<candle::Storage> {
     match device {
         candle::Device::Cpu => Ok(candle::Storage::Cpu(candle::CpuStorage::F32(
-            t.to_vec_f32().map_err(wrap)?,
+            t.into_f32_vec().map_err(wrap)?,
         ))),
         #[cfg(feature = "candle-cuda")]
         candle::Device::Cuda(d) => cuda::storage(t, d).map(candle::Storage::Cuda),
@@ -277,7 +315,7 @@ mod tests {
             unreachable!()
         };
         let theirs = s.as_cuda_slice::<f32>().unwrap().device_ptr(&stream).0;
-        let view = piece(&storage, layout, 4, &[5], &ours).unwrap();
+        let view = piece(&storage, layout, 4, &[5], &ours, &Scratch::default()).unwrap();
         let lent = view.cuda_slice::<f32>().unwrap().device_ptr(&stream).0;
         assert_eq!(
             lent,

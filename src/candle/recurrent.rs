@@ -4,7 +4,7 @@
 //! one fused pass. When anything needs a gradient the pass enters candle's graph as one custom
 //! op whose backward is our BPTT.
 
-use super::convert::{self, piece, refuse, to_candle, to_storage, wrap, Piece};
+use super::convert::{self, piece, refuse, to_candle, to_storage, wrap, Piece, Scratch};
 use crate::device::Device;
 use crate::nn::recurrent::{Recurrent, Spec};
 use crate::ops::recurrent::{Outputs, Reserve};
@@ -21,6 +21,7 @@ pub(crate) struct Stack {
     device: candle::Device,
     dtype: candle::DType,
     core: Arc<Mutex<Recurrent>>,
+    scratch: Arc<Scratch>,
 }
 
 /// What a pass returns, as candle tensors in the stack's dtype.
@@ -71,6 +72,7 @@ impl Stack {
             device,
             dtype,
             core: Arc::new(Mutex::new(core)),
+            scratch: Arc::default(),
         })
     }
 
@@ -195,34 +197,38 @@ impl Stack {
         let pieces = guards
             .iter()
             .zip(weights)
-            .map(|((s, l), w)| piece(s, l, 0, w.dims(), &ours))
+            .map(|((s, l), w)| piece(s, l, 0, w.dims(), &ours, &self.scratch))
             .collect::<candle::Result<Vec<_>>>()?;
         let refs: Vec<&Tensor> = pieces.iter().map(|p| &**p).collect();
         core.assign_parameters(&refs).map_err(wrap)?;
         let (xs, xl) = x.storage_and_layout();
-        let x_piece = piece(&xs, xl, 0, x.dims(), &ours)?;
+        let x_piece = piece(&xs, xl, 0, x.dims(), &ours, &self.scratch)?;
         let h_guard = h0.map(|t| t.storage_and_layout());
         let h_piece = match (&h_guard, h0) {
-            (Some((s, l)), Some(t)) => Some(piece(s, l, 0, t.dims(), &ours)?),
+            (Some((s, l)), Some(t)) => Some(piece(s, l, 0, t.dims(), &ours, &self.scratch)?),
             _ => None,
         };
         let c_guard = c0.map(|t| t.storage_and_layout());
         let c_piece = match (&c_guard, c0) {
-            (Some((s, l)), Some(t)) => Some(piece(s, l, 0, t.dims(), &ours)?),
+            (Some((s, l)), Some(t)) => Some(piece(s, l, 0, t.dims(), &ours, &self.scratch)?),
             _ => None,
         };
         let (h, c) = (h_piece.as_deref(), c_piece.as_deref());
         let (out, cells) = if extras.cells {
-            let (out, reserve) = core
-                .forward_train(&x_piece, h, c, extras.lengths)
-                .map_err(wrap)?;
-            (out, last_cells(&core, &reserve, &ours)?)
+            core.forward_with_cells(&x_piece, h, c, extras.lengths)
+                .map_err(wrap)?
         } else {
             (
                 core.forward(&x_piece, h, c, extras.lengths).map_err(wrap)?,
                 None,
             )
         };
+        let used = pieces
+            .into_iter()
+            .chain([x_piece])
+            .chain(h_piece)
+            .chain(c_piece);
+        self.scratch.keep(used);
         let to = |t: Tensor| to_candle(t, &self.device);
         Ok(Pass {
             output: to(out.output)?,
@@ -267,6 +273,7 @@ impl Stack {
         let cells = Arc::new(Mutex::new(None));
         let op = PassOp {
             core: self.core.clone(),
+            scratch: self.scratch.clone(),
             spec: self.spec,
             shapes: shapes.clone(),
             lengths: extras.lengths.map(<[usize]>::to_vec),
@@ -329,6 +336,7 @@ struct Shapes {
 /// The custom op of one tracked pass; it keeps the pass's reserve for its backward.
 struct PassOp {
     core: Arc<Mutex<Recurrent>>,
+    scratch: Arc<Scratch>,
     spec: Spec,
     shapes: Shapes,
     lengths: Option<Vec<usize>>,
@@ -365,6 +373,8 @@ impl PassOp {
             *lock(&self.cells) = last_cells(&core, &reserve, ours)?;
         }
         *lock(&self.reserve) = Some(reserve);
+        self.scratch
+            .keep(weights.into_iter().chain([x, h0]).chain(c0));
         pack(out).map_err(wrap)
     }
 
@@ -421,7 +431,7 @@ impl CustomOp3 for PassOp {
         let args = [(s1, l1), (s2, l2), (s3, l3)];
         let view = |arg: usize, offset: usize, shape: &[usize]| {
             let (s, l) = args[arg];
-            convert::host_piece(s, l.start_offset() + offset, shape)
+            convert::host_piece(s, l.start_offset() + offset, shape, &self.scratch)
         };
         let packed = self.forward(view, &Device::Cpu)?;
         let n = packed.numel();
@@ -476,24 +486,27 @@ impl CustomOp3 for PassOp {
         // The weights as the forward saw them (the packed tensor is the forward's own).
         let packed = packed.contiguous()?;
         let (ps, pl) = packed.storage_and_layout();
-        let weights = self.weight_pieces(|off, shape| piece(&ps, pl, off, shape, &ours))?;
+        let weights =
+            self.weight_pieces(|off, shape| piece(&ps, pl, off, shape, &ours, &self.scratch))?;
         let refs: Vec<&Tensor> = weights.iter().map(|p| &**p).collect();
         core.assign_parameters(&refs).map_err(wrap)?;
         let grad = grad_res.contiguous()?;
         let (gs, gl) = grad.storage_and_layout();
         let n_out: usize = self.shapes.output.iter().product();
         let n_h: usize = self.shapes.h.iter().product();
-        let g_out = piece(&gs, gl, 0, &self.shapes.output, &ours)?;
-        let g_h = piece(&gs, gl, n_out, &self.shapes.h, &ours)?;
+        let g_out = piece(&gs, gl, 0, &self.shapes.output, &ours, &self.scratch)?;
+        let g_h = piece(&gs, gl, n_out, &self.shapes.h, &ours, &self.scratch)?;
         let g_c = self
             .shapes
             .c
             .as_ref()
-            .map(|s| piece(&gs, gl, n_out + n_h, s, &ours))
+            .map(|s| piece(&gs, gl, n_out + n_h, s, &ours, &self.scratch))
             .transpose()?;
         let grads = core
             .backward(reserve, &g_out, Some(&g_h), g_c.as_deref())
             .map_err(wrap)?;
+        self.scratch
+            .keep(weights.into_iter().chain([g_out, g_h]).chain(g_c));
         let to = |t: Tensor| to_candle(t, &self.device);
         let dx = x.track_op().then(|| to(grads.input)).transpose()?;
         let (dh0, dc0) = (grads.h0, grads.c0);

@@ -422,6 +422,20 @@ impl Recurrent {
         })
     }
 
+    /// As `forward`, with the LSTM's cell state after every step of the last layer's forward
+    /// direction (None for the other cells; see `ops::recurrent::forward_with_cells`).
+    pub(crate) fn forward_with_cells(
+        &self,
+        input: &Tensor,
+        h0: Option<&Tensor>,
+        c0: Option<&Tensor>,
+        lengths: Option<&[usize]>,
+    ) -> Result<(Outputs, Option<Tensor>)> {
+        self.checked(input, h0, c0, lengths, |call| {
+            recurrent::forward_with_cells(&self.device, self.algo, call, &self.plans)
+        })
+    }
+
     /// As `forward`, keeping what `backward` needs.
     pub fn forward_train(
         &self,

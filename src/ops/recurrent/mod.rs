@@ -715,6 +715,27 @@ pub(crate) fn forward(
     }
 }
 
+/// As `forward`, also returning the LSTM's cell state after every step of the last layer's
+/// forward direction, shaped like one direction's output (see `Reserve::cell_states`). The CPU
+/// records it as it goes; CUDA runs the training-mode forward, whose reserve holds it.
+pub(crate) fn forward_with_cells(
+    device: &Device,
+    algo: Algo,
+    call: &Call<'_>,
+    plans: &PlanCache,
+) -> Result<(Outputs, Option<Tensor>)> {
+    if call.cell != Cell::Lstm {
+        return Ok((forward(device, algo, call, plans)?, None));
+    }
+    if let Device::Cpu = device {
+        call.input.check_on(device, "input")?;
+        return cpu::forward_keeping(call, true);
+    }
+    let (outputs, reserve) = forward_train(device, Precision::default(), call)?;
+    let slot = (call.dims.layers - 1) * call.dims.dirs;
+    Ok((outputs, reserve.cell_states(device, slot)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,6 +217,8 @@ struct Steps<'a> {
     pre_proj: SharedBuf,
     /// The layer's output, [rows, D·O].
     output: SharedBuf,
+    /// Where the LSTM's c_t of every step goes, [rows, H], when it is asked for.
+    cells: Option<SharedBuf>,
     /// The input projection's chunk counter, then two per step (gates, projection).
     tickets: Vec<AtomicUsize>,
     /// How many threads run the steps; all of them share the input projection.
@@ -316,6 +318,8 @@ impl Steps<'_> {
                     };
                     let Some(t) = time else { continue };
                     let row = t * st + b * sb;
+                    // SAFETY: chunk k's units of row b of c are this thread's.
+                    let c = unsafe { self.c.part(b * hidden + units.start, hs) };
                     step_row_best(
                         self.cell,
                         Row {
@@ -323,10 +327,15 @@ impl Steps<'_> {
                             rec: &rec[b * lg..][..lg],
                             b_hn,
                             h: target,
-                            // SAFETY: chunk k's units of row b of c are this thread's.
-                            c: unsafe { self.c.part(b * hidden + units.start, hs) },
+                            c,
                         },
                     );
+                    if let Some(cells) = &self.cells {
+                        // SAFETY: chunk k's units of row (t, b) are written by this thread
+                        // alone.
+                        unsafe { cells.part(row * hidden + units.start, hs) }
+                            .copy_from_slice(unsafe { self.c.part(b * hidden + units.start, hs) });
+                    }
                     if p.w_hr.is_none() {
                         // SAFETY: this direction's columns of chunk k at (t, b) are written by
                         // this thread alone (no other step or direction shares them).
@@ -370,13 +379,24 @@ impl Steps<'_> {
 }
 
 pub(super) fn forward(call: &Call<'_>) -> Result<Outputs> {
+    forward_keeping(call, false).map(|(out, _)| out)
+}
+
+/// The forward pass, and with `cells` (an LSTM) the cell state after every step of the last
+/// layer's forward direction, laid out as its output ([rows, H]; zero past a row's length).
+pub(super) fn forward_keeping(call: &Call<'_>, cells: bool) -> Result<(Outputs, Option<Tensor>)> {
     let workers = workers_for(&call.dims);
-    forward_on(call, threads_for(&call.dims).max(workers), workers)
+    forward_on(call, threads_for(&call.dims).max(workers), workers, cells)
 }
 
 /// The forward pass with the input projection shared by `threads` threads, of which the first
 /// `workers` (at most `threads`) run the steps.
-fn forward_on(call: &Call<'_>, threads: usize, workers: usize) -> Result<Outputs> {
+fn forward_on(
+    call: &Call<'_>,
+    threads: usize,
+    workers: usize,
+    keep_cells: bool,
+) -> Result<(Outputs, Option<Tensor>)> {
     assert!(1 <= workers && workers <= threads);
     let Call {
         cell,
@@ -421,6 +441,8 @@ fn forward_on(call: &Call<'_>, threads: usize, workers: usize) -> Result<Outputs
     let mut h = [vec![0f32; batch * out], vec![0f32; batch * out]];
     let mut c = vec![0f32; batch * hidden];
     let mut pre_proj = vec![0f32; if dims.projected() { batch * hidden } else { 0 }];
+    let keep_cells = keep_cells && lstm;
+    let mut cells = vec![0f32; if keep_cells { rows * hidden } else { 0 }];
     for layer in 0..layers {
         let in_w = dims.layer_input(layer);
         let mut output = vec![0f32; rows * width];
@@ -450,6 +472,8 @@ fn forward_on(call: &Call<'_>, threads: usize, workers: usize) -> Result<Outputs
                 c: SharedBuf::new(&mut c),
                 pre_proj: SharedBuf::new(&mut pre_proj),
                 output: SharedBuf::new(&mut output),
+                cells: (keep_cells && layer + 1 == layers && dir == 0)
+                    .then(|| SharedBuf::new(&mut cells)),
                 tickets: (0..1 + 2 * seq_len).map(|_| AtomicUsize::new(0)).collect(),
                 workers,
                 projected: SpinBarrier::new(threads),
@@ -471,13 +495,19 @@ fn forward_on(call: &Call<'_>, threads: usize, workers: usize) -> Result<Outputs
         layer_in = Cow::Owned(output);
     }
     PROJECTION.set(xw);
-    Ok(Outputs {
+    let outputs = Outputs {
         output: Tensor::from_vec(layer_in.into_owned(), &dims.output_shape())?,
         h_n: Tensor::from_vec(h_n, &dims.state_shape())?,
         c_n: lstm
             .then(|| Tensor::from_vec(c_n, &dims.cell_shape()))
             .transpose()?,
-    })
+    };
+    let mut cells_shape = dims.output_shape();
+    cells_shape[2] = hidden;
+    let cells = keep_cells
+        .then(|| Tensor::from_vec(cells, &cells_shape))
+        .transpose()?;
+    Ok((outputs, cells))
 }
 
 #[cfg(test)]
@@ -546,12 +576,13 @@ mod tests {
                 c0: (cell == Cell::Lstm).then_some(&c0),
                 lengths: &[3, 6, 1, 5, 6],
             };
-            let one = forward_on(&call, 1, 1).unwrap();
+            let (one, one_cells) = forward_on(&call, 1, 1, true).unwrap();
             for (threads, workers) in [(2, 1), (2, 2), (3, 3), (4, 2), (4, 4)] {
-                let many = forward_on(&call, threads, workers).unwrap();
+                let (many, many_cells) = forward_on(&call, threads, workers, true).unwrap();
                 let pairs = [(&one.output, &many.output), (&one.h_n, &many.h_n)]
                     .into_iter()
-                    .chain(one.c_n.as_ref().zip(many.c_n.as_ref()));
+                    .chain(one.c_n.as_ref().zip(many.c_n.as_ref()))
+                    .chain(one_cells.as_ref().zip(many_cells.as_ref()));
                 for (a, b) in pairs {
                     let (a, b) = (a.to_vec_f32().unwrap(), b.to_vec_f32().unwrap());
                     let worst = a
