@@ -14,6 +14,7 @@
 //! | blocks with backward: `ops::concat` (concat, split along any dim), `ops::index_select` (ids on the host or the device; `CudaDevice::check_errors` reports device ids out of range) | yes (every dtype) | yes | — |
 //! | `nn::AttentionDecoder` (show-attend-tell): teacher forcing, backward, dropout, greedy and beam search | yes | yes (f32 math) | yes (teacher forcing and backward) |
 //! | `models::Captioner` (patch encoder or region features), `models::Seq2Seq` (bi-LSTM/GRU encoder), checkpoints | yes | yes | — |
+//! | `candle` (feature `candle`): `lstm`/`gru` drop-ins for candle-nn's, `Lstm`/`Gru`/`Rnn`/`Attention` over candle tensors, trained through candle's autograd | yes | yes (feature `candle-cuda`) | — |
 //!
 //! Every module takes layers, bidirectional, batch_first, bias, initial states and variable
 //! lengths, with nn.RNN's / nn.LSTM's / nn.GRU's semantics. Weights load from PyTorch

@@ -252,6 +252,7 @@ impl Tensor {
 
     /// Overwrites the values in place with `src`'s (same shape, dtype and device), keeping the
     /// buffer and every address taken of it; on CUDA a copy on the device's stream.
+    #[cfg(feature = "candle")]
     pub(crate) fn assign(&mut self, src: &Tensor) -> Result<()> {
         if src.shape != self.shape {
             return Err(Error::shape(
@@ -292,6 +293,7 @@ impl Tensor {
     }
 
     /// The values as f32 on the host: a host f32 tensor's own buffer, moved out; else a copy.
+    #[cfg(feature = "candle")]
     pub(crate) fn into_f32_vec(self) -> Result<Vec<f32>> {
         match self.storage {
             Storage::Host(HostData::F32(v)) => Ok(v),

@@ -102,6 +102,11 @@ fn drop_in_lstm_equals_candle_nn_in_every_rnn_method() {
         assert!(max_diff(&p.h, &q.h) < 1e-5, "seq_init h at step {k}");
         assert!(max_diff(&p.c, &q.c) < 1e-5, "seq_init c at step {k}");
     }
+    let none = Tensor::zeros((b, 0, i), DType::F32, &CPU).unwrap();
+    assert_eq!(
+        ours.seq(&none).unwrap().len(),
+        theirs.seq(&none).unwrap().len()
+    );
     let x0 = x.narrow(1, 2, 1).unwrap().squeeze(1).unwrap();
     let (p, q) = (
         ours.step(&x0, &init).unwrap(),

@@ -151,6 +151,10 @@ impl LSTM {
     /// Every step's state from one fused pass. c before the last step comes from the pass's
     /// record of the cell (values only: gradients reach every h and the last c).
     fn states(&self, input: &Tensor, init: Option<&LSTMState>) -> Result<Vec<LSTMState>> {
+        // As candle-nn: no steps, no states.
+        if input.dims3()?.1 == 0 {
+            return Ok(Vec::new());
+        }
         let (h0, c0) = match init {
             Some(s) => (Some(s.h.unsqueeze(0)?), Some(s.c.unsqueeze(0)?)),
             None => (None, None),
@@ -272,6 +276,9 @@ impl RNN for GRU {
 
 impl GRU {
     fn states(&self, input: &Tensor, init: Option<&GRUState>) -> Result<Vec<GRUState>> {
+        if input.dims3()?.1 == 0 {
+            return Ok(Vec::new());
+        }
         let h0 = init.map(|s| s.h.unsqueeze(0)).transpose()?;
         let pass = self.stack.run(
             input,

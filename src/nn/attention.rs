@@ -323,6 +323,7 @@ impl Attention {
     /// Copies `values` (one per parameter, in state_dict order, shaped as built, on this
     /// layer's device in its dtype) into the parameters in place: their buffers stay, and with
     /// them the CUDA state that holds their addresses.
+    #[cfg(feature = "candle")]
     pub(crate) fn assign_parameters(&mut self, values: &[&Tensor]) -> Result<()> {
         let p = &mut self.params;
         let params: Vec<&mut Tensor> = [&mut p.w_q, &mut p.b_q, &mut p.w_k, &mut p.b_k, &mut p.v]

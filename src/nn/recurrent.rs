@@ -3,7 +3,7 @@
 
 use crate::device::Device;
 use crate::dtype::DType;
-use crate::error::{quoted, Error, Result};
+use crate::error::{Error, Result};
 use crate::io::TensorFile;
 use crate::nn::module::check_parameters;
 use crate::nn::Module;
@@ -360,6 +360,7 @@ impl Recurrent {
     /// Copies `values` (one per parameter, in state_dict order, each shaped as built, on this
     /// module's device in its dtype) into the parameters in place: their buffers stay, and with
     /// them the CUDA graphs captured over them.
+    #[cfg(feature = "candle")]
     pub(crate) fn assign_parameters(&mut self, values: &[&Tensor]) -> Result<()> {
         let mut params = self.weights.iter_mut().flat_map(|w| {
             [Some(&mut w.w_ih), Some(&mut w.w_hh)]
@@ -372,7 +373,7 @@ impl Recurrent {
             let Some(param) = params.next() else { break };
             param
                 .assign(value)
-                .map_err(|e| Error::Config(format!("{}: {e}", quoted(&name))))?;
+                .map_err(|e| Error::Config(format!("{}: {e}", crate::error::quoted(&name))))?;
             count += 1;
         }
         if count != values.len() || params.next().is_some() {
@@ -424,6 +425,7 @@ impl Recurrent {
 
     /// As `forward`, with the LSTM's cell state after every step of the last layer's forward
     /// direction (None for the other cells; see `ops::recurrent::forward_with_cells`).
+    #[cfg(feature = "candle")]
     pub(crate) fn forward_with_cells(
         &self,
         input: &Tensor,

@@ -718,6 +718,7 @@ pub(crate) fn forward(
 /// As `forward`, also returning the LSTM's cell state after every step of the last layer's
 /// forward direction, shaped like one direction's output (see `Reserve::cell_states`). The CPU
 /// records it as it goes; CUDA runs the training-mode forward, whose reserve holds it.
+#[cfg(feature = "candle")]
 pub(crate) fn forward_with_cells(
     device: &Device,
     algo: Algo,
