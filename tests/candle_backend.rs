@@ -718,3 +718,63 @@ fn cuda_layers_equal_the_cpu_with_gradients() {
         assert!(max_diff(&got, want) < 1e-4, "{name} grad");
     }
 }
+
+/// Σ states_to_tensor(seq(x))² through `backward()`: the gradient of every parameter and of
+/// the input, from candle-nn's layer and from ours over the same variables.
+fn drop_in_gradients<L1: RNN, L2: RNN>(theirs: &L1, ours: &L2, map: &VarMap, x: &Var) {
+    let grads = |loss: Tensor| loss.backward().unwrap();
+    let loss = |t: Tensor| t.sqr().unwrap().sum_all().unwrap();
+    let a = grads(loss(
+        theirs
+            .states_to_tensor(&theirs.seq(x.as_tensor()).unwrap())
+            .unwrap(),
+    ));
+    let b = grads(loss(
+        ours.states_to_tensor(&ours.seq(x.as_tensor()).unwrap())
+            .unwrap(),
+    ));
+    let mut checked = 0;
+    for var in map.all_vars().iter().chain([x]) {
+        let (want, got) = (
+            a.get(var.as_tensor()).unwrap(),
+            b.get(var.as_tensor()).unwrap(),
+        );
+        assert!(max_diff(got, want) < 1e-4, "gradient of {:?}", var.dims());
+        checked += 1;
+    }
+    assert_eq!(checked, 5);
+    // Some of the states, not all: stacked as candle-nn stacks them.
+    let (sa, sb) = (
+        theirs.seq(x.as_tensor()).unwrap(),
+        ours.seq(x.as_tensor()).unwrap(),
+    );
+    let (ta, tb) = (
+        theirs.states_to_tensor(&sa[1..]).unwrap(),
+        ours.states_to_tensor(&sb[1..]).unwrap(),
+    );
+    assert!(max_diff(&tb, &ta) < 1e-5, "a part of the states");
+}
+
+#[test]
+fn drop_in_layers_train_as_candle_nns_do() {
+    let (b, t, i, h) = (3, 6, 4, 7);
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &CPU);
+    let theirs = candle_nn::lstm(i, h, LSTMConfig::default(), vb.pp("l")).unwrap();
+    let ours = fused_rnn::candle::lstm(i, h, LSTMConfig::default(), vb.pp("l")).unwrap();
+    for (k, var) in map.all_vars().iter().enumerate() {
+        var.set(&random(var.dims(), 30 + k as u64)).unwrap();
+    }
+    let x = Var::from_tensor(&random(&[b, t, i], 12)).unwrap();
+    drop_in_gradients(&theirs, &ours, &map, &x);
+
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &CPU);
+    let config = candle_nn::GRUConfig::default();
+    let theirs = candle_nn::gru(i, h, config, vb.pp("g")).unwrap();
+    let ours = fused_rnn::candle::gru(i, h, config, vb.pp("g")).unwrap();
+    for (k, var) in map.all_vars().iter().enumerate() {
+        var.set(&random(var.dims(), 40 + k as u64)).unwrap();
+    }
+    drop_in_gradients(&theirs, &ours, &map, &x);
+}

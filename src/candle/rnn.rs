@@ -5,7 +5,7 @@
 use super::recurrent::{Extras, Stack};
 use crate::nn::recurrent::Spec;
 use crate::ops::recurrent::Cell;
-use candle_core::{Result, Tensor};
+use candle_core::{Result, Tensor, TensorId};
 use candle_nn::rnn::{Direction, GRUConfig, GRUState, LSTMConfig, LSTMState, RNN};
 use candle_nn::{Init, VarBuilder};
 
@@ -45,6 +45,32 @@ fn init_of(name: &str, w_ih: Init, w_hh: Init, b_ih: Option<Init>, b_hh: Option<
     }
 }
 
+/// The last `seq`'s output [B, T, H] and the ids of the h's it handed out as states. Given
+/// exactly those states, `states_to_tensor` returns the output itself instead of stacking its
+/// slices again: a copy, and in candle's backward one full-size gradient per step. Taken by
+/// the first `states_to_tensor` after the `seq` (a later `seq` replaces it).
+#[derive(Clone, Default)]
+struct LastSeq(std::sync::Arc<std::sync::Mutex<Option<Handed>>>);
+
+/// The ids of the h's a `seq` handed out, and its output.
+type Handed = (Vec<TensorId>, Tensor);
+
+impl LastSeq {
+    fn set(&self, output: &Tensor, hs: impl Iterator<Item = TensorId>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((hs.collect(), output.clone()));
+    }
+
+    /// The output, when `hs` are the h's of the last `seq`, in order.
+    fn output_for(&self, hs: &[&Tensor]) -> Option<Tensor> {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let same = last.as_ref().is_some_and(|(ids, _)| {
+            ids.len() == hs.len() && ids.iter().zip(hs).all(|(id, h)| *id == h.id())
+        });
+        same.then(|| last.take().map(|(_, output)| output))
+            .flatten()
+    }
+}
+
 /// The steps of a fused pass as candle-nn's states: h from the output, the last state from
 /// h_n/c_n (so that gradients reach every step's h and the final c).
 fn batch_rows(t: &Tensor, step: usize) -> Result<Tensor> {
@@ -55,6 +81,7 @@ fn batch_rows(t: &Tensor, step: usize) -> Result<Tensor> {
 #[derive(Clone)]
 pub struct LSTM {
     stack: std::sync::Arc<Stack>,
+    last: LastSeq,
     hidden_dim: usize,
     config: LSTMConfig,
 }
@@ -92,6 +119,7 @@ impl LSTM {
         })?;
         Ok(LSTM {
             stack: std::sync::Arc::new(stack),
+            last: LastSeq::default(),
             hidden_dim,
             config,
         })
@@ -142,8 +170,11 @@ impl RNN for LSTM {
     }
 
     fn states_to_tensor(&self, states: &[LSTMState]) -> Result<Tensor> {
-        let hs: Vec<Tensor> = states.iter().map(|s| s.h.clone()).collect();
-        Tensor::stack(&hs, 1)
+        let hs: Vec<&Tensor> = states.iter().map(|s| &s.h).collect();
+        match self.last.output_for(&hs) {
+            Some(output) => Ok(output),
+            None => Tensor::stack(&hs, 1),
+        }
     }
 }
 
@@ -171,7 +202,7 @@ impl LSTM {
         let cells = pass.cells.expect("an LSTM pass keeps its cells when asked");
         let c_n = pass.c_n.expect("an LSTM pass returns c_n").squeeze(0)?;
         let steps = input.dim(1)?;
-        (0..steps)
+        let states = (0..steps)
             .map(|t| {
                 let c = match t + 1 == steps {
                     true => c_n.clone(),
@@ -179,7 +210,9 @@ impl LSTM {
                 };
                 Ok(LSTMState::new(batch_rows(&pass.output, t)?, c))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.last.set(&pass.output, states.iter().map(|s| s.h.id()));
+        Ok(states)
     }
 }
 
@@ -187,6 +220,7 @@ impl LSTM {
 #[derive(Clone)]
 pub struct GRU {
     stack: std::sync::Arc<Stack>,
+    last: LastSeq,
     hidden_dim: usize,
     config: GRUConfig,
 }
@@ -218,6 +252,7 @@ impl GRU {
         })?;
         Ok(GRU {
             stack: std::sync::Arc::new(stack),
+            last: LastSeq::default(),
             hidden_dim,
             config,
         })
@@ -269,8 +304,11 @@ impl RNN for GRU {
 
     /// As candle-nn's GRU: the states concatenated along dimension 1 ([B, T·H]).
     fn states_to_tensor(&self, states: &[GRUState]) -> Result<Tensor> {
-        let hs: Vec<Tensor> = states.iter().map(|s| s.h.clone()).collect();
-        Tensor::cat(&hs, 1)
+        let hs: Vec<&Tensor> = states.iter().map(|s| &s.h).collect();
+        match self.last.output_for(&hs) {
+            Some(output) => output.flatten_from(1),
+            None => Tensor::cat(&hs, 1),
+        }
     }
 }
 
@@ -287,12 +325,14 @@ impl GRU {
                 ..Extras::default()
             },
         )?;
-        (0..input.dim(1)?)
+        let states = (0..input.dim(1)?)
             .map(|t| {
                 Ok(GRUState {
                     h: batch_rows(&pass.output, t)?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.last.set(&pass.output, states.iter().map(|s| s.h.id()));
+        Ok(states)
     }
 }
