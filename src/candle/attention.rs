@@ -4,7 +4,7 @@
 //! layer in place and runs the fused pass, and when anything needs a gradient the pass is one
 //! custom op whose backward is ours (scores recomputed, nothing kept).
 
-use super::convert::{self, piece, refuse, to_candle, to_storage, wrap, Piece, Scratch};
+use super::convert::{self, piece, refuse, to_candle, wrap, OverViews, Piece, Scratch};
 use crate::device::Device;
 use crate::nn::{self, AttentionConfig, Module};
 use crate::tensor::Tensor;
@@ -259,10 +259,24 @@ impl AttendOp {
             .collect::<candle::Result<Vec<_>>>()?;
         Ok((q, k, v, params))
     }
+}
+
+/// The pass over views of (query, packed keys and values, packed parameters); the result packs
+/// the context and the weights.
+impl OverViews for AttendOp {
+    fn scratch(&self) -> &Scratch {
+        &self.scratch
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn device(&self) -> &candle::Device {
+        &self.device
+    }
 
     fn forward<'a>(
         &self,
         view: impl Fn(usize, usize, &[usize]) -> candle::Result<Piece<'a>>,
+        _ours: &Device,
     ) -> candle::Result<Tensor> {
         let (q, k, v, params) = self.views(view)?;
         let mut core = lock(&self.core);
@@ -294,17 +308,7 @@ impl CustomOp3 for AttendOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
-        let args = [(s1, l1), (s2, l2), (s3, l3)];
-        let view = |arg: usize, offset: usize, shape: &[usize]| {
-            let (s, l) = args[arg];
-            convert::host_piece(s, l.start_offset() + offset, shape, &self.scratch)
-        };
-        let packed = self.forward(view)?;
-        let n = packed.numel();
-        match to_storage(packed, &candle::Device::Cpu)? {
-            candle::Storage::Cpu(s) => Ok((s, Shape::from(n))),
-            _ => Err(refuse("a host result held on a device")),
-        }
+        convert::host_forward(self, [(s1, l1), (s2, l2), (s3, l3)])
     }
 
     #[cfg(feature = "candle-cuda")]
@@ -317,18 +321,7 @@ impl CustomOp3 for AttendOp {
         s3: &candle::CudaStorage,
         l3: &Layout,
     ) -> candle::Result<(candle::CudaStorage, Shape)> {
-        let ours = convert::device(&self.device)?;
-        let args = [(s1, l1), (s2, l2), (s3, l3)];
-        let view = |arg: usize, offset: usize, shape: &[usize]| {
-            let (s, l) = args[arg];
-            convert::cuda::piece(s, l.start_offset() + offset, shape, &ours)
-        };
-        let packed = self.forward(view)?;
-        let n = packed.numel();
-        let candle::Device::Cuda(d) = &self.device else {
-            return Err(refuse("a CUDA pass on a layer off CUDA"));
-        };
-        Ok((convert::cuda::storage(packed, d)?, Shape::from(n)))
+        convert::cuda::forward(self, [(s1, l1), (s2, l2), (s3, l3)])
     }
 
     fn bwd(

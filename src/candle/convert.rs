@@ -162,6 +162,39 @@ pub(crate) fn piece<'a>(
     }
 }
 
+/// What a custom op of ours computes from views of its three arguments: its forward, given
+/// `view(argument, offset, shape)`, returns the one tensor candle gets back.
+pub(crate) trait OverViews {
+    fn forward<'a>(
+        &self,
+        view: impl Fn(usize, usize, &[usize]) -> candle::Result<Piece<'a>>,
+        ours: &Device,
+    ) -> candle::Result<Tensor>;
+
+    fn scratch(&self) -> &Scratch;
+
+    /// The candle device the op's layer is on.
+    #[cfg(feature = "candle-cuda")]
+    fn device(&self) -> &candle::Device;
+}
+
+/// `CustomOp3::cpu_fwd` of an op that computes over views.
+pub(crate) fn host_forward(
+    op: &impl OverViews,
+    args: [(&candle::CpuStorage, &candle::Layout); 3],
+) -> candle::Result<(candle::CpuStorage, candle::Shape)> {
+    let view = |arg: usize, offset: usize, shape: &[usize]| {
+        let (s, l): (&candle::CpuStorage, &candle::Layout) = args[arg];
+        host_piece(s, l.start_offset() + offset, shape, op.scratch())
+    };
+    let result = op.forward(view, &Device::Cpu)?;
+    let n = result.numel();
+    match to_storage(result, &candle::Device::Cpu)? {
+        candle::Storage::Cpu(s) => Ok((s, candle::Shape::from(n))),
+        _ => Err(refuse("a host result held on a device")),
+    }
+}
+
 /// A candle tensor holding our `t` (no gradient), on `device`: a host copy in f32, or our
 /// CUDA buffer handed over in its dtype.
 pub(crate) fn to_candle(t: Tensor, device: &candle::Device) -> candle::Result<candle::Tensor> {
@@ -252,6 +285,24 @@ pub(crate) mod cuda {
                 )))
             }
         })
+    }
+
+    /// `CustomOp3::cuda_fwd` of an op that computes over views.
+    pub(crate) fn forward(
+        op: &impl super::OverViews,
+        args: [(&candle::CudaStorage, &candle::Layout); 3],
+    ) -> candle::Result<(candle::CudaStorage, candle::Shape)> {
+        let candle::Device::Cuda(d) = op.device() else {
+            return Err(refuse("a CUDA pass on a layer off CUDA"));
+        };
+        let ours = Device::Cuda(device(d)?);
+        let view = |arg: usize, offset: usize, shape: &[usize]| {
+            let (s, l): (&candle::CudaStorage, &candle::Layout) = args[arg];
+            piece(s, l.start_offset() + offset, shape, &ours)
+        };
+        let result = op.forward(view, &ours)?;
+        let n = result.numel();
+        Ok((storage(result, d)?, candle::Shape::from(n)))
     }
 
     /// Our CUDA tensor handed to candle as its storage, buffer and all.

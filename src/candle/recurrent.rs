@@ -4,7 +4,7 @@
 //! one fused pass. When anything needs a gradient the pass enters candle's graph as one custom
 //! op whose backward is our BPTT.
 
-use super::convert::{self, piece, refuse, to_candle, to_storage, wrap, Piece, Scratch};
+use super::convert::{self, piece, refuse, to_candle, wrap, OverViews, Piece, Scratch};
 use crate::device::Device;
 use crate::nn::recurrent::{Recurrent, Spec};
 use crate::ops::recurrent::{Outputs, Reserve};
@@ -346,8 +346,18 @@ struct PassOp {
     device: candle::Device,
 }
 
-impl PassOp {
-    /// The forward over our views of the three arguments; the packed result.
+/// The training-mode forward over views of (input, packed weights, packed state); the result
+/// packs output, h_n and c_n.
+impl OverViews for PassOp {
+    fn scratch(&self) -> &Scratch {
+        &self.scratch
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn device(&self) -> &candle::Device {
+        &self.device
+    }
+
     fn forward<'a>(
         &self,
         view: impl Fn(usize, usize, &[usize]) -> candle::Result<Piece<'a>>,
@@ -377,7 +387,9 @@ impl PassOp {
             .keep(weights.into_iter().chain([x, h0]).chain(c0));
         pack(out).map_err(wrap)
     }
+}
 
+impl PassOp {
     /// Each parameter's view of the packed weights, in order.
     fn weight_pieces<'a>(
         &self,
@@ -428,17 +440,7 @@ impl CustomOp3 for PassOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle::Result<(CpuStorage, Shape)> {
-        let args = [(s1, l1), (s2, l2), (s3, l3)];
-        let view = |arg: usize, offset: usize, shape: &[usize]| {
-            let (s, l) = args[arg];
-            convert::host_piece(s, l.start_offset() + offset, shape, &self.scratch)
-        };
-        let packed = self.forward(view, &Device::Cpu)?;
-        let n = packed.numel();
-        match to_storage(packed, &candle::Device::Cpu)? {
-            candle::Storage::Cpu(s) => Ok((s, Shape::from(n))),
-            _ => Err(refuse("a host result held on a device")),
-        }
+        convert::host_forward(self, [(s1, l1), (s2, l2), (s3, l3)])
     }
 
     #[cfg(feature = "candle-cuda")]
@@ -451,18 +453,7 @@ impl CustomOp3 for PassOp {
         s3: &candle::CudaStorage,
         l3: &Layout,
     ) -> candle::Result<(candle::CudaStorage, Shape)> {
-        let ours = convert::device(&self.device)?;
-        let args = [(s1, l1), (s2, l2), (s3, l3)];
-        let view = |arg: usize, offset: usize, shape: &[usize]| {
-            let (s, l) = args[arg];
-            convert::cuda::piece(s, l.start_offset() + offset, shape, &ours)
-        };
-        let packed = self.forward(view, &ours)?;
-        let n = packed.numel();
-        let candle::Device::Cuda(d) = &self.device else {
-            return Err(refuse("a CUDA pass on a layer off CUDA"));
-        };
-        Ok((convert::cuda::storage(packed, d)?, Shape::from(n)))
+        convert::cuda::forward(self, [(s1, l1), (s2, l2), (s3, l3)])
     }
 
     fn bwd(
