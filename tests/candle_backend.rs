@@ -778,3 +778,34 @@ fn drop_in_layers_train_as_candle_nns_do() {
     }
     drop_in_gradients(&theirs, &ours, &map, &x);
 }
+
+#[test]
+fn stepping_the_drop_in_lstm_trains_as_candle_nns_does() {
+    let (b, i, h) = (2, 3, 5);
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, DType::F32, &CPU);
+    let theirs = candle_nn::lstm(i, h, LSTMConfig::default(), vb.pp("s")).unwrap();
+    let ours = fused_rnn::candle::lstm(i, h, LSTMConfig::default(), vb.pp("s")).unwrap();
+    for (k, var) in map.all_vars().iter().enumerate() {
+        var.set(&random(var.dims(), 50 + k as u64)).unwrap();
+    }
+    let xs: Vec<Tensor> = (0..4).map(|k| random(&[b, i], 60 + k)).collect();
+    // A decoder's loop: each step's h and c feed the next; the loss reads both at the end.
+    fn run<L: RNN<State = candle_nn::rnn::LSTMState>>(layer: &L, xs: &[Tensor]) -> Tensor {
+        let mut state = layer.zero_state(xs[0].dim(0).unwrap()).unwrap();
+        for x in xs {
+            state = layer.step(x, &state).unwrap();
+        }
+        (state.h.sqr().unwrap().sum_all().unwrap() + state.c.sum_all().unwrap()).unwrap()
+    }
+    let (a, g) = (run(&theirs, &xs), run(&ours, &xs));
+    assert!(max_diff(&g, &a) < 1e-5, "loss");
+    let (ga, gb) = (a.backward().unwrap(), g.backward().unwrap());
+    for var in map.all_vars() {
+        let (want, got) = (
+            ga.get(var.as_tensor()).unwrap(),
+            gb.get(var.as_tensor()).unwrap(),
+        );
+        assert!(max_diff(got, want) < 1e-4, "gradient of {:?}", var.dims());
+    }
+}
