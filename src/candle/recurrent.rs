@@ -136,18 +136,7 @@ impl Stack {
     /// The shapes of the call's results and state, from the input's.
     fn shapes(&self, x: &candle::Tensor) -> candle::Result<Shapes> {
         let s = &self.spec;
-        let (d0, d1, _) = x
-            .dims3()
-            .map_err(|_| refuse(format!("input: expected 3 dimensions, got {:?}", x.dims())))?;
-        let (seq_len, batch) = if s.batch_first { (d1, d0) } else { (d0, d1) };
-        if x.dim(2)? != s.input_size || seq_len == 0 || batch == 0 {
-            let expected = match s.batch_first {
-                true => format!("[B, T, {}] (batch_first)", s.input_size),
-                false => format!("[T, B, {}]", s.input_size),
-            };
-            return Err(wrap(crate::Error::shape("input", expected, x.dims())));
-        }
-        let dims = s.dims(seq_len, batch);
+        let dims = s.input_dims(x.dims()).map_err(wrap)?;
         Ok(Shapes {
             output: dims.output_shape(),
             h: dims.state_shape(),

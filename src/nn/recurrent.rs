@@ -139,6 +139,26 @@ impl Spec {
         }
     }
 
+    /// The sizes of a pass over an input of `shape` ([T, B, I], or [B, T, I] when
+    /// batch_first), checked: I is the input size, T and B are positive, every size countable.
+    pub(crate) fn input_dims(&self, shape: &[usize]) -> Result<Dims> {
+        let expected = if self.batch_first {
+            format!("[B, T, {}] (batch_first)", self.input_size)
+        } else {
+            format!("[T, B, {}]", self.input_size)
+        };
+        let &[d0, d1, i] = shape else {
+            return Err(Error::shape("input", expected, shape));
+        };
+        let (seq_len, batch) = if self.batch_first { (d1, d0) } else { (d0, d1) };
+        if i != self.input_size || seq_len == 0 || batch == 0 {
+            return Err(Error::shape("input", expected, shape));
+        }
+        let dims = self.dims(seq_len, batch);
+        dims.check_sizes(false)?;
+        Ok(dims)
+    }
+
     /// Checks the sizes: positive, a projection only on an LSTM and smaller than H, and every
     /// parameter count and byte count within usize.
     pub(crate) fn validate(&self) -> Result<()> {
@@ -548,21 +568,6 @@ impl Recurrent {
     }
 
     fn dims(&self, input: &Tensor) -> Result<Dims> {
-        let s = &self.spec;
-        let expected = if s.batch_first {
-            format!("[B, T, {}] (batch_first)", s.input_size)
-        } else {
-            format!("[T, B, {}]", s.input_size)
-        };
-        let &[d0, d1, i] = input.shape() else {
-            return Err(Error::shape("input", expected, input.shape()));
-        };
-        let (seq_len, batch) = if s.batch_first { (d1, d0) } else { (d0, d1) };
-        if i != s.input_size || seq_len == 0 || batch == 0 {
-            return Err(Error::shape("input", expected, input.shape()));
-        }
-        let dims = self.dims_for(seq_len, batch);
-        dims.check_sizes(false)?;
-        Ok(dims)
+        self.spec.input_dims(input.shape())
     }
 }
