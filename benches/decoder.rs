@@ -36,6 +36,7 @@ fn decoder(c: &mut Criterion) {
     let vocab = Vocab::new((4..V).map(|w| format!("w{w}"))).unwrap();
     let config = CaptionerConfig {
         image: None,
+        encoder_hidden: None,
         features: D,
         attention: H,
         hidden: H,
@@ -101,6 +102,7 @@ fn decoder_cuda(c: &mut Criterion) {
     let vocab = Vocab::new((4..v).map(|w| format!("w{w}"))).unwrap();
     let config = CaptionerConfig {
         image: None,
+        encoder_hidden: None,
         features: d,
         attention: h,
         hidden: h,

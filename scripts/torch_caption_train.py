@@ -62,16 +62,22 @@ def vocabulary(train):
 
 
 class Encoder(nn.Module):
-    def __init__(self, height, width, patch=8, window=16, dim=128):
+    def __init__(self, height, width, patch=8, window=16, dim=128, hidden=0):
         super().__init__()
         self.window, self.patch, self.pad = window, patch, (window - patch) // 2
         self.regions = (height // patch) * (width // patch)
-        self.proj = nn.Linear(window * window + self.regions, dim)
+        inputs = window * window + self.regions
+        # `fused-rnn train caption --encoder-hidden N`: a hidden layer before the keys.
+        self.hidden = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU()) if hidden else None
+        self.proj = nn.Linear(hidden or inputs, dim)
 
     def forward(self, x):  # x [B, 1, H, W]
         cols = F.unfold(x, self.window, stride=self.patch, padding=self.pad).transpose(1, 2)
         one_hot = torch.eye(self.regions).expand(x.shape[0], -1, -1)
-        return F.relu(self.proj(torch.cat([cols, one_hot], dim=2)))
+        h = torch.cat([cols, one_hot], dim=2)
+        if self.hidden is not None:
+            h = self.hidden(h)
+        return F.relu(self.proj(h))
 
 
 def warp(x, gen):
@@ -137,6 +143,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--encoder-hidden", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -146,7 +153,7 @@ def main():
     vocab = vocabulary(splits["train"])
     ids = {w: i for i, w in enumerate(vocab)}
     h, w = splits["train"][0][0].shape
-    encoder = Encoder(h, w)
+    encoder = Encoder(h, w, hidden=args.encoder_hidden)
     decoder = DecoderWithAttention(128, 64, 128, len(vocab), 128, dropout=0.0)
     params = list(encoder.parameters()) + list(decoder.parameters())
     lr0, lr1 = 3e-3, 1e-4

@@ -95,9 +95,19 @@ impl Scenes {
 
 #[test]
 fn a_tiny_captioner_learns_to_name_glyphs_left_to_right() {
+    learns_to_name_glyphs(None);
+}
+
+#[test]
+fn a_tiny_captioner_with_a_hidden_encoder_layer_learns_to_name_glyphs() {
+    learns_to_name_glyphs(Some(32));
+}
+
+fn learns_to_name_glyphs(encoder_hidden: Option<usize>) {
     let vocab = Vocab::new((0..GLYPHS).map(|g| format!("g{g}"))).unwrap();
     let config = CaptionerConfig {
         image: Some(shape()),
+        encoder_hidden,
         features: 24,
         attention: 16,
         hidden: 32,
@@ -121,7 +131,7 @@ fn a_tiny_captioner_learns_to_name_glyphs_left_to_right() {
     let start = held_loss(&model);
     let mut adam = Adam::new(4e-3);
     let mut rng = StdRng::seed_from_u64(7);
-    for _ in 0..300 {
+    for _ in 0..600 {
         let b = scenes.batch(&vocab, 32, &mut rng);
         let report = model
             .train_step(
@@ -160,12 +170,16 @@ fn a_tiny_captioner_learns_to_name_glyphs_left_to_right() {
     }
 
     // The checkpoint round-trips: same captions, same scores.
-    let dir = std::env::temp_dir().join(format!("fused-rnn-models-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "fused-rnn-models-{}-{encoder_hidden:?}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("captioner.safetensors");
     model.save(&path).unwrap();
     let loaded = Captioner::load(&path, &Device::Cpu, DType::F32).unwrap();
     assert_eq!(loaded.vocab(), model.vocab());
+    assert_eq!(loaded.encoder_hidden(), encoder_hidden);
     let again = loaded
         .caption(Input::Pixels(&held_out.pixels), 6, 3)
         .unwrap();

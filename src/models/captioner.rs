@@ -33,6 +33,8 @@ pub enum Input<'a> {
 pub struct CaptionerConfig {
     /// The image encoder's input, or none for precomputed features.
     pub image: Option<ImageShape>,
+    /// The image encoder's hidden layer, when it has one.
+    pub encoder_hidden: Option<usize>,
     /// D: a key's size (the encoder's output, or the features').
     pub features: usize,
     pub attention: usize,
@@ -104,7 +106,16 @@ impl Captioner {
     ) -> Result<Self> {
         let encoder = config
             .image
-            .map(|shape| PatchEncoder::random(shape, config.features, device, dtype, seed ^ 0xe4c))
+            .map(|shape| {
+                PatchEncoder::random(
+                    shape,
+                    config.encoder_hidden,
+                    config.features,
+                    device,
+                    dtype,
+                    seed ^ 0xe4c,
+                )
+            })
             .transpose()?;
         let decoder = AttentionDecoder::random(
             DecoderConfig {
@@ -148,6 +159,11 @@ impl Captioner {
     /// The image encoder's input, when the model reads pixels.
     pub fn image_shape(&self) -> Option<ImageShape> {
         self.encoder.as_ref().map(PatchEncoder::shape)
+    }
+
+    /// The image encoder's hidden layer size, when it has one.
+    pub fn encoder_hidden(&self) -> Option<usize> {
+        self.encoder.as_ref().and_then(PatchEncoder::hidden)
     }
 
     /// The keys [N, L, D] of `input`, and what the encoder's backward needs.
@@ -282,7 +298,11 @@ impl Captioner {
             None => None,
             Some(_) => {
                 let shape: ImageShape = checkpoint::json(&file, "image")?;
-                let mut e = PatchEncoder::random(shape, dims.features, device, dtype, 0)?;
+                // The hidden layer's size is its weight's rows; `load_state_dict` checks the rest.
+                let hidden = file
+                    .shape("encoder.window.weight")
+                    .and_then(|s| s.first().copied());
+                let mut e = PatchEncoder::random(shape, hidden, dims.features, device, dtype, 0)?;
                 e.load_state_dict(&file, "encoder.")?;
                 Some(e)
             }

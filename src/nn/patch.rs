@@ -1,8 +1,10 @@
 //! `nn::PatchEncoder`: an image encoder small enough to train end to end with a captioner on a
 //! CPU. The image is cut into P×P patches, one region each. A region reads the W×W window
 //! centred on its patch (W ≥ P, zeros beyond the image): its pixels, beside a one-hot of its
-//! position, go through one linear layer and a ReLU, giving one key [D] per region (what an
-//! attention decoder looks at). It is a convolution of kernel W and stride P. Windows wider
+//! position, go through a linear layer and a ReLU, giving one key [D] per region (what an
+//! attention decoder looks at); optionally through a hidden layer of its own first, so that a
+//! key is a two-layer network of its window (the shape of a digit is not a linear threshold of
+//! its pixels). It is a convolution of kernel W and stride P (then a 1×1 one). Windows wider
 //! than the patch let a region see a whole object that straddles a patch border, which is
 //! what lets a region name the object under it. The one-hot's columns of the weight are a
 //! learned position embedding: without it a context Σ α_l f_l could not tell the decoder where
@@ -85,39 +87,76 @@ impl ImageShape {
 
 pub struct PatchEncoder {
     shape: ImageShape,
-    /// [D, C·W·W + L] and [D]
+    /// The hidden layer, when there is one: [Hd, C·W·W + L] and [Hd].
+    window: Option<Linear>,
+    /// [D, Hd] (or [D, C·W·W + L] without a hidden layer) and [D]
     proj: Linear,
 }
 
 /// What `PatchEncoder::backward` needs.
 pub struct Patches {
     input: Tensor,
+    /// The hidden layer's output, when there is one.
+    hidden: Option<Tensor>,
     output: Tensor,
 }
 
 impl Module for PatchEncoder {
     fn parameters(&self) -> Vec<(String, &Tensor)> {
-        super::parameters_of(&[("proj.", &self.proj)])
+        let mut parts: Vec<(&str, &dyn Module)> = Vec::new();
+        if let Some(w) = &self.window {
+            parts.push(("window.", w));
+        }
+        parts.push(("proj.", &self.proj));
+        super::parameters_of(&parts)
     }
 
     fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
-        super::parameters_mut_of(vec![("proj.", &mut self.proj)])
+        let mut parts: Vec<(&str, &mut dyn Module)> = Vec::new();
+        if let Some(w) = &mut self.window {
+            parts.push(("window.", w));
+        }
+        parts.push(("proj.", &mut self.proj));
+        super::parameters_mut_of(parts)
     }
 }
 
 impl PatchEncoder {
+    /// Keys of size `dim`, through a hidden layer of `hidden` units first when given.
     pub fn random(
         shape: ImageShape,
+        hidden: Option<usize>,
         dim: usize,
         device: &Device,
         dtype: DType,
         seed: u64,
     ) -> Result<Self> {
         shape.check()?;
+        if hidden == Some(0) || dim == 0 {
+            return Err(Error::Config(
+                "an encoder's hidden and output sizes must be at least 1".into(),
+            ));
+        }
+        let window = hidden
+            .map(|h| Linear::random(shape.inputs(), h, true, device, dtype, seed ^ 0x41d))
+            .transpose()?;
         Ok(PatchEncoder {
             shape,
-            proj: Linear::random(shape.inputs(), dim, true, device, dtype, seed)?,
+            proj: Linear::random(
+                hidden.unwrap_or(shape.inputs()),
+                dim,
+                true,
+                device,
+                dtype,
+                seed,
+            )?,
+            window,
         })
+    }
+
+    /// The hidden layer's size, when there is one.
+    pub fn hidden(&self) -> Option<usize> {
+        self.window.as_ref().map(|w| w.weight.shape()[0])
     }
 
     pub fn shape(&self) -> ImageShape {
@@ -149,13 +188,24 @@ impl PatchEncoder {
             Device::Cpu => input,
             Device::Cuda(_) => input.to(&device, dtype)?,
         };
-        let output = relu(&self.proj.forward(&input)?)?;
+        let hidden = match &self.window {
+            Some(w) => Some(relu(&w.forward(&input)?)?),
+            None => None,
+        };
+        let output = relu(&self.proj.forward(hidden.as_ref().unwrap_or(&input))?)?;
         let shape = [n, l, self.dim()];
         if !train {
             return Ok((output.reshape(&shape)?, None));
         }
         let keys = output.to(&device, dtype)?.reshape(&shape)?;
-        Ok((keys, Some(Patches { input, output })))
+        Ok((
+            keys,
+            Some(Patches {
+                input,
+                hidden,
+                output,
+            }),
+        ))
     }
 
     /// Each region's window (channel, row, column; zeros off the image), then its position
@@ -223,7 +273,20 @@ impl PatchEncoder {
             .to(&grad_keys.device(), grad_keys.dtype())?
             .reshape(&rows)?;
         let g = relu_backward(&saved.output, &g)?;
-        self.proj.param_backward(&saved.input, &g)
+        match (&self.window, &saved.hidden) {
+            (Some(window), Some(hidden)) => {
+                let proj = self.proj.backward(hidden, &g)?;
+                let g = relu_backward(hidden, &proj.input)?;
+                let mut grads = window.param_backward(&saved.input, &g)?;
+                grads.push(proj.weight);
+                grads.extend(proj.bias);
+                Ok(grads)
+            }
+            (None, None) => self.proj.param_backward(&saved.input, &g),
+            _ => Err(Error::Config(
+                "these patches were saved by an encoder with other layers".into(),
+            )),
+        }
     }
 }
 
@@ -242,7 +305,7 @@ mod tests {
             patch: 3,
             window: 5,
         };
-        let enc = PatchEncoder::random(shape, 4, &Device::Cpu, DType::F32, 1).unwrap();
+        let enc = PatchEncoder::random(shape, None, 4, &Device::Cpu, DType::F32, 1).unwrap();
         let n = 2;
         let images: Vec<f32> = (0..n * shape.pixels()).map(|v| v as f32 + 1.0).collect();
         let rows = enc.rows(&images, n).unwrap();

@@ -104,6 +104,9 @@ pub struct TrainCaption {
     /// ...each reading the window×window square centred on it.
     #[arg(long, default_value_t = 16)]
     pub window: usize,
+    /// A hidden layer of this size between a window and its key (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub encoder_hidden: usize,
     /// D: the encoder's output per region.
     #[arg(long, default_value_t = 128)]
     pub features: usize,
@@ -496,6 +499,7 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
         };
         let config = CaptionerConfig {
             image: Some(shape),
+            encoder_hidden: (opts.encoder_hidden > 0).then_some(opts.encoder_hidden),
             features: opts.features,
             attention: opts.attention,
             hidden: opts.hidden,
@@ -525,11 +529,15 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
     let params: usize = model.parameters().iter().map(|(_, t)| t.numel()).sum();
     let dims = model.decoder().config().dims;
     eprintln!(
-        "model: {}×{}×{} images in {p}×{p} patches seen through {k}×{k} windows, D={} H={} V={}, \
+        "model: {}×{}×{} images in {p}×{p} patches seen through {k}×{k} windows{}, D={} H={} V={}, \
          {params} parameters; batch {}, {} validation images",
         shape.channels,
         shape.height,
         shape.width,
+        match model.encoder_hidden() {
+            Some(h) => format!(" and a hidden layer of {h}"),
+            None => String::new(),
+        },
         dims.features,
         dims.hidden,
         dims.vocab,
