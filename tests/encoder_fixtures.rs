@@ -35,11 +35,13 @@ fn check(device: &Device, dtype: DType, tol: f32) {
             .to_string_lossy()
             .to_string();
         let shape: ImageShape = serde_json::from_str(file.metadata("image").unwrap()).unwrap();
-        let hidden = file.shape("encoder.window.weight").map(|s| s[0]);
         let dim = file.shape("encoder.proj.weight").unwrap()[0];
-        // Drawn from another seed, then overwritten: the loaded parameters must be the ones used.
-        let mut encoder = PatchEncoder::random(shape, hidden, dim, device, dtype, 77).unwrap();
-        encoder.load_state_dict(&file, "encoder.").unwrap();
+        let encoder = PatchEncoder::load(&file, "encoder.", shape, dim, device, dtype).unwrap();
+        assert_eq!(
+            encoder.hidden(),
+            file.shape("encoder.window.weight").map(|s| s[0]),
+            "{case}"
+        );
         let (keys, saved) = encoder.forward(&floats(&file, "images"), true).unwrap();
         assert_eq!(keys.shape(), file.shape("keys").unwrap(), "{case}");
         assert_close(

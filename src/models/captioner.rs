@@ -298,12 +298,7 @@ impl Captioner {
             None => None,
             Some(_) => {
                 let shape: ImageShape = checkpoint::json(&file, "image")?;
-                // The hidden layer's size is its weight's rows; `load_state_dict` checks the rest.
-                let hidden = file
-                    .shape("encoder.window.weight")
-                    .and_then(|s| s.first().copied());
-                let mut e = PatchEncoder::random(shape, hidden, dims.features, device, dtype, 0)?;
-                e.load_state_dict(&file, "encoder.")?;
+                let e = PatchEncoder::load(&file, "encoder.", shape, dims.features, device, dtype)?;
                 Some(e)
             }
         };

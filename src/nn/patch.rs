@@ -13,6 +13,7 @@
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::io::TensorFile;
 use crate::nn::{Linear, Module};
 use crate::ops::pointwise::{relu, relu_backward};
 use crate::size;
@@ -152,6 +153,30 @@ impl PatchEncoder {
             )?,
             window,
         })
+    }
+
+    /// An encoder of `shape` with keys of size `dim` from the parameters under `prefix` in
+    /// `file`; it has a hidden layer when the file holds `{prefix}window.weight` (its rows).
+    pub fn load(
+        file: &TensorFile,
+        prefix: &str,
+        shape: ImageShape,
+        dim: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let name = format!("{prefix}window.weight");
+        let hidden = match file.shape(&name) {
+            None => None,
+            Some(&[rows, _]) if rows > 0 => Some(rows),
+            Some(got) => {
+                let expected = format!("[hidden, {}] with hidden ≥ 1", shape.inputs());
+                return Err(Error::shape(name, expected, got));
+            }
+        };
+        let mut encoder = Self::random(shape, hidden, dim, device, dtype, 0)?;
+        encoder.load_state_dict(file, prefix)?;
+        Ok(encoder)
     }
 
     /// The hidden layer's size, when there is one.
