@@ -47,6 +47,14 @@ fn random(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &CPU).unwrap()
 }
 
+/// Every variable of `map` drawn afresh (candle-nn's biases start at zero, which would hide
+/// a bias used wrongly), variable k from seed `seed + k`.
+fn randomise(map: &VarMap, seed: u64) {
+    for (k, var) in map.all_vars().iter().enumerate() {
+        var.set(&random(var.dims(), seed + k as u64)).unwrap();
+    }
+}
+
 #[test]
 fn drop_in_lstm_equals_candle_nn_in_every_rnn_method() {
     let (b, t, i, h) = (3, 7, 5, 9);
@@ -54,10 +62,7 @@ fn drop_in_lstm_equals_candle_nn_in_every_rnn_method() {
     let vb = VarBuilder::from_varmap(&map, DType::F32, &CPU);
     let theirs = candle_nn::lstm(i, h, LSTMConfig::default(), vb.pp("enc")).unwrap();
     let ours = fused_rnn::candle::lstm(i, h, LSTMConfig::default(), vb.pp("enc")).unwrap();
-    // Their biases start at zero: give every parameter values before comparing.
-    for (k, var) in map.all_vars().iter().enumerate() {
-        var.set(&random(var.dims(), 10 + k as u64)).unwrap();
-    }
+    randomise(&map, 10);
     let x = random(&[b, t, i], 1);
 
     let zero = ours.zero_state(b).unwrap();
@@ -149,9 +154,7 @@ fn drop_in_gru_equals_candle_nn_in_every_rnn_method() {
     let config = candle_nn::GRUConfig::default();
     let theirs = candle_nn::gru(i, h, config, vb.pp("g")).unwrap();
     let ours = fused_rnn::candle::gru(i, h, config, vb.pp("g")).unwrap();
-    for (k, var) in map.all_vars().iter().enumerate() {
-        var.set(&random(var.dims(), 20 + k as u64)).unwrap();
-    }
+    randomise(&map, 20);
     let x = random(&[b, t, i], 4);
     assert_eq!(ours.zero_state(b).unwrap().h.dims(), &[b, h]);
     let (s_ours, s_theirs) = (ours.seq(&x).unwrap(), theirs.seq(&x).unwrap());
@@ -762,9 +765,7 @@ fn drop_in_layers_train_as_candle_nns_do() {
     let vb = VarBuilder::from_varmap(&map, DType::F32, &CPU);
     let theirs = candle_nn::lstm(i, h, LSTMConfig::default(), vb.pp("l")).unwrap();
     let ours = fused_rnn::candle::lstm(i, h, LSTMConfig::default(), vb.pp("l")).unwrap();
-    for (k, var) in map.all_vars().iter().enumerate() {
-        var.set(&random(var.dims(), 30 + k as u64)).unwrap();
-    }
+    randomise(&map, 30);
     let x = Var::from_tensor(&random(&[b, t, i], 12)).unwrap();
     drop_in_gradients(&theirs, &ours, &map, &x);
 
@@ -773,9 +774,7 @@ fn drop_in_layers_train_as_candle_nns_do() {
     let config = candle_nn::GRUConfig::default();
     let theirs = candle_nn::gru(i, h, config, vb.pp("g")).unwrap();
     let ours = fused_rnn::candle::gru(i, h, config, vb.pp("g")).unwrap();
-    for (k, var) in map.all_vars().iter().enumerate() {
-        var.set(&random(var.dims(), 40 + k as u64)).unwrap();
-    }
+    randomise(&map, 40);
     drop_in_gradients(&theirs, &ours, &map, &x);
 }
 
@@ -786,9 +785,7 @@ fn stepping_the_drop_in_lstm_trains_as_candle_nns_does() {
     let vb = VarBuilder::from_varmap(&map, DType::F32, &CPU);
     let theirs = candle_nn::lstm(i, h, LSTMConfig::default(), vb.pp("s")).unwrap();
     let ours = fused_rnn::candle::lstm(i, h, LSTMConfig::default(), vb.pp("s")).unwrap();
-    for (k, var) in map.all_vars().iter().enumerate() {
-        var.set(&random(var.dims(), 50 + k as u64)).unwrap();
-    }
+    randomise(&map, 50);
     let xs: Vec<Tensor> = (0..4).map(|k| random(&[b, i], 60 + k)).collect();
     // A decoder's loop: each step's h and c feed the next; the loss reads both at the end.
     fn run<L: RNN<State = candle_nn::rnn::LSTMState>>(layer: &L, xs: &[Tensor]) -> Tensor {
