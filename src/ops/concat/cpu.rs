@@ -8,7 +8,7 @@ use crate::tensor::Tensor;
 pub(super) fn concat(tensors: &[&Tensor], layout: &Layout, shape: &[usize]) -> Result<Tensor> {
     let pieces = tensors
         .iter()
-        .map(|t| t.to_vec_f32())
+        .map(|t| t.f32_values())
         .collect::<Result<Vec<_>>>()?;
     let widths: Vec<usize> = layout.widths().collect();
     let mut out = Vec::with_capacity(layout.outer * layout.whole_width());
@@ -17,11 +17,11 @@ pub(super) fn concat(tensors: &[&Tensor], layout: &Layout, shape: &[usize]) -> R
             out.extend_from_slice(&piece[row * w..(row + 1) * w]);
         }
     }
-    Tensor::from_f32(&out, shape, tensors[0].dtype())
+    Tensor::from_f32_vec(out, shape, tensors[0].dtype())
 }
 
 pub(super) fn split(x: &Tensor, layout: &Layout, shapes: &[Vec<usize>]) -> Result<Vec<Tensor>> {
-    let whole = x.to_vec_f32()?;
+    let whole = x.f32_values()?;
     let widths: Vec<usize> = layout.widths().collect();
     let whole_width = layout.whole_width();
     let mut pieces: Vec<Vec<f32>> = widths
@@ -36,8 +36,8 @@ pub(super) fn split(x: &Tensor, layout: &Layout, shapes: &[Vec<usize>]) -> Resul
         }
     }
     pieces
-        .iter()
+        .into_iter()
         .zip(shapes)
-        .map(|(values, shape)| Tensor::from_f32(values, shape, x.dtype()))
+        .map(|(values, shape)| Tensor::from_f32_vec(values, shape, x.dtype()))
         .collect()
 }

@@ -28,18 +28,18 @@ pub(super) fn backward(
     input_grad: bool,
 ) -> Result<Computed> {
     let dtype = x.dtype();
-    let dy = grad_y.to_vec_f32()?;
+    let dy = grad_y.f32_values()?;
     let dx = input_grad
-        .then(|| gemm_cpu::linear_input_grad(&dy, &weight.to_vec_f32()?, sizes))
+        .then(|| gemm_cpu::linear_input_grad(&dy, &weight.f32_values()?, sizes))
         .transpose()?;
-    let (dw, db) = gemm_cpu::linear_param_grads(&dy, &x.to_vec_f32()?, sizes, has_bias)?;
+    let (dw, db) = gemm_cpu::linear_param_grads(&dy, &x.f32_values()?, sizes, has_bias)?;
     Ok(Computed {
         input: dx
-            .map(|dx| Tensor::from_f32(&dx, x.shape(), dtype))
+            .map(|dx| Tensor::from_f32_vec(dx, x.shape(), dtype))
             .transpose()?,
-        weight: Tensor::from_f32(&dw, weight.shape(), dtype)?,
+        weight: Tensor::from_f32_vec(dw, weight.shape(), dtype)?,
         bias: db
-            .map(|db| Tensor::from_f32(&db, &[sizes.n], dtype))
+            .map(|db| Tensor::from_f32_vec(db, &[sizes.n], dtype))
             .transpose()?,
     })
 }

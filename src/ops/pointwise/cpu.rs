@@ -24,34 +24,34 @@ fn derivative(act: Activation, y: f32, dy: f32) -> f32 {
 }
 
 pub(super) fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
-    let y: Vec<f32> = x.to_vec_f32()?.into_iter().map(|v| act.apply(v)).collect();
-    Tensor::from_f32(&y, x.shape(), x.dtype())
+    let y: Vec<f32> = x.f32_values()?.iter().map(|&v| act.apply(v)).collect();
+    Tensor::from_f32_vec(y, x.shape(), x.dtype())
 }
 
 pub(super) fn activation_backward(y: &Tensor, dy: &Tensor, act: Activation) -> Result<Tensor> {
-    let dx: Vec<f32> = (y.to_vec_f32()?.into_iter())
-        .zip(dy.to_vec_f32()?)
-        .map(|(y, dy)| derivative(act, y, dy))
+    let dx: Vec<f32> = (y.f32_values()?.iter())
+        .zip(dy.f32_values()?.iter())
+        .map(|(&y, &dy)| derivative(act, y, dy))
         .collect();
-    Tensor::from_f32(&dx, y.shape(), y.dtype())
+    Tensor::from_f32_vec(dx, y.shape(), y.dtype())
 }
 
 pub(super) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
-    let y: Vec<f32> = (a.to_vec_f32()?.into_iter())
-        .zip(b.to_vec_f32()?)
-        .map(|(a, b)| op.apply(a, b))
+    let y: Vec<f32> = (a.f32_values()?.iter())
+        .zip(b.f32_values()?.iter())
+        .map(|(&a, &b)| op.apply(a, b))
         .collect();
-    Tensor::from_f32(&y, a.shape(), a.dtype())
+    Tensor::from_f32_vec(y, a.shape(), a.dtype())
 }
 
 pub(super) fn mul_backward(a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-    let dy = dy.to_vec_f32()?;
+    let dy = dy.f32_values()?;
     let times = |t: &Tensor| -> Result<Tensor> {
-        let v: Vec<f32> = (t.to_vec_f32()?.into_iter())
-            .zip(&dy)
-            .map(|(v, g)| g * v)
+        let v: Vec<f32> = (t.f32_values()?.iter())
+            .zip(dy.iter())
+            .map(|(&v, &g)| g * v)
             .collect();
-        Tensor::from_f32(&v, t.shape(), t.dtype())
+        Tensor::from_f32_vec(v, t.shape(), t.dtype())
     };
     Ok((times(b)?, times(a)?))
 }
