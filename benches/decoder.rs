@@ -12,7 +12,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fused_rnn::models::{Captioner, CaptionerConfig, Input, Vocab};
-use fused_rnn::nn::AttentionActivation;
+use fused_rnn::nn::{AttentionActivation, EncoderLayers};
 use fused_rnn::train::Adam;
 use fused_rnn::{Algo, DType, Device, Indices, Tensor};
 use std::time::Duration;
@@ -36,7 +36,7 @@ fn decoder(c: &mut Criterion) {
     let vocab = Vocab::new((4..V).map(|w| format!("w{w}"))).unwrap();
     let config = CaptionerConfig {
         image: None,
-        encoder_hidden: None,
+        encoder: EncoderLayers::default(),
         features: D,
         attention: H,
         hidden: H,
@@ -102,7 +102,7 @@ fn decoder_cuda(c: &mut Criterion) {
     let vocab = Vocab::new((4..v).map(|w| format!("w{w}"))).unwrap();
     let config = CaptionerConfig {
         image: None,
-        encoder_hidden: None,
+        encoder: EncoderLayers::default(),
         features: d,
         attention: h,
         hidden: h,
@@ -124,7 +124,7 @@ fn decoder_cuda(c: &mut Criterion) {
     common::gpu_settings(&mut group, Duration::from_secs(2));
     group.throughput(Throughput::Elements((b * (t - 1)) as u64));
     for algo in [Algo::Fused, Algo::Naive] {
-        let mut model = Captioner::random(config, vocab.clone(), &device, DType::F32, 1)
+        let mut model = Captioner::random(config.clone(), vocab.clone(), &device, DType::F32, 1)
             .unwrap()
             .with_algo(algo);
         let mut adam = Adam::new(4e-4);
@@ -146,7 +146,7 @@ fn decoder_cuda(c: &mut Criterion) {
     }
     group.throughput(Throughput::Elements(b as u64));
     for algo in [Algo::Fused, Algo::Naive] {
-        let model = Captioner::random(config, vocab.clone(), &device, DType::F32, 1)
+        let model = Captioner::random(config.clone(), vocab.clone(), &device, DType::F32, 1)
             .unwrap()
             .with_algo(algo);
         let id = BenchmarkId::new(format!("{}_decoder_greedy_f32", algo.name()), &size);

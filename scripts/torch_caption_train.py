@@ -18,6 +18,7 @@ warps it: a random affine map (rotation up to 0.14 rad, scales 1 +- 0.1, shear +
 Evaluation: greedy captions (at most 20 tokens) of the test split, exact-caption accuracy.
 
 Usage: python3 scripts/torch_caption_train.py --data DIR [--minutes 10] [--threads 2]
+    [--conv 16,32] [--encoder-hidden N]  (as `fused-rnn train caption`'s flags)
 """
 
 import argparse
@@ -62,16 +63,26 @@ def vocabulary(train):
 
 
 class Encoder(nn.Module):
-    def __init__(self, height, width, patch=8, window=16, dim=128, hidden=0):
+    def __init__(self, height, width, patch=8, window=16, dim=128, hidden=0, convs=()):
         super().__init__()
+        # `fused-rnn train caption --conv 16,32`: 4x4 convolutions at stride 2 (padding 1, ReLU)
+        # first, the windows then read from the last map in its units.
+        channels = [1] + list(convs)
+        self.stem = nn.Sequential(*[
+            layer for cin, cout in zip(channels, channels[1:])
+            for layer in (nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.ReLU())
+        ])
+        scale = 2 ** len(convs)
+        window, patch = window // scale, patch // scale
         self.window, self.patch, self.pad = window, patch, (window - patch) // 2
-        self.regions = (height // patch) * (width // patch)
-        inputs = window * window + self.regions
+        self.regions = (height // scale // patch) * (width // scale // patch)
+        inputs = channels[-1] * window * window + self.regions
         # `fused-rnn train caption --encoder-hidden N`: a hidden layer before the keys.
         self.hidden = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU()) if hidden else None
         self.proj = nn.Linear(hidden or inputs, dim)
 
     def forward(self, x):  # x [B, 1, H, W]
+        x = self.stem(x)
         cols = F.unfold(x, self.window, stride=self.patch, padding=self.pad).transpose(1, 2)
         one_hot = torch.eye(self.regions).expand(x.shape[0], -1, -1)
         h = torch.cat([cols, one_hot], dim=2)
@@ -144,6 +155,7 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--encoder-hidden", type=int, default=0)
+    ap.add_argument("--conv", default="none")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -153,7 +165,8 @@ def main():
     vocab = vocabulary(splits["train"])
     ids = {w: i for i, w in enumerate(vocab)}
     h, w = splits["train"][0][0].shape
-    encoder = Encoder(h, w, hidden=args.encoder_hidden)
+    convs = [] if args.conv == "none" else [int(c) for c in args.conv.split(",")]
+    encoder = Encoder(h, w, hidden=args.encoder_hidden, convs=convs)
     decoder = DecoderWithAttention(128, 64, 128, len(vocab), 128, dropout=0.0)
     params = list(encoder.parameters()) + list(decoder.parameters())
     lr0, lr1 = 3e-3, 1e-4

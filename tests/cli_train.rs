@@ -205,9 +205,9 @@ fn a_data_set_never_seen_before_trains_without_changes() {
         "train",
         "caption",
         "--steps",
-        "1000",
+        "2000",
         "--eval-every",
-        "500",
+        "1000",
         "--eval-images",
         "40",
         "--data",
@@ -338,6 +338,19 @@ fn bad_training_flags_are_one_line_and_exit_2() {
         (
             vec!["train", "caption", "--out", o, "--window", "9"],
             "window",
+        ),
+        (
+            vec!["train", "caption", "--out", o, "--conv", "0"],
+            "--conv",
+        ),
+        (
+            vec!["train", "caption", "--out", o, "--conv", "16,x"],
+            "--conv",
+        ),
+        (vec!["train", "caption", "--out", o, "--conv", ""], "--conv"),
+        (
+            vec!["train", "caption", "--out", o, "--conv", "4,4,4,4"],
+            "convolutions",
         ),
         (
             vec!["train", "translate", "--out", o, "--cell", "rnn"],

@@ -1,4 +1,5 @@
-//! The captioner's image encoder (`nn::PatchEncoder`, with and without its hidden layer) against
+//! The captioner's image encoder (`nn::PatchEncoder`, with and without its stem of convolutions
+//! and its hidden layer) against
 //! PyTorch (float64, `scripts/fixtures/make_encoder_fixtures.py`): keys and every parameter's
 //! gradient, on the CPU and on CUDA.
 
@@ -6,7 +7,7 @@ mod common;
 
 use common::assert_close;
 use fused_rnn::io::TensorFile;
-use fused_rnn::nn::{ImageShape, Module, PatchEncoder};
+use fused_rnn::nn::{EncoderLayers, ImageShape, Module, PatchEncoder};
 use fused_rnn::{DType, Device};
 
 /// Within 1e-5 of the reference's largest magnitude (f32 against float64).
@@ -18,7 +19,7 @@ fn cases() -> Vec<TensorFile> {
         .map(|e| e.unwrap().path())
         .collect();
     paths.sort();
-    assert!(paths.len() >= 4, "encoder fixtures missing");
+    assert!(paths.len() >= 6, "encoder fixtures missing");
     paths.iter().map(|p| TensorFile::load(p).unwrap()).collect()
 }
 
@@ -37,11 +38,17 @@ fn check(device: &Device, dtype: DType, tol: f32) {
         let shape: ImageShape = serde_json::from_str(file.metadata("image").unwrap()).unwrap();
         let dim = file.shape("encoder.proj.weight").unwrap()[0];
         let encoder = PatchEncoder::load(&file, "encoder.", shape, dim, device, dtype).unwrap();
-        assert_eq!(
-            encoder.hidden(),
-            file.shape("encoder.window.weight").map(|s| s[0]),
-            "{case}"
-        );
+        let convs: Vec<usize> = (0..)
+            .map_while(|i| {
+                file.shape(&format!("encoder.conv.{i}.weight"))
+                    .map(|s| s[0])
+            })
+            .collect();
+        let layers = EncoderLayers {
+            convs,
+            hidden: file.shape("encoder.window.weight").map(|s| s[0]),
+        };
+        assert_eq!(encoder.layers(), layers, "{case}");
         let (keys, saved) = encoder.forward(&floats(&file, "images"), true).unwrap();
         assert_eq!(keys.shape(), file.shape("keys").unwrap(), "{case}");
         assert_close(

@@ -7,7 +7,7 @@
 use fused_rnn::models::{
     Captioner, CaptionerConfig, EncoderCell, Input, Seq2Seq, Seq2SeqConfig, Sources, Vocab,
 };
-use fused_rnn::nn::{AttentionActivation, ImageShape};
+use fused_rnn::nn::{AttentionActivation, EncoderLayers, ImageShape};
 use fused_rnn::train::Adam;
 use fused_rnn::{DType, Device, Indices};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -95,19 +95,30 @@ impl Scenes {
 
 #[test]
 fn a_tiny_captioner_learns_to_name_glyphs_left_to_right() {
-    learns_to_name_glyphs(None);
+    learns_to_name_glyphs(EncoderLayers::default());
 }
 
 #[test]
 fn a_tiny_captioner_with_a_hidden_encoder_layer_learns_to_name_glyphs() {
-    learns_to_name_glyphs(Some(32));
+    learns_to_name_glyphs(EncoderLayers {
+        convs: vec![],
+        hidden: Some(32),
+    });
 }
 
-fn learns_to_name_glyphs(encoder_hidden: Option<usize>) {
+#[test]
+fn a_tiny_captioner_with_a_convolution_stem_learns_to_name_glyphs() {
+    learns_to_name_glyphs(EncoderLayers {
+        convs: vec![8],
+        hidden: None,
+    });
+}
+
+fn learns_to_name_glyphs(encoder: EncoderLayers) {
     let vocab = Vocab::new((0..GLYPHS).map(|g| format!("g{g}"))).unwrap();
     let config = CaptionerConfig {
         image: Some(shape()),
-        encoder_hidden,
+        encoder: encoder.clone(),
         features: 24,
         attention: 16,
         hidden: 32,
@@ -171,15 +182,17 @@ fn learns_to_name_glyphs(encoder_hidden: Option<usize>) {
 
     // The checkpoint round-trips: same captions, same scores.
     let dir = std::env::temp_dir().join(format!(
-        "fused-rnn-models-{}-{encoder_hidden:?}",
-        std::process::id()
+        "fused-rnn-models-{}-{:?}-{:?}",
+        std::process::id(),
+        encoder.convs,
+        encoder.hidden
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("captioner.safetensors");
     model.save(&path).unwrap();
     let loaded = Captioner::load(&path, &Device::Cpu, DType::F32).unwrap();
     assert_eq!(loaded.vocab(), model.vocab());
-    assert_eq!(loaded.encoder_hidden(), encoder_hidden);
+    assert_eq!(loaded.encoder_layers(), Some(encoder));
     let again = loaded
         .caption(Input::Pixels(&held_out.pixels), 6, 3)
         .unwrap();

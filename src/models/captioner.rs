@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::indices::Indices;
 use crate::nn::{
     parameters_mut_of, parameters_of, AttentionActivation, AttentionDecoder, DecoderConfig,
-    DecoderDims, Grads, ImageShape, Module, PatchEncoder, Patches,
+    DecoderDims, EncoderLayers, Grads, ImageShape, Module, PatchEncoder, Patches,
 };
 use crate::tensor::Tensor;
 use crate::train::Adam;
@@ -29,12 +29,12 @@ pub enum Input<'a> {
 }
 
 /// The sizes of a new captioner.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CaptionerConfig {
     /// The image encoder's input, or none for precomputed features.
     pub image: Option<ImageShape>,
-    /// The image encoder's hidden layer, when it has one.
-    pub encoder_hidden: Option<usize>,
+    /// The image encoder's layers before its key layer (a stem of convolutions, a hidden layer).
+    pub encoder: EncoderLayers,
     /// D: a key's size (the encoder's output, or the features').
     pub features: usize,
     pub attention: usize,
@@ -109,7 +109,7 @@ impl Captioner {
             .map(|shape| {
                 PatchEncoder::random(
                     shape,
-                    config.encoder_hidden,
+                    &config.encoder,
                     config.features,
                     device,
                     dtype,
@@ -161,9 +161,9 @@ impl Captioner {
         self.encoder.as_ref().map(PatchEncoder::shape)
     }
 
-    /// The image encoder's hidden layer size, when it has one.
-    pub fn encoder_hidden(&self) -> Option<usize> {
-        self.encoder.as_ref().and_then(PatchEncoder::hidden)
+    /// The image encoder's layers before its key layer, when the model reads pixels.
+    pub fn encoder_layers(&self) -> Option<EncoderLayers> {
+        self.encoder.as_ref().map(PatchEncoder::layers)
     }
 
     /// The keys [N, L, D] of `input`, and what the encoder's backward needs.

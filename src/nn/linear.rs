@@ -73,6 +73,22 @@ impl Linear {
     pub fn param_backward(&self, x: &Tensor, grad_y: &Tensor) -> Result<Vec<Tensor>> {
         linear::param_backward(x, &self.weight, self.bias.is_some(), grad_y)
     }
+
+    /// The parameters' gradients (state_dict order), and the input's when `input` is asked for.
+    pub(crate) fn grads(
+        &self,
+        x: &Tensor,
+        grad_y: &Tensor,
+        input: bool,
+    ) -> Result<(Vec<Tensor>, Option<Tensor>)> {
+        if !input {
+            return Ok((self.param_backward(x, grad_y)?, None));
+        }
+        let grads = self.backward(x, grad_y)?;
+        let mut params = vec![grads.weight];
+        params.extend(grads.bias);
+        Ok((params, Some(grads.input)))
+    }
 }
 
 impl Module for Linear {

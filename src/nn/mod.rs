@@ -1,6 +1,7 @@
 //! Layer objects that own their parameters.
 
 mod attention;
+mod conv;
 mod decoder;
 mod grads;
 mod init;
@@ -20,5 +21,5 @@ pub use grads::Grads;
 pub use layers::{Gru, GruConfig, Lstm, LstmConfig, LstmOutput, Rnn, RnnConfig, RnnOutput};
 pub use linear::{Embedding, Linear, LinearGradients};
 pub use module::{parameters_mut_of, parameters_of, save_state_dict, Module};
-pub use patch::{ImageShape, PatchEncoder, Patches};
+pub use patch::{EncoderLayers, ImageShape, PatchEncoder, Patches};
 pub use recurrent::{Recurrent, Spec as RecurrentSpec};

@@ -9,11 +9,17 @@
 //! what lets a region name the object under it. The one-hot's columns of the weight are a
 //! learned position embedding: without it a context Σ α_l f_l could not tell the decoder where
 //! it looked.
-
+//!
+//! Optionally a stem of convolutions comes first (`nn::conv`: 4×4 kernels at stride 2, zero
+//! padding 1, ReLU, each halving the image), and the windows are read from its last map, in
+//! its units (W/2^s at stride P/2^s after s of them): the same regions and receptive field,
+//! but what a region sees is built from small shared filters that find a stroke wherever it
+//! falls, which is what lets the encoder read digits at positions it was not trained on.
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::io::TensorFile;
+use crate::nn::conv::{Conv, ConvSaved, Geometry, Windows};
 use crate::nn::{Linear, Module};
 use crate::ops::pointwise::{relu, relu_backward};
 use crate::size;
@@ -84,18 +90,56 @@ impl ImageShape {
     fn inputs(&self) -> usize {
         self.channels * self.window * self.window + self.regions()
     }
+    /// The windows the key layer reads after a stem of `convs` convolutions: in the last
+    /// map's units, of its channels (the image itself without a stem).
+    fn key_windows(&self, convs: &[usize]) -> Result<Geometry> {
+        let s = convs.len();
+        let scale = 1usize << s.min(usize::BITS as usize - 1);
+        let (p, k) = (self.patch, self.window);
+        if s > 0 && (p % scale != 0 || k % scale != 0 || (k - p) % (2 * scale) != 0) {
+            return Err(Error::Config(format!(
+                "{s} stride-2 convolutions leave no whole {p}×{p} patch and {k}×{k} window \
+                 (both must divide by {scale}, their difference by {})",
+                2 * scale
+            )));
+        }
+        Ok(Geometry {
+            height: self.height / scale,
+            width: self.width / scale,
+            channels: convs.last().copied().unwrap_or(self.channels),
+            kernel: k / scale,
+            stride: p / scale,
+            pad: (k - p) / 2 / scale,
+        })
+    }
+}
+
+/// The layers between the pixels and the key layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncoderLayers {
+    /// The output channels of each stem convolution (4×4, stride 2), first to last; empty for
+    /// windows of raw pixels.
+    pub convs: Vec<usize>,
+    /// A hidden layer between a window and its key.
+    pub hidden: Option<usize>,
 }
 
 pub struct PatchEncoder {
     shape: ImageShape,
-    /// The hidden layer, when there is one: [Hd, C·W·W + L] and [Hd].
+    stem: Vec<Conv>,
+    /// The key layer's windows over the stem's last map, with their position one-hots (none
+    /// without a stem: the windows are cut from the pixels on the host).
+    key_windows: Option<Windows>,
+    /// The hidden layer, when there is one: [Hd, K·K·C + L] and [Hd].
     window: Option<Linear>,
-    /// [D, Hd] (or [D, C·W·W + L] without a hidden layer) and [D]
+    /// [D, Hd] (or [D, K·K·C + L] without a hidden layer) and [D]
     proj: Linear,
 }
 
 /// What `PatchEncoder::backward` needs.
 pub struct Patches {
+    images: usize,
+    stem: Vec<ConvSaved>,
     input: Tensor,
     /// The hidden layer's output, when there is one.
     hidden: Option<Tensor>,
@@ -104,7 +148,11 @@ pub struct Patches {
 
 impl Module for PatchEncoder {
     fn parameters(&self) -> Vec<(String, &Tensor)> {
+        let prefixes = self.stem_prefixes();
         let mut parts: Vec<(&str, &dyn Module)> = Vec::new();
+        for (prefix, conv) in prefixes.iter().zip(&self.stem) {
+            parts.push((prefix, conv));
+        }
         if let Some(w) = &self.window {
             parts.push(("window.", w));
         }
@@ -113,7 +161,11 @@ impl Module for PatchEncoder {
     }
 
     fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let prefixes = self.stem_prefixes();
         let mut parts: Vec<(&str, &mut dyn Module)> = Vec::new();
+        for (prefix, conv) in prefixes.iter().zip(&mut self.stem) {
+            parts.push((prefix, conv));
+        }
         if let Some(w) = &mut self.window {
             parts.push(("window.", w));
         }
@@ -123,28 +175,55 @@ impl Module for PatchEncoder {
 }
 
 impl PatchEncoder {
-    /// Keys of size `dim`, through a hidden layer of `hidden` units first when given.
+    /// Keys of size `dim` through `layers`.
     pub fn random(
         shape: ImageShape,
-        hidden: Option<usize>,
+        layers: &EncoderLayers,
         dim: usize,
         device: &Device,
         dtype: DType,
         seed: u64,
     ) -> Result<Self> {
         shape.check()?;
-        if hidden == Some(0) || dim == 0 {
+        if layers.hidden == Some(0) || dim == 0 || layers.convs.contains(&0) {
             return Err(Error::Config(
-                "an encoder's hidden and output sizes must be at least 1".into(),
+                "an encoder's convolutions, hidden and output sizes must be at least 1".into(),
             ));
         }
-        let window = hidden
-            .map(|h| Linear::random(shape.inputs(), h, true, device, dtype, seed ^ 0x41d))
+        let key = shape.key_windows(&layers.convs)?;
+        let mut stem = Vec::with_capacity(layers.convs.len());
+        let (mut h, mut w, mut c) = (shape.height, shape.width, shape.channels);
+        for (i, &out) in layers.convs.iter().enumerate() {
+            let geometry = Geometry {
+                height: h,
+                width: w,
+                channels: c,
+                kernel: 4,
+                stride: 2,
+                pad: 1,
+            };
+            let linear = Linear::random(
+                geometry.columns(),
+                out,
+                true,
+                device,
+                dtype,
+                seed ^ (0xc0 + i as u64),
+            )?;
+            stem.push(Conv::new(geometry, linear)?);
+            (h, w, c) = (h / 2, w / 2, out);
+        }
+        let inputs = key.columns() + shape.regions();
+        let window = layers
+            .hidden
+            .map(|h| Linear::random(inputs, h, true, device, dtype, seed ^ 0x41d))
             .transpose()?;
         Ok(PatchEncoder {
             shape,
+            key_windows: (!stem.is_empty()).then(|| Windows::new(key, true)),
+            stem,
             proj: Linear::random(
-                hidden.unwrap_or(shape.inputs()),
+                layers.hidden.unwrap_or(inputs),
                 dim,
                 true,
                 device,
@@ -156,7 +235,8 @@ impl PatchEncoder {
     }
 
     /// An encoder of `shape` with keys of size `dim` from the parameters under `prefix` in
-    /// `file`; it has a hidden layer when the file holds `{prefix}window.weight` (its rows).
+    /// `file`; its layers are the file's: a stem convolution for each `{prefix}conv.{i}.weight`
+    /// (its rows), a hidden layer when it holds `{prefix}window.weight` (its rows).
     pub fn load(
         file: &TensorFile,
         prefix: &str,
@@ -165,18 +245,36 @@ impl PatchEncoder {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let name = format!("{prefix}window.weight");
-        let hidden = match file.shape(&name) {
-            None => None,
-            Some(&[rows, _]) if rows > 0 => Some(rows),
-            Some(got) => {
-                let expected = format!("[hidden, {}] with hidden ≥ 1", shape.inputs());
-                return Err(Error::shape(name, expected, got));
-            }
+        let rows = |name: &str, what: &str| match file.shape(name) {
+            None => Ok(None),
+            Some(&[rows, _]) if rows > 0 => Ok(Some(rows)),
+            Some(got) => Err(Error::shape(
+                name,
+                format!("[{what}, inputs] with {what} ≥ 1"),
+                got,
+            )),
         };
-        let mut encoder = Self::random(shape, hidden, dim, device, dtype, 0)?;
+        let mut convs = Vec::new();
+        while let Some(out) = rows(&format!("{prefix}conv.{}.weight", convs.len()), "channels")? {
+            convs.push(out);
+        }
+        let hidden = rows(&format!("{prefix}window.weight"), "hidden")?;
+        let layers = EncoderLayers { convs, hidden };
+        let mut encoder = Self::random(shape, &layers, dim, device, dtype, 0)?;
         encoder.load_state_dict(file, prefix)?;
         Ok(encoder)
+    }
+
+    fn stem_prefixes(&self) -> Vec<String> {
+        (0..self.stem.len()).map(|i| format!("conv.{i}.")).collect()
+    }
+
+    /// The layers before the key layer.
+    pub fn layers(&self) -> EncoderLayers {
+        EncoderLayers {
+            convs: self.stem.iter().map(Conv::channels).collect(),
+            hidden: self.hidden(),
+        }
     }
 
     /// The hidden layer's size, when there is one.
@@ -207,11 +305,32 @@ impl PatchEncoder {
         let n = images.len() / per;
         Error::check_finite("images", images, &[n, per])?;
         let (device, dtype) = (self.proj.weight.device(), self.proj.weight.dtype());
-        let input =
-            Tensor::from_f32_vec(self.rows(images, n)?, &[n * l, self.shape.inputs()], dtype)?;
-        let input = match device {
-            Device::Cpu => input,
-            Device::Cuda(_) => input.to(&device, dtype)?,
+        let mut stem = Vec::with_capacity(self.stem.len());
+        let input = match &self.key_windows {
+            None => {
+                let rows = self.rows(images, n)?;
+                on(&device, dtype, rows, &[n * l, self.shape.inputs()])?
+            }
+            Some(windows) => {
+                let map = channels_last(images, self.shape)?;
+                let (hw, c) = (self.shape.height * self.shape.width, self.shape.channels);
+                let pixels = on(&device, dtype, map, &[n * hw, c])?;
+                let mut last: Option<ConvSaved> = None;
+                for conv in &self.stem {
+                    let next = conv.forward(last.as_ref().map_or(&pixels, |s| &s.output), n)?;
+                    if let Some(done) = last.replace(next) {
+                        if train {
+                            stem.push(done);
+                        }
+                    }
+                }
+                let last = last.expect("a stem has a convolution");
+                let input = windows.gather(&last.output, n)?;
+                if train {
+                    stem.push(last);
+                }
+                input
+            }
         };
         let hidden = match &self.window {
             Some(w) => Some(relu(&w.forward(&input)?)?),
@@ -226,6 +345,8 @@ impl PatchEncoder {
         Ok((
             keys,
             Some(Patches {
+                images: n,
+                stem,
                 input,
                 hidden,
                 output,
@@ -294,25 +415,70 @@ impl PatchEncoder {
                 grad_keys.shape(),
             ));
         }
+        if saved.stem.len() != self.stem.len() || saved.hidden.is_some() != self.window.is_some() {
+            return Err(Error::Config(
+                "these patches were saved by an encoder with other layers".into(),
+            ));
+        }
         let g = grad_keys
             .to(&grad_keys.device(), grad_keys.dtype())?
             .reshape(&rows)?;
         let g = relu_backward(&saved.output, &g)?;
-        match (&self.window, &saved.hidden) {
+        // The key layers' gradients, and the input's when a stem is below.
+        let stem = !self.stem.is_empty();
+        let (mut grads, grad_input) = match (&self.window, &saved.hidden) {
             (Some(window), Some(hidden)) => {
                 let proj = self.proj.backward(hidden, &g)?;
                 let g = relu_backward(hidden, &proj.input)?;
-                let mut grads = window.param_backward(&saved.input, &g)?;
+                let (mut grads, input) = window.grads(&saved.input, &g, stem)?;
                 grads.push(proj.weight);
                 grads.extend(proj.bias);
-                Ok(grads)
+                (grads, input)
             }
-            (None, None) => self.proj.param_backward(&saved.input, &g),
-            _ => Err(Error::Config(
-                "these patches were saved by an encoder with other layers".into(),
-            )),
+            _ => self.proj.grads(&saved.input, &g, stem)?,
+        };
+        let (Some(windows), Some(grad_input)) = (&self.key_windows, grad_input) else {
+            return Ok(grads);
+        };
+        let n = saved.images;
+        let mut g = windows.scatter(&grad_input, n)?;
+        let mut all = Vec::with_capacity(2 * self.stem.len() + grads.len());
+        for (i, (conv, conv_saved)) in self.stem.iter().zip(&saved.stem).enumerate().rev() {
+            let (params, input) = conv.backward(conv_saved, &g, n, i > 0)?;
+            all.splice(0..0, params);
+            if let Some(input) = input {
+                g = input;
+            }
+        }
+        all.append(&mut grads);
+        Ok(all)
+    }
+}
+
+/// A tensor of `values` on `device` in `dtype` (no copy on the CPU in f32).
+fn on(device: &Device, dtype: DType, values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+    let t = Tensor::from_f32_vec(values, shape, dtype)?;
+    match device {
+        Device::Cpu => Ok(t),
+        Device::Cuda(_) => t.to(device, dtype),
+    }
+}
+
+/// `images` [N, C, H, W] as a channels-last map [N·H·W, C].
+fn channels_last(images: &[f32], shape: ImageShape) -> Result<Vec<f32>> {
+    let (c, hw) = (shape.channels, shape.height * shape.width);
+    let mut out = size::zeros("the map", images.len())?;
+    for (img, dst) in images
+        .chunks_exact(c * hw)
+        .zip(out.chunks_exact_mut(c * hw))
+    {
+        for (ch, plane) in img.chunks_exact(hw).enumerate() {
+            for (p, &v) in plane.iter().enumerate() {
+                dst[p * c + ch] = v;
+            }
         }
     }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -330,7 +496,15 @@ mod tests {
             patch: 3,
             window: 5,
         };
-        let enc = PatchEncoder::random(shape, None, 4, &Device::Cpu, DType::F32, 1).unwrap();
+        let enc = PatchEncoder::random(
+            shape,
+            &EncoderLayers::default(),
+            4,
+            &Device::Cpu,
+            DType::F32,
+            1,
+        )
+        .unwrap();
         let n = 2;
         let images: Vec<f32> = (0..n * shape.pixels()).map(|v| v as f32 + 1.0).collect();
         let rows = enc.rows(&images, n).unwrap();

@@ -16,7 +16,7 @@ use fused_rnn::data::Split;
 use fused_rnn::error::{Error, Result};
 use fused_rnn::io::{save, Data, TensorFile};
 use fused_rnn::models::{Captioner, CaptionerConfig, Input, StepReport};
-use fused_rnn::nn::{AttentionActivation, ImageShape, Module};
+use fused_rnn::nn::{AttentionActivation, EncoderLayers, ImageShape, Module};
 use fused_rnn::train::{Adam, AdamSnapshot};
 use fused_rnn::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -104,6 +104,10 @@ pub struct TrainCaption {
     /// ...each reading the window×window square centred on it.
     #[arg(long, default_value_t = 16)]
     pub window: usize,
+    /// A stem of 4×4 stride-2 convolutions before the windows, their channels first to last
+    /// (`16,32`), or `none`: windows of raw pixels.
+    #[arg(long, default_value = "16,32", value_parser = parse_channels)]
+    pub conv: Convs,
     /// A hidden layer of this size between a window and its key (0: none).
     #[arg(long, default_value_t = 0)]
     pub encoder_hidden: usize,
@@ -128,6 +132,23 @@ pub struct TrainCaption {
     /// How far training images are randomly warped (`data::augment`; 0 for not at all).
     #[arg(long, default_value_t = 1.0)]
     pub augment: f32,
+}
+
+/// The stem's channels, first to last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Convs(pub Vec<usize>);
+
+fn parse_channels(text: &str) -> std::result::Result<Convs, String> {
+    if text == "none" {
+        return Ok(Convs(Vec::new()));
+    }
+    let bad = || format!("`{text}` is not a list of channels (like 16,32) or `none`");
+    let convs = text
+        .split(',')
+        .map(|c| c.trim().parse::<usize>().ok().filter(|&c| c > 0))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(bad)?;
+    Ok(Convs(convs))
 }
 
 fn parse_size(text: &str) -> std::result::Result<(usize, usize), String> {
@@ -499,7 +520,10 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
         };
         let config = CaptionerConfig {
             image: Some(shape),
-            encoder_hidden: (opts.encoder_hidden > 0).then_some(opts.encoder_hidden),
+            encoder: EncoderLayers {
+                convs: opts.conv.0.clone(),
+                hidden: (opts.encoder_hidden > 0).then_some(opts.encoder_hidden),
+            },
             features: opts.features,
             attention: opts.attention,
             hidden: opts.hidden,
@@ -528,13 +552,18 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
     eprintln!("{reason}; training on {}", corpus.describe());
     let params: usize = model.parameters().iter().map(|(_, t)| t.numel()).sum();
     let dims = model.decoder().config().dims;
+    let layers = model.encoder_layers().unwrap_or_default();
     eprintln!(
-        "model: {}×{}×{} images in {p}×{p} patches seen through {k}×{k} windows{}, D={} H={} V={}, \
-         {params} parameters; batch {}, {} validation images",
+        "model: {}×{}×{} images{} in {p}×{p} patches seen through {k}×{k} windows{}, D={} H={} \
+         V={}, {params} parameters; batch {}, {} validation images",
         shape.channels,
         shape.height,
         shape.width,
-        match model.encoder_hidden() {
+        match layers.convs.as_slice() {
+            [] => String::new(),
+            convs => format!(" through 4×4 stride-2 convolutions of {convs:?} channels"),
+        },
+        match layers.hidden {
             Some(h) => format!(" and a hidden layer of {h}"),
             None => String::new(),
         },
