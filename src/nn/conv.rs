@@ -1,9 +1,10 @@
-//! Convolutions over channels-last maps, built from verified ops: a map of N images is a
-//! matrix [N·H·W, C] (one row per pixel, image by image, row-major), and a convolution is
-//! `Windows::gather` (every output position's K×K window as one row, `ops::index_select` of the
-//! map's rows beside one zero row for the padding) followed by an `nn::Linear`. The backward
-//! is the same in reverse (`index_select_backward` adds each window's gradient back where it
-//! was read), so both devices run it on kernels that are already checked against PyTorch.
+//! Convolutions over channels-last maps: a map of N images is a matrix [N·H·W, C] (one row per
+//! pixel, image by image, row-major), and a convolution is `Windows::gather` (every output
+//! position's K×K window as one row) followed by an `nn::Linear`; its backward is the same in
+//! reverse (`Windows::scatter` adds each window's gradient back where it was read). On CUDA
+//! (and for f16/bf16 maps) gather is `ops::index_select` of the map's rows beside one zero row
+//! for the padding and scatter is `index_select_backward`, kernels already checked against
+//! PyTorch, so no new kernel is needed; a host f32 map takes one copying pass instead.
 //!
 //! A window's row holds (ky, kx, channel) in that order, so a weight [out, K·K·C] is PyTorch's
 //! Conv2d weight [out, C, K, K] permuted to (out, ky, kx, C).
@@ -95,11 +96,13 @@ pub(crate) struct Windows {
     cache: Mutex<Option<Cached>>,
 }
 
-/// The device-side ids and one-hots (in `dtype`) for `n` images.
+/// The device-side ids, zero row and one-hots (in `dtype`) for `n` images.
 struct Cached {
     n: usize,
     dtype: DType,
     ids: Indices,
+    /// [1, C]: what padding reads.
+    zero: Tensor,
     one_hots: Option<Tensor>,
 }
 
@@ -132,8 +135,9 @@ impl Windows {
         f: impl FnOnce(&Cached) -> Result<T>,
     ) -> Result<T> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = !matches!(&*cache, Some(c) if c.n == n && c.dtype == dtype && c.ids.is_cuda() == device.is_cuda());
-        if fresh {
+        let cached =
+            |c: &Cached| c.n == n && c.dtype == dtype && c.ids.is_cuda() == device.is_cuda();
+        if !cache.as_ref().is_some_and(cached) {
             let ids = self.geometry.ids(n)?;
             let len = ids.len();
             let l = self.positions();
@@ -148,10 +152,12 @@ impl Windows {
                     Tensor::from_f32(&v, &[n * l, l], dtype)?.to(device, dtype)
                 })
                 .transpose()?;
+            let c = self.geometry.channels;
             *cache = Some(Cached {
                 n,
                 dtype,
                 ids: Indices::from_vec(ids, &[len])?.to(device)?,
+                zero: Tensor::from_f32(&vec![0.0; c], &[1, c], dtype)?.to(device, dtype)?,
                 one_hots,
             });
         }
@@ -176,9 +182,8 @@ impl Windows {
             return self.gather_host(values, n);
         }
         let (device, dtype) = (map.device(), map.dtype());
-        let zero = Tensor::from_f32(&vec![0.0; g.channels], &[1, g.channels], dtype)?;
-        let padded = concat(&[map, &zero.to(&device, dtype)?], 0)?;
         self.with_cached(n, &device, dtype, |c| {
+            let padded = concat(&[map, &c.zero], 0)?;
             let cut =
                 index_select(&padded, 0, &c.ids)?.reshape(&[n * self.positions(), g.columns()])?;
             match &c.one_hots {
