@@ -5,10 +5,11 @@ Data: a Karpathy folder as `fused-rnn data digits --out DIR` writes it (dataset_
 images); the vocabulary as fused-rnn builds it (<pad> <start> <end> <unk>, then the training
 words by descending count, ties alphabetical).
 
-Model (as fused-rnn's defaults): the patch encoder, one linear layer and a ReLU over each
-region's 16x16 window (stride 8, zero padding 4: a 6x12 grid on 48x96) beside a one-hot of
-its position, D = 128; sgrvinod's DecoderWithAttention (scripts/show_attend_tell.py) with
-A = H = 128, E = 64, no dropout. Training: batch 16, Adam, the learning rate falling linearly
+Model (as fused-rnn's defaults): the patch encoder, two 4x4 convolutions at stride 2 (16 and
+32 channels, ReLU, padding 1; `--conv`, `none` for none) giving a 12x24 map of 48x96, then one
+linear layer and a ReLU over each region's 16x16-pixel window of the map (4x4 entries at
+stride 2, padding 1: a 6x12 grid) beside a one-hot of its position, D = 128; sgrvinod's
+DecoderWithAttention (scripts/show_attend_tell.py) with A = H = 128, E = 64, no dropout. Training: batch 16, Adam, the learning rate falling linearly
 from 3e-3 to 1e-4 over the minutes, cross-entropy plus the attention penalty (alpha_c = 1),
 gradients clipped to global norm 5, each training image warped as fused-rnn's data::augment
 warps it: a random affine map (rotation up to 0.14 rad, scales 1 +- 0.1, shear +- 0.15, shift
@@ -18,7 +19,7 @@ warps it: a random affine map (rotation up to 0.14 rad, scales 1 +- 0.1, shear +
 Evaluation: greedy captions (at most 20 tokens) of the test split, exact-caption accuracy.
 
 Usage: python3 scripts/torch_caption_train.py --data DIR [--minutes 10] [--threads 2]
-    [--conv 16,32] [--encoder-hidden N]  (as `fused-rnn train caption`'s flags)
+    [--conv 16,32|none] [--encoder-hidden N]  (as `fused-rnn train caption`'s flags)
 """
 
 import argparse
@@ -155,7 +156,7 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--encoder-hidden", type=int, default=0)
-    ap.add_argument("--conv", default="none")
+    ap.add_argument("--conv", default="16,32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -211,6 +212,8 @@ def main():
         "test_images": len(test),
         "exact": round(hits / len(test), 4),
         "threads": args.threads,
+        "conv": args.conv,
+        "encoder_hidden": args.encoder_hidden,
         "torch": torch.__version__,
     }))
 

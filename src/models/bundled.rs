@@ -17,7 +17,7 @@ pub struct Bundled {
 /// The captioner of the digit scenes.
 pub const CAPTIONER: Bundled = Bundled {
     relative: "data/checkpoints/captioner-digits.safetensors",
-    sha256: "f50fb40e5649ccfb0c9d2a69047763a98dba2f50626e48ca6eadf06c28f55411",
+    sha256: "4a149e3b7d1903401d8bbe3ad54e3a30a02c294cf39712eea9c9daf80cc6d256",
 };
 
 /// The date translator.
