@@ -221,81 +221,62 @@ impl Windows {
         Ok(split(&padded, 0, &[rows, 1])?.swap_remove(0))
     }
 
-    /// Calls `f(window row, (image, y₀, x₀))` for each window: its top-left corner on the map
-    /// (negative in the padding).
-    fn each_window(&self, n: usize, mut f: impl FnMut(usize, (usize, isize, isize))) {
-        let g = self.geometry;
-        let (oh, ow) = g.output();
-        for r in 0..n * oh * ow {
-            let (img, oy, ox) = (r / (oh * ow), r / ow % oh, r % ow);
-            let y0 = (oy * g.stride) as isize - g.pad as isize;
-            let x0 = (ox * g.stride) as isize - g.pad as isize;
-            f(r, (img, y0, x0));
-        }
-    }
-
-    /// For a window at (y₀, x₀): each kernel row on the map as (ky, the map offset of its
-    /// first entry on the map, the kernel columns kx₀..kx₁ on the map).
-    fn runs(
-        &self,
-        img: usize,
-        y0: isize,
-        x0: isize,
-    ) -> impl Iterator<Item = (usize, usize, usize, usize)> {
-        let g = self.geometry;
-        let k = g.kernel as isize;
-        let kx0 = (-x0).clamp(0, k) as usize;
-        let kx1 = (g.width as isize - x0).clamp(0, k) as usize;
-        (0..g.kernel).filter_map(move |ky| {
-            let y = y0 + ky as isize;
-            (y >= 0 && y < g.height as isize && kx0 < kx1).then(|| {
-                let at = ((img * g.height + y as usize) * g.width) as isize + x0 + kx0 as isize;
-                (ky, at as usize * g.channels, kx0, kx1)
-            })
-        })
-    }
-
-    /// `gather` of a host f32 map in one pass, copying each kernel row's run on the map.
+    /// `gather` of a host f32 map in one pass over the ids, copying each entry's C values.
     fn gather_host(&self, map: &[f32], n: usize) -> Result<Tensor> {
-        let (k, c, width, l) = (
-            self.geometry.kernel,
+        let (kk, c, width, l) = (
+            self.geometry.kernel * self.geometry.kernel,
             self.geometry.channels,
             self.width(),
             self.positions(),
         );
         let mut out: Vec<f32> =
             size::zeros("the windows", size::elements("windows", &[n, l, width])?)?;
-        self.each_window(n, |r, (img, y0, x0)| {
-            let row = &mut out[r * width..(r + 1) * width];
-            for (ky, at, kx0, kx1) in self.runs(img, y0, x0) {
-                row[(ky * k + kx0) * c..(ky * k + kx1) * c]
-                    .copy_from_slice(&map[at..at + (kx1 - kx0) * c]);
+        self.with_cached(n, &Device::Cpu, DType::F32, |cached| {
+            let ids = cached.ids.host_slice()?;
+            for (r, (row, ids)) in out
+                .chunks_exact_mut(width)
+                .zip(ids.chunks_exact(kk))
+                .enumerate()
+            {
+                for (entry, &id) in row.chunks_exact_mut(c).zip(ids) {
+                    let at = id as usize * c;
+                    // The zero row (id n·H·W) reads nothing: the entry stays zero.
+                    if at < map.len() {
+                        entry.copy_from_slice(&map[at..at + c]);
+                    }
+                }
+                if self.one_hot {
+                    row[kk * c + r % l] = 1.0;
+                }
             }
-            if self.one_hot {
-                row[k * k * c + r % l] = 1.0;
-            }
-        });
+            Ok(())
+        })?;
         Tensor::from_vec(out, &[n * l, width])
     }
 
-    /// `scatter` of a host f32 gradient in one pass (f32 sums: a map entry is in at most
-    /// ⌈K/S⌉² windows).
+    /// `scatter` of a host f32 gradient in one pass over the ids (f32 sums: a map entry is in
+    /// at most ⌈K/S⌉² windows).
     fn scatter_host(&self, grad: &[f32], n: usize) -> Result<Tensor> {
         let g = self.geometry;
-        let (k, c, width) = (g.kernel, g.channels, self.width());
+        let (kk, c, width) = (g.kernel * g.kernel, g.channels, self.width());
         let mut out: Vec<f32> = size::zeros(
             "the map gradient",
             size::elements("map", &[n, g.height, g.width, c])?,
         )?;
-        self.each_window(n, |r, (img, y0, x0)| {
-            let row = &grad[r * width..(r + 1) * width];
-            for (ky, at, kx0, kx1) in self.runs(img, y0, x0) {
-                let from = &row[(ky * k + kx0) * c..(ky * k + kx1) * c];
-                for (a, &v) in out[at..at + (kx1 - kx0) * c].iter_mut().zip(from) {
-                    *a += v;
+        self.with_cached(n, &Device::Cpu, DType::F32, |cached| {
+            let ids = cached.ids.host_slice()?;
+            for (row, ids) in grad.chunks_exact(width).zip(ids.chunks_exact(kk)) {
+                for (entry, &id) in row.chunks_exact(c).zip(ids) {
+                    let at = id as usize * c;
+                    if at < out.len() {
+                        for (a, &v) in out[at..at + c].iter_mut().zip(entry) {
+                            *a += v;
+                        }
+                    }
                 }
             }
-        });
+            Ok(())
+        })?;
         Tensor::from_vec(out, &[n * g.height * g.width, c])
     }
 }
