@@ -2,6 +2,7 @@
 //! error rather than an abort, and byte counts as people read them.
 
 use crate::error::{Error, Result};
+use std::mem::MaybeUninit;
 
 /// The number of elements of `shape`, or an error naming `what` when it overflows.
 pub fn elements(what: &str, shape: &[usize]) -> Result<usize> {
@@ -27,11 +28,7 @@ pub fn bytes(what: &str, count: usize, width: usize) -> Result<usize> {
 /// `n` zeros, or an error naming `what` when the memory cannot be had. Like `vec![0; n]`, large
 /// buffers come zeroed from the system rather than written.
 pub(crate) fn zeros<T: bytemuck::Zeroable>(what: &str, n: usize) -> Result<Vec<T>> {
-    let too_large = || Error::TooLarge {
-        what: what.into(),
-        needed: human(n.saturating_mul(std::mem::size_of::<T>()) as u64),
-        limit: "what this process can allocate".into(),
-    };
+    let too_large = || unallocatable::<T>(what, n);
     let layout = std::alloc::Layout::array::<T>(n).map_err(|_| too_large())?;
     if layout.size() == 0 {
         return Ok(Vec::new());
@@ -44,6 +41,33 @@ pub(crate) fn zeros<T: bytemuck::Zeroable>(what: &str, n: usize) -> Result<Vec<T
     // SAFETY: `ptr` is a global-allocator block with the layout of [T; n], all bytes zero,
     // which is a valid T (Zeroable); length and capacity are both n.
     Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
+}
+
+/// `n` values written by `fill`, or an error naming `what` when the memory cannot be had: a
+/// buffer about to be overwritten, which `zeros` would write twice.
+///
+/// # Safety
+/// `fill` must write every element of the slice it is given.
+pub(crate) unsafe fn filled<T>(
+    what: &str,
+    n: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<T>]),
+) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| unallocatable::<T>(what, n))?;
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: the capacity is at least n, and the caller's `fill` wrote all n values.
+    unsafe { v.set_len(n) };
+    Ok(v)
+}
+
+fn unallocatable<T>(what: &str, n: usize) -> Error {
+    Error::TooLarge {
+        what: what.into(),
+        needed: human(n.saturating_mul(std::mem::size_of::<T>()) as u64),
+        limit: "what this process can allocate".into(),
+    }
 }
 
 /// `bytes` in binary units: "16.0 GiB".

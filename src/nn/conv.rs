@@ -19,6 +19,8 @@ use crate::ops::index_select::{index_select, index_select_backward};
 use crate::ops::pointwise::{relu, relu_backward};
 use crate::size;
 use crate::tensor::Tensor;
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 /// Where the windows of a convolution read: a K×K kernel at stride S with `pad` zeros on each
@@ -221,7 +223,8 @@ impl Windows {
         Ok(split(&padded, 0, &[rows, 1])?.swap_remove(0))
     }
 
-    /// `gather` of a host f32 map in one pass over the ids, copying each entry's C values.
+    /// `gather` of a host f32 map in one pass over the ids, image by image on the worker
+    /// threads, copying each run of adjacent map rows (a kernel row) at once.
     fn gather_host(&self, map: &[f32], n: usize) -> Result<Tensor> {
         let (kk, c, width, l) = (
             self.geometry.kernel * self.geometry.kernel,
@@ -229,55 +232,99 @@ impl Windows {
             self.width(),
             self.positions(),
         );
-        let mut out: Vec<f32> =
-            size::zeros("the windows", size::elements("windows", &[n, l, width])?)?;
-        self.with_cached(n, &Device::Cpu, DType::F32, |cached| {
+        let zero = map.len() / c;
+        let out = self.with_cached(n, &Device::Cpu, DType::F32, |cached| {
             let ids = cached.ids.host_slice()?;
-            for (r, (row, ids)) in out
-                .chunks_exact_mut(width)
-                .zip(ids.chunks_exact(kk))
-                .enumerate()
-            {
-                for (entry, &id) in row.chunks_exact_mut(c).zip(ids) {
-                    let at = id as usize * c;
-                    // The zero row (id n·H·W) reads nothing: the entry stays zero.
-                    if at < map.len() {
-                        entry.copy_from_slice(&map[at..at + c]);
-                    }
-                }
-                if self.one_hot {
-                    row[kk * c + r % l] = 1.0;
-                }
+            let count = size::elements("windows", &[n, l, width])?;
+            // SAFETY: every row is written whole: its entries by `copy_runs`, then its
+            // one-hot columns.
+            unsafe {
+                size::filled("the windows", count, |out| {
+                    out.par_chunks_mut(l * width)
+                        .zip(ids.par_chunks(l * kk))
+                        .for_each(|(out, ids)| {
+                            for (r, (row, ids)) in out
+                                .chunks_exact_mut(width)
+                                .zip(ids.chunks_exact(kk))
+                                .enumerate()
+                            {
+                                let (entries, hot) = row.split_at_mut(kk * c);
+                                copy_runs(map, c, zero, ids, entries);
+                                for (j, v) in hot.iter_mut().enumerate() {
+                                    v.write(f32::from(j == r));
+                                }
+                            }
+                        })
+                })
             }
-            Ok(())
         })?;
         Tensor::from_vec(out, &[n * l, width])
     }
 
-    /// `scatter` of a host f32 gradient in one pass over the ids (f32 sums: a map entry is in
-    /// at most ⌈K/S⌉² windows).
+    /// `scatter` of a host f32 gradient in one pass over the ids, image by image on the worker
+    /// threads (an image's windows read only its own map rows; f32 sums: a map entry is in at
+    /// most ⌈K/S⌉² windows).
     fn scatter_host(&self, grad: &[f32], n: usize) -> Result<Tensor> {
         let g = self.geometry;
-        let (kk, c, width) = (g.kernel * g.kernel, g.channels, self.width());
+        let (kk, c, width, l) = (
+            g.kernel * g.kernel,
+            g.channels,
+            self.width(),
+            self.positions(),
+        );
+        let per_image = g.height * g.width * c;
         let mut out: Vec<f32> = size::zeros(
             "the map gradient",
             size::elements("map", &[n, g.height, g.width, c])?,
         )?;
         self.with_cached(n, &Device::Cpu, DType::F32, |cached| {
             let ids = cached.ids.host_slice()?;
-            for (row, ids) in grad.chunks_exact(width).zip(ids.chunks_exact(kk)) {
-                for (entry, &id) in row.chunks_exact(c).zip(ids) {
-                    let at = id as usize * c;
-                    if at < out.len() {
-                        for (a, &v) in out[at..at + c].iter_mut().zip(entry) {
-                            *a += v;
+            out.par_chunks_mut(per_image)
+                .zip(grad.par_chunks(l * width).zip(ids.par_chunks(l * kk)))
+                .enumerate()
+                .for_each(|(img, (out, (grad, ids)))| {
+                    let first = img * per_image;
+                    for (row, ids) in grad.chunks_exact(width).zip(ids.chunks_exact(kk)) {
+                        for (entry, &id) in row.chunks_exact(c).zip(ids) {
+                            // The zero row (id n·H·W) takes nothing.
+                            if let Some(at) = (id as usize * c).checked_sub(first) {
+                                if at < per_image {
+                                    for (a, &v) in out[at..at + c].iter_mut().zip(entry) {
+                                        *a += v;
+                                    }
+                                }
+                            }
                         }
                     }
-                }
-            }
+                });
             Ok(())
         })?;
         Tensor::from_vec(out, &[n * g.height * g.width, c])
+    }
+}
+
+/// Writes the map rows `ids` name (`c` values each; `zero`, past the map, for zeros) into
+/// `out`, one copy per run of consecutive rows.
+fn copy_runs(map: &[f32], c: usize, zero: usize, ids: &[i32], out: &mut [MaybeUninit<f32>]) {
+    let mut j = 0;
+    while j < ids.len() {
+        let first = ids[j] as usize;
+        let mut end = j + 1;
+        while end < ids.len() && first + (end - j) < zero && ids[end] as usize == first + (end - j)
+        {
+            end += 1;
+        }
+        let dst = &mut out[j * c..end * c];
+        if first == zero {
+            dst.iter_mut().for_each(|v| {
+                v.write(0.0);
+            });
+        } else {
+            for (d, &s) in dst.iter_mut().zip(&map[first * c..(first + end - j) * c]) {
+                d.write(s);
+            }
+        }
+        j = end;
     }
 }
 

@@ -19,6 +19,7 @@ impl Activation {
         }
     }
 
+    #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {
         use crate::ops::math_cpu::{sigmoid, tanh};
         match self {

@@ -59,24 +59,65 @@ pub(crate) fn gemm_atb_strided<T: Scalar>(
     ldb: usize,
     c: &mut [T],
 ) {
+    assert!(c.len() >= m * n);
+    // SAFETY: c holds at least m·n elements.
+    unsafe { gemm_atb_into(m, n, k, a, lda, b, ldb, c.as_mut_ptr()) }
+}
+
+/// `gemm_atb` into a new buffer, which the product writes whole (no zeros written first).
+pub(crate) fn gemm_atb_new<T: Scalar>(
+    what: &str,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    b: &[T],
+) -> Result<Vec<T>> {
+    let len = size::elements(what, &[m, n])?;
+    // SAFETY: gemm_atb_into writes all m·n elements, reading none.
+    unsafe {
+        size::filled(what, len, |c| {
+            gemm_atb_into(m, n, k, a, m, b, n, c.as_mut_ptr().cast())
+        })
+    }
+}
+
+/// The body of `gemm_atb_strided`: writes c[m, n], reading none of it.
+///
+/// # Safety
+/// `c` is valid for writes of m·n elements.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_atb_into<T: Scalar>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    lda: usize,
+    b: &[T],
+    ldb: usize,
+    c: *mut T,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(lda >= m && ldb >= n && c.len() >= m * n);
+    assert!(lda >= m && ldb >= n);
     assert!(k == 0 || (a.len() >= (k - 1) * lda + m && b.len() >= (k - 1) * ldb + n));
     if k == 0 {
-        c[..m * n].fill(T::default());
+        for i in 0..m * n {
+            // SAFETY: the caller's c holds m·n elements.
+            unsafe { c.add(i).write(T::default()) };
+        }
         return;
     }
-    // SAFETY: the asserts bound every element the strides reach. Element (i, j) of c is at
-    // i·n + j, (i, l) of aᵀ at l·lda + i, (l, j) of b at l·ldb + j. gemm computes
+    // SAFETY: the asserts and the caller bound every element the strides reach. Element (i, j)
+    // of c is at i·n + j, (i, l) of aᵀ at l·lda + i, (l, j) of b at l·ldb + j. gemm computes
     // dst = alpha·dst + beta·lhs·rhs; dst is not read (alpha unused).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             n as isize,
             false,
@@ -205,21 +246,42 @@ pub(crate) fn linear_backward<T: Scalar>(
 /// dx [rows, k] = dy [rows, n] · W [n, k].
 pub(crate) fn linear_input_grad<T: Scalar>(dy: &[T], w: &[T], s: LinearSizes) -> Result<Vec<T>> {
     let LinearSizes { rows, k, n } = s;
-    let mut dx = size::zeros("the input gradient", size::elements("dx", &[rows, k])?)?;
-    gemm_ab(
-        rows,
-        k,
-        n,
-        dy,
-        n,
-        w,
-        k,
-        &mut dx,
-        k,
-        T::default(),
-        usize::MAX,
-    );
-    Ok(dx)
+    if rows == 0 || k == 0 {
+        return Ok(Vec::new());
+    }
+    assert!(n == 0 || (dy.len() >= (rows - 1) * n + n && w.len() >= (n - 1) * k + k));
+    if n == 0 {
+        return size::zeros("the input gradient", size::elements("dx", &[rows, k])?);
+    }
+    let len = size::elements("dx", &[rows, k])?;
+    // SAFETY: dx is [rows, k] dense, written whole by gemm (dst not read); the assert bounds
+    // dy [rows, n] and W [n, k]. Cᵀ [k, rows] column-major is dx, Wᵀ [k, n] column-major is
+    // W, dyᵀ [n, rows] column-major is dy.
+    unsafe {
+        size::filled("the input gradient", len, |dx| {
+            gemm::gemm(
+                k,
+                rows,
+                n,
+                dx.as_mut_ptr().cast::<T>(),
+                k as isize,
+                1,
+                false,
+                w.as_ptr(),
+                k as isize,
+                1,
+                dy.as_ptr(),
+                n as isize,
+                1,
+                T::default(),
+                T::ONE,
+                false,
+                false,
+                false,
+                parallelism(rows, k, n, usize::MAX),
+            )
+        })
+    }
 }
 
 /// dW [n, k] = dyᵀ · x and, `with_bias`, db [n] = Σ dy over the rows.
@@ -230,8 +292,7 @@ pub(crate) fn linear_param_grads<T: Scalar>(
     with_bias: bool,
 ) -> Result<(Vec<T>, Option<Vec<T>>)> {
     let LinearSizes { rows, k, n } = s;
-    let mut dw = size::zeros("the weight gradient", size::elements("dW", &[n, k])?)?;
-    gemm_atb(n, k, rows, dy, x, &mut dw);
+    let dw = gemm_atb_new("the weight gradient", n, k, rows, dy, x)?;
     let db = match with_bias {
         true => {
             let mut db = size::zeros("the bias gradient", n)?;

@@ -4,6 +4,7 @@ use super::AdamHyper;
 use crate::error::{Error, Result};
 use crate::ops::math_cpu::{widest, Real};
 use crate::tensor::Tensor;
+use rayon::prelude::*;
 
 /// `clip_grad_norm` over host f32 gradients.
 pub(super) fn clip_grad_norm(
@@ -55,6 +56,23 @@ pub(super) fn adam_step(
     // once per step, the per-element work in f32 (vectorised).
     let step_size = (h.lr as f64 / (1.0 - (b1 as f64).powi(h.step as i32))) as f32;
     let root_c2 = (1.0 - (b2 as f64).powi(h.step as i32)).sqrt() as f32;
+    let (decay, coupled) = match h.decoupled {
+        true => (1.0 - h.lr * h.weight_decay, 0.0),
+        false => (1.0, h.weight_decay),
+    };
+    let hyper = Update {
+        b1,
+        b2,
+        eps: h.eps,
+        decay,
+        coupled,
+        step_size,
+        root_c2,
+    };
+    // Every parameter cut into blocks, the blocks shared among the worker threads: the update
+    // is elementwise, so the result does not depend on the split.
+    const BLOCK: usize = 1 << 14;
+    let mut blocks = Vec::new();
     for ((p, g), (m, v)) in params.iter_mut().zip(grads).zip(moments.iter_mut()) {
         if p.shape() != g.shape() || m.len() != p.numel() {
             return Err(Error::shape(
@@ -65,22 +83,16 @@ pub(super) fn adam_step(
         }
         let g = g.host_slice::<f32>()?;
         let p = p.host_slice_mut::<f32>()?;
-        let (decay, coupled) = match h.decoupled {
-            true => (1.0 - h.lr * h.weight_decay, 0.0),
-            false => (1.0, h.weight_decay),
-        };
         let n = p.len();
-        let hyper = Update {
-            b1,
-            b2,
-            eps: h.eps,
-            decay,
-            coupled,
-            step_size,
-            root_c2,
-        };
-        update::<f32>(p, &g[..n], &mut m[..n], &mut v[..n], hyper);
+        blocks.extend(
+            p.chunks_mut(BLOCK)
+                .zip(g[..n].chunks(BLOCK))
+                .zip(m[..n].chunks_mut(BLOCK).zip(v[..n].chunks_mut(BLOCK))),
+        );
     }
+    blocks
+        .into_par_iter()
+        .for_each(|((p, g), (m, v))| update::<f32>(p, g, m, v, hyper));
     Ok(())
 }
 
