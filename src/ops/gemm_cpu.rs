@@ -6,10 +6,11 @@
 
 use crate::error::Result;
 use crate::size;
+use rayon::prelude::*;
 
 /// The element types `gemm_ab` runs in (the crate dispatches on the type).
 pub(crate) trait Scalar:
-    Copy + Default + PartialEq + std::ops::AddAssign + bytemuck::Zeroable + 'static
+    Copy + Default + PartialEq + std::ops::AddAssign + bytemuck::Zeroable + Send + Sync + 'static
 {
     const ONE: Self;
 }
@@ -308,7 +309,8 @@ pub(crate) fn linear_param_grads<T: Scalar>(
 
 /// The transpose of a row-major [rows, cols] matrix, in tiles: element by element, every
 /// write to the transpose touches another cache line, and for a [1024, 256] weight that cost
-/// a millisecond.
+/// a millisecond. Large ones are shared among the worker threads, a band of the transpose's
+/// rows each.
 pub(crate) fn transpose<T: Scalar>(w: &[T], rows: usize, cols: usize) -> Vec<T> {
     const TILE: usize = 32;
     assert!(w.len() >= rows * cols);
@@ -317,14 +319,21 @@ pub(crate) fn transpose<T: Scalar>(w: &[T], rows: usize, cols: usize) -> Vec<T> 
     if t.is_empty() {
         return t;
     }
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    t[c * rows + r] = w[r * cols + c];
+    // Band i: the transpose's rows (w's columns) from i·TILE, written tile by tile.
+    let band = |(i, out): (usize, &mut [T])| {
+        let c0 = i * TILE;
+        for r0 in (0..rows).step_by(TILE) {
+            for (c, row) in (c0..).zip(out.chunks_exact_mut(rows)) {
+                for (r, x) in (r0..).zip(&mut row[r0..(r0 + TILE).min(rows)]) {
+                    *x = w[r * cols + c];
                 }
             }
         }
+    };
+    if rows * cols >= 1 << 15 {
+        t.par_chunks_mut(TILE * rows).enumerate().for_each(band);
+    } else {
+        t.chunks_mut(TILE * rows).enumerate().for_each(band);
     }
     t
 }

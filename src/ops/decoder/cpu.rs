@@ -7,10 +7,11 @@ use super::search::{Beams, Finished};
 use super::{Dims, Dropout, Params, Search};
 use crate::error::Result;
 use crate::ops::activation::Activation;
-use crate::ops::gemm_cpu::{gemm_ab, gemm_atb, gemm_atb_strided, transpose};
+use crate::ops::gemm_cpu::{cores, gemm_ab, gemm_atb, gemm_atb_strided, transpose};
 use crate::ops::math_cpu::{add_column_sums, axpy, dot, widest, Real};
 use crate::ops::philox::for_each_factor;
 use crate::size;
+use rayon::prelude::*;
 
 /// The parameters converted to `T`, in the layouts the products want.
 pub(crate) struct Weights<T> {
@@ -54,14 +55,14 @@ impl<T: Real> Weights<T> {
             .map(|t| t.to_vec_f32().map(convert))
             .collect::<Result<_>>()?;
         Ok(Weights::from_values(
-            &p,
+            p,
             dims,
             params.activation.activation(),
         ))
     }
 
     /// From the 19 parameters' values in `NAMES` order.
-    pub fn from_values(p: &[Vec<T>], dims: Dims, act: Activation) -> Self {
+    pub fn from_values(mut p: Vec<Vec<T>>, dims: Dims, act: Activation) -> Self {
         let Dims {
             features: d,
             attention: a,
@@ -73,25 +74,30 @@ impl<T: Real> Weights<T> {
         let w_st = [&p[8][..], &p[2], &p[15]].concat();
         let b_lstm: Vec<T> = p[9].iter().zip(&p[10]).map(|(&x, &y)| x + y).collect();
         let w_init = [&p[11][..], &p[13]].concat();
+        let b_fa = p[5][0];
+        let b_st = [&b_lstm[..], &p[3], &p[16]].concat();
+        let b_init = [&p[12][..], &p[14]].concat();
+        let mut take = |i: usize| std::mem::take(&mut p[i]);
+        let (w_ih, w_fc) = (take(7), take(17));
         Weights {
             dims,
             act,
-            w_ea: p[0].clone(),
-            b_ea: p[1].clone(),
-            w_fa: p[4].clone(),
-            b_fa: p[5][0],
-            emb: p[6].clone(),
-            w_ih_t: transpose(&p[7], 4 * h, e + d),
-            w_ih: p[7].clone(),
+            w_ea: take(0),
+            b_ea: take(1),
+            w_fa: take(4),
+            b_fa,
+            emb: take(6),
+            w_ih_t: transpose(&w_ih, 4 * h, e + d),
+            w_ih,
             w_st_t: transpose(&w_st, w, h),
             w_st,
-            b_st: [&b_lstm[..], &p[3], &p[16]].concat(),
+            b_st,
             w_init_t: transpose(&w_init, 2 * h, d),
             w_init,
-            b_init: [&p[12][..], &p[14]].concat(),
-            w_fc_t: transpose(&p[17], dims.vocab, h),
-            w_fc: p[17].clone(),
-            b_fc: p[18].clone(),
+            b_init,
+            w_fc_t: transpose(&w_fc, dims.vocab, h),
+            w_fc,
+            b_fc: take(18),
         }
     }
 
@@ -202,6 +208,116 @@ fn step<T: Real>(
         T::ONE,
         usize::MAX,
     );
+    // The rows' attention, in blocks of rows on the worker threads.
+    let block = rows.div_ceil(cores()).max(1);
+    let StepOut {
+        q,
+        alpha,
+        awe,
+        gate,
+        ctx,
+        c: c_out,
+        h: h_out,
+    } = out;
+    q[..rows * a]
+        .par_chunks_mut(block * a)
+        .zip(alpha[..rows * len].par_chunks_mut(block * len))
+        .zip(awe[..rows * d].par_chunks_mut(block * d))
+        .zip(gate[..rows * d].par_chunks_mut(block * d))
+        .zip(ctx[..rows * d].par_chunks_mut(block * d))
+        .zip(gates[..rows * 4 * h].par_chunks_mut(block * 4 * h))
+        .zip(stacked[..rows * width].par_chunks(block * width))
+        .zip(image.par_chunks(block))
+        .for_each(
+            |(((((((q, alpha), awe), gate), ctx), gates), stacked), image)| {
+                attend_rows(
+                    w,
+                    keys,
+                    image,
+                    stacked,
+                    gates,
+                    Attended {
+                        q,
+                        alpha,
+                        awe,
+                        gate,
+                        ctx,
+                    },
+                )
+            },
+        );
+    gemm_ab(
+        rows,
+        4 * h,
+        d,
+        ctx,
+        d,
+        &w.w_ih_t[e * 4 * h..],
+        4 * h,
+        gates,
+        4 * h,
+        T::ONE,
+        usize::MAX,
+    );
+    for r in 0..rows {
+        let g = &mut gates[r * 4 * h..(r + 1) * 4 * h];
+        let (c0, c1, h1) = (
+            &c_prev[r * h..(r + 1) * h],
+            &mut c_out[r * h..(r + 1) * h],
+            &mut h_out[r * h..(r + 1) * h],
+        );
+        for j in 0..h {
+            let i = g[j].sigmoid();
+            let f = g[h + j].sigmoid();
+            let gg = g[2 * h + j].tanh();
+            let o = g[3 * h + j].sigmoid();
+            let c = f * c0[j] + i * gg;
+            c1[j] = c;
+            h1[j] = o * c.tanh();
+            (g[j], g[h + j], g[2 * h + j], g[3 * h + j]) = (i, f, gg, o);
+        }
+    }
+}
+
+/// The attention part of a step's rows: what `step` computes between its two products.
+struct Attended<'a, T> {
+    q: &'a mut [T],
+    alpha: &'a mut [T],
+    awe: &'a mut [T],
+    gate: &'a mut [T],
+    ctx: &'a mut [T],
+}
+
+widest! {
+    /// For rows attending to the keys of `image[r]`: the query, the weights, the weighted keys,
+    /// the gate and the context from `stacked` [R, 4H + A + D], and the stacked product's share
+    /// of the gates added into `gates` [R, 4H].
+    fn attend_rows<T: Real>(
+        w: &Weights<T>,
+        keys: &Keys<T>,
+        image: &[usize],
+        stacked: &[T],
+        gates: &mut [T],
+        out: Attended<T>,
+    ) -> () = attend_rows_body;
+}
+
+#[inline(always)]
+fn attend_rows_body<T: Real>(
+    w: &Weights<T>,
+    keys: &Keys<T>,
+    image: &[usize],
+    stacked: &[T],
+    gates: &mut [T],
+    out: Attended<T>,
+) {
+    let Dims {
+        features: d,
+        attention: a,
+        hidden: h,
+        ..
+    } = w.dims;
+    let (width, len) = (w.stacked(), keys.len);
     for (r, &b) in image.iter().enumerate() {
         let g = &stacked[r * width..(r + 1) * width];
         axpy(&mut gates[r * 4 * h..(r + 1) * 4 * h], T::ONE, &g[..4 * h]);
@@ -219,37 +335,6 @@ fn step<T: Real>(
         for j in 0..d {
             gate[j] = g[4 * h + a + j].sigmoid();
             ctx[j] = gate[j] * awe[j];
-        }
-    }
-    gemm_ab(
-        rows,
-        4 * h,
-        d,
-        out.ctx,
-        d,
-        &w.w_ih_t[e * 4 * h..],
-        4 * h,
-        gates,
-        4 * h,
-        T::ONE,
-        usize::MAX,
-    );
-    for r in 0..rows {
-        let g = &mut gates[r * 4 * h..(r + 1) * 4 * h];
-        let (c0, c1, h1) = (
-            &c_prev[r * h..(r + 1) * h],
-            &mut out.c[r * h..(r + 1) * h],
-            &mut out.h[r * h..(r + 1) * h],
-        );
-        for j in 0..h {
-            let i = g[j].sigmoid();
-            let f = g[h + j].sigmoid();
-            let gg = g[2 * h + j].tanh();
-            let o = g[3 * h + j].sigmoid();
-            let c = f * c0[j] + i * gg;
-            c1[j] = c;
-            h1[j] = o * c.tanh();
-            (g[j], g[h + j], g[2 * h + j], g[3 * h + j]) = (i, f, gg, o);
         }
     }
 }

@@ -111,7 +111,7 @@ fn upstream(case: &Case, seed: u64) -> (Vec<f32>, Vec<f32>) {
 }
 
 fn run<T: Real>(case: &Case, p: &[Vec<f64>], features: &[f32]) -> (Weights<T>, Run<T>) {
-    let w = Weights::from_values(&to::<T>(p), case.dims, case.act);
+    let w = Weights::from_values(to::<T>(p), case.dims, case.act);
     let dropout = case
         .dropout
         .map(|p| super::super::Dropout::new(p, 11).unwrap());
@@ -277,7 +277,7 @@ fn greedy_decoding_agrees_with_teacher_forcing_its_own_tokens() {
     // Scale fc up so the argmax is clear.
     p[17].iter_mut().for_each(|x| *x *= 6.0);
     let features = case.features(51);
-    let w = Weights::<f64>::from_values(&to::<f64>(&p), case.dims, case.act);
+    let w = Weights::<f64>::from_values(to::<f64>(&p), case.dims, case.act);
     let max_len = 6;
     for end in 0..case.dims.vocab {
         let search = Search {
@@ -357,7 +357,7 @@ fn a_beam_that_keeps_everything_finds_the_best_caption() {
     let mut p = case.params(60);
     p[17].iter_mut().for_each(|x| *x *= 3.0);
     let features = case.features(61);
-    let w = Weights::<f64>::from_values(&to::<f64>(&p), case.dims, case.act);
+    let w = Weights::<f64>::from_values(to::<f64>(&p), case.dims, case.act);
     let (v, end, max_len) = (4, 2, 4);
     // Every caption: tokens other than <end>, then <end> or the length limit.
     let mut captions: Vec<Vec<usize>> = Vec::new();
