@@ -6,6 +6,7 @@
 //! scenes' training pool holds about 125 of each digit) otherwise learns those examples; the
 //! warps make new ones, and the caption stays true.
 
+use crate::ops::math_cpu::{widest, Real};
 use rand::Rng;
 
 /// How far the random maps go at strength 1: rotation up to 8°, each axis scaled by up to
@@ -56,38 +57,101 @@ pub fn warp(
         // The inverse map: an output pixel's offset from the centre to the source's.
         let (cos, sin) = (angle.cos(), angle.sin());
         let (a, b, c, d) = (cos / sx, (sin + shear) / sx, -sin / sy, cos / sy);
-        let (cx, cy) = ((width as f32 - 1.0) / 2.0, (height as f32 - 1.0) / 2.0);
         source.copy_from_slice(image);
-        for ch in 0..channels {
-            let plane = &source[ch * height * width..][..height * width];
-            let at = |y: f32, x: f32| {
-                let (y, x) = (
-                    y.clamp(0.0, (height - 1) as f32),
-                    x.clamp(0.0, (width - 1) as f32),
+        let map = Map {
+            a,
+            b,
+            c,
+            d,
+            tx,
+            ty,
+            cell,
+            gy,
+            gx,
+        };
+        resample::<f32>(image, &source, &field, channels, height, width, map);
+    }
+}
+
+/// An image's inverse map: the affine part (a b; c d) and shift, and the elastic field's grid.
+#[derive(Clone, Copy)]
+struct Map {
+    a: f32,
+    b: f32,
+    c: f32,
+    d: f32,
+    tx: f32,
+    ty: f32,
+    cell: f32,
+    gy: usize,
+    gx: usize,
+}
+
+widest! {
+    /// Each output pixel of `image` sampled bilinearly from `source` where `map` and the
+    /// displacement `field` send it (the widest vectors give `floor` an instruction).
+    fn resample<T: Real>(
+        image: &mut [f32],
+        source: &[f32],
+        field: &[f32],
+        channels: usize,
+        height: usize,
+        width: usize,
+        map: Map,
+    ) -> () = resample_body;
+}
+
+#[inline(always)]
+fn resample_body<T: Real>(
+    image: &mut [f32],
+    source: &[f32],
+    field: &[f32],
+    channels: usize,
+    height: usize,
+    width: usize,
+    map: Map,
+) {
+    let Map {
+        a,
+        b,
+        c,
+        d,
+        tx,
+        ty,
+        cell,
+        gy,
+        gx,
+    } = map;
+    let (cx, cy) = ((width as f32 - 1.0) / 2.0, (height as f32 - 1.0) / 2.0);
+    // Each column's cell of the field and the fraction across it.
+    let columns: Vec<(usize, f32)> = (0..width).map(|x| split(x as f32 / cell, gx)).collect();
+    for ch in 0..channels {
+        let plane = &source[ch * height * width..][..height * width];
+        let at = |y: f32, x: f32| {
+            let (y, x) = (
+                y.clamp(0.0, (height - 1) as f32),
+                x.clamp(0.0, (width - 1) as f32),
+            );
+            plane[y as usize * width + x as usize]
+        };
+        for y in 0..height {
+            let (ry, fy) = split(y as f32 / cell, gy);
+            for (x, &(rx, fx)) in columns.iter().enumerate() {
+                let corner = |k: usize, r: usize, c: usize| field[(k * gy + r) * gx + c];
+                let offset = |k: usize| {
+                    (corner(k, ry, rx) * (1.0 - fx) + corner(k, ry, rx + 1) * fx) * (1.0 - fy)
+                        + (corner(k, ry + 1, rx) * (1.0 - fx) + corner(k, ry + 1, rx + 1) * fx) * fy
+                };
+                let (u, v) = (x as f32 - cx - tx, y as f32 - cy - ty);
+                let (xs, ys) = (
+                    a * u + b * v + cx + offset(0),
+                    c * u + d * v + cy + offset(1),
                 );
-                plane[y as usize * width + x as usize]
-            };
-            for y in 0..height {
-                let (ry, fy) = split(y as f32 / cell, gy);
-                for x in 0..width {
-                    let (rx, fx) = split(x as f32 / cell, gx);
-                    let corner = |k: usize, r: usize, c: usize| field[(k * gy + r) * gx + c];
-                    let offset = |k: usize| {
-                        (corner(k, ry, rx) * (1.0 - fx) + corner(k, ry, rx + 1) * fx) * (1.0 - fy)
-                            + (corner(k, ry + 1, rx) * (1.0 - fx) + corner(k, ry + 1, rx + 1) * fx)
-                                * fy
-                    };
-                    let (u, v) = (x as f32 - cx - tx, y as f32 - cy - ty);
-                    let (xs, ys) = (
-                        a * u + b * v + cx + offset(0),
-                        c * u + d * v + cy + offset(1),
-                    );
-                    let (x0, y0) = (xs.floor(), ys.floor());
-                    let (fx, fy) = (xs - x0, ys - y0);
-                    let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1.0) * fx;
-                    let bottom = at(y0 + 1.0, x0) * (1.0 - fx) + at(y0 + 1.0, x0 + 1.0) * fx;
-                    image[(ch * height + y) * width + x] = top * (1.0 - fy) + bottom * fy;
-                }
+                let (x0, y0) = (xs.floor(), ys.floor());
+                let (fx, fy) = (xs - x0, ys - y0);
+                let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1.0) * fx;
+                let bottom = at(y0 + 1.0, x0) * (1.0 - fx) + at(y0 + 1.0, x0 + 1.0) * fx;
+                image[(ch * height + y) * width + x] = top * (1.0 - fy) + bottom * fy;
             }
         }
     }

@@ -204,12 +204,21 @@ pub(crate) fn linear<T: Scalar>(
     s: LinearSizes,
 ) -> Result<Vec<T>> {
     let LinearSizes { rows, k, n } = s;
-    let mut y = size::zeros("the product", size::elements("the product", &[rows, n])?)?;
-    if let Some(b) = b {
-        for row in y.chunks_exact_mut(n.max(1)) {
-            row.copy_from_slice(b);
-        }
-    }
+    let len = size::elements("the product", &[rows, n])?;
+    let mut y = match b {
+        // SAFETY: every row is written with the bias (n values).
+        Some(b) => unsafe {
+            assert_eq!(b.len(), n);
+            size::filled("the product", len, |y| {
+                for row in y.chunks_exact_mut(n.max(1)) {
+                    for (y, &b) in row.iter_mut().zip(b) {
+                        y.write(b);
+                    }
+                }
+            })?
+        },
+        None => size::zeros("the product", len)?,
+    };
     let beta = if b.is_some() { T::ONE } else { T::default() };
     gemm_ab(
         rows,

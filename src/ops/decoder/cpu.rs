@@ -735,13 +735,17 @@ fn backward_body<T: Real>(
     let mut dst = alloc(rows * width)?;
     let mut dp = alloc(batch * len * a)?;
     let mut df = alloc(batch * len * d)?;
-    let mut dw_fa = vec![T::default(); a];
-    let mut db_fa = 0f64;
+    let mut partial: Vec<Partial<T>> = (0..batch.div_ceil(ROWS))
+        .map(|_| Partial {
+            dw_fa: vec![T::default(); a],
+            db_fa: 0.0,
+            u: vec![T::default(); a],
+            dalpha: vec![T::default(); len],
+        })
+        .collect();
     let mut dh = alloc(batch * h)?;
     let mut dc = alloc(batch * h)?;
     let mut dctx = alloc(batch * d)?;
-    let mut u = vec![T::default(); a];
-    let mut dalpha_row = vec![T::default(); len];
     for t in (0..steps).rev() {
         for b in (0..batch).filter(|&b| run.active(t, b)) {
             let r = t * batch + b;
@@ -777,46 +781,26 @@ fn backward_body<T: Real>(
             T::default(),
             usize::MAX,
         );
-        for b in (0..batch).filter(|&b| run.active(t, b)) {
-            let r = t * batch + b;
-            let n = run.lens[b];
-            let (gate, awe) = (&run.gate[r * d..][..d], &run.awe[r * d..][..d]);
-            let dctx_b = &mut dctx[b * d..(b + 1) * d];
-            let ds = &mut block[b * width..(b + 1) * width];
-            let (dq, dgate) = ds[4 * h..].split_at_mut(a);
-            for j in 0..d {
-                dgate[j] = dctx_b[j] * awe[j] * gate[j] * (T::ONE - gate[j]);
-                // dctx becomes d awe.
-                dctx_b[j] *= gate[j];
-            }
-            let alpha = &run.alpha[r * len..][..len];
-            let mut weighted = T::default();
-            for l in 0..n {
-                let mut g = dot(dctx_b, &run.features[(b * len + l) * d..][..d]);
-                if let Some(da) = &dalpha {
-                    g += da[r * len + l];
-                }
-                dalpha_row[l] = g;
-                weighted += alpha[l] * g;
-            }
-            let q = &run.q[r * a..][..a];
-            dq.fill(T::default());
-            for l in 0..n {
-                let de = alpha[l] * (dalpha_row[l] - weighted);
-                axpy(&mut df[(b * len + l) * d..][..d], alpha[l], dctx_b);
-                db_fa += de.to_f64();
-                let p = &run.p[(b * len + l) * a..][..a];
-                let dp_l = &mut dp[(b * len + l) * a..][..a];
-                for k in 0..a {
-                    let x = p[k] + q[k];
-                    u[k] = apply(w.act, x);
-                    let dz = de * w.w_fa[k] * slope(w.act, x, u[k]);
-                    dp_l[k] += dz;
-                    dq[k] += dz;
-                }
-                axpy(&mut dw_fa, de, &u);
-            }
-        }
+        // The rows' attention, in blocks of ROWS rows on the worker threads, each block
+        // summing its own share of full_att's gradients.
+        block
+            .par_chunks_mut(ROWS * width)
+            .zip(dctx.par_chunks_mut(ROWS * d))
+            .zip(df.par_chunks_mut(ROWS * len * d))
+            .zip(dp.par_chunks_mut(ROWS * len * a))
+            .zip(partial.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, ((((ds, dctx), df), dp), partial))| {
+                let rows = Rows {
+                    t,
+                    first: i * ROWS,
+                    ds,
+                    dctx,
+                    df,
+                    dp,
+                };
+                attention_backward(w, run, dalpha.as_deref(), rows, partial)
+            });
         gemm_ab(
             batch,
             h,
@@ -830,6 +814,13 @@ fn backward_body<T: Real>(
             T::default(),
             usize::MAX,
         );
+    }
+
+    let mut dw_fa = vec![T::default(); a];
+    let mut db_fa = 0f64;
+    for p in &partial {
+        axpy(&mut dw_fa, T::ONE, &p.dw_fa);
+        db_fa += p.db_fa;
     }
 
     // Weight gradients over every step.
@@ -940,6 +931,114 @@ fn backward_body<T: Real>(
             db_fc,
         ],
     })
+}
+
+/// Rows per block of the attention's backward: fixed, so that the sums of full_att's
+/// gradients do not depend on the number of threads.
+const ROWS: usize = 8;
+
+/// A block of rows' share of full_att's gradients over every step, and its scratch.
+struct Partial<T> {
+    dw_fa: Vec<T>,
+    db_fa: f64,
+    u: Vec<T>,
+    dalpha: Vec<T>,
+}
+
+/// The block of rows from `first` at step `t`: their [4H + A + D] pre-activation gradients
+/// `ds` (dq and dgate written here), dctx (becoming d awe), and their images' df and dp.
+struct Rows<'a, T> {
+    t: usize,
+    first: usize,
+    ds: &'a mut [T],
+    dctx: &'a mut [T],
+    df: &'a mut [T],
+    dp: &'a mut [T],
+}
+
+widest! {
+    /// The backward of `attend_rows` for a block of rows.
+    fn attention_backward<T: Real>(
+        w: &Weights<T>,
+        run: &Run<T>,
+        dalpha: Option<&[T]>,
+        rows: Rows<T>,
+        partial: &mut Partial<T>,
+    ) -> () = attention_backward_body;
+}
+
+#[inline(always)]
+fn attention_backward_body<T: Real>(
+    w: &Weights<T>,
+    run: &Run<T>,
+    dalpha: Option<&[T]>,
+    rows: Rows<T>,
+    partial: &mut Partial<T>,
+) {
+    let Dims {
+        features: d,
+        attention: a,
+        hidden: h,
+        ..
+    } = w.dims;
+    let (batch, len, width) = (run.batch, run.keys, w.stacked());
+    let Rows {
+        t,
+        first,
+        ds,
+        dctx,
+        df,
+        dp,
+    } = rows;
+    let Partial {
+        dw_fa,
+        db_fa,
+        u,
+        dalpha: dalpha_row,
+    } = partial;
+    for (i, ds) in ds.chunks_exact_mut(width).enumerate() {
+        let b = first + i;
+        if !run.active(t, b) {
+            continue;
+        }
+        let r = t * batch + b;
+        let n = run.lens[b];
+        let (gate, awe) = (&run.gate[r * d..][..d], &run.awe[r * d..][..d]);
+        let dctx_b = &mut dctx[i * d..(i + 1) * d];
+        let (dq, dgate) = ds[4 * h..].split_at_mut(a);
+        for j in 0..d {
+            dgate[j] = dctx_b[j] * awe[j] * gate[j] * (T::ONE - gate[j]);
+            // dctx becomes d awe.
+            dctx_b[j] *= gate[j];
+        }
+        let alpha = &run.alpha[r * len..][..len];
+        let mut weighted = T::default();
+        for l in 0..n {
+            let mut g = dot(dctx_b, &run.features[(b * len + l) * d..][..d]);
+            if let Some(da) = dalpha {
+                g += da[r * len + l];
+            }
+            dalpha_row[l] = g;
+            weighted += alpha[l] * g;
+        }
+        let q = &run.q[r * a..][..a];
+        dq.fill(T::default());
+        for l in 0..n {
+            let de = alpha[l] * (dalpha_row[l] - weighted);
+            axpy(&mut df[(i * len + l) * d..][..d], alpha[l], dctx_b);
+            *db_fa += de.to_f64();
+            let p = &run.p[(b * len + l) * a..][..a];
+            let dp_l = &mut dp[(i * len + l) * a..][..a];
+            for k in 0..a {
+                let x = p[k] + q[k];
+                u[k] = apply(w.act, x);
+                let dz = de * w.w_fa[k] * slope(w.act, x, u[k]);
+                dp_l[k] += dz;
+                dq[k] += dz;
+            }
+            axpy(dw_fa, de, u);
+        }
+    }
 }
 
 /// What `decode` finds: tokens [N, max_len] (−1 after the caption), scores [N], alphas

@@ -5,6 +5,7 @@ use super::BinaryOp;
 use crate::error::Result;
 use crate::ops::activation::Activation;
 use crate::tensor::Tensor;
+use rayon::prelude::*;
 
 /// The activation's gradient from its output `y` and the output's gradient `dy`, as
 /// `activation_derivative` in kernels/pointwise.cu.
@@ -45,12 +46,27 @@ pub(super) fn activation_backward(y: &Tensor, dy: &Tensor, act: Activation) -> R
     Tensor::from_f32_vec(dx, y.shape(), y.dtype())
 }
 
-fn map(x: &[f32], f: impl Fn(f32) -> f32) -> Vec<f32> {
-    x.iter().map(|&v| f(v)).collect()
+/// Elementwise passes over more values than this are shared among the worker threads.
+const PARALLEL: usize = 1 << 15;
+
+fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    if x.len() < PARALLEL {
+        return x.iter().map(|&v| f(v)).collect();
+    }
+    x.par_iter()
+        .with_min_len(PARALLEL / 2)
+        .map(|&v| f(v))
+        .collect()
 }
 
-fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
-    a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()
+fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    if a.len() < PARALLEL {
+        return a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect();
+    }
+    (a.par_iter().zip(b.par_iter()))
+        .with_min_len(PARALLEL / 2)
+        .map(|(&a, &b)| f(a, b))
+        .collect()
 }
 
 pub(super) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
