@@ -739,7 +739,6 @@ fn backward_body<T: Real>(
         .map(|_| Partial {
             dw_fa: vec![T::default(); a],
             db_fa: 0.0,
-            u: vec![T::default(); a],
             dalpha: vec![T::default(); len],
         })
         .collect();
@@ -941,8 +940,47 @@ const ROWS: usize = 8;
 struct Partial<T> {
     dw_fa: Vec<T>,
     db_fa: f64,
-    u: Vec<T>,
     dalpha: Vec<T>,
+}
+
+/// One key's score e = w_fa · act(p + q) + b, and where its gradient goes.
+struct ScoreRows<'a, T> {
+    p: &'a [T],
+    q: &'a [T],
+    w_fa: &'a [T],
+    dp: &'a mut [T],
+    dq: &'a mut [T],
+    dw_fa: &'a mut [T],
+}
+
+/// The backward of one key's score for its gradient `de`, `act` a constant where it is
+/// inlined (so that the loop is one vectorised body per activation).
+#[inline(always)]
+fn score_backward<T: Real>(rows: ScoreRows<T>, de: T, act: Activation) {
+    let ScoreRows {
+        p,
+        q,
+        w_fa,
+        dp,
+        dq,
+        dw_fa,
+    } = rows;
+    let n = p.len();
+    let (q, w_fa, dp, dq, dw_fa) = (
+        &q[..n],
+        &w_fa[..n],
+        &mut dp[..n],
+        &mut dq[..n],
+        &mut dw_fa[..n],
+    );
+    for k in 0..n {
+        let x = p[k] + q[k];
+        let u = apply(act, x);
+        let dz = de * w_fa[k] * slope(act, x, u);
+        dp[k] += dz;
+        dq[k] += dz;
+        dw_fa[k] += de * u;
+    }
 }
 
 /// The block of rows from `first` at step `t`: their [4H + A + D] pre-activation gradients
@@ -993,7 +1031,6 @@ fn attention_backward_body<T: Real>(
     let Partial {
         dw_fa,
         db_fa,
-        u,
         dalpha: dalpha_row,
     } = partial;
     for (i, ds) in ds.chunks_exact_mut(width).enumerate() {
@@ -1029,14 +1066,18 @@ fn attention_backward_body<T: Real>(
             *db_fa += de.to_f64();
             let p = &run.p[(b * len + l) * a..][..a];
             let dp_l = &mut dp[(i * len + l) * a..][..a];
-            for k in 0..a {
-                let x = p[k] + q[k];
-                u[k] = apply(w.act, x);
-                let dz = de * w.w_fa[k] * slope(w.act, x, u[k]);
-                dp_l[k] += dz;
-                dq[k] += dz;
+            let rows = ScoreRows {
+                p,
+                q,
+                w_fa: &w.w_fa,
+                dp: dp_l,
+                dq,
+                dw_fa,
+            };
+            match w.act {
+                Activation::Relu => score_backward(rows, de, Activation::Relu),
+                _ => score_backward(rows, de, Activation::Tanh),
             }
-            axpy(dw_fa, de, u);
         }
     }
 }
