@@ -7,6 +7,7 @@
 use crate::error::Result;
 use crate::size;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// The element types `gemm_ab` runs in (the crate dispatches on the type).
 pub(crate) trait Scalar:
@@ -61,8 +62,9 @@ pub(crate) fn gemm_atb_strided<T: Scalar>(
     c: &mut [T],
 ) {
     assert!(c.len() >= m * n);
-    // SAFETY: c holds at least m·n elements.
-    unsafe { gemm_atb_into(m, n, k, a, lda, b, ldb, c.as_mut_ptr()) }
+    // SAFETY: a [T] is a valid [MaybeUninit<T>], and only initialised values are written.
+    let c = unsafe { &mut *(&mut c[..m * n] as *mut [T] as *mut [MaybeUninit<T>]) };
+    gemm_atb_into(m, n, k, a, lda, b, ldb, c);
 }
 
 /// `gemm_atb` into a new buffer, which the product writes whole (no zeros written first).
@@ -75,20 +77,17 @@ pub(crate) fn gemm_atb_new<T: Scalar>(
     b: &[T],
 ) -> Result<Vec<T>> {
     let len = size::elements(what, &[m, n])?;
-    // SAFETY: gemm_atb_into writes all m·n elements, reading none.
-    unsafe {
-        size::filled(what, len, |c| {
-            gemm_atb_into(m, n, k, a, m, b, n, c.as_mut_ptr().cast())
-        })
-    }
+    // SAFETY: gemm_atb_into writes all m·n elements.
+    unsafe { size::filled(what, len, |c| gemm_atb_into(m, n, k, a, m, b, n, c)) }
 }
 
-/// The body of `gemm_atb_strided`: writes c[m, n], reading none of it.
-///
-/// # Safety
-/// `c` is valid for writes of m·n elements.
+/// The body of `gemm_atb_strided`: writes all of c[m, n] (its first m·n values), reading none
+/// of it. A long sum (a weight gradient over every row of a batch) is cut in two halves, one
+/// per thread, added at the end: the crate shares a product among its threads by rows and
+/// columns of c, which for a few thousand values of c over thousands of rows leaves the second
+/// thread nearly idle. Always two halves, so that the sums do not depend on the machine.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_atb_into<T: Scalar>(
+fn gemm_atb_into<T: Scalar>(
     m: usize,
     n: usize,
     k: usize,
@@ -96,29 +95,64 @@ unsafe fn gemm_atb_into<T: Scalar>(
     lda: usize,
     b: &[T],
     ldb: usize,
-    c: *mut T,
+    c: &mut [MaybeUninit<T>],
+) {
+    const LONG: usize = 1024;
+    let c = &mut c[..m * n];
+    if k < LONG || (m * n * k) >> 20 == 0 {
+        return gemm_atb_part(m, n, k, a, lda, b, ldb, c, usize::MAX);
+    }
+    let half = k / 2;
+    let threads = cores().div_ceil(2);
+    let mut rest = vec![T::default(); m * n];
+    // SAFETY: as in gemm_atb_strided.
+    let rest_out = unsafe { &mut *(&mut rest[..] as *mut [T] as *mut [MaybeUninit<T>]) };
+    rayon::join(
+        || gemm_atb_part(m, n, half, a, lda, b, ldb, c, threads),
+        || {
+            let (a, b) = (&a[half * lda..], &b[half * ldb..]);
+            gemm_atb_part(m, n, k - half, a, lda, b, ldb, rest_out, threads)
+        },
+    );
+    for (c, &r) in c.iter_mut().zip(&rest) {
+        // SAFETY: the first half's product wrote every value of c.
+        unsafe { *c.assume_init_mut() += r };
+    }
+}
+
+/// gemm_atb over k rows into c [m·n values], on at most `max_threads` threads.
+#[allow(clippy::too_many_arguments)]
+fn gemm_atb_part<T: Scalar>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    lda: usize,
+    b: &[T],
+    ldb: usize,
+    c: &mut [MaybeUninit<T>],
+    max_threads: usize,
 ) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(lda >= m && ldb >= n);
+    assert!(lda >= m && ldb >= n && c.len() >= m * n);
     assert!(k == 0 || (a.len() >= (k - 1) * lda + m && b.len() >= (k - 1) * ldb + n));
     if k == 0 {
-        for i in 0..m * n {
-            // SAFETY: the caller's c holds m·n elements.
-            unsafe { c.add(i).write(T::default()) };
-        }
+        c[..m * n].iter_mut().for_each(|c| {
+            c.write(T::default());
+        });
         return;
     }
-    // SAFETY: the asserts and the caller bound every element the strides reach. Element (i, j)
-    // of c is at i·n + j, (i, l) of aᵀ at l·lda + i, (l, j) of b at l·ldb + j. gemm computes
-    // dst = alpha·dst + beta·lhs·rhs; dst is not read (alpha unused).
+    // SAFETY: the asserts bound every element the strides reach. Element (i, j) of c is at
+    // i·n + j, (i, l) of aᵀ at l·lda + i, (l, j) of b at l·ldb + j. gemm computes
+    // dst = alpha·dst + beta·lhs·rhs; dst is not read (alpha unused), so all of it is written.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c,
+            c.as_mut_ptr().cast::<T>(),
             1,
             n as isize,
             false,
@@ -133,7 +167,7 @@ unsafe fn gemm_atb_into<T: Scalar>(
             false,
             false,
             false,
-            parallelism(m, n, k, usize::MAX),
+            parallelism(m, n, k, max_threads),
         );
     }
 }
@@ -389,16 +423,19 @@ mod tests {
 
     #[test]
     fn gemm_atb_matches_the_definition() {
-        // Large enough for several threads and the crate's blocking.
-        let (m, n, k) = (37, 29, 3001);
-        let a: Vec<f64> = (0..k * m).map(|i| (i % 13) as f64 - 6.0).collect();
-        let b: Vec<f64> = (0..k * n).map(|i| (i % 11) as f64 * 0.25 - 1.0).collect();
-        let mut c = vec![f64::NAN; m * n];
-        gemm_atb(m, n, k, &a, &b, &mut c);
-        for i in 0..m {
-            for j in 0..n {
-                let want: f64 = (0..k).map(|l| a[l * m + i] * b[l * n + j]).sum();
-                assert!((c[i * n + j] - want).abs() < 1e-9, "({i}, {j})");
+        // Long enough to be cut in two halves (and for the crate's blocking), short, and empty.
+        for (m, n, k) in [(37, 29, 3001), (5, 3, 7), (4, 6, 0)] {
+            let a: Vec<f64> = (0..k * m).map(|i| (i % 13) as f64 - 6.0).collect();
+            let b: Vec<f64> = (0..k * n).map(|i| (i % 11) as f64 * 0.25 - 1.0).collect();
+            let mut c = vec![f64::NAN; m * n];
+            gemm_atb(m, n, k, &a, &b, &mut c);
+            let new = gemm_atb_new("c", m, n, k, &a, &b).unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k).map(|l| a[l * m + i] * b[l * n + j]).sum();
+                    assert!((c[i * n + j] - want).abs() < 1e-9, "{m}×{n}×{k} ({i}, {j})");
+                    assert_eq!(new[i * n + j], c[i * n + j]);
+                }
             }
         }
     }
