@@ -62,9 +62,10 @@ pub(crate) fn gemm_atb_strided<T: Scalar>(
     c: &mut [T],
 ) {
     assert!(c.len() >= m * n);
-    // SAFETY: a [T] is a valid [MaybeUninit<T>], and only initialised values are written.
-    let c = unsafe { &mut *(&mut c[..m * n] as *mut [T] as *mut [MaybeUninit<T>]) };
-    gemm_atb_into(m, n, k, a, lda, b, ldb, c);
+    // SAFETY: gemm_atb_into writes only initialised values.
+    gemm_atb_into(m, n, k, a, lda, b, ldb, unsafe {
+        as_output(&mut c[..m * n])
+    });
 }
 
 /// `gemm_atb` into a new buffer, which the product writes whole (no zeros written first).
@@ -105,8 +106,8 @@ fn gemm_atb_into<T: Scalar>(
     let half = k / 2;
     let threads = cores().div_ceil(2);
     let mut rest = vec![T::default(); m * n];
-    // SAFETY: as in gemm_atb_strided.
-    let rest_out = unsafe { &mut *(&mut rest[..] as *mut [T] as *mut [MaybeUninit<T>]) };
+    // SAFETY: gemm_atb_part writes only initialised values.
+    let rest_out = unsafe { as_output(&mut rest) };
     rayon::join(
         || gemm_atb_part(m, n, half, a, lda, b, ldb, c, threads),
         || {
@@ -118,6 +119,15 @@ fn gemm_atb_into<T: Scalar>(
         // SAFETY: the first half's product wrote every value of c.
         unsafe { *c.assume_init_mut() += r };
     }
+}
+
+/// `values` as a buffer for a product to overwrite.
+///
+/// # Safety
+/// Only initialised values may be written through the result.
+unsafe fn as_output<T>(values: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: a T is a valid MaybeUninit<T> of the same layout; the caller writes only Ts.
+    unsafe { &mut *(values as *mut [T] as *mut [MaybeUninit<T>]) }
 }
 
 /// gemm_atb over k rows into c [m·n values], on at most `max_threads` threads.
