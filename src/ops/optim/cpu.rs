@@ -126,3 +126,69 @@ fn update_body<T: Real>(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], 
         p[i] = p[i] * u.decay - u.step_size * mi / (vi.sqrt() / u.root_c2 + u.eps);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parameter of several blocks, beside a small one, takes exactly the update each of its
+    /// elements would take alone (the blocks are shared among threads, so this is what must
+    /// not change): two steps, Adam and AdamW.
+    #[test]
+    fn blocks_of_a_large_parameter_step_like_their_elements() {
+        let n = 2 * (1 << 14) + 1234;
+        let values = |seed: usize, len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0)
+                .collect()
+        };
+        for decoupled in [false, true] {
+            let mut big = Tensor::from_vec(values(1, n), &[n]).unwrap();
+            let mut small = Tensor::from_vec(values(2, 5), &[5]).unwrap();
+            let mut moments = moments(&[&mut big, &mut small]);
+            let (mut want, mut m, mut v) = (values(1, n), vec![0f32; n], vec![0f32; n]);
+            for step in 1..=2 {
+                let h = AdamHyper {
+                    lr: 0.01,
+                    betas: (0.9, 0.999),
+                    eps: 1e-8,
+                    weight_decay: 0.01,
+                    decoupled,
+                    step,
+                };
+                let (g_big, g_small) = (values(3 + step as usize, n), values(9, 5));
+                let grads = [
+                    &Tensor::from_vec(g_big.clone(), &[n]).unwrap(),
+                    &Tensor::from_vec(g_small, &[5]).unwrap(),
+                ];
+                adam_step(&mut moments, &mut [&mut big, &mut small], &grads, &h).unwrap();
+                let (b1, b2) = h.betas;
+                let (decay, coupled) = match decoupled {
+                    true => (1.0 - h.lr * h.weight_decay, 0.0),
+                    false => (1.0, h.weight_decay),
+                };
+                let u = Update {
+                    b1,
+                    b2,
+                    eps: h.eps,
+                    decay,
+                    coupled,
+                    step_size: (h.lr as f64 / (1.0 - (b1 as f64).powi(step as i32))) as f32,
+                    root_c2: (1.0 - (b2 as f64).powi(step as i32)).sqrt() as f32,
+                };
+                for i in 0..n {
+                    let at = i..i + 1;
+                    update::<f32>(
+                        &mut want[at.clone()],
+                        &g_big[at.clone()],
+                        &mut m[at.clone()],
+                        &mut v[at],
+                        u,
+                    );
+                }
+            }
+            assert_eq!(big.host_slice::<f32>().unwrap(), &want[..], "{decoupled}");
+            assert_eq!(moments[0], (m, v));
+        }
+    }
+}

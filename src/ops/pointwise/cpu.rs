@@ -88,3 +88,44 @@ pub(super) fn mul_backward(a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tenso
     };
     Ok((times(b)?, times(a)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Above the size the threads share, each value is still its own activation and gradient,
+    /// NaN included.
+    #[test]
+    fn large_activations_are_elementwise() {
+        let n = 3 * PARALLEL + 17;
+        let x: Vec<f32> = (0..n)
+            .map(|i| match i % 1001 {
+                0 => f32::NAN,
+                k => k as f32 / 100.0 - 5.0,
+            })
+            .collect();
+        let dy: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
+        let xt = Tensor::from_vec(x.clone(), &[n]).unwrap();
+        let dyt = Tensor::from_vec(dy.clone(), &[n]).unwrap();
+        for act in [Activation::Relu, Activation::Tanh, Activation::Sigmoid] {
+            let y = activation(&xt, act).unwrap();
+            let dx = activation_backward(&y, &dyt, act).unwrap();
+            let (y, dx) = (
+                y.host_slice::<f32>().unwrap(),
+                dx.host_slice::<f32>().unwrap(),
+            );
+            for i in 0..n {
+                let want = act.apply(x[i]);
+                assert!(
+                    y[i] == want || (y[i].is_nan() && want.is_nan()),
+                    "{act:?} {i}"
+                );
+                let want = derivative(act, want, dy[i]);
+                assert!(
+                    dx[i] == want || (dx[i].is_nan() && want.is_nan()),
+                    "{act:?} {i}"
+                );
+            }
+        }
+    }
+}
