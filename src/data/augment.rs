@@ -42,6 +42,8 @@ pub fn warp(
         (width as f32 / cell).ceil() as usize + 1,
     );
     let mut field = vec![0f32; 2 * gy * gx];
+    // Each column's cell of the field and the fraction across it, the same for every image.
+    let columns: Vec<(usize, f32)> = (0..width).map(|x| split(x as f32 / cell, gx)).collect();
     let mut draw = |bound: f32| rng.random_range(-bound..=bound) * strength;
     for image in pixels.chunks_exact_mut(per) {
         for f in field.iter_mut() {
@@ -69,7 +71,7 @@ pub fn warp(
             gy,
             gx,
         };
-        resample::<f32>(image, &source, &field, channels, height, width, map);
+        resample::<f32>(image, &source, &field, &columns, channels, height, map);
     }
 }
 
@@ -89,14 +91,15 @@ struct Map {
 
 widest! {
     /// Each output pixel of `image` sampled bilinearly from `source` where `map` and the
-    /// displacement `field` send it (the widest vectors give `floor` an instruction).
+    /// displacement `field` send it (the widest vectors give `floor` an instruction); one
+    /// (cell, fraction) of the field per column.
     fn resample<T: Real>(
         image: &mut [f32],
         source: &[f32],
         field: &[f32],
+        columns: &[(usize, f32)],
         channels: usize,
         height: usize,
-        width: usize,
         map: Map,
     ) -> () = resample_body;
 }
@@ -106,11 +109,12 @@ fn resample_body<T: Real>(
     image: &mut [f32],
     source: &[f32],
     field: &[f32],
+    columns: &[(usize, f32)],
     channels: usize,
     height: usize,
-    width: usize,
     map: Map,
 ) {
+    let width = columns.len();
     let Map {
         a,
         b,
@@ -123,8 +127,6 @@ fn resample_body<T: Real>(
         gx,
     } = map;
     let (cx, cy) = ((width as f32 - 1.0) / 2.0, (height as f32 - 1.0) / 2.0);
-    // Each column's cell of the field and the fraction across it.
-    let columns: Vec<(usize, f32)> = (0..width).map(|x| split(x as f32 / cell, gx)).collect();
     for ch in 0..channels {
         let plane = &source[ch * height * width..][..height * width];
         let at = |y: f32, x: f32| {

@@ -51,24 +51,7 @@ pub(super) fn adam_step(
             "the parameters changed between Adam steps".into(),
         ));
     }
-    let (b1, b2) = h.betas;
-    // torch's form: p -= (lr / c1) · m / (√v / √c2 + eps), the bias corrections c1, c2 in f64
-    // once per step, the per-element work in f32 (vectorised).
-    let step_size = (h.lr as f64 / (1.0 - (b1 as f64).powi(h.step as i32))) as f32;
-    let root_c2 = (1.0 - (b2 as f64).powi(h.step as i32)).sqrt() as f32;
-    let (decay, coupled) = match h.decoupled {
-        true => (1.0 - h.lr * h.weight_decay, 0.0),
-        false => (1.0, h.weight_decay),
-    };
-    let hyper = Update {
-        b1,
-        b2,
-        eps: h.eps,
-        decay,
-        coupled,
-        step_size,
-        root_c2,
-    };
+    let hyper = Update::new(h);
     // Every parameter cut into blocks, the blocks shared among the worker threads: the update
     // is elementwise, so the result does not depend on the split.
     const BLOCK: usize = 1 << 14;
@@ -106,6 +89,27 @@ struct Update {
     coupled: f32,
     step_size: f32,
     root_c2: f32,
+}
+
+impl Update {
+    fn new(h: &AdamHyper) -> Self {
+        let (b1, b2) = h.betas;
+        // torch's form: p -= (lr / c1) · m / (√v / √c2 + eps), the bias corrections c1, c2 in
+        // f64 once per step, the per-element work in f32 (vectorised).
+        let (decay, coupled) = match h.decoupled {
+            true => (1.0 - h.lr * h.weight_decay, 0.0),
+            false => (1.0, h.weight_decay),
+        };
+        Update {
+            b1,
+            b2,
+            eps: h.eps,
+            decay,
+            coupled,
+            step_size: (h.lr as f64 / (1.0 - (b1 as f64).powi(h.step as i32))) as f32,
+            root_c2: (1.0 - (b2 as f64).powi(h.step as i32)).sqrt() as f32,
+        }
+    }
 }
 
 widest! {
@@ -162,20 +166,7 @@ mod tests {
                     &Tensor::from_vec(g_small, &[5]).unwrap(),
                 ];
                 adam_step(&mut moments, &mut [&mut big, &mut small], &grads, &h).unwrap();
-                let (b1, b2) = h.betas;
-                let (decay, coupled) = match decoupled {
-                    true => (1.0 - h.lr * h.weight_decay, 0.0),
-                    false => (1.0, h.weight_decay),
-                };
-                let u = Update {
-                    b1,
-                    b2,
-                    eps: h.eps,
-                    decay,
-                    coupled,
-                    step_size: (h.lr as f64 / (1.0 - (b1 as f64).powi(step as i32))) as f32,
-                    root_c2: (1.0 - (b2 as f64).powi(step as i32)).sqrt() as f32,
-                };
+                let u = Update::new(&h);
                 for i in 0..n {
                     let at = i..i + 1;
                     update::<f32>(
