@@ -353,6 +353,14 @@ fn bad_training_flags_are_one_line_and_exit_2() {
             "convolutions",
         ),
         (
+            vec!["train", "caption", "--out", o, "--augment=-1"],
+            "--augment",
+        ),
+        (
+            vec!["train", "caption", "--out", o, "--alpha-c", "NaN"],
+            "--alpha-c",
+        ),
+        (
             vec!["train", "translate", "--out", o, "--cell", "rnn"],
             "cell",
         ),

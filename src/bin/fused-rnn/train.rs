@@ -494,6 +494,13 @@ pub fn check(common: &Common) -> Result<()> {
 fn train_caption(opts: &TrainCaption) -> Result<String> {
     let common = &opts.common;
     check(common)?;
+    for (flag, value) in [("--augment", opts.augment), ("--alpha-c", opts.alpha_c)] {
+        if !(value >= 0.0 && value.is_finite()) {
+            return Err(Error::Config(format!(
+                "{flag} must be a finite number of at least 0, not {value}"
+            )));
+        }
+    }
     let p = opts.patch.max(1);
     ImageShape {
         window: opts.window,
