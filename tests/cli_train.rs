@@ -87,9 +87,23 @@ fn caption_training_lowers_the_validation_loss_and_repeats_exactly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Plain, and averaging from step 60 (`--average 0.75` of 240), so that the run is stopped
+/// with the average begun: the state must carry the average and the weights the run was at.
 #[test]
 fn a_stopped_run_resumes_to_the_same_checkpoint() {
-    let dir = common::scratch("cli-train-resume");
+    let plain = resumes_to_the_same_checkpoint("cli-train-resume", &[]);
+    let averaged =
+        resumes_to_the_same_checkpoint("cli-train-resume-average", &["--average", "0.75"]);
+    assert_ne!(
+        averaged, plain,
+        "the averaged checkpoint holds other weights"
+    );
+}
+
+/// Trains 240 steps in one go, and again stopped after step 80 and resumed; asserts both end
+/// with the same checkpoint, and returns its bytes.
+fn resumes_to_the_same_checkpoint(name: &str, extra: &[&str]) -> Vec<u8> {
+    let dir = common::scratch(name);
     let (whole, broken) = (
         dir.join("whole.safetensors"),
         dir.join("broken.safetensors"),
@@ -98,6 +112,7 @@ fn a_stopped_run_resumes_to_the_same_checkpoint() {
         let mut a: Vec<String> = ["train", "caption", "--steps", "240", "--eval-every", "80"]
             .iter()
             .chain(SMALL.iter())
+            .chain(extra.iter())
             .map(|s| s.to_string())
             .collect();
         a.extend([
@@ -136,12 +151,14 @@ fn a_stopped_run_resumes_to_the_same_checkpoint() {
         !stderr.contains("step 80 ") && stderr.contains("step 160 "),
         "{stderr}"
     );
+    let bytes = std::fs::read(&whole).unwrap();
     assert_eq!(
-        std::fs::read(&whole).unwrap(),
+        bytes,
         std::fs::read(&broken).unwrap(),
         "stopped and resumed ends where the unbroken run does"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+    bytes
 }
 
 /// Writes a Karpathy data set of coloured shapes the digit scenes never show: RGB images of
@@ -359,6 +376,14 @@ fn bad_training_flags_are_one_line_and_exit_2() {
         (
             vec!["train", "caption", "--out", o, "--alpha-c", "NaN"],
             "--alpha-c",
+        ),
+        (
+            vec!["train", "caption", "--out", o, "--average", "1.5"],
+            "--average",
+        ),
+        (
+            vec!["train", "translate", "--out", o, "--average=-0.1"],
+            "--average",
         ),
         (
             vec!["train", "translate", "--out", o, "--cell", "rnn"],

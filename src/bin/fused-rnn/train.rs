@@ -3,7 +3,8 @@
 //! validation split at intervals, atomic checkpoints and resuming.
 //!
 //! Beside the checkpoint `CKPT` it keeps `CKPT.state`: Adam's moments and the run's position
-//! (step, seed, schedule), which `--resume` continues from. The learning rate falls linearly
+//! (step, seed, schedule), which `--resume` continues from; with `--average`, also the weights
+//! the run is at and the average's count, since the checkpoint then holds the average. The learning rate falls linearly
 //! from `--lr` to `--lr-end` over the budget. On the CPU the same flags give the same
 //! checkpoint, byte for byte, when the budget is counted in steps or epochs (a budget in
 //! minutes stops wherever the clock says).
@@ -17,7 +18,7 @@ use fused_rnn::error::{Error, Result};
 use fused_rnn::io::{save, Data, TensorFile};
 use fused_rnn::models::{Captioner, CaptionerConfig, Input, StepReport};
 use fused_rnn::nn::{AttentionActivation, EncoderLayers, ImageShape, Module};
-use fused_rnn::train::{Adam, AdamSnapshot};
+use fused_rnn::train::{Adam, AdamSnapshot, WeightAverage};
 use fused_rnn::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -82,7 +83,16 @@ pub struct Common {
     /// Clip the gradients' global norm to this.
     #[arg(long, default_value_t = 5.0)]
     pub clip: f32,
+    /// Average the weights over the last this share of the budget (0: none, 1: all of it):
+    /// from there on the checkpoint, and the evaluation, use the mean of the weights every 10
+    /// steps (stochastic weight averaging).
+    #[arg(long, default_value_t = 0.0)]
+    pub average: f64,
 }
+
+/// Steps between the weights a `--average` run adds to its mean: often enough for a smooth
+/// mean, rarely enough that reading CUDA weights back to the host costs nothing.
+const AVERAGE_EVERY: u64 = 10;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainCaption {
@@ -177,6 +187,9 @@ pub struct Position {
     pub seconds: f64,
     pub lr: f32,
     pub lr_end: f32,
+    /// The share of the budget at its end over which the weights are averaged (0: none).
+    #[serde(default)]
+    pub average: f64,
     /// The sha256 of the checkpoint written with this state.
     pub checkpoint: String,
 }
@@ -234,13 +247,28 @@ pub fn state_path(out: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes the optimizer's moments and the position beside the checkpoint.
-pub fn save_state(out: &Path, adam: &Adam, position: Position) -> Result<()> {
+/// Writes the optimizer's moments and the position beside the checkpoint; when the
+/// checkpoint holds a weight average, also the average (`a.K`, its count) and `weights`, the
+/// weights the run is at (`w.K`).
+pub fn save_state(
+    out: &Path,
+    adam: &Adam,
+    position: Position,
+    average: &WeightAverage,
+    weights: Option<&[Vec<f32>]>,
+) -> Result<()> {
     let snapshot = adam.snapshot()?;
     let mut tensors = Vec::new();
+    let vector = |values: &Vec<f32>| Tensor::from_vec(values.clone(), &[values.len()]);
     for (k, (m, v)) in snapshot.moments.iter().enumerate() {
-        tensors.push((format!("m.{k}"), Tensor::from_vec(m.clone(), &[m.len()])?));
-        tensors.push((format!("v.{k}"), Tensor::from_vec(v.clone(), &[v.len()])?));
+        tensors.push((format!("m.{k}"), vector(m)?));
+        tensors.push((format!("v.{k}"), vector(v)?));
+    }
+    for (k, w) in weights.unwrap_or_default().iter().enumerate() {
+        tensors.push((format!("w.{k}"), vector(w)?));
+    }
+    for (k, a) in average.means().iter().enumerate() {
+        tensors.push((format!("a.{k}"), vector(a)?));
     }
     let data: Vec<(&str, Data)> = tensors
         .iter()
@@ -252,12 +280,23 @@ pub fn save_state(out: &Path, adam: &Adam, position: Position) -> Result<()> {
             serde_json::to_string(&position).expect("plain numbers"),
         ),
         ("adam_steps".to_string(), snapshot.steps.to_string()),
+        ("average_count".to_string(), average.count().to_string()),
     ];
     save(state_path(out), &data, &meta)
 }
 
-/// The optimizer state and position saved beside checkpoint `out`.
-pub fn load_state(out: &Path, lr: f32) -> Result<(Adam, Position, AdamSnapshot)> {
+/// What `CKPT.state` holds.
+pub struct State {
+    pub adam: Adam,
+    pub position: Position,
+    pub snapshot: AdamSnapshot,
+    /// The weights the run was at, when the checkpoint holds their average instead.
+    pub weights: Option<Vec<Vec<f32>>>,
+    pub average: WeightAverage,
+}
+
+/// The optimizer state, position and weight average saved beside checkpoint `out`.
+pub fn load_state(out: &Path, lr: f32) -> Result<State> {
     let path = state_path(out);
     let file = TensorFile::load(&path)?;
     let bad = |what: &str| Error::Config(format!("{}: {what}", path.display()));
@@ -270,14 +309,33 @@ pub fn load_state(out: &Path, lr: f32) -> Result<(Adam, Position, AdamSnapshot)>
         .metadata("adam_steps")
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad("no `adam_steps` metadata"))?;
-    let count = file.names().count() / 2;
-    let mut moments = Vec::with_capacity(count);
-    for k in 0..count {
-        let m = file.float(&format!("m.{k}"))?.to_vec_f32()?;
-        let v = file.float(&format!("v.{k}"))?.to_vec_f32()?;
-        moments.push((m, v));
-    }
-    Ok((Adam::new(lr), position, AdamSnapshot { steps, moments }))
+    let averaged: u64 = file
+        .metadata("average_count")
+        .map_or(Some(0), |s| s.parse().ok())
+        .ok_or_else(|| bad("malformed `average_count` metadata"))?;
+    // Tensors `prefix.0`, `prefix.1`, ... as host values.
+    let vectors = |prefix: &str| -> Result<Vec<Vec<f32>>> {
+        let count = file
+            .names()
+            .filter(|n| {
+                n.strip_prefix(prefix)
+                    .is_some_and(|k| k.parse::<usize>().is_ok())
+            })
+            .count();
+        (0..count)
+            .map(|k| file.float(&format!("{prefix}{k}"))?.to_vec_f32())
+            .collect()
+    };
+    let moments = vectors("m.")?.into_iter().zip(vectors("v.")?).collect();
+    let weights = vectors("w.")?;
+    Ok(State {
+        adam: Adam::new(lr),
+        position,
+        snapshot: AdamSnapshot { steps, moments },
+        weights: (!weights.is_empty()).then_some(weights),
+        average: WeightAverage::from_means(vectors("a.")?, averaged)
+            .map_err(|e| bad(&e.to_string()))?,
+    })
 }
 
 /// A model being trained: one step, an evaluation line, its checkpoint.
@@ -287,18 +345,29 @@ pub trait Task {
     /// How the model does on the validation split, as a line.
     fn evaluate(&self) -> Result<String>;
     fn save(&self, out: &Path) -> Result<()>;
+    /// The model's parameters, for the weight average.
+    fn module(&mut self) -> &mut dyn Module;
 }
 
+/// A run's model, optimizer, position and weight average, as [`start`] makes them.
+pub type Started<M> = (M, Adam, Position, WeightAverage);
+
 /// Makes the model (`load`ed from the checkpoint at --out when resuming, else `fresh`), its
-/// optimizer and its position.
+/// optimizer, its position and its weight average.
 pub fn start<M: Module>(
     common: &Common,
     load: impl FnOnce(&Path) -> Result<M>,
     fresh: impl FnOnce() -> Result<M>,
-) -> Result<(M, Adam, Position)> {
+) -> Result<Started<M>> {
     if common.resume {
         let mut model = load(&common.out)?;
-        let (mut adam, position, snapshot) = load_state(&common.out, common.lr)?;
+        let State {
+            mut adam,
+            position,
+            snapshot,
+            weights,
+            average,
+        } = load_state(&common.out, common.lr)?;
         if sha256_of(&common.out)? != position.checkpoint {
             return Err(Error::Config(format!(
                 "{} does not belong to {} (the run stopped between writing them): start again \
@@ -307,8 +376,11 @@ pub fn start<M: Module>(
                 common.out.display()
             )));
         }
+        if let Some(weights) = weights {
+            WeightAverage::restore(&mut model, &weights)?;
+        }
         adam.restore(&mut model, snapshot)?;
-        return Ok((model, adam, position));
+        return Ok((model, adam, position, average));
     }
     let position = Position {
         step: 0,
@@ -317,19 +389,25 @@ pub fn start<M: Module>(
         seconds: 0.0,
         lr: common.lr,
         lr_end: common.lr_end,
+        average: common.average,
         checkpoint: String::new(),
     };
-    Ok((fresh()?, Adam::new(common.lr), position))
+    Ok((
+        fresh()?,
+        Adam::new(common.lr),
+        position,
+        WeightAverage::new(),
+    ))
 }
 
 /// Trains `task` from `position` until the budget is spent, evaluating and writing the
-/// checkpoint every --eval-every steps and at the end.
+/// checkpoint every --eval-every steps and at the end (with the averaged weights once the
+/// average has begun).
 pub fn run(
     what: &str,
     task: &mut dyn Task,
     common: &Common,
-    mut adam: Adam,
-    mut position: Position,
+    (mut adam, mut position, mut average): (Adam, Position, WeightAverage),
     per_epoch: u64,
 ) -> Result<String> {
     let schedule = Schedule::new(&common.budget, per_epoch)?;
@@ -374,6 +452,12 @@ pub fn run(
             )));
         }
         position.step += 1;
+        let averaging = position.average > 0.0
+            && schedule.done(position.step, position.batch, seconds(&position))
+                >= 1.0 - position.average;
+        if averaging && position.step.is_multiple_of(AVERAGE_EVERY) {
+            average.update(task.module())?;
+        }
         since.1 += report.tokens;
         since.2 += f64::from(report.cross_entropy);
         since.3 += 1;
@@ -391,31 +475,57 @@ pub fn run(
                 seconds: seconds(&position),
                 ..position.clone()
             };
-            let text = line(task, &at, &since)?;
+            let text = checkpoint(task, &adam, &average, &common.out, at, |task, at| {
+                line(task, at, &since)
+            })?;
             since = (Instant::now(), 0, 0.0, 0);
-            checkpoint(task, &adam, &common.out, at)?;
             // Said once written: a run stopped after this line resumes from this step.
             bar.suspend(|| eprintln!("{text}"));
         }
     }
     bar.finish_and_clear();
     position.seconds = seconds(&position);
-    let text = (since.3 > 0 || position.step == 0)
-        .then(|| line(task, &position, &since))
-        .transpose()?;
-    checkpoint(task, &adam, &common.out, position)?;
+    let evaluate = since.3 > 0 || position.step == 0;
+    let text = checkpoint(task, &adam, &average, &common.out, position, |task, at| {
+        evaluate.then(|| line(task, at, &since)).transpose()
+    })?;
     if let Some(text) = text {
         eprintln!("{text}");
     }
-    Ok(format!("wrote {}", common.out.display()))
+    let averaged = match average.count() {
+        0 => String::new(),
+        n => format!(" (the mean of the weights at {n} steps)"),
+    };
+    Ok(format!("wrote {}{averaged}", common.out.display()))
 }
 
-/// Writes the model, then the state that names the model's bytes by their sha256: a run
-/// stopped between the two writes leaves a pair that `--resume` refuses.
-fn checkpoint(task: &dyn Task, adam: &Adam, out: &Path, mut position: Position) -> Result<()> {
-    task.save(out)?;
+/// With the average's weights in the model when it has begun: `report` (the evaluation),
+/// then the model written, then the state that names the model's bytes by their sha256 (a
+/// run stopped between the two writes leaves a pair that `--resume` refuses). The model goes
+/// back to the weights the run is at.
+fn checkpoint<R>(
+    task: &mut dyn Task,
+    adam: &Adam,
+    average: &WeightAverage,
+    out: &Path,
+    mut position: Position,
+    report: impl FnOnce(&dyn Task, &Position) -> Result<R>,
+) -> Result<R> {
+    let weights = match average.count() {
+        0 => None,
+        _ => Some(average.install(task.module())?),
+    };
+    let written = report(&*task, &position).and_then(|r| {
+        task.save(out)?;
+        Ok(r)
+    });
+    if let Some(weights) = &weights {
+        WeightAverage::restore(task.module(), weights)?;
+    }
+    let r = written?;
     position.checkpoint = sha256_of(out)?;
-    save_state(out, adam, position)
+    save_state(out, adam, position, average, weights.as_deref())?;
+    Ok(r)
 }
 
 fn sha256_of(path: &Path) -> Result<String> {
@@ -481,12 +591,22 @@ impl Task for CaptionTask {
     fn save(&self, out: &Path) -> Result<()> {
         self.model.save(out)
     }
+
+    fn module(&mut self) -> &mut dyn Module {
+        &mut self.model
+    }
 }
 
 /// Refuses flags that cannot make a run, before anything starts.
 pub fn check(common: &Common) -> Result<()> {
     if common.batch == 0 {
         return Err(Error::Config("--batch must be at least 1".into()));
+    }
+    if !(0.0..=1.0).contains(&common.average) {
+        return Err(Error::Config(format!(
+            "--average must be a share of the budget from 0 to 1, not {}",
+            common.average
+        )));
     }
     Schedule::new(&common.budget, 1).map(|_| ())
 }
@@ -546,7 +666,8 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
             common.seed,
         )
     };
-    let (model, adam, position) = start(common, |p| Captioner::load(p, &device, dtype), fresh)?;
+    let (model, adam, position, average) =
+        start(common, |p| Captioner::load(p, &device, dtype), fresh)?;
     let shape = model.image_shape().ok_or_else(|| {
         Error::Config(format!(
             "{}: the model reads features, not images",
@@ -596,8 +717,7 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
         "train caption",
         &mut task,
         common,
-        adam,
-        position,
+        (adam, position, average),
         per_epoch,
     )
 }

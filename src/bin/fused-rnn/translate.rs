@@ -230,6 +230,10 @@ impl Task for DateTask {
     fn save(&self, out: &Path) -> Result<()> {
         self.model.save(out)
     }
+
+    fn module(&mut self) -> &mut dyn Module {
+        &mut self.model
+    }
 }
 
 pub fn train_translate(opts: &TrainTranslate) -> Result<String> {
@@ -256,7 +260,8 @@ pub fn train_translate(opts: &TrainTranslate) -> Result<String> {
             common.seed,
         )
     };
-    let (model, adam, position) = start(common, |p| Seq2Seq::load(p, &device, dtype), fresh)?;
+    let (model, adam, position, average) =
+        start(common, |p| Seq2Seq::load(p, &device, dtype), fresh)?;
     let params: usize = model.parameters().iter().map(|(_, t)| t.numel()).sum();
     eprintln!("{reason}; training on dates in {} formats", dates::FORMATS);
     eprintln!("model: {params} parameters; batch {}", position.batch);
@@ -272,8 +277,7 @@ pub fn train_translate(opts: &TrainTranslate) -> Result<String> {
         "train translate",
         &mut task,
         common,
-        adam,
-        position,
+        (adam, position, average),
         per_epoch,
     )
 }
