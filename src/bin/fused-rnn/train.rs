@@ -3,11 +3,11 @@
 //! validation split at intervals, atomic checkpoints and resuming.
 //!
 //! Beside the checkpoint `CKPT` it keeps `CKPT.state`: Adam's moments and the run's position
-//! (step, seed, schedule), which `--resume` continues from; with `--average`, also the weights
-//! the run is at and the average's count, since the checkpoint then holds the average. The learning rate falls linearly
-//! from `--lr` to `--lr-end` over the budget. On the CPU the same flags give the same
-//! checkpoint, byte for byte, when the budget is counted in steps or epochs (a budget in
-//! minutes stops wherever the clock says).
+//! (step, seed, schedule), which `--resume` continues from; with `--average`, also the average
+//! and the weights the run is at, since the checkpoint then holds the average. The learning
+//! rate falls linearly from `--lr` to `--lr-end` over the budget. On the CPU the same flags
+//! give the same checkpoint, byte for byte, when the budget is counted in steps or epochs (a
+//! budget in minutes stops wherever the clock says).
 
 use crate::corpus::{Batch, Batches, Corpus, Example};
 use crate::run::DeviceChoice;
@@ -326,7 +326,15 @@ pub fn load_state(out: &Path, lr: f32) -> Result<State> {
             .map(|k| file.float(&format!("{prefix}{k}"))?.to_vec_f32())
             .collect()
     };
-    let moments = vectors("m.")?.into_iter().zip(vectors("v.")?).collect();
+    let (m, v) = (vectors("m.")?, vectors("v.")?);
+    if m.len() != v.len() {
+        return Err(bad(&format!(
+            "{} first moments but {} second moments",
+            m.len(),
+            v.len()
+        )));
+    }
+    let moments = m.into_iter().zip(v).collect();
     let weights = vectors("w.")?;
     Ok(State {
         adam: Adam::new(lr),
