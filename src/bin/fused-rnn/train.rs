@@ -287,7 +287,6 @@ pub fn save_state(
 
 /// What `CKPT.state` holds.
 pub struct State {
-    pub adam: Adam,
     pub position: Position,
     pub snapshot: AdamSnapshot,
     /// The weights the run was at, when the checkpoint holds their average instead.
@@ -295,8 +294,8 @@ pub struct State {
     pub average: WeightAverage,
 }
 
-/// The optimizer state, position and weight average saved beside checkpoint `out`.
-pub fn load_state(out: &Path, lr: f32) -> Result<State> {
+/// The optimizer's moments, the position and the weight average saved beside checkpoint `out`.
+pub fn load_state(out: &Path) -> Result<State> {
     let path = state_path(out);
     let file = TensorFile::load(&path)?;
     let bad = |what: &str| Error::Config(format!("{}: {what}", path.display()));
@@ -337,7 +336,6 @@ pub fn load_state(out: &Path, lr: f32) -> Result<State> {
     let moments = m.into_iter().zip(v).collect();
     let weights = vectors("w.")?;
     Ok(State {
-        adam: Adam::new(lr),
         position,
         snapshot: AdamSnapshot { steps, moments },
         weights: (!weights.is_empty()).then_some(weights),
@@ -370,12 +368,11 @@ pub fn start<M: Module>(
     if common.resume {
         let mut model = load(&common.out)?;
         let State {
-            mut adam,
             position,
             snapshot,
             weights,
             average,
-        } = load_state(&common.out, common.lr)?;
+        } = load_state(&common.out)?;
         if sha256_of(&common.out)? != position.checkpoint {
             return Err(Error::Config(format!(
                 "{} does not belong to {} (the run stopped between writing them): start again \
@@ -387,6 +384,7 @@ pub fn start<M: Module>(
         if let Some(weights) = weights {
             WeightAverage::restore(&mut model, &weights)?;
         }
+        let mut adam = Adam::new(common.lr);
         adam.restore(&mut model, snapshot)?;
         return Ok((model, adam, position, average));
     }
