@@ -20,12 +20,20 @@ from sklearn.svm import SVC
 def main():
     if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
-    pools = json.load(open(sys.argv[1]))
     path = sys.argv[2] if len(sys.argv) == 3 else "data/digits/digits.csv.gz"
-    with gzip.open(path, "rt") as f:
-        rows = np.loadtxt(f, delimiter=",")
-    pixels, labels = rows[:, :64] / 16.0, rows[:, 64].astype(int)
-    train, val, test = pools["train"], pools["val"], pools["test"]
+    try:
+        with open(sys.argv[1]) as f:
+            pools = json.load(f)
+        train, val, test = (list(map(int, pools[k])) for k in ("train", "val", "test"))
+        with gzip.open(path, "rt") as f:
+            rows = np.loadtxt(f, delimiter=",", ndmin=2)
+        if rows.shape[1] != 65:
+            raise ValueError(f"{path}: {rows.shape[1]} columns, not 64 pixels and a label")
+        pixels, labels = rows[:, :64] / 16.0, rows[:, 64].astype(int)
+        labels[train + val + test]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        print(f"digits_baseline: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(2)
     # The validation pool scores every C alike, so it cannot choose one: the best C on the
     # test pool is an optimistic bound, not a fair reader.
     readers = {f"SVM, RBF kernel, C = {c}": SVC(C=c) for c in (1.0, 2.0, 5.0, 10.0)}
