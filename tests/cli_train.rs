@@ -87,13 +87,16 @@ fn caption_training_lowers_the_validation_loss_and_repeats_exactly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Plain, and averaging from step 60 (`--average 0.75` of 240), so that the run is stopped
-/// with the average begun: the state must carry the average and the weights the run was at.
+/// Plain, and averaging from step 60 (`--average 0.75` of 240) with AdamW, so that the run is
+/// stopped with the average begun: the state must carry the average, the weights the run was
+/// at and the weight decay.
 #[test]
 fn a_stopped_run_resumes_to_the_same_checkpoint() {
     let plain = resumes_to_the_same_checkpoint("cli-train-resume", &[]);
-    let averaged =
-        resumes_to_the_same_checkpoint("cli-train-resume-average", &["--average", "0.75"]);
+    let averaged = resumes_to_the_same_checkpoint(
+        "cli-train-resume-average",
+        &["--average", "0.75", "--weight-decay", "0.5"],
+    );
     assert_ne!(
         averaged, plain,
         "the averaged checkpoint holds other weights"
@@ -384,6 +387,14 @@ fn bad_training_flags_are_one_line_and_exit_2() {
         (
             vec!["train", "translate", "--out", o, "--average=-0.1"],
             "--average",
+        ),
+        (
+            vec!["train", "caption", "--out", o, "--weight-decay=-0.01"],
+            "--weight-decay",
+        ),
+        (
+            vec!["train", "translate", "--out", o, "--weight-decay", "inf"],
+            "--weight-decay",
         ),
         (
             vec!["train", "translate", "--out", o, "--cell", "rnn"],

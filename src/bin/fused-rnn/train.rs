@@ -88,6 +88,9 @@ pub struct Common {
     /// steps (stochastic weight averaging).
     #[arg(long, default_value_t = 0.0)]
     pub average: f64,
+    /// Decoupled weight decay (AdamW, as torch.optim.AdamW's weight_decay; 0: Adam).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
 }
 
 /// Steps between the weights a `--average` run adds to its mean: often enough for a smooth
@@ -190,6 +193,9 @@ pub struct Position {
     /// The share of the budget at its end over which the weights are averaged (0: none).
     #[serde(default)]
     pub average: f64,
+    /// AdamW's decoupled weight decay (0: Adam).
+    #[serde(default)]
+    pub weight_decay: f32,
     /// The sha256 of the checkpoint written with this state.
     pub checkpoint: String,
 }
@@ -384,7 +390,7 @@ pub fn start<M: Module>(
         if let Some(weights) = weights {
             WeightAverage::restore(&mut model, &weights)?;
         }
-        let mut adam = Adam::new(common.lr);
+        let mut adam = optimizer(&position);
         adam.restore(&mut model, snapshot)?;
         return Ok((model, adam, position, average));
     }
@@ -396,14 +402,27 @@ pub fn start<M: Module>(
         lr: common.lr,
         lr_end: common.lr_end,
         average: common.average,
+        weight_decay: common.weight_decay,
         checkpoint: String::new(),
     };
     Ok((
         fresh()?,
-        Adam::new(common.lr),
+        optimizer(&position),
         position,
         WeightAverage::new(),
     ))
+}
+
+/// Adam, or AdamW where the run decays its weights.
+fn optimizer(position: &Position) -> Adam {
+    match position.weight_decay {
+        0.0 => Adam::new(position.lr),
+        decay => {
+            let mut adam = Adam::adamw(position.lr);
+            adam.weight_decay = decay;
+            adam
+        }
+    }
 }
 
 /// Trains `task` from `position` until the budget is spent, evaluating and writing the
@@ -612,6 +631,12 @@ pub fn check(common: &Common) -> Result<()> {
         return Err(Error::Config(format!(
             "--average must be a share of the budget from 0 to 1, not {}",
             common.average
+        )));
+    }
+    if !(common.weight_decay >= 0.0 && common.weight_decay.is_finite()) {
+        return Err(Error::Config(format!(
+            "--weight-decay must be a finite number of at least 0, not {}",
+            common.weight_decay
         )));
     }
     Schedule::new(&common.budget, 1).map(|_| ())
