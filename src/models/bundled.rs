@@ -17,7 +17,7 @@ pub struct Bundled {
 /// The captioner of the digit scenes.
 pub const CAPTIONER: Bundled = Bundled {
     relative: "data/checkpoints/captioner-digits.safetensors",
-    sha256: "4a149e3b7d1903401d8bbe3ad54e3a30a02c294cf39712eea9c9daf80cc6d256",
+    sha256: "7526822e031ebe072015e2cbab6a22fc1ca57097fc7d6b67102189ff3672db22",
 };
 
 /// The date translator.
