@@ -633,25 +633,26 @@ pub fn check(common: &Common) -> Result<()> {
             common.average
         )));
     }
-    if !(common.weight_decay >= 0.0 && common.weight_decay.is_finite()) {
-        return Err(Error::Config(format!(
-            "--weight-decay must be a finite number of at least 0, not {}",
-            common.weight_decay
-        )));
-    }
+    non_negative(&[("--weight-decay", common.weight_decay)])?;
     Schedule::new(&common.budget, 1).map(|_| ())
 }
 
-fn train_caption(opts: &TrainCaption) -> Result<String> {
-    let common = &opts.common;
-    check(common)?;
-    for (flag, value) in [("--augment", opts.augment), ("--alpha-c", opts.alpha_c)] {
+/// Refuses a flag's value that is negative, infinite or NaN.
+fn non_negative(flags: &[(&str, f32)]) -> Result<()> {
+    for &(flag, value) in flags {
         if !(value >= 0.0 && value.is_finite()) {
             return Err(Error::Config(format!(
                 "{flag} must be a finite number of at least 0, not {value}"
             )));
         }
     }
+    Ok(())
+}
+
+fn train_caption(opts: &TrainCaption) -> Result<String> {
+    let common = &opts.common;
+    check(common)?;
+    non_negative(&[("--augment", opts.augment), ("--alpha-c", opts.alpha_c)])?;
     let p = opts.patch.max(1);
     ImageShape {
         window: opts.window,
