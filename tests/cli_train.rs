@@ -287,6 +287,53 @@ fn a_data_set_never_seen_before_trains_without_changes() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `--train-on-val`: the validation images join the training images, their words the
+/// vocabulary; without it a word only the validation captions use is not learnt.
+#[test]
+fn training_on_val_adds_the_validation_images_and_their_words() {
+    let dir = common::scratch("cli-train-on-val");
+    let data = dir.join("data");
+    shapes_dataset(&data, 30, 10);
+    // One validation caption names a colour no training caption does.
+    let file = data.join("dataset_shapes.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    json["images"][35]["sentences"][0]["raw"] = "a purple bar.".into();
+    std::fs::write(&file, json.to_string()).unwrap();
+    let out = dir.join("c.safetensors");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "caption", "--steps", "4", "--eval-every", "4"];
+        args.extend(["--data", path(&data), "--out", path(&out)]);
+        args.extend(SMALL);
+        args.extend(extra);
+        ok(&args)
+    };
+    let vocab = |stderr: &str| -> usize {
+        let at = stderr
+            .find(" V=")
+            .unwrap_or_else(|| panic!("V= in {stderr}"))
+            + 3;
+        let digits: String = stderr[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    let plain = train(&[]);
+    assert!(
+        plain.contains("(30 training, 10 validation and 0 test images)"),
+        "{plain}"
+    );
+    let wide = train(&["--train-on-val"]);
+    assert!(
+        wide.contains("(40 training, 10 validation and 0 test images)"),
+        "{wide}"
+    );
+    assert!(wide.contains("validation split included"), "{wide}");
+    assert_eq!(vocab(&wide), vocab(&plain) + 1, "{plain}\n{wide}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn translation_training_learns_held_out_dates() {
     let dir = common::scratch("cli-train-translate");

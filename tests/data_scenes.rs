@@ -184,6 +184,43 @@ fn splits_draw_from_disjoint_stratified_pools() {
     assert_eq!(POOL_SEED, 1797);
 }
 
+/// Training on the validation pool too: training scenes draw on both pools' digits, and the
+/// validation and test scenes are the same as before.
+#[test]
+fn training_on_val_widens_only_the_training_pool() {
+    let g = generator();
+    let wide = g.clone().train_on_val();
+    let instances = |g: &SceneGenerator, split: Split| -> BTreeSet<usize> {
+        g.scenes(3, split, 0..400)
+            .unwrap()
+            .iter()
+            .flat_map(|s| s.digits.iter().map(|d| d.instance))
+            .collect()
+    };
+    let val: BTreeSet<usize> = g.pools().get(Split::Val).iter().copied().collect();
+    let train: BTreeSet<usize> = g.pools().get(Split::Train).iter().copied().collect();
+    let used = instances(&wide, Split::Train);
+    assert!(used.iter().all(|i| train.contains(i) || val.contains(i)));
+    assert!(
+        used.intersection(&val).count() * 2 >= val.len(),
+        "training scenes draw on the validation digits: {} of {}",
+        used.intersection(&val).count(),
+        val.len()
+    );
+    assert!(instances(g, Split::Train).is_disjoint(&val));
+    assert_eq!(
+        wide.pools().get(Split::Train).len(),
+        train.len() + val.len()
+    );
+    for split in [Split::Val, Split::Test] {
+        assert_eq!(wide.pools().get(split), g.pools().get(split));
+        assert_eq!(
+            wide.scenes(5, split, 0..20).unwrap(),
+            g.scenes(5, split, 0..20).unwrap()
+        );
+    }
+}
+
 /// The fixed test set's bytes: pixels, boxes, instances and captions. A change here changes
 /// every reported test score: it must be deliberate (a new rand version may change StdRng's
 /// stream; then say so and update the value).

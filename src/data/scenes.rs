@@ -256,6 +256,16 @@ impl SceneGenerator {
         Self::new(super::digits::load_default()?, SceneConfig::default())
     }
 
+    /// The same scenes, except that training scenes draw from the validation pool's digits
+    /// as well as the training pool's (a final run, once the recipe is chosen on validation):
+    /// validation scenes then show digits trained on. Test scenes are unchanged.
+    pub fn train_on_val(mut self) -> Self {
+        let pools = &mut self.pools;
+        pools.train.extend_from_slice(&pools.val);
+        pools.train.sort_unstable();
+        self
+    }
+
     pub fn config(&self) -> &SceneConfig {
         &self.config
     }

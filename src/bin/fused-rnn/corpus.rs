@@ -57,11 +57,39 @@ impl Corpus {
         })
     }
 
+    /// The same corpus with the validation split trained on as well: the digit scenes' training
+    /// scenes draw on the validation pool too, and a folder's validation images join its
+    /// training images (still evaluated as validation).
+    pub fn train_on_val(self) -> Corpus {
+        match self {
+            Corpus::Digits(g) => Corpus::Digits(g.train_on_val()),
+            Corpus::Folder { dir, mut images } => {
+                let val: Vec<CaptionedImage> = images
+                    .iter()
+                    .filter(|i| i.split == Split::Val)
+                    .map(|i| CaptionedImage {
+                        split: Split::Train,
+                        ..i.clone()
+                    })
+                    .collect();
+                images.extend(val);
+                Corpus::Folder { dir, images }
+            }
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Corpus::Digits(_) => "the bundled digit scenes".into(),
             Corpus::Folder { dir, images } => {
-                format!("{} ({} images)", dir.display(), images.len())
+                let n = |s: Split| images.iter().filter(|i| i.split == s).count();
+                format!(
+                    "{} ({} training, {} validation and {} test images)",
+                    dir.display(),
+                    n(Split::Train),
+                    n(Split::Val),
+                    n(Split::Test)
+                )
             }
         }
     }

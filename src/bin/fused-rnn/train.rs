@@ -145,6 +145,10 @@ pub struct TrainCaption {
     /// How far training images are randomly warped (`data::augment`; 0 for not at all).
     #[arg(long, default_value_t = 1.0)]
     pub augment: f32,
+    /// Train on the validation split as well as the training split (a final run, once the
+    /// recipe is chosen): the validation scores then measure images trained on.
+    #[arg(long)]
+    pub train_on_val: bool,
 }
 
 /// The stem's channels, first to last.
@@ -659,7 +663,10 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
         ..ImageShape::patches(1, p, p, p)
     }
     .check()?;
-    let corpus = Corpus::open(&opts.data)?;
+    let corpus = match Corpus::open(&opts.data)? {
+        corpus if opts.train_on_val => corpus.train_on_val(),
+        corpus => corpus,
+    };
     let (device, dtype, reason) = common.device.open_for(common.dtype)?;
     let fresh = || -> Result<Captioner> {
         let (height, width, channels) = match opts.image {
@@ -709,7 +716,14 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
     let mut batches = Batches::new(&corpus, shape, position.seed)?;
     batches.augment = opts.augment;
     let val = corpus.examples(Split::Val, shape, opts.eval_images)?;
-    eprintln!("{reason}; training on {}", corpus.describe());
+    eprintln!(
+        "{reason}; training on {}{}",
+        corpus.describe(),
+        match opts.train_on_val {
+            true => ", its validation split included (validation scores are of images trained on)",
+            false => "",
+        }
+    );
     let params: usize = model.parameters().iter().map(|(_, t)| t.numel()).sum();
     let dims = model.decoder().config().dims;
     let layers = model.encoder_layers().unwrap_or_default();
