@@ -272,6 +272,14 @@ fn bad_caption_input_is_one_line_and_writes_nothing() {
             "cut.safetensors",
         ),
         (vec!["caption", "--beam", "0"], "beam"),
+        (vec!["caption", "--max-len", "0"], "max-len"),
+        (vec!["caption", "--limit", "0"], "limit"),
+        (vec!["translate", "--beam", "0", "26 nov 2026"], "beam"),
+        (vec!["translate", "--count", "0"], "count"),
+        (
+            vec!["translate", "--weights", path(&truncated), "26 nov 2026"],
+            "cut.safetensors",
+        ),
         (vec!["translate", &"9".repeat(65)], "64 characters"),
         (
             vec!["translate", "26 ноя 2026"],
@@ -283,6 +291,10 @@ fn bad_caption_input_is_one_line_and_writes_nothing() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.contains(mentions), "{args:?}: {stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?} printed more than the error"
+        );
         assert!(!dir.join("results.json").exists(), "{args:?} wrote results");
     }
     std::fs::remove_dir_all(&dir).unwrap();

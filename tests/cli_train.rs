@@ -87,15 +87,27 @@ fn caption_training_lowers_the_validation_loss_and_repeats_exactly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Plain, and averaging from step 60 (`--average 0.75` of 240) with AdamW, so that the run is
-/// stopped with the average begun: the state must carry the average, the weights the run was
-/// at and the weight decay.
+/// Plain, and averaging from step 60 (`--average 0.75` of 240) with AdamW, gentler warps, a
+/// lighter attention penalty and another learning rate, so that the run is stopped with the
+/// average begun: the state must carry the average, the weights the run was at and every
+/// setting, since the resumed command names none of them.
 #[test]
 fn a_stopped_run_resumes_to_the_same_checkpoint() {
     let plain = resumes_to_the_same_checkpoint("cli-train-resume", &[]);
     let averaged = resumes_to_the_same_checkpoint(
         "cli-train-resume-average",
-        &["--average", "0.75", "--weight-decay", "0.5"],
+        &[
+            "--average",
+            "0.75",
+            "--weight-decay",
+            "0.5",
+            "--augment",
+            "0.5",
+            "--alpha-c",
+            "0.5",
+            "--lr",
+            "0.002",
+        ],
     );
     assert_ne!(
         averaged, plain,
@@ -103,8 +115,9 @@ fn a_stopped_run_resumes_to_the_same_checkpoint() {
     );
 }
 
-/// Trains 240 steps in one go, and again stopped after step 80 and resumed; asserts both end
-/// with the same checkpoint, and returns its bytes.
+/// Trains 240 steps in one go, and again stopped after step 80 and resumed by a command that
+/// names only the budget, the evaluation and the checkpoint; asserts both end with the same
+/// checkpoint, and returns its bytes.
 fn resumes_to_the_same_checkpoint(name: &str, extra: &[&str]) -> Vec<u8> {
     let dir = common::scratch(name);
     let (whole, broken) = (
@@ -146,9 +159,19 @@ fn resumes_to_the_same_checkpoint(name: &str, extra: &[&str]) -> Vec<u8> {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(seen.iter().any(|l| l.contains("step 80 ")), "{seen:?}");
-    let mut resumed = args(&broken);
-    resumed.push("--resume".into());
-    let stderr = ok(&resumed.iter().map(String::as_str).collect::<Vec<_>>());
+    let stderr = ok(&[
+        "train",
+        "caption",
+        "--steps",
+        "240",
+        "--eval-every",
+        "80",
+        "--eval-images",
+        "20",
+        "--out",
+        path(&broken),
+        "--resume",
+    ]);
     assert!(stderr.contains("step 240 "), "{stderr}");
     assert!(
         !stderr.contains("step 80 ") && stderr.contains("step 160 "),
@@ -162,6 +185,67 @@ fn resumes_to_the_same_checkpoint(name: &str, extra: &[&str]) -> Vec<u8> {
     );
     std::fs::remove_dir_all(&dir).unwrap();
     bytes
+}
+
+/// A resumed run continues with its own settings: a flag given that differs from the run's is
+/// one line and exit 2, and leaves the checkpoint and its state as they were; one that agrees
+/// is accepted.
+#[test]
+fn a_resumed_run_refuses_settings_it_did_not_start_with() {
+    let dir = common::scratch("cli-train-resume-settings");
+    let out = dir.join("run.safetensors");
+    let o = path(&out);
+    let state = dir.join("run.safetensors.state");
+    let mut start = vec!["train", "caption", "--steps", "10", "--eval-images", "5"];
+    start.extend(SMALL);
+    start.extend(["--augment", "0.5", "--out", o]);
+    ok(&start);
+    let translator = dir.join("dates.safetensors");
+    let t = path(&translator);
+    let mut translate = vec!["train", "translate", "--steps", "4", "--eval-examples", "5"];
+    translate.extend(["--hidden", "32", "--out", t]);
+    ok(&translate);
+    let files = || [&out, &state, &translator].map(|f| std::fs::read(f).unwrap());
+    let before = files();
+    let resume = ["--steps", "20", "--resume", "--out"];
+    for (flags, named, ckpt) in [
+        (vec!["--augment", "1"], "--augment 1", o),
+        (vec!["--lr", "0.01"], "--lr 0.01", o),
+        (vec!["--batch", "4"], "--batch 4", o),
+        (vec!["--seed", "2"], "--seed 2", o),
+        (vec!["--conv", "32,64"], "--conv 32,64", o),
+        (vec!["--image", "40x80"], "--image 40x80", o),
+        (vec!["--train-on-val"], "--train-on-val", o),
+        (vec!["--data", "/no/such/dir"], "--data /no/such/dir", o),
+        (vec!["--hidden", "64"], "--hidden 64", t),
+        (vec!["--cell", "lstm"], "--cell lstm", t),
+    ] {
+        let (command, eval) = match ckpt == t {
+            true => ("translate", "--eval-examples"),
+            false => ("caption", "--eval-images"),
+        };
+        let mut args = vec!["train", command, eval, "5"];
+        args.extend(&flags);
+        args.extend(resume);
+        args.push(ckpt);
+        let run = bin().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(named) && stderr.contains("what the run started with"),
+            "{args:?}: {stderr}"
+        );
+        assert!(files() == before, "{args:?} changed the run's files");
+    }
+    // The run's own values, given again, are no conflict.
+    let mut same = vec!["train", "caption", "--eval-images", "5", "--augment", "0.5"];
+    same.extend(["--features", "32"]);
+    same.extend(resume);
+    same.push(o);
+    let stderr = ok(&same);
+    assert!(stderr.contains("step 20 "), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Writes a Karpathy data set of coloured shapes the digit scenes never show: RGB images of

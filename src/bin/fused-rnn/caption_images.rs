@@ -16,7 +16,6 @@ use std::time::Instant;
 
 pub fn caption_images(opts: &CaptionOptions) -> Result<()> {
     let (device, dtype, reason) = opts.device.open_for(opts.dtype)?;
-    println!("{reason}");
     let weights = match &opts.weights {
         Some(w) => w.clone(),
         None => bundled::CAPTIONER.checked()?,
@@ -43,6 +42,8 @@ pub fn caption_images(opts: &CaptionOptions) -> Result<()> {
             )
         }
     };
+    // Said once the weights and images are read, so that a bad file is the only line.
+    println!("{reason}");
     let started = Instant::now();
     let captions = caption_with(&model, &examples, shape, opts.beam, opts.max_len)?;
     let seconds = started.elapsed().as_secs_f64();

@@ -19,7 +19,8 @@ mod translate;
 
 use caption::{caption, CaptionOptions};
 use clap::error::ErrorKind;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use data::{data, DataCommand};
 use fused_rnn::device::{driver_version, kernels, Device};
 use fused_rnn::error::one_line;
@@ -27,7 +28,7 @@ use fused_rnn::nn::{Rnn, RnnConfig};
 use fused_rnn::{Algo, DType, Result, Tensor};
 use run::{run, RunOptions};
 use std::process::ExitCode;
-use train::{train, TrainCommand};
+use train::{train, Given, TrainCommand};
 use translate::{translate, TranslateOptions};
 
 #[derive(Parser)]
@@ -66,8 +67,20 @@ enum Command {
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let cli = match Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)))
+    {
+        Ok((mut cli, matches)) => {
+            if let (Command::Train(command), Some(("train", train))) =
+                (&mut cli.command, matches.subcommand())
+            {
+                if let Some((_, options)) = train.subcommand() {
+                    command.common_mut().given = given(options);
+                }
+            }
+            cli
+        }
         // --help and --version print and exit 0; no subcommand prints the help and exits 2.
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
@@ -118,6 +131,17 @@ fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
     }
+}
+
+/// The options given on the command line, by their ids.
+fn given(matches: &ArgMatches) -> Given {
+    Given(
+        matches
+            .ids()
+            .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+            .map(|id| id.to_string())
+            .collect(),
+    )
 }
 
 /// clap's message for bad arguments as one line: its lines up to the usage, joined.

@@ -3,8 +3,10 @@
 //! validation split at intervals, atomic checkpoints and resuming.
 //!
 //! Beside the checkpoint `CKPT` it keeps `CKPT.state`: Adam's moments and the run's position
-//! (step, seed, schedule), which `--resume` continues from; with `--average`, also the average
-//! and the weights the run is at, since the checkpoint then holds the average. The learning
+//! (step, time, and the settings the run keeps from start to end: seed, schedule, data, model,
+//! loss), which `--resume` continues from, refusing a flag that would change a setting; with
+//! `--average`, also the average and the weights the run is at, since the checkpoint then
+//! holds the average. The learning
 //! rate falls linearly from `--lr` to `--lr-end` over the budget. On the CPU the same flags
 //! give the same checkpoint, byte for byte, when the budget is counted in steps or epochs (a
 //! budget in minutes stops wherever the clock says).
@@ -21,7 +23,11 @@ use fused_rnn::nn::{AttentionActivation, EncoderLayers, ImageShape, Module};
 use fused_rnn::train::{Adam, AdamSnapshot, WeightAverage};
 use fused_rnn::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -59,6 +65,28 @@ pub struct Common {
     pub out: PathBuf,
     #[command(flatten)]
     pub budget: Budget,
+    #[command(flatten)]
+    pub settings: RunSettings,
+    /// Evaluate on the validation split (and write the checkpoint) every this many steps.
+    #[arg(long, default_value_t = 2000)]
+    pub eval_every: u64,
+    /// Continue the run whose checkpoint is --out (its model, optimizer, schedule and
+    /// settings).
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Storage dtype on CUDA (default f32); the CPU computes in f32 only.
+    #[arg(long)]
+    pub dtype: Option<DType>,
+    #[arg(skip)]
+    pub given: Given,
+}
+
+/// What every training run keeps from its start to its end: recorded in `CKPT.state`, and on
+/// `--resume` taken from there.
+#[derive(Debug, Clone, PartialEq, clap::Args, serde::Serialize, serde::Deserialize)]
+pub struct RunSettings {
     /// Examples per step.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
@@ -69,29 +97,33 @@ pub struct Common {
     pub lr_end: f32,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Evaluate on the validation split (and write the checkpoint) every this many steps.
-    #[arg(long, default_value_t = 2000)]
-    pub eval_every: u64,
-    /// Continue the run whose checkpoint is --out (its model, optimizer and schedule).
-    #[arg(long)]
-    pub resume: bool,
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    /// Storage dtype on CUDA (default f32); the CPU computes in f32 only.
-    #[arg(long)]
-    pub dtype: Option<DType>,
     /// Clip the gradients' global norm to this.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = CLIP)]
+    #[serde(default = "clip")]
     pub clip: f32,
     /// Average the weights over the last this share of the budget (0: none, 1: all of it):
     /// from there on the checkpoint, and the evaluation, use the mean of the weights every 10
     /// steps (stochastic weight averaging).
     #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
     pub average: f64,
     /// Decoupled weight decay (AdamW, as torch.optim.AdamW's weight_decay; 0: Adam).
     #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
     pub weight_decay: f32,
 }
+
+/// The gradient clipping of a state written before it recorded one: the flag's default.
+const CLIP: f32 = 5.0;
+
+fn clip() -> f32 {
+    CLIP
+}
+
+/// The flags given on the command line, by clap's ids (the options' field names): what
+/// `--resume` holds against the run's recorded settings.
+#[derive(Debug, Clone, Default)]
+pub struct Given(pub BTreeSet<String>);
 
 /// Steps between the weights a `--average` run adds to its mean: often enough for a smooth
 /// mean, rarely enough that reading CUDA weights back to the host costs nothing.
@@ -99,18 +131,26 @@ const AVERAGE_EVERY: u64 = 10;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainCaption {
-    /// `digits` (the bundled digit scenes, generated as training goes) or a data set folder: a
-    /// Karpathy file `dataset_*.json` or COCO files `captions_<split>*.json`, with the images.
-    #[arg(long, default_value = crate::corpus::DIGITS)]
-    pub data: String,
     #[command(flatten)]
     pub common: Common,
     /// Validation images evaluated.
     #[arg(long, default_value_t = 500)]
     pub eval_images: usize,
+    #[command(flatten)]
+    pub settings: CaptionSettings,
+}
+
+/// What a captioner's run keeps from its start to its end, beside [`RunSettings`]: its data,
+/// its model's shape and its loss.
+#[derive(Debug, Clone, PartialEq, clap::Args, serde::Serialize, serde::Deserialize)]
+pub struct CaptionSettings {
+    /// `digits` (the bundled digit scenes, generated as training goes) or a data set folder: a
+    /// Karpathy file `dataset_*.json` or COCO files `captions_<split>*.json`, with the images.
+    #[arg(long, default_value = crate::corpus::DIGITS)]
+    pub data: String,
     /// The model's input size HxW (default: the first training image's, cut to whole patches).
     #[arg(long, value_parser = parse_size)]
-    pub image: Option<(usize, usize)>,
+    pub image: Option<Size>,
     /// Regions are patch×patch squares of the image...
     #[arg(long, default_value_t = 8)]
     pub patch: usize,
@@ -152,7 +192,7 @@ pub struct TrainCaption {
 }
 
 /// The stem's channels, first to last.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Convs(pub Vec<usize>);
 
 fn parse_channels(text: &str) -> std::result::Result<Convs, String> {
@@ -168,12 +208,40 @@ fn parse_channels(text: &str) -> std::result::Result<Convs, String> {
     Ok(Convs(convs))
 }
 
-fn parse_size(text: &str) -> std::result::Result<(usize, usize), String> {
+/// An image size, height and width; written `HxW`, as its flag takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Size(pub usize, pub usize);
+
+impl From<Size> for String {
+    fn from(Size(h, w): Size) -> String {
+        format!("{h}x{w}")
+    }
+}
+
+impl TryFrom<String> for Size {
+    type Error = String;
+
+    fn try_from(text: String) -> std::result::Result<Size, String> {
+        parse_size(&text)
+    }
+}
+
+fn parse_size(text: &str) -> std::result::Result<Size, String> {
     let bad = || format!("`{text}` is not a size HxW (like 48x96)");
     let (h, w) = text.split_once(['x', 'X']).ok_or_else(bad)?;
     match (h.parse(), w.parse()) {
-        (Ok(h), Ok(w)) if h > 0 && w > 0 => Ok((h, w)),
+        (Ok(h), Ok(w)) if h > 0 && w > 0 => Ok(Size(h, w)),
         _ => Err(bad()),
+    }
+}
+
+impl TrainCommand {
+    pub fn common_mut(&mut self) -> &mut Common {
+        match self {
+            TrainCommand::Caption(opts) => &mut opts.common,
+            TrainCommand::Translate(opts) => &mut opts.common,
+        }
     }
 }
 
@@ -188,18 +256,13 @@ pub fn train(command: &TrainCommand) -> Result<String> {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     pub step: u64,
-    pub seed: u64,
-    pub batch: usize,
     /// Seconds trained before this session (a resumed run's minutes count them).
     pub seconds: f64,
-    pub lr: f32,
-    pub lr_end: f32,
-    /// The share of the budget at its end over which the weights are averaged (0: none).
+    #[serde(flatten)]
+    pub settings: RunSettings,
+    /// The task's own settings (a captioner's [`CaptionSettings`]), by their fields' names.
     #[serde(default)]
-    pub average: f64,
-    /// AdamW's decoupled weight decay (0: Adam).
-    #[serde(default)]
-    pub weight_decay: f32,
+    pub task: Map<String, Value>,
     /// The sha256 of the checkpoint written with this state.
     pub checkpoint: String,
 }
@@ -368,21 +431,94 @@ pub trait Task {
 /// A run's model, optimizer, position and weight average, as [`start`] makes them.
 pub type Started<M> = (M, Adam, Position, WeightAverage);
 
-/// Makes the model (`load`ed from the checkpoint at --out when resuming, else `fresh`), its
-/// optimizer, its position and its weight average.
+/// With `--resume`, the run's state, its settings being the ones the flags given name; else
+/// none.
+pub fn resume(common: &Common) -> Result<Option<State>> {
+    if !common.resume {
+        return Ok(None);
+    }
+    let state = load_state(&common.out)?;
+    merged(
+        &common.settings,
+        &recorded(&state.position.settings),
+        &common.given,
+    )?;
+    Ok(Some(state))
+}
+
+/// A task's settings: `line`'s (the command line's), or resuming, the run's own as `state`
+/// records them. A flag given that differs from the run's is an error, since a resumed run
+/// continues as it started; a setting the state lacks is the command line's.
+pub fn settings<T: Clone + Serialize + DeserializeOwned>(
+    line: &T,
+    state: Option<&State>,
+    given: &Given,
+) -> Result<T> {
+    match state {
+        Some(state) => merged(line, &state.position.task, given),
+        None => Ok(line.clone()),
+    }
+}
+
+fn merged<T: Serialize + DeserializeOwned>(
+    line: &T,
+    run: &Map<String, Value>,
+    given: &Given,
+) -> Result<T> {
+    let mut values = recorded(line);
+    for (name, value) in values.iter_mut() {
+        let Some(kept) = run.get(name) else { continue };
+        if given.0.contains(name) && kept != value {
+            return Err(Error::Config(format!(
+                "--{} {} is not what the run started with ({}): --resume continues a run with \
+                 its own settings (leave the flag out, or start again without --resume)",
+                name.replace('_', "-"),
+                shown(value),
+                shown(kept)
+            )));
+        }
+        *value = kept.clone();
+    }
+    serde_json::from_value(Value::Object(values))
+        .map_err(|e| Error::Config(format!("the run's recorded settings are malformed ({e})")))
+}
+
+/// Settings by their fields' names, with numbers as a state file holds them (an f32 as its
+/// shortest decimal), so that a value compares equal to itself read back.
+pub fn recorded<T: Serialize>(settings: &T) -> Map<String, Value> {
+    let text = serde_json::to_string(settings).expect("settings are plain values");
+    serde_json::from_str(&text).expect("settings are a struct")
+}
+
+/// A setting's value as its flag takes it.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Null => "unset".into(),
+        Value::Array(items) if items.is_empty() => "none".into(),
+        Value::Array(items) => items.iter().map(shown).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Makes the model (`load`ed from the checkpoint at --out when resuming from `state`, else
+/// `fresh`), its optimizer, its position (recording the task's `task` settings) and its
+/// weight average.
 pub fn start<M: Module>(
     common: &Common,
+    state: Option<State>,
+    task: Map<String, Value>,
     load: impl FnOnce(&Path) -> Result<M>,
     fresh: impl FnOnce() -> Result<M>,
 ) -> Result<Started<M>> {
-    if common.resume {
+    if let Some(State {
+        mut position,
+        snapshot,
+        weights,
+        average,
+    }) = state
+    {
         let mut model = load(&common.out)?;
-        let State {
-            position,
-            snapshot,
-            weights,
-            average,
-        } = load_state(&common.out)?;
         if sha256_of(&common.out)? != position.checkpoint {
             return Err(Error::Config(format!(
                 "{} does not belong to {} (the run stopped between writing them): start again \
@@ -394,35 +530,32 @@ pub fn start<M: Module>(
         if let Some(weights) = weights {
             WeightAverage::restore(&mut model, &weights)?;
         }
-        let mut adam = optimizer(&position);
+        let mut adam = optimizer(&position.settings);
         adam.restore(&mut model, snapshot)?;
+        position.task = task;
         return Ok((model, adam, position, average));
     }
     let position = Position {
         step: 0,
-        seed: common.seed,
-        batch: common.batch,
         seconds: 0.0,
-        lr: common.lr,
-        lr_end: common.lr_end,
-        average: common.average,
-        weight_decay: common.weight_decay,
+        settings: common.settings.clone(),
+        task,
         checkpoint: String::new(),
     };
     Ok((
         fresh()?,
-        optimizer(&position),
+        optimizer(&position.settings),
         position,
         WeightAverage::new(),
     ))
 }
 
 /// Adam, or AdamW where the run decays its weights.
-fn optimizer(position: &Position) -> Adam {
-    match position.weight_decay {
-        0.0 => Adam::new(position.lr),
+fn optimizer(settings: &RunSettings) -> Adam {
+    match settings.weight_decay {
+        0.0 => Adam::new(settings.lr),
         decay => {
-            let mut adam = Adam::adamw(position.lr);
+            let mut adam = Adam::adamw(settings.lr);
             adam.weight_decay = decay;
             adam
         }
@@ -457,21 +590,22 @@ pub fn run(
         Ok(format!(
             "step {} ({} examples, {:.1} s): {train}{}",
             position.step,
-            position.step * position.batch as u64,
+            position.step * position.settings.batch as u64,
             position.seconds,
             task.evaluate()?
         ))
     };
     loop {
-        let done = schedule.done(position.step, position.batch, seconds(&position));
+        let done = schedule.done(position.step, position.settings.batch, seconds(&position));
         bar.set_position((done * 1000.0) as u64);
         if done >= 1.0 {
             break;
         }
-        adam.lr = position.lr + (position.lr_end - position.lr) * done as f32;
+        adam.lr =
+            position.settings.lr + (position.settings.lr_end - position.settings.lr) * done as f32;
         let report = task.step(
-            position.step * position.batch as u64,
-            position.batch,
+            position.step * position.settings.batch as u64,
+            position.settings.batch,
             &mut adam,
         )?;
         if !report.loss.is_finite() {
@@ -481,9 +615,9 @@ pub fn run(
             )));
         }
         position.step += 1;
-        let averaging = position.average > 0.0
-            && schedule.done(position.step, position.batch, seconds(&position))
-                >= 1.0 - position.average;
+        let averaging = position.settings.average > 0.0
+            && schedule.done(position.step, position.settings.batch, seconds(&position))
+                >= 1.0 - position.settings.average;
         if averaging && position.step.is_multiple_of(AVERAGE_EVERY) {
             average.update(task.module())?;
         }
@@ -628,16 +762,17 @@ impl Task for CaptionTask {
 
 /// Refuses flags that cannot make a run, before anything starts.
 pub fn check(common: &Common) -> Result<()> {
-    if common.batch == 0 {
+    let settings = &common.settings;
+    if settings.batch == 0 {
         return Err(Error::Config("--batch must be at least 1".into()));
     }
-    if !(0.0..=1.0).contains(&common.average) {
+    if !(0.0..=1.0).contains(&settings.average) {
         return Err(Error::Config(format!(
             "--average must be a share of the budget from 0 to 1, not {}",
-            common.average
+            settings.average
         )));
     }
-    non_negative(&[("--weight-decay", common.weight_decay)])?;
+    non_negative(&[("--weight-decay", settings.weight_decay)])?;
     Schedule::new(&common.budget, 1).map(|_| ())
 }
 
@@ -656,24 +791,26 @@ fn non_negative(flags: &[(&str, f32)]) -> Result<()> {
 fn train_caption(opts: &TrainCaption) -> Result<String> {
     let common = &opts.common;
     check(common)?;
-    non_negative(&[("--augment", opts.augment), ("--alpha-c", opts.alpha_c)])?;
-    let p = opts.patch.max(1);
+    let state = resume(common)?;
+    let recipe = &settings(&opts.settings, state.as_ref(), &common.given)?;
+    non_negative(&[("--augment", recipe.augment), ("--alpha-c", recipe.alpha_c)])?;
+    let p = recipe.patch.max(1);
     ImageShape {
-        window: opts.window,
+        window: recipe.window,
         ..ImageShape::patches(1, p, p, p)
     }
     .check()?;
-    let corpus = match Corpus::open(&opts.data)? {
-        corpus if opts.train_on_val => corpus.train_on_val(),
+    let corpus = match Corpus::open(&recipe.data)? {
+        corpus if recipe.train_on_val => corpus.train_on_val(),
         corpus => corpus,
     };
     let (device, dtype, reason) = common.device.open_for(common.dtype)?;
     let fresh = || -> Result<Captioner> {
-        let (height, width, channels) = match opts.image {
-            Some((h, w)) => (h, w, corpus.native_size()?.2),
+        let (height, width, channels) = match recipe.image {
+            Some(Size(h, w)) => (h, w, corpus.native_size()?.2),
             None => corpus.native_size()?,
         };
-        let patch = opts.patch.max(1);
+        let patch = recipe.patch.max(1);
         let shape = ImageShape {
             channels: match channels {
                 Channels::Grey => 1,
@@ -682,44 +819,49 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
             height: (height / patch).max(1) * patch,
             width: (width / patch).max(1) * patch,
             patch,
-            window: opts.window,
+            window: recipe.window,
         };
         let config = CaptionerConfig {
             image: Some(shape),
             encoder: EncoderLayers {
-                convs: opts.conv.0.clone(),
-                hidden: (opts.encoder_hidden > 0).then_some(opts.encoder_hidden),
+                convs: recipe.conv.0.clone(),
+                hidden: (recipe.encoder_hidden > 0).then_some(recipe.encoder_hidden),
             },
-            features: opts.features,
-            attention: opts.attention,
-            hidden: opts.hidden,
-            embed: opts.embed,
+            features: recipe.features,
+            attention: recipe.attention,
+            hidden: recipe.hidden,
+            embed: recipe.embed,
             activation: AttentionActivation::Relu,
-            dropout: opts.dropout,
+            dropout: recipe.dropout,
         };
         Captioner::random(
             config,
-            corpus.vocab(opts.min_count)?,
+            corpus.vocab(recipe.min_count)?,
             &device,
             dtype,
-            common.seed,
+            common.settings.seed,
         )
     };
-    let (model, adam, position, average) =
-        start(common, |p| Captioner::load(p, &device, dtype), fresh)?;
+    let (model, adam, position, average) = start(
+        common,
+        state,
+        recorded(recipe),
+        |p| Captioner::load(p, &device, dtype),
+        fresh,
+    )?;
     let shape = model.image_shape().ok_or_else(|| {
         Error::Config(format!(
             "{}: the model reads features, not images",
             common.out.display()
         ))
     })?;
-    let mut batches = Batches::new(&corpus, shape, position.seed)?;
-    batches.augment = opts.augment;
+    let mut batches = Batches::new(&corpus, shape, position.settings.seed)?;
+    batches.augment = recipe.augment;
     let val = corpus.examples(Split::Val, shape, opts.eval_images)?;
     eprintln!(
         "{reason}; training on {}{}",
         corpus.describe(),
-        match opts.train_on_val {
+        match recipe.train_on_val {
             true => ", its validation split included (validation scores are of images trained on)",
             false => "",
         }
@@ -744,7 +886,7 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
         dims.features,
         dims.hidden,
         dims.vocab,
-        position.batch,
+        position.settings.batch,
         val.len(),
         p = shape.patch,
         k = shape.window,
@@ -756,8 +898,8 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
         next: None,
         val,
         shape,
-        alpha_c: opts.alpha_c,
-        clip: common.clip,
+        alpha_c: recipe.alpha_c,
+        clip: position.settings.clip,
     };
     run(
         "train caption",

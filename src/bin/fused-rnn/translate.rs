@@ -3,8 +3,9 @@
 //! 26, 2026", "11/26/26", "26.11.2026") into ISO 8601 ("2026-11-26"). Training examples are
 //! generated as it goes (`data::dates`); held-out dates score it.
 
+use crate::caption::positive;
 use crate::run::DeviceChoice;
-use crate::train::{run, start, Common, Task};
+use crate::train::{recorded, resume, run, settings, start, Common, Task};
 use fused_rnn::data::dates::{self, DatePair};
 use fused_rnn::data::Split;
 use fused_rnn::error::{one_line, quoted, Error, Result};
@@ -35,10 +36,10 @@ pub struct TranslateOptions {
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Held-out test dates scored when no text is given.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = positive)]
     pub count: usize,
     /// Hypotheses kept (1: greedy).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = positive)]
     pub beam: usize,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
@@ -50,6 +51,17 @@ pub struct TranslateOptions {
 pub struct TrainTranslate {
     #[command(flatten)]
     pub common: Common,
+    /// Validation dates evaluated.
+    #[arg(long, default_value_t = 1000)]
+    pub eval_examples: usize,
+    #[command(flatten)]
+    pub settings: TranslateSettings,
+}
+
+/// What a translator's run keeps from its start to its end, beside the run's settings: its
+/// model's shape.
+#[derive(Debug, Clone, PartialEq, clap::Args, serde::Serialize, serde::Deserialize)]
+pub struct TranslateSettings {
     /// The encoder's cell.
     #[arg(long, default_value = "gru", value_parser = parse_cell)]
     pub cell: EncoderCell,
@@ -64,9 +76,6 @@ pub struct TrainTranslate {
     pub hidden: usize,
     #[arg(long, default_value_t = 16)]
     pub embed: usize,
-    /// Validation dates evaluated.
-    #[arg(long, default_value_t = 1000)]
-    pub eval_examples: usize,
 }
 
 fn parse_cell(text: &str) -> std::result::Result<EncoderCell, String> {
@@ -113,7 +122,6 @@ fn exact(model: &Seq2Seq, pairs: &[DatePair], beam: usize) -> Result<(Share, Vec
 
 pub fn translate(opts: &TranslateOptions) -> Result<()> {
     let (device, dtype, reason) = opts.device.open_for(opts.dtype)?;
-    println!("{reason}");
     let weights = match &opts.weights {
         Some(w) => w.clone(),
         None => bundled::TRANSLATOR.checked()?,
@@ -124,6 +132,7 @@ pub fn translate(opts: &TranslateOptions) -> Result<()> {
         let started = Instant::now();
         let (share, found) = exact(&model, &pairs, opts.beam)?;
         let seconds = started.elapsed().as_secs_f64();
+        println!("{reason}");
         for (p, c) in pairs.iter().zip(&found).take(5) {
             println!(
                 "  {:<32} → {}   (reference {})",
@@ -175,6 +184,8 @@ pub fn translate(opts: &TranslateOptions) -> Result<()> {
             )));
         }
     }
+    // Said with the results, so that a bad file or text is the only line.
+    println!("{reason}");
     for (text, c) in texts.iter().zip(&found) {
         println!("{text} → {}", c.words.concat());
     }
@@ -239,15 +250,17 @@ impl Task for DateTask {
 pub fn train_translate(opts: &TrainTranslate) -> Result<String> {
     let common = &opts.common;
     crate::train::check(common)?;
+    let state = resume(common)?;
+    let recipe = &settings(&opts.settings, state.as_ref(), &common.given)?;
     let (device, dtype, reason) = common.device.open_for(common.dtype)?;
     let fresh = || {
         let config = Seq2SeqConfig {
-            source_embed: opts.source_embed,
-            encoder_hidden: opts.encoder_hidden,
-            encoder_cell: opts.cell,
-            attention: opts.attention,
-            hidden: opts.hidden,
-            embed: opts.embed,
+            source_embed: recipe.source_embed,
+            encoder_hidden: recipe.encoder_hidden,
+            encoder_cell: recipe.cell,
+            attention: recipe.attention,
+            hidden: recipe.hidden,
+            embed: recipe.embed,
             activation: AttentionActivation::Relu,
             dropout: 0.0,
         };
@@ -257,19 +270,27 @@ pub fn train_translate(opts: &TrainTranslate) -> Result<String> {
             dates::target_vocab()?,
             &device,
             dtype,
-            common.seed,
+            common.settings.seed,
         )
     };
-    let (model, adam, position, average) =
-        start(common, |p| Seq2Seq::load(p, &device, dtype), fresh)?;
+    let (model, adam, position, average) = start(
+        common,
+        state,
+        recorded(recipe),
+        |p| Seq2Seq::load(p, &device, dtype),
+        fresh,
+    )?;
     let params: usize = model.parameters().iter().map(|(_, t)| t.numel()).sum();
     eprintln!("{reason}; training on dates in {} formats", dates::FORMATS);
-    eprintln!("model: {params} parameters; batch {}", position.batch);
+    eprintln!(
+        "model: {params} parameters; batch {}",
+        position.settings.batch
+    );
     let mut task = DateTask {
-        seed: position.seed,
+        seed: position.settings.seed,
         val: dates::examples(HELD_OUT_SEED, Split::Val, 0..opts.eval_examples as u64),
         model,
-        clip: common.clip,
+        clip: position.settings.clip,
     };
     // An epoch of dates: every training date once.
     let per_epoch = dates::dates(Split::Train).len() as u64;
