@@ -842,13 +842,8 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
             common.settings.seed,
         )
     };
-    let (model, adam, position, average) = start(
-        common,
-        state,
-        recorded(recipe),
-        |p| Captioner::load(p, &device, dtype),
-        fresh,
-    )?;
+    let load = |p: &Path| Captioner::load(p, &device, dtype);
+    let (model, adam, position, average) = start(common, state, recorded(recipe), load, fresh)?;
     let shape = model.image_shape().ok_or_else(|| {
         Error::Config(format!(
             "{}: the model reads features, not images",

@@ -273,13 +273,8 @@ pub fn train_translate(opts: &TrainTranslate) -> Result<String> {
             common.settings.seed,
         )
     };
-    let (model, adam, position, average) = start(
-        common,
-        state,
-        recorded(recipe),
-        |p| Seq2Seq::load(p, &device, dtype),
-        fresh,
-    )?;
+    let load = |p: &Path| Seq2Seq::load(p, &device, dtype);
+    let (model, adam, position, average) = start(common, state, recorded(recipe), load, fresh)?;
     let params: usize = model.parameters().iter().map(|(_, t)| t.numel()).sum();
     eprintln!("{reason}; training on dates in {} formats", dates::FORMATS);
     eprintln!(
