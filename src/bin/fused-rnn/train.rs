@@ -431,8 +431,8 @@ pub trait Task {
 /// A run's model, optimizer, position and weight average, as [`start`] makes them.
 pub type Started<M> = (M, Adam, Position, WeightAverage);
 
-/// With `--resume`, the run's state, its settings being the ones the flags given name; else
-/// none.
+/// With `--resume`, the run's state, once the flags given agree with the settings it records;
+/// else none.
 pub fn resume(common: &Common) -> Result<Option<State>> {
     if !common.resume {
         return Ok(None);
@@ -460,6 +460,8 @@ pub fn settings<T: Clone + Serialize + DeserializeOwned>(
     }
 }
 
+/// `line` with each setting that `run` records in its place, refusing a flag given that
+/// differs.
 fn merged<T: Serialize + DeserializeOwned>(
     line: &T,
     run: &Map<String, Value>,
