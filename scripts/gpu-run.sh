@@ -16,6 +16,11 @@
 #             the input side prefetched; registers alone; staging and prefetch alone; all three
 #             mostly in shared memory past a 48-register budget), racecheck on the small shapes,
 #             and the persistent bench of each
+#   caption   the captioning demo on the GPU (the bundled captioner on the 1,000 test scenes,
+#             with its report), captioning throughput on 10,000 scenes (greedy f32 and bf16, beam
+#             3; the CPU's greedy beside them), and captioners trained from scratch for 60 s on
+#             the GPU (batch 16 and 64) read on the test scenes; CAPTION_DEVICE=cpu runs the same
+#             part on the CPU, as a dry run
 # MEMCHECK_TESTS and MEMCHECK_BLOCKS narrow the memcheck part to some test binaries.
 # PARTS (default "tests memcheck torch bench-recurrent bench-persistent bench-attention") picks
 # what runs.
@@ -151,6 +156,33 @@ if want bench-attention; then
         "$bundle/bench-attention" --bench --noplot attention_step_cuda
     step "bench attention torch" "$out/bench.log" 120 \
         python3 scripts/torch_attention_bench.py --json "$out/torch_attention.json"
+fi
+if want caption; then
+    dev=${CAPTION_DEVICE:-cuda}
+    log=$out/caption.log
+    work=$(mktemp -d)
+    step "caption demo [$dev]" "$log" 120 "$bundle/fused-rnn" caption --device "$dev" \
+        --report "$work/report" --results "$out/results.json" --references "$work/refs.json"
+    step "caption scenes for throughput" "$log" 300 "$bundle/fused-rnn" data digits \
+        --out "$work/scenes" --train 16 --val 16 --test 10000
+    for search in "$dev f32 --beam 1" "$dev bf16 --beam 1" "$dev f32 --beam 3" "cpu f32 --beam 1"; do
+        read -r d t flag k <<<"$search"
+        [[ $d == cpu && $t == bf16 ]] && continue
+        step "caption throughput [$d $t beam $k]" "$log" 200 "$bundle/fused-rnn" caption \
+            --device "$d" --dtype "$t" --beam "$k" --data "$work/scenes" --split test --show 0 \
+            --results "$work/r.json" --references "$work/refs.json"
+    done
+    for batch in 16 64; do
+        ckpt=$out/caption-60s-b$batch.safetensors
+        step "train caption 60 s [$dev batch $batch]" "$log" 200 "$bundle/fused-rnn" train caption \
+            --device "$dev" --minutes 1 --batch "$batch" --conv 32,64 --average 0.5 \
+            --weight-decay 0.03 --eval-every 1000000 --out "$ckpt"
+        step "caption with it [$dev batch $batch]" "$log" 120 "$bundle/fused-rnn" caption \
+            --device "$dev" --weights "$ckpt" --show 0 --results "$work/r.json" \
+            --references "$work/refs.json"
+    done
+    rm -rf "$work"
+    grep -E "^(captioned|[0-9]+ images:|step |using|model:)" "$log"
 fi
 [ -f "$out/bench.log" ] && grep -E "_forward_|_train_|attention_|time:|^torch|^\| torch" "$out/bench.log" | grep -v -E "Benchmarking|change" | head -400
 printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
