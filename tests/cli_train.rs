@@ -248,6 +248,54 @@ fn a_resumed_run_refuses_settings_it_did_not_start_with() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A run on a folder keeps the folder by its absolute path: resumed from another directory,
+/// with no `--data`, it finds its images; `--data` naming the same folder from there is no
+/// conflict, and one naming another folder is.
+#[test]
+fn a_folder_run_resumes_from_another_directory() {
+    let dir = common::scratch("cli-train-resume-folder");
+    shapes_dataset(&dir.join("shapes"), 12, 4);
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let run = |cwd: &Path, args: &[&str]| {
+        let mut all = vec!["train", "caption", "--eval-images", "4"];
+        all.extend(SMALL);
+        all.extend(args);
+        bin().args(&all).current_dir(cwd).output().unwrap()
+    };
+    let first = run(
+        &dir,
+        &[
+            "--data",
+            "shapes",
+            "--steps",
+            "10",
+            "--out",
+            "run.safetensors",
+        ],
+    );
+    assert!(first.status.success(), "{first:?}");
+    for (data, steps, good) in [
+        (None, "20", true),
+        (Some("../shapes"), "30", true),
+        (Some("."), "40", false),
+    ] {
+        let mut args = vec!["--steps", steps, "--resume", "--out", "../run.safetensors"];
+        args.extend(data.iter().flat_map(|d| ["--data", *d]));
+        let out = run(&elsewhere, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), good, "{data:?}: {stderr}");
+        match good {
+            true => assert!(
+                stderr.contains(&format!("step {steps} ")),
+                "{data:?}: {stderr}"
+            ),
+            false => assert!(stderr.contains("--data"), "{data:?}: {stderr}"),
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Writes a Karpathy data set of coloured shapes the digit scenes never show: RGB images of
 /// 24×40 holding a red, green or blue square, cross or bar; captions "a red cross", "one
 /// green bar", ...

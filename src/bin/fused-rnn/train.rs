@@ -794,7 +794,17 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
     let common = &opts.common;
     check(common)?;
     let state = resume(common)?;
-    let recipe = &settings(&opts.settings, state.as_ref(), &common.given)?;
+    let mut line = opts.settings.clone();
+    // A folder is kept by its absolute path, so that the run resumes from anywhere.
+    if line.data != crate::corpus::DIGITS {
+        if let Some(path) = std::fs::canonicalize(&line.data)
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_owned))
+        {
+            line.data = path;
+        }
+    }
+    let recipe = &settings(&line, state.as_ref(), &common.given)?;
     non_negative(&[("--augment", recipe.augment), ("--alpha-c", recipe.alpha_c)])?;
     let p = recipe.patch.max(1);
     ImageShape {
