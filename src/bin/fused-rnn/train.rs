@@ -71,7 +71,8 @@ pub struct Common {
     #[arg(long, default_value_t = 2000)]
     pub eval_every: u64,
     /// Continue the run whose checkpoint is --out (its model, optimizer, schedule and
-    /// settings).
+    /// settings). The budget is the run's whole: a larger one extends the run, and the learning
+    /// rate is then where the schedule over the new budget puts the step reached.
     #[arg(long)]
     pub resume: bool,
     #[arg(long, default_value = "auto")]
