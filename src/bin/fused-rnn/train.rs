@@ -6,10 +6,9 @@
 //! (step, time, and the settings the run keeps from start to end: seed, schedule, data, model,
 //! loss), which `--resume` continues from, refusing a flag that would change a setting; with
 //! `--average`, also the average and the weights the run is at, since the checkpoint then
-//! holds the average. The learning
-//! rate falls linearly from `--lr` to `--lr-end` over the budget. On the CPU the same flags
-//! give the same checkpoint, byte for byte, when the budget is counted in steps or epochs (a
-//! budget in minutes stops wherever the clock says).
+//! holds the average. The learning rate falls linearly from `--lr` to `--lr-end` over the
+//! budget. On the CPU the same flags give the same checkpoint, byte for byte, when the budget
+//! is counted in steps or epochs (a budget in minutes stops wherever the clock says).
 
 use crate::corpus::{Batch, Batches, Corpus, Example};
 use crate::run::DeviceChoice;
