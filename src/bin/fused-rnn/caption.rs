@@ -31,7 +31,7 @@ pub struct CaptionOptions {
     #[arg(long, num_args = 1.., conflicts_with = "features")]
     pub images: Vec<PathBuf>,
     /// Caption at most this many images of the split.
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = crate::positive)]
     pub limit: Option<usize>,
     /// The captions in the COCO results format, `[{"image_id", "caption"}]`.
     #[arg(long, default_value = "results.json")]
@@ -55,10 +55,10 @@ pub struct CaptionOptions {
     #[arg(long, requires = "features")]
     pub output: Option<PathBuf>,
     /// Hypotheses kept per image (1: greedy).
-    #[arg(long, default_value_t = 1, value_parser = positive)]
+    #[arg(long, default_value_t = 1, value_parser = crate::positive)]
     pub beam: usize,
     /// The most tokens a caption gets, `<end>` included.
-    #[arg(long, default_value_t = 20, value_parser = positive)]
+    #[arg(long, default_value_t = 20, value_parser = crate::positive)]
     pub max_len: usize,
     /// The `<start>` token id (default: the weights' `start_token` metadata).
     #[arg(long)]
@@ -75,14 +75,6 @@ pub struct CaptionOptions {
     /// memory available).
     #[arg(long, value_name = "SIZE")]
     pub max_output: Option<ByteSize>,
-}
-
-/// A count of at least 1, refused with the other bad flags before anything runs.
-pub fn positive(text: &str) -> std::result::Result<usize, String> {
-    match text.parse() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("`{text}` is not a whole number of at least 1")),
-    }
 }
 
 /// Captions images or decodes features, as the options say; for features, returns why the

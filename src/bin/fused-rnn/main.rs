@@ -133,6 +133,14 @@ fn keep_freed_memory() {
     }
 }
 
+/// A count of at least 1, refused with the other bad flags before anything runs.
+fn positive(text: &str) -> std::result::Result<usize, String> {
+    match text.parse() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{text}` is not a whole number of at least 1")),
+    }
+}
+
 /// The options given on the command line, by their ids.
 fn given(matches: &ArgMatches) -> Given {
     Given(

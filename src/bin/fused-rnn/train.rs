@@ -88,7 +88,7 @@ pub struct Common {
 #[derive(Debug, Clone, PartialEq, clap::Args, serde::Serialize, serde::Deserialize)]
 pub struct RunSettings {
     /// Examples per step.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::positive)]
     pub batch: usize,
     /// The learning rate at the start, falling linearly to --lr-end.
     #[arg(long, default_value_t = 3e-3)]
@@ -765,9 +765,6 @@ impl Task for CaptionTask {
 /// Refuses flags that cannot make a run, before anything starts.
 pub fn check(common: &Common) -> Result<()> {
     let settings = &common.settings;
-    if settings.batch == 0 {
-        return Err(Error::Config("--batch must be at least 1".into()));
-    }
     if !(0.0..=1.0).contains(&settings.average) {
         return Err(Error::Config(format!(
             "--average must be a share of the budget from 0 to 1, not {}",

@@ -3,7 +3,7 @@
 //! 26, 2026", "11/26/26", "26.11.2026") into ISO 8601 ("2026-11-26"). Training examples are
 //! generated as it goes (`data::dates`); held-out dates score it.
 
-use crate::caption::positive;
+use crate::positive;
 use crate::run::DeviceChoice;
 use crate::train::{recorded, resume, run, settings, start, Common, Task};
 use fused_rnn::data::dates::{self, DatePair};
