@@ -521,6 +521,18 @@ fn bad_training_flags_are_one_line_and_exit_2() {
             "--minutes",
         ),
         (
+            vec!["train", "caption", "--out", o, "--eval-every", "0"],
+            "--eval-every",
+        ),
+        (
+            vec!["train", "caption", "--out", o, "--eval-images", "0"],
+            "--eval-images",
+        ),
+        (
+            vec!["train", "translate", "--out", o, "--eval-examples", "0"],
+            "--eval-examples",
+        ),
+        (
             vec![
                 "train", "caption", "--out", o, "--steps", "5", "--epochs", "1",
             ],

@@ -31,7 +31,7 @@ pub struct CaptionOptions {
     #[arg(long, num_args = 1.., conflicts_with = "features")]
     pub images: Vec<PathBuf>,
     /// Caption at most this many images of the split.
-    #[arg(long, value_parser = crate::positive)]
+    #[arg(long, value_parser = crate::positive::<usize>)]
     pub limit: Option<usize>,
     /// The captions in the COCO results format, `[{"image_id", "caption"}]`.
     #[arg(long, default_value = "results.json")]
@@ -55,10 +55,10 @@ pub struct CaptionOptions {
     #[arg(long, requires = "features")]
     pub output: Option<PathBuf>,
     /// Hypotheses kept per image (1: greedy).
-    #[arg(long, default_value_t = 1, value_parser = crate::positive)]
+    #[arg(long, default_value_t = 1, value_parser = crate::positive::<usize>)]
     pub beam: usize,
     /// The most tokens a caption gets, `<end>` included.
-    #[arg(long, default_value_t = 20, value_parser = crate::positive)]
+    #[arg(long, default_value_t = 20, value_parser = crate::positive::<usize>)]
     pub max_len: usize,
     /// The `<start>` token id (default: the weights' `start_token` metadata).
     #[arg(long)]

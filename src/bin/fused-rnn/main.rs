@@ -134,9 +134,11 @@ fn keep_freed_memory() {
 }
 
 /// A count of at least 1, refused with the other bad flags before anything runs.
-fn positive(text: &str) -> std::result::Result<usize, String> {
+fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(
+    text: &str,
+) -> std::result::Result<T, String> {
     match text.parse() {
-        Ok(n) if n > 0 => Ok(n),
+        Ok(n) if n >= T::from(1) => Ok(n),
         _ => Err(format!("`{text}` is not a whole number of at least 1")),
     }
 }

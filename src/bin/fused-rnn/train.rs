@@ -52,7 +52,7 @@ pub struct Budget {
     #[arg(long)]
     pub epochs: Option<f64>,
     /// Train for this many optimizer steps.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::positive::<u64>)]
     pub steps: Option<u64>,
 }
 
@@ -67,7 +67,7 @@ pub struct Common {
     #[command(flatten)]
     pub settings: RunSettings,
     /// Evaluate on the validation split (and write the checkpoint) every this many steps.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = crate::positive::<u64>)]
     pub eval_every: u64,
     /// Continue the run whose checkpoint is --out (its model, optimizer, schedule and
     /// settings). The budget is the run's whole: a larger one extends the run, and the learning
@@ -88,7 +88,7 @@ pub struct Common {
 #[derive(Debug, Clone, PartialEq, clap::Args, serde::Serialize, serde::Deserialize)]
 pub struct RunSettings {
     /// Examples per step.
-    #[arg(long, default_value_t = 16, value_parser = crate::positive)]
+    #[arg(long, default_value_t = 16, value_parser = crate::positive::<usize>)]
     pub batch: usize,
     /// The learning rate at the start, falling linearly to --lr-end.
     #[arg(long, default_value_t = 3e-3)]
@@ -134,7 +134,7 @@ pub struct TrainCaption {
     #[command(flatten)]
     pub common: Common,
     /// Validation images evaluated.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = crate::positive::<usize>)]
     pub eval_images: usize,
     #[command(flatten)]
     pub settings: CaptionSettings,
@@ -279,7 +279,6 @@ impl Schedule {
         match (budget.minutes, budget.epochs, budget.steps) {
             (Some(m), _, _) if !(m > 0.0 && m.is_finite()) => return bad("--minutes"),
             (_, Some(e), _) if !(e > 0.0 && e.is_finite()) => return bad("--epochs"),
-            (_, _, Some(0)) => return bad("--steps"),
             _ => {}
         }
         let mut budget = budget.clone();
@@ -635,7 +634,7 @@ pub fn run(
                 since.1 as f64 / elapsed
             ));
         }
-        if position.step.is_multiple_of(common.eval_every.max(1)) {
+        if position.step.is_multiple_of(common.eval_every) {
             let at = Position {
                 seconds: seconds(&position),
                 ..position.clone()

@@ -36,10 +36,10 @@ pub struct TranslateOptions {
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Held-out test dates scored when no text is given.
-    #[arg(long, default_value_t = 1000, value_parser = positive)]
+    #[arg(long, default_value_t = 1000, value_parser = positive::<usize>)]
     pub count: usize,
     /// Hypotheses kept (1: greedy).
-    #[arg(long, default_value_t = 1, value_parser = positive)]
+    #[arg(long, default_value_t = 1, value_parser = positive::<usize>)]
     pub beam: usize,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
@@ -52,7 +52,7 @@ pub struct TrainTranslate {
     #[command(flatten)]
     pub common: Common,
     /// Validation dates evaluated.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = positive::<usize>)]
     pub eval_examples: usize,
     #[command(flatten)]
     pub settings: TranslateSettings,
