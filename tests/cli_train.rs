@@ -216,6 +216,7 @@ fn a_resumed_run_refuses_settings_it_did_not_start_with() {
         (vec!["--conv", "32,64"], "--conv 32,64", o),
         (vec!["--image", "40x80"], "--image 40x80", o),
         (vec!["--train-on-val"], "--train-on-val", o),
+        (vec!["--more-digits"], "--more-digits", o),
         (vec!["--data", "/no/such/dir"], "--data /no/such/dir", o),
         (vec!["--hidden", "64"], "--hidden 64", t),
         (vec!["--cell", "lstm"], "--cell lstm", t),
@@ -293,6 +294,24 @@ fn a_folder_run_resumes_from_another_directory() {
             false => assert!(stderr.contains("--data"), "{data:?}: {stderr}"),
         }
     }
+    // More digits are for the digit scenes: with a folder, one line and nothing written.
+    let out = run(
+        &dir,
+        &[
+            "--data",
+            "shapes",
+            "--more-digits",
+            "--steps",
+            "10",
+            "--out",
+            "more.safetensors",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--more-digits"), "{stderr}");
+    assert!(!dir.join("more.safetensors").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1,14 +1,16 @@
-//! The bundled digits: they load, they are the UCI test set as scikit-learn ships it, and a
-//! corrupted, truncated or missing copy is a clear error.
+//! The bundled digits: they load, they are the UCI set's test part as scikit-learn ships it and
+//! its training part, and a corrupted, truncated or missing copy is a clear error.
 
 mod common;
 
-use fused_rnn::data::digits::{self, COUNT, PIXELS};
+use fused_rnn::data::digits::{Digits, PIXELS, UCI_TEST, UCI_TRAINING};
 use fused_rnn::Error;
+use std::collections::HashSet;
 
 #[test]
 fn the_bundled_digits_load_with_the_known_contents() {
-    let d = digits::load(digits::default_path()).unwrap();
+    const COUNT: usize = UCI_TEST.count;
+    let d = UCI_TEST.load_default().unwrap();
     assert_eq!(d.len(), COUNT);
     // Per class, as scikit-learn's load_digits counts them.
     let mut per_class = [0usize; 10];
@@ -34,28 +36,62 @@ fn the_bundled_digits_load_with_the_known_contents() {
     assert_eq!(total, 561_718);
 }
 
+/// The images of `d`, to look digits up by their pixels.
+fn images(d: &Digits) -> HashSet<&[u8]> {
+    (0..d.len()).map(|i| d.image(i).unwrap()).collect()
+}
+
+#[test]
+fn the_bundled_training_part_loads_and_shares_no_image_with_the_test_part() {
+    let d = UCI_TRAINING.load_default().unwrap();
+    assert_eq!(d.len(), 3823);
+    // Per class, as the data set's description (optdigits.names) counts its training part.
+    let mut per_class = [0usize; 10];
+    for &l in d.labels() {
+        per_class[usize::from(l)] += 1;
+    }
+    assert_eq!(
+        per_class,
+        [376, 389, 380, 389, 387, 376, 377, 387, 380, 382]
+    );
+    // optdigits.tra's first row (a zero) and last label.
+    let first: [u8; PIXELS] = [
+        0, 1, 6, 15, 12, 1, 0, 0, 0, 7, 16, 6, 6, 10, 0, 0, 0, 8, 16, 2, 0, 11, 2, 0, 0, 5, 16, 3,
+        0, 5, 7, 0, 0, 7, 13, 3, 0, 8, 7, 0, 0, 4, 12, 0, 1, 13, 5, 0, 0, 0, 14, 9, 15, 9, 0, 0, 0,
+        0, 6, 14, 7, 1, 0, 0,
+    ];
+    assert_eq!(d.image(0).unwrap(), first);
+    assert_eq!(d.label(0), Some(0));
+    assert_eq!(d.label(3822), Some(7));
+    // Other writers: training on these shows the model none of the test part's digits.
+    let test = UCI_TEST.load_default().unwrap();
+    let seen = images(&d);
+    assert_eq!(seen.len(), 3823, "the training part repeats an image");
+    assert!(images(&test).is_disjoint(&seen));
+}
+
 #[test]
 fn corrupted_truncated_and_missing_copies_are_refused() {
     let dir = common::scratch("data-digits");
-    let good = std::fs::read(digits::default_path()).unwrap();
+    let good = std::fs::read(UCI_TEST.default_path()).unwrap();
 
     let mut flipped = good.clone();
     flipped[good.len() / 2] ^= 0x01;
     let path = dir.join("flipped.csv.gz");
     std::fs::write(&path, &flipped).unwrap();
-    let e = digits::load(&path).unwrap_err();
+    let e = UCI_TEST.load(&path).unwrap_err();
     assert!(matches!(e, Error::Data { .. }), "{e:?}");
     let msg = e.to_string();
     assert!(
         msg.contains("flipped.csv.gz") && msg.contains("sha256"),
         "{msg}"
     );
-    assert!(msg.contains(digits::SHA256), "{msg}");
+    assert!(msg.contains(UCI_TEST.sha256), "{msg}");
     assert!(!msg.contains('\n'));
 
     let path = dir.join("truncated.csv.gz");
     std::fs::write(&path, &good[..good.len() - 100]).unwrap();
-    let msg = digits::load(&path).unwrap_err().to_string();
+    let msg = UCI_TEST.load(&path).unwrap_err().to_string();
     assert!(
         msg.contains("truncated.csv.gz") && msg.contains("sha256"),
         "{msg}"
@@ -63,30 +99,34 @@ fn corrupted_truncated_and_missing_copies_are_refused() {
 
     let path = dir.join("empty.csv.gz");
     std::fs::write(&path, b"").unwrap();
-    assert!(digits::load(&path)
+    assert!(UCI_TEST
+        .load(&path)
         .unwrap_err()
         .to_string()
         .contains("sha256"));
 
-    let e = digits::load(dir.join("absent.csv.gz")).unwrap_err();
+    let e = UCI_TEST.load(dir.join("absent.csv.gz")).unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e:?}");
     assert!(e.to_string().contains("absent.csv.gz"));
 
     // A directory, and a device that never ends, are errors too (not a hang).
-    assert!(digits::load(&dir).is_err());
-    let e = digits::load("/dev/zero").unwrap_err().to_string();
+    assert!(UCI_TEST.load(&dir).is_err());
+    let e = UCI_TEST.load("/dev/zero").unwrap_err().to_string();
     assert!(e.contains("larger than"), "{e}");
 
     // An intact copy elsewhere loads, through the override too.
     let path = dir.join("copy.csv.gz");
     std::fs::write(&path, &good).unwrap();
-    assert_eq!(digits::load(&path).unwrap().len(), COUNT);
-    std::env::set_var(digits::PATH_VARIABLE, &path);
-    assert_eq!(digits::default_path(), path);
-    std::env::remove_var(digits::PATH_VARIABLE);
-    assert_ne!(digits::default_path(), path);
-    if digits::bundled_path().is_file() {
-        assert_eq!(digits::default_path(), digits::bundled_path());
+    assert_eq!(UCI_TEST.load(&path).unwrap().len(), UCI_TEST.count);
+    std::env::set_var(UCI_TEST.variable, &path);
+    assert_eq!(UCI_TEST.default_path(), path);
+    std::env::remove_var(UCI_TEST.variable);
+    assert_ne!(UCI_TEST.default_path(), path);
+    if UCI_TEST.bundled_path().is_file() {
+        assert_eq!(UCI_TEST.default_path(), UCI_TEST.bundled_path());
     }
+    // Each file is checked against its own hash: the test part is not the training part.
+    let e = UCI_TRAINING.load(&path).unwrap_err().to_string();
+    assert!(e.contains(UCI_TRAINING.sha256), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,7 +2,7 @@
 //! digit instances, digits inside the canvas and apart, captions left to right, and each box
 //! holding exactly its digit (checked against a reference rendering).
 
-use fused_rnn::data::digits::Digits;
+use fused_rnn::data::digits::{Digits, UCI_TRAINING};
 use fused_rnn::data::scenes::{
     Scene, SceneConfig, SceneGenerator, POOL_SEED, TEST_SCENES, TEST_SEED, WORDS,
 };
@@ -211,6 +211,52 @@ fn training_on_val_widens_only_the_training_pool() {
     assert_eq!(
         wide.pools().get(Split::Train).len(),
         train.len() + val.len()
+    );
+    for split in [Split::Val, Split::Test] {
+        assert_eq!(wide.pools().get(split), g.pools().get(split));
+        assert_eq!(
+            wide.scenes(5, split, 0..20).unwrap(),
+            g.scenes(5, split, 0..20).unwrap()
+        );
+    }
+}
+
+/// More training digits (the UCI training part): training scenes draw on them and the training
+/// pool, each drawn digit is the one its box shows, and the validation and test scenes are the
+/// same as before.
+#[test]
+fn more_training_digits_widen_only_the_training_pool() {
+    let g = generator();
+    let more = UCI_TRAINING.load_default().unwrap();
+    let wide = g.clone().with_training_digits(&more);
+    let first = g.digits().len();
+    assert_eq!(wide.digits().len(), first + more.len());
+    for i in [0, 1234, more.len() - 1] {
+        assert_eq!(wide.digits().image(first + i), more.image(i));
+        assert_eq!(wide.digits().label(first + i), more.label(i));
+    }
+    let train: BTreeSet<usize> = g.pools().get(Split::Train).iter().copied().collect();
+    let scenes = wide.scenes(3, Split::Train, 0..400).unwrap();
+    let used: BTreeSet<usize> = scenes
+        .iter()
+        .flat_map(|s| s.digits.iter().map(|d| d.instance))
+        .collect();
+    assert!(used.iter().all(|&i| train.contains(&i) || i >= first));
+    let (old, new) = (
+        used.iter().filter(|&&i| i < first).count(),
+        used.iter().filter(|&&i| i >= first).count(),
+    );
+    // 1,259 pool digits beside 3,823 more: both kinds are drawn, about in proportion.
+    assert!(
+        old > 300 && new > 3 * old / 2,
+        "{old} pool digits, {new} more"
+    );
+    for s in &scenes[..50] {
+        check_scene(s, wide.digits(), wide.config());
+    }
+    assert_eq!(
+        wide.pools().get(Split::Train).len(),
+        train.len() + more.len()
     );
     for split in [Split::Val, Split::Test] {
         assert_eq!(wide.pools().get(split), g.pools().get(split));

@@ -1,9 +1,13 @@
-//! The bundled handwritten digits: the UCI "Optical Recognition of Handwritten Digits" test
-//! set (E. Alpaydin, C. Kaynak, 1998; CC BY 4.0; data/digits/README.md), 1,797 images of 8×8
-//! pixels with values 0..=16, as scikit-learn ships it (`digits.csv.gz`: one row per image, 64
-//! pixel values row by row, then the label 0..=9).
+//! The bundled handwritten digits: the UCI "Optical Recognition of Handwritten Digits" data set
+//! (E. Alpaydin, C. Kaynak, 1998; CC BY 4.0; data/digits/README.md), images of 8×8 pixels with
+//! values 0..=16, in two files of one format (gzip-compressed CSV, one row per image: 64 pixel
+//! values row by row, then the label 0..=9):
+//! - [`UCI_TEST`], the set's test part as scikit-learn ships it (`digits.csv.gz`, 1,797
+//!   digits by 13 writers): the digit scenes' training, validation and test pools;
+//! - [`UCI_TRAINING`], the set's training part (`optdigits-train.csv.gz`, 3,823 digits by 30
+//!   other writers): more training digits, on request.
 //!
-//! The file is checked against its sha256 before it is read, so every copy gives the same
+//! A file is checked against its sha256 before it is read, so every copy gives the same
 //! digits, and a corrupted, truncated or different file is an error, never a panic.
 
 use crate::error::{one_line, Error, Result};
@@ -12,52 +16,111 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// The sha256 of `data/digits/digits.csv.gz` (scikit-learn 1.9.1's copy).
-pub const SHA256: &str = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22";
-
-/// Images in the file.
-pub const COUNT: usize = 1797;
-
 /// Pixels per image (8×8).
 pub const PIXELS: usize = 64;
 
 /// The largest pixel value.
 pub const MAX_VALUE: u8 = 16;
 
-/// The file's path inside the crate.
-const RELATIVE: &str = "data/digits/digits.csv.gz";
-
-/// A file larger than this is not the digits (the real one is 57,523 bytes).
+/// A file larger than this is not a digits file (the larger real one is 112,473 bytes).
 const MAX_FILE: u64 = 1 << 20;
 
-/// The environment variable that overrides [`default_path`].
-pub const PATH_VARIABLE: &str = "FUSED_RNN_DIGITS";
-
-/// The bundled file in the crate's source tree (`data/digits/digits.csv.gz` under the crate
-/// root at build time).
-pub fn bundled_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(RELATIVE)
+/// A bundled file of digits: where it lies, its hash and its size in images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bundle {
+    /// The file's path inside the crate.
+    pub relative: &'static str,
+    pub sha256: &'static str,
+    /// Images in the file.
+    pub count: usize,
+    /// The environment variable that names another copy (see [`Bundle::default_path`]).
+    pub variable: &'static str,
 }
 
-/// Where to read the digits from: `$FUSED_RNN_DIGITS` when set; else the bundled file; else,
-/// when the crate's source tree has moved (a binary run elsewhere), `data/digits/digits.csv.gz`
-/// under the working directory if it is there. Whichever it is, [`load`] checks its hash.
-pub fn default_path() -> PathBuf {
-    if let Some(path) = std::env::var_os(PATH_VARIABLE) {
-        return PathBuf::from(path);
+/// The UCI test part, scikit-learn 1.9.1's copy.
+pub const UCI_TEST: Bundle = Bundle {
+    relative: "data/digits/digits.csv.gz",
+    sha256: "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22",
+    count: 1797,
+    variable: "FUSED_RNN_DIGITS",
+};
+
+/// The UCI training part (`optdigits.tra`).
+pub const UCI_TRAINING: Bundle = Bundle {
+    relative: "data/digits/optdigits-train.csv.gz",
+    sha256: "8a8d95daa5a2d60207e90b3c72f6ca8c5c3b9b350c059f5bdaeb63b01e3f1ed1",
+    count: 3823,
+    variable: "FUSED_RNN_TRAINING_DIGITS",
+};
+
+impl Bundle {
+    /// The file in the crate's source tree (under the crate root at build time).
+    pub fn bundled_path(&self) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(self.relative)
     }
-    let bundled = bundled_path();
-    if !bundled.is_file() && Path::new(RELATIVE).is_file() {
-        return PathBuf::from(RELATIVE);
+
+    /// Where to read the digits from: the file named by the variable when set; else the
+    /// bundled file; else, when the crate's source tree has moved (a binary run elsewhere),
+    /// the same relative path under the working directory if it is there. Whichever it is,
+    /// [`Bundle::load`] checks its hash.
+    pub fn default_path(&self) -> PathBuf {
+        if let Some(path) = std::env::var_os(self.variable) {
+            return PathBuf::from(path);
+        }
+        let bundled = self.bundled_path();
+        if !bundled.is_file() && Path::new(self.relative).is_file() {
+            return PathBuf::from(self.relative);
+        }
+        bundled
     }
-    bundled
+
+    /// The digits at [`Bundle::default_path`].
+    pub fn load_default(&self) -> Result<Digits> {
+        self.load(self.default_path())
+    }
+
+    /// The digits at `path`, after checking the file's sha256 against the bundle's.
+    pub fn load(&self, path: impl AsRef<Path>) -> Result<Digits> {
+        let path = path.as_ref();
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let location = || format!("digits {}", one_line(&path.display().to_string()));
+        let file = std::fs::File::open(path).map_err(io)?;
+        // Read at most one byte past the limit: a device or a huge file is refused, not read.
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_FILE {
+            return Err(Error::Data {
+                location: location(),
+                reason: format!("larger than {MAX_FILE} bytes: not a digits file"),
+            });
+        }
+        let hash = sha256_hex(&bytes);
+        if hash != self.sha256 {
+            return Err(Error::Data {
+                location: location(),
+                reason: format!(
+                    "sha256 {hash}, expected {} (a corrupted, truncated or different file)",
+                    self.sha256
+                ),
+            });
+        }
+        parse(&bytes, self.count).map_err(|reason| Error::Data {
+            location: location(),
+            reason,
+        })
+    }
 }
 
-/// The 1,797 digits: pixels 0..=16 and labels 0..=9, in the file's order (an image's index
-/// is its instance id).
+/// Digits: pixels 0..=16 and labels 0..=9, in a file's order (an image's index is its
+/// instance id).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Digits {
-    /// [COUNT, 64], row by row.
+    /// [len, 64], row by row.
     pixels: Vec<u8>,
     labels: Vec<u8>,
 }
@@ -84,46 +147,12 @@ impl Digits {
     pub fn labels(&self) -> &[u8] {
         &self.labels
     }
-}
 
-/// The digits at [`default_path`].
-pub fn load_default() -> Result<Digits> {
-    load(default_path())
-}
-
-/// The digits at `path`, after checking the file's sha256 against [`SHA256`].
-pub fn load(path: impl AsRef<Path>) -> Result<Digits> {
-    let path = path.as_ref();
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let location = || format!("digits {}", one_line(&path.display().to_string()));
-    let file = std::fs::File::open(path).map_err(io)?;
-    // Read at most one byte past the limit: a device or a huge file is refused, not read.
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_FILE {
-        return Err(Error::Data {
-            location: location(),
-            reason: format!("larger than {MAX_FILE} bytes: not the digits file"),
-        });
+    /// `other`'s digits after these, as instances `self.len()..`.
+    pub fn append(&mut self, other: &Digits) {
+        self.pixels.extend_from_slice(&other.pixels);
+        self.labels.extend_from_slice(&other.labels);
     }
-    let hash = sha256_hex(&bytes);
-    if hash != SHA256 {
-        return Err(Error::Data {
-            location: location(),
-            reason: format!(
-                "sha256 {hash}, expected {SHA256} (a corrupted, truncated or different file)"
-            ),
-        });
-    }
-    parse(&bytes).map_err(|reason| Error::Data {
-        location: location(),
-        reason,
-    })
 }
 
 /// The sha256 of `bytes` in lower-case hex.
@@ -134,16 +163,16 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The digits in gzip-compressed CSV `bytes`; the reason when they are not exactly
-/// [`COUNT`] rows of 64 pixels 0..=16 and a label 0..=9.
-fn parse(bytes: &[u8]) -> std::result::Result<Digits, String> {
+/// The digits in gzip-compressed CSV `bytes`; the reason when they are not exactly `count`
+/// rows of 64 pixels 0..=16 and a label 0..=9.
+fn parse(bytes: &[u8], count: usize) -> std::result::Result<Digits, String> {
     let mut text = String::new();
     GzDecoder::new(bytes)
         .take(MAX_FILE * 8)
         .read_to_string(&mut text)
         .map_err(|e| format!("not a gzip-compressed text file ({e})"))?;
-    let mut pixels = Vec::with_capacity(COUNT * PIXELS);
-    let mut labels = Vec::with_capacity(COUNT);
+    let mut pixels = Vec::with_capacity(count * PIXELS);
+    let mut labels = Vec::with_capacity(count);
     for (n, line) in text.lines().enumerate() {
         let row = n + 1;
         let values = line
@@ -170,8 +199,8 @@ fn parse(bytes: &[u8]) -> std::result::Result<Digits, String> {
         pixels.extend_from_slice(&values[..PIXELS]);
         labels.push(label);
     }
-    if labels.len() != COUNT {
-        return Err(format!("{} rows, expected {COUNT}", labels.len()));
+    if labels.len() != count {
+        return Err(format!("{} rows, expected {count}", labels.len()));
     }
     Ok(Digits { pixels, labels })
 }
@@ -196,10 +225,11 @@ mod tests {
 
     #[test]
     fn the_parser_reads_rows_and_refuses_malformed_ones() {
+        const COUNT: usize = 1797;
         let good: Vec<String> = (0..COUNT)
             .map(|i| row((i % 17) as u8, (i % 10) as u8))
             .collect();
-        let digits = parse(&gz(&(good.join("\n") + "\n"))).unwrap();
+        let digits = parse(&gz(&(good.join("\n") + "\n")), COUNT).unwrap();
         assert_eq!(digits.len(), COUNT);
         assert_eq!(digits.label(13), Some(3));
         assert_eq!(digits.image(13).unwrap(), &[13u8; PIXELS]);
@@ -208,7 +238,7 @@ mod tests {
         let with = |i: usize, bad: String| {
             let mut rows = good.clone();
             rows[i] = bad;
-            parse(&gz(&rows.join("\n"))).unwrap_err()
+            parse(&gz(&rows.join("\n")), COUNT).unwrap_err()
         };
         assert_eq!(with(4, row(17, 1)), "row 5: pixel value 17 outside 0..=16");
         assert_eq!(with(0, row(1, 10)), "row 1: label 10 outside 0..=9");
@@ -218,15 +248,15 @@ mod tests {
             "row 7: 3 values, expected 65 (64 pixels and a label)"
         );
         assert_eq!(
-            parse(&gz(&good[..10].join("\n"))).unwrap_err(),
+            parse(&gz(&good[..10].join("\n")), COUNT).unwrap_err(),
             "10 rows, expected 1797"
         );
         // A gzip stream cut short, and bytes that are not gzip at all.
         let whole = gz(&good.join("\n"));
-        assert!(parse(&whole[..whole.len() / 2])
+        assert!(parse(&whole[..whole.len() / 2], COUNT)
             .unwrap_err()
             .starts_with("not a gzip-compressed text file"));
-        assert!(parse(b"0,0,0")
+        assert!(parse(b"0,0,0", COUNT)
             .unwrap_err()
             .starts_with("not a gzip-compressed text file"));
     }

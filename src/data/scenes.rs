@@ -20,7 +20,7 @@
 //! [`SceneGenerator::test_set`] is the fixed test set: [`TEST_SCENES`] scenes of the test split
 //! under [`TEST_SEED`] with the default configuration.
 
-use super::digits::{Digits, MAX_VALUE, PIXELS};
+use super::digits::{Digits, MAX_VALUE, PIXELS, UCI_TEST};
 use super::split::{example_seed, Split};
 use crate::error::{Error, Result};
 use rand::rngs::StdRng;
@@ -251,9 +251,20 @@ impl SceneGenerator {
         })
     }
 
-    /// The bundled digits ([`super::digits::load_default`]) and the default configuration.
+    /// The bundled digits ([`UCI_TEST`]) and the default configuration.
     pub fn bundled() -> Result<Self> {
-        Self::new(super::digits::load_default()?, SceneConfig::default())
+        Self::new(UCI_TEST.load_default()?, SceneConfig::default())
+    }
+
+    /// The same scenes, except that training scenes draw from `more` digits as well as the
+    /// training pool's (as instances after the pools' digits, in `more`'s order), such as the
+    /// UCI training part's ([`super::digits::UCI_TRAINING`]), whose writers are not the test
+    /// pool's. Validation and test scenes are unchanged.
+    pub fn with_training_digits(mut self, more: &Digits) -> Self {
+        let first = self.digits.len();
+        self.digits.append(more);
+        self.pools.train.extend(first..self.digits.len());
+        self
     }
 
     /// The same scenes, except that training scenes draw from the validation pool's digits

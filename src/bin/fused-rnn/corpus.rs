@@ -2,6 +2,7 @@
 //! the fixed test set), or a caption data set in a folder (`data::open`), loaded at a fixed
 //! input size.
 
+use fused_rnn::data::digits::UCI_TRAINING;
 use fused_rnn::data::images::Channels;
 use fused_rnn::data::scenes::{BoundingBox, SceneGenerator, TEST_SCENES, TEST_SEED, WORDS};
 use fused_rnn::data::{self, CaptionedImage, Split};
@@ -78,9 +79,26 @@ impl Corpus {
         }
     }
 
+    /// The digit scenes with the UCI training part's digits as more training digits; an
+    /// error for a folder.
+    pub fn with_training_digits(self) -> Result<Corpus> {
+        match self {
+            Corpus::Digits(g) => Ok(Corpus::Digits(
+                g.with_training_digits(&UCI_TRAINING.load_default()?),
+            )),
+            Corpus::Folder { dir, .. } => Err(Error::Config(format!(
+                "--more-digits adds digits to the bundled digit scenes, not to the folder {}",
+                quoted(&dir.display().to_string())
+            ))),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
-            Corpus::Digits(_) => "the bundled digit scenes".into(),
+            Corpus::Digits(g) => format!(
+                "the bundled digit scenes ({} training digits)",
+                g.pools().get(Split::Train).len()
+            ),
             Corpus::Folder { dir, images } => {
                 let n = |s: Split| images.iter().filter(|i| i.split == s).count();
                 format!(

@@ -189,6 +189,11 @@ pub struct CaptionSettings {
     /// recipe is chosen): the validation scores then measure images trained on.
     #[arg(long)]
     pub train_on_val: bool,
+    /// The digit scenes only: train on the UCI training part's 3,823 digits as well (30
+    /// writers, none of them the test pool's; `data/digits`).
+    #[arg(long)]
+    #[serde(default)]
+    pub more_digits: bool,
 }
 
 /// The stem's channels, first to last.
@@ -808,10 +813,13 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
         ..ImageShape::patches(1, p, p, p)
     }
     .check()?;
-    let corpus = match Corpus::open(&recipe.data)? {
-        corpus if recipe.train_on_val => corpus.train_on_val(),
-        corpus => corpus,
-    };
+    let mut corpus = Corpus::open(&recipe.data)?;
+    if recipe.more_digits {
+        corpus = corpus.with_training_digits()?;
+    }
+    if recipe.train_on_val {
+        corpus = corpus.train_on_val();
+    }
     let (device, dtype, reason) = common.device.open_for(common.dtype)?;
     let fresh = || -> Result<Captioner> {
         let (height, width, channels) = match recipe.image {
