@@ -19,8 +19,8 @@
 #   caption   the captioning demo on the GPU (the bundled captioner on the 1,000 test scenes,
 #             with its report), captioning throughput on 10,000 scenes (greedy f32 and bf16, beam
 #             3; the CPU's greedy beside them), and captioners trained from scratch for 60 s on
-#             the GPU (batch 16 and 64) read on the test scenes; CAPTION_DEVICE=cpu runs the same
-#             part on the CPU, as a dry run
+#             the GPU (the bundled recipe, batch 16 and 64) read on the test scenes;
+#             CAPTION_DEVICE=cpu runs the same part on the CPU, as a dry run
 # MEMCHECK_TESTS and MEMCHECK_BLOCKS narrow the memcheck part to some test binaries.
 # PARTS (default "tests memcheck torch bench-recurrent bench-persistent bench-attention") picks
 # what runs.
@@ -176,7 +176,7 @@ if want caption; then
         ckpt=$out/caption-60s-b$batch.safetensors
         step "train caption 60 s [$dev batch $batch]" "$log" 200 "$bundle/fused-rnn" train caption \
             --device "$dev" --minutes 1 --batch "$batch" --conv 32,64 --average 0.5 \
-            --weight-decay 0.03 --eval-every 1000000 --out "$ckpt"
+            --weight-decay 0.03 --more-digits --augment 0.5 --eval-every 1000000 --out "$ckpt"
         step "caption with it [$dev batch $batch]" "$log" 120 "$bundle/fused-rnn" caption \
             --device "$dev" --weights "$ckpt" --show 0 --results "$work/r.json" \
             --references "$work/refs.json"

@@ -526,30 +526,19 @@ fn bad_training_flags_are_one_line_and_exit_2() {
     let dir = common::scratch("cli-train-bad");
     let out = dir.join("x.safetensors");
     let o = path(&out);
-    for (args, mentions) in [
-        (
-            vec!["train", "caption", "--out", o, "--batch", "0"],
-            "--batch",
-        ),
-        (
-            vec!["train", "caption", "--out", o, "--steps", "0"],
-            "--steps",
-        ),
+    // Counts of 0, each refused by its flag's parser.
+    let zeros = [
+        ("caption", "--batch"),
+        ("caption", "--steps"),
+        ("caption", "--eval-every"),
+        ("caption", "--eval-images"),
+        ("translate", "--eval-examples"),
+    ]
+    .map(|(task, flag)| (vec!["train", task, "--out", o, flag, "0"], flag));
+    for (args, mentions) in zeros.into_iter().chain([
         (
             vec!["train", "caption", "--out", o, "--minutes=-1"],
             "--minutes",
-        ),
-        (
-            vec!["train", "caption", "--out", o, "--eval-every", "0"],
-            "--eval-every",
-        ),
-        (
-            vec!["train", "caption", "--out", o, "--eval-images", "0"],
-            "--eval-images",
-        ),
-        (
-            vec!["train", "translate", "--out", o, "--eval-examples", "0"],
-            "--eval-examples",
         ),
         (
             vec![
@@ -611,7 +600,7 @@ fn bad_training_flags_are_one_line_and_exit_2() {
             "cell",
         ),
         (vec!["translate", "--weights", o, ""], "no such file"),
-    ] {
+    ]) {
         let run = bin().args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert_eq!(run.status.code(), Some(2), "{args:?}: {stderr}");

@@ -3,70 +3,67 @@
 
 mod common;
 
-use fused_rnn::data::digits::{Digits, PIXELS, UCI_TEST, UCI_TRAINING};
+use fused_rnn::data::digits::{Digits, UCI_TEST, UCI_TRAINING};
 use fused_rnn::Error;
 use std::collections::HashSet;
 
 #[test]
-fn the_bundled_digits_load_with_the_known_contents() {
-    const COUNT: usize = UCI_TEST.count;
-    let d = UCI_TEST.load_default().unwrap();
-    assert_eq!(d.len(), COUNT);
-    // Per class, as scikit-learn's load_digits counts them.
-    let mut per_class = [0usize; 10];
-    for &l in d.labels() {
-        per_class[usize::from(l)] += 1;
-    }
-    assert_eq!(
-        per_class,
-        [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
-    );
-    // The first image (a zero) as the CSV's first row has it, and the last label.
-    let first: [u8; PIXELS] = [
+fn both_bundled_files_load_with_their_known_contents() {
+    // Per class as scikit-learn's load_digits counts its copy, and as the data set's
+    // description (optdigits.names) counts the training part; each file's first image (a zero)
+    // as its first row has it, and its last label.
+    let test_first = [
         0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4, 12, 0,
         0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10, 12, 0, 0, 0,
         0, 6, 13, 10, 0, 0, 0,
     ];
-    assert_eq!(d.image(0).unwrap(), first);
-    assert_eq!(d.label(0), Some(0));
-    assert_eq!(d.label(COUNT - 1), Some(8));
-    let total: u64 = (0..COUNT)
-        .flat_map(|i| d.image(i).unwrap().iter().map(|&v| u64::from(v)))
-        .sum();
-    assert_eq!(total, 561_718);
-}
-
-/// The images of `d`, to look digits up by their pixels.
-fn images(d: &Digits) -> HashSet<&[u8]> {
-    (0..d.len()).map(|i| d.image(i).unwrap()).collect()
-}
-
-#[test]
-fn the_bundled_training_part_loads_and_shares_no_image_with_the_test_part() {
-    let d = UCI_TRAINING.load_default().unwrap();
-    assert_eq!(d.len(), 3823);
-    // Per class, as the data set's description (optdigits.names) counts its training part.
-    let mut per_class = [0usize; 10];
-    for &l in d.labels() {
-        per_class[usize::from(l)] += 1;
-    }
-    assert_eq!(
-        per_class,
-        [376, 389, 380, 389, 387, 376, 377, 387, 380, 382]
-    );
-    // optdigits.tra's first row (a zero) and last label.
-    let first: [u8; PIXELS] = [
+    let training_first = [
         0, 1, 6, 15, 12, 1, 0, 0, 0, 7, 16, 6, 6, 10, 0, 0, 0, 8, 16, 2, 0, 11, 2, 0, 0, 5, 16, 3,
         0, 5, 7, 0, 0, 7, 13, 3, 0, 8, 7, 0, 0, 4, 12, 0, 1, 13, 5, 0, 0, 0, 14, 9, 15, 9, 0, 0, 0,
         0, 6, 14, 7, 1, 0, 0,
     ];
-    assert_eq!(d.image(0).unwrap(), first);
-    assert_eq!(d.label(0), Some(0));
-    assert_eq!(d.label(3822), Some(7));
-    // Other writers: training on these shows the model none of the test part's digits.
-    let test = UCI_TEST.load_default().unwrap();
-    let seen = images(&d);
-    assert_eq!(seen.len(), 3823, "the training part repeats an image");
+    let [test, training] = [
+        (
+            UCI_TEST,
+            [178, 182, 177, 183, 181, 182, 181, 179, 174, 180],
+            test_first,
+            8,
+        ),
+        (
+            UCI_TRAINING,
+            [376, 389, 380, 389, 387, 376, 377, 387, 380, 382],
+            training_first,
+            7,
+        ),
+    ]
+    .map(|(bundle, per_class, first, last)| {
+        let d = bundle.load_default().unwrap();
+        assert_eq!(d.len(), bundle.count);
+        let mut counted = [0usize; 10];
+        for &l in d.labels() {
+            counted[usize::from(l)] += 1;
+        }
+        assert_eq!(counted, per_class, "{}", bundle.relative);
+        assert_eq!(d.image(0).unwrap(), first);
+        assert_eq!(d.label(0), Some(0));
+        assert_eq!(d.label(bundle.count - 1), Some(last));
+        d
+    });
+    let total: u64 = (0..test.len())
+        .flat_map(|i| test.image(i).unwrap().iter().map(|&v| u64::from(v)))
+        .sum();
+    assert_eq!(total, 561_718);
+    // Other writers: training on the training part shows the model none of the test part's
+    // digits.
+    let images = |d: &Digits| -> HashSet<Vec<u8>> {
+        (0..d.len()).map(|i| d.image(i).unwrap().to_vec()).collect()
+    };
+    let seen = images(&training);
+    assert_eq!(
+        seen.len(),
+        training.len(),
+        "the training part repeats an image"
+    );
     assert!(images(&test).is_disjoint(&seen));
 }
 

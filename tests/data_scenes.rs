@@ -184,6 +184,17 @@ fn splits_draw_from_disjoint_stratified_pools() {
     assert_eq!(POOL_SEED, 1797);
 }
 
+/// `wide`'s validation and test pools and scenes are `g`'s.
+fn same_outside_training(wide: &SceneGenerator, g: &SceneGenerator) {
+    for split in [Split::Val, Split::Test] {
+        assert_eq!(wide.pools().get(split), g.pools().get(split));
+        assert_eq!(
+            wide.scenes(5, split, 0..20).unwrap(),
+            g.scenes(5, split, 0..20).unwrap()
+        );
+    }
+}
+
 /// Training on the validation pool too: training scenes draw on both pools' digits, and the
 /// validation and test scenes are the same as before.
 #[test]
@@ -212,13 +223,7 @@ fn training_on_val_widens_only_the_training_pool() {
         wide.pools().get(Split::Train).len(),
         train.len() + val.len()
     );
-    for split in [Split::Val, Split::Test] {
-        assert_eq!(wide.pools().get(split), g.pools().get(split));
-        assert_eq!(
-            wide.scenes(5, split, 0..20).unwrap(),
-            g.scenes(5, split, 0..20).unwrap()
-        );
-    }
+    same_outside_training(&wide, g);
 }
 
 /// More training digits (the UCI training part): training scenes draw on them and the training
@@ -258,13 +263,7 @@ fn more_training_digits_widen_only_the_training_pool() {
         wide.pools().get(Split::Train).len(),
         train.len() + more.len()
     );
-    for split in [Split::Val, Split::Test] {
-        assert_eq!(wide.pools().get(split), g.pools().get(split));
-        assert_eq!(
-            wide.scenes(5, split, 0..20).unwrap(),
-            g.scenes(5, split, 0..20).unwrap()
-        );
-    }
+    same_outside_training(&wide, g);
 }
 
 /// The fixed test set's bytes: pixels, boxes, instances and captions. A change here changes

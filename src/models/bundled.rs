@@ -17,7 +17,7 @@ pub struct Bundled {
 /// The captioner of the digit scenes.
 pub const CAPTIONER: Bundled = Bundled {
     relative: "data/checkpoints/captioner-digits.safetensors",
-    sha256: "7526822e031ebe072015e2cbab6a22fc1ca57097fc7d6b67102189ff3672db22",
+    sha256: "438390e4211536b06e6f3e328c6f8d8f3f0abe06fd721c5e40088fa58d2fb8e8",
 };
 
 /// The date translator.

@@ -95,10 +95,7 @@ impl Corpus {
 
     pub fn describe(&self) -> String {
         match self {
-            Corpus::Digits(g) => format!(
-                "the bundled digit scenes ({} training digits)",
-                g.pools().get(Split::Train).len()
-            ),
+            Corpus::Digits(_) => "the bundled digit scenes".into(),
             Corpus::Folder { dir, images } => {
                 let n = |s: Split| images.iter().filter(|i| i.split == s).count();
                 format!(

@@ -13,6 +13,7 @@
 use crate::corpus::{Batch, Batches, Corpus, Example};
 use crate::run::DeviceChoice;
 use crate::scores::score;
+use fused_rnn::data::digits::UCI_TRAINING;
 use fused_rnn::data::images::Channels;
 use fused_rnn::data::Split;
 use fused_rnn::error::{Error, Result};
@@ -877,6 +878,10 @@ fn train_caption(opts: &TrainCaption) -> Result<String> {
             false => "",
         }
     );
+    if recipe.more_digits {
+        let more = UCI_TRAINING.count;
+        eprintln!("with the UCI training part's {more} digits as more training digits");
+    }
     let params: usize = model.parameters().iter().map(|(_, t)| t.numel()).sum();
     let dims = model.decoder().config().dims;
     let layers = model.encoder_layers().unwrap_or_default();
