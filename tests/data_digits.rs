@@ -43,7 +43,7 @@ fn both_bundled_files_load_with_their_known_contents() {
         for &l in d.labels() {
             counted[usize::from(l)] += 1;
         }
-        assert_eq!(counted, per_class, "{}", bundle.relative);
+        assert_eq!(counted, per_class, "{}", bundle.file.relative);
         assert_eq!(d.image(0).unwrap(), first);
         assert_eq!(d.label(0), Some(0));
         assert_eq!(d.label(bundle.count - 1), Some(last));
@@ -83,7 +83,7 @@ fn corrupted_truncated_and_missing_copies_are_refused() {
         msg.contains("flipped.csv.gz") && msg.contains("sha256"),
         "{msg}"
     );
-    assert!(msg.contains(UCI_TEST.sha256), "{msg}");
+    assert!(msg.contains(UCI_TEST.file.sha256), "{msg}");
     assert!(!msg.contains('\n'));
 
     let path = dir.join("truncated.csv.gz");
@@ -119,11 +119,11 @@ fn corrupted_truncated_and_missing_copies_are_refused() {
     assert_eq!(UCI_TEST.default_path(), path);
     std::env::remove_var(UCI_TEST.variable);
     assert_ne!(UCI_TEST.default_path(), path);
-    if UCI_TEST.bundled_path().is_file() {
-        assert_eq!(UCI_TEST.default_path(), UCI_TEST.bundled_path());
+    if UCI_TEST.file.in_crate().is_file() {
+        assert_eq!(UCI_TEST.default_path(), UCI_TEST.file.in_crate());
     }
     // Each file is checked against its own hash: the test part is not the training part.
     let e = UCI_TRAINING.load(&path).unwrap_err().to_string();
-    assert!(e.contains(UCI_TRAINING.sha256), "{e}");
+    assert!(e.contains(UCI_TRAINING.file.sha256), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -11,8 +11,8 @@
 //! digits, and a corrupted, truncated or different file is an error, never a panic.
 
 use crate::error::{one_line, Error, Result};
+use crate::io::Bundled;
 use flate2::read::GzDecoder;
-use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -22,15 +22,13 @@ pub const PIXELS: usize = 64;
 /// The largest pixel value.
 pub const MAX_VALUE: u8 = 16;
 
-/// A file larger than this is not a digits file (the larger real one is 112,473 bytes).
-const MAX_FILE: u64 = 1 << 20;
+/// A digits file is under 1 MiB (the larger real one is 112,473 bytes).
+const MAX_BYTES: u64 = 1 << 20;
 
-/// A bundled file of digits: where it lies, its hash and its size in images.
+/// A bundled file of digits: the file and its size in images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bundle {
-    /// The file's path inside the crate.
-    pub relative: &'static str,
-    pub sha256: &'static str,
+    pub file: Bundled,
     /// Images in the file.
     pub count: usize,
     /// The environment variable that names another copy (see [`Bundle::default_path`]).
@@ -39,39 +37,34 @@ pub struct Bundle {
 
 /// The UCI test part, scikit-learn 1.9.1's copy.
 pub const UCI_TEST: Bundle = Bundle {
-    relative: "data/digits/digits.csv.gz",
-    sha256: "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22",
+    file: Bundled {
+        relative: "data/digits/digits.csv.gz",
+        sha256: "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22",
+        max_bytes: MAX_BYTES,
+    },
     count: 1797,
     variable: "FUSED_RNN_DIGITS",
 };
 
 /// The UCI training part (`optdigits.tra`).
 pub const UCI_TRAINING: Bundle = Bundle {
-    relative: "data/digits/optdigits-train.csv.gz",
-    sha256: "8a8d95daa5a2d60207e90b3c72f6ca8c5c3b9b350c059f5bdaeb63b01e3f1ed1",
+    file: Bundled {
+        relative: "data/digits/optdigits-train.csv.gz",
+        sha256: "8a8d95daa5a2d60207e90b3c72f6ca8c5c3b9b350c059f5bdaeb63b01e3f1ed1",
+        max_bytes: MAX_BYTES,
+    },
     count: 3823,
     variable: "FUSED_RNN_TRAINING_DIGITS",
 };
 
 impl Bundle {
-    /// The file in the crate's source tree (under the crate root at build time).
-    pub fn bundled_path(&self) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(self.relative)
-    }
-
-    /// Where to read the digits from: the file named by the variable when set; else the
-    /// bundled file; else, when the crate's source tree has moved (a binary run elsewhere),
-    /// the same relative path under the working directory if it is there. Whichever it is,
-    /// [`Bundle::load`] checks its hash.
+    /// Where to read the digits from: the file named by the variable when set, else the
+    /// bundled file ([`Bundled::path`]). Whichever it is, [`Bundle::load`] checks its hash.
     pub fn default_path(&self) -> PathBuf {
-        if let Some(path) = std::env::var_os(self.variable) {
-            return PathBuf::from(path);
+        match std::env::var_os(self.variable) {
+            Some(path) => PathBuf::from(path),
+            None => self.file.path(),
         }
-        let bundled = self.bundled_path();
-        if !bundled.is_file() && Path::new(self.relative).is_file() {
-            return PathBuf::from(self.relative);
-        }
-        bundled
     }
 
     /// The digits at [`Bundle::default_path`].
@@ -82,35 +75,9 @@ impl Bundle {
     /// The digits at `path`, after checking the file's sha256 against the bundle's.
     pub fn load(&self, path: impl AsRef<Path>) -> Result<Digits> {
         let path = path.as_ref();
-        let io = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let location = || format!("digits {}", one_line(&path.display().to_string()));
-        let file = std::fs::File::open(path).map_err(io)?;
-        // Read at most one byte past the limit: a device or a huge file is refused, not read.
-        let mut bytes = Vec::new();
-        file.take(MAX_FILE + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        if bytes.len() as u64 > MAX_FILE {
-            return Err(Error::Data {
-                location: location(),
-                reason: format!("larger than {MAX_FILE} bytes: not a digits file"),
-            });
-        }
-        let hash = sha256_hex(&bytes);
-        if hash != self.sha256 {
-            return Err(Error::Data {
-                location: location(),
-                reason: format!(
-                    "sha256 {hash}, expected {} (a corrupted, truncated or different file)",
-                    self.sha256
-                ),
-            });
-        }
+        let bytes = self.file.read(path)?;
         parse(&bytes, self.count).map_err(|reason| Error::Data {
-            location: location(),
+            location: format!("digits {}", one_line(&path.display().to_string())),
             reason,
         })
     }
@@ -155,20 +122,12 @@ impl Digits {
     }
 }
 
-/// The sha256 of `bytes` in lower-case hex.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The digits in gzip-compressed CSV `bytes`; the reason when they are not exactly `count`
 /// rows of 64 pixels 0..=16 and a label 0..=9.
 fn parse(bytes: &[u8], count: usize) -> std::result::Result<Digits, String> {
     let mut text = String::new();
     GzDecoder::new(bytes)
-        .take(MAX_FILE * 8)
+        .take(MAX_BYTES * 8)
         .read_to_string(&mut text)
         .map_err(|e| format!("not a gzip-compressed text file ({e})"))?;
     let mut pixels = Vec::with_capacity(count * PIXELS);
